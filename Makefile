@@ -1,0 +1,36 @@
+# sscard-terminal: two commands for a fresh Debian machine.
+#   make demo   create the venv (and install system packages when root), read the virtual card
+#   make test   the same set-up, then the whole test suite (pcscd + vpcd included)
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SYSPKGS := pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools swig gcc
+
+.PHONY: demo test system venv clean
+
+system:
+	@missing=""; for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    (apt-get update -q >/dev/null || true); \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing system packages:$$missing (run 'make system' as root or: sudo apt-get install$$missing)" >&2; fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# pyscard has no manylinux wheel: build it from source against libpcsclite-dev
+	$(PY) -m pip install -q --no-binary pyscard -e '.[test]'
+	touch $@
+
+venv: system $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/sscard read
+
+test: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,91 @@
+"""The one Connection every driver implements, and the transmit path they all share.
+
+ISO/IEC 7816-3 s12.2 (T=0): a card answers ``61xx`` when it has xx more bytes (00 = 256) for a
+GET RESPONSE, and ``6Cxx`` when Le was wrong and xx is the right one. PC/SC stacks differ in whether
+they do this for us (pyscard does not), so :meth:`Connection.transmit` does it once for every driver:
+a driver implements only :meth:`Connection._exchange` (raw bytes in, raw bytes out).
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+from apdu.command import Command
+from apdu.errors import APDUFormatError, TransportError
+from apdu.response import Response
+
+trace = logging.getLogger("sscard.apdu")
+
+#: bound on GET RESPONSE rounds: a card that keeps answering 61xx is broken or hostile
+MAX_GET_RESPONSE = 64
+#: bound on the bytes gathered by GET RESPONSE (extended Le maximum)
+MAX_RESPONSE_BYTES = 65536
+
+
+class Connection(ABC):
+    """A channel to one card. Subclasses implement ``_exchange``, ``atr`` and ``disconnect``."""
+
+    #: human name of where the card sits (reader name, ``memory:PROFILE``)
+    name: str = "card"
+
+    def __init__(self) -> None:
+        self.apdu_count = 0
+
+    @property
+    @abstractmethod
+    def atr(self) -> bytes:
+        """The card's answer to reset."""
+
+    @abstractmethod
+    def _exchange(self, apdu: bytes) -> bytes:
+        """Send one command APDU, return the raw response (data || SW1 SW2). Raise our errors only."""
+
+    @abstractmethod
+    def disconnect(self) -> None:
+        """Release the card (and power it down where the driver can)."""
+
+    def _send(self, command: Command) -> Response:
+        raw_cmd = command.to_bytes()
+        trace.debug("%s > %s", self.name, command.trace())
+        self.apdu_count += 1
+        raw = self._exchange(raw_cmd)
+        try:
+            response = Response.from_bytes(raw)
+        except APDUFormatError as err:
+            raise TransportError(f"The card sent a malformed response ({len(raw)} bytes)") from err
+        if command.secret:
+            trace.debug("%s < [%d bytes] %04X", self.name, len(response.data), response.sw)
+        else:
+            trace.debug("%s < %s", self.name, response)
+        return response
+
+    def transmit(self, command: Command) -> Response:
+        """Send ``command``; do the 6Cxx re-issue and the 61xx GET RESPONSE chain; return the response.
+
+        The status word is not checked here: call :meth:`Response.check` for that. Data that comes
+        with a 61xx is kept, and 6100 means 256 more bytes.
+        """
+        response = self._send(command)
+        if response.sw1 == 0x6C:
+            # wrong Le: re-issue once with the Le the card gave, keeping Lc and data (case 2 and 4)
+            response = self._send(command.with_le(response.sw2 or 256))
+            if response.sw1 == 0x6C:
+                raise TransportError("The card asked twice for another length (6Cxx): giving up")
+        if response.sw1 != 0x61:
+            return response
+        data = bytearray(response.data)
+        for _ in range(MAX_GET_RESPONSE):
+            get = Command(0x00, 0xC0, 0x00, 0x00, le=response.sw2 or 256)
+            response = self._send(get)
+            data += response.data
+            if len(data) > MAX_RESPONSE_BYTES:
+                raise TransportError("The card sent more data than any response may hold")
+            if response.sw1 != 0x61:
+                return Response(bytes(data), response.sw1, response.sw2)
+        raise TransportError(f"The card kept answering 'more data' after {MAX_GET_RESPONSE} GET RESPONSE")
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()

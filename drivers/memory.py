@@ -1,0 +1,46 @@
+"""The in-memory driver: a simulated chip in this process, behind the same Connection as a reader."""
+from __future__ import annotations
+
+from apdu.errors import CardRemovedError, NoCardError
+from drivers.connection import Connection
+from drivers.simulator.base import SimulatedCard
+
+
+class MemoryConnection(Connection):
+    """A connection to a simulated card held in memory (the embedded default reader).
+
+    ``remove()`` pulls the card: every later command raises :class:`CardRemovedError`, as a real
+    reader does; ``remove_after`` pulls it automatically once that many APDUs have been exchanged
+    (used to test removal at every step of a flow).
+    """
+
+    def __init__(self, card: SimulatedCard, name: str = "memory", remove_after: int | None = None) -> None:
+        super().__init__()
+        self.card = card
+        self.name = name
+        self.remove_after = remove_after
+        self._present = True
+        card.power_up()
+
+    @property
+    def atr(self) -> bytes:
+        if not self._present:
+            raise NoCardError()
+        return self.card.atr
+
+    def remove(self) -> None:
+        """Pull the card out of the virtual reader (powers it down)."""
+        if self._present:
+            self._present = False
+            self.card.power_down()
+
+    def _exchange(self, apdu: bytes) -> bytes:
+        if self.remove_after is not None and self.apdu_count > self.remove_after:
+            self.remove()
+        if not self._present:
+            raise CardRemovedError()
+        return self.card.execute(apdu)
+
+    def disconnect(self) -> None:
+        if self._present:
+            self.card.power_down()

@@ -1,0 +1,1 @@
+"""The virtual chips: the social security card, the old medical insurance card and the PSAM."""

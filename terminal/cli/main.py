@@ -1,0 +1,73 @@
+"""The ``sscard`` group: logging, error handling and exit codes shared by every command.
+
+Every expected failure is an :class:`apdu.errors.SSCardError`: it is printed as one line on stderr
+and the process exits with its ``exit_code`` (README, "Exit codes"). Anything else is a bug: one line
+on stderr, exit 1, and the traceback only with ``-v``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from apdu.errors import SSCardError
+
+log = logging.getLogger("sscard")
+
+#: modules of terminal.cli that contribute commands through a ``COMMANDS`` list
+COMMAND_MODULES = ("card", "reader", "queue")
+
+
+class SSCardGroup(click.Group):
+    """A click group that turns our errors into a clear line and a distinct exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SSCardError as err:
+            log.debug("error", exc_info=True)
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except OSError as err:
+            log.debug("error", exc_info=True)
+            click.echo(f"Error: {err.strerror or err}", err=True)
+            ctx.exit(1)
+        except Exception as err:  # a bug: say so, without a traceback unless -v
+            log.debug("internal error", exc_info=True)
+            click.echo(f"Internal error ({type(err).__name__}): {err}. Run with -v for details.", err=True)
+            ctx.exit(1)
+
+
+def setup_logging(verbosity: int) -> None:
+    """``-v``: APDU trace and info on stderr; ``-vv``: everything at DEBUG."""
+    level = logging.WARNING if verbosity == 0 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@click.group(cls=SSCardGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Trace APDUs (PIN data masked) and details on stderr.")
+@click.version_option(package_name="sscard-terminal")
+def main(verbose: int) -> None:
+    """Terminal software for the social security card (社会保障卡).
+
+    With no reader given, commands use the built-in virtual card (an in-memory simulator), so they
+    work on a machine with no reader. Use --reader to pick a real or pcscd virtual reader.
+    """
+    setup_logging(verbose)
+
+
+for _name in COMMAND_MODULES:
+    for _command in importlib.import_module(f"terminal.cli.{_name}").COMMANDS:
+        main.add_command(_command)
