@@ -1,2 +1,96 @@
-"""placeholder until written."""
-COMMANDS: list = []
+"""Card commands: ``sscard read`` and ``sscard verify-pin``."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from terminal.card import Identity, SocialSecurityCard
+from terminal.readers import open_connection
+
+reader_option = click.option(
+    "--reader", "-r", metavar="SPEC", default=None,
+    help="Reader: index, name or ATR of a PC/SC reader, or sim:PROFILE for a virtual card "
+         "(default: $SSCARD_READER, else the built-in virtual card sim:adult).",
+)
+
+#: text labels, in the order a clerk reads them
+LABELS = (
+    ("full_name", "姓名 Name"),
+    ("sex_name", "性别 Sex"),
+    ("ethnicity_name", "民族 Ethnicity"),
+    ("birth_date", "出生日期 Birth date"),
+    ("birthplace", "出生地 Birthplace"),
+    ("social_security_number", "社会保障号码 Social security number"),
+    ("card_number", "卡号 Card number"),
+    ("card_identification_code", "卡识别码 Card identification code"),
+    ("issuing_region", "发卡地区 Issuing region"),
+    ("card_type", "卡的类别 Card type"),
+    ("spec_version", "规范版本 Spec version"),
+    ("initialising_institution", "初始化机构 Initialising institution"),
+    ("issue_date", "发卡日期 Issue date"),
+    ("expiry_date", "卡有效期 Expiry date"),
+    ("card_reset_info", "卡复位信息 Card reset info"),
+)
+
+
+def format_identity(fields: dict[str, object], activated: bool) -> str:
+    """Aligned text, one labelled field per line."""
+    width = max(len(label.encode("gbk")) for _, label in LABELS)
+    lines = [f"{label}{' ' * (width - len(label.encode('gbk')))}  {fields[key] or '-'}" for key, label in LABELS]
+    lines.append("状态 State" + " " * (width - 10) + ("  activated" if activated else "  NOT ACTIVATED (activate at a bank counter or by a first registration)"))
+    return "\n".join(lines)
+
+
+@click.command()
+@reader_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout (every field decoded).")
+@click.option("--redact", is_flag=True, help="Mask the ID number, card number, name and birth date.")
+def read(reader: str | None, as_json: bool, redact: bool) -> None:
+    """Read the holder's and the card's data from the social security card.
+
+    \b
+    Examples:
+      sscard read                          # the built-in virtual card
+      sscard read --reader 0 --json        # first PC/SC reader, JSON
+      sscard read --reader "Virtual PCD 00 00" --redact
+    """
+    with open_connection(reader) as connection:
+        identity = SocialSecurityCard(connection).read_identity()
+    fields = identity.to_dict(redact=redact)
+    if as_json:
+        click.echo(json.dumps(fields, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_identity(fields, identity.activated))
+
+
+def read_pin(prompt: str, from_stdin: bool) -> str:
+    """A PIN from a hidden prompt, or one line of stdin (never a command-line option: it would show in ps)."""
+    if from_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        if not line:
+            raise click.UsageError("no PIN on standard input")
+        return line.strip()
+    return click.prompt(prompt, hide_input=True)
+
+
+@click.command("verify-pin")
+@reader_option
+@click.option("--pin-stdin", is_flag=True, help="Read the PIN from the first line of standard input.")
+def verify_pin(reader: str | None, pin_stdin: bool) -> None:
+    """Check the holder's PIN on the card (shows the tries left on a wrong PIN).
+
+    The PIN is asked at a hidden prompt, or read from standard input when it is not a terminal.
+    Exit code 6: wrong PIN; 7: PIN blocked.
+    """
+    with open_connection(reader) as connection:
+        card = SocialSecurityCard(connection)
+        card.select()
+        pin = read_pin("PIN", pin_stdin)
+        card.verify_pin(pin)
+    click.echo("PIN correct.")
+
+
+COMMANDS = [read, verify_pin]
+__all__ = ["COMMANDS", "Identity", "reader_option", "read_pin"]

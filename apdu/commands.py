@@ -1,0 +1,114 @@
+"""Builders for every command the terminal sends to the SSC, the bank application and the PSAM.
+
+ISO/IEC 7816-4 s7 (SELECT, READ RECORD, READ BINARY, VERIFY, GET CHALLENGE, GET RESPONSE, INTERNAL and
+EXTERNAL AUTHENTICATE); PBOC/JR/T 0025 for CHANGE/RELOAD PIN and GET PROCESSING OPTIONS; PBOC PSAM for
+DES INIT and DES CRYPT. Byte values as in shared/reference/ssc-card.md; conventions in
+docs/card-profile.md.
+"""
+from __future__ import annotations
+
+from apdu.command import Command
+
+#: DF name of the social security application: "sx1.sh." + "社会保障" (GBK)
+SSC_DF_NAME = b"sx1.sh." + "社会保障".encode("gbk")
+#: PBOC payment system environment and the UnionPay debit/credit AIDs
+PSE_NAME = b"1PAY.SYS.DDF01"
+AID_PBOC_DEBIT = bytes.fromhex("A000000333010101")
+AID_PBOC_CREDIT = bytes.fromhex("A000000333010102")
+
+#: READ RECORD P2 low bits: "record number in P1" (ISO 7816-4 s7.3.3, table 49)
+P2_RECORD_IN_P1 = 0x04
+
+
+def select_df_name(name: bytes, first_or_only: bool = True) -> Command:
+    """SELECT by DF name, ``00 A4 04 00 Lc name`` (ISO 7816-4 s7.1.1, P1=04). Le 00 asks for the FCI."""
+    return Command(0x00, 0xA4, 0x04, 0x00 if first_or_only else 0x02, name, le=256)
+
+
+def select_ssc() -> Command:
+    """SELECT the social security application, as public readers send it (no Le: case 3)."""
+    return Command(0x00, 0xA4, 0x04, 0x00, SSC_DF_NAME)
+
+
+def select_fid(fid: int) -> Command:
+    """SELECT an EF by file identifier, ``00 A4 00 00 02 FID`` (ISO 7816-4 s7.1.1, P1=00)."""
+    return Command(0x00, 0xA4, 0x00, 0x00, fid.to_bytes(2, "big"))
+
+
+def select_mf() -> Command:
+    """SELECT the MF, ``00 A4 00 00 02 3F 00``."""
+    return select_fid(0x3F00)
+
+
+def read_record(record: int, sfi: int | None = None, le: int = 256, secret: bool = False) -> Command:
+    """READ RECORD ``00 B2 record P2 Le``: P2 = 04 in the current EF, or SFI<<3|04 (ISO 7816-4 s7.3.3).
+
+    ``secret`` keeps the record's content out of APDU traces (the ID number, the card number).
+    """
+    p2 = P2_RECORD_IN_P1 if sfi is None else (sfi << 3) | P2_RECORD_IN_P1
+    return Command(0x00, 0xB2, record, p2, le=le, secret=secret)
+
+
+def read_binary(offset: int = 0, le: int = 256) -> Command:
+    """READ BINARY ``00 B0 offset Le`` in the current EF, offset below 0x8000 (ISO 7816-4 s7.2.3)."""
+    return Command(0x00, 0xB0, offset >> 8 & 0x7F, offset & 0xFF, le=le)
+
+
+def update_record(record: int, data: bytes) -> Command:
+    """UPDATE RECORD ``00 DC record 04 Lc data`` in the current EF (ISO 7816-4 s7.3.5)."""
+    return Command(0x00, 0xDC, record, P2_RECORD_IN_P1, data)
+
+
+def verify(pin_bcd: bytes) -> Command:
+    """VERIFY ``00 20 00 00 Lc PIN`` with the PIN in BCD (PBOC); the data is secret in traces."""
+    return Command(0x00, 0x20, 0x00, 0x00, pin_bcd, secret=True)
+
+
+def verify_status() -> Command:
+    """VERIFY with no data ``00 20 00 00``: asks for the tries left without presenting a PIN (ISO 7816-4 s7.5.6)."""
+    return Command(0x00, 0x20, 0x00, 0x00)
+
+
+def change_pin(old_bcd: bytes, new_bcd: bytes) -> Command:
+    """CHANGE PIN ``80 5E 01 00 Lc old FF new`` (PBOC)."""
+    return Command(0x80, 0x5E, 0x01, 0x00, old_bcd + b"\xff" + new_bcd, secret=True)
+
+
+def reload_pin(new_bcd: bytes, mac: bytes) -> Command:
+    """RELOAD PIN ``80 5E 00 00 Lc new MAC(4)`` (PBOC form; for SSC a project convention)."""
+    return Command(0x80, 0x5E, 0x00, 0x00, new_bcd + mac, secret=True)
+
+
+def get_challenge(length: int = 8) -> Command:
+    """GET CHALLENGE ``00 84 00 00 Le``: 8 bytes for 3DES, 16 for SM4 (ISO 7816-4 s7.5.3)."""
+    return Command(0x00, 0x84, 0x00, 0x00, le=length)
+
+
+def get_response(le: int = 256) -> Command:
+    """GET RESPONSE ``00 C0 00 00 Le`` (ISO 7816-4 s7.6.1)."""
+    return Command(0x00, 0xC0, 0x00, 0x00, le=le)
+
+
+def internal_authenticate(key_id: int, challenge: bytes) -> Command:
+    """INTERNAL AUTHENTICATE ``00 88 00 key Lc random Le`` (ISO 7816-4 s7.5.2); the card encrypts the random."""
+    return Command(0x00, 0x88, 0x00, key_id, challenge, le=len(challenge))
+
+
+def external_authenticate(key_id: int, cryptogram: bytes) -> Command:
+    """EXTERNAL AUTHENTICATE ``00 82 00 key Lc cryptogram`` (ISO 7816-4 s7.5.4)."""
+    return Command(0x00, 0x82, 0x00, key_id, cryptogram)
+
+
+def get_processing_options(pdol_data: bytes = b"") -> Command:
+    """GET PROCESSING OPTIONS ``80 A8 00 00 Lc 83 len PDOL-data 00`` (EMV 4.3 Book 3 s6.5.8)."""
+    return Command(0x80, 0xA8, 0x00, 0x00, bytes((0x83, len(pdol_data))) + pdol_data, le=256)
+
+
+def psam_des_init(key_usage: int, key_version: int, diversification: bytes) -> Command:
+    """PSAM DES INIT ``80 1A usage version Lc data`` (PBOC PSAM; convention for SSC PSAMs)."""
+    return Command(0x80, 0x1A, key_usage, key_version, diversification)
+
+
+def psam_des_crypt(mode: int, data: bytes) -> Command:
+    """PSAM DES CRYPT ``80 FA mode 00 Lc data Le`` (PBOC PSAM): encrypt or MAC with the key set up by DES INIT."""
+    return Command(0x80, 0xFA, mode, 0x00, data, le=256)

@@ -1,0 +1,185 @@
+"""A social security card session over any Connection (real reader, pcscd's virtual reader, memory).
+
+The read follows the public HIS readers (shared/reference/ssc-card.md, "Selection and files"): SELECT
+the SSC application by DF name, SELECT EF05 and EF06 by FID, READ RECORD ``00 B2 n 04 00`` for each
+item of apdu.catalogue. A not-yet-activated card answers the SELECT with 6283 (docs/card-profile.md,
+"Application lifecycle").
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import asdict, dataclass
+
+from apdu import commands
+from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
+from apdu.errors import (
+    CardDataError,
+    CardStatusError,
+    NotSocialSecurityCardError,
+    mask,
+)
+from apdu.tlv import decode_simple
+from drivers.connection import Connection
+
+log = logging.getLogger(__name__)
+
+SW_OK = 0x9000
+#: SELECT answer of a card whose application is issued but not yet activated (EMV: application blocked)
+SW_NOT_ACTIVATED = 0x6283
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Everything EF05 (card) and EF06 (holder) say, decoded. Dates are :class:`datetime.date`."""
+
+    # EF05: the card
+    card_identification_code: str
+    card_type: str
+    spec_version: str
+    initialising_institution: str
+    issue_date: dt.date | None
+    expiry_date: dt.date | None
+    card_number: str
+    # EF06: the holder
+    social_security_number: str
+    name: str
+    name_extension: str
+    sex: str
+    ethnicity: str
+    birthplace: str
+    birth_date: dt.date | None
+    # from the session
+    activated: bool
+    card_reset_info: str
+
+    @property
+    def issuing_region(self) -> str:
+        """Administrative region code of the issuer: the first 6 digits of the card identification code."""
+        return self.card_identification_code[:6]
+
+    @property
+    def full_name(self) -> str:
+        """The name with its extension (long minority names continue in tag 4E)."""
+        return self.name + self.name_extension
+
+    @property
+    def sex_name(self) -> str:
+        return SEX.get(self.sex, "未知")
+
+    @property
+    def ethnicity_name(self) -> str:
+        return ETHNICITY.get(int(self.ethnicity), "未知") if self.ethnicity.isdigit() else "未知"
+
+    def to_dict(self, redact: bool = False) -> dict[str, object]:
+        """JSON-ready fields (dates as ISO strings) with the derived names; masked with ``redact``."""
+        out: dict[str, object] = asdict(self)
+        out.update(
+            full_name=self.full_name,
+            issuing_region=self.issuing_region,
+            sex_name=self.sex_name,
+            ethnicity_name=self.ethnicity_name,
+        )
+        if redact:
+            out.update(redacted(self))
+        return {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in out.items()}
+
+
+def redacted(identity: Identity) -> dict[str, object]:
+    """The fields ``--redact`` replaces: identifiers masked, the name after its first character, the day of birth."""
+    return {
+        "social_security_number": mask(identity.social_security_number, 6, 0),
+        "card_number": mask(identity.card_number, 1, 2),
+        "card_identification_code": mask(identity.card_identification_code, 6, 4),
+        "name": identity.name[:1] + "*" * (len(identity.name) - 1),
+        "name_extension": "*" * len(identity.name_extension),
+        "full_name": identity.full_name[:1] + "*" * (len(identity.full_name) - 1),
+        "birth_date": f"{identity.birth_date.year}-**-**" if identity.birth_date else None,
+        "birthplace": identity.birthplace[:2] + "****" if identity.birthplace else "",
+    }
+
+
+class SocialSecurityCard:
+    """The SSC application on one card, reached through ``connection``."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.activated: bool | None = None
+
+    def select(self) -> bool:
+        """SELECT the SSC application; return whether it is activated.
+
+        Raises :class:`NotSocialSecurityCardError` when the card has no SSC application.
+        """
+        response = self.connection.transmit(commands.select_ssc())
+        if response.sw in (SW_OK, SW_NOT_ACTIVATED):
+            self.activated = response.sw == SW_OK
+            return self.activated
+        log.info("SELECT of the SSC application answered %04X", response.sw)
+        raise NotSocialSecurityCardError(
+            f"This is not a social security card: it has no social security application (SW {response.sw:04X})"
+        )
+
+    def _ensure_selected(self) -> None:
+        if self.activated is None:
+            self.select()
+
+    def read_file(self, items: tuple[DataItem, ...]) -> dict[str, object]:
+        """SELECT the items' EF by FID and READ RECORD each item; decode per apdu.catalogue."""
+        self._ensure_selected()
+        self.connection.transmit(commands.select_fid(items[0].fid)).check()
+        values: dict[str, object] = {}
+        for item in items:
+            response = self.connection.transmit(commands.read_record(item.record, secret=item.sensitive)).check()
+            try:
+                record = decode_simple(response.data)
+            except CardDataError as err:
+                raise CardDataError(f"record {item.record} of EF{item.fid & 0xFF:02X} is malformed: {err}") from None
+            if item.tag not in record:
+                raise CardDataError(
+                    f"record {item.record} of EF{item.fid & 0xFF:02X} does not hold the {item.name_en} (tag {item.tag:02X})"
+                )
+            raw = record[item.tag]
+            values[item.key] = item.decode(raw) if raw else (None if item.encoding == "date" else "")
+        return values
+
+    def read_identity(self) -> Identity:
+        """Read and decode EF05 and EF06 (17 APDUs on a T=1 card)."""
+        values = self.read_file(CARD_ITEMS) | self.read_file(HOLDER_ITEMS)
+        return Identity(
+            **values,  # type: ignore[arg-type]
+            activated=bool(self.activated),
+            card_reset_info=historical_bytes(self.connection.atr).hex().upper(),
+        )
+
+    def pin_tries_left(self) -> int | None:
+        """Tries left before the PIN blocks (VERIFY with no data, ISO 7816-4 s7.5.6); None if already verified."""
+        self._ensure_selected()
+        response = self.connection.transmit(commands.verify_status())
+        if response.sw == SW_OK:
+            return None
+        if response.sw & 0xFFF0 == 0x63C0:
+            return response.sw & 0x0F
+        response.check()
+        raise CardStatusError(response.sw, "Unexpected answer to the PIN status query")
+
+    def verify_pin(self, pin: str) -> None:
+        """VERIFY the holder's PIN (BCD). Raises WrongPINError (tries left) or PINBlockedError."""
+        from apdu.crypto import pin_to_bcd
+
+        self._ensure_selected()
+        self.connection.transmit(commands.verify(pin_to_bcd(pin))).check()
+
+
+def historical_bytes(atr: bytes) -> bytes:
+    """The ATR's historical bytes (ISO/IEC 7816-3 s8.2): the HIS interface's "card reset info"."""
+    if len(atr) < 2:
+        return b""
+    k = atr[1] & 0x0F
+    i, y = 2, atr[1] >> 4
+    while True:
+        i += bin(y).count("1")
+        if not y & 0x8 or i > len(atr):
+            break
+        y = atr[i - 1] >> 4
+    return atr[i:i + k]

@@ -1,0 +1,34 @@
+"""Which reader a command talks to: ``--reader`` specs -> a Connection.
+
+- none given: ``$SSCARD_READER``, else the built-in virtual card ``sim:adult`` (in memory), so every
+  command works on a machine with no reader;
+- ``sim:PROFILE``: the in-memory simulator with a bundled profile name or a profile file path;
+- anything else: a PC/SC reader by index ("0"), name (or a unique part of it) or the card's ATR in hex,
+  as ``opensc-tool -r`` takes them.
+"""
+from __future__ import annotations
+
+import os
+
+from drivers.connection import Connection
+
+DEFAULT_READER = "sim:adult"
+SIM_PREFIX = "sim:"
+
+
+def default_reader() -> str:
+    """The reader used when none is given: ``$SSCARD_READER`` or the built-in virtual card."""
+    return os.environ.get("SSCARD_READER") or DEFAULT_READER
+
+
+def open_connection(spec: str | None = None, exclusive: bool = False) -> Connection:
+    """Connect to the card in the reader ``spec`` names (see module docstring)."""
+    spec = spec or default_reader()
+    if spec.startswith(SIM_PREFIX):
+        from drivers.memory import MemoryConnection
+        from drivers.simulator import load_card
+
+        return MemoryConnection(load_card(spec[len(SIM_PREFIX):]), name=spec)
+    from drivers import pcsc
+
+    return pcsc.connect(spec, exclusive=exclusive)
