@@ -91,6 +91,12 @@ def _decode_date(raw: bytes) -> dt.date:
     return dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
 
 
+def _encode_an(value: str) -> bytes:
+    if not value.isprintable():
+        raise ValueError("not printable ASCII")
+    return value.encode("ascii")
+
+
 def _encode_cn(value: str) -> bytes:
     if not value.isdigit():
         raise ValueError("digits expected")
@@ -106,7 +112,7 @@ DECODERS = {
 }
 
 ENCODERS = {
-    "an": lambda v: v.encode("ascii"),
+    "an": _encode_an,
     "gbk": lambda v: v.encode("gbk"),
     "cn": _encode_cn,
     "date": lambda v: bytes.fromhex(v.strftime("%Y%m%d")),

@@ -121,6 +121,10 @@ class Command:
     def __str__(self) -> str:
         return self.trace()
 
+    def __repr__(self) -> str:
+        # a Command in a traceback or a debugger must not show a PIN either
+        return f"Command({self.trace()})"
+
     def trace(self) -> str:
         """Hex for logs; the data of a secret command is replaced by its length."""
         if not self.secret or not self.data:

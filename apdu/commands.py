@@ -8,6 +8,7 @@ docs/card-profile.md.
 from __future__ import annotations
 
 from apdu.command import Command
+from apdu.errors import APDUFormatError
 
 #: DF name of the social security application: "sx1.sh." + "社会保障" (GBK)
 SSC_DF_NAME = b"sx1.sh." + "社会保障".encode("gbk")
@@ -32,6 +33,8 @@ def select_ssc() -> Command:
 
 def select_fid(fid: int) -> Command:
     """SELECT an EF by file identifier, ``00 A4 00 00 02 FID`` (ISO 7816-4 s7.1.1, P1=00)."""
+    if not 0 <= fid <= 0xFFFF:
+        raise APDUFormatError(f"A file identifier is two bytes (0000-FFFF), not {fid}")
     return Command(0x00, 0xA4, 0x00, 0x00, fid.to_bytes(2, "big"))
 
 
@@ -51,6 +54,8 @@ def read_record(record: int, sfi: int | None = None, le: int = 256, secret: bool
 
 def read_binary(offset: int = 0, le: int = 256) -> Command:
     """READ BINARY ``00 B0 offset Le`` in the current EF, offset below 0x8000 (ISO 7816-4 s7.2.3)."""
+    if not 0 <= offset <= 0x7FFF:
+        raise APDUFormatError(f"A READ BINARY offset is 15 bits (0-32767), not {offset}")
     return Command(0x00, 0xB0, offset >> 8 & 0x7F, offset & 0xFF, le=le)
 
 

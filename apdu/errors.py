@@ -12,7 +12,7 @@ def mask(text: str, keep_start: int = 4, keep_end: int = 2) -> str:
     """Mask the middle of an identifier (ID number, card number): ``110101********1234`` style."""
     if len(text) <= keep_start + keep_end:
         return "*" * len(text)
-    return text[:keep_start] + "*" * (len(text) - keep_start - keep_end) + text[-keep_end:]
+    return text[:keep_start] + "*" * (len(text) - keep_start - keep_end) + text[len(text) - keep_end:]
 
 
 class SSCardError(Exception):

@@ -16,9 +16,9 @@ PADDING = (0x00, 0xFF)
 
 
 def encode_simple(tag: int, value: bytes) -> bytes:
-    """Encode one simple TLV (value at most 255 bytes)."""
-    if not 0 <= tag <= 0xFF:
-        raise TLVError(f"tag {tag!r} is not one byte")
+    """Encode one simple TLV (value at most 255 bytes; tags 00 and FF are invalid, ISO 7816-4 s5.2.1)."""
+    if not 0 < tag < 0xFF:
+        raise TLVError(f"tag {tag!r} is not a valid one-byte tag (01-FE)")
     if len(value) > 0xFF:
         raise TLVError(f"value of tag {tag:02X} is {len(value)} bytes, over 255")
     return bytes((tag, len(value))) + bytes(value)
@@ -107,10 +107,10 @@ def ber_decode(data: bytes) -> list[BerTlv]:
                 if i >= n:
                     raise TLVError(f"truncated multi-byte tag at offset {start}")
                 i += 1
-                if data[i - 1] & 0x80 == 0:
-                    break
                 if i - start > 4:
                     raise TLVError(f"tag at offset {start} longer than 4 bytes")
+                if data[i - 1] & 0x80 == 0:
+                    break
         tag = int.from_bytes(data[start:i], "big")
         if i >= n:
             raise TLVError(f"missing length for tag {tag:X}")
@@ -133,13 +133,27 @@ def ber_decode(data: bytes) -> list[BerTlv]:
     return out
 
 
+#: nesting depth beyond which BER data is refused (real card templates nest 3-4 levels)
+MAX_DEPTH = 32
+
+
 def ber_find(data: bytes, tag: int) -> bytes | None:
-    """Depth-first search for the first object with ``tag``; its value, or ``None``."""
-    for obj in ber_decode(data):
+    """Depth-first search for the first object with ``tag``; its value, or ``None``.
+
+    Iterative, and nesting deeper than :data:`MAX_DEPTH` raises :class:`TLVError`, so hostile data
+    cannot exhaust the stack.
+    """
+    stack = [(iter(ber_decode(data)), 0)]
+    while stack:
+        objects, depth = stack[-1]
+        obj = next(objects, None)
+        if obj is None:
+            stack.pop()
+            continue
         if obj.tag == tag:
             return obj.value
         if obj.constructed:
-            found = ber_find(obj.value, tag)
-            if found is not None:
-                return found
+            if depth + 1 > MAX_DEPTH:
+                raise TLVError(f"BER-TLV nested deeper than {MAX_DEPTH} levels")
+            stack.append((iter(ber_decode(obj.value)), depth + 1))
     return None

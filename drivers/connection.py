@@ -75,7 +75,7 @@ class Connection(ABC):
             return response
         data = bytearray(response.data)
         for _ in range(MAX_GET_RESPONSE):
-            get = Command(0x00, 0xC0, 0x00, 0x00, le=response.sw2 or 256)
+            get = Command(0x00, 0xC0, 0x00, 0x00, le=response.sw2 or 256, secret=command.secret)
             response = self._send(get)
             data += response.data
             if len(data) > MAX_RESPONSE_BYTES:

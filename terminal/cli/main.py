@@ -47,12 +47,19 @@ class SSCardGroup(click.Group):
 
 
 def setup_logging(verbosity: int) -> None:
-    """``-v``: APDU trace and info on stderr; ``-vv``: everything at DEBUG."""
+    """``-v``: APDU trace and info on stderr; ``-vv``: everything at DEBUG.
+
+    Our own stderr handler replaces the one a previous run installed (the CLI may run many times in
+    one process, as in tests); handlers others attached to the root logger are left alone.
+    """
     level = logging.WARNING if verbosity == 0 else logging.DEBUG
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_sscard", False)]:
+        root.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
+    handler._sscard = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     root.setLevel(level)
 
 

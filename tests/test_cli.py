@@ -1,0 +1,106 @@
+"""The CLI's output and exit codes (click's runner, in-memory virtual cards)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from apdu.catalogue import CARD_ITEMS, HOLDER_ITEMS
+from terminal.cli import main
+
+CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"
+
+
+def profile(name: str) -> dict:
+    return json.loads((CARDS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+@pytest.mark.parametrize("name", ["adult", "minority", "other-region", "not-activated"])
+def test_read_json_prints_every_field_as_the_profile_holds_it(name):
+    result = run("read", "--reader", f"sim:{name}", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    expected = profile(name)
+    for section, items in (("card", CARD_ITEMS), ("holder", HOLDER_ITEMS)):
+        for item in items:
+            absent = None if item.encoding == "date" else ""
+            assert out[item.key] == expected[section].get(item.key, absent), item.key
+    assert out["full_name"] == expected["holder"]["name"] + expected["holder"].get("name_extension", "")
+    assert out["issuing_region"] == expected["card"]["card_identification_code"][:6]
+    assert out["activated"] is (expected.get("state", "active") == "active")
+
+
+def test_read_default_is_the_builtin_virtual_card(monkeypatch):
+    monkeypatch.delenv("SSCARD_READER", raising=False)
+    result = run("read", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["name"] == profile("adult")["holder"]["name"]
+
+
+def test_read_text_shows_chinese_labels_and_name():
+    result = run("read", "--reader", "sim:adult")
+    assert result.exit_code == 0, result.output
+    assert "姓名 Name" in result.stdout
+    assert profile("adult")["holder"]["name"] in result.stdout
+
+
+def test_read_redact_masks_identifiers():
+    holder = profile("adult")["holder"]
+    result = run("read", "--reader", "sim:adult", "--json", "--redact")
+    assert result.exit_code == 0, result.output
+    assert holder["social_security_number"] not in result.stdout
+    assert holder["name"] not in result.stdout
+    out = json.loads(result.stdout)
+    assert out["social_security_number"].startswith(holder["social_security_number"][:6])
+    assert "*" in out["social_security_number"]
+
+
+def test_unknown_profile_is_a_clear_error():
+    result = run("read", "--reader", "sim:no-such-card")
+    assert result.exit_code == 12
+    assert "no-such-card" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_verify_pin_right_and_wrong():
+    pin = profile("adult")["pin"]["value"]
+    ok = run("verify-pin", "--reader", "sim:adult", "--pin-stdin", input=pin + "\n")
+    assert ok.exit_code == 0, ok.output
+    assert "PIN correct" in ok.stdout
+    wrong = "000000" if pin != "000000" else "111111"
+    bad = run("verify-pin", "--reader", "sim:adult", "--pin-stdin", input=wrong + "\n")
+    assert bad.exit_code == 6
+    assert "tries left" in bad.stderr or "try left" in bad.stderr
+
+
+def test_verify_pin_blocked_card():
+    pin = profile("blocked-pin")["pin"]["value"]
+    result = run("verify-pin", "--reader", "sim:blocked-pin", "--pin-stdin", input=pin + "\n")
+    assert result.exit_code == 7
+    assert "blocked" in result.stderr
+
+
+def test_trace_masks_pin_and_id_number(caplog):
+    holder = profile("adult")["holder"]
+    pin = profile("adult")["pin"]["value"]
+    with caplog.at_level(logging.DEBUG, logger="sscard.apdu"):
+        run("-v", "read", "--reader", "sim:adult")
+        run("-v", "verify-pin", "--reader", "sim:adult", "--pin-stdin", input=pin + "\n")
+    text = caplog.text
+    assert "00 A4 04 00" in text  # the trace is there
+    assert "secret bytes" in text
+    assert holder["social_security_number"].encode().hex(" ").upper() not in text
+    assert " ".join(pin[i:i + 2] for i in range(0, 6, 2)) not in text
+
+
+def test_help_teaches():
+    result = run("read", "--help")
+    assert result.exit_code == 0
+    assert "--reader" in result.stdout and "Examples" in result.stdout
