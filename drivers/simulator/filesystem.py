@@ -1,0 +1,84 @@
+"""The virtual card's file system: the MF, the SSC application DF, its record EFs (ISO/IEC 7816-4 s5.3).
+
+EF05 and EF06 are built from a profile through :mod:`apdu.catalogue`: each record is one simple TLV
+(tag, length, value). Record n of EF05 holds tag n; EF06's records hold the tags in ``HOLDER_ITEMS``
+order. An item the profile leaves out is the empty TLV ``tag 00`` (project convention, docs/simulator.md).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS, DataItem
+from apdu.commands import SSC_DF_NAME
+from apdu.tlv import ber_encode, encode_simple
+
+MF_FID = 0x3F00
+
+
+@dataclass
+class RecordEF:
+    """A linear record EF: ``records[0]`` is record 1. Records are mutable for later UPDATE RECORD."""
+
+    fid: int
+    records: list[bytes]
+
+    @property
+    def sfi(self) -> int:
+        """Short file identifier (ISO 7816-4 s5.3.1.1): the FID's low 5 bits, EF05 -> 5."""
+        return self.fid & 0x1F
+
+    def record(self, number: int) -> bytes | None:
+        """Record ``number`` (1-based), or ``None`` when there is no such record."""
+        if 1 <= number <= len(self.records):
+            return self.records[number - 1]
+        return None
+
+
+@dataclass
+class DF:
+    """A dedicated file: its FID, DF name (None for the MF), FCI and the EFs directly under it."""
+
+    fid: int | None
+    name: bytes | None
+    fci: bytes = b""
+    files: dict[int, RecordEF] = field(default_factory=dict)
+
+    def by_sfi(self, sfi: int) -> RecordEF | None:
+        """The EF under this DF with that short file identifier."""
+        for ef in self.files.values():
+            if ef.sfi == sfi:
+                return ef
+        return None
+
+
+def records_for(items: tuple[DataItem, ...], values: Mapping[str, str | dt.date]) -> list[bytes]:
+    """One TLV record per item, in catalogue order; an absent value gives ``tag 00``."""
+    out = []
+    for item in items:
+        value = values.get(item.key)
+        raw = b"" if value is None else item.encode(value)
+        out.append(encode_simple(item.tag, raw))
+    return out
+
+
+def ssc_fci(generation: int) -> bytes:
+    """FCI of the SSC application (project convention): ``6F { 84 DF-name, A5 { 9F08 01 generation } }``."""
+    proprietary = ber_encode(0x9F08, bytes((generation,)))
+    return ber_encode(0x6F, ber_encode(0x84, SSC_DF_NAME) + ber_encode(0xA5, proprietary))
+
+
+def build_filesystem(card: Mapping[str, str | dt.date], holder: Mapping[str, str | dt.date],
+                     generation: int) -> tuple[DF, DF]:
+    """The MF and the SSC application DF holding EF05 (``card``) and EF06 (``holder``)."""
+    app = DF(
+        fid=None,
+        name=SSC_DF_NAME,
+        fci=ssc_fci(generation),
+        files={
+            EF05: RecordEF(EF05, records_for(CARD_ITEMS, card)),
+            EF06: RecordEF(EF06, records_for(HOLDER_ITEMS, holder)),
+        },
+    )
+    return DF(fid=MF_FID, name=None), app
