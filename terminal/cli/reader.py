@@ -1,2 +1,195 @@
-"""placeholder until written."""
-COMMANDS: list = []
+"""Reader commands: ``sscard readers``, ``sscard simulate`` and ``sscard watch`` (docs/pcsc.md)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+import click
+
+from apdu.errors import NoReaderError, ProfileError
+
+DEFAULT_PORT = 35963
+
+
+def _atr_hex(atr: bytes | None) -> str:
+    return atr.hex(" ").upper() if atr else ""
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def readers(as_json: bool) -> None:
+    """List the PC/SC readers, whether a card is in each, and its ATR.
+
+    The index shown is what --reader takes (a name, a unique part of it or the card's ATR work too).
+    Exit code 3 when the PC/SC service is not running or there is no reader.
+    """
+    from drivers import pcsc
+
+    statuses = pcsc.reader_status()
+    if not statuses:
+        raise NoReaderError()
+    if as_json:
+        rows = [
+            {"index": i, "reader": s.name, "card": s.present, "atr": s.atr.hex().upper() if s.atr else None,
+             "mute": s.mute, "in_use": s.in_use, "exclusive": s.exclusive}
+            for i, s in enumerate(statuses)
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(s.name) for s in statuses)
+    for i, s in enumerate(statuses):
+        if not s.present:
+            state = "no card"
+        elif s.mute:
+            state = "card not responding (wrong way round?)"
+        else:
+            state = f"card  ATR {_atr_hex(s.atr)}"
+            if s.exclusive:
+                state += "  (in exclusive use by another program)"
+        click.echo(f"{i}  {s.name:<{width}}  {state}")
+
+
+def _load(spec: str):
+    try:
+        from drivers.simulator import load_card
+    except ImportError as err:
+        raise ProfileError("The card simulator is not available in this installation") from err
+    return load_card(spec)
+
+
+@click.command()
+@click.option("--card", "cards", multiple=True, required=True, metavar="PROFILE",
+              help="Card profile: a bundled name (adult, minority, ...) or a JSON file. Repeat for several slots.")
+@click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+              help=f"vpcd port of each card, in order (default {DEFAULT_PORT}, {DEFAULT_PORT + 1}, ...).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where pcscd's vpcd driver listens.")
+@click.option("--remove-after", type=click.IntRange(0), default=None, metavar="N",
+              help="Pull each card out when its command after N APDUs arrives (tests removal mid-read).")
+def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_after: int | None) -> None:
+    """Insert virtual social security cards into pcscd's virtual readers (vsmartcard-vpcd).
+
+    Each card connects to vpcd (port 35963 is "Virtual PCD 00 00", 35964 "Virtual PCD 00 01") and
+    every PC/SC program sees it: sscard, opensc-tool, pcsc_scan. Start pcscd before or after: the
+    cards keep trying. Runs until Ctrl-C or SIGTERM, which remove the cards cleanly; SIGUSR1 pulls
+    the cards out, the next SIGUSR1 puts them back in.
+
+    \b
+    Examples:
+      sscard simulate --card adult
+      sscard simulate --card adult --card fixtures/cards/minority.json
+      kill -USR1 <pid>      # remove / re-insert
+    """
+    from drivers.vpcd import VpcdClient, reader_name
+
+    if len(ports) > len(cards):
+        raise click.UsageError("more --port than --card options")
+    ports = ports + tuple(DEFAULT_PORT + i for i in range(len(ports), len(cards)))
+    if len(set(ports)) != len(ports):
+        raise click.UsageError("two cards on the same port")
+    clients = [
+        VpcdClient(_load(spec), host=host, port=port, remove_after=remove_after, name=f"{spec} @ {reader_name(port)}")
+        for spec, port in zip(cards, ports)
+    ]
+    stop = threading.Event()
+    toggle = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_toggle(signum: int, frame: FrameType | None) -> None:
+        toggle.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig, handler in
+                ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop), (signal.SIGUSR1, on_toggle))}
+    try:
+        for client in clients:
+            client.start()
+            click.echo(f"{client.name}: waiting for pcscd's vpcd on {host}:{client.port}", err=True)
+        shown = [False] * len(clients)
+        while not stop.wait(0.1):
+            if toggle.is_set():
+                toggle.clear()
+                for client in clients:
+                    state = "inserted" if client.toggle() else "removed (SIGUSR1 to re-insert)"
+                    click.echo(f"{client.name}: {state}", err=True)
+            for i, client in enumerate(clients):
+                if client.connected.is_set() != shown[i]:
+                    shown[i] = client.connected.is_set()
+                    click.echo(f"{client.name}: {'card in the reader' if shown[i] else 'card out of the reader'}", err=True)
+    finally:
+        for client in clients:
+            client.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("cards removed, simulator stopped", err=True)
+
+
+@click.command()
+@click.option("--reader", "-r", "spec", default=None, metavar="SPEC",
+              help="Only this reader (index, name or a unique part of it).")
+@click.option("--count", type=click.IntRange(1), default=None, metavar="N",
+              help="Stop after N insertions/removals.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+              help="Stop after S seconds.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event on stdout.")
+def watch(spec: str | None, count: int | None, timeout: float | None, as_json: bool) -> None:
+    """Print card insertions and removals as they happen, per reader, with the ATR.
+
+    Cards already in a reader are shown as "present" (not counted). Survives a restart of the PC/SC
+    service: it waits for pcscd to come back and reports what changed meanwhile. Exit 0 when --count
+    events were seen or at --timeout.
+    """
+    from drivers import pcsc
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = 0
+    wanted = _reader_filter(spec)
+    click.echo("watching readers (Ctrl-C to stop)", err=True)
+    for event in pcsc.watch(poll_s=0.2 if deadline else 0.5):
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo(f"timeout after {timeout:g} s", err=True)
+            break
+        if event.kind == pcsc.TICK:
+            continue
+        if event.kind in (pcsc.SERVICE_LOST, pcsc.SERVICE_BACK):
+            msg = "PC/SC service not running: waiting for it" if event.kind == pcsc.SERVICE_LOST else "PC/SC service back"
+            click.echo(msg, err=True)
+            continue
+        if not wanted(event.reader):
+            continue
+        stamp = dt.datetime.now().isoformat(timespec="milliseconds")
+        if as_json:
+            click.echo(json.dumps({"time": stamp, "event": event.kind, "reader": event.reader,
+                                   "atr": event.atr.hex().upper() if event.atr else None}))
+        else:
+            click.echo(f"{stamp}  {event.kind:<8}  {event.reader}  {_atr_hex(event.atr)}".rstrip())
+        sys.stdout.flush()
+        if event.kind != pcsc.PRESENT:
+            seen += 1
+            if count is not None and seen >= count:
+                break
+
+
+def _reader_filter(spec: str | None):
+    """A predicate on reader names for ``watch --reader``: index or (part of a) name, resolved lazily
+    so a reader plugged in later still matches."""
+    if spec is None:
+        return lambda name: True
+    from drivers import pcsc
+
+    if spec.isdigit():
+        names = pcsc.list_readers()
+        index = int(spec)
+        if index >= len(names):
+            raise click.BadParameter(f"no reader number {index} (readers: {', '.join(names) or 'none'})")
+        target = names[index]
+        return lambda name: name == target
+    return lambda name: name == spec or spec.lower() in name.lower()
+
+
+COMMANDS: list[click.Command] = [readers, simulate, watch]

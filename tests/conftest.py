@@ -1,0 +1,60 @@
+"""Shared fixtures: the real PC/SC stack (pcscd + vsmartcard-vpcd) and simulated cards in it.
+
+``pcscd`` (session): starts ``pcscd --foreground`` unless one already answers, stops it at the end;
+skips with the reason when pcscd or the vpcd driver is not installed (CI installs both: no skip there).
+``vpcd_card`` (factory): ``vpcd_card(card_or_profile, slot=0, remove_after=None, process=False)``
+inserts a simulated card in "Virtual PCD 00 0<slot>" and waits until pcscd sees it; every card is
+removed at the end of the test. Pass a SimulatedCard object or a profile name (needs
+``drivers.simulator.load_card``); ``process=True`` runs ``sscard simulate`` as a subprocess instead
+of a thread in this process.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pcscd as stack  # noqa: E402  (tests/pcscd.py)
+
+
+@pytest.fixture(scope="session")
+def pcscd(tmp_path_factory):
+    """A running pcscd with the vpcd readers (a :class:`tests.pcscd.Pcscd`)."""
+    reason = stack.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    try:
+        daemon = stack.Pcscd(tmp_path_factory.mktemp("pcscd") / "pcscd.log").start()
+    except PermissionError as err:  # not root: cannot create /run/pcscd or start the daemon
+        pytest.skip(f"cannot start pcscd as this user ({err}): start it as root first")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def vpcd_card(pcscd):
+    """Factory: insert a simulated card in a vpcd slot; all of them are removed after the test."""
+    cards: list = []
+
+    def insert(card, slot: int = 0, remove_after: int | None = None, process: bool = False):
+        if process:
+            if not isinstance(card, str):
+                raise TypeError("process=True takes a profile name or path")
+            handle = stack.ProcessCard(card, slot, remove_after)
+        else:
+            if isinstance(card, str):
+                from drivers.simulator import load_card
+
+                card = load_card(card)
+            handle = stack.ThreadCard(card, slot, remove_after)
+        cards.append(handle)
+        return handle.start()
+
+    yield insert
+    for handle in reversed(cards):
+        handle.stop()

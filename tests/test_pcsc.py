@@ -1,0 +1,423 @@
+"""The PC/SC driver over a real pcscd with simulated cards in vsmartcard-vpcd's virtual readers."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from apdu import commands
+from apdu.command import Command
+from apdu.errors import (
+    CardRemovedError,
+    NoCardError,
+    ReaderNotFoundError,
+    SharingViolationError,
+)
+from drivers import pcsc
+from drivers.memory import MemoryConnection
+from pcscd import MiniCard, wait_card
+from terminal.cli import main
+
+pytestmark = pytest.mark.pcsc
+
+READER0 = "Virtual PCD 00 00"
+READER1 = "Virtual PCD 00 01"
+#: no pcscd listens there: libpcsclite (client side) takes its socket path from this variable
+NO_DAEMON = {**os.environ, "PCSCLITE_CSOCK_NAME": "/nonexistent/pcscd.comm"}
+
+
+def identity_apdus() -> list[Command]:
+    """The identity read as public readers do it: SELECT SSC, EF05 + 7 records, EF06 + 7 records."""
+    out = [commands.select_ssc()]
+    for fid in (0xEF05, 0xEF06):
+        out.append(commands.select_fid(fid))
+        out += [commands.read_record(n) for n in range(1, 8)]
+    return out
+
+
+def exchange_all(connection, apdus: list[Command]) -> list[bytes]:
+    """Each response as data || SW1 SW2."""
+    return [(r.data + r.sw.to_bytes(2, "big")) for r in map(connection.transmit, apdus)]
+
+
+def load_profile(name: str):
+    try:
+        from drivers.simulator import load_card
+    except ImportError:
+        pytest.skip("drivers.simulator.load_card is not there yet (the SSC simulator is being written)")
+    return load_card(name)
+
+
+# --- readers, specs ---------------------------------------------------------------------------
+
+def test_list_readers_shows_both_vpcd_slots(pcscd):
+    assert pcsc.list_readers()[:2] == [READER0, READER1]
+
+
+@pytest.mark.parametrize("spec", ["0", READER0, "pcd 00 00", "3B 68 00 00 00 73 C8 40 13 00 90 00"])
+def test_connect_by_index_name_part_or_atr(vpcd_card, spec):
+    vpcd_card(MiniCard())
+    with pcsc.connect(spec) as connection:
+        assert connection.name == READER0
+        assert connection.atr == MiniCard().atr
+
+
+def test_atr_spec_picks_the_reader_holding_that_card(vpcd_card):
+    vpcd_card(MiniCard())
+    other = MiniCard(atr=bytes.fromhex("3B0212AB"))
+    vpcd_card(other, slot=1)
+    with pcsc.connect("3B:02:12:AB") as connection:
+        assert connection.name == READER1
+
+
+def test_unknown_reader_lists_the_readers(pcscd):
+    with pytest.raises(ReaderNotFoundError) as err:
+        pcsc.connect("Gemalto")
+    assert READER0 in str(err.value) and READER1 in str(err.value)
+    assert err.value.exit_code == 3
+
+
+def test_ambiguous_name_part_is_refused(pcscd):
+    with pytest.raises(ReaderNotFoundError, match="several readers"):
+        pcsc.connect("Virtual")
+
+
+def test_reader_index_out_of_range(pcscd):
+    with pytest.raises(ReaderNotFoundError, match="No reader number 9"):
+        pcsc.connect("9")
+
+
+def test_empty_reader_is_no_card(pcscd):
+    wait_card(READER1, present=False)
+    with pytest.raises(NoCardError) as err:
+        pcsc.connect("1")
+    assert err.value.exit_code == 4 and "insert the card" in str(err.value)
+
+
+def test_atr_nobody_has_is_no_card(pcscd):
+    with pytest.raises(NoCardError, match="No card with ATR 3B 00 11 22"):
+        pcsc.connect("3B001122")
+
+
+# --- exchanging APDUs -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("t0", [False, True], ids=["T1-style", "T0-61xx"])
+def test_same_bytes_as_the_memory_driver(vpcd_card, t0):
+    vpcd_card(MiniCard(t0=t0))
+    with pcsc.connect(READER0) as connection:
+        over_pcscd = exchange_all(connection, identity_apdus())
+        count = connection.apdu_count
+    memory = MemoryConnection(MiniCard(t0=t0))
+    assert over_pcscd == exchange_all(memory, identity_apdus())
+    assert count == memory.apdu_count == 17 + t0  # one GET RESPONSE on T=0
+
+
+def test_t0_get_response_through_pcscd(vpcd_card):
+    card = vpcd_card(MiniCard(t0=True)).card
+    with pcsc.connect("0") as connection:
+        response = connection.transmit(commands.select_ssc())
+    assert (response.data, response.sw) == (MiniCard.FCI, 0x9000)
+    assert card.commands[-1] == bytes((0x00, 0xC0, 0x00, 0x00, len(MiniCard.FCI)))  # pyscard left 61xx to us
+
+
+def test_6cxx_reissue_through_pcscd(vpcd_card):
+    card = vpcd_card(MiniCard(strict_le=True)).card
+    with pcsc.connect("0") as connection:
+        connection.transmit(commands.select_ssc()).check()
+        connection.transmit(commands.select_fid(0xEF06)).check()
+        response = connection.transmit(commands.read_record(2, le=1))
+    assert (response.data, response.sw) == (b"\x09\x03abc", 0x9000)
+    assert card.commands[-2:] == [bytes.fromhex("00B2020401"), bytes.fromhex("00B2020405")]
+
+
+@pytest.mark.parametrize("profile", ["adult", "minority", "not-activated", "other-region"])
+def test_profile_identity_bytes_identical_to_memory(vpcd_card, profile):
+    from terminal.card import SocialSecurityCard
+
+    vpcd_card(load_profile(profile))
+    with pcsc.connect(READER0) as connection:
+        over_pcscd = exchange_all(connection, identity_apdus())
+    with pcsc.connect(READER0) as connection:  # disconnect powered it down: a fresh session
+        identity = SocialSecurityCard(connection).read_identity()
+    memory = MemoryConnection(load_profile(profile))
+    assert over_pcscd == exchange_all(memory, identity_apdus())
+    assert identity == SocialSecurityCard(MemoryConnection(load_profile(profile))).read_identity()
+
+
+def test_disconnect_powers_the_card_down(vpcd_card):
+    card = vpcd_card(MiniCard()).card
+    with pcsc.connect("0") as connection:
+        connection.transmit(commands.select_ssc()).check()
+        assert card.powered and card.app_selected
+    deadline = time.monotonic() + 3
+    while card.powered and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not card.powered and not card.app_selected  # volatile state gone with the session
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+def test_card_removed_mid_read_is_card_removed(vpcd_card):
+    vpcd_card(MiniCard(), remove_after=3)
+    with pcsc.connect("0") as connection:
+        for command in identity_apdus()[:3]:
+            assert connection.transmit(command).sw == 0x9000
+        with pytest.raises(CardRemovedError) as err:
+            connection.transmit(commands.read_record(2))
+    assert "removed" in str(err.value) and err.value.exit_code == 4
+
+
+def test_removed_then_next_command_is_card_removed(vpcd_card):
+    slot = vpcd_card(MiniCard())
+    with pcsc.connect("0") as connection:
+        connection.transmit(commands.select_ssc()).check()
+        slot.remove()
+        with pytest.raises(CardRemovedError):
+            connection.transmit(commands.select_fid(0xEF05))
+
+
+def test_cli_read_card_removed_mid_read_exit_4(vpcd_card):
+    vpcd_card(MiniCard(), remove_after=3)
+    result = CliRunner().invoke(main, ["read", "--reader", READER0])
+    assert result.exit_code == 4, result.output
+    assert "card was removed during the operation" in result.output
+
+
+def test_cli_read_not_a_social_security_card(vpcd_card):
+    vpcd_card(MiniCard(ssc=False))
+    result = CliRunner().invoke(main, ["read", "--reader", "0"])
+    assert result.exit_code == 5, result.output
+    assert "not a social security card" in result.output
+
+
+def test_exclusive_blocks_others_sharing_violation(vpcd_card):
+    vpcd_card(MiniCard())
+    with pcsc.connect("0", exclusive=True) as first:
+        with pytest.raises(SharingViolationError) as err:
+            pcsc.connect("0")
+        assert err.value.exit_code == 3 and "Another program" in str(err.value)
+        assert first.transmit(commands.select_ssc()).sw == 0x9000
+    with pcsc.connect("0") as shared:
+        with pytest.raises(SharingViolationError):
+            pcsc.connect("0", exclusive=True)
+        assert shared.transmit(commands.select_ssc()).sw == 0x9000
+
+
+def test_shared_connections_coexist(vpcd_card):
+    vpcd_card(MiniCard())
+    with pcsc.connect("0", disposition="leave") as one, pcsc.connect("0", disposition="leave") as two:
+        assert one.transmit(commands.select_ssc()).sw == two.transmit(commands.select_ssc()).sw == 0x9000
+
+
+def test_protocol_t1_only_on_a_t0_card_is_refused(vpcd_card):
+    vpcd_card(MiniCard())  # vpcd offers T=0 for this ATR (no TD1)
+    with pytest.raises(Exception) as err:
+        pcsc.connect("0", protocol="T1")
+    assert err.type.__module__ == "apdu.errors"  # one of ours, never pyscard's
+
+
+def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_no_pcscd_is_service_not_running():
+    code = (
+        "from apdu.errors import ServiceNotRunningError\n"
+        "from drivers import pcsc\n"
+        "for call in (pcsc.list_readers, lambda: pcsc.connect('0'), pcsc.reader_status):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ServiceNotRunningError as err:\n"
+        "        print(err.exit_code, err)\n"
+    )
+    result = run_python(code, NO_DAEMON)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert all(line.startswith("3 PC/SC service not running") for line in lines)
+
+
+@pytest.mark.parametrize("args", [["readers"], ["read", "--reader", "0"], ["watch", "--timeout", "0.3", "--reader", "0"]])
+def test_cli_without_pcscd_says_so(args):
+    result = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+                            env=NO_DAEMON, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3, result.stderr
+    assert "PC/SC service not running" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- CLI: readers, watch ----------------------------------------------------------------------
+
+def test_cli_readers_shows_card_and_atr(vpcd_card):
+    vpcd_card(MiniCard())
+    result = CliRunner().invoke(main, ["readers"])
+    assert result.exit_code == 0, result.output
+    line0, line1 = result.output.splitlines()[:2]
+    assert line0.startswith(f"0  {READER0}") and "3B 68 00 00 00 73 C8 40 13 00 90 00" in line0
+    assert line1.startswith(f"1  {READER1}") and "no card" in line1
+    rows = json.loads(CliRunner().invoke(main, ["readers", "--json"]).output)
+    assert rows[0] == {"index": 0, "reader": READER0, "card": True, "atr": "3B6800000073C84013009000",
+                       "mute": False, "in_use": False, "exclusive": False}
+
+
+def start_watch(*args: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "watch", "--json", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().startswith("watching readers")
+    time.sleep(0.3)  # its first look at the readers
+    return proc
+
+
+def test_watch_sees_insertion_then_removal(vpcd_card):
+    wait_card(READER0, present=False)
+    watch = start_watch("--count", "2", "--timeout", "20", "--reader", READER0)
+    try:
+        slot = vpcd_card(MiniCard())
+        slot.remove()
+        out, err = watch.communicate(timeout=25)
+    finally:
+        watch.kill()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["event"], e["reader"], e["atr"]) for e in events] == [
+        ("inserted", READER0, "3B6800000073C84013009000"),
+        ("removed", READER0, "3B6800000073C84013009000"),
+    ]
+    assert watch.returncode == 0, err
+
+
+def test_watch_survives_a_pcscd_restart(pcscd, vpcd_card):
+    if not pcscd.started_here:
+        pytest.skip("pcscd was already running: the tests restart only their own")
+    slot = vpcd_card(MiniCard())
+    watch = start_watch("--count", "1", "--timeout", "30")
+    try:
+        pcscd.restart()
+        wait_card(READER0, present=True)  # the vpcd client reconnected by itself
+        time.sleep(1.5)  # watch re-establishes its context (retry every second)
+        slot.remove()
+        out, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event"] for e in events] == ["present", "removed"], err
+    assert "PC/SC service not running: waiting" in err and "PC/SC service back" in err
+
+
+# --- interop with a third-party PC/SC client --------------------------------------------------
+
+def opensc_tool_responses(reader: str, apdus: list[Command]) -> list[bytes]:
+    """Run ``opensc-tool -r READER -s APDU ...`` and parse each response (data then SW1 SW2)."""
+    args = ["opensc-tool", "-r", reader]
+    for apdu in apdus:
+        args += ["-s", apdu.to_bytes().hex(":")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    out: list[bytes] = []
+    data: bytearray | None = None
+    sw = b""
+    for line in result.stdout.splitlines():
+        received = re.match(r"Received \(SW1=0x([0-9A-Fa-f]{2}), SW2=0x([0-9A-Fa-f]{2})\)", line)
+        if received:
+            if data is not None:
+                out.append(bytes(data) + sw)
+            data, sw = bytearray(), bytes.fromhex(received[1] + received[2])
+        elif line.startswith("Sending:"):
+            continue
+        elif data is not None:
+            hexpart = re.match(r"^((?:[0-9A-F]{2} ){1,16})", line)
+            if hexpart:
+                data += bytes.fromhex(hexpart[1])
+    if data is not None:
+        out.append(bytes(data) + sw)
+    return out
+
+
+def test_opensc_tool_gets_the_same_bytes(vpcd_card):
+    if shutil.which("opensc-tool") is None:
+        pytest.skip("opensc-tool is not installed (apt-get install opensc)")
+    vpcd_card(MiniCard())
+    # opensc-tool takes the index of its own reader list: find ours by name
+    apdus = identity_apdus()
+    with pcsc.connect(READER0, disposition="leave") as connection:
+        ours = exchange_all(connection, apdus)
+    theirs = opensc_tool_responses("0", apdus)
+    assert theirs == ours
+    assert len(theirs) == 17 and theirs[2] == b"\x01\x04\x01\x01\x01\x01\x90\x00"
+
+
+# --- end to end: the sscard CLI over pcscd, the card in an `sscard simulate` process -----------
+
+def sscard(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+                          input=input, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("profile", ["adult", "minority"])
+def test_e2e_read_over_pcscd_equals_in_memory(vpcd_card, profile):
+    load_profile(profile)  # skips until the simulator is there
+    vpcd_card(profile, process=True)
+    over_pcscd = sscard("read", "--json", "--reader", READER0)
+    in_memory = sscard("read", "--json", "--reader", f"sim:{profile}")
+    assert over_pcscd.returncode == 0, over_pcscd.stderr
+    assert json.loads(over_pcscd.stdout) == json.loads(in_memory.stdout)
+
+
+def test_e2e_read_removed_mid_read_exit_4(vpcd_card):
+    load_profile("adult")
+    vpcd_card("adult", process=True, remove_after=5)
+    result = sscard("read", "--reader", "0")
+    assert result.returncode == 4, result.stderr
+    assert "removed during the operation" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_e2e_verify_pin_blocked_over_pcscd_exit_7(vpcd_card):
+    load_profile("blocked-pin")
+    vpcd_card("blocked-pin", process=True)
+    result = sscard("verify-pin", "--reader", READER0, "--pin-stdin", input="123456\n")
+    assert result.returncode == 7, result.stderr
+    assert "blocked" in result.stderr
+
+
+# --- watch's bookkeeping (no pcscd needed) ----------------------------------------------------
+
+def status(name: str, atr: bytes | None, events: int = 0, mute: bool = False) -> pcsc.ReaderStatus:
+    return pcsc.ReaderStatus(name, atr is not None or mute, atr, mute=mute, events=events)
+
+
+def kinds(events) -> list[tuple[str, str]]:
+    return [(e.kind, e.reader) for e in events]
+
+
+def test_diff_first_look_reports_present_then_changes():
+    known: dict = {}
+    assert kinds(pcsc._diff(known, [status("A", b"\x3b\x00"), status("B", None)], True, True)) == [("present", "A")]
+    assert kinds(pcsc._diff(known, [status("A", None), status("B", b"\x3b\x01")], False, True)) == [
+        ("removed", "A"), ("inserted", "B")]
+    assert pcsc._diff(known, [status("A", None), status("B", b"\x3b\x01")], False, True) == []
+
+
+def test_diff_swap_between_two_looks_is_removed_then_inserted():
+    known: dict = {}
+    pcsc._diff(known, [status("A", b"\x3b\x00", events=1)], False, True)
+    assert kinds(pcsc._diff(known, [status("A", b"\x3b\x00", events=3)], False, True)) == [
+        ("removed", "A"), ("inserted", "A")]
+    # after a pcscd restart the counters start again: only the ATR counts
+    assert pcsc._diff(known, [status("A", b"\x3b\x00", events=1)], False, False) == []
+
+
+def test_diff_unplugged_reader_with_card_is_removed_and_mute_card_waits():
+    known: dict = {}
+    pcsc._diff(known, [status("A", b"\x3b\x00"), status("B", None)], False, True)
+    assert kinds(pcsc._diff(known, [status("B", None, mute=True)], False, True)) == [("removed", "A")]
+    assert kinds(pcsc._diff(known, [status("B", b"\x3b\x02")], False, True)) == [("inserted", "B")]
+
+
+@pytest.mark.parametrize("spec, atr", [("3B8F80", b"\x3b\x8f\x80"), ("3b 8f 80", b"\x3b\x8f\x80"),
+                                       ("3B:8F:80", b"\x3b\x8f\x80"), ("Virtual", None), ("0", None), ("3B8", None)])
+def test_parse_atr(spec, atr):
+    assert pcsc.parse_atr(spec) == atr
