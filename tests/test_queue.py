@@ -1,0 +1,285 @@
+"""The local outbox on real SQLite files: envelopes, msgids, durability, concurrency, states."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from queueing import CARD, OTHER_CARD, STATION, Clock, clock, outbox, purchase, registration  # noqa: F401
+
+from apdu.errors import ConfigError
+from terminal.central import REQUIRED
+from terminal.envelope import CST, Fen, RecordError, Station, msgid_time, parse_yuan, yuan
+from terminal.queue import Outbox, Outcome, QueueError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the envelope as queued ---------------------------------------------------------------------
+
+def test_a_queued_record_is_its_final_envelope_with_a_30_character_msgid(outbox, clock):
+    record = registration(outbox)
+    message = json.loads(record.envelope)
+    assert set(REQUIRED) <= set(message)
+    assert record.msgid == message["msgid"] == "H11010500001" + "20260301093000" + "0700"
+    assert len(record.msgid) == 30
+    assert message["inf_time"] == "2026-03-01 09:30:00"
+    assert message["mdtrtarea_admvs"] == message["insuplc_admdvs"] == "110105"
+    assert message["fixmedins_name"] == "北京测试医院" and message["opter_name"] == "王医生"
+    assert message["sign_no"] == ""
+    assert record.status == "pending" and record.attempts == 0 and not record.cross_region
+
+
+def test_a_card_from_another_region_is_flagged_cross_region(outbox):
+    record = registration(outbox, insured_region="310101")
+    assert record.cross_region
+    assert json.loads(record.envelope)["insuplc_admdvs"] == "310101"
+    assert record.summary()["cross_region"] is True
+
+
+def test_times_are_beijing_time_whatever_zone_the_clock_reports(tmp_path):
+    utc = Clock(dt.datetime(2026, 3, 1, 1, 30, 0, tzinfo=dt.timezone.utc))
+    with Outbox(tmp_path / "q.sqlite", STATION, clock=utc) as box:
+        record = registration(box)
+    assert record.msgid[12:26] == "20260301093000"
+    assert json.loads(record.envelope)["inf_time"] == "2026-03-01 09:30:00"
+    assert record.created_at == dt.datetime(2026, 3, 1, 9, 30, tzinfo=CST)
+
+
+def test_amounts_are_fen_inside_and_yuan_with_two_decimals_on_the_wire(outbox):
+    record = purchase(outbox, total=Fen(2350), account=Fen(5))
+    assert record.input["data"]["medfee_sumamt"] == "23.50"
+    assert record.input["data"]["acct_pay"] == "0.05"
+    assert parse_yuan(record.input["data"]["medfee_sumamt"]) == 2350
+
+
+@given(st.integers(min_value=-10**12, max_value=10**12))
+def test_yuan_round_trips_every_amount(fen):
+    text = yuan(fen)
+    assert text.rsplit(".", 1)[1].isdigit() and len(text.rsplit(".", 1)[1]) == 2
+    assert parse_yuan(text) == fen
+
+
+@pytest.mark.parametrize("text", ["12.3", "12", "12.345", "1e3", " 1.00", "", None, 12.34, "-.50"])
+def test_parse_yuan_refuses_anything_but_two_decimals(text):
+    with pytest.raises(RecordError):
+        parse_yuan(text)
+
+
+@pytest.mark.parametrize(
+    "infno, body, region",
+    [
+        ("9999", {}, "110105"),                         # not a transaction the terminal sends
+        ("2201", {"data": {}}, "11010"),                # insured region not 6 digits
+        ("2201", ["not", "an", "object"], "110105"),    # input must be an object
+        ("2102", {"data": {"medfee_sumamt": 23.5}}, "110105"),  # a float amount
+        ("2201", {"data": {"when": object()}}, "110105"),       # not JSON
+    ],
+)
+def test_an_invalid_record_is_refused_and_nothing_is_queued(outbox, infno, body, region):
+    with pytest.raises(RecordError):
+        outbox.add(infno, body, insured_region=region)
+    assert outbox.counts()["pending"] == 0
+    assert registration(outbox).msgid.endswith("0700")  # rolled back: no msgid was used up
+    assert outbox.counts()["pending"] == 1
+
+
+@pytest.mark.parametrize(
+    "change", [{"fixmedins_code": "H1101"}, {"region": "北京"}, {"terminal_no": 100}, {"terminal_no": -1}]
+)
+def test_invalid_station_settings_are_a_config_error(change):
+    with pytest.raises(ConfigError):
+        replace(STATION, **change)
+
+
+# --- msgids -------------------------------------------------------------------------------------
+
+def test_more_than_100_records_in_one_second_borrow_the_next_second_and_stay_unique(outbox):
+    ids = [registration(outbox).msgid for _ in range(250)]
+    assert len(set(ids)) == 250
+    assert ids == sorted(ids)
+    assert {i[26:28] for i in ids} == {"07"}  # the terminal number
+    stamps = [i[12:26] for i in ids]
+    assert stamps.count("20260301093000") == 100
+    assert stamps.count("20260301093001") == 100
+    assert stamps[-1] == "20260301093002"
+
+
+def test_a_clock_set_back_never_reuses_a_msgid(outbox, clock):
+    first = registration(outbox).msgid
+    clock.tick(-3600)
+    second = registration(outbox).msgid
+    assert second > first
+    assert msgid_time(second) == msgid_time(first)
+    clock.tick(7200)
+    assert msgid_time(registration(outbox).msgid) == dt.datetime(2026, 3, 1, 10, 30, tzinfo=CST)
+
+
+def test_two_terminals_of_one_institution_never_share_a_msgid(tmp_path, clock):
+    other = Station(STATION.fixmedins_code, STATION.fixmedins_name, STATION.region, 8, STATION.operator)
+    with Outbox(tmp_path / "a.sqlite", STATION, clock=clock) as a, Outbox(tmp_path / "b.sqlite", other, clock=clock) as b:
+        ids_a = {registration(a).msgid for _ in range(50)}
+        ids_b = {registration(b).msgid for _ in range(50)}
+    assert len(ids_a | ids_b) == 100
+
+
+ADDER = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[2])
+    from queueing import STATION, registration
+    from terminal.queue import Outbox
+    box = Outbox(sys.argv[1], STATION)
+    for _ in range(int(sys.argv[3])):
+        record = registration(box)
+    print(record.msgid, flush=True)
+    if sys.argv[4] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # no close, no clean exit: a power cut as far as SQLite knows
+    """
+)
+
+
+def run_adder(path: Path, count: int, how: str = "close") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", ADDER, str(path), str(Path(__file__).parent), str(count), how],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+
+
+def test_a_record_add_returned_survives_the_process_being_killed(tmp_path):
+    path = tmp_path / "q.sqlite"
+    adder = run_adder(path, 3, "kill")
+    last, _ = adder.communicate(timeout=60)
+    assert adder.returncode == -9
+    with Outbox(path) as box:
+        assert box.get(last.strip()).status == "pending"
+        assert box.counts()["pending"] == 3
+
+
+def test_two_processes_adding_at_once_get_distinct_msgids_and_lose_nothing(tmp_path):
+    path = tmp_path / "q.sqlite"
+    Outbox(path, STATION).close()
+    adders = [run_adder(path, 150) for _ in range(2)]
+    for adder in adders:
+        adder.communicate(timeout=60)
+        assert adder.returncode == 0
+    with Outbox(path) as box:
+        ids = [r.msgid for r in box.pending()]
+    assert len(ids) == len(set(ids)) == 300
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+def test_the_station_is_saved_in_the_queue_for_later_openers(tmp_path, clock):
+    path = tmp_path / "q.sqlite"
+    Outbox(path, STATION, clock=clock).close()
+    with Outbox(path, clock=clock) as box:
+        assert box.station == STATION
+        assert registration(box).msgid.startswith(STATION.fixmedins_code)
+
+
+def test_a_queue_without_station_cannot_queue(tmp_path):
+    with Outbox(tmp_path / "q.sqlite") as box, pytest.raises(ConfigError):
+        registration(box)
+
+
+def test_inspection_refuses_a_missing_queue_file(tmp_path):
+    with pytest.raises(QueueError, match="No record queue"):
+        Outbox(tmp_path / "none.sqlite", create=False)
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def test_a_damaged_file_is_a_queue_error_naming_it(tmp_path):
+    path = tmp_path / "q.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(QueueError, match=str(path)) as caught:
+        Outbox(path, STATION)
+    assert caught.value.exit_code == 13
+
+
+def test_a_queue_from_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "q.sqlite"
+    Outbox(path, STATION).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version=99")
+    with pytest.raises(QueueError, match="newer version"):
+        Outbox(path)
+
+
+def test_the_queue_runs_in_wal_mode_with_full_sync(outbox):
+    assert outbox.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert outbox.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+# --- states ---------------------------------------------------------------------------------------
+
+def test_answers_settle_records_once_and_failures_keep_them_pending(outbox, clock):
+    a, b, c = (registration(outbox) for _ in range(3))
+    outbox.note_failure([a.msgid, b.msgid, c.msgid], "connection refused")
+    clock.tick(60)
+    assert outbox.settle([Outcome(a.msgid, 0, "", {"infcode": 0}), Outcome(b.msgid, -1, "bad insutype")]) == (1, 1)
+    assert outbox.settle([Outcome(a.msgid, -1, "late"), Outcome(b.msgid, 0)]) == (0, 0)  # final states stay
+
+    sent, rejected, pending = outbox.get(a.msgid), outbox.get(b.msgid), outbox.get(c.msgid)
+    assert (sent.status, sent.attempts, sent.reply, sent.last_error) == ("sent", 2, {"infcode": 0}, None)
+    assert sent.done_at == dt.datetime(2026, 3, 1, 9, 31, tzinfo=CST)
+    assert (rejected.status, rejected.infcode, rejected.last_error) == ("rejected", -1, "bad insutype")
+    assert (pending.status, pending.attempts, pending.last_error) == ("pending", 1, "connection refused")
+    assert outbox.counts() == {"pending": 1, "sent": 1, "rejected": 1}
+    assert [r.msgid for r in outbox.pending()] == [c.msgid]
+
+
+def test_pending_is_oldest_first_and_lists_newest_first(outbox, clock):
+    ids = []
+    for _ in range(5):
+        ids.append(registration(outbox).msgid)
+        clock.tick()
+    assert [r.msgid for r in outbox.pending(limit=3)] == ids[:3]
+    assert [r.msgid for r in outbox.records(limit=2)] == ids[:-3:-1]
+    assert outbox.oldest_pending() == dt.datetime(2026, 3, 1, 9, 30, tzinfo=CST)
+    with pytest.raises(QueueError):
+        outbox.records(status="lost")
+
+
+def test_the_kiosk_sees_only_the_records_of_the_card_inserted(outbox):
+    mine = [registration(outbox).msgid, purchase(outbox).msgid]
+    registration(outbox, card_sn=OTHER_CARD)
+    registration(outbox, card_sn=None)
+    found = outbox.for_card(CARD)
+    assert [r.msgid for r in found] == mine[::-1]
+    summary = found[0].summary()
+    assert summary["card_sn"] != CARD and summary["card_sn"].startswith(CARD[:6]) and summary["card_sn"].endswith(CARD[-4:])
+    assert "P0001" not in json.dumps(summary)
+
+
+def test_an_unknown_msgid_is_a_queue_error(outbox):
+    with pytest.raises(QueueError, match="No record"):
+        outbox.get("H110105000012026030109300007" + "99")
+
+
+def test_the_queue_file_can_be_opened_while_another_outbox_writes(tmp_path, clock):
+    path = tmp_path / "q.sqlite"
+    with Outbox(path, STATION, clock=clock) as writer, Outbox(path, clock=clock) as reader:
+        registration(writer)
+        assert reader.counts()["pending"] == 1
+        registration(reader)
+        assert {r.msgid[-4:] for r in writer.pending()} == {"0700", "0701"}
+    assert os.path.getsize(path) > 0
+
+
+def test_records_filter_by_state_and_card_together(outbox):
+    mine = registration(outbox)
+    registration(outbox, card_sn=OTHER_CARD)
+    outbox.settle([Outcome(mine.msgid, 0)])
+    assert [r.msgid for r in outbox.records("sent", card_sn=CARD)] == [mine.msgid]
+    assert outbox.records("pending", card_sn=CARD) == []
+    assert len(outbox.records("pending")) == 1

@@ -1,0 +1,228 @@
+"""The uploader against the real reference central service on 127.0.0.1: batches, faults, dedupe."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from queueing import OTHER_CARD, STATION, central, clock, free_port, outbox, purchase, registration  # noqa: F401
+
+from terminal.central import GARBAGE, MAX_BATCH, CentralService
+from terminal.envelope import Envelope, Fen, with_sign_no
+from terminal.queue import Outbox
+from terminal.upload import CentralClient, CentralError, NotSignedInError, Uploader
+
+
+def drain(outbox, url: str, **options):
+    with Uploader(outbox, url, **options) as uploader:
+        return uploader.drain()
+
+
+def test_everything_pending_goes_up_in_batches_and_is_settled(outbox, central):
+    ids = [registration(outbox).msgid for _ in range(250)]
+    report = drain(outbox, central.url, batch_size=100)
+    assert (report.sent, report.rejected, report.pending, report.batches, report.error) == (250, 0, 0, 3, None)
+    assert central.ledger.count() == 251  # and the 9001 sign-in
+    first = outbox.get(ids[0])
+    received = central.ledger.message(ids[0])
+    assert received == {**json.loads(first.envelope), "sign_no": received["sign_no"]}
+    assert received["sign_no"].startswith("S")
+    assert first.status == "sent" and first.reply["infcode"] == 0 and first.reply["inf_refmsgid"].startswith("CENTRAL")
+
+
+def test_the_service_answers_the_cross_region_flag(outbox, central):
+    local, away = registration(outbox), registration(outbox, insured_region="310101", card_sn=OTHER_CARD)
+    drain(outbox, central.url)
+    assert outbox.get(local.msgid).reply["output"] == {"cross_region": False}
+    assert outbox.get(away.msgid).reply["output"] == {"cross_region": True}
+
+
+def test_an_invalid_record_is_rejected_for_good_and_the_rest_of_its_batch_is_sent(outbox, central):
+    good = registration(outbox)
+    bad = purchase(outbox, total="23.5")  # a string amount the queue cannot check
+    report = drain(outbox, central.url)
+    assert (report.sent, report.rejected, report.pending) == (1, 1, 0)
+    assert outbox.get(good.msgid).status == "sent"
+    rejected = outbox.get(bad.msgid)
+    assert rejected.status == "rejected" and rejected.infcode == -1 and "two decimals" in rejected.last_error
+    assert drain(outbox, central.url).sent == 0  # a rejected record is not sent again
+
+
+def test_an_unreachable_service_keeps_every_record_pending_then_they_go_when_it_is_back(outbox, tmp_path):
+    port = free_port()
+    for _ in range(3):
+        registration(outbox)
+    report = drain(outbox, f"http://127.0.0.1:{port}", timeout=2)
+    assert (report.sent, report.pending) == (0, 3)
+    assert "unreachable" in report.error
+    assert all(r.attempts == 1 and "unreachable" in r.last_error for r in outbox.pending())
+    with CentralService(tmp_path / "c.sqlite", port=port) as service:
+        assert drain(outbox, service.url).sent == 3
+    assert outbox.counts() == {"pending": 0, "sent": 3, "rejected": 0}
+
+
+def test_a_failing_service_processes_nothing_and_the_retry_sends_all(outbox, central):
+    registration(outbox)
+    central.set_fault("fail", count=1)
+    report = drain(outbox, central.url)
+    assert report.pending == 1 and "HTTP 503" in report.error
+    assert central.ledger.count() == 0
+    assert drain(outbox, central.url).sent == 1
+
+
+def signed_in(outbox, url: str, **options) -> Uploader:
+    uploader = Uploader(outbox, url, **options)
+    uploader.sign_in()
+    return uploader
+
+
+@pytest.mark.parametrize("mode", ["stall", "drop"])
+def test_a_lost_answer_is_retried_and_the_service_keeps_one_copy(outbox, central, mode):
+    ids = [registration(outbox).msgid for _ in range(5)]
+    with signed_in(outbox, central.url, timeout=0.5) as uploader:
+        central.set_fault(mode, count=1, seconds=3)
+        first = uploader.drain()
+        assert first.sent == 0 and first.pending == 5 and first.error
+        deadline = time.monotonic() + 5
+        while central.ledger.count() < 6 and time.monotonic() < deadline:  # the stalled batch lands
+            time.sleep(0.05)
+        stored = {m: central.ledger.message(m) for m in ids}
+        assert all(stored.values())
+        again = uploader.drain()
+    assert again.sent == 5 and again.pending == 0
+    assert central.ledger.count() == 6
+    assert all(outbox.get(m).attempts == 2 for m in ids)
+
+
+def test_every_kind_of_garbage_leaves_the_batch_pending_and_nothing_is_duplicated(outbox, central):
+    with signed_in(outbox, central.url) as uploader:
+        for _ in GARBAGE:
+            registration(outbox)
+            central.set_fault("garbage", count=1)
+            report = uploader.drain()
+            assert report.sent == 0 and report.pending == outbox.counts()["pending"]
+            assert "documented JSON" in report.error or "none of the messages sent" in report.error
+        assert central.faulty_requests == len(GARBAGE)
+        assert outbox.counts()["pending"] == len(GARBAGE)
+        assert uploader.drain().sent == len(GARBAGE)
+    assert central.ledger.count() == len(GARBAGE) + 1
+
+
+def test_a_service_that_forgot_the_sign_in_gets_a_new_one_transparently(outbox, tmp_path):
+    registration(outbox)
+    with CentralService(tmp_path / "one.sqlite") as first:
+        uploader = signed_in(outbox, first.url)
+        old = uploader.sign_no
+    with CentralService(tmp_path / "two.sqlite", port=int(first.url.rsplit(":", 1)[1])) as second:
+        uploader.central.url = second.url
+        report = uploader.drain()
+        assert report.sent == 1
+        assert uploader.sign_no != old
+        assert second.ledger.message(outbox.records()[0].msgid)["sign_no"] == uploader.sign_no
+    uploader.close()
+
+
+def test_the_uploader_thread_sends_records_made_while_it_runs(outbox, central):
+    path = outbox.path
+    stop = threading.Event()
+    done: list[BaseException] = []
+
+    def background() -> None:
+        try:
+            with Outbox(path) as own, Uploader(own, central.url) as uploader:
+                uploader.run(stop, interval=0.05)
+        except BaseException as err:  # surfaced by the assertion below
+            done.append(err)
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    try:
+        for _ in range(20):
+            registration(outbox)
+        deadline = time.monotonic() + 10
+        while outbox.counts()["sent"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not done and not thread.is_alive()
+    assert outbox.counts() == {"pending": 0, "sent": 20, "rejected": 0}
+
+
+# --- the service's own contract ---------------------------------------------------------------
+
+def message(outbox, sign_no: str) -> dict:
+    return with_sign_no(registration(outbox).envelope, sign_no)
+
+
+def test_dedupe_is_permanent_across_restarts_and_a_reused_msgid_is_refused(outbox, tmp_path):
+    path = tmp_path / "c.sqlite"
+    with CentralService(path) as service:
+        client = CentralClient(service.url)
+        sign_no = client.call(signin(outbox))["output"]["signinoutb"]["sign_no"]
+        original = message(outbox, sign_no)
+        first = client.batch([original])[0]
+        client.close()
+    with CentralService(path) as service:
+        client = CentralClient(service.url)
+        repeat = client.batch([original])[0]
+        altered = client.batch([{**original, "input": {"data": {"psn_no": "P9999"}}}])[0]
+        client.close()
+        assert service.ledger.message(original["msgid"])["input"] == original["input"]
+    assert repeat.reply == first.reply and repeat.infcode == 0
+    assert altered.infcode == -1 and "already used" in altered.err_msg
+
+
+def signin(outbox) -> dict:
+    return Envelope("9001", outbox.next_msgid(), STATION, STATION.operator, STATION.region,
+                    outbox.clock(), {"signIn": {"opter_no": "D001"}}).to_dict()
+
+
+def test_a_batch_with_an_unknown_sign_no_is_refused_whole(outbox, central):
+    client = CentralClient(central.url)
+    with pytest.raises(NotSignedInError):
+        client.batch([message(outbox, "S-forged")])
+    client.close()
+    assert central.ledger.count() == 0
+
+
+@pytest.mark.parametrize("payload", [{"messages": []}, {"messages": "x"}, {}, {"messages": [{}] * (MAX_BATCH + 1)}])
+def test_a_malformed_batch_is_http_400(central, payload):
+    answer = httpx.post(central.url + "/api/batch", json=payload)
+    assert answer.status_code == 400 and answer.json()["infcode"] == -1
+
+
+def test_faults_can_be_set_over_http_for_a_service_in_another_process(outbox, central):
+    assert httpx.post(central.url + "/_control", json={"mode": "fail", "count": 1}).json() == {"mode": "fail"}
+    assert httpx.post(central.url + "/api/call", json=signin(outbox)).status_code == 503
+    assert httpx.post(central.url + "/api/call", json=signin(outbox)).json()["infcode"] == 0
+    assert httpx.post(central.url + "/_control", json={"mode": "explode"}).status_code == 400
+    assert httpx.get(central.url + "/_stats").json() == {"messages": 1, "faulty_requests": 1}
+
+
+def test_a_message_missing_fields_is_rejected_per_item(outbox, central):
+    client = CentralClient(central.url)
+    sign_no = client.call(signin(outbox))["output"]["signinoutb"]["sign_no"]
+    good = message(outbox, sign_no)
+    broken = {k: v for k, v in message(outbox, sign_no).items() if k != "insuplc_admdvs"}
+    outcomes = {o.msgid: o for o in client.batch([good, broken])}
+    client.close()
+    assert outcomes[good["msgid"]].infcode == 0
+    assert outcomes[broken["msgid"]].infcode == -1 and "insuplc_admdvs" in outcomes[broken["msgid"]].err_msg
+
+
+def test_central_errors_carry_the_documented_exit_code():
+    assert CentralError().exit_code == 14
+
+
+def test_a_direct_call_carries_fen_amounts_as_yuan(outbox, central):
+    client = CentralClient(central.url)
+    sign_no = client.call(signin(outbox))["output"]["signinoutb"]["sign_no"]
+    presettle = Envelope("2101", outbox.next_msgid(), STATION, STATION.operator, "310101", outbox.clock(),
+                         {"data": {"medfee_sumamt": Fen(1999)}}, sign_no=sign_no)
+    answer = client.call(presettle.to_dict())
+    client.close()
+    assert answer["infcode"] == 0 and answer["output"] == {"cross_region": True}
+    assert central.ledger.message(presettle.msgid)["input"]["data"]["medfee_sumamt"] == "19.99"
