@@ -29,8 +29,9 @@ venv: system $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/sscard read
 
+# SSCARD_REQUIRE_PCSCD=1: a missing pcscd/vpcd fails the PC/SC tests instead of skipping them
 test: venv
-	$(PY) -m pytest -q
+	SSCARD_REQUIRE_PCSCD=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -45,15 +45,18 @@ class Connection(ABC):
         """Release the card (and power it down where the driver can)."""
 
     def _send(self, command: Command) -> Response:
-        raw_cmd = command.to_bytes()
-        trace.debug("%s > %s", self.name, command.trace())
+        tracing = trace.isEnabledFor(logging.DEBUG)  # the hex is built only when someone reads it
+        if tracing:
+            trace.debug("%s > %s", self.name, command.trace())
         self.apdu_count += 1
-        raw = self._exchange(raw_cmd)
+        raw = self._exchange(command.to_bytes())
         try:
             response = Response.from_bytes(raw)
         except APDUFormatError as err:
             raise TransportError(f"The card sent a malformed response ({len(raw)} bytes)") from err
-        if command.secret:
+        if not tracing:
+            pass
+        elif command.secret:
             trace.debug("%s < [%d bytes] %04X", self.name, len(response.data), response.sw)
         else:
             trace.debug("%s < %s", self.name, response)

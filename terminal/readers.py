@@ -5,6 +5,9 @@
 - ``sim:PROFILE``: the in-memory simulator with a bundled profile name or a profile file path;
 - anything else: a PC/SC reader by index ("0"), name (or a unique part of it) or the card's ATR in hex,
   as ``opensc-tool -r`` takes them.
+
+PC/SC connections are shared (other programs may use the reader between our transactions) unless
+``exclusive`` is asked for, or ``$SSCARD_EXCLUSIVE=1`` (what ``sscard --exclusive`` sets).
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ def default_reader() -> str:
     return os.environ.get("SSCARD_READER") or DEFAULT_READER
 
 
-def open_connection(spec: str | None = None, exclusive: bool = False) -> Connection:
+def open_connection(spec: str | None = None, exclusive: bool | None = None) -> Connection:
     """Connect to the card in the reader ``spec`` names (see module docstring)."""
     spec = spec or default_reader()
+    if exclusive is None:
+        exclusive = os.environ.get("SSCARD_EXCLUSIVE", "") not in ("", "0")
     if spec.startswith(SIM_PREFIX):
         from drivers.memory import MemoryConnection
         from drivers.simulator import load_card

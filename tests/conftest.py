@@ -1,7 +1,8 @@
 """Shared fixtures: the real PC/SC stack (pcscd + vsmartcard-vpcd) and simulated cards in it.
 
 ``pcscd`` (session): starts ``pcscd --foreground`` unless one already answers, stops it at the end;
-skips with the reason when pcscd or the vpcd driver is not installed (CI installs both: no skip there).
+skips with the reason when pcscd or the vpcd driver is not installed, except under
+``SSCARD_REQUIRE_PCSCD=1`` (set by ``make test``, hence CI), where a missing stack fails the tests.
 ``vpcd_card`` (factory): ``vpcd_card(card_or_profile, slot=0, remove_after=None, process=False)``
 inserts a simulated card in "Virtual PCD 00 0<slot>" and waits until pcscd sees it; every card is
 removed at the end of the test. Pass a SimulatedCard object or a profile name (needs
@@ -10,6 +11,7 @@ of a thread in this process.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -23,13 +25,14 @@ import pcscd as stack  # noqa: E402  (tests/pcscd.py)
 @pytest.fixture(scope="session")
 def pcscd(tmp_path_factory):
     """A running pcscd with the vpcd readers (a :class:`tests.pcscd.Pcscd`)."""
+    unavailable = pytest.fail if os.environ.get("SSCARD_REQUIRE_PCSCD") == "1" else pytest.skip
     reason = stack.why_unavailable()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     try:
         daemon = stack.Pcscd(tmp_path_factory.mktemp("pcscd") / "pcscd.log").start()
     except PermissionError as err:  # not root: cannot create /run/pcscd or start the daemon
-        pytest.skip(f"cannot start pcscd as this user ({err}): start it as root first")
+        unavailable(f"cannot start pcscd as this user ({err}): start it as root first")
     try:
         yield daemon
     finally:

@@ -48,10 +48,8 @@ def exchange_all(connection, apdus: list[Command]) -> list[bytes]:
 
 
 def load_profile(name: str):
-    try:
-        from drivers.simulator import load_card
-    except ImportError:
-        pytest.skip("drivers.simulator.load_card is not there yet (the SSC simulator is being written)")
+    from drivers.simulator import load_card
+
     return load_card(name)
 
 
@@ -210,6 +208,17 @@ def test_exclusive_blocks_others_sharing_violation(vpcd_card):
         assert shared.transmit(commands.select_ssc()).sw == 0x9000
 
 
+def test_cli_exclusive_flag_refused_while_another_program_holds_the_card(vpcd_card, monkeypatch):
+    vpcd_card("adult")
+    monkeypatch.setenv("SSCARD_EXCLUSIVE", "0")  # restored after the test: --exclusive sets it
+    with pcsc.connect("0", disposition="leave"):
+        shared = CliRunner().invoke(main, ["read", "--reader", "0", "--json"])
+        exclusive = CliRunner().invoke(main, ["--exclusive", "read", "--reader", "0"])
+    assert shared.exit_code == 0, shared.output
+    assert exclusive.exit_code == 3, exclusive.output
+    assert "Another program" in exclusive.output
+
+
 def test_shared_connections_coexist(vpcd_card):
     vpcd_card(MiniCard())
     with pcsc.connect("0", disposition="leave") as one, pcsc.connect("0", disposition="leave") as two:
@@ -338,8 +347,7 @@ def opensc_tool_responses(reader: str, apdus: list[Command]) -> list[bytes]:
 
 
 def test_opensc_tool_gets_the_same_bytes(vpcd_card):
-    if shutil.which("opensc-tool") is None:
-        pytest.skip("opensc-tool is not installed (apt-get install opensc)")
+    assert shutil.which("opensc-tool"), "opensc-tool is missing: make system installs the opensc package"
     vpcd_card(MiniCard())
     # opensc-tool takes the index of its own reader list: find ours by name
     apdus = identity_apdus()
@@ -359,7 +367,6 @@ def sscard(*args: str, input: str | None = None, env: dict | None = None) -> sub
 
 @pytest.mark.parametrize("profile", ["adult", "minority"])
 def test_e2e_read_over_pcscd_equals_in_memory(vpcd_card, profile):
-    load_profile(profile)  # skips until the simulator is there
     vpcd_card(profile, process=True)
     over_pcscd = sscard("read", "--json", "--reader", READER0)
     in_memory = sscard("read", "--json", "--reader", f"sim:{profile}")
@@ -368,7 +375,6 @@ def test_e2e_read_over_pcscd_equals_in_memory(vpcd_card, profile):
 
 
 def test_e2e_read_removed_mid_read_exit_4(vpcd_card):
-    load_profile("adult")
     vpcd_card("adult", process=True, remove_after=5)
     result = sscard("read", "--reader", "0")
     assert result.returncode == 4, result.stderr
@@ -376,7 +382,6 @@ def test_e2e_read_removed_mid_read_exit_4(vpcd_card):
 
 
 def test_e2e_verify_pin_blocked_over_pcscd_exit_7(vpcd_card):
-    load_profile("blocked-pin")
     vpcd_card("blocked-pin", process=True)
     result = sscard("verify-pin", "--reader", READER0, "--pin-stdin", input="123456\n")
     assert result.returncode == 7, result.stderr

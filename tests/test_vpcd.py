@@ -243,16 +243,6 @@ def test_client_reconnects_after_pcscd_restart(pcscd, vpcd_card):
         assert connection.transmit(commands.select_ssc()).sw == 0x9000
 
 
-def profile_available() -> bool:
-    import drivers.simulator
-
-    return hasattr(drivers.simulator, "load_card")
-
-
-needs_profiles = pytest.mark.skipif(not profile_available(), reason="drivers.simulator.load_card is not there yet")
-
-
-@needs_profiles
 def test_simulate_two_cards_in_two_slots_and_sigusr1(pcscd):
     wait_card(READER0, present=False)
     wait_card(READER1, present=False)
@@ -279,7 +269,6 @@ def test_simulate_two_cards_in_two_slots_and_sigusr1(pcscd):
     wait_card(READER1, present=False)
 
 
-@needs_profiles
 def test_simulate_subprocess_fixture_reads_identity(vpcd_card):
     from terminal.card import SocialSecurityCard
 

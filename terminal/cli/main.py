@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -65,14 +66,18 @@ def setup_logging(verbosity: int) -> None:
 
 @click.group(cls=SSCardGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Trace APDUs (PIN data masked) and details on stderr.")
+@click.option("--exclusive", is_flag=True,
+              help="Hold PC/SC readers exclusively (no other program can use them meanwhile).")
 @click.version_option(package_name="sscard-terminal")
-def main(verbose: int) -> None:
+def main(verbose: int, exclusive: bool) -> None:
     """Terminal software for the social security card (社会保障卡).
 
     With no reader given, commands use the built-in virtual card (an in-memory simulator), so they
     work on a machine with no reader. Use --reader to pick a real or pcscd virtual reader.
     """
     setup_logging(verbose)
+    if exclusive:
+        os.environ["SSCARD_EXCLUSIVE"] = "1"  # read by terminal.readers.open_connection
 
 
 for _name in COMMAND_MODULES:
