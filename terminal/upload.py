@@ -1,15 +1,24 @@
 """The uploader: sends the outbox to the central service in batches, at-least-once, deduped by msgid.
 
-DESIGN.md item 5 and "The central service". A batch is the oldest pending records; each answer settles
-its record (infcode 0 sent, negative rejected for good). Anything short of an answer (refused
-connection, timeout, HTTP error, a reply that is not the documented JSON) leaves every record of the
-batch pending, to be sent again unchanged: the service answers a repeated msgid as the first time.
-The HTTP API is in docs/central-api.md.
+DESIGN.md item 5 and "The central service"; the HTTP API and the retry rules are in docs/central-api.md
+("Delivery"). A batch is the oldest due records, claimed (``sending``) in one short transaction that
+commits before the HTTP call. Each answer settles its record: infcode 0 sent, negative dead with the
+reason. A batch the service refuses as invalid (HTTP 400/413/422) is split in halves until the one bad
+record is found and goes dead alone, so a poison record never blocks the rest. Anything short of an
+answer (refused connection, timeout, 5xx, 429, a reply that is not the documented JSON) puts every
+record of the batch back to pending, due after a capped exponential backoff with full jitter (stored
+in the row, so it survives restarts), never before the service's Retry-After. A repeat is sent
+unchanged and the service answers it as the first time.
 """
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import logging
+import random
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +32,26 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 100
 DEFAULT_TIMEOUT = 10.0
+#: how often ``follow`` looks for new records when nothing is due sooner (seconds)
+DEFAULT_INTERVAL = 5.0
+#: HTTP statuses that mean "this batch is invalid": bisect to find the record (docs/central-api.md)
+REFUSED = frozenset({400, 413, 422})
 
 
 class CentralError(SSCardError):
     """The central service could not be reached or did not answer properly. Records stay in the queue."""
 
     exit_code = 14
+    #: seconds the service asked us to wait (Retry-After), if it said
+    retry_after: float | None = None
 
 
 class CentralUnavailableError(CentralError):
     """The central service is unreachable: records stay in the local queue and are sent later."""
+
+    def __init__(self, message: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CentralProtocolError(CentralError):
@@ -43,15 +62,60 @@ class NotSignedInError(CentralError):
     """The central service does not know this terminal's sign-in (9001)."""
 
 
+class CentralRefusedError(CentralError):
+    """The central service refused the whole batch as invalid (HTTP 400/413/422)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"The central service refused the batch (HTTP {status}): {reason}")
+        self.reason = f"HTTP {status}: {reason}"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After (RFC 9110 s10.2.3) as seconds from ``now``: delay-seconds or an HTTP-date.
+
+    None when absent or unreadable; never negative.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter: the n-th failed attempt waits a uniformly random
+    time in [0, min(cap, base * 2**(n-1))] seconds, and never less than the service's Retry-After
+    (docs/central-api.md, "Delivery")."""
+
+    base: float = 2.0
+    cap: float = 600.0
+
+    def delay(self, attempts: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+        """Seconds until the next attempt after ``attempts`` failed ones."""
+        ceiling = min(self.cap, self.base * 2 ** min(max(attempts - 1, 0), 60))
+        jittered = (rng or random).uniform(0, ceiling)
+        return max(jittered, retry_after) if retry_after is not None else jittered
+
+
 @dataclass(frozen=True)
 class UploadReport:
-    """What one :meth:`Uploader.drain` did: records sent and rejected, records still pending."""
+    """What one :meth:`Uploader.drain` did: records sent and dead, records still unconfirmed."""
 
     sent: int = 0
-    rejected: int = 0
+    dead: int = 0
     pending: int = 0
     batches: int = 0
     error: str | None = None
+    #: when the next unconfirmed record is due (ISO, Beijing time), None when nothing waits
+    next_attempt: str | None = None
 
 
 class CentralClient:
@@ -62,6 +126,7 @@ class CentralClient:
         self.http = client or httpx.Client(timeout=timeout)
 
     def close(self) -> None:
+        """Close the HTTP connections."""
         self.http.close()
 
     def _post(self, path: str, payload: dict[str, Any]) -> Any:
@@ -73,10 +138,16 @@ class CentralClient:
             raise CentralUnavailableError(
                 f"The central service at {self.url} is unreachable ({type(err).__name__}): records stay in the queue"
             ) from None
-        if answer.status_code == 401:
+        status = answer.status_code
+        if status == 401:
             raise NotSignedInError()
-        if answer.status_code != 200:
-            raise CentralUnavailableError(f"The central service answered HTTP {answer.status_code}: records stay in the queue")
+        if status in REFUSED:
+            raise CentralRefusedError(status, _err_msg(answer))
+        if status != 200:
+            raise CentralUnavailableError(
+                f"The central service answered HTTP {status}: records stay in the queue",
+                parse_retry_after(answer.headers.get("Retry-After")),
+            )
         try:
             return answer.json()
         except ValueError:
@@ -95,19 +166,33 @@ class CentralClient:
         results = response.get("results") if isinstance(response, dict) else None
         if not isinstance(results, list):
             raise CentralProtocolError()
-        sent = {m["msgid"] for m in messages}
+        sent = {m.get("msgid") for m in messages}
         outcomes = [
             Outcome(r["msgid"], r["infcode"], str(r.get("err_msg") or ""), r)
             for r in results
-            if isinstance(r, dict) and r.get("msgid") in sent and isinstance(r.get("infcode"), int)
+            if isinstance(r, dict) and isinstance(r.get("msgid"), str) and r["msgid"] in sent
+            and isinstance(r.get("infcode"), int)
         ]
         if not outcomes:
             raise CentralProtocolError("The central service answered none of the messages sent")
         return outcomes
 
 
+def _err_msg(answer: httpx.Response) -> str:
+    """The service's ``err_msg`` from an error answer, else the start of its body."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return answer.text[:200] or "no reason given"
+    return str(body.get("err_msg") if isinstance(body, dict) and body.get("err_msg") else body)[:200]
+
+
 class Uploader:
-    """Moves records from ``outbox`` to the service at ``url``. Not thread-safe: one per thread."""
+    """Moves records from ``outbox`` to the service at ``url``. Not thread-safe: one per thread.
+
+    ``lease``: how long a claimed batch stays ``sending`` before another uploader may take it again
+    (default: three timeouts, at least a minute). ``backoff``: the retry policy.
+    """
 
     def __init__(
         self,
@@ -116,14 +201,19 @@ class Uploader:
         *,
         batch_size: int = DEFAULT_BATCH,
         timeout: float = DEFAULT_TIMEOUT,
+        lease: float | None = None,
+        backoff: Backoff | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         self.outbox = outbox
         self.central = CentralClient(url, timeout=timeout, client=client)
         self.batch_size = batch_size
+        self.lease = lease if lease is not None else max(60.0, 3 * timeout)
+        self.backoff = backoff or Backoff()
         self.sign_no: str | None = None
 
     def close(self) -> None:
+        """Close the HTTP connections (the outbox belongs to the caller)."""
         self.central.close()
 
     def __enter__(self) -> Uploader:
@@ -162,54 +252,95 @@ class Uploader:
             self.sign_in()
             return self.central.batch([with_sign_no(r.envelope, self.sign_no or "") for r in records])
 
-    def upload_batch(self) -> tuple[int, int]:
-        """Send the oldest pending batch; (sent, rejected). 0, 0 when nothing is pending.
+    def _deliver(self, records: list[QueuedRecord]) -> tuple[list[Outcome], CentralError | None]:
+        """Send ``records``; a batch refused as invalid is halved until the bad record stands alone and
+        is answered dead with the service's reason. Stops at the first failure without an answer."""
+        outcomes: list[Outcome] = []
+        chunks = [records]
+        while chunks:
+            chunk = chunks.pop(0)
+            try:
+                outcomes += self._send(chunk)
+            except CentralRefusedError as err:
+                if len(chunk) == 1:
+                    outcomes.append(Outcome(chunk[0].msgid, -1, f"refused by the central service ({err.reason})"))
+                else:
+                    half = len(chunk) // 2
+                    chunks[:0] = [chunk[:half], chunk[half:]]
+            except CentralError as err:
+                return outcomes, err
+        return outcomes, None
 
-        Raises :class:`CentralError` after noting the failure on every record of the batch.
+    def upload_batch(self, *, ignore_schedule: bool = False) -> tuple[int, int]:
+        """Claim and send the oldest due batch; (sent, dead). 0, 0 when nothing is due.
+
+        Raises :class:`CentralError` after scheduling the next attempt of every unanswered record.
         """
-        records = self.outbox.pending(limit=self.batch_size)
+        records = self.outbox.claim(self.batch_size, self.lease, ignore_schedule=ignore_schedule)
         if not records:
             return 0, 0
-        try:
-            outcomes = self._send(records)
-        except CentralError as err:
-            self.outbox.note_failure((r.msgid for r in records), str(err))
-            raise
+        outcomes, error = self._deliver(records)  # no transaction is open here
         answered = {o.msgid for o in outcomes}
-        unanswered = [r.msgid for r in records if r.msgid not in answered]
+        unanswered = [r for r in records if r.msgid not in answered]
         if unanswered:
-            self.outbox.note_failure(unanswered, "no answer for this record in the batch")
-        sent, rejected = self.outbox.settle(outcomes)
+            retry_after = error.retry_after if error else None
+            now = self.outbox.now()
+            self.outbox.retry_later(
+                [(r.msgid, now + self.backoff.delay(r.attempts, retry_after)) for r in unanswered],
+                str(error) if error else "no answer for this record in the batch",
+            )
+        sent, dead = self.outbox.settle(outcomes) if outcomes else (0, 0)
         for outcome in outcomes:
             if outcome.infcode != 0:
-                log.warning("record %s rejected by the central service: %s", outcome.msgid, outcome.err_msg)
-        return sent, rejected
+                log.warning("record %s refused by the central service: %s", outcome.msgid, outcome.err_msg)
+        if error:
+            raise error
+        return sent, dead
 
-    def drain(self, max_batches: int | None = None) -> UploadReport:
-        """Upload batch after batch until the queue is empty, a batch fails or ``max_batches`` ran.
+    def drain(
+        self,
+        max_batches: int | None = None,
+        *,
+        ignore_schedule: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> UploadReport:
+        """Upload batch after batch until nothing is due, a batch fails or ``max_batches`` ran.
 
-        Never raises :class:`CentralError`: the report carries it (records stay pending).
+        ``progress`` is called with the number of records settled by each batch. Never raises
+        :class:`CentralError`: the report carries it (records stay pending, due after their backoff).
         """
-        sent = rejected = batches = 0
+        sent = dead = batches = 0
         error = None
         while max_batches is None or batches < max_batches:
             try:
-                batch_sent, batch_rejected = self.upload_batch()
+                batch_sent, batch_dead = self.upload_batch(ignore_schedule=ignore_schedule)
             except CentralError as err:
                 error = str(err)
                 break
-            if not batch_sent + batch_rejected:
+            if not batch_sent + batch_dead:
                 break
-            sent, rejected, batches = sent + batch_sent, rejected + batch_rejected, batches + 1
-        return UploadReport(sent, rejected, self.outbox.counts()["pending"], batches, error)
+            sent, dead, batches = sent + batch_sent, dead + batch_dead, batches + 1
+            if progress:
+                progress(batch_sent + batch_dead)
+        due = self.outbox.next_due()
+        when = dt.datetime.fromtimestamp(due, self.outbox.clock().tzinfo).isoformat(sep=" ", timespec="seconds") if due else None
+        counts = self.outbox.counts()
+        return UploadReport(sent, dead, counts["pending"] + counts["sending"], batches, error, when)
 
-    def run(self, stop: threading.Event, interval: float = 30.0, max_backoff: float = 300.0) -> None:
-        """Drain every ``interval`` seconds until ``stop`` is set; after a failure wait twice as long
-        (up to ``max_backoff``) so an unreachable service is not hammered. For a background thread."""
-        wait = interval
+    def follow(
+        self,
+        stop: threading.Event,
+        interval: float = DEFAULT_INTERVAL,
+        on_report: Callable[[UploadReport], None] | None = None,
+    ) -> None:
+        """Drain, then sleep until the next record is due (at most ``interval``, to see new records),
+        until ``stop`` is set; a batch in flight is finished first. For a thread or ``--follow``."""
         while not stop.is_set():
             report = self.drain()
-            wait = min(wait * 2, max_backoff) if report.error else interval
             if report.error:
-                log.info("upload failed (%s); %d records pending, retry in %.0f s", report.error, report.pending, wait)
-            stop.wait(wait)
+                log.info("upload failed (%s); %d records pending", report.error, report.pending)
+            if on_report and (report.sent or report.dead or report.error):
+                on_report(report)
+            due = self.outbox.next_due()
+            wait = interval if due is None else min(interval, max(due - self.outbox.now(), 0.0))
+            stop.wait(max(wait, 0.05))

@@ -4,8 +4,12 @@ Test modules import the fixtures from here (``from queueing import outbox, centr
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as dt
+import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +69,28 @@ def outbox(tmp_path, clock):
 def central(tmp_path):
     with CentralService(tmp_path / "central.sqlite") as service:
         yield service
+
+
+def as_unprivileged() -> None:
+    """``preexec_fn`` so a child run by root obeys file modes as anyone else does (a read-only file
+    is then read-only to it): drops CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from the
+    bounding set before exec (prctl PR_CAPBSET_DROP). A no-op for a non-root user."""
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2, 3):  # linux/capability.h
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """``path`` and its folder read-only (0444 / 0555) for the duration."""
+    file_mode, dir_mode = path.stat().st_mode, path.parent.stat().st_mode
+    path.chmod(0o444)
+    path.parent.chmod(0o555)
+    try:
+        yield path
+    finally:
+        path.parent.chmod(dir_mode)
+        path.chmod(file_mode)

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from queueing import CARD, OTHER_CARD, STATION, Clock, clock, outbox, purchase, registration  # noqa: F401
+from queueing import (  # noqa: F401
+    CARD, OTHER_CARD, STATION, Clock, as_unprivileged, clock, outbox, purchase, read_only, registration,
+)
 
 from apdu.errors import ConfigError
 from terminal.central import REQUIRED
 from terminal.envelope import CST, Fen, RecordError, Station, msgid_time, parse_yuan, yuan
-from terminal.queue import Outbox, Outcome, QueueError
+from terminal.queue import SCHEMA_VERSION, Outbox, Outcome, QueueError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +38,7 @@ def test_a_queued_record_is_its_final_envelope_with_a_30_character_msgid(outbox,
     assert message["mdtrtarea_admvs"] == message["insuplc_admdvs"] == "110105"
     assert message["fixmedins_name"] == "北京测试医院" and message["opter_name"] == "王医生"
     assert message["sign_no"] == ""
-    assert record.status == "pending" and record.attempts == 0 and not record.cross_region
+    assert record.state == "pending" and record.attempts == 0 and not record.cross_region
 
 
 def test_a_card_from_another_region_is_flagged_cross_region(outbox):
@@ -148,10 +150,10 @@ ADDER = textwrap.dedent(
 )
 
 
-def run_adder(path: Path, count: int, how: str = "close") -> subprocess.Popen:
+def run_adder(path: Path, count: int, how: str = "close", **options) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", ADDER, str(path), str(Path(__file__).parent), str(count), how],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, **options,
     )
 
 
@@ -161,20 +163,20 @@ def test_a_record_add_returned_survives_the_process_being_killed(tmp_path):
     last, _ = adder.communicate(timeout=60)
     assert adder.returncode == -9
     with Outbox(path) as box:
-        assert box.get(last.strip()).status == "pending"
+        assert box.get(last.strip()).state == "pending"
         assert box.counts()["pending"] == 3
 
 
 def test_two_processes_adding_at_once_get_distinct_msgids_and_lose_nothing(tmp_path):
     path = tmp_path / "q.sqlite"
     Outbox(path, STATION).close()
-    adders = [run_adder(path, 150) for _ in range(2)]
+    adders = [run_adder(path, 200, stderr=subprocess.PIPE) for _ in range(2)]
     for adder in adders:
-        adder.communicate(timeout=60)
-        assert adder.returncode == 0
+        _, errors = adder.communicate(timeout=60)
+        assert adder.returncode == 0 and "locked" not in errors, errors
     with Outbox(path) as box:
         ids = [r.msgid for r in box.pending()]
-    assert len(ids) == len(set(ids)) == 300
+    assert len(ids) == len(set(ids)) == 400
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -215,27 +217,187 @@ def test_a_queue_from_a_newer_version_is_refused(tmp_path):
         Outbox(path)
 
 
-def test_the_queue_runs_in_wal_mode_with_full_sync(outbox):
-    assert outbox.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert outbox.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+def test_every_connection_is_set_up_explicitly(outbox):
+    conn = outbox.db.conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    assert conn.isolation_level is None  # no implicit transactions: every write is our BEGIN IMMEDIATE
+    registration(outbox)
+    assert not conn.in_transaction
+    with Outbox(outbox.path, busy_timeout_ms=250) as other:
+        assert other.db.execute("PRAGMA busy_timeout").fetchone()[0] == 250
+
+
+def test_a_write_waits_for_another_processs_write_lock_then_goes_through(tmp_path):
+    path = tmp_path / "q.sqlite"
+    Outbox(path, STATION).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another desk window in the middle of its write
+    with Outbox(path, busy_timeout_ms=100) as impatient:
+        with pytest.raises(QueueError, match="locked for too long") as caught:
+            registration(impatient)
+        assert "NOT saved" in str(caught.value)
+        holder.execute("ROLLBACK")
+        assert registration(impatient).state == "pending"
+    holder.close()
+
+
+#: the schema as version 1 of this module wrote it (kept here verbatim: the file an upgrade meets)
+SCHEMA_V1 = """
+CREATE TABLE records (
+    msgid TEXT PRIMARY KEY, infno TEXT NOT NULL, created_at TEXT NOT NULL, card_sn TEXT,
+    insured_region TEXT NOT NULL, treatment_region TEXT NOT NULL, envelope TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'rejected')),
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, done_at TEXT, infcode INTEGER, reply TEXT);
+CREATE INDEX records_status ON records (status);
+CREATE INDEX records_card ON records (card_sn);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version=1;
+"""
+
+
+def test_a_version_1_queue_is_migrated_and_keeps_every_record(tmp_path, clock):
+    path = tmp_path / "old.sqlite"
+    with Outbox(tmp_path / "donor.sqlite", STATION, clock=clock) as donor:  # real envelopes for the rows
+        envelopes = [registration(donor) for _ in range(3)]
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V1)
+    for record, status in zip(envelopes, ["pending", "sent", "rejected"]):
+        conn.execute(
+            "INSERT INTO records (msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
+            " status, attempts, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 2, ?)",
+            [record.msgid, "2201", record.created_at.isoformat(), CARD, "110105", "110105", record.envelope, status,
+             "bad insutype" if status == "rejected" else None],
+        )
+    conn.execute("INSERT INTO meta VALUES ('station', ?)", [STATION.to_json()])
+    conn.execute("INSERT INTO meta VALUES ('msgid_last', '20260301093000/2')")
+    conn.commit()
+    conn.close()
+
+    with Outbox(path, clock=clock) as box:
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        old = [box.get(r.msgid) for r in envelopes]
+        assert [(r.state, r.attempts) for r in old] == [("pending", 2), ("sent", 2), ("dead", 2)]
+        assert old[2].last_error == "bad insutype"
+        assert [r.msgid for r in box.claim(10, lease=60)] == [envelopes[0].msgid]  # due at once
+        assert registration(box).msgid.endswith("0703")  # the msgid counter carried over
+        assert box.retry_dead() == 1
+    with Outbox(path, clock=clock) as again:  # opening a current file migrates nothing
+        assert again.counts() == {"pending": 2, "sending": 1, "sent": 1, "dead": 0}
+
+
+def test_a_full_disk_is_a_clear_error_and_the_record_is_not_saved(outbox):
+    """A full disk, simulated with SQLite's ``PRAGMA max_page_count`` on the queue's own connection:
+    the database cannot grow past its current pages, exactly as when the disk has no room left."""
+    saved = [registration(outbox).msgid]
+    pages = outbox.db.execute("PRAGMA page_count").fetchone()[0]
+    outbox.db.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(QueueError) as caught:
+        for _ in range(200):
+            saved.append(registration(outbox, note="x" * 3000).msgid)  # add() returned: saved
+    assert "disk is full" in str(caught.value) and "NOT saved" in str(caught.value)
+    assert caught.value.exit_code == 13 and CARD not in str(caught.value)
+    outbox.db.execute("PRAGMA max_page_count=1073741823")
+    assert [r.msgid for r in outbox.pending()] == saved
+    following = registration(outbox).msgid
+    assert int(following[-2:]) == int(saved[-1][-2:]) + 1  # the failed add used up no msgid
+
+
+ENQUEUE = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from queueing import registration
+    from terminal.queue import Outbox, QueueError
+    try:
+        with Outbox(sys.argv[1]) as box:
+            print("saved", registration(box).msgid)
+    except QueueError as err:
+        print(err, file=sys.stderr)
+        sys.exit(err.exit_code)
+    """
+)
+
+
+def test_a_read_only_queue_is_a_clear_error_and_the_record_is_not_saved(outbox):
+    registration(outbox)
+    outbox.close()
+    with read_only(outbox.path):
+        attempt = subprocess.run(
+            [sys.executable, "-c", ENQUEUE, str(outbox.path), str(Path(__file__).parent)],
+            capture_output=True, text=True, cwd=ROOT, preexec_fn=as_unprivileged, timeout=60,
+        )
+    assert attempt.returncode == 13, attempt.stderr
+    assert "saved" not in attempt.stdout
+    assert str(outbox.path) in attempt.stderr and "read-only" in attempt.stderr
+    assert "Traceback" not in attempt.stderr
+    with Outbox(outbox.path) as box:
+        assert box.counts()["pending"] == 1
 
 
 # --- states ---------------------------------------------------------------------------------------
 
 def test_answers_settle_records_once_and_failures_keep_them_pending(outbox, clock):
     a, b, c = (registration(outbox) for _ in range(3))
-    outbox.note_failure([a.msgid, b.msgid, c.msgid], "connection refused")
+    claimed = outbox.claim(10, lease=60)
+    assert [r.msgid for r in claimed] == [a.msgid, b.msgid, c.msgid]
+    assert {(r.state, r.attempts) for r in claimed} == {("sending", 1)}
+    assert outbox.claim(10, lease=60) == []  # leased: no second uploader takes them
+    outbox.retry_later([(a.msgid, clock().timestamp()), (b.msgid, clock().timestamp()),
+                        (c.msgid, clock().timestamp() + 30)], "connection refused")
     clock.tick(60)
     assert outbox.settle([Outcome(a.msgid, 0, "", {"infcode": 0}), Outcome(b.msgid, -1, "bad insutype")]) == (1, 1)
     assert outbox.settle([Outcome(a.msgid, -1, "late"), Outcome(b.msgid, 0)]) == (0, 0)  # final states stay
 
-    sent, rejected, pending = outbox.get(a.msgid), outbox.get(b.msgid), outbox.get(c.msgid)
-    assert (sent.status, sent.attempts, sent.reply, sent.last_error) == ("sent", 2, {"infcode": 0}, None)
+    sent, dead, pending = outbox.get(a.msgid), outbox.get(b.msgid), outbox.get(c.msgid)
+    assert (sent.state, sent.attempts, sent.reply, sent.last_error) == ("sent", 1, {"infcode": 0}, None)
     assert sent.done_at == dt.datetime(2026, 3, 1, 9, 31, tzinfo=CST)
-    assert (rejected.status, rejected.infcode, rejected.last_error) == ("rejected", -1, "bad insutype")
-    assert (pending.status, pending.attempts, pending.last_error) == ("pending", 1, "connection refused")
-    assert outbox.counts() == {"pending": 1, "sent": 1, "rejected": 1}
+    assert (dead.state, dead.infcode, dead.last_error) == ("dead", -1, "bad insutype")
+    assert (pending.state, pending.attempts, pending.last_error) == ("pending", 1, "connection refused")
+    assert pending.next_attempt == dt.datetime(2026, 3, 1, 9, 30, 30, tzinfo=CST)
+    assert outbox.counts() == {"pending": 1, "sending": 0, "sent": 1, "dead": 1}
     assert [r.msgid for r in outbox.pending()] == [c.msgid]
+
+
+def test_a_record_is_not_due_before_its_next_attempt_time_and_the_time_survives_reopening(outbox, clock):
+    record = registration(outbox)
+    outbox.claim(1, lease=60)
+    outbox.retry_later([(record.msgid, clock().timestamp() + 120)], "HTTP 503")
+    with Outbox(outbox.path, clock=clock) as reopened:  # a restarted uploader
+        assert reopened.claim(10, lease=60) == []
+        assert reopened.next_due() == clock().timestamp() + 120
+        assert [r.msgid for r in reopened.claim(10, lease=60, ignore_schedule=True)] == [record.msgid]
+    outbox.retry_later([(record.msgid, clock().timestamp() + 120)], "HTTP 503")
+    clock.tick(119)
+    assert outbox.claim(10, lease=60) == []
+    clock.tick(1)
+    assert [r.attempts for r in outbox.claim(10, lease=60)] == [3]
+
+
+def test_a_batch_whose_uploader_died_is_taken_again_when_its_lease_ends(outbox, clock):
+    ids = [registration(outbox).msgid for _ in range(3)]
+    assert len(outbox.claim(10, lease=90)) == 3  # and the uploader is killed here
+    assert outbox.counts()["sending"] == 3 and outbox.oldest_pending() is not None
+    clock.tick(89)
+    assert outbox.claim(10, lease=90) == []
+    clock.tick(1)
+    assert [r.msgid for r in outbox.claim(10, lease=90)] == ids
+
+
+def test_retry_dead_revives_all_or_the_named_records_only(outbox, clock):
+    a, b, c = (registration(outbox) for _ in range(3))
+    outbox.claim(3, lease=60)
+    outbox.settle([Outcome(a.msgid, -1, "bad"), Outcome(b.msgid, -1, "bad"), Outcome(c.msgid, 0)])
+    with pytest.raises(QueueError, match=c.msgid):  # sent, not dead: nothing changes
+        outbox.retry_dead([a.msgid, c.msgid])
+    assert outbox.counts()["dead"] == 2
+    assert outbox.retry_dead([a.msgid]) == 1
+    revived = outbox.get(a.msgid)
+    assert (revived.state, revived.attempts, revived.infcode, revived.last_error) == ("pending", 0, None, "bad")
+    assert outbox.retry_dead() == 1
+    assert outbox.retry_dead() == 0
+    assert [r.msgid for r in outbox.claim(10, lease=60)] == [a.msgid, b.msgid]
 
 
 def test_pending_is_oldest_first_and_lists_newest_first(outbox, clock):
@@ -247,7 +409,7 @@ def test_pending_is_oldest_first_and_lists_newest_first(outbox, clock):
     assert [r.msgid for r in outbox.records(limit=2)] == ids[:-3:-1]
     assert outbox.oldest_pending() == dt.datetime(2026, 3, 1, 9, 30, tzinfo=CST)
     with pytest.raises(QueueError):
-        outbox.records(status="lost")
+        outbox.records(state="lost")
 
 
 def test_the_kiosk_sees_only_the_records_of_the_card_inserted(outbox):
@@ -279,6 +441,7 @@ def test_the_queue_file_can_be_opened_while_another_outbox_writes(tmp_path, cloc
 def test_records_filter_by_state_and_card_together(outbox):
     mine = registration(outbox)
     registration(outbox, card_sn=OTHER_CARD)
+    outbox.claim(1, lease=60)
     outbox.settle([Outcome(mine.msgid, 0)])
     assert [r.msgid for r in outbox.records("sent", card_sn=CARD)] == [mine.msgid]
     assert outbox.records("pending", card_sn=CARD) == []

@@ -23,13 +23,13 @@ def drain(outbox, url: str, **options):
 def test_everything_pending_goes_up_in_batches_and_is_settled(outbox, central):
     ids = [registration(outbox).msgid for _ in range(250)]
     report = drain(outbox, central.url, batch_size=100)
-    assert (report.sent, report.rejected, report.pending, report.batches, report.error) == (250, 0, 0, 3, None)
+    assert (report.sent, report.dead, report.pending, report.batches, report.error) == (250, 0, 0, 3, None)
     assert central.ledger.count() == 251  # and the 9001 sign-in
     first = outbox.get(ids[0])
     received = central.ledger.message(ids[0])
     assert received == {**json.loads(first.envelope), "sign_no": received["sign_no"]}
     assert received["sign_no"].startswith("S")
-    assert first.status == "sent" and first.reply["infcode"] == 0 and first.reply["inf_refmsgid"].startswith("CENTRAL")
+    assert first.state == "sent" and first.reply["infcode"] == 0 and first.reply["inf_refmsgid"].startswith("CENTRAL")
 
 
 def test_the_service_answers_the_cross_region_flag(outbox, central):
@@ -39,36 +39,40 @@ def test_the_service_answers_the_cross_region_flag(outbox, central):
     assert outbox.get(away.msgid).reply["output"] == {"cross_region": True}
 
 
-def test_an_invalid_record_is_rejected_for_good_and_the_rest_of_its_batch_is_sent(outbox, central):
+def test_an_invalid_record_goes_dead_with_the_reason_and_the_rest_of_its_batch_is_sent(outbox, central):
     good = registration(outbox)
     bad = purchase(outbox, total="23.5")  # a string amount the queue cannot check
+    later = registration(outbox)
     report = drain(outbox, central.url)
-    assert (report.sent, report.rejected, report.pending) == (1, 1, 0)
-    assert outbox.get(good.msgid).status == "sent"
-    rejected = outbox.get(bad.msgid)
-    assert rejected.status == "rejected" and rejected.infcode == -1 and "two decimals" in rejected.last_error
-    assert drain(outbox, central.url).sent == 0  # a rejected record is not sent again
+    assert (report.sent, report.dead, report.pending) == (2, 1, 0)
+    assert outbox.get(good.msgid).state == outbox.get(later.msgid).state == "sent"
+    dead = outbox.get(bad.msgid)
+    assert dead.state == "dead" and dead.infcode == -1 and "two decimals" in dead.last_error
+    assert drain(outbox, central.url).sent == 0  # a dead record is not sent again
 
 
-def test_an_unreachable_service_keeps_every_record_pending_then_they_go_when_it_is_back(outbox, tmp_path):
+def test_an_unreachable_service_keeps_every_record_pending_then_they_go_when_it_is_back(outbox, clock, tmp_path):
     port = free_port()
     for _ in range(3):
         registration(outbox)
     report = drain(outbox, f"http://127.0.0.1:{port}", timeout=2)
     assert (report.sent, report.pending) == (0, 3)
     assert "unreachable" in report.error
-    assert all(r.attempts == 1 and "unreachable" in r.last_error for r in outbox.pending())
+    assert all(r.state == "pending" and r.attempts == 1 and "unreachable" in r.last_error for r in outbox.pending())
     with CentralService(tmp_path / "c.sqlite", port=port) as service:
+        clock.tick(2)  # past the first backoff (at most base * 2**0 = 2 s)
         assert drain(outbox, service.url).sent == 3
-    assert outbox.counts() == {"pending": 0, "sent": 3, "rejected": 0}
+        assert service.ledger.count() == 4  # the three records and one sign-in
+    assert outbox.counts() == {"pending": 0, "sending": 0, "sent": 3, "dead": 0}
 
 
-def test_a_failing_service_processes_nothing_and_the_retry_sends_all(outbox, central):
+def test_a_failing_service_processes_nothing_and_the_retry_sends_all(outbox, central, clock):
     registration(outbox)
     central.set_fault("fail", count=1)
     report = drain(outbox, central.url)
     assert report.pending == 1 and "HTTP 503" in report.error
     assert central.ledger.count() == 0
+    clock.tick(2)
     assert drain(outbox, central.url).sent == 1
 
 
@@ -79,7 +83,7 @@ def signed_in(outbox, url: str, **options) -> Uploader:
 
 
 @pytest.mark.parametrize("mode", ["stall", "drop"])
-def test_a_lost_answer_is_retried_and_the_service_keeps_one_copy(outbox, central, mode):
+def test_a_lost_answer_is_retried_and_the_service_keeps_one_copy(outbox, central, clock, mode):
     ids = [registration(outbox).msgid for _ in range(5)]
     with signed_in(outbox, central.url, timeout=0.5) as uploader:
         central.set_fault(mode, count=1, seconds=3)
@@ -90,13 +94,14 @@ def test_a_lost_answer_is_retried_and_the_service_keeps_one_copy(outbox, central
             time.sleep(0.05)
         stored = {m: central.ledger.message(m) for m in ids}
         assert all(stored.values())
+        clock.tick(2)
         again = uploader.drain()
     assert again.sent == 5 and again.pending == 0
-    assert central.ledger.count() == 6
+    assert central.ledger.count() == 6 and central.ledger.repeats == 5
     assert all(outbox.get(m).attempts == 2 for m in ids)
 
 
-def test_every_kind_of_garbage_leaves_the_batch_pending_and_nothing_is_duplicated(outbox, central):
+def test_every_kind_of_garbage_leaves_the_batch_pending_and_nothing_is_duplicated(outbox, central, clock):
     with signed_in(outbox, central.url) as uploader:
         for _ in GARBAGE:
             registration(outbox)
@@ -106,6 +111,7 @@ def test_every_kind_of_garbage_leaves_the_batch_pending_and_nothing_is_duplicate
             assert "documented JSON" in report.error or "none of the messages sent" in report.error
         assert central.faulty_requests == len(GARBAGE)
         assert outbox.counts()["pending"] == len(GARBAGE)
+        clock.tick(600)  # past any backoff
         assert uploader.drain().sent == len(GARBAGE)
     assert central.ledger.count() == len(GARBAGE) + 1
 
@@ -132,7 +138,7 @@ def test_the_uploader_thread_sends_records_made_while_it_runs(outbox, central):
     def background() -> None:
         try:
             with Outbox(path) as own, Uploader(own, central.url) as uploader:
-                uploader.run(stop, interval=0.05)
+                uploader.follow(stop, interval=0.05)
         except BaseException as err:  # surfaced by the assertion below
             done.append(err)
 
@@ -148,7 +154,7 @@ def test_the_uploader_thread_sends_records_made_while_it_runs(outbox, central):
         stop.set()
         thread.join(timeout=10)
     assert not done and not thread.is_alive()
-    assert outbox.counts() == {"pending": 0, "sent": 20, "rejected": 0}
+    assert outbox.counts() == {"pending": 0, "sending": 0, "sent": 20, "dead": 0}
 
 
 # --- the service's own contract ---------------------------------------------------------------
@@ -199,7 +205,7 @@ def test_faults_can_be_set_over_http_for_a_service_in_another_process(outbox, ce
     assert httpx.post(central.url + "/api/call", json=signin(outbox)).status_code == 503
     assert httpx.post(central.url + "/api/call", json=signin(outbox)).json()["infcode"] == 0
     assert httpx.post(central.url + "/_control", json={"mode": "explode"}).status_code == 400
-    assert httpx.get(central.url + "/_stats").json() == {"messages": 1, "faulty_requests": 1}
+    assert httpx.get(central.url + "/_stats").json() == {"messages": 1, "repeats": 0, "faulty_requests": 1}
 
 
 def test_a_message_missing_fields_is_rejected_per_item(outbox, central):

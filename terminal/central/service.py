@@ -7,9 +7,11 @@ docs/central-api.md; the envelope is the platform's (central-service.md).
 
 - ``POST /api/call``: one envelope -> one platform response (used for 9001 sign-in).
 - ``POST /api/batch``: ``{"messages": [envelope, ...]}`` -> ``{"results": [response + "msgid"]}``;
-  HTTP 401 (nothing processed) when a message carries an unknown ``sign_no``.
-- ``POST /_control``: ``{"mode": "ok|fail|stall|garbage|drop", "count": n, "seconds": s}``.
-- ``GET /_stats``: message and batch counters.
+  HTTP 401 (nothing processed) when a message carries an unknown ``sign_no``; HTTP 422 (nothing
+  processed) when a message has no msgid, so no per-item answer could name it.
+- ``POST /_control``: ``{"mode": "ok|fail|stall|garbage|drop", "count": n, "seconds": s,
+  "retry_after": "5" or an HTTP-date}`` (``retry_after`` goes with ``fail``).
+- ``GET /_stats``: messages stored, repeats answered from the ledger, faulty requests.
 """
 from __future__ import annotations
 
@@ -74,6 +76,10 @@ class Unsigned(Exception):
     """A message carries a sign_no the service never issued: the batch is refused with HTTP 401."""
 
 
+class Unanswerable(Exception):
+    """A message has no msgid, so no per-item answer can name it: the batch is refused with HTTP 422."""
+
+
 @dataclass
 class Fault:
     """The next ``count`` requests (None: all) get ``mode``; ``seconds`` is the stall."""
@@ -81,6 +87,7 @@ class Fault:
     mode: str = "ok"
     count: int | None = None
     seconds: float = 30.0
+    retry_after: str | None = None
 
 
 def digest(message: dict[str, Any]) -> str:
@@ -99,6 +106,8 @@ class Ledger:
         self.conn.executescript(SCHEMA)
         self.lock = threading.Lock()
         self.serial = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        #: messages answered from the ledger (a repeated msgid): the uploader's retries
+        self.repeats = 0
 
     def close(self) -> None:
         self.conn.close()
@@ -115,6 +124,9 @@ class Ledger:
 
     def process(self, messages: list[Any]) -> list[dict[str, Any]]:
         """Answer each message, deduping on msgid; one transaction for the whole batch."""
+        nameless = [i for i, m in enumerate(messages) if not isinstance(m, dict) or not isinstance(m.get("msgid"), str)]
+        if nameless:
+            raise Unanswerable(f"message {nameless[0] + 1} of the batch has no msgid: no answer could name it")
         with self.lock:
             unsigned = [m for m in messages if isinstance(m, dict) and m.get("infno") != "9001"
                         and not self.known_sign_no(str(m.get("sign_no", "")))]
@@ -135,6 +147,7 @@ class Ledger:
             row = self.conn.execute("SELECT digest, response FROM messages WHERE msgid = ?", [msgid]).fetchone()
             if row:
                 if row[0] == digest(message):
+                    self.repeats += 1
                     return json.loads(row[1])  # a repeat: the same answer as the first time
                 return self._response(msgid, -1, "msgid already used for a different message")
         try:
@@ -233,18 +246,20 @@ class CentralService:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
+    def wait(self, stop: threading.Event) -> None:
+        """Serve in a background thread until ``stop`` is set, then stop cleanly (``sscard central serve``)."""
+        self.start()
+        try:
+            while not stop.wait(POLL * 10):
+                pass
+        finally:
+            self.stop()
+
     def start(self) -> CentralService:
         """Serve in a background thread."""
         self.thread = threading.Thread(target=self.server.serve_forever, args=(POLL,), name="central", daemon=True)
         self.thread.start()
         return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted (``sscard central``)."""
-        try:
-            self.server.serve_forever()
-        finally:
-            self.close()
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -267,12 +282,15 @@ class CentralService:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def set_fault(self, mode: str = "ok", count: int | None = None, seconds: float = 30.0) -> None:
-        """Misbehave for the next ``count`` requests (None: until told otherwise)."""
+    def set_fault(
+        self, mode: str = "ok", count: int | None = None, seconds: float = 30.0, retry_after: str | None = None
+    ) -> None:
+        """Misbehave for the next ``count`` requests (None: until told otherwise); ``fail`` answers
+        carry ``Retry-After: retry_after`` when given (docs/central-api.md, "Fault modes")."""
         if mode not in MODES:
             raise ValueError(f"unknown fault mode {mode!r}: one of {', '.join(MODES)}")
         with self.fault_lock:
-            self.fault = Fault(mode, count, seconds)
+            self.fault = Fault(mode, count, seconds, None if retry_after is None else str(retry_after))
 
     def take_fault(self) -> Fault:
         """The fault for this request, counting it down."""
@@ -285,7 +303,7 @@ class CentralService:
                 if fault.count <= 0:
                     self.fault = Fault()
             self.faulty_requests += 1
-            return Fault(fault.mode, None, fault.seconds)
+            return Fault(fault.mode, None, fault.seconds, fault.retry_after)
 
     def garbage(self) -> bytes:
         return GARBAGE[self.faulty_requests % len(GARBAGE)]
@@ -309,16 +327,18 @@ def _handler(service: CentralService) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
 
-        def _send(self, status: int, body: bytes | dict[str, Any]) -> None:
+        def _send(self, status: int, body: bytes | dict[str, Any], headers: dict[str, str] | None = None) -> None:
             data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
-        def _error(self, status: HTTPStatus, message: str) -> None:
-            self._send(status, {"infcode": -1, "err_msg": message})
+        def _error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
+            self._send(status, {"infcode": -1, "err_msg": message}, headers)
 
         def _json(self) -> Any:
             length = int(self.headers.get("Content-Length") or 0)
@@ -327,7 +347,8 @@ def _handler(service: CentralService) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path != "/_stats":
                 return self._error(HTTPStatus.NOT_FOUND, "not found")
-            self._send(HTTPStatus.OK, {"messages": service.ledger.count(), "faulty_requests": service.faulty_requests})
+            self._send(HTTPStatus.OK, {"messages": service.ledger.count(), "repeats": service.ledger.repeats,
+                                       "faulty_requests": service.faulty_requests})
 
         def do_POST(self) -> None:  # noqa: N802
             try:
@@ -349,11 +370,14 @@ def _handler(service: CentralService) -> type[BaseHTTPRequestHandler]:
         def _serve(self, messages: list[Any], single: bool) -> None:
             fault = service.take_fault()
             if fault.mode == "fail":
-                return self._error(HTTPStatus.SERVICE_UNAVAILABLE, "service unavailable (told to fail)")
+                later = {"Retry-After": fault.retry_after} if fault.retry_after else None
+                return self._error(HTTPStatus.SERVICE_UNAVAILABLE, "service unavailable (told to fail)", later)
             try:
                 answers = service.ledger.process(messages)
             except Unsigned as err:
                 return self._error(HTTPStatus.UNAUTHORIZED, str(err))
+            except Unanswerable as err:
+                return self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(err))
             if fault.mode == "stall" and service.stopping.wait(fault.seconds):
                 return
             if fault.mode == "drop":

@@ -1,16 +1,29 @@
-"""Queue commands: ``sscard queue status|list|upload`` and ``sscard central`` (docs/central-api.md)."""
+"""Queue commands: ``sscard queue status|list|retry-dead|upload`` and ``sscard central serve``.
+
+Output and exit codes are documented in docs/central-api.md ("CLI"): ``--json`` on stdout,
+diagnostics on stderr, 13 for the local queue, 14 for the central service (project convention).
+"""
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
-from terminal.queue import STATUSES, Outbox
+from terminal.queue import STATES, Outbox
 
 DEFAULT_CENTRAL = "http://127.0.0.1:8930"
+#: show the progress bar on a terminal when more records than this are to be sent
+PROGRESS_OVER = 500
 
 
 def default_queue() -> Path:
@@ -27,6 +40,27 @@ queue_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
+def echo_json(data: Any) -> None:
+    """JSON on stdout, Chinese unescaped."""
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT) or SIGTERM instead of killing the process, so a loop can end
+    cleanly after the work in hand; the previous handlers come back afterwards."""
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 @click.group()
 def queue() -> None:
     """The local record queue: registrations and purchases waiting for the central service."""
@@ -36,34 +70,64 @@ def queue() -> None:
 @queue_option
 @json_option
 def status(path: Path, as_json: bool) -> None:
-    """How many records are pending, sent and rejected, and since when records wait."""
+    """How many records are in each state, and how long the oldest unsent one has waited."""
     with Outbox(path, create=False) as outbox:
-        counts, oldest = outbox.counts(), outbox.oldest_pending()
+        counts, oldest, now = outbox.counts(), outbox.oldest_pending(), outbox.clock()
+    age = int((now - oldest).total_seconds()) if oldest else None
     if as_json:
-        click.echo(json.dumps({**counts, "oldest_pending": oldest.isoformat(sep=" ") if oldest else None}))
+        echo_json({**counts, "oldest_pending": oldest.isoformat(sep=" ") if oldest else None,
+                   "oldest_pending_age_s": age})
         return
     click.echo("  ".join(f"{name} {count}" for name, count in counts.items()))
-    if oldest:
-        click.echo(f"oldest pending record made {oldest:%Y-%m-%d %H:%M:%S}")
+    if oldest and age is not None:
+        click.echo(f"oldest unsent record made {oldest:%Y-%m-%d %H:%M:%S}, {format_age(age)} ago")
+    if counts["dead"]:
+        click.echo(f"{counts['dead']} dead records: see 'sscard queue list --state dead', then 'sscard queue retry-dead'",
+                   err=True)
+
+
+def format_age(seconds: int) -> str:
+    """``3725`` -> ``1 h 2 min``; under a minute in seconds."""
+    if seconds < 60:
+        return f"{max(seconds, 0)} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    days, hours = divmod(hours, 24)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min" if minutes else ""]
+    return " ".join(p for p in parts if p) or "0 min"
 
 
 @queue.command("list")
 @queue_option
-@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only records in this state.")
+@click.option("--state", "--status", "state", type=click.Choice(STATES), default=None, help="Only records in this state.")
 @click.option("--card", "card_sn", default=None, metavar="CODE", help="Only the records of this card identification code.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @json_option
-def list_records(path: Path, status: str | None, card_sn: str | None, limit: int, as_json: bool) -> None:
+def list_records(path: Path, state: str | None, card_sn: str | None, limit: int, as_json: bool) -> None:
     """The newest records (card codes masked, no personal data)."""
     with Outbox(path, create=False) as outbox:
-        rows = [r.summary() for r in outbox.records(status, limit, card_sn)]
+        rows = [r.summary() for r in outbox.records(state, limit, card_sn)]
     if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        echo_json(rows)
         return
     for row in rows:
         flag = " cross-region" if row["cross_region"] else ""
         error = f"  ({row['last_error']})" if row["last_error"] else ""
-        click.echo(f"{row['msgid']}  {row['infno']}  {row['created_at']}  {row['status']}{flag}{error}")
+        click.echo(f"{row['msgid']}  {row['infno']}  {row['created_at']}  {row['state']}{flag}{error}")
+
+
+@queue.command("retry-dead")
+@queue_option
+@click.option("--msgid", "msgids", multiple=True, metavar="MSGID",
+              help="Only this dead record (repeat the option for more); default: every dead record.")
+@json_option
+def retry_dead(path: Path, msgids: tuple[str, ...], as_json: bool) -> None:
+    """Put dead records back to pending (after the cause was fixed), to be sent by the next upload."""
+    with Outbox(path, create=False) as outbox:
+        revived = outbox.retry_dead(msgids or None)
+    if as_json:
+        echo_json({"revived": revived})
+    else:
+        click.echo(f"{revived} dead records put back to pending")
 
 
 @queue.command()
@@ -73,37 +137,86 @@ def list_records(path: Path, status: str | None, card_sn: str | None, limit: int
 @click.option("--batch-size", type=click.IntRange(1, 500), default=None, help="Records per batch [default: 100].")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
               help="Seconds to wait for each answer [default: 10].")
+@click.option("--follow", is_flag=True,
+              help="Keep running: send records as they become due, until Ctrl-C or SIGTERM.")
+@click.option("--interval", type=click.FloatRange(0.05), default=None,
+              help="With --follow: longest sleep between looks for new records [default: 5].")
+@click.option("--now", "ignore_schedule", is_flag=True,
+              help="Try every pending record now, even those waiting for their retry time.")
+@click.option("--progress/--no-progress", default=None,
+              help=f"Progress bar on stderr [default: on a terminal, for more than {PROGRESS_OVER} records].")
 @json_option
-def upload(path: Path, url: str, batch_size: int | None, timeout: float | None, as_json: bool) -> None:
-    """Send the pending records to the central service now (exit 14 if it cannot be reached)."""
-    from terminal.upload import CentralError, Uploader  # here: httpx would slow every command's start-up
+def upload(path: Path, url: str, batch_size: int | None, timeout: float | None, follow: bool,
+           interval: float | None, ignore_schedule: bool, progress: bool | None, as_json: bool) -> None:
+    """Send the due records to the central service (exit 14 if it cannot be reached)."""
+    from terminal.upload import DEFAULT_INTERVAL, CentralError, Uploader  # here: httpx slows start-up
 
     given = {"batch_size": batch_size, "timeout": timeout}
     options = {name: value for name, value in given.items() if value is not None}
     with Outbox(path, create=False) as outbox, Uploader(outbox, url, **options) as uploader:
-        report = uploader.drain()
+        if follow:
+            with stop_on_signals() as stop:
+                click.echo(f"uploading to {url} until Ctrl-C or SIGTERM", err=True)
+                totals = {"sent": 0, "dead": 0}
+
+                def on_report(report: Any) -> None:
+                    totals["sent"] += report.sent
+                    totals["dead"] += report.dead
+                    note = f"  ({report.error})" if report.error else ""
+                    click.echo(f"{dt.datetime.now():%H:%M:%S} sent {report.sent}  dead {report.dead}"
+                               f"  pending {report.pending}{note}", err=True)
+
+                uploader.follow(stop, interval or DEFAULT_INTERVAL, on_report)
+                counts = outbox.counts()
+            summary = {**totals, "pending": counts["pending"] + counts["sending"]}
+            click.echo(json.dumps(summary) if as_json else
+                       f"stopped: sent {summary['sent']}  dead {summary['dead']}  pending {summary['pending']}")
+            return
+        due = outbox.counts()["pending"]
+        show = progress if progress is not None else (sys.stderr.isatty() and due > PROGRESS_OVER)
+        if show:
+            with click.progressbar(length=due, label=f"uploading {due} records",
+                                   file=click.get_text_stream("stderr")) as bar:
+                report = uploader.drain(ignore_schedule=ignore_schedule, progress=bar.update)
+        else:
+            report = uploader.drain(ignore_schedule=ignore_schedule)
     if as_json:
         click.echo(json.dumps(asdict(report)))
     else:
-        click.echo(f"sent {report.sent}  rejected {report.rejected}  pending {report.pending}")
-    if report.rejected:
-        click.echo(f"{report.rejected} records were rejected: see 'sscard queue list --status rejected'", err=True)
+        click.echo(f"sent {report.sent}  dead {report.dead}  pending {report.pending}")
+    if report.dead:
+        click.echo(f"{report.dead} records went dead: see 'sscard queue list --state dead'", err=True)
     if report.error:
-        raise CentralError(f"{report.error} ({report.pending} pending)")
+        raise CentralError(f"{report.error} ({report.pending} pending, next attempt {report.next_attempt})")
+    if report.pending and report.next_attempt and not as_json:
+        click.echo(f"{report.pending} records wait for their retry time (next {report.next_attempt}); "
+                   "'--now' sends them at once", err=True)
 
 
-@click.command()
+@click.group()
+def central() -> None:
+    """The reference central service, for development and tests (docs/central-api.md)."""
+
+
+@central.command()
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("central.sqlite"),
               show_default=True, help="Where the service keeps every message it answered.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8930, show_default=True)
-def central(db: Path, host: str, port: int) -> None:
-    """Run the reference central service (development and tests) until Ctrl-C."""
+def serve(db: Path, host: str, port: int) -> None:
+    """Run the reference central service until Ctrl-C or SIGTERM."""
     from terminal.central import CentralService
 
-    service = CentralService(db, host, port)
-    click.echo(f"central service on {service.url}, ledger {db}", err=True)
-    service.serve_forever()
+    try:
+        service = CentralService(db, host, port)
+    except OSError as err:
+        from terminal.upload import CentralError
+
+        raise CentralError(f"The central service cannot listen on {host}:{port}: {err.strerror or err}") from None
+    with stop_on_signals() as stop:
+        click.echo(f"central service on {service.url}, ledger {db}", err=True)
+        service.wait(stop)
+    click.echo("central service stopped", err=True)
 
 
 COMMANDS = [queue, central]
