@@ -79,9 +79,43 @@ def change_pin(old_bcd: bytes, new_bcd: bytes) -> Command:
     return Command(0x80, 0x5E, 0x01, 0x00, old_bcd + b"\xff" + new_bcd, secret=True)
 
 
+#: length of the MAC that ends a MAC-protected command (PBOC)
+MAC_LENGTH = 4
+
+
+#: CLA INS P1 P2 of the MAC-protected commands
+RELOAD_PIN_HEADER = (0x80, 0x5E, 0x00, 0x00)
+APPLICATION_UNBLOCK_HEADER = (0x84, 0x18, 0x00, 0x00)
+
+
+def mac_input(cla: int, ins: int, p1: int, p2: int, body: bytes) -> bytes:
+    """The bytes a MAC-protected command's MAC covers: ``CLA INS P1 P2 Lc body``, Lc counting the
+    4-byte MAC that follows ``body`` (PBOC; docs/card-profile.md, "MAC-protected commands")."""
+    return bytes((cla, ins, p1, p2, len(body) + MAC_LENGTH)) + bytes(body)
+
+
+def reload_pin_mac_input(new_bcd: bytes) -> bytes:
+    """What the RELOAD PIN MAC covers: ``80 5E 00 00 Lc new-PIN`` (holds the PIN: never trace it)."""
+    return mac_input(*RELOAD_PIN_HEADER, new_bcd)
+
+
 def reload_pin(new_bcd: bytes, mac: bytes) -> Command:
-    """RELOAD PIN ``80 5E 00 00 Lc new MAC(4)`` (PBOC form; for SSC a project convention)."""
-    return Command(0x80, 0x5E, 0x00, 0x00, new_bcd + mac, secret=True)
+    """RELOAD PIN ``80 5E 00 00 Lc new MAC(4)`` (PBOC form; for SSC a project convention).
+
+    The MAC covers :func:`reload_pin_mac_input`; the data is secret in traces.
+    """
+    return Command(*RELOAD_PIN_HEADER, bytes(new_bcd) + bytes(mac), secret=True)
+
+
+def application_unblock_mac_input() -> bytes:
+    """What the APPLICATION UNBLOCK MAC covers: ``84 18 00 00 04``."""
+    return mac_input(*APPLICATION_UNBLOCK_HEADER, b"")
+
+
+def application_unblock(mac: bytes) -> Command:
+    """APPLICATION UNBLOCK ``84 18 00 00 04 MAC`` (PBOC / EMV 4.3 Book 3 s6.5.1): activates the SSC
+    application (convention, docs/card-profile.md). The MAC covers :func:`application_unblock_mac_input`."""
+    return Command(*APPLICATION_UNBLOCK_HEADER, bytes(mac))
 
 
 def get_challenge(length: int = 8) -> Command:
@@ -109,11 +143,18 @@ def get_processing_options(pdol_data: bytes = b"") -> Command:
     return Command(0x80, 0xA8, 0x00, 0x00, bytes((0x83, len(pdol_data))) + pdol_data, le=256)
 
 
-def psam_des_init(key_usage: int, key_version: int, diversification: bytes) -> Command:
-    """PSAM DES INIT ``80 1A usage version Lc data`` (PBOC PSAM; convention for SSC PSAMs)."""
-    return Command(0x80, 0x1A, key_usage, key_version, diversification)
+#: PSAM DES CRYPT modes (P1): ECB-encrypt, or the 4-byte MAC (convention, docs/card-profile.md)
+PSAM_MODE_ENCRYPT = 0x00
+PSAM_MODE_MAC = 0x05
 
 
-def psam_des_crypt(mode: int, data: bytes) -> Command:
-    """PSAM DES CRYPT ``80 FA mode 00 Lc data Le`` (PBOC PSAM): encrypt or MAC with the key set up by DES INIT."""
-    return Command(0x80, 0xFA, mode, 0x00, data, le=256)
+def psam_des_init(key_usage: int, key_version: int, diversification: bytes, challenge: bytes = b"") -> Command:
+    """PSAM DES INIT ``80 1A usage version Lc D [challenge]`` (PBOC PSAM; convention for SSC PSAMs):
+    diversify the master key of that usage and version with D; a MAC key also takes the card's challenge."""
+    return Command(0x80, 0x1A, key_usage, key_version, bytes(diversification) + bytes(challenge))
+
+
+def psam_des_crypt(mode: int, data: bytes, secret: bool = False) -> Command:
+    """PSAM DES CRYPT ``80 FA mode 00 Lc data Le`` (PBOC PSAM): encrypt (mode 00) or MAC (05) with the
+    key set up by DES INIT. ``secret`` when the data holds a PIN (the RELOAD PIN MAC input)."""
+    return Command(0x80, 0xFA, mode, 0x00, bytes(data), le=256, secret=secret)

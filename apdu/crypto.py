@@ -24,6 +24,7 @@ __all__ = [
     "Algorithm",
     "CryptoError",
     "PINFormatError",
+    "WeakPINError",
     "PIN_DEFAULT_LENGTH",
     "PIN_MAX_LENGTH",
     "PIN_MIN_LENGTH",
@@ -39,8 +40,10 @@ __all__ = [
     "pad_method1",
     "pad_method2",
     "pboc_mac",
+    "check_new_pin",
     "pin_to_bcd",
     "session_key",
+    "session_mac",
     "sm3",
     "unpad_method2",
     "wipe",
@@ -57,6 +60,10 @@ class PINFormatError(SSCardError, ValueError):
     """The PIN must be 4 to 12 digits (0-9)."""
 
     exit_code = 11
+
+
+class WeakPINError(PINFormatError):
+    """This PIN is too easy to guess (all one digit, or consecutive digits): choose another."""
 
 
 # --- block ciphers -----------------------------------------------------------------------------
@@ -288,6 +295,22 @@ def pboc_mac(key: bytes, data: bytes, iv: bytes, algorithm: Algorithm) -> bytes:
     return mac_sm4(key, data, full_iv)[:4]
 
 
+def session_mac(key: bytes, challenge: bytes, message: bytes, algorithm: Algorithm,
+                terminal_data: bytes = b"") -> bytes:
+    """The 4-byte MAC of a MAC-protected card command (RELOAD PIN, APPLICATION UNBLOCK).
+
+    Project convention (docs/card-profile.md, "MAC-protected commands"), the PBOC form of
+    shared/reference/ssc-card.md: SK = ``session_key(DK, challenge, terminal_data)``, then
+    ``pboc_mac(SK, message, iv=challenge)``. ``challenge`` is the card's last GET CHALLENGE answer,
+    ``message`` the command header, Lc and data without the MAC; the commands of this project send
+    no terminal data, so ``terminal_data`` is empty.
+    """
+    if len(challenge) > algorithm.block_size:
+        raise CryptoError(f"A {algorithm.value} MAC challenge is at most {algorithm.block_size} bytes")
+    sk = session_key(key, challenge, terminal_data, algorithm)
+    return pboc_mac(sk, message, challenge, algorithm)
+
+
 # --- hash -----------------------------------------------------------------------------------------
 
 def sm3(data: bytes) -> bytes:
@@ -341,6 +364,13 @@ def bcd_to_pin(data: bytes) -> str:
         raise PINFormatError("The PIN block holds something other than BCD digits")
     _check_pin(text)
     return text
+
+
+def check_new_pin(pin: str) -> None:
+    """Refuse a PIN the holder wants to set: malformed (PINFormatError) or weak (WeakPINError,
+    :func:`is_weak_pin`; project policy, docs/crypto.md). Messages never contain the PIN."""
+    if is_weak_pin(pin):
+        raise WeakPINError()
 
 
 def is_weak_pin(pin: str) -> bool:

@@ -129,6 +129,18 @@ class CardAuthenticationError(SSCardError):
     exit_code = 8
 
 
+class TerminalAuthenticationError(SSCardError):
+    """The card refused this terminal's authentication: check the key store or PSAM (wrong keys?)."""
+
+    exit_code = 8
+
+
+class IdentityMismatchError(SSCardError):
+    """The ID document does not match the card: the card does not belong to this person."""
+
+    exit_code = 9
+
+
 class CardDataError(SSCardError):
     """The card's data is malformed or incomplete."""
 
@@ -193,3 +205,7 @@ class ConfigError(SSCardError):
     """The terminal's configuration is invalid."""
 
     exit_code = 12
+
+
+class KeyStoreError(ConfigError):
+    """The key store cannot be used (key file or PSAM): ask IT to check the terminal's keys."""

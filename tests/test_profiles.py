@@ -43,7 +43,9 @@ def test_bundled_profiles_say_what_the_brief_says():
     assert minority.holder["ethnicity"] != "01" and minority.holder["name_extension"]
     assert len(minority.holder["name"].encode("gbk")) == 30
     counterfeit = load_profile("counterfeit")
-    assert counterfeit.keys == "counterfeit" and counterfeit.card == adult.card and counterfeit.holder == adult.holder
+    assert counterfeit.card == adult.card and counterfeit.holder == adult.holder
+    assert set(counterfeit.keys) == set(adult.keys)
+    assert all(counterfeit.keys[usage] != adult.keys[usage] for usage in adult.keys)
 
 
 def test_load_by_path_and_by_name_agree(tmp_path):
@@ -113,7 +115,10 @@ BAD = [
     ("pin.value", 123456, "digits"),
     ("pin.tries_left", 4, "0..3"),
     ("pin.max_tries", 0, "1..15"),
-    ("keys", "", "non-empty"),
+    ("keys", "test", "JSON object"),
+    ("keys.internal_auth", "00112233", "32 hex digits"),
+    ("keys.pin_reload", "00112233445566770011223344556677", "halves"),
+    ("keys.master", "00112233445566778899AABBCCDDEEFF", "unknown key usage"),
     ("bank.pan", "6217003303001234566", "Luhn"),
     ("holder.nickname", "伟伟", "unknown field"),
     ("colour", "red", "unknown field"),

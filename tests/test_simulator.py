@@ -226,7 +226,7 @@ WRONG = [
     ("00 B0 00 00 00", 0x6981, "READ BINARY on a record EF"),
     ("00 C0 00 00 00", 0x6985, "GET RESPONSE with nothing pending"),
     ("00 20 00 00 03 12345A", 0x6A80, "VERIFY PIN block not BCD"),
-    ("80 5E 00 00 07 123456 01020304", 0x6A81, "RELOAD PIN before the crypto task"),
+    ("80 5E 00 00 07 123456 01020304", 0x6985, "RELOAD PIN without a fresh challenge"),
 ]
 
 

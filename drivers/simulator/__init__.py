@@ -1,19 +1,31 @@
 """The virtual chips: the social security card, the old medical insurance card and the PSAM.
 
 ``load_card("adult")`` gives a virtual SSC personalised from a bundled profile (fixtures/cards/NAME.json)
-or from a profile file path; see docs/simulator.md.
+or from a profile file path; ``load_card("psam")`` the virtual PSAM (a profile of ``"kind": "psam"``);
+see docs/simulator.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from drivers.simulator.base import SimulatedCard
-from drivers.simulator.profile import Profile, bundled_names, load_profile
+from drivers.simulator.profile import Profile, bundled_names, load_profile, locate, profile_kind
+from drivers.simulator.psam import PSAMCard, PSAMProfile, load_psam_profile
 from drivers.simulator.ssc import SSCCard
 
-__all__ = ["Profile", "SSCCard", "SimulatedCard", "bundled_names", "load_card", "load_profile"]
+__all__ = [
+    "PSAMCard", "PSAMProfile", "Profile", "SSCCard", "SimulatedCard",
+    "bundled_names", "load_card", "load_profile", "load_psam_profile",
+]
 
 
-def load_card(name_or_path: str | Path) -> SSCCard:
-    """A fresh virtual SSC from a bundled profile name (``adult``) or a profile path; ProfileError otherwise."""
-    return SSCCard(load_profile(name_or_path))
+def load_card(name_or_path: str | Path) -> SSCCard | PSAMCard:
+    """A fresh virtual chip from a bundled profile name (``adult``, ``psam``) or a profile path.
+
+    The profile's ``kind`` decides: ``psam`` gives a :class:`PSAMCard`, anything else an
+    :class:`SSCCard` (whose loader refuses a wrong kind). ProfileError on any problem.
+    """
+    path = locate(name_or_path)
+    if profile_kind(path) == "psam":
+        return PSAMCard(load_psam_profile(path))
+    return SSCCard(load_profile(path))

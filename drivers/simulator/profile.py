@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
+from apdu.crypto import Algorithm
 from apdu.errors import CardDataError, ProfileError, mask
+from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
 
 PROTOCOLS = ("T=0", "T=1")
 ALGORITHMS = ("3DES", "SM4")
@@ -67,7 +69,8 @@ class Profile:
     card: dict[str, str | dt.date]
     holder: dict[str, str | dt.date]
     pin: PinSettings
-    keys: str
+    #: the card's own keys, diversified from the master keys for this card (docs/card-profile.md)
+    keys: dict[KeyUsage, bytes] = field(repr=False)
     bank_pan: str | None = None
 
     @property
@@ -168,10 +171,19 @@ def build_atr(protocol: str, historical: bytes) -> bytes:
 
 # --- finding and loading -------------------------------------------------------------------------
 
-def bundled_names() -> list[str]:
-    """Names of the profiles shipped in fixtures/cards/."""
+def bundled_names(kind: str = "ssc") -> list[str]:
+    """Names of the profiles of that ``kind`` shipped in fixtures/cards/ (``ssc`` cards, the ``psam``)."""
     folder = resources.files("fixtures") / "cards"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json") and profile_kind(Path(str(p))) == kind)
+
+
+def profile_kind(path: Path) -> str | None:
+    """The ``kind`` field of a profile file (``ssc``, ``psam``), or None when it cannot be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
 
 
 def locate(name_or_path: str | Path) -> Path:
@@ -265,7 +277,10 @@ class _Validator:
         holder = self.items(obj["holder"], "holder", HOLDER_ITEMS)
         self.cross_checks(card, holder, algorithm)
         pin = self.pin(obj["pin"])
-        keys = self.string(obj["keys"], "keys")
+        try:
+            keys = parse_keys(obj["keys"], Algorithm(algorithm), "keys")
+        except KeyFormatError as err:
+            raise ProfileError(f"{self.source}: {err}") from None
         pan = self.bank(obj["bank"]) if obj.get("bank") is not None else None
         return Profile(self.source, description, atr, protocol, algorithm, state, card, holder, pin, keys, pan)
 

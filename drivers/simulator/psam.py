@@ -1,0 +1,148 @@
+"""The virtual PSAM: the terminal's secure access module, a card in its own reader slot that holds the
+master keys and computes card cryptograms and MACs for the terminal without ever giving a key out.
+
+Commands (PBOC PSAM form, shared/reference/ssc-card.md; details are the project convention of
+docs/card-profile.md, "PSAM commands"):
+
+- DES INIT ``80 1A <key usage> <key version> Lc D [|| challenge]``: pick a master key by usage
+  (:class:`apdu.keyset.KeyUsage` code) and version (``02`` the 3DES key set of 2nd-generation cards,
+  ``03`` the SM4 set of 3rd-generation cards), diversify it with D (8 bytes 3DES, 16 SM4). With the
+  card's challenge appended, the key is readied for a MAC with a session key.
+- DES CRYPT ``80 FA <mode> 00 Lc data Le``: mode ``00`` ECB-encrypt whole blocks (authentication keys,
+  no challenge); mode ``05`` the 4-byte MAC of ``data`` (``apdu.crypto.session_mac``; MAC keys, after a
+  DES INIT with the challenge). Anything else: ``69 85``.
+
+Profile: ``fixtures/cards/psam.json`` (``"kind": "psam"``), validated by :func:`parse_psam_profile`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apdu.command import Command
+from apdu.commands import PSAM_MODE_ENCRYPT, PSAM_MODE_MAC
+from apdu.crypto import Algorithm, diversify, session_mac
+from apdu.errors import ProfileError
+from apdu.keyset import PSAM_KEY_VERSIONS, KeyFormatError, KeyUsage, MasterKeys, parse_master_keys
+from drivers.simulator.cardos import (
+    CLA_PROPRIETARY,
+    SW_CONDITIONS,
+    SW_OK,
+    SW_WRONG_LENGTH,
+    SW_WRONG_P1P2,
+    CardOS,
+    CardStatus,
+    RandomSource,
+    Reply,
+)
+from drivers.simulator.profile import PROTOCOLS, _Validator, locate
+
+log = logging.getLogger(__name__)
+
+SW_KEY_NOT_FOUND = 0x6A88
+
+
+@dataclass(frozen=True)
+class PSAMProfile:
+    """A validated PSAM profile: ATR, protocol and the master keys (never in a repr)."""
+
+    source: str
+    description: str
+    atr: bytes
+    protocol: str
+    master_keys: MasterKeys = field(repr=False)
+    test_only: bool = False
+
+
+def parse_psam_profile(data: Any, source: str = "<psam>") -> PSAMProfile:
+    """Validate a PSAM profile's decoded JSON; :class:`ProfileError` naming the field otherwise."""
+    check = _Validator(source)
+    obj = check.fields(data, "", {"kind", "description", "atr", "protocol", "master_keys", "test_only"}, {"test_only"})
+    if obj["kind"] != "psam":
+        raise check.fail("kind", f"must be \"psam\", got {obj['kind']!r}")
+    protocol = check.choice(obj["protocol"], "protocol", PROTOCOLS)
+    test_only = obj.get("test_only", False)
+    if not isinstance(test_only, bool):
+        raise check.fail("test_only", "must be true or false")
+    try:
+        keys = parse_master_keys(obj["master_keys"])
+    except KeyFormatError as err:
+        raise ProfileError(f"{source}: {err}") from None
+    return PSAMProfile(source, check.string(obj["description"], "description"), check.atr(obj["atr"], protocol),
+                       protocol, keys, test_only)
+
+
+def load_psam_profile(name_or_path: str | Path) -> PSAMProfile:
+    """Read and validate a PSAM profile by bundled name (``psam``) or path."""
+    path = locate(name_or_path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProfileError(f"{path.name}: cannot read the PSAM profile: {err}") from None
+    return parse_psam_profile(data, path.name)
+
+
+@dataclass
+class _Session:
+    """What DES INIT readied: the diversified key, its use, and the card challenge for a MAC."""
+
+    algorithm: Algorithm
+    usage: KeyUsage
+    key: bytes = field(repr=False)
+    challenge: bytes | None
+
+
+class PSAMCard(CardOS):
+    """The virtual PSAM (implements ``SimulatedCard``); the readied key is volatile."""
+
+    label = "virtual PSAM"
+
+    def __init__(self, profile: PSAMProfile, random: RandomSource = os.urandom) -> None:
+        self.profile = profile
+        super().__init__(profile.atr, profile.protocol, random)
+        self.handlers.update({
+            0x1A: (CLA_PROPRIETARY, self._des_init),
+            0xFA: (CLA_PROPRIETARY, self._des_crypt),
+        })
+
+    def _clear_volatile(self) -> None:
+        super()._clear_volatile()
+        self._session: _Session | None = None
+
+    def _des_init(self, command: Command) -> Reply:
+        """DES INIT ``80 1A usage version Lc D [|| challenge]`` (PBOC PSAM; convention in the module doc)."""
+        self._session = None
+        usage = KeyUsage.by_code(command.p1)
+        algorithm = PSAM_KEY_VERSIONS.get(command.p2)
+        if usage is None or algorithm is None or (algorithm, usage) not in self.profile.master_keys:
+            raise CardStatus(SW_KEY_NOT_FOUND)
+        block = algorithm.block_size
+        if command.le is not None or not block <= len(command.data) <= 2 * block:
+            raise CardStatus(SW_WRONG_LENGTH)
+        challenge = command.data[block:] or None
+        if (challenge is not None) != usage.for_mac:
+            raise CardStatus(SW_CONDITIONS)  # MAC keys need the challenge, authentication keys take none
+        key = diversify(self.profile.master_keys[(algorithm, usage)], command.data[:block], algorithm)
+        self._session = _Session(algorithm, usage, key, challenge)
+        return b"", SW_OK
+
+    def _des_crypt(self, command: Command) -> Reply:
+        """DES CRYPT ``80 FA mode 00 Lc data Le``: mode 00 encrypt, 05 MAC (convention in the module doc)."""
+        if command.p2 != 0x00 or command.p1 not in (PSAM_MODE_ENCRYPT, PSAM_MODE_MAC):
+            raise CardStatus(SW_WRONG_P1P2)
+        session = self._session
+        if session is None or (command.p1 == PSAM_MODE_MAC) != session.usage.for_mac:
+            raise CardStatus(SW_CONDITIONS)
+        if not command.data:
+            raise CardStatus(SW_WRONG_LENGTH)
+        if command.p1 == PSAM_MODE_ENCRYPT:
+            if len(command.data) % session.algorithm.block_size:
+                raise CardStatus(SW_WRONG_LENGTH)
+            return session.algorithm.encrypt_block(session.key, command.data), SW_OK
+        if session.challenge is None:  # cannot happen: DES INIT gives MAC keys a challenge
+            raise CardStatus(SW_CONDITIONS)
+        return session_mac(session.key, session.challenge, command.data, session.algorithm), SW_OK
