@@ -18,6 +18,7 @@ import socket
 import struct
 import threading
 
+from apdu.errors import TransportError
 from drivers.simulator.base import SimulatedCard
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ BACKOFF_START_S = 0.05
 BACKOFF_MAX_S = 1.0
 
 
-class FrameError(Exception):
-    """A vpcd frame that breaks the framing (internal: the connection is dropped and re-made)."""
+class FrameError(TransportError):
+    """A vpcd frame that breaks the framing (the connection is dropped and re-made)."""
 
 
 def reader_name(port: int, base_port: int = DEFAULT_PORT) -> str:
@@ -98,7 +99,7 @@ def read_frame(sock: socket.socket) -> bytes | None:
 def frame(payload: bytes) -> bytes:
     """Length-prefix ``payload`` for vpcd."""
     if not 0 < len(payload) <= 0xFFFF:
-        raise ValueError(f"vpcd payload of {len(payload)} bytes cannot be framed")
+        raise FrameError(f"vpcd payload of {len(payload)} bytes cannot be framed")
     return struct.pack(">H", len(payload)) + payload
 
 

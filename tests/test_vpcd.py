@@ -13,7 +13,7 @@ import pytest
 
 from apdu import commands
 from drivers import pcsc
-from drivers.vpcd import VpcdClient, frame, reader_name
+from drivers.vpcd import FrameError, VpcdClient, frame, reader_name
 from pcscd import MiniCard, card_state, wait_card, wait_until
 
 TIMEOUT = 5.0
@@ -87,7 +87,7 @@ def client_for(fake):
 def test_frame_is_big_endian_length_prefixed():
     assert frame(b"\x04") == b"\x00\x01\x04"
     assert frame(bytes(300))[:2] == b"\x01\x2c"
-    with pytest.raises(ValueError):
+    with pytest.raises(FrameError):
         frame(b"")
 
 
