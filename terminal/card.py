@@ -13,10 +13,13 @@ from dataclasses import asdict, dataclass
 
 from apdu import commands
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
+from apdu.crypto import PINFormatError, check_new_pin, pin_to_bcd, wipe
 from apdu.errors import (
+    AuthenticationMethodBlockedError,
     CardDataError,
     CardStatusError,
     NotSocialSecurityCardError,
+    TerminalAuthenticationError,
     mask,
 )
 from apdu.tlv import decode_simple
@@ -165,10 +168,83 @@ class SocialSecurityCard:
 
     def verify_pin(self, pin: str) -> None:
         """VERIFY the holder's PIN (BCD). Raises WrongPINError (tries left) or PINBlockedError."""
-        from apdu.crypto import pin_to_bcd
-
         self._ensure_selected()
-        self.connection.transmit(commands.verify(pin_to_bcd(pin))).check()
+        block = bytearray(pin_to_bcd(pin))
+        try:
+            self.connection.transmit(commands.verify(block)).check()
+        finally:
+            wipe(block)
+
+    def change_pin(self, old_pin: str, new_pin: str) -> None:
+        """CHANGE PIN ``80 5E 01 00 old FF new`` (PBOC; docs/card-profile.md "PIN").
+
+        The new PIN is checked first (PINFormatError, WeakPINError: nothing sent); a wrong old PIN
+        costs a try (WrongPINError, PINBlockedError) as VERIFY does.
+        """
+        check_new_pin(new_pin)
+        if new_pin == old_pin:
+            raise PINFormatError("The new PIN must differ from the current one")
+        self._ensure_selected()
+        old, new = bytearray(pin_to_bcd(old_pin)), bytearray(pin_to_bcd(new_pin))
+        try:
+            self.connection.transmit(commands.change_pin(old, new)).check()
+        finally:
+            wipe(old)
+            wipe(new)
+        log.info("PIN changed")
+
+    def reload_pin(self, new_bcd: bytes, mac: bytes) -> None:
+        """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.crypto)."""
+        self._ensure_selected()
+        self.connection.transmit(commands.reload_pin(new_bcd, mac)).check()
+
+    def application_unblock(self, mac: bytes) -> None:
+        """APPLICATION UNBLOCK ``84 18 00 00 04 MAC``: the application becomes active (convention)."""
+        self._ensure_selected()
+        self.connection.transmit(commands.application_unblock(mac)).check()
+        self.activated = True
+
+    # --- authentication (docs/card-profile.md, "Keys and security") ---------------------------------
+
+    def card_key_data(self) -> tuple[str, str]:
+        """The card identification code (hex) and the spec version: what picks the card's keys.
+        Reads EF05 records 1 and 3 only."""
+        items = tuple(item for item in CARD_ITEMS if item.key in ("card_identification_code", "spec_version"))
+        values = self.read_file(items)
+        return str(values["card_identification_code"]), str(values["spec_version"])
+
+    def get_challenge(self, length: int) -> bytes:
+        """GET CHALLENGE (ISO 7816-4 s7.5.3): ``length`` random bytes the card keeps for the next
+        EXTERNAL AUTHENTICATE or MAC-protected command."""
+        self._ensure_selected()
+        challenge = self.connection.transmit(commands.get_challenge(length)).check().data
+        if len(challenge) != length:
+            raise CardDataError(f"The card answered GET CHALLENGE with {len(challenge)} bytes, not {length}")
+        return challenge
+
+    def internal_authenticate(self, key_id: int, random: bytes) -> bytes:
+        """INTERNAL AUTHENTICATE ``00 88 00 key random`` (ISO 7816-4 s7.5.2): the card's cryptogram."""
+        self._ensure_selected()
+        return self.connection.transmit(commands.internal_authenticate(key_id, random)).check().data
+
+    def external_authenticate(self, key_id: int, cryptogram: bytes) -> None:
+        """EXTERNAL AUTHENTICATE ``00 82 00 key cryptogram`` (ISO 7816-4 s7.5.4) after GET CHALLENGE.
+
+        ``63 Cx`` -> TerminalAuthenticationError (x tries left for the key); ``69 83`` ->
+        AuthenticationMethodBlockedError (the card's own counter, not the PIN's).
+        """
+        self._ensure_selected()
+        response = self.connection.transmit(commands.external_authenticate(key_id, cryptogram))
+        if response.sw & 0xFFF0 == 0x63C0 and response.sw != 0x63C0:
+            tries = response.sw & 0x0F
+            raise TerminalAuthenticationError(
+                f"The card refused this terminal's authentication ({tries} {'try' if tries == 1 else 'tries'} "
+                f"left before the card blocks it): check the key store or PSAM"
+            )
+        if response.sw in (0x6983, 0x63C0):
+            raise AuthenticationMethodBlockedError(
+                response.sw, "The card has blocked this terminal's authentication key after too many failures")
+        response.check()
 
 
 def historical_bytes(atr: bytes) -> bytes:

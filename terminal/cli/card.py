@@ -65,14 +65,17 @@ def read(reader: str | None, as_json: bool, redact: bool) -> None:
         click.echo(format_identity(fields, identity.activated))
 
 
-def read_pin(prompt: str, from_stdin: bool) -> str:
-    """A PIN from a hidden prompt, or one line of stdin (never a command-line option: it would show in ps)."""
+def read_pin(prompt: str, from_stdin: bool, confirm: bool = False) -> str:
+    """A PIN from a hidden prompt, or one line of stdin (never a command-line option: it would show in ps).
+
+    ``confirm`` asks twice at the prompt (a new PIN); from stdin the line is taken once.
+    """
     if from_stdin or not sys.stdin.isatty():
         line = sys.stdin.readline()
         if not line:
             raise click.UsageError("no PIN on standard input")
         return line.strip()
-    return click.prompt(prompt, hide_input=True)
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
 
 
 @click.command("verify-pin")

@@ -19,7 +19,7 @@ from apdu.errors import SSCardError
 log = logging.getLogger("sscard")
 
 #: modules of terminal.cli that contribute commands through a ``COMMANDS`` list
-COMMAND_MODULES = ("card", "reader", "queue")
+COMMAND_MODULES = ("card", "reader", "queue", "security")
 
 
 class SSCardGroup(click.Group):

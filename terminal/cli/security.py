@@ -1,0 +1,127 @@
+"""Card security commands: ``sscard auth``, ``sscard change-pin``, ``sscard reset-pin``.
+
+The key store is a PSAM (``--psam READER``, ``$SSCARD_PSAM``), a key file readable by its owner only
+(``--key-file PATH``, ``$SSCARD_KEY_FILE``), or, with neither, the bundled TEST keys, with a warning:
+they only fit the simulator's cards. Protocols: docs/card-profile.md, "Keys and security".
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from apdu.errors import IdentityMismatchError
+from terminal.card import SocialSecurityCard
+from terminal.cli.card import read_pin, reader_option
+from terminal.crypto import KeyStore, authenticate_terminal, check_genuine, open_key_store, reload_pin
+from terminal.readers import open_connection
+
+TEST_KEYS_WARNING = (
+    "Warning: using the TEST keys (public, for the simulator's virtual cards only): a real card will fail. "
+    "Use --psam READER or --key-file PATH."
+)
+
+
+def key_store_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--psam`` and ``--key-file``: where the master keys are."""
+    command = click.option(
+        "--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="SSCARD_KEY_FILE", default=None,
+        help="Master key file (JSON, mode 600: refused if others can read it) [env SSCARD_KEY_FILE].",
+    )(command)
+    return click.option(
+        "--psam", metavar="READER", envvar="SSCARD_PSAM", default=None,
+        help="Reader holding the PSAM (index, name, ATR, or sim:psam) [env SSCARD_PSAM]. "
+             "Default without --key-file: the bundled TEST keys.",
+    )(command)
+
+
+def _announce(store: KeyStore) -> None:
+    if store.test_only:
+        click.echo(TEST_KEYS_WARNING, err=True)
+
+
+@click.command()
+@reader_option
+@key_store_options
+@click.option("--terminal", "also_terminal", is_flag=True,
+              help="Also prove this terminal to the card (EXTERNAL AUTHENTICATE).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+def auth(reader: str | None, psam: str | None, key_file: Path | None, also_terminal: bool, as_json: bool) -> None:
+    """Check that the card is genuine (internal authentication with a fresh random).
+
+    \b
+    Exit code 8: the card failed authentication (possibly counterfeit): do not accept it.
+    Examples:
+      sscard auth --reader sim:counterfeit
+      sscard auth --reader "Virtual PCD 00 00" --psam "Virtual PCD 00 01"
+    """
+    with open_key_store(psam, key_file) as store, open_connection(reader) as connection:
+        _announce(store)
+        card = SocialSecurityCard(connection)
+        card.select()
+        ref = check_genuine(card, store)
+        if also_terminal:
+            authenticate_terminal(card, store, ref)
+    if as_json:
+        click.echo(json.dumps({"genuine": True, "algorithm": ref.algorithm.value, "terminal_authenticated": also_terminal,
+                               "key_store": store.description, "test_keys": store.test_only}))
+        return
+    click.echo(f"Genuine card: internal authentication passed ({ref.algorithm.value}, {store.description}).")
+    if also_terminal:
+        click.echo("Terminal authenticated to the card: it accepts updates until it is removed.")
+
+
+@click.command("change-pin")
+@reader_option
+@click.option("--pin-stdin", is_flag=True, help="Read the current PIN, then the new PIN, one a line, from standard input.")
+def change_pin(reader: str | None, pin_stdin: bool) -> None:
+    """Change the holder's PIN (the holder types the current PIN, then the new one twice).
+
+    Weak PINs (one digit repeated, consecutive digits such as 123456) are refused (exit 11).
+    Exit code 6: wrong current PIN; 7: PIN blocked.
+    """
+    with open_connection(reader) as connection:
+        card = SocialSecurityCard(connection)
+        card.select()
+        old = read_pin("Current PIN", pin_stdin)
+        new = read_pin("New PIN", pin_stdin, confirm=True)
+        card.change_pin(old, new)
+    click.echo("PIN changed.")
+
+
+def _same_person(typed: str, on_card: str) -> bool:
+    return typed.strip().upper() == on_card.strip().upper()
+
+
+@click.command("reset-pin")
+@reader_option
+@key_store_options
+@click.option("--id-number", prompt="ID document number (身份证号码)", metavar="ID",
+              help="The holder's ID document number, as the clerk reads it from the document.")
+@click.option("--pin-stdin", is_flag=True, help="Read the new PIN from the first line of standard input.")
+def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, id_number: str, pin_stdin: bool) -> None:
+    """Bank counter: set a new PIN and unblock it, after checking the holder's ID document.
+
+    The card must be genuine and its social security number must match the ID document; the new
+    PIN (typed twice, weak PINs refused) is loaded with a MAC from the key store (RELOAD PIN).
+    Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
+    """
+    with open_key_store(psam, key_file) as store, open_connection(reader) as connection:
+        _announce(store)
+        card = SocialSecurityCard(connection)
+        card.select()
+        ref = check_genuine(card, store)
+        identity = card.read_identity()
+        if not _same_person(id_number, identity.social_security_number):
+            raise IdentityMismatchError()
+        new = read_pin("New PIN", pin_stdin, confirm=True)
+        reload_pin(card, store, ref, new)
+        tries = card.pin_tries_left()
+    click.echo(f"PIN reset for {identity.name[:1]}{'*' * (len(identity.name) - 1)}: "
+               f"the holder can use the new PIN now ({tries} tries).")
+
+
+COMMANDS: list[click.Command] = [auth, change_pin, reset_pin]

@@ -1,0 +1,342 @@
+"""The terminal's side of card security: key stores, the genuine-card check, external authentication,
+and the MAC-protected PIN reload and application unblock.
+
+Primitives (ciphers, diversification, MACs) are in :mod:`apdu.crypto`; the key usages and key-file
+format in :mod:`apdu.keyset`; the APDUs in :class:`terminal.card.SocialSecurityCard`. Protocols, key
+ids and MAC inputs are the project convention of docs/card-profile.md, "Keys and security".
+
+Two key stores hold the master keys and compute with keys diversified for one card:
+
+- :class:`SoftwareKeyStore`: master keys in a JSON file readable by its owner only (a file that group
+  or others can read or write is refused), or the bundled TEST keys, which say so;
+- :class:`PSAMKeyStore`: a PSAM in another reader slot does the crypto; the keys never leave it.
+
+Nothing here logs or puts in a message a key, a PIN or the card identification code.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import stat
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from apdu import commands
+from apdu.crypto import (
+    Algorithm,
+    check_new_pin,
+    constant_time_equal,
+    diversification_data,
+    diversify,
+    pin_to_bcd,
+    session_mac,
+    wipe,
+)
+from apdu.errors import (
+    CardAuthenticationError,
+    CardRemovedError,
+    CardStatusError,
+    KeyStoreError,
+    NoCardError,
+    TerminalAuthenticationError,
+    TransportError,
+)
+from apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys, psam_key_version
+from drivers.connection import Connection
+from terminal.card import SocialSecurityCard
+
+log = logging.getLogger(__name__)
+
+#: the bundled TEST key file (package data): public keys, for the simulator and development only
+TEST_KEYS = "keys/test-keys.json"
+KEY_FILE_KIND = "master-keys"
+MAX_KEY_FILE_BYTES = 65536
+SW_MAC_WRONG = 0x6988
+
+
+@dataclass(frozen=True)
+class CardKeyRef:
+    """Which keys a card has: its algorithm and the diversification data from its identification code."""
+
+    algorithm: Algorithm
+    diversification: bytes
+
+    @classmethod
+    def for_card(cls, card_identification_code: str, spec_version: str) -> CardKeyRef:
+        """From EF05 tags 01 and 03 (``apdu.crypto.diversification_data``; docs/crypto.md)."""
+        algorithm = Algorithm.for_spec_version(spec_version)
+        return cls(algorithm, diversification_data(bytes.fromhex(card_identification_code), algorithm))
+
+    @classmethod
+    def read(cls, card: SocialSecurityCard) -> CardKeyRef:
+        """Read EF05 records 1 and 3 from the card and build the reference."""
+        return cls.for_card(*card.card_key_data())
+
+    def __repr__(self) -> str:  # the diversification data is part of the card identification code
+        return f"CardKeyRef({self.algorithm.value})"
+
+
+# --- key stores -------------------------------------------------------------------------------------
+
+class KeyStore(ABC):
+    """Computes with the master keys diversified for one card, never handing a key out.
+
+    ``encrypt`` serves the authentication keys (a challenge, ECB), ``mac`` the MAC keys
+    (``apdu.crypto.session_mac``); asking for the other use is refused, as a PSAM refuses it.
+    """
+
+    #: True when the keys are the public TEST keys (the CLI warns)
+    test_only: bool = False
+    #: where the keys are, for messages ("key file /etc/sscard/keys.json", "PSAM in Virtual PCD 00 01")
+    description: str = "key store"
+
+    @abstractmethod
+    def encrypt(self, usage: KeyUsage, card: CardKeyRef, data: bytes) -> bytes:
+        """ECB-encrypt ``data`` (whole blocks) with the card's diversified ``usage`` key."""
+
+    @abstractmethod
+    def mac(self, usage: KeyUsage, card: CardKeyRef, challenge: bytes, message: bytes) -> bytes:
+        """The 4-byte MAC of ``message`` for a MAC-protected command, with the card's challenge."""
+
+    def close(self) -> None:
+        """Release what the key store holds (the PSAM's reader)."""
+
+    @staticmethod
+    def _check_use(usage: KeyUsage, for_mac: bool) -> None:
+        if usage.for_mac != for_mac:
+            raise KeyStoreError(f"The {usage.label} key cannot be used to {'MAC' if for_mac else 'encrypt'}")
+
+
+class SoftwareKeyStore(KeyStore):
+    """Master keys in memory, read from a key file (:meth:`from_file`) or the bundled TEST keys
+    (:meth:`bundled_test_keys`). Format: ``{"kind": "master-keys", "test_only": bool,
+    "master_keys": {"3DES": {usage: hex}, "SM4": {...}}}`` (docs/card-profile.md)."""
+
+    def __init__(self, master_keys: MasterKeys, description: str, test_only: bool = False) -> None:
+        self._keys = dict(master_keys)
+        self.description = description
+        self.test_only = test_only
+
+    def __repr__(self) -> str:
+        return f"SoftwareKeyStore({self.description})"
+
+    def _card_key(self, usage: KeyUsage, card: CardKeyRef) -> bytes:
+        master = self._keys.get((card.algorithm, usage))
+        if master is None:
+            raise KeyStoreError(f"The {self.description} has no {card.algorithm.value} {usage.label} key")
+        return diversify(master, card.diversification, card.algorithm)
+
+    def encrypt(self, usage: KeyUsage, card: CardKeyRef, data: bytes) -> bytes:
+        self._check_use(usage, for_mac=False)
+        return card.algorithm.encrypt_block(self._card_key(usage, card), data)
+
+    def mac(self, usage: KeyUsage, card: CardKeyRef, challenge: bytes, message: bytes) -> bytes:
+        self._check_use(usage, for_mac=True)
+        return session_mac(self._card_key(usage, card), challenge, message, card.algorithm)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SoftwareKeyStore:
+        """Load a key file. Refused (KeyStoreError) unless it is a regular file that only its owner
+        can read or write (mode & 0o077 == 0: ``chmod 600``), and well formed."""
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as err:
+            raise KeyStoreError(f"Cannot open the key file {path}: {err.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise KeyStoreError(f"The key file {path} is not a regular file")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077:
+                raise KeyStoreError(
+                    f"The key file {path} can be read or written by other users (mode {mode:04o}): "
+                    f"refused. Run 'chmod 600 {path}' as its owner, then try again."
+                )
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                raw = handle.read(MAX_KEY_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+        return cls._parse(raw, f"key file {path}")
+
+    @classmethod
+    def bundled_test_keys(cls) -> SoftwareKeyStore:
+        """The TEST master keys shipped in fixtures/keys/test-keys.json (they are public: the file is in
+        the repository, so no permission check applies). Development and the simulator only."""
+        raw = (resources.files("fixtures") / TEST_KEYS).read_bytes()
+        store = cls._parse(raw, "bundled TEST keys (fixtures/keys/test-keys.json)")
+        if not store.test_only:
+            raise KeyStoreError("The bundled key file is not marked test-only: refusing it")
+        return store
+
+    @classmethod
+    def _parse(cls, raw: bytes, description: str) -> SoftwareKeyStore:
+        if len(raw) > MAX_KEY_FILE_BYTES:
+            raise KeyStoreError(f"The {description} is too large to be a key file")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise KeyStoreError(f"The {description} is not valid JSON") from None
+        if not isinstance(data, dict) or data.get("kind") != KEY_FILE_KIND:
+            raise KeyStoreError(f"The {description} is not a master key file (\"kind\": \"{KEY_FILE_KIND}\")")
+        test_only = data.get("test_only", False)
+        if not isinstance(test_only, bool):
+            raise KeyStoreError(f"The {description}: test_only must be true or false")
+        try:
+            keys = parse_master_keys(data.get("master_keys"))
+        except KeyFormatError as err:
+            raise KeyStoreError(f"The {description}: {err}") from None
+        return cls(keys, description, test_only)
+
+
+class PSAMKeyStore(KeyStore):
+    """A PSAM in another reader slot computes for the terminal (DES INIT, DES CRYPT; docs/card-profile.md
+    "PSAM commands"). The PSAM's refusals become KeyStoreError; a removed PSAM stays CardRemovedError."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.description = f"PSAM in {connection.name}"
+
+    def __repr__(self) -> str:
+        return f"PSAMKeyStore({self.connection.name})"
+
+    def _run(self, usage: KeyUsage, card: CardKeyRef, mode: int, data: bytes, challenge: bytes = b"") -> bytes:
+        init = commands.psam_des_init(usage.code, psam_key_version(card.algorithm), card.diversification, challenge)
+        # the MAC input of RELOAD PIN holds the new PIN: that DES CRYPT is kept out of traces
+        crypt = commands.psam_des_crypt(mode, data, secret=usage is KeyUsage.PIN_RELOAD)
+        for command, what in ((init, "DES INIT"), (crypt, "DES CRYPT")):
+            response = self.connection.transmit(command)
+            try:
+                response.check()
+            except CardStatusError as err:
+                raise KeyStoreError(
+                    f"The PSAM refused {what} for the {card.algorithm.value} {usage.label} key (SW {err.sw:04X}): "
+                    "is it the right PSAM?"
+                ) from None
+        return response.data
+
+    def encrypt(self, usage: KeyUsage, card: CardKeyRef, data: bytes) -> bytes:
+        self._check_use(usage, for_mac=False)
+        out = self._run(usage, card, commands.PSAM_MODE_ENCRYPT, data)
+        if len(out) != len(data):
+            raise KeyStoreError(f"The PSAM answered {len(out)} bytes to encrypt {len(data)}")
+        return out
+
+    def mac(self, usage: KeyUsage, card: CardKeyRef, challenge: bytes, message: bytes) -> bytes:
+        self._check_use(usage, for_mac=True)
+        out = self._run(usage, card, commands.PSAM_MODE_MAC, message, challenge)
+        if len(out) != commands.MAC_LENGTH:
+            raise KeyStoreError(f"The PSAM answered a MAC of {len(out)} bytes")
+        return out
+
+    def close(self) -> None:
+        self.connection.disconnect()
+
+
+@contextlib.contextmanager
+def open_key_store(psam: str | None = None, key_file: str | Path | None = None,
+                   connect: Callable[[str], Connection] | None = None) -> Iterator[KeyStore]:
+    """The key store a terminal is configured with: a PSAM reader spec (``sim:psam``, ``1``,
+    ``"Virtual PCD 00 01"``), a key file, or, with neither, the bundled TEST keys (``test_only``)."""
+    if psam and key_file:
+        raise KeyStoreError("Choose one key store: a PSAM or a key file, not both")
+    if psam:
+        if connect is None:
+            from terminal.readers import open_connection as connect
+        store: KeyStore = PSAMKeyStore(connect(psam))
+    elif key_file:
+        store = SoftwareKeyStore.from_file(key_file)
+    else:
+        store = SoftwareKeyStore.bundled_test_keys()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- the protocols ----------------------------------------------------------------------------------
+
+def check_genuine(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef | None = None,
+                  random: Callable[[int], bytes] = os.urandom) -> CardKeyRef:
+    """The genuine-card check: INTERNAL AUTHENTICATE with a fresh random, compared with what the key
+    store computes (docs/card-profile.md, "Internal authentication"). Returns the card's key reference.
+
+    Raises CardAuthenticationError ("The card failed authentication ...", exit 8) on a wrong
+    cryptogram or when the card refuses the command; a removed card stays CardRemovedError.
+    """
+    ref = ref or CardKeyRef.read(card)
+    challenge = random(ref.algorithm.block_size)
+    try:
+        answer = card.internal_authenticate(KeyUsage.INTERNAL_AUTH.key_id, challenge)
+    except (CardRemovedError, NoCardError, TransportError):
+        raise
+    except CardStatusError as err:
+        log.info("internal authentication refused by the card (SW %04X)", err.sw)
+        raise CardAuthenticationError(
+            f"The card failed authentication: it refused the internal authentication (SW {err.sw:04X}). "
+            "It may be counterfeit. Do not accept it."
+        ) from None
+    expected = store.encrypt(KeyUsage.INTERNAL_AUTH, ref, challenge)
+    if not constant_time_equal(answer, expected):
+        log.info("internal authentication: the card's cryptogram is wrong")
+        raise CardAuthenticationError()
+    log.info("internal authentication passed (%s, %s)", ref.algorithm.value, store.description)
+    return ref
+
+
+def authenticate_terminal(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef) -> None:
+    """External authentication: GET CHALLENGE, then EXTERNAL AUTHENTICATE with the challenge encrypted
+    by the card's external-authentication key. The card then allows UPDATE RECORD until power down."""
+    challenge = card.get_challenge(ref.algorithm.block_size)
+    cryptogram = store.encrypt(KeyUsage.EXTERNAL_AUTH, ref, challenge)
+    card.external_authenticate(KeyUsage.EXTERNAL_AUTH.key_id, cryptogram)
+    log.info("external authentication passed")
+
+
+def _mac_protected(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, usage: KeyUsage,
+                   message: bytes, send: Callable[[bytes], None]) -> None:
+    """GET CHALLENGE, MAC ``message`` with the key store, ``send(mac)``; a ``69 88`` answer (MAC
+    refused) becomes TerminalAuthenticationError: the terminal's keys are not the card's."""
+    challenge = card.get_challenge(ref.algorithm.block_size)
+    mac = store.mac(usage, ref, challenge, message)
+    try:
+        send(mac)
+    except CardStatusError as err:
+        if err.sw == SW_MAC_WRONG:
+            raise TerminalAuthenticationError(
+                f"The card refused the MAC (SW {err.sw:04X}): this terminal's keys ({store.description}) "
+                "are not the ones for this card"
+            ) from None
+        raise
+
+
+def reload_pin(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, new_pin: str) -> None:
+    """RELOAD PIN at a bank counter: set ``new_pin`` (weak PINs refused first) and reset the try
+    counter, with a MAC from the PIN-reload key (docs/card-profile.md, "MAC-protected commands")."""
+    check_new_pin(new_pin)
+    block = bytearray(pin_to_bcd(new_pin))
+    message = bytearray(commands.reload_pin_mac_input(block))
+    try:
+        _mac_protected(card, store, ref, KeyUsage.PIN_RELOAD, bytes(message), lambda mac: card.reload_pin(block, mac))
+    finally:
+        wipe(block)
+        wipe(message)
+    log.info("PIN reloaded")
+
+
+def unblock_application(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef) -> None:
+    """APPLICATION UNBLOCK with a MAC from the application-maintenance key: activates the card."""
+    _mac_protected(card, store, ref, KeyUsage.APP_MAINTENANCE, commands.application_unblock_mac_input(),
+                   card.application_unblock)
+    log.info("application unblocked")
+
+
+__all__ = [
+    "CardKeyRef", "KeyStore", "PSAMKeyStore", "SoftwareKeyStore",
+    "authenticate_terminal", "check_genuine", "open_key_store", "reload_pin", "unblock_application",
+]
