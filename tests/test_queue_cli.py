@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -12,9 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from queueing import CARD, central, clock, free_port, outbox, registration  # noqa: F401
+from queueing import (  # noqa: F401
+    CARD, as_unprivileged, central, clock, free_port, outbox, purchase, read_only, registration,
+)
 
 from terminal.cli import main
+from terminal.queue import Outcome
 
 
 def run(*args: str):
@@ -103,6 +107,7 @@ def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_p
     finally:
         service.terminate()
         service.wait(timeout=10)
+    assert service.returncode == 0 and "central service stopped" in service.stderr.read()  # SIGTERM: a clean stop
     assert Path(tmp_path / "central.sqlite").exists()
 
 
@@ -111,3 +116,93 @@ def test_upload_help_states_the_uploaders_own_defaults():
 
     text = " ".join(run("queue", "upload", "--help").stdout.split())
     assert f"[default: {DEFAULT_BATCH}]" in text and f"[default: {DEFAULT_TIMEOUT:g}]" in text
+
+
+def dead_records(outbox, count: int) -> list[str]:
+    """``count`` records the central service refuses (an amount the queue cannot check), made dead."""
+    ids = [purchase(outbox, total="23.5").msgid for _ in range(count)]
+    outbox.claim(count, lease=60)
+    outbox.settle([Outcome(m, -1, "amount '23.5' is not yuan with two decimals") for m in ids])
+    return ids
+
+
+def test_retry_dead_puts_dead_records_back_all_or_by_msgid(outbox):
+    first, second, third = dead_records(outbox, 3)
+    one = run("queue", "retry-dead", "-q", str(outbox.path), "--msgid", first, "--json")
+    assert one.exit_code == 0 and json.loads(one.stdout) == {"revived": 1}
+    assert outbox.get(first).state == "pending" and outbox.get(second).state == "dead"
+    wrong = run("queue", "retry-dead", "-q", str(outbox.path), "--msgid", first, "--msgid", second)
+    assert wrong.exit_code == 13 and first in wrong.stderr and "Traceback" not in wrong.output
+    assert outbox.get(second).state == "dead"  # all or nothing
+    rest = run("queue", "retry-dead", "-q", str(outbox.path))
+    assert rest.exit_code == 0 and "2 dead records put back to pending" in rest.stdout
+    assert outbox.counts()["dead"] == 0 and outbox.counts()["pending"] == 3
+    assert "dead" not in run("queue", "status", "-q", str(outbox.path)).stderr
+
+
+def test_status_points_the_clerk_at_dead_records(outbox):
+    dead_records(outbox, 2)
+    result = run("queue", "status", "-q", str(outbox.path))
+    assert "dead 2" in result.stdout and "sscard queue retry-dead" in result.stderr
+    rows = json.loads(run("queue", "list", "-q", str(outbox.path), "--state", "dead", "--json").stdout)
+    assert len(rows) == 2 and all("two decimals" in r["last_error"] and r["next_attempt"] is None for r in rows)
+
+
+def sscard(*args: str, **options) -> subprocess.CompletedProcess:
+    """The CLI in its own process (no reliance on the console script being installed)."""
+    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", *args],
+                          capture_output=True, text=True, timeout=60, **options)
+
+
+@pytest.mark.parametrize("command", [("retry-dead",), ("upload", "--central", "http://127.0.0.1:9")])
+def test_a_read_only_queue_is_exit_13_in_clerks_words(outbox, command):
+    registration(outbox)
+    outbox.close()
+    with read_only(outbox.path):
+        result = sscard("queue", *command, "-q", str(outbox.path), preexec_fn=as_unprivileged)
+    assert result.returncode == 13, result.stderr
+    assert str(outbox.path) in result.stderr and ("read-only" in result.stderr or "permissions" in result.stderr)
+    assert "Traceback" not in result.stderr and CARD not in result.stderr
+
+
+def test_upload_can_show_a_progress_bar_on_stderr(outbox, central):
+    for _ in range(3):
+        registration(outbox)
+    result = run("queue", "upload", "-q", str(outbox.path), "--central", central.url, "--progress", "--batch-size", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "uploading 3 records" in result.stderr and "sent 3" in result.stdout
+    assert "uploading" not in run("queue", "upload", "-q", str(outbox.path), "--central", central.url).stderr
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_upload_follow_sends_records_as_they_come_and_stops_cleanly(outbox, central, stop_signal):
+    for _ in range(3):
+        registration(outbox)
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", "queue", "upload",
+         "-q", str(outbox.path), "--central", central.url, "--follow", "--interval", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+    def wait_for_sent(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while outbox.counts()["sent"] < count:
+            if time.monotonic() > deadline or follower.poll() is not None:
+                follower.kill()
+                pytest.fail(f"--follow did not send {count}: {follower.communicate()}")
+            time.sleep(0.05)
+
+    try:
+        wait_for_sent(3)
+        registration(outbox)  # the desk goes on while the uploader runs
+        registration(outbox)
+        wait_for_sent(5)
+        follower.send_signal(stop_signal)
+        out, err = follower.communicate(timeout=20)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, err
+    assert "stopped: sent 5  dead 0  pending 0" in out
+    assert "Traceback" not in err and "Interrupted" not in err
+    assert central.ledger.count() == 6  # five records and one sign-in

@@ -1,7 +1,9 @@
 """The uploader against the real reference central service on 127.0.0.1: batches, faults, dedupe."""
 from __future__ import annotations
 
+import email.utils
 import json
+import random
 import threading
 import time
 
@@ -12,12 +14,12 @@ from queueing import OTHER_CARD, STATION, central, clock, free_port, outbox, pur
 from terminal.central import GARBAGE, MAX_BATCH, CentralService
 from terminal.envelope import Envelope, Fen, with_sign_no
 from terminal.queue import Outbox
-from terminal.upload import CentralClient, CentralError, NotSignedInError, Uploader
+from terminal.upload import Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after
 
 
-def drain(outbox, url: str, **options):
+def drain(outbox, url: str, max_batches: int | None = None, **options):
     with Uploader(outbox, url, **options) as uploader:
-        return uploader.drain()
+        return uploader.drain(max_batches)
 
 
 def test_everything_pending_goes_up_in_batches_and_is_settled(outbox, central):
@@ -232,3 +234,93 @@ def test_a_direct_call_carries_fen_amounts_as_yuan(outbox, central):
     client.close()
     assert answer["infcode"] == 0 and answer["output"] == {"cross_region": True}
     assert central.ledger.message(presettle.msgid)["input"]["data"]["medfee_sumamt"] == "19.99"
+
+
+# --- retries, poison records, transactions --------------------------------------------------------
+
+def test_a_record_the_service_cannot_even_name_goes_dead_alone_and_the_rest_upload(outbox, central):
+    """A poison record (here: a row whose stored envelope lost its msgid) makes the service refuse the
+    whole batch with HTTP 422; the uploader halves the batch until the record stands alone."""
+    ids = [registration(outbox).msgid for _ in range(9)]
+    poison = ids[5]
+    broken = {k: v for k, v in json.loads(outbox.get(poison).envelope).items() if k != "msgid"}
+    outbox.db.execute("UPDATE records SET envelope = ? WHERE msgid = ?", [json.dumps(broken), poison])
+    report = drain(outbox, central.url, batch_size=9)
+    assert (report.sent, report.dead, report.pending, report.error) == (8, 1, 0, None)
+    dead = outbox.get(poison)
+    assert dead.state == "dead" and "HTTP 422" in dead.last_error and "no msgid" in dead.last_error
+    assert central.ledger.count() == 9  # eight records and the sign-in, each once
+    assert all(outbox.get(m).state == "sent" for m in ids if m != poison)
+
+
+def test_backoff_is_capped_exponential_with_full_jitter():
+    backoff = Backoff(base=2, cap=60)
+    rng = random.Random(5)
+    assert all(0 <= backoff.delay(1, rng=rng) <= 2 for _ in range(200))
+    assert all(0 <= backoff.delay(3, rng=rng) <= 8 for _ in range(200))
+    late = [backoff.delay(30, rng=rng) for _ in range(500)]
+    assert max(late) <= 60 and max(late) > 54 and min(late) < 6  # the whole range [0, cap], not cap/2 + jitter
+    assert all(backoff.delay(1, retry_after=90, rng=rng) == 90 for _ in range(20))  # never before Retry-After
+
+
+def test_retry_after_is_read_as_seconds_or_as_an_http_date():
+    now = 1_800_000_000.0
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after(email.utils.formatdate(now + 90, usegmt=True), now) == 90
+    assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) == 0
+    assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
+
+
+@pytest.mark.parametrize("http_date", [False, True])
+def test_a_failed_batch_is_due_again_after_its_backoff_and_never_before_retry_after(outbox, central, clock, http_date):
+    ids = [registration(outbox).msgid for _ in range(3)]
+    assert drain(outbox, central.url, batch_size=1, max_batches=1).sent == 1  # signs in, sends the first record
+    retry_after = email.utils.formatdate(time.time() + 3600, usegmt=True) if http_date else "3600"
+    central.set_fault("fail", count=1, retry_after=retry_after)
+    report = drain(outbox, central.url)
+    assert report.error and "HTTP 503" in report.error and report.pending == 2
+    start = clock().timestamp()
+    for record in (outbox.get(m) for m in ids[1:]):
+        assert record.state == "pending" and record.attempts == 1
+        assert 3595 <= record.next_attempt_at - start <= 3600, record.next_attempt_at - start
+    clock.tick(3500)
+    assert drain(outbox, central.url).sent == 0  # not due yet
+    clock.tick(100)
+    assert drain(outbox, central.url).sent == 2
+    records_at_service = central.ledger.conn.execute("SELECT count(*) FROM messages WHERE infno != '9001'").fetchone()[0]
+    assert records_at_service == 3  # each record once: the refused batch was not processed
+
+
+def test_repeated_failures_back_off_further_each_time_up_to_the_cap(outbox, clock):
+    record = registration(outbox)
+    waits = []
+    with Uploader(outbox, f"http://127.0.0.1:{free_port()}", timeout=1, backoff=Backoff(base=1, cap=8)) as uploader:
+        for _ in range(8):
+            uploader.drain()
+            current = outbox.get(record.msgid)
+            waits.append(current.next_attempt_at - clock().timestamp())
+            clock.tick(8)
+    assert outbox.get(record.msgid).attempts == 8
+    assert all(0 <= w <= min(8, 2 ** n) for n, w in enumerate(waits)), waits
+
+
+def test_no_transaction_is_held_while_a_batch_is_in_flight(outbox, central, clock):
+    ids = [registration(outbox).msgid for _ in range(4)]
+    central.set_fault("stall", count=2, seconds=1.5)  # the sign-in, then the batch
+    result: list = []
+
+    def upload() -> None:
+        with Outbox(outbox.path, clock=clock) as own, Uploader(own, central.url, timeout=10) as uploader:
+            result.append(uploader.drain())
+
+    sender = threading.Thread(target=upload)
+    sender.start()
+    deadline = time.monotonic() + 10
+    while central.ledger.count() < 5 and time.monotonic() < deadline:  # the batch is at the service
+        time.sleep(0.01)
+    with Outbox(outbox.path, busy_timeout_ms=50, clock=clock) as desk:  # another desk window, impatient
+        assert desk.counts()["sending"] == 4  # the claim was committed before the call
+        assert registration(desk).state == "pending"  # and the write lock is free meanwhile
+    sender.join(timeout=15)
+    assert result and result[0].sent == 5  # the desk's new record went in the next batch
+    assert all(outbox.get(m).state == "sent" for m in ids)

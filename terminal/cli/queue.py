@@ -176,7 +176,7 @@ def upload(path: Path, url: str, batch_size: int | None, timeout: float | None, 
         show = progress if progress is not None else (sys.stderr.isatty() and due > PROGRESS_OVER)
         if show:
             with click.progressbar(length=due, label=f"uploading {due} records",
-                                   file=click.get_text_stream("stderr")) as bar:
+                                   file=sys.stderr) as bar:
                 report = uploader.drain(ignore_schedule=ignore_schedule, progress=bar.update)
         else:
             report = uploader.drain(ignore_schedule=ignore_schedule)

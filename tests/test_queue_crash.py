@@ -1,0 +1,104 @@
+"""Crash safety: processes SIGKILLed at random points of enqueue and upload, again and again.
+
+One driver process imports everything once, then forks a worker per round (no threads, so forking is
+safe): the worker queues records and uploads small batches to the reference service on 127.0.0.1 in a
+loop, and the driver SIGKILLs it after a random delay. A worker reports a msgid on a pipe only after
+``Outbox.add`` returned, so every reported record must be in the file. Afterwards every record is
+either still unconfirmed in the queue or at the service exactly once, and one more upload (its clock
+past every lease and backoff) leaves the queue and the service's ledger holding the same msgids.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import random
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from queueing import STATION, central  # noqa: F401
+
+from terminal.queue import Outbox, now_cst
+from terminal.upload import Uploader
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 60
+
+DRIVER = textwrap.dedent(
+    """
+    import os, random, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from queueing import registration
+    from terminal.queue import Outbox
+    import httpx
+    from terminal.upload import CentralError, Uploader
+
+    path, url, rounds, rng = sys.argv[2], sys.argv[3], int(sys.argv[4]), random.Random(int(sys.argv[5]))
+    http = httpx.Client(timeout=5)  # made once: each worker inherits it unused and opens its own connections
+    kills = 0
+    for _ in range(rounds):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: queue, and upload every third record, until killed
+            os.close(read)
+            try:
+                with Outbox(path) as box, Uploader(box, url, batch_size=4, client=http) as uploader:
+                    for n in range(1, 10**9):
+                        os.write(write, (registration(box).msgid + "\\n").encode())  # add() returned: saved
+                        if n % 3 == 0:
+                            try:
+                                uploader.upload_batch()
+                            except CentralError:
+                                pass
+            finally:
+                os._exit(1)  # only reached on an error: the round then counts no kill
+        os.close(write)
+        time.sleep(rng.uniform(0.01, 0.2))
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        kills += os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        with os.fdopen(read) as lines:
+            sys.stdout.write(lines.read())  # writes under PIPE_BUF are atomic: whole lines only
+    print("KILLS", kills)
+    """
+)
+
+
+def test_killing_enqueuers_and_uploaders_at_random_points_loses_and_doubles_nothing(tmp_path, central):
+    path = tmp_path / "queue.sqlite"
+    Outbox(path, STATION).close()
+    seed = random.randrange(10**6)
+    driver = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(Path(__file__).parent), str(path), central.url, str(ROUNDS), str(seed)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert driver.returncode == 0, driver.stderr
+    reported = set(driver.stdout.split()[:-2])
+    assert driver.stdout.split()[-2:] == ["KILLS", str(ROUNDS)], f"seed {seed}: {driver.stdout[-200:]}"
+
+    def at_service() -> set[str]:
+        rows = central.ledger.conn.execute("SELECT msgid FROM messages WHERE infno != '9001'").fetchall()
+        return {m for (m,) in rows}
+
+    with Outbox(path) as box:
+        assert box.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        records = {r.msgid: r for r in box.records()}
+        assert reported <= set(records), f"seed {seed}: a record add() returned is gone"
+        served = at_service()
+        assert served <= set(records), f"seed {seed}: the service holds a message the queue never had"
+        assert {r.state for r in records.values()} <= {"pending", "sending", "sent"}
+        assert all(m in served for m, r in records.items() if r.state == "sent"), f"seed {seed}"
+        states = collections.Counter(r.state for r in records.values())
+        # the kills landed in both kinds of work: records sent, and batches cut off while being sent
+        assert states["sent"] > 0 and states["sending"] > 0 and len(records) > ROUNDS, f"seed {seed}: {states}"
+
+    later = lambda: now_cst() + dt.timedelta(days=1)  # noqa: E731 - past every lease and backoff
+    with Outbox(path, clock=later) as box, Uploader(box, central.url, batch_size=500) as uploader:
+        report = uploader.drain()
+        assert report.error is None and report.pending == 0, report
+        assert box.counts() == {"pending": 0, "sending": 0, "sent": len(records), "dead": 0}
+    assert at_service() == set(records)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(DISTINCT msgid), count(*) FROM records").fetchone() == (len(records),) * 2
