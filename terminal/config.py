@@ -1,0 +1,183 @@
+"""The terminal's configuration file: who this terminal is and where its records go.
+
+A TOML file (read with :mod:`tomllib`) holding the institution code and name, the treatment region,
+the terminal number, the default operator, the key store, the queue file and the central service's
+URL, plus the site's desk policy. ``sscard config init`` writes :data:`DEFAULT_TOML`, a commented
+default. Where it is: ``--config``, else ``$SSCARD_CONFIG``, else
+``$XDG_CONFIG_HOME/sscard/terminal.toml`` (``~/.config`` when unset). Project convention
+(docs/flows.md, "The terminal's configuration").
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apdu.errors import ConfigError
+from terminal.envelope import Operator, Station
+
+#: the commented default ``sscard config init`` writes; every key is read by :func:`parse_config`
+DEFAULT_TOML = """\
+# sscard terminal configuration (docs/flows.md, "The terminal's configuration").
+# Paths are relative to this file's folder unless absolute.
+
+[institution]
+# designated institution code (12 capital letters or digits) and name, as the platform knows them
+code = "H33030200001"
+name = "温州市鹿城区示范诊所"
+# treatment region: the 6-digit administrative region code of this site. A card issued elsewhere
+# is flagged cross-region (insured region != treatment region).
+region = "330300"
+
+[terminal]
+# this terminal's number within the institution (0-99): keeps message ids of several terminals apart
+number = 1
+# device number reported to the platform (optional)
+device = ""
+
+[operator]
+# the clerk signed in at this terminal (the platform's opter and opter_name)
+id = "C001"
+name = "李收费"
+
+[keys]
+# where the card keys come from: "psam:READER" (the PSAM in that PC/SC reader: production),
+# "file:PATH" (a software master-key file, chmod 600) or "test" (the bundled public TEST keys:
+# the simulator and development only)
+store = "test"
+
+[queue]
+# the local record queue (SQLite); records wait here until they are uploaded
+path = "queue.sqlite"
+
+[central]
+# the central service records are uploaded to
+url = "http://127.0.0.1:8930"
+
+[desk]
+# does the registration desk ask for the holder's PIN?
+require_pin = true
+"""
+
+CONFIG_NAME = "terminal.toml"
+
+
+def default_config_path() -> Path:
+    """``$SSCARD_CONFIG``, else ``$XDG_CONFIG_HOME/sscard/terminal.toml`` (``~/.config`` when unset)."""
+    if os.environ.get("SSCARD_CONFIG"):
+        return Path(os.environ["SSCARD_CONFIG"])
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "sscard" / CONFIG_NAME
+
+
+@dataclass(frozen=True)
+class TerminalConfig:
+    """Everything a flow needs to know about this terminal (see :data:`DEFAULT_TOML`)."""
+
+    institution_code: str
+    institution_name: str
+    region: str
+    terminal_no: int
+    operator_id: str
+    operator_name: str
+    key_store: str
+    queue_path: Path
+    central_url: str
+    device: str = ""
+    desk_requires_pin: bool = True
+    path: Path | None = None
+
+    @property
+    def operator(self) -> Operator:
+        return Operator(self.operator_id, self.operator_name)
+
+    def key_store_args(self) -> dict[str, str | None]:
+        """Arguments of :func:`terminal.crypto.open_key_store` for ``key_store``."""
+        kind, _, value = self.key_store.partition(":")
+        return {"psam": value if kind == "psam" else None, "key_file": value if kind == "file" else None}
+
+    @property
+    def station(self) -> Station:
+        """This terminal as the platform knows it; :class:`ConfigError` on a malformed code or region."""
+        return Station(self.institution_code, self.institution_name, self.region, self.terminal_no,
+                       self.operator, dev_no=self.device)
+
+
+def _get(data: dict[str, Any], section: str, key: str, kind: type, where: Path | str,
+         default: Any = None) -> Any:
+    value = data.get(section, {}).get(key, default) if isinstance(data.get(section, {}), dict) else None
+    if value is None:
+        raise ConfigError(f"{where}: [{section}] {key} is missing")
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{where}: [{section}] {key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _resolve(base: Path | None, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
+def parse_config(text: str, path: Path | None = None) -> TerminalConfig:
+    """The configuration in ``text`` (TOML); relative paths are taken from ``path``'s folder."""
+    where = path or "configuration"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where} is not valid TOML: {err}") from None
+    base = path.resolve().parent if path else None
+    store = _get(data, "keys", "store", str, where)
+    if store.startswith("file:"):
+        store = "file:" + str(_resolve(base, store[5:]))
+    elif store != "test" and not (store.startswith("psam:") and len(store) > 5):
+        raise ConfigError(f'{where}: [keys] store must be "psam:READER", "file:PATH" or "test", not {store!r}')
+    config = TerminalConfig(
+        institution_code=_get(data, "institution", "code", str, where),
+        institution_name=_get(data, "institution", "name", str, where),
+        region=_get(data, "institution", "region", str, where),
+        terminal_no=_get(data, "terminal", "number", int, where, 0),
+        device=_get(data, "terminal", "device", str, where, ""),
+        operator_id=_get(data, "operator", "id", str, where),
+        operator_name=_get(data, "operator", "name", str, where),
+        key_store=store,
+        queue_path=_resolve(base, _get(data, "queue", "path", str, where)),
+        central_url=_get(data, "central", "url", str, where),
+        desk_requires_pin=_get(data, "desk", "require_pin", bool, where, True),
+        path=path,
+    )
+    config.station  # noqa: B018  (validates the institution code, region and terminal number)
+    return config
+
+
+def load_config(path: str | Path | None = None) -> TerminalConfig:
+    """Read the configuration file (:func:`default_config_path` when ``path`` is None).
+
+    A missing or unreadable file is a :class:`ConfigError` telling the clerk to run ``sscard config init``.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"No terminal configuration at {path}: create one with 'sscard config init'") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"The terminal configuration {path} cannot be read: {getattr(err, 'strerror', None) or err}") from None
+    return parse_config(text, path)
+
+
+def write_default(path: str | Path, force: bool = False) -> Path:
+    """Write :data:`DEFAULT_TOML` at ``path`` (its folder is made); refuse to overwrite unless ``force``.
+
+    The default key store is ``test``: the bundled public TEST keys, which only the simulator's cards
+    accept; a production terminal names its PSAM instead.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists (use --force to overwrite it)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(DEFAULT_TOML, encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"Cannot write {path}: {err.strerror or err}") from None
+    return path
