@@ -1,0 +1,52 @@
+"""What must never appear in a log, a trace, an error message or the CLI's output: every PIN a test
+uses (digits and BCD hex) and every key the project holds (TEST master keys, the cards' keys).
+
+Used by tests/test_security_cli.py and tests/test_security_pcsc.py, which run CLI flows with ``-v``
+(APDU tracing at DEBUG) and search everything captured for these strings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from apdu.crypto import pin_to_bcd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def key_bytes() -> list[bytes]:
+    """Every key in fixtures/: the TEST master keys and each card profile's keys."""
+    keys = []
+    master = json.loads((ROOT / "fixtures/keys/test-keys.json").read_text())["master_keys"]
+    keys += [bytes.fromhex(k) for per_alg in master.values() for k in per_alg.values()]
+    for path in sorted((ROOT / "fixtures/cards").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data.get("keys"), dict):
+            keys += [bytes.fromhex(k) for k in data["keys"].values()]
+        for per_alg in (data.get("master_keys") or {}).values():
+            keys += [bytes.fromhex(k) for k in per_alg.values()]
+    return keys
+
+
+def _forms(raw: bytes) -> list[str]:
+    """The ways bytes show up in text: hex upper and lower, with and without spaces."""
+    return [raw.hex().upper(), raw.hex(), raw.hex(" ").upper(), raw.hex(" ")]
+
+
+def forbidden(pins: list[str]) -> dict[str, str]:
+    """Needle -> what it is, for every PIN (digits, BCD hex) and every key (hex, and each 8-byte half)."""
+    needles: dict[str, str] = {}
+    for pin in pins:
+        needles[pin] = f"PIN {len(pin)} digits"
+        for form in _forms(pin_to_bcd(pin)):
+            needles.setdefault(form, "PIN BCD")
+    for i, key in enumerate(key_bytes()):
+        for part in (key, key[:8], key[8:]):
+            for form in _forms(part):
+                needles.setdefault(form, f"key #{i}")
+    return needles
+
+
+def leaks(text: str, pins: list[str]) -> list[str]:
+    """What of ``forbidden(pins)`` occurs in ``text`` (the kind, never the secret itself)."""
+    return sorted({what for needle, what in forbidden(pins).items() if needle in text})
