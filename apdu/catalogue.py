@@ -42,11 +42,11 @@ class DataItem:
     def decode(self, raw: bytes) -> str | dt.date:
         """Decode the value bytes; raise :class:`CardDataError` naming the item when malformed."""
         if len(raw) > self.length:
-            raise CardDataError(f"{self.name_en} ({self.tag:02X}) is {len(raw)} bytes, over {self.length}")
+            raise CardDataError(f"The card's data is damaged: the {self.name_en} ({self.tag:02X}) is {len(raw)} bytes, over {self.length}")
         try:
             return DECODERS[self.encoding](raw)
         except (ValueError, UnicodeDecodeError) as err:
-            raise CardDataError(f"{self.name_en} ({self.tag:02X}) is malformed: {err}") from None
+            raise CardDataError(f"The card's data is damaged: the {self.name_en} ({self.tag:02X}) is malformed ({err})") from None
 
     def encode(self, value: str | dt.date) -> bytes:
         """Encode a value for a card record (used by the simulator and card personalisation)."""

@@ -8,6 +8,7 @@ a driver implements only :meth:`Connection._exchange` (raw bytes in, raw bytes o
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 
 from apdu.command import Command
@@ -20,6 +21,18 @@ trace = logging.getLogger("sscard.apdu")
 MAX_GET_RESPONSE = 64
 #: bound on the bytes gathered by GET RESPONSE (extended Le maximum)
 MAX_RESPONSE_BYTES = 65536
+
+#: commands on their way to a card now: connection name -> when it was sent (time.monotonic()).
+#: A card that stalls blocks the PC/SC call for good (pcscd + vpcd have no timeout; a real reader's
+#: is the card's work waiting time), so a watchdog thread reads this (terminal.cli.main).
+IN_FLIGHT: dict[int, tuple[str, float]] = {}
+
+
+def longest_wait() -> tuple[str, float] | None:
+    """The connection that has waited longest for its card's answer, and for how many seconds."""
+    now = time.monotonic()
+    waits = [(name, now - sent) for name, sent in list(IN_FLIGHT.values())]
+    return max(waits, key=lambda wait: wait[1]) if waits else None
 
 
 class Connection(ABC):
@@ -49,7 +62,11 @@ class Connection(ABC):
         if tracing:
             trace.debug("%s > %s", self.name, command.trace())
         self.apdu_count += 1
-        raw = self._exchange(command.to_bytes())
+        IN_FLIGHT[id(self)] = (self.name, time.monotonic())
+        try:
+            raw = self._exchange(command.to_bytes())
+        finally:
+            del IN_FLIGHT[id(self)]
         try:
             response = Response.from_bytes(raw)
         except APDUFormatError as err:

@@ -20,8 +20,10 @@ from apdu.errors import (
     CardStatusError,
     NotSocialSecurityCardError,
     TerminalAuthenticationError,
+    TLVError,
     mask,
 )
+from apdu.response import Response
 from apdu.tlv import decode_simple
 from drivers.connection import Connection
 
@@ -130,17 +132,20 @@ class SocialSecurityCard:
     def read_file(self, items: tuple[DataItem, ...]) -> dict[str, object]:
         """SELECT the items' EF by FID and READ RECORD each item; decode per apdu.catalogue."""
         self._ensure_selected()
-        self.connection.transmit(commands.select_fid(items[0].fid)).check()
+        check_read(self.connection.transmit(commands.select_fid(items[0].fid)))
         values: dict[str, object] = {}
         for item in items:
-            response = self.connection.transmit(commands.read_record(item.record, secret=item.sensitive)).check()
+            response = check_read(self.connection.transmit(commands.read_record(item.record, secret=item.sensitive)))
             try:
                 record = decode_simple(response.data)
-            except CardDataError as err:
-                raise CardDataError(f"record {item.record} of EF{item.fid & 0xFF:02X} is malformed: {err}") from None
+            except TLVError as err:
+                raise CardDataError(
+                    f"The card's data is damaged: record {item.record} of EF{item.fid & 0xFF:02X} is malformed ({err})"
+                ) from None
             if item.tag not in record:
                 raise CardDataError(
-                    f"record {item.record} of EF{item.fid & 0xFF:02X} does not hold the {item.name_en} (tag {item.tag:02X})"
+                    f"The card's data is damaged: record {item.record} of EF{item.fid & 0xFF:02X} "
+                    f"does not hold the {item.name_en} (tag {item.tag:02X})"
                 )
             raw = record[item.tag]
             values[item.key] = item.decode(raw) if raw else (None if item.encoding == "date" else "")
@@ -245,6 +250,14 @@ class SocialSecurityCard:
             raise AuthenticationMethodBlockedError(
                 response.sw, "The card has blocked this terminal's authentication key after too many failures")
         response.check()
+
+
+def check_read(response: Response) -> Response:
+    """``response.check()`` for SELECT and READ: a PIN status word (63Cx, 6983) answers a PIN command
+    only (ISO 7816-4 s7.5.6); to a read it means a confused or hostile card, not a wrong PIN."""
+    if response.sw & 0xFFF0 == 0x63C0 or response.sw == 0x6983:
+        raise CardStatusError(response.sw, "The card gave a PIN answer to a read: it is not working properly")
+    return response.check()
 
 
 def historical_bytes(atr: bytes) -> bytes:

@@ -19,12 +19,18 @@ __all__ = [
 ]
 
 
-def load_card(name_or_path: str | Path) -> SSCCard | PSAMCard:
+def load_card(name_or_path: str | Path) -> SimulatedCard:
     """A fresh virtual chip from a bundled profile name (``adult``, ``psam``) or a profile path.
 
     The profile's ``kind`` decides: ``psam`` gives a :class:`PSAMCard`, anything else an
-    :class:`SSCCard` (whose loader refuses a wrong kind). ProfileError on any problem.
+    :class:`SSCCard` (whose loader refuses a wrong kind); ``hostile:MODE[:PROFILE[:AFTER]]`` a
+    :class:`~drivers.simulator.hostile.HostileCard`. ProfileError on any problem.
     """
+    if str(name_or_path).startswith("hostile:"):  # a spoiled chip: drivers/simulator/hostile.py
+        from drivers.simulator.hostile import HostileCard, parse_spec
+
+        mode, profile, after = parse_spec(str(name_or_path))
+        return HostileCard(load_card(profile), mode, after)
     path = locate(name_or_path)
     if profile_kind(path) == "psam":
         return PSAMCard(load_psam_profile(path))

@@ -1,0 +1,86 @@
+"""Hostile cards (drivers/simulator/hostile.py): every loop and wait is bounded, the error is clear,
+the exit code distinct, and nothing is recorded. In memory and through pcscd's virtual reader."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from apdu.errors import SSCardError
+from drivers.memory import MemoryConnection
+from drivers.simulator import load_card
+from drivers.simulator.hostile import MODES, HostileCard
+from terminal.card import SocialSecurityCard
+from terminal.cli import main
+
+#: a mode -> the exit code and words the clerk sees (from the first spoiled command on)
+EXPECTED = {
+    "endless-61": (4, "more data"),
+    "wrong-length": (5, "damaged"),
+    "out-of-sequence": (5, ""),
+    "random": (None, ""),  # any of our codes: the bytes are random
+}
+
+
+def sscard(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+@pytest.mark.parametrize("after", [0, 1, 3, 9, 16])
+def test_identity_read_from_a_hostile_card_raises_only_our_errors(mode, after):
+    for seed in range(5):
+        card = HostileCard(load_card("adult"), mode, after=after, seed=seed)
+        connection = MemoryConnection(card)
+        with pytest.raises(SSCardError) as err:
+            SocialSecurityCard(connection).read_identity()
+        assert connection.apdu_count <= after + 1 + 64, "a loop was not bounded"
+        code, words = EXPECTED[mode]
+        assert code is None or err.value.exit_code == code, str(err.value)
+        assert words in str(err.value)
+
+
+@pytest.mark.parametrize("mode", sorted(EXPECTED))
+def test_cli_read_of_a_hostile_card_is_a_clear_error(mode):
+    result = CliRunner().invoke(main, ["read", "--reader", f"sim:hostile:{mode}:adult:2"])
+    assert result.exit_code in (4, 5, 6, 7, 8), result.output
+    assert result.output.startswith("Error: ") and "Traceback" not in result.output
+
+
+def test_unknown_hostile_mode_is_a_profile_error():
+    result = CliRunner().invoke(main, ["read", "--reader", "sim:hostile:polite"])
+    assert result.exit_code == 12
+    assert all(mode in result.output for mode in MODES)
+
+
+def test_stalled_card_in_memory_is_given_up_after_the_card_timeout():
+    started = time.monotonic()
+    result = sscard("--card-timeout", "1", "read", "--reader", "sim:hostile:stall:adult:3", timeout=30)
+    waited = time.monotonic() - started
+    assert result.returncode == 4, result.stderr
+    assert "has not answered for" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""  # nothing half-printed
+    assert waited < 9, "the 10 s stall was waited out instead of bounded"  # bound, not a speed figure
+
+
+@pytest.mark.pcsc
+def test_stalled_card_over_pcscd_is_given_up_after_the_card_timeout(vpcd_card):
+    vpcd_card("hostile:stall:adult:3", process=True)
+    result = sscard("read", "--reader", "Virtual PCD 00 00", timeout=40, SSCARD_CARD_TIMEOUT="1")
+    assert result.returncode == 4, result.stderr
+    assert "Virtual PCD 00 00" in result.stderr and "has not answered" in result.stderr
+
+
+@pytest.mark.pcsc
+@pytest.mark.parametrize("mode", ["endless-61", "wrong-length", "random"])
+def test_hostile_card_over_pcscd_is_a_clear_error(vpcd_card, mode):
+    vpcd_card(f"hostile:{mode}:adult:2", process=True)
+    result = sscard("read", "--reader", "Virtual PCD 00 00", SSCARD_CARD_TIMEOUT="5")
+    assert result.returncode in (4, 5), result.stderr
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
