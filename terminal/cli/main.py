@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from apdu.errors import SSCardError
+from terminal.cli import watchdog
 
 log = logging.getLogger("sscard")
 
