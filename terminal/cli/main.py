@@ -20,7 +20,7 @@ from terminal.cli import watchdog
 log = logging.getLogger("sscard")
 
 #: modules of terminal.cli that contribute commands through a ``COMMANDS`` list
-COMMAND_MODULES = ("card", "reader", "queue", "security")
+COMMAND_MODULES = ("card", "reader", "queue", "security", "config", "desk", "pharmacy", "bank", "kiosk", "demo")
 
 
 class SSCardGroup(click.Group):

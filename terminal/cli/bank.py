@@ -1,0 +1,37 @@
+"""``sscard bank activate``: activation at a bank counter (terminal/flows/bank.py, docs/flows.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from terminal.cli.card import reader_option
+from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
+from terminal.flows.bank import bank_activate
+from terminal.readers import open_connection
+
+
+@click.group()
+def bank() -> None:
+    """Bank counter."""
+
+
+@bank.command("activate")
+@reader_option
+@config_option
+@click.option("--id-number", prompt="ID document number", help="The number on the holder's original ID document.")
+@pin_stdin_option
+@json_option
+def activate(reader: str | None, config_path: Path | None, id_number: str, pin_stdin: bool, as_json: bool) -> None:
+    """Activate a card: the ID document must match the card, the holder sets a PIN (typed twice).
+
+    Exit 9: the ID document does not match; 11: weak or mismatched PIN; 15: already activated;
+    8: counterfeit card or wrong keys.
+    """
+    clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
+    with open_site(config_path) as (_config, site), open_connection(reader) as connection:
+        result = bank_activate(connection, site, id_number, clerk)
+    finish(result.to_dict(), as_json)
+
+
+COMMANDS = [bank]

@@ -1,0 +1,44 @@
+"""``sscard kiosk``: the self-service inquiry (terminal/flows/kiosk.py, docs/flows.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from terminal.cli.card import reader_option
+from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
+from terminal.flows.kiosk import KioskView, inquiry
+from terminal.readers import open_connection
+
+LABELS = (("full_name", "Name"), ("social_security_number", "ID number"), ("card_number", "Card number"),
+          ("sex_name", "Sex"), ("birth_date", "Birth date"), ("issuing_region", "Issuing region"),
+          ("expiry_date", "Card expiry"))
+
+
+def kiosk_text(view: KioskView) -> list[str]:
+    """The kiosk screen as text lines."""
+    lines = [f"{label + ':':16}{view.holder[key] or '-'}" for key, label in LABELS]
+    lines.append(f"{'Card state:':16}{'active' if view.active else 'NOT ACTIVATED'}")
+    lines.append(f"{'Account:':16}{view.balance + ' yuan (as this terminal knows it)' if view.balance else 'not known here'}")
+    lines.append(f"Records at this terminal: {len(view.records)}")
+    for r in view.records:
+        extra = "".join(f"  {r[k]}" for k in ("department", "amount") if k in r)
+        flag = "  cross-region" if r["cross_region"] else ""
+        lines.append(f"  {r['time']}  {r['what']}{extra}{flag}  ({r['state']})")
+    return lines
+
+
+@click.command()
+@reader_option
+@config_option
+@pin_stdin_option
+@json_option
+def kiosk(reader: str | None, config_path: Path | None, pin_stdin: bool, as_json: bool) -> None:
+    """Self-service inquiry: the holder's information and records (PIN required; data masked)."""
+    clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
+    with open_site(config_path) as (_config, site), open_connection(reader) as connection:
+        view = inquiry(connection, site, clerk)
+    finish(view.to_dict(), as_json, kiosk_text(view))
+
+
+COMMANDS = [kiosk]

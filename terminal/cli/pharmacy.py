@@ -1,0 +1,111 @@
+"""``sscard pharmacy activate|purchase``: the pharmacy counter (terminal/flows/pharmacy.py, docs/flows.md)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from apdu.errors import NoCardError
+from terminal.cli.card import reader_option
+from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
+from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card
+from terminal.readers import SIM_PREFIX, default_reader, open_connection
+
+#: how long the one-reader dual-card insert waits for the clerk to swap the cards (seconds)
+SWAP_TIMEOUT = 60.0
+
+
+def wait_for_swap(spec: str, timeout: float) -> None:
+    """Wait until the card in the PC/SC reader ``spec`` is taken out and another is put in."""
+    from drivers import pcsc
+
+    with pcsc.Context() as context:
+        name = pcsc.resolve(spec, context)
+    deadline, removed = time.monotonic() + timeout, False
+    for event in pcsc.watch(poll_s=0.2):
+        if time.monotonic() > deadline:
+            raise NoCardError(f"No new card was put in {name} within {timeout:.0f} s. Nothing was recorded.")
+        if event.reader != name:
+            continue
+        if event.kind == pcsc.REMOVED:
+            removed = True
+        elif event.kind in (pcsc.INSERTED, pcsc.PRESENT) and removed:
+            return
+
+
+@click.group()
+def pharmacy() -> None:
+    """Pharmacy counter: dual-card activation and purchases from the medical personal account."""
+
+
+@pharmacy.command("activate")
+@click.option("--old-reader", metavar="SPEC", default=None,
+              help="Reader holding the old medical insurance card. Without it, one reader takes the old card, "
+                   "then the new card in turn (PC/SC readers only).")
+@reader_option
+@config_option
+@click.option("--wait", "wait_s", type=click.FloatRange(1), default=SWAP_TIMEOUT, show_default=True,
+              help="With one reader: seconds to wait for the clerk to swap the cards.")
+@pin_stdin_option
+@json_option
+def activate(old_reader: str | None, reader: str | None, config_path: Path | None, wait_s: float,
+             pin_stdin: bool, as_json: bool) -> None:
+    """Dual-card insert: move the old medical insurance card's account to the social security card.
+
+    Both cards must belong to the same person (exit 9 otherwise); the cards the wrong way round: exit 15.
+    """
+    clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
+    reader = reader or default_reader()
+    in_turn = old_reader is None or old_reader == reader
+    if in_turn and reader.startswith(SIM_PREFIX):
+        raise click.UsageError("a virtual card reader holds one card: give the old card's with --old-reader")
+    with open_site(config_path) as (_config, site):
+        if in_turn:
+            with open_connection(reader) as connection:
+                old = read_old_card(connection)
+            clerk.say(f"Old card read: {old.name}.")
+            clerk.say("Take out the old card and put the new social security card in the same reader.")
+            wait_for_swap(reader, wait_s)
+            with open_connection(reader) as connection:
+                result = dual_card_activate(old, connection, site, clerk)
+        else:
+            with open_connection(old_reader) as old_connection, open_connection(reader) as connection:
+                old = read_old_card(old_connection)
+                clerk.say(f"Old card read: {old.name}.")
+                result = dual_card_activate(old, connection, site, clerk, old_connection=old_connection)
+    finish(result.to_dict(), as_json)
+
+
+def _ask_items() -> list[Item]:
+    items = []
+    while True:
+        line = click.prompt("Item (NAME:QUANTITY:PRICE, empty to finish)", default="", show_default=False)
+        if not line.strip():
+            return items
+        items.append(Item.parse(line))
+
+
+@pharmacy.command("purchase")
+@reader_option
+@config_option
+@click.option("--sale", "sale_no", prompt="Sale number", help="The till's sale number: a sale is paid once only.")
+@click.option("--item", "item_specs", multiple=True, metavar="NAME:QTY:PRICE",
+              help="An item, its quantity and unit price in yuan (repeat for each item); asked when absent.")
+@pin_stdin_option
+@json_option
+def purchase_command(reader: str | None, config_path: Path | None, sale_no: str, item_specs: tuple[str, ...],
+                     pin_stdin: bool, as_json: bool) -> None:
+    """Pay a sale from the medical personal account (PIN required).
+
+    Exit 16: over the balance, balance unknown here, or the sale number already used for other items;
+    15: card not activated. A sale already paid is reported, never paid twice.
+    """
+    items = [Item.parse(spec) for spec in item_specs] or _ask_items()
+    clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
+    with open_site(config_path) as (_config, site), open_connection(reader) as connection:
+        result = purchase(connection, site, sale_no, items, clerk)
+    finish(result.to_dict(), as_json)
+
+
+COMMANDS = [pharmacy]

@@ -1,0 +1,166 @@
+"""What every counter flow shares: the site, the clerk's side, the card at the counter, activation.
+
+A flow takes connections (a real reader, pcscd's virtual reader or the in-memory simulator), a
+:class:`Site` (this terminal's queue and key store) and a :class:`Clerk` (what the terminal says and
+the PINs the holder types), and either queues its records or refuses with nothing queued.
+Project convention (docs/flows.md).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from apdu.errors import SSCardError, mask
+from drivers.connection import Connection
+from terminal.card import Identity, SocialSecurityCard
+from terminal.crypto import CardKeyRef, KeyStore, check_genuine
+from terminal.envelope import CST, INF_TIME, Fen, Station, parse_yuan
+from terminal.queue import Outbox, QueuedRecord
+
+#: project codes of the records that activate a card at this terminal (docs/flows.md, "Activation")
+ACTIVATION_INFNOS = ("SS01", "SS02")
+#: tries left at which the PIN prompt stops mentioning them
+FULL_TRIES = 3
+
+
+class RefusedError(SSCardError):
+    """The terminal refused the operation; nothing was recorded."""
+
+    exit_code = 15
+
+
+class PaymentRefusedError(SSCardError):
+    """The payment was refused; nothing was recorded."""
+
+    exit_code = 16
+
+
+class Clerk(Protocol):
+    """The counter's side of a flow: messages for the clerk and the holder, and the PINs typed."""
+
+    def say(self, text: str) -> None:
+        """Show one line of progress."""
+
+    def ask_pin(self, prompt: str) -> str:
+        """Ask for a PIN at a hidden prompt (or from the script); never logged."""
+
+
+@dataclass
+class ScriptedClerk:
+    """A clerk for scripts and tests: PINs given in advance, messages collected in ``said``."""
+
+    pins: list[str] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        self.said.append(text)
+
+    def ask_pin(self, prompt: str) -> str:
+        if not self.pins:
+            raise RefusedError(f"No PIN given for: {prompt}")
+        return self.pins.pop(0)
+
+
+@dataclass
+class Site:
+    """This terminal: its record queue (which holds the station) and its key store."""
+
+    outbox: Outbox
+    keys: KeyStore
+
+    @property
+    def station(self) -> Station:
+        return self.outbox.require_station()
+
+    def now(self) -> dt.datetime:
+        """The queue's clock (Beijing time), so records and their bodies agree in tests."""
+        return self.outbox.clock().astimezone(CST)
+
+
+@dataclass(frozen=True)
+class CardAtCounter:
+    """A social security card that passed the genuine-card check, with what it says."""
+
+    card: SocialSecurityCard
+    identity: Identity
+    ref: CardKeyRef
+
+    @property
+    def card_sn(self) -> str:
+        return self.identity.card_identification_code
+
+
+def present_card(connection: Connection, site: Site) -> CardAtCounter:
+    """SELECT the SSC application, prove the card genuine (internal authentication, DESIGN.md item 2)
+    and read its identity. A counterfeit is refused here, before anything is recorded (exit 8)."""
+    card = SocialSecurityCard(connection)
+    card.select()
+    ref = check_genuine(card, site.keys)
+    return CardAtCounter(card, card.read_identity(), ref)
+
+
+def verify_holder_pin(at: CardAtCounter, clerk: Clerk) -> None:
+    """Ask the holder's PIN and VERIFY it (WrongPINError exit 6 with tries left, PINBlockedError 7)."""
+    tries = at.card.pin_tries_left()  # a blocked PIN is refused here, before the holder types anything
+    prompt = "PIN" if tries is None or tries >= FULL_TRIES else f"PIN ({tries} {'try' if tries == 1 else 'tries'} left)"
+    at.card.verify_pin(clerk.ask_pin(prompt))
+
+
+def holder_line(identity: Identity) -> str:
+    """How the terminal names the holder on screen: name, masked ID number, issuing region."""
+    return (f"{identity.full_name}  {mask(identity.social_security_number, 6, 4)}  "
+            f"issued in {identity.issuing_region}")
+
+
+def same_person(a: str, b: str) -> bool:
+    """Two ID numbers name the same person (GB 11643: the check character X in either case)."""
+    return a.strip().upper() == b.strip().upper()
+
+
+def activation_record(outbox: Outbox, card_sn: str) -> QueuedRecord | None:
+    """The first record that activated this card at this terminal (SS01 or SS02), if any."""
+    records = [r for r in outbox.for_card(card_sn) if r.infno in ACTIVATION_INFNOS]
+    return records[-1] if records else None
+
+
+def is_active(identity: Identity, outbox: Outbox) -> bool:
+    """Active on the chip, or activated at this terminal (by a first registration or a dual-card
+    insert): the terminal treats the card as active from then on (docs/flows.md, "Activation")."""
+    return identity.activated or activation_record(outbox, identity.card_identification_code) is not None
+
+
+def person_fields(identity: Identity) -> dict[str, Any]:
+    """The platform's credential fields for a social security card (central-service.md, 1101):
+    mdtrt_cert_type 03, the card number, the card identification code, ID number and name."""
+    return {
+        "mdtrt_cert_type": "03",
+        "mdtrt_cert_no": identity.card_number,
+        "card_sninfo": identity.card_identification_code,
+        "psn_cert_type": "01",
+        "certno": identity.social_security_number,
+        "psn_name": identity.full_name,
+    }
+
+
+def timestamp(site: Site) -> str:
+    """Now, as the platform writes times (``yyyy-MM-dd HH:mm:ss``, Beijing time)."""
+    return site.now().strftime(INF_TIME)
+
+
+def record_data(record: QueuedRecord) -> dict[str, Any]:
+    """``input.data`` of a queued record (amounts as the yuan strings sent)."""
+    data = json.loads(record.envelope)["input"].get("data", {})
+    return data if isinstance(data, dict) else {}
+
+
+def amount(data: dict[str, Any], key: str) -> Fen:
+    """An amount of a queued record's data, back in fen (``"12.34"`` -> 1234)."""
+    return parse_yuan(data.get(key))
+
+
+def first(records: Iterable[QueuedRecord], test: Callable[[QueuedRecord], bool]) -> QueuedRecord | None:
+    """The first record passing ``test``."""
+    return next((r for r in records if test(r)), None)

@@ -1,0 +1,139 @@
+"""The counter commands as a clerk runs them: docs/flows.md's transcripts, --json, exit codes, the demo."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flowing import write_config
+from terminal.cli import main
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "flows.md"
+BLOCK = re.compile(r'<!-- transcript config=(\w+) input="([^"]*)" exit=(\d+) -->\n```console\n\$ (.*?)\n(.*?)```', re.S)
+MSGID = re.compile(r"\b[HB]3303\d{7}\d{18}\b")
+TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
+
+
+def normal(text: str) -> list[str]:
+    return [TIME.sub("<time>", MSGID.sub("<msgid>", line)).rstrip() for line in text.splitlines()]
+
+
+@pytest.fixture
+def configs(tmp_path):
+    """The clinic's configuration and the bank's, each with its own queue."""
+    clinic = write_config(tmp_path / "clinic")
+    bank = write_config(tmp_path / "bank")
+    bank.write_text(bank.read_text(encoding="utf-8").replace("H33030200001", "B33030000007"), encoding="utf-8")
+    return {"clinic": clinic, "bank": bank}
+
+
+def run(config: Path, args: list[str], input: str | None = None):
+    return CliRunner().invoke(main, args, input=input, env={"SSCARD_CONFIG": str(config)})
+
+
+def test_docs_transcripts_match_what_the_cli_prints(configs):
+    blocks = BLOCK.findall(DOC.read_text(encoding="utf-8"))
+    assert len(blocks) >= 12
+    seen = set()
+    for config, answers, exit_code, command, expected in blocks:
+        args = shlex.split(command)
+        assert args[0] == "sscard"
+        seen.add(tuple(args[1:3]))
+        result = run(configs[config], args[1:], "\n".join(answers.split("|")) + "\n" if answers else None)
+        assert result.exit_code == int(exit_code), (command, result.output)
+        assert normal(result.output) == normal(expected), command
+        assert "Traceback" not in result.output
+    assert {("desk", "register"), ("pharmacy", "activate"), ("pharmacy", "purchase"),
+            ("bank", "activate")} <= seen and any(s[0] == "kiosk" for s in seen)
+
+
+def records(config: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(config.parent / "queue.sqlite") as db:
+        return db.execute("SELECT infno, envelope FROM records ORDER BY rowid").fetchall()
+
+
+def test_desk_json_is_clean_on_stdout(configs):
+    result = run(configs["clinic"], ["desk", "register", "-r", "sim:other-region", "--type", "maternity",
+                                     "--department", "妇产科", "--pin-stdin", "--json"], "802613\n")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["cross_region"] is True and out["insured_region"] == "440300" and out["registration"] == "maternity"
+    assert "PIN correct." in result.stderr and "802613" not in result.output
+    assert [r[0] for r in records(configs["clinic"])] == ["2201"]
+
+
+def test_desk_no_pin_site(tmp_path):
+    config = write_config(tmp_path, require_pin=False)
+    result = run(config, ["desk", "register", "-r", "sim:adult", "--type", "outpatient", "--department", "内科"])
+    assert result.exit_code == 0 and "PIN" not in result.output
+    assert run(config, ["desk", "register", "-r", "sim:adult", "--type", "outpatient", "--department", "内科",
+                        "--pin", "--pin-stdin"], "000000\n").exit_code == 6
+
+
+@pytest.mark.parametrize(("args", "stdin", "code"), [
+    (["desk", "register", "-r", "sim:blocked-pin", "--type", "outpatient", "--department", "内科", "--pin-stdin"],
+     "135790\n", 7),
+    (["desk", "register", "-r", "sim:counterfeit", "--type", "outpatient", "--department", "内科"], None, 8),
+    (["bank", "activate", "-r", "sim:adult", "--id-number", "330302198506151239", "--pin-stdin"], "135792\n135792\n", 15),
+    (["bank", "activate", "-r", "sim:not-activated", "--id-number", "330302199203081020", "--pin-stdin"],
+     "135792\n135793\n", 11),
+    (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.00", "--pin-stdin"], "246810\n", 16),
+    (["pharmacy", "purchase", "-r", "sim:not-activated", "--sale", "T9", "--item", "x:1:1.00"], None, 15),
+    (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.005"], None, 16),
+    (["pharmacy", "activate", "--old-reader", "sim:old-medical-replaced", "-r", "sim:blocked-pin"], None, 15),
+    (["pharmacy", "activate", "-r", "sim:old-medical-lina"], None, 2),
+    (["kiosk", "-r", "sim:adult", "--pin-stdin"], "000000\n", 6),
+])
+def test_refusals_exit_codes_and_nothing_queued(configs, args, stdin, code):
+    result = run(configs["clinic"], args, stdin)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and "Internal error" not in result.output
+    assert records(configs["clinic"]) == [] if (configs["clinic"].parent / "queue.sqlite").exists() else True
+    for secret in ("330302198506151239", "330302199203081020", "135792", "246810"):
+        assert secret not in result.stderr
+
+
+def test_dual_card_and_purchase_json_agree_with_the_queue(configs):
+    clinic = configs["clinic"]
+    moved = run(clinic, ["pharmacy", "activate", "--old-reader", "sim:old-medical-zhangwei", "-r", "sim:adult",
+                         "--pin-stdin", "--json"], "246810\n")
+    assert moved.exit_code == 0, moved.output
+    out = json.loads(moved.stdout)
+    assert out["moved_fen"] == 53620 and out["old_card_marked_replaced"] is False and not out["activated_now"]
+    paid = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T1", "--item", "维生素C片:3:4.20",
+                        "--pin-stdin", "--json"], "246810\n")
+    out = json.loads(paid.stdout)
+    assert (out["total_fen"], out["balance_after_fen"], out["already_paid"]) == (1260, 52360, False)
+    again = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T1", "--item", "维生素C片:3:4.20", "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["already_paid"] is True
+    infnos = [infno for infno, _ in records(clinic)]
+    assert infnos == ["SS02", "2102"]
+    body = json.loads(records(clinic)[1][1])["input"]["data"]
+    assert (body["acct_pay"], body["balc"]) == ("12.60", "523.60")
+    kiosk = run(clinic, ["kiosk", "-r", "sim:adult", "--pin-stdin", "--json"], "246810\n")
+    view = json.loads(kiosk.stdout)
+    assert view["balance"] == "523.60" and len(view["records"]) == 2
+
+
+def test_missing_configuration_is_exit_12(tmp_path):
+    result = run(tmp_path / "none.toml", ["desk", "register", "--type", "outpatient", "--department", "内科"])
+    assert result.exit_code == 12 and "sscard config init" in result.output
+
+
+def test_demo_day_uploads_everything_and_prints_the_service(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "The central service holds 7 messages" in result.output
+    assert "CROSS-REGION" in result.output and "activation (first-registration)" in result.output
+    assert "activation (bank)" in result.output and "account moved 1286.50 yuan" in result.output
+    assert "purchase 40.80 yuan, balance 1245.70 yuan" in result.output
+    for name in ("bank-queue.sqlite", "clinic-queue.sqlite"):
+        with sqlite3.connect(tmp_path / name) as db:
+            assert db.execute("SELECT count(*) FROM records WHERE state != 'sent'").fetchone()[0] == 0
+    held = CliRunner().invoke(main, ["demo", "--json"])
+    assert held.exit_code == 0 and len(json.loads(held.stdout)) == 7
