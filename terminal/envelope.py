@@ -188,6 +188,8 @@ class Envelope:
 
 
 def _wire_value(value: Any) -> Any:
+    if type(value) is str or value is None:  # most of an envelope: the fast path
+        return value
     if isinstance(value, Fen):
         return yuan(value)
     if isinstance(value, dict):

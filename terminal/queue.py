@@ -341,14 +341,16 @@ class Outbox:
         counter = 0
         if row:
             last_stamp, last_counter = row[0].split("/")
-            last = dt.datetime.strptime(last_stamp, MSGID_TIME)
+            s = last_stamp  # yyyyMMddHHmmss, sliced: strptime costs more than the rest of an add
+            last = dt.datetime(int(s[:4]), int(s[4:6]), int(s[6:8]), int(s[8:10]), int(s[10:12]), int(s[12:14]))
             if second <= last:
                 second, counter = last, int(last_counter) + 1
                 if counter >= SEQ_PER_SECOND:
                     second, counter = last + dt.timedelta(seconds=1), 0
-        conn.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('msgid_last', ?)", [f"{second.strftime(MSGID_TIME)}/{counter}"]
-        )
+        value = f"{second.strftime(MSGID_TIME)}/{counter}"
+        # an UPDATE in place rewrites one page; INSERT OR REPLACE would delete and insert (two)
+        if not row or not conn.execute("UPDATE meta SET value = ? WHERE key = 'msgid_last'", [value]).rowcount:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_last', ?)", [value])
         return msgid(station, second, counter)
 
     def next_msgid(self) -> str:
