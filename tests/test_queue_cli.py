@@ -73,10 +73,10 @@ def test_upload_to_an_unreachable_service_is_exit_14_and_keeps_the_records(outbo
     assert outbox.counts()["pending"] == 1
 
 
-@pytest.mark.skipif(shutil.which("sscard", path=os.path.dirname(sys.executable)) is None, reason="sscard not installed")
 def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_path):
     port = free_port()
     sscard = shutil.which("sscard", path=os.path.dirname(sys.executable))
+    assert sscard, "the sscard console script is not installed next to this Python"
     service = subprocess.Popen(
         [sscard, "central", "serve", "--port", str(port), "--db", str(tmp_path / "central.sqlite")],
         stderr=subprocess.PIPE, text=True,
