@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import os
 import random
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from apdu.errors import SSCardError
+from apdu.errors import ConfigError, SSCardError
 from terminal.envelope import Envelope, encode, with_sign_no
 from terminal.queue import Outbox, Outcome, QueuedRecord
 
@@ -32,6 +33,27 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 100
 DEFAULT_TIMEOUT = 10.0
+#: hosts a plain-http URL may name: the reference service on this computer (docs/security.md)
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_central_url(url: str) -> str:
+    """The central service URL, or :class:`ConfigError`: records carry ID numbers and health data,
+    so they travel over https (certificates checked); plain http only to this computer, unless
+    ``$SSCARD_ALLOW_PLAIN_HTTP=1`` (a site's own encrypted network, its decision: docs/security.md)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as err:
+        raise ConfigError(f"The central service URL {url!r} is not a valid URL ({err})") from None
+    if parsed.scheme == "https" and parsed.host:
+        return url
+    if parsed.scheme == "http" and parsed.host:
+        if parsed.host in LOOPBACK or os.environ.get("SSCARD_ALLOW_PLAIN_HTTP") == "1":
+            return url
+        raise ConfigError(
+            f"The central service URL must start with https:// (plain http is allowed only to this computer): {url}"
+        )
+    raise ConfigError(f"The central service URL must be https://HOST[:PORT] : {url!r}")
 #: how often ``follow`` looks for new records when nothing is due sooner (seconds)
 DEFAULT_INTERVAL = 5.0
 #: HTTP statuses that mean "this batch is invalid": bisect to find the record (docs/central-api.md)
@@ -122,7 +144,7 @@ class CentralClient:
     """HTTP to the central service at ``url``: one call, or one batch (docs/central-api.md, "HTTP")."""
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None) -> None:
-        self.url = url.rstrip("/")
+        self.url = check_central_url(url).rstrip("/")
         self.http = client or httpx.Client(timeout=timeout)
 
     def close(self) -> None:

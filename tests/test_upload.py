@@ -14,6 +14,7 @@ from queueing import OTHER_CARD, STATION, central, clock, free_port, outbox, pur
 from terminal.central import GARBAGE, MAX_BATCH, CentralService
 from terminal.envelope import Envelope, Fen, with_sign_no
 from terminal.queue import Outbox
+from apdu.errors import ConfigError
 from terminal.upload import Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after
 
 
@@ -324,3 +325,24 @@ def test_no_transaction_is_held_while_a_batch_is_in_flight(outbox, central, cloc
     sender.join(timeout=15)
     assert result and result[0].sent == 5  # the desk's new record went in the next batch
     assert all(outbox.get(m).state == "sent" for m in ids)
+
+
+@pytest.mark.parametrize("url", ["http://central.example.cn/api", "ftp://127.0.0.1/", "central.example.cn", "https://"])
+def test_a_central_url_without_tls_or_host_is_refused(url, monkeypatch):
+    monkeypatch.delenv("SSCARD_ALLOW_PLAIN_HTTP", raising=False)
+    with pytest.raises(ConfigError) as err:
+        CentralClient(url)
+    assert err.value.exit_code == 12
+
+
+@pytest.mark.parametrize("url", ["https://central.example.cn", "http://127.0.0.1:8930", "http://localhost:1"])
+def test_https_and_loopback_central_urls_are_accepted(url, monkeypatch):
+    monkeypatch.delenv("SSCARD_ALLOW_PLAIN_HTTP", raising=False)
+    client = CentralClient(url)
+    assert client.url == url
+    client.close()
+
+
+def test_plain_http_to_a_site_network_needs_the_sites_explicit_choice(monkeypatch):
+    monkeypatch.setenv("SSCARD_ALLOW_PLAIN_HTTP", "1")
+    CentralClient("http://10.1.2.3:8930").close()
