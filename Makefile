@@ -1,5 +1,6 @@
 # sscard-terminal: two commands for a fresh Debian machine.
-#   make demo   create the venv (and install system packages when root), read the virtual card
+#   make demo   create the venv (and install system packages when root), read the virtual card, then
+#               a day at a small clinic on virtual cards, uploaded to the reference central service
 #   make test   the same set-up, then the whole test suite (pcscd + vpcd included)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -28,6 +29,7 @@ venv: system $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/sscard read
+	$(VENV)/bin/sscard demo
 
 # SSCARD_REQUIRE_PCSCD=1: a missing pcscd/vpcd fails the PC/SC tests instead of skipping them
 test: venv
