@@ -16,12 +16,13 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from drivers.connection import Connection
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
@@ -29,7 +30,7 @@ from terminal.central import CentralService
 from terminal.crypto import SoftwareKeyStore
 from terminal.envelope import Fen, Operator, Station, parse_yuan, yuan
 from terminal.flows.bank import bank_activate
-from terminal.flows.common import Site
+from terminal.flows.common import Clerk, Site
 from terminal.flows.desk import register
 from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card
 from terminal.queue import Outbox
@@ -61,46 +62,90 @@ def _sim(name: str) -> MemoryConnection:
     return MemoryConnection(card, name=f"sim:{name}")
 
 
+#: how a step gets the connection to a card by its profile name (the demo: a fresh in-memory card)
+Connect = Callable[[str], Connection]
+
+#: where a step happens: its queue file and its station
+PLACES = {
+    "bank": ("bank-queue.sqlite", BANK),
+    "desk": ("clinic-queue.sqlite", CLINIC),
+    "pharmacy": ("clinic-queue.sqlite", PHARMACY),
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transaction of the day: where, what the screen title says, the PINs typed, what it queues."""
+
+    place: str
+    title: str
+    pins: tuple[str, ...]
+    act: Callable[[Site, Connect, Clerk], object]
+    #: the message types it queues when it completes
+    queues: tuple[str, ...]
+
+
+def _dual_card(site: Site, connect: Connect, clerk: Clerk) -> object:
+    old_reader = connect("old-medical-lina")
+    return dual_card_activate(read_old_card(old_reader), connect("not-activated"), site, clerk, old_reader)
+
+
+DAY: tuple[Step, ...] = (
+    Step("bank", "Bank counter: 周敏 activates her card with her ID card", ("386152", "386152"),
+         lambda site, connect, clerk: bank_activate(connect("not-activated-zhou"), site, "330303196811052226", clerk),
+         ("SS01",)),
+    Step("desk", "Clinic desk: 李娜's first registration (outpatient, 内科)", ("123456",),
+         lambda site, connect, clerk: register(connect("not-activated"), site, "outpatient", "内科", clerk),
+         ("SS01", "2201")),
+    Step("desk", "Clinic desk: 陈静, insured in Shenzhen (440300): cross-region", ("802613",),
+         lambda site, connect, clerk: register(connect("other-region"), site, "outpatient", "急诊科", clerk),
+         ("2201",)),
+    Step("desk", "Clinic desk: 张伟 is admitted (hospitalisation, 外科)", ("246810",),
+         lambda site, connect, clerk: register(connect("adult"), site, "hospitalisation", "外科", clerk),
+         ("2401",)),
+    Step("pharmacy", "Pharmacy: 李娜's dual-card insert (old card in reader 1, new card in reader 2)", ("123456",),
+         _dual_card, ("SS02",)),
+    Step("pharmacy", "Pharmacy: 李娜 buys 2 x 阿莫西林胶囊 (12.50) and 1 x 布洛芬缓释胶囊 (15.80)", ("123456",),
+         lambda site, connect, clerk: purchase(
+             connect("not-activated"), site, "T20260301-0001",
+             [Item("阿莫西林胶囊", 2, Fen(1250)), Item("布洛芬缓释胶囊", 1, Fen(1580))], clerk),
+         ("2102",)),
+)
+
+
 @contextmanager
-def _site(path: Path, station: Station) -> Iterator[Site]:
-    with Outbox(path, station) as outbox:
+def open_site(folder: Path, place: str) -> Iterator[Site]:
+    """The site of a place of the day: its queue in ``folder`` and the bundled TEST keys."""
+    name, station = PLACES[place]
+    with Outbox(folder / name, station) as outbox:
         yield Site(outbox, SoftwareKeyStore.bundled_test_keys())
+
+
+def run_step(step: Step, folder: Path, out: TextIO, connect: Connect = _sim) -> object:
+    """Run one step of the day with its own clerk; the step's refusal or fault propagates."""
+    print(f"\n== {step.title}", file=out)
+    with open_site(folder, step.place) as site:
+        return step.act(site, connect, DemoClerk(out, list(step.pins)))
+
+
+def upload_all(folder: Path, url: str, out: TextIO) -> list[str]:
+    """Upload every queue of the day to the service at ``url``; the msgids queued, oldest first."""
+    msgids: list[str] = []
+    for name in sorted({name for name, _ in PLACES.values()}):
+        with Outbox(folder / name, create=False) as outbox, Uploader(outbox, url) as uploader:
+            report = uploader.drain()
+            print(f"    {name}: {report.sent} sent, {report.dead} refused, {report.pending} waiting", file=out)
+            msgids += [record.msgid for record in reversed(outbox.records())]
+    return msgids
 
 
 def run_day(folder: Path, out: TextIO) -> dict[str, Any]:
     """Walk the day (module docstring); return what the central service holds, by msgid."""
-    def step(title: str, pins: list[str]) -> DemoClerk:
-        print(f"\n== {title}", file=out)
-        return DemoClerk(out, pins)
-
-    with _site(folder / "bank-queue.sqlite", BANK) as bank:
-        bank_activate(_sim("not-activated-zhou"), bank, "330303196811052226",
-                      step("Bank counter: 周敏 activates her card with her ID card", ["386152", "386152"]))
-    with _site(folder / "clinic-queue.sqlite", CLINIC) as desk:
-        register(_sim("not-activated"), desk, "outpatient", "内科",
-                 step("Clinic desk: 李娜's first registration (outpatient, 内科)", ["123456"]))
-        register(_sim("other-region"), desk, "outpatient", "急诊科",
-                 step("Clinic desk: 陈静, insured in Shenzhen (440300): cross-region", ["802613"]))
-        register(_sim("adult"), desk, "hospitalisation", "外科",
-                 step("Clinic desk: 张伟 is admitted (hospitalisation, 外科)", ["246810"]))
-    with _site(folder / "clinic-queue.sqlite", PHARMACY) as window:
-        old_reader = _sim("old-medical-lina")
-        clerk = step("Pharmacy: 李娜's dual-card insert (old card in reader 1, new card in reader 2)", ["123456"])
-        dual_card_activate(read_old_card(old_reader), _sim("not-activated"), window, clerk, old_reader)
-        items = [Item("阿莫西林胶囊", 2, Fen(1250)), Item("布洛芬缓释胶囊", 1, Fen(1580))]
-        purchase(_sim("not-activated"), window, "T20260301-0001", items,
-                 step("Pharmacy: 李娜 buys 2 x 阿莫西林胶囊 (12.50) and 1 x 布洛芬缓释胶囊 (15.80)", ["123456"]))
-
-    held: dict[str, Any] = {}
+    for step in DAY:
+        run_step(step, folder, out)
     with CentralService(folder / "central.sqlite") as central:
         print(f"\n== Upload to the central service at {central.url}", file=out)
-        for name in ("bank-queue.sqlite", "clinic-queue.sqlite"):
-            with Outbox(folder / name, create=False) as outbox, Uploader(outbox, central.url) as uploader:
-                report = uploader.drain()
-                print(f"    {name}: {report.sent} sent, {report.dead} refused, {report.pending} waiting", file=out)
-                for record in reversed(outbox.records()):  # oldest first
-                    held[record.msgid] = central.ledger.message(record.msgid)
-    return held
+        return {msgid: central.ledger.message(msgid) for msgid in upload_all(folder, central.url, out)}
 
 
 def describe(message: dict[str, Any]) -> str:
