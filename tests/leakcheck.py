@@ -7,6 +7,7 @@ Used by tests/test_security_cli.py and tests/test_security_pcsc.py, which run CL
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from apdu.crypto import pin_to_bcd
@@ -48,5 +49,18 @@ def forbidden(pins: list[str]) -> dict[str, str]:
 
 
 def leaks(text: str, pins: list[str]) -> list[str]:
-    """What of ``forbidden(pins)`` occurs in ``text`` (the kind, never the secret itself)."""
-    return sorted({what for needle, what in forbidden(pins).items() if needle in text})
+    """What of ``forbidden(pins)`` occurs in ``text`` (the kind, never the secret itself).
+
+    A PIN written without spaces (its digits, its BCD hex) counts only standing alone, not inside a
+    longer run of letters and digits: a 6-digit PIN such as 123456 is also a piece of the card number
+    A01234567 or of a random challenge's hex. Spaced forms (the APDU trace's ``12 34 56``) and keys
+    count anywhere.
+    """
+    found = set()
+    for needle, what in forbidden(pins).items():
+        if what.startswith("PIN") and " " not in needle:
+            if re.search(rf"(?<![0-9A-Za-z]){re.escape(needle)}(?![0-9A-Za-z])", text):
+                found.add(what)
+        elif needle in text:
+            found.add(what)
+    return sorted(found)
