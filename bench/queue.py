@@ -13,10 +13,17 @@
    (``sscard central serve`` in its own process on 127.0.0.1): seconds and records/s.
 
 ``--dir`` puts the files on the disk you want to measure (default: a temporary directory).
+``--breakdown`` also runs both sides with ``synchronous=OFF`` (the work inside a transaction, without
+the fsync) and counts WAL frames (pages written) per record.
+
+Both sides' connection settings are read back from the connections that did the writing and printed
+(journal mode, synchronous, busy timeout, page size, autocheckpoint), with the bytes each stores per
+record, so a reader can check that the comparison is like for like.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -42,16 +49,59 @@ STATION = Station("H11010500001", "基准测试医院", "110105", 1, Operator("B
 BODY = {"data": {"psn_no": "P0001", "med_type": "41", "medfee_sumamt": Fen(2350), "acct_pay": Fen(2350)}}
 
 
-def ours(path: Path, count: int) -> float:
-    """Records per second through ``Outbox.add`` (each its own FULL-synced transaction)."""
+PRAGMAS = ("journal_mode", "synchronous", "busy_timeout", "page_size", "wal_autocheckpoint")
+#: what each side's connection reported, and bytes stored per record (filled by the runs)
+SEEN: dict[str, dict[str, object]] = {}
+
+
+#: the bytes a record's content takes in each side's table (the peer stores a pickled blob)
+CONTENT = {
+    "records": "length(CAST(msgid || infno || created_at || coalesce(card_sn, '') || insured_region"
+               " || treatment_region || envelope AS BLOB))",
+    "ack_queue": "length(data)",
+}
+
+
+def settings(conn, side: str, table: str, count: int) -> None:
+    """Read back the connection's durability settings and the stored bytes per record."""
+    seen = {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in PRAGMAS}
+    content = CONTENT["records" if table == "records" else "ack_queue"]  # the peer names its table ack_queue_NAME
+    seen["bytes/record"] = round(conn.execute(f"SELECT sum({content}) FROM {table}").fetchone()[0] / count)
+    SEEN[side] = seen
+
+
+@contextlib.contextmanager
+def wal_frames(conn, count: int, frames: dict[str, float], side: str):
+    """Counts the WAL frames (pages) the ``count`` records write: checkpoints off meanwhile."""
+    if not frames.get("on"):
+        yield
+        return
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    yield
+    wal = Path(conn.execute("PRAGMA database_list").fetchone()[2] + "-wal")
+    frames[side] = (wal.stat().st_size - 32) / (conn.execute("PRAGMA page_size").fetchone()[0] + 24) / count
+    conn.execute("PRAGMA wal_autocheckpoint=1000")
+
+
+def ours(path: Path, count: int, sync: str = "FULL", frames: dict | None = None) -> float:
+    """Records per second through ``Outbox.add`` (each its own transaction, FULL unless ``sync``)."""
     with Outbox(path, STATION) as outbox:
-        start = time.perf_counter()
-        for i in range(count):
-            outbox.add("2102", BODY, insured_region="310101" if i % 5 == 0 else "110105", card_sn=f"CARD{i % 50:04d}")
-        return count / (time.perf_counter() - start)
+        conn = outbox.db.conn
+        if sync != "FULL":
+            conn.execute(f"PRAGMA synchronous={sync}")
+        with wal_frames(conn, count, frames or {}, "ours"):
+            start = time.perf_counter()
+            for i in range(count):
+                outbox.add("2102", BODY, insured_region="310101" if i % 5 == 0 else "110105",
+                           card_sn=f"CARD{i % 50:04d}")
+            elapsed = time.perf_counter() - start
+        if sync == "FULL":
+            settings(conn, "ours", "records", count)
+        return count / elapsed
 
 
-def peer(path: Path, count: int, envelope: str | None) -> float:
+def peer(path: Path, count: int, envelope: str | None, sync: str = "FULL", frames: dict | None = None) -> float:
     """Records per second through persist-queue's SQLiteAckQueue at the same durability: ``envelope``
     pre-built, or (None) each record's envelope built as ``Outbox.add`` builds it (msgid kept in memory)."""
     from persistqueue import SQLiteAckQueue
@@ -60,24 +110,29 @@ def peer(path: Path, count: int, envelope: str | None) -> float:
     from terminal.queue import now_cst
 
     queue = SQLiteAckQueue(str(path), auto_commit=True, multithreading=False)
-    queue._putter.execute("PRAGMA synchronous=FULL")  # its connection is WAL; make the sync level explicit
-    assert queue._putter.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn = queue._putter
+    conn.execute(f"PRAGMA synchronous={sync}")  # its connection is WAL; make the sync level explicit
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     try:
-        start = time.perf_counter()
-        for i in range(count):
-            if envelope is None:
-                now = now_cst()
-                built = Envelope("2102", msgid(STATION, now, i % 100), STATION, STATION.operator,
-                                 "310101" if i % 5 == 0 else "110105", now, BODY).to_wire()
-                queue.put(built)
-            else:
-                queue.put(envelope)
-        return count / (time.perf_counter() - start)
+        with wal_frames(conn, count, frames or {}, "peer"):
+            start = time.perf_counter()
+            for i in range(count):
+                if envelope is None:
+                    now = now_cst()
+                    built = Envelope("2102", msgid(STATION, now, i % 100), STATION, STATION.operator,
+                                     "310101" if i % 5 == 0 else "110105", now, BODY).to_wire()
+                    queue.put(built)
+                else:
+                    queue.put(envelope)
+            elapsed = time.perf_counter() - start
+        if sync == "FULL":
+            settings(conn, "peer" if envelope else "peer (built)", queue._table_name, count)
+        return count / elapsed
     finally:
         queue.close()
 
 
-def enqueue_bench(root: Path, count: int, rounds: int) -> None:
+def enqueue_bench(root: Path, count: int, rounds: int, breakdown: bool = False) -> None:
     with Outbox(root / "sample.sqlite", STATION) as outbox:
         envelope = outbox.add("2102", BODY, insured_region="110105").envelope
     mine, theirs, theirs_built = [], [], []
@@ -96,6 +151,20 @@ def enqueue_bench(root: Path, count: int, rounds: int) -> None:
     print(f"  peer  SQLiteAckQueue.put, envelope built {c:8.0f} records/s   (rounds: {runs(theirs_built)})")
     print(f"  ratio ours/peer                          {a / b:8.2f}   (target >= 1.0)")
     print(f"  ratio ours/peer with the same envelope work {a / c:5.2f}")
+    print("  read back from the connections that wrote (synchronous 2 = FULL; bytes stored per record):")
+    for side, seen in SEEN.items():
+        print(f"    {side:13s}", "  ".join(f"{k}={v}" for k, v in seen.items()))
+    if breakdown:
+        off_mine, off_theirs = [], []
+        for n in range(rounds):
+            off_mine.append(ours(root / f"ours-off-{n}.sqlite", count, "OFF"))
+            off_theirs.append(peer(root / f"peer-off-{n}", count, envelope, "OFF"))
+        frames: dict = {"on": True}
+        ours(root / "ours-frames.sqlite", count, "OFF", frames)
+        peer(root / "peer-frames", count, envelope, "OFF", frames)
+        for side, full, off in (("ours", a, statistics.median(off_mine)), ("peer", b, statistics.median(off_theirs))):
+            print(f"  {side}: {1e6 / full:6.1f} us/record at FULL = {1e6 / off:6.1f} us of work (synchronous=OFF, "
+                  f"{off:.0f}/s) + {1e6 / full - 1e6 / off:6.1f} us of sync; {frames[side]:.2f} WAL frames/record")
 
 
 def free_port() -> int:
@@ -149,11 +218,13 @@ def main() -> None:
     parser.add_argument("--upload", type=int, default=10_000, help="records in the upload bench")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--breakdown", action="store_true", help="also synchronous=OFF runs and WAL frames/record")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
-        enqueue_bench(root, args.records, args.rounds)
-        upload_bench(root, args.upload, args.batch)
+        enqueue_bench(root, args.records, args.rounds, args.breakdown)
+        if args.upload:
+            upload_bench(root, args.upload, args.batch)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,13 +33,21 @@ import sqlite_utils
 from apdu.errors import ConfigError, SSCardError, mask
 from terminal.envelope import (
     CST,
+    INF_TIME,
+    MSGID_RE,
     MSGID_TIME,
     SEQ_PER_SECOND,
     Envelope,
     Operator,
+    RecordError,
     Station,
-    msgid,
+    encode,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a dead uploader's batch waits for its lease to end
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +88,41 @@ ALTER TABLE records_v2 RENAME TO records;
 CREATE INDEX records_due ON records (state, next_attempt_at);
 CREATE INDEX records_card ON records (card_sn);
 """
+_RECORDS_V3 = """
+CREATE TABLE records_v3 (
+    id INTEGER PRIMARY KEY,
+    msgid TEXT NOT NULL CHECK (length(msgid) = 30 AND CAST(substr(msgid, 13) AS INTEGER) = id),
+    infno TEXT NOT NULL, created_at TEXT NOT NULL, card_sn TEXT,
+    insured_region TEXT NOT NULL, treatment_region TEXT NOT NULL, envelope TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT, done_at TEXT, infcode INTEGER, reply TEXT
+);
+INSERT INTO records_v3 (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,
+                        state, attempts, next_attempt_at, last_error, done_at, infcode, reply)
+    SELECT CAST(substr(msgid, 13) AS INTEGER), msgid, infno, created_at, card_sn, insured_region,
+           treatment_region, envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply
+    FROM records ORDER BY rowid;
+DROP TABLE records;
+ALTER TABLE records_v3 RENAME TO records;
+CREATE INDEX records_due ON records (state, next_attempt_at);
+CREATE INDEX records_card ON records (card_sn);
+INSERT OR REPLACE INTO meta (key, value)
+    SELECT 'msgid_floor', CAST(substr(last.value, 1, 14) AS INTEGER) * 10000
+           + coalesce((SELECT json_extract(value, '$.terminal_no') FROM meta WHERE key = 'station'), 99) * 100
+           + CAST(substr(last.value, 16) AS INTEGER)
+    FROM meta AS last WHERE last.key = 'msgid_last';
+DELETE FROM meta WHERE key = 'msgid_last'
+"""
 #: ``MIGRATIONS[n]`` takes a file from schema ``n`` to ``n + 1`` (``PRAGMA user_version``); a new
 #: file runs them all. v1: states pending/sent/rejected. v2: states pending/sending/sent/dead and
 #: ``next_attempt_at`` (epoch seconds: when a pending record is due, when a sending lease ends).
-MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2)
+#: v3: the key is ``id INTEGER PRIMARY KEY``, the msgid's 18 digits (stamp + sequence), checked
+#: against ``msgid``: the table's own key enforces uniqueness, so there is no text index on msgid, and
+#: the next msgid comes from ``max(id)`` (no counter row rewritten per record); ``meta.msgid_floor``
+#: (an id) replaces ``msgid_last`` and only records msgids issued outside the table (sign-ins).
+MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2, _RECORDS_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: SQLite result codes -> what a clerk reads (docs/central-api.md, "The local queue")
@@ -220,6 +260,14 @@ class Outbox:
     ) -> None:
         self.path = Path(path)
         self.clock = clock
+        # the highest id used in the file as of this connection's last write, valid while no other
+        # connection has written since (``PRAGMA data_version`` unchanged): then no read is needed
+        self._last: int | None = None
+        self._data_version: int | None = None
+        self._second: dt.datetime | None = None
+        self._second_text: tuple[int, str] = (0, "")
+        self._envelopes: dict[tuple[str, str, Operator], tuple[str, tuple[str, str]]] = {}
+        self._uploader_lock: int | None = None
         if not create and not self.path.is_file():
             raise QueueError(f"No record queue at {self.path}")
         with self._errors("be opened"):
@@ -310,6 +358,45 @@ class Outbox:
     def close(self) -> None:
         """Close the connection (nothing is left uncommitted: every write commits itself)."""
         self.db.close()
+        if self._uploader_lock is not None:
+            os.close(self._uploader_lock)  # the uploader lock goes with it
+            self._uploader_lock = None
+
+    def join_uploaders(self) -> int:
+        """Count this outbox among the file's uploaders until it is closed; returns how many records
+        were taken back from an uploader that died mid-batch (docs/central-api.md, "Delivery").
+
+        Every uploader holds a shared ``flock`` on ``<queue>.upload-lock`` while it runs, and the
+        kernel drops the lock of a killed process. So an exclusive lock granted at once means no
+        uploader is alive: every ``sending`` record is an orphan and goes back to ``pending``, due now,
+        instead of waiting for its lease. Another uploader alive (or no flock: Windows, a read-only
+        folder): nothing is taken back; leases end as before.
+        """
+        if self._uploader_lock is not None or fcntl is None:
+            return 0
+        try:
+            fd = os.open(f"{self.path}.upload-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            log.debug("no uploader lock beside %s (%s): leases only", self.path, err.strerror)
+            return 0
+        self._uploader_lock = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another uploader is alive: its batch is its own
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return 0
+        try:
+            with self._write("take back an interrupted upload") as conn:
+                orphans = conn.execute(
+                    f"UPDATE records SET state = '{PENDING}', next_attempt_at = ?,"
+                    " last_error = 'the previous upload stopped mid-batch'"
+                    f" WHERE state = '{SENDING}'", [self.now()],
+                ).rowcount
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # from now on, one uploader among others
+        if orphans:
+            log.info("took back %d records from an upload that stopped mid-batch", orphans)
+        return orphans
 
     def __enter__(self) -> Outbox:
         return self
@@ -329,34 +416,51 @@ class Outbox:
             raise ConfigError(f"The record queue {self.path} has no terminal settings (institution, region)")
         return self.station
 
-    def _allocate(self, conn: sqlite3.Connection, now: dt.datetime) -> str:
-        """The next msgid, inside the caller's transaction (docs/central-api.md, "msgid").
+    # msgids: the record's ``id`` is the msgid's 18 digits, yyyyMMddHHmmss * 10**4 + terminal * 100 +
+    # counter, so ids and msgids order alike and the table's key is the uniqueness check.
 
-        The stamp never goes backwards (a clock set back reuses the last second); past 100 records in
-        one second the stamp borrows the next second. Either way msgids stay unique and increasing.
-        """
-        station = self.require_station()
-        second = now.astimezone(CST).replace(microsecond=0, tzinfo=None)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'msgid_last'").fetchone()
-        counter = 0
-        if row:
-            last_stamp, last_counter = row[0].split("/")
-            s = last_stamp  # yyyyMMddHHmmss, sliced: strptime costs more than the rest of an add
-            last = dt.datetime(int(s[:4]), int(s[4:6]), int(s[6:8]), int(s[8:10]), int(s[10:12]), int(s[12:14]))
-            if second <= last:
-                second, counter = last, int(last_counter) + 1
-                if counter >= SEQ_PER_SECOND:
-                    second, counter = last + dt.timedelta(seconds=1), 0
-        value = f"{second.strftime(MSGID_TIME)}/{counter}"
-        # an UPDATE in place rewrites one page; INSERT OR REPLACE would delete and insert (two)
-        if not row or not conn.execute("UPDATE meta SET value = ? WHERE key = 'msgid_last'", [value]).rowcount:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_last', ?)", [value])
-        return msgid(station, second, counter)
+    def _stamp(self, now: dt.datetime) -> tuple[int, str, str]:
+        """(yyyyMMddHHmmss as an int, ``inf_time``, ``created_at``) for ``now``; the first two are kept
+        per second (strftime costs more than the rest of the msgid)."""
+        local = now.astimezone(CST)
+        second = local.replace(microsecond=0)
+        if second != self._second:
+            self._second = second
+            self._second_text = (int(second.strftime(MSGID_TIME)), second.strftime(INF_TIME))
+        stamp, inf_time = self._second_text
+        return stamp, inf_time, local.isoformat()
+
+    def _after(self, high: int, term: int) -> int:
+        """The smallest id of terminal ``term`` above ``high`` (past counter 99: the next second)."""
+        stamp, rest = divmod(high, 10_000)
+        if rest // SEQ_PER_SECOND < term:
+            return stamp * 10_000 + term * SEQ_PER_SECOND
+        if rest // SEQ_PER_SECOND == term and rest % SEQ_PER_SECOND < SEQ_PER_SECOND - 1:
+            return high + 1
+        following = dt.datetime.strptime(str(stamp), MSGID_TIME) + dt.timedelta(seconds=1)
+        return int(following.strftime(MSGID_TIME)) * 10_000 + term * SEQ_PER_SECOND
+
+    def _next_id(self, stamp: int, term: int, high: int | None) -> int:
+        """The id for a record made in second ``stamp``: that second's first, unless ids already reach
+        it (several per second, or a clock set back): then the one after ``high``."""
+        own = stamp * 10_000 + term * SEQ_PER_SECOND
+        return own if high is None or own > high else max(own, self._after(high, term))
+
+    def _high(self, conn: sqlite3.Connection) -> int | None:
+        """The highest id used in this file: records, and msgids issued without a record (sign-ins)."""
+        return conn.execute(_HIGH).fetchone()[0]
 
     def next_msgid(self) -> str:
-        """A fresh msgid for a message that is not queued (the uploader's 9001 sign-in)."""
+        """A fresh msgid for a message that is not queued (the uploader's 9001 sign-in); saved as the
+        floor of later msgids, so no record ever reuses it."""
+        station = self.require_station()
+        stamp = self._stamp(self.clock())[0]
         with self._write("allocate a message id") as conn:
-            return self._allocate(conn, self.clock())
+            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            key = self._next_id(stamp, station.terminal_no, self._high(conn))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_floor', ?)", [str(key)])
+        self._last, self._data_version = key, data_version
+        return f"{station.fixmedins_code}{key}"
 
     def add(
         self,
@@ -373,34 +477,64 @@ class Outbox:
         cross-region care. ``card_sn`` (the card identification code) lets the kiosk find the record.
         Amounts in ``input`` must be :class:`terminal.envelope.Fen`. Raises :class:`QueueError`
         (disk full, read-only...) or :class:`RecordError`, and then nothing was saved.
+
+        One INSERT per record (docs/central-api.md, "The local queue"): inside the write lock, the
+        highest id is this connection's last one unless ``PRAGMA data_version`` says another connection
+        has written since, and only then is it read. The table's key (``id``, the msgid's digits) is
+        the uniqueness check itself.
         """
         station = self.require_station()
+        if not isinstance(input, dict):
+            raise RecordError("the transaction's input must be a JSON object")
         now = self.clock()
-        with self._write("record the transaction", " The transaction was NOT saved.") as conn:
-            envelope = Envelope(
-                infno=infno,
-                msgid=self._allocate(conn, now),
-                station=station,
-                operator=operator or station.operator,
-                insured_region=insured_region,
-                time=now,
-                input=input,
-            )
-            row = {
-                "msgid": envelope.msgid,
-                "infno": infno,
-                "created_at": now.astimezone(CST).isoformat(),
-                "card_sn": card_sn,
-                "insured_region": insured_region,
-                "treatment_region": station.region,
-                "envelope": envelope.to_wire(),
-                "next_attempt_at": now.timestamp(),
-            }
-            conn.execute(_INSERT, list(row.values()))
-        log.info("queued %s %s%s", infno, envelope.msgid, " (cross-region)" if envelope.cross_region else "")
-        return QueuedRecord.from_row(
-            {**row, "state": PENDING, "attempts": 0, "last_error": None, "done_at": None, "infcode": None, "reply": None}
-        )
+        stamp, inf_time, created_at = self._stamp(now)
+        # the whole envelope but its msgid, validated (RecordError) before any transaction
+        head, tail = self._envelope_parts(infno, insured_region, operator or station.operator)
+        tail = f'{tail[0]}{inf_time}{tail[1]}{encode(input)}}}'
+        ts = now.timestamp()
+        treatment = station.region
+        with self._errors("record the transaction", " The transaction was NOT saved."):
+            conn = self.db.conn
+            execute = conn.execute
+            execute("BEGIN IMMEDIATE")
+            try:
+                data_version = execute("PRAGMA data_version").fetchone()[0]
+                high = self._last if data_version == self._data_version else self._high(conn)
+                key = self._next_id(stamp, station.terminal_no, high)
+                msgid = f"{station.fixmedins_code}{key}"
+                envelope = f"{head}{msgid}{tail}"
+                execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope, ts))
+                execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    execute("ROLLBACK")
+                raise
+        self._last, self._data_version = key, data_version
+        if log.isEnabledFor(logging.INFO):
+            log.info("queued %s %s%s", infno, msgid, " (cross-region)" if insured_region != treatment else "")
+        return QueuedRecord(msgid, infno, dt.datetime.fromisoformat(created_at), card_sn, insured_region, treatment,
+                            envelope, PENDING, 0, ts, None, None, None, None)
+
+    def _envelope_parts(self, infno: str, insured_region: str, operator: Operator) -> tuple[str, tuple[str, str]]:
+        """The envelope's wire JSON cut around its msgid, ``inf_time`` and ``input``: exactly the text
+        :meth:`Envelope.to_wire` writes, made once per transaction code, region and operator."""
+        cache_key = (infno, insured_region, operator)
+        parts = self._envelopes.get(cache_key)
+        if parts is None:
+            fields = Envelope(infno, "", self.require_station(), operator, insured_region, self.clock(), {}).to_dict()
+            draft = encode({**fields, "inf_time": "", "input": None})
+            mark = "@"  # marks no field contains (so each occurs once: quotes surround them, they have none)
+            while mark in draft:
+                mark += "@"
+            marks = f"{mark}m{mark}", f"{mark}t{mark}"
+            wire = encode({**fields, "msgid": marks[0], "inf_time": marks[1], "input": None})
+            head, rest = wire.split(marks[0])
+            middle, end = rest.split(marks[1])
+            parts = head, (middle, end.removesuffix("null}"))
+            if len(self._envelopes) > 512:
+                self._envelopes.clear()
+            self._envelopes[cache_key] = parts
+        return parts
 
     def claim(self, limit: int, lease: float, *, ignore_schedule: bool = False) -> list[QueuedRecord]:
         """Take up to ``limit`` due records, oldest first, for one delivery attempt: they become
@@ -414,15 +548,15 @@ class Outbox:
         due = "next_attempt_at <= ?" if not ignore_schedule else "(state = 'pending' OR next_attempt_at <= ?)"
         with self._write("take records to send") as conn:
             rows = conn.execute(
-                f"SELECT rowid FROM records WHERE state IN ('{PENDING}', '{SENDING}') AND {due}"
-                " ORDER BY rowid LIMIT ?",
+                f"SELECT id FROM records WHERE state IN ('{PENDING}', '{SENDING}') AND {due}"
+                " ORDER BY id LIMIT ?",
                 [now, int(limit)],
             ).fetchall()
             conn.executemany(
-                f"UPDATE records SET state = '{SENDING}', next_attempt_at = ?, attempts = attempts + 1 WHERE rowid = ?",
+                f"UPDATE records SET state = '{SENDING}', next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
                 [(now + lease, rowid) for (rowid,) in rows],
             )
-        return self._select(f"rowid IN ({', '.join(str(r) for (r,) in rows)})", []) if rows else []
+        return self._select(f"id IN ({', '.join(str(r) for (r,) in rows)})", []) if rows else []
 
     def settle(self, outcomes: Iterable[Outcome]) -> tuple[int, int]:
         """Apply the service's answers: infcode 0 -> sent, negative -> dead (with ``err_msg``).
@@ -436,13 +570,14 @@ class Outbox:
                 state = SENT if outcome.infcode == 0 else DEAD
                 changed = conn.execute(
                     "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, last_error = ?"
-                    f" WHERE msgid = ? AND state IN ('{PENDING}', '{SENDING}')",
+                    f" WHERE id = ? AND msgid = ? AND state IN ('{PENDING}', '{SENDING}')",
                     [
                         state,
                         done_at,
                         outcome.infcode,
                         json.dumps(outcome.reply, ensure_ascii=False) if outcome.reply is not None else None,
                         (outcome.err_msg or "refused") if state == DEAD else None,
+                        _id(outcome.msgid),
                         outcome.msgid,
                     ],
                 ).rowcount
@@ -456,8 +591,8 @@ class Outbox:
         with self._write("record the failed upload") as conn:
             conn.executemany(
                 f"UPDATE records SET state = '{PENDING}', next_attempt_at = ?, last_error = ?"
-                f" WHERE msgid = ? AND state IN ('{PENDING}', '{SENDING}')",
-                [(at, error, m) for m, at in schedule],
+                f" WHERE id = ? AND msgid = ? AND state IN ('{PENDING}', '{SENDING}')",
+                [(at, error, _id(m), m) for m, at in schedule],
             )
 
     def retry_dead(self, msgids: Iterable[str] | None = None) -> int:
@@ -474,18 +609,19 @@ class Outbox:
             if wanted is None:
                 return conn.execute(revive, [now]).rowcount
             dead = {m for (m,) in conn.execute(
-                f"SELECT msgid FROM records WHERE state = '{DEAD}' AND msgid IN ({', '.join('?' * len(wanted))})", wanted
+                f"SELECT msgid FROM records WHERE state = '{DEAD}' AND id IN ({', '.join('?' * len(wanted))})",
+                [_id(m) for m in wanted],
             )} if wanted else set()
             missing = [m for m in wanted if m not in dead]
             if missing:
                 raise QueueError(f"Not a dead record in the queue: {', '.join(missing)}")
-            conn.executemany(revive + " AND msgid = ?", [(now, m) for m in wanted])
+            conn.executemany(revive + " AND id = ?", [(now, _id(m)) for m in wanted])
             return len(wanted)
 
     # --- reading ------------------------------------------------------------------------------------
 
     def _select(self, where: str, params: list[Any], limit: int | None = None, newest_first: bool = False) -> list[QueuedRecord]:
-        sql = f"SELECT * FROM records WHERE {where} ORDER BY rowid{' DESC' if newest_first else ''}"
+        sql = f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY id{' DESC' if newest_first else ''}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._errors("be read"):
@@ -493,7 +629,7 @@ class Outbox:
 
     def get(self, msgid: str) -> QueuedRecord:
         """The record ``msgid``; :class:`QueueError` if there is none."""
-        found = self._select("msgid = ?", [msgid])
+        found = self._select("id = ? AND msgid = ?", [_id(msgid), msgid])
         if not found:
             raise QueueError(f"No record {msgid} in the queue")
         return found[0]
@@ -533,7 +669,19 @@ class Outbox:
             ).fetchone()[0]
 
 
+_COLUMNS = ("msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope, state, attempts,"
+            " next_attempt_at, last_error, done_at, infcode, reply")
 _INSERT = (
-    "INSERT INTO records (msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
-    " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
+    " next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
 )
+#: the highest id used: records, and msgids issued without a record (``next_msgid``); 0 when none
+_HIGH = (
+    "SELECT max(coalesce((SELECT max(id) FROM records), 0),"
+    " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'msgid_floor'), 0))"
+)
+
+
+def _id(msgid: str) -> int:
+    """A msgid's row id (its 18 digits); -1, which no row has, for anything not a msgid."""
+    return int(msgid[12:]) if isinstance(msgid, str) and MSGID_RE.fullmatch(msgid) else -1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
 import logging
 import os
 import random
@@ -170,42 +171,56 @@ class CentralClient:
                 f"The central service answered HTTP {status}: records stay in the queue",
                 parse_retry_after(answer.headers.get("Retry-After")),
             )
-        try:
-            return answer.json()
-        except ValueError:
-            raise CentralProtocolError() from None
+        return parse_reply(answer.content)
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
         """One message, one platform response (``infcode``, ``err_msg``, ``output``...)."""
         response = self._post("/api/call", message)
-        if not isinstance(response, dict) or not isinstance(response.get("infcode"), int):
+        if not isinstance(response, dict) or type(response.get("infcode")) is not int:
             raise CentralProtocolError()
         return response
 
     def batch(self, messages: list[dict[str, Any]]) -> list[Outcome]:
         """Send messages as one batch; the answers for the messages sent (others are ignored)."""
         response = self._post("/api/batch", {"messages": messages})
-        results = response.get("results") if isinstance(response, dict) else None
-        if not isinstance(results, list):
-            raise CentralProtocolError()
-        sent = {m.get("msgid") for m in messages}
-        outcomes = [
-            Outcome(r["msgid"], r["infcode"], str(r.get("err_msg") or ""), r)
-            for r in results
-            if isinstance(r, dict) and isinstance(r.get("msgid"), str) and r["msgid"] in sent
-            and isinstance(r.get("infcode"), int)
-        ]
-        if not outcomes:
-            raise CentralProtocolError("The central service answered none of the messages sent")
-        return outcomes
+        return batch_outcomes(response, {m.get("msgid") for m in messages})
+
+
+def parse_reply(body: bytes) -> Any:
+    """A reply body as JSON; :class:`CentralProtocolError` when it is not (bad UTF-8, bad JSON, nested
+    too deep for the parser)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise CentralProtocolError() from None
+
+
+def batch_outcomes(response: Any, sent: set[Any]) -> list[Outcome]:
+    """The per-item answers of a batch reply (docs/central-api.md, "HTTP") for the msgids ``sent``.
+
+    An item counts only with a string msgid that was sent and an integer infcode (not a boolean);
+    anything else in the reply is ignored. :class:`CentralProtocolError` when no item counts.
+    """
+    results = response.get("results") if isinstance(response, dict) else None
+    if not isinstance(results, list):
+        raise CentralProtocolError()
+    outcomes = [
+        Outcome(r["msgid"], r["infcode"], str(r.get("err_msg") or "")[:500], r)
+        for r in results
+        if isinstance(r, dict) and isinstance(r.get("msgid"), str) and r["msgid"] in sent
+        and type(r.get("infcode")) is int
+    ]
+    if not outcomes:
+        raise CentralProtocolError("The central service answered none of the messages sent")
+    return outcomes
 
 
 def _err_msg(answer: httpx.Response) -> str:
     """The service's ``err_msg`` from an error answer, else the start of its body."""
     try:
-        body = answer.json()
-    except ValueError:
-        return answer.text[:200] or "no reason given"
+        body = parse_reply(answer.content)
+    except CentralProtocolError:
+        return answer.content[:200].decode("utf-8", "replace") or "no reason given"
     return str(body.get("err_msg") if isinstance(body, dict) and body.get("err_msg") else body)[:200]
 
 
@@ -233,6 +248,7 @@ class Uploader:
         self.lease = lease if lease is not None else max(60.0, 3 * timeout)
         self.backoff = backoff or Backoff()
         self.sign_no: str | None = None
+        outbox.join_uploaders()
 
     def close(self) -> None:
         """Close the HTTP connections (the outbox belongs to the caller)."""

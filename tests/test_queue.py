@@ -20,7 +20,7 @@ from queueing import (  # noqa: F401
 
 from apdu.errors import ConfigError
 from terminal.central import REQUIRED
-from terminal.envelope import CST, Fen, RecordError, Station, msgid_time, parse_yuan, yuan
+from terminal.envelope import CST, Envelope, Fen, Operator, RecordError, Station, msgid_time, parse_yuan, yuan
 from terminal.queue import SCHEMA_VERSION, Outbox, Outcome, QueueError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,7 +276,7 @@ def test_a_version_1_queue_is_migrated_and_keeps_every_record(tmp_path, clock):
     conn.close()
 
     with Outbox(path, clock=clock) as box:
-        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         old = [box.get(r.msgid) for r in envelopes]
         assert [(r.state, r.attempts) for r in old] == [("pending", 2), ("sent", 2), ("dead", 2)]
         assert old[2].last_error == "bad insutype"
@@ -285,6 +285,99 @@ def test_a_version_1_queue_is_migrated_and_keeps_every_record(tmp_path, clock):
         assert box.retry_dead() == 1
     with Outbox(path, clock=clock) as again:  # opening a current file migrates nothing
         assert again.counts() == {"pending": 2, "sending": 1, "sent": 1, "dead": 0}
+
+
+#: the schema as version 2 of this module wrote it: msgid the text primary key, the counter in meta
+SCHEMA_V2 = """
+CREATE TABLE records (
+    msgid TEXT PRIMARY KEY, infno TEXT NOT NULL, created_at TEXT NOT NULL, card_sn TEXT,
+    insured_region TEXT NOT NULL, treatment_region TEXT NOT NULL, envelope TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT, done_at TEXT, infcode INTEGER, reply TEXT);
+CREATE INDEX records_due ON records (state, next_attempt_at);
+CREATE INDEX records_card ON records (card_sn);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version=2;
+"""
+
+
+def test_a_version_2_queue_is_migrated_keeps_every_record_and_never_reuses_a_msgid(tmp_path, clock):
+    path = tmp_path / "old.sqlite"
+    with Outbox(tmp_path / "donor.sqlite", STATION, clock=clock) as donor:
+        made = [registration(donor) for _ in range(3)]  # ...0700, 0701, 0702
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V2)
+    for record, state in zip(made, ["sent", "dead", "pending"]):
+        conn.execute(
+            "INSERT INTO records (msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
+            " state, attempts, next_attempt_at, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, 0, ?)",
+            [record.msgid, "2201", record.created_at.isoformat(), CARD, "110105", "110105", record.envelope, state,
+             "bad insutype" if state == "dead" else None],
+        )
+    conn.execute("INSERT INTO meta VALUES ('station', ?)", [STATION.to_json()])
+    # the last msgid issued was a sign-in (0705) after the last record (0702): it must stay used
+    conn.execute("INSERT INTO meta VALUES ('msgid_last', '20260301093000/5')")
+    conn.commit()
+    conn.close()
+
+    with Outbox(path, clock=clock) as box:
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert [box.get(r.msgid).envelope for r in made] == [r.envelope for r in made]
+        assert [r.state for r in box.records()] == ["pending", "dead", "sent"]  # newest first, as before
+        assert box.get(made[1].msgid).last_error == "bad insutype"
+        assert box.db.execute("SELECT key FROM meta WHERE key = 'msgid_last'").fetchone() is None
+        assert registration(box).msgid.endswith("0706")  # above the sign-in's msgid, not just the records'
+        assert [r.msgid for r in box.claim(10, lease=60)][0] == made[2].msgid  # the old one first
+        assert box.retry_dead([made[1].msgid]) == 1
+        assert box.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert box.db.execute("SELECT count(*) FROM records WHERE id != CAST(substr(msgid, 13) AS INTEGER)"
+                              ).fetchone()[0] == 0
+    with Outbox(path, clock=clock) as again:
+        assert again.counts() == {"pending": 1, "sending": 2, "sent": 1, "dead": 0}
+
+
+def test_the_table_key_refuses_a_msgid_that_does_not_match_it(outbox):
+    registration(outbox)
+    with pytest.raises(sqlite3.IntegrityError):  # a second row with the same digits cannot exist
+        outbox.db.conn.execute("INSERT INTO records (id, msgid, infno, created_at, insured_region,"
+                               " treatment_region, envelope) SELECT id, 'X' || substr(msgid, 2), infno,"
+                               " created_at, insured_region, treatment_region, envelope FROM records")
+    with pytest.raises(sqlite3.IntegrityError):  # nor a msgid whose digits are not its id
+        outbox.db.conn.execute("INSERT INTO records (id, msgid, infno, created_at, insured_region,"
+                               " treatment_region, envelope) VALUES (1, 'H11010500001202603010930000799',"
+                               " '2201', '', '110105', '110105', '{}')")
+
+
+def test_connections_taking_turns_never_reuse_a_msgid_nor_go_backwards(tmp_path, clock):
+    """Each connection remembers its last id; another one's record or sign-in in between is seen."""
+    path = tmp_path / "q.sqlite"
+    with Outbox(path, STATION, clock=clock) as a, Outbox(path, clock=clock) as b:
+        issued = []
+        for turn in range(120):
+            box = (a, b, b, a)[turn % 4]
+            issued.append(box.next_msgid() if turn % 7 == 3 else registration(box).msgid)
+            if turn % 50 == 49:
+                clock.tick(-30)  # a clock set back: stamps reuse the last second
+        stored = [r.msgid for r in a.records()][::-1]
+    assert issued == sorted(issued) and len(set(issued)) == len(issued)
+    assert stored == [m for m in issued if m in set(stored)]
+    assert len(stored) == 120 - len([t for t in range(120) if t % 7 == 3])
+
+
+def test_the_queued_envelope_is_exactly_what_the_envelope_class_writes(outbox, clock):
+    record = purchase(outbox)
+    message = json.loads(record.envelope)
+    again = Envelope(
+        message["infno"], record.msgid, STATION, STATION.operator, message["insuplc_admdvs"], clock(),
+        {"data": {"psn_no": "P0001", "med_type": "41", "medfee_sumamt": Fen(2350), "acct_pay": Fen(2350)}},
+    )
+    assert record.envelope == again.to_wire()
+    other = Operator("D002", "李医生\"@m@\"@@t@@")  # quotes, and the marks the template would use
+    record = outbox.add("2201", {"data": {"名": "张三"}}, insured_region="310101", operator=other)
+    assert record.envelope == Envelope("2201", record.msgid, STATION, other, "310101", clock(),
+                                       {"data": {"名": "张三"}}).to_wire()
 
 
 def test_a_full_disk_is_a_clear_error_and_the_record_is_not_saved(outbox):
@@ -383,6 +476,31 @@ def test_a_batch_whose_uploader_died_is_taken_again_when_its_lease_ends(outbox, 
     assert outbox.claim(10, lease=90) == []
     clock.tick(1)
     assert [r.msgid for r in outbox.claim(10, lease=90)] == ids
+
+
+def test_a_batch_whose_uploader_process_is_gone_is_taken_back_at_once_by_the_next_uploader(outbox, clock):
+    ids = [registration(outbox).msgid for _ in range(3)]
+    with Outbox(outbox.path, clock=clock) as dying:
+        assert dying.join_uploaders() == 0  # nothing to take back yet
+        assert len(dying.claim(2, lease=90)) == 2
+    # closing released its flock, as the kernel does for a process killed with SIGKILL
+    with Outbox(outbox.path, clock=clock) as next_one:
+        assert next_one.join_uploaders() == 2  # no uploader is alive: no lease to wait for
+        assert next_one.counts() == {"pending": 3, "sending": 0, "sent": 0, "dead": 0}
+        assert next_one.get(ids[0]).last_error == "the previous upload stopped mid-batch"
+        assert next_one.get(ids[2]).last_error is None
+        taken = next_one.claim(10, lease=90)  # due now, not in 90 s
+        assert [r.msgid for r in taken] == ids and [r.attempts for r in taken] == [2, 2, 1]
+
+
+def test_a_batch_of_an_uploader_still_alive_is_left_to_its_lease(outbox, clock):
+    registration(outbox)
+    with Outbox(outbox.path, clock=clock) as alive:
+        alive.join_uploaders()
+        assert len(alive.claim(10, lease=90)) == 1
+        with Outbox(outbox.path, clock=clock) as other:
+            assert other.join_uploaders() == 0  # a shared lock is held: the batch is alive's own
+            assert other.counts()["sending"] == 1 and other.claim(10, lease=90) == []
 
 
 def test_retry_dead_revives_all_or_the_named_records_only(outbox, clock):
