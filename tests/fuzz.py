@@ -148,9 +148,53 @@ def card_records(data: bytes) -> None:
     SocialSecurityCard(MemoryConnection(ScriptedCard(answers))).read_identity()
 
 
+#: a valid settlement as the uploader sends it (docs/central-api.md, "Envelope"), the seed of the
+#: central-request inputs; its sign_no is signed in on the fuzzed service's ledger
+MESSAGE = {
+    "infno": "2102", "msgid": "H11010500001202603010930000001", "mdtrtarea_admvs": "110105",
+    "insuplc_admdvs": "310101", "opter_type": "1", "opter": "D001", "opter_name": "王医生",
+    "inf_time": "2026-03-01 09:30:00", "fixmedins_code": "H11010500001", "fixmedins_name": "北京测试医院",
+    "sign_no": "SIGNED", "input": {"data": {"psn_no": "P0001", "medfee_sumamt": "23.50", "acct_pay": "23.50"}},
+}
+_ledger = None
+
+
+def central_request(data: bytes) -> None:
+    """The reference service's request parser and ledger: first byte picks the path, the rest is the body.
+
+    BadRequest (HTTP 400/404/413), Unsigned (401) and Unanswerable (422) are its typed refusals; any
+    message that gets through is answered once, with an integer infcode, and a repeat gets the same answer.
+    """
+    from terminal.central.service import BadRequest, Ledger, Unanswerable, Unsigned, parse_request
+
+    global _ledger
+    if _ledger is None:
+        _ledger = Ledger(Path(_profile_dir.name) / "central.sqlite")
+        _ledger.conn.execute("INSERT OR IGNORE INTO signins VALUES ('SIGNED', 'H11010500001', 'D001', 'now')")
+    path = ("/api/batch", "/api/call", "/api/other")[data[0] % 3] if data else "/api/call"
+    try:
+        messages, single = parse_request(path, data[1:])
+        answers = _ledger.process(messages)
+    except (BadRequest, Unanswerable, Unsigned):
+        return
+    assert len(answers) == len(messages) and all(type(a["infcode"]) is int for a in answers)
+    if single:
+        assert len(answers) == 1
+
+
+def central_reply(data: bytes) -> None:
+    """The uploader's reply parser: a batch reply's bytes to per-record outcomes for the msgids sent."""
+    from terminal.upload import batch_outcomes, parse_reply
+
+    sent = {MESSAGE["msgid"], "H11010500001202603010930000002"}
+    for outcome in batch_outcomes(parse_reply(data), sent):
+        assert outcome.msgid in sent and type(outcome.infcode) is int and isinstance(outcome.err_msg, str)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     f.__name__.replace("_", "-"): f
-    for f in (command, response, simple_tlv, ber_tlv, profile, profile_json, vpcd_frames, card_records)
+    for f in (command, response, simple_tlv, ber_tlv, profile, profile_json, vpcd_frames, card_records,
+              central_request, central_reply)
 }
 
 
@@ -173,7 +217,8 @@ def main(argv: list[str]) -> int:
         return 2
     import atheris
 
-    for module in ("drivers.simulator.profile", "drivers.vpcd", "drivers.memory", "terminal.card"):
+    for module in ("drivers.simulator.profile", "drivers.vpcd", "drivers.memory", "terminal.card",
+                   "terminal.central.service", "terminal.upload"):
         __import__(module)  # imported now so that instrument_all covers them
     atheris.instrument_all()  # coverage feedback for every loaded Python function
     atheris.Setup([argv[0], *argv[2:]], lambda data: run(target, data))

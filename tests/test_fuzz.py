@@ -58,6 +58,30 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                            max_leaves=6)
 
+def envelope_json(messages: list[dict]) -> st.SearchStrategy[bytes]:
+    """A batch body of the given messages, a field or two replaced by any JSON value, then mutated."""
+    import json
+
+    @st.composite
+    def build(draw: st.DrawFn) -> bytes:
+        batch = [dict(m) for m in messages]
+        for _ in range(draw(st.integers(0, 2))):
+            message = draw(st.sampled_from(batch))
+            message[draw(st.sampled_from(sorted(message)))] = draw(json_values)
+        return json.dumps({"messages": batch}, ensure_ascii=False).encode()
+
+    return mutated(build())
+
+
+def reply_json() -> st.SearchStrategy[bytes]:
+    """A batch reply naming the sent msgids (or others), infcodes of any JSON type, then mutated."""
+    import json
+
+    item = st.fixed_dictionaries({"msgid": st.sampled_from((fuzz.MESSAGE["msgid"], "H11010500001202603010930000002", "X")) | json_values,
+                                  "infcode": st.sampled_from((0, -1)) | json_values}, optional={"err_msg": json_values})
+    return mutated(st.builds(lambda items: json.dumps({"results": items}).encode(), st.lists(item, max_size=4)))
+
+
 INPUTS = {
     "command": st.one_of(st.binary(max_size=300), mutated(short_apdu), mutated(extended_apdu)),
     "response": st.binary(max_size=300),
@@ -68,6 +92,10 @@ INPUTS = {
     "vpcd-frames": st.one_of(st.binary(max_size=300), mutated(frames)),
     "card-records": st.one_of(st.binary(max_size=400),
                               st.lists(mutated(simple_records), max_size=16).map(lambda rs: b"\xfe".join(rs))),
+    "central-request": st.one_of(st.binary(max_size=300),
+                                 st.builds(lambda path, body: bytes((path,)) + body, st.integers(0, 2),
+                                           envelope_json([fuzz.MESSAGE, {**fuzz.MESSAGE, "msgid": fuzz.MESSAGE["msgid"][:-1] + "2"}]))),
+    "central-reply": st.one_of(st.binary(max_size=300), reply_json()),
 }
 
 

@@ -50,6 +50,8 @@ GARBAGE = (
     b'{"results": [{"msgid": 5, "infcode": "zero"}]}',
 )
 MAX_BATCH = 500
+#: the largest request body read (a full batch of large messages is well under it)
+MAX_BODY = 16 * 1024 * 1024
 #: seconds an idle keep-alive connection is kept open
 IDLE_TIMEOUT = 30
 #: how often the serving loop checks for stop() (seconds)
@@ -78,6 +80,36 @@ class Unsigned(Exception):
 
 class Unanswerable(Exception):
     """A message has no msgid, so no per-item answer can name it: the batch is refused with HTTP 422."""
+
+
+class BadRequest(Exception):
+    """A request that is not a call or a batch (central-service.md, "HTTP"): answered with ``status``."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON (an empty body is ``null``); :class:`BadRequest` when it is not JSON."""
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
+        raise BadRequest(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
+
+
+def parse_request(path: str, body: bytes) -> tuple[list[Any], bool]:
+    """The messages of a POST to ``/api/call`` (one) or ``/api/batch`` (1 to MAX_BATCH), and whether it was
+    one call; :class:`BadRequest` for anything else. The messages themselves are checked one by one later."""
+    if path not in ("/api/call", "/api/batch"):
+        raise BadRequest(HTTPStatus.NOT_FOUND, "not found")
+    payload = parse_json(body)
+    if path == "/api/call":
+        return [payload], True
+    messages = payload.get("messages") if isinstance(payload, dict) else None
+    if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH:
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"a batch is {{\"messages\": [1 to {MAX_BATCH}]}}")
+    return messages, False
 
 
 @dataclass
@@ -340,9 +372,14 @@ def _handler(service: CentralService) -> type[BaseHTTPRequestHandler]:
         def _error(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
             self._send(status, {"infcode": -1, "err_msg": message}, headers)
 
-        def _json(self) -> Any:
-            length = int(self.headers.get("Content-Length") or 0)
-            return json.loads(self.rfile.read(length) or b"null")
+        def _body(self) -> bytes:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
+            if not 0 <= length <= MAX_BODY:
+                raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a request body is at most {MAX_BODY} bytes")
+            return self.rfile.read(length)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path != "/_stats":
@@ -352,19 +389,12 @@ def _handler(service: CentralService) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             try:
-                payload = self._json()
-            except (ValueError, UnicodeDecodeError):
-                return self._error(HTTPStatus.BAD_REQUEST, "the body is not JSON")
-            if self.path == "/_control":
-                return self._control(payload)
-            if self.path == "/api/call":
-                messages, single = [payload], True
-            elif self.path == "/api/batch":
-                messages, single = payload.get("messages") if isinstance(payload, dict) else None, False
-                if not isinstance(messages, list) or not 0 < len(messages) <= MAX_BATCH:
-                    return self._error(HTTPStatus.BAD_REQUEST, f"a batch is {{\"messages\": [1 to {MAX_BATCH}]}}")
-            else:
-                return self._error(HTTPStatus.NOT_FOUND, "not found")
+                body = self._body()
+                if self.path == "/_control":
+                    return self._control(parse_json(body))
+                messages, single = parse_request(self.path, body)
+            except BadRequest as err:
+                return self._error(err.status, str(err))
             self._serve(messages, single)
 
         def _serve(self, messages: list[Any], single: bool) -> None:
