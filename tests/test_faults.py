@@ -169,6 +169,25 @@ def all_msgids(folder: Path) -> list[str]:
 VICTIMS, ROUNDS = ("service", "uploader", "none"), 15
 
 
+def held_by_service(url: str) -> int:
+    """Messages the central service has stored so far (its ``/_stats``)."""
+    return httpx.get(f"{url}/_stats", timeout=5).json()["messages"]
+
+
+def kill_mid_upload(victim: subprocess.Popen, uploader: subprocess.Popen, url: str, after: int) -> bool:
+    """SIGKILL ``victim`` once the service holds ``after`` more messages than now, i.e. inside the
+    uploader's batches rather than at a guessed moment; False when the uploader finished first."""
+    target = held_by_service(url) + after
+    deadline = time.monotonic() + 30
+    while uploader.poll() is None and time.monotonic() < deadline:
+        if held_by_service(url) >= target:
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def test_upload_with_service_and_uploader_killed_at_random_ends_with_exactly_the_day(tmp_path):
     run_the_day(tmp_path)
     rng = random.Random(20261125)
@@ -177,22 +196,19 @@ def test_upload_with_service_and_uploader_killed_at_random_ends_with_exactly_the
     central_db = tmp_path / "central.sqlite"
     service = start_service(central_db, port)
     kills = {"service": 0, "uploader": 0}
+    clinic = PLACES["desk"][0]  # where the admissions pile up: an uploader there has batches to be cut off in
     try:
         for round_no in range(ROUNDS):
             more_admissions(tmp_path, 60)
+            victim = VICTIMS[round_no % len(VICTIMS)]
+            queue = clinic if victim != "none" else QUEUES[round_no % len(QUEUES)]
             uploader = subprocess.Popen(
-                sscard("queue", "upload", "-q", str(tmp_path / QUEUES[round_no % len(QUEUES)]), "--central", url,
+                sscard("queue", "upload", "-q", str(tmp_path / queue), "--central", url,
                        "--batch-size", "1", "--now", "--no-progress"),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.2, 0.6))  # during the uploader's start-up or inside its batches
-            victim = VICTIMS[round_no % len(VICTIMS)]
-            if victim == "uploader" and uploader.poll() is None:
-                uploader.send_signal(signal.SIGKILL)
-                kills["uploader"] += 1
-            elif victim == "service":
-                service.send_signal(signal.SIGKILL)
-                service.wait()
-                kills["service"] += 1
+            if victim != "none":  # after a random number (1 to 40) of the round's 60 batches have landed
+                process = uploader if victim == "uploader" else service
+                kills[victim] += kill_mid_upload(process, uploader, url, rng.randint(1, 40))
             try:
                 uploader.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -217,7 +233,7 @@ def test_upload_with_service_and_uploader_killed_at_random_ends_with_exactly_the
     duplicates = len(held) - len(set(held))
     print(f"\nupload under fire: {len(msgids)} records, service killed {kills['service']} times, uploader "
           f"{kills['uploader']} times ({orphans} records left sending); records lost {len(lost)}, duplicates {duplicates}, unknown {len(extra)}")
-    assert kills["service"] >= 3 and kills["uploader"] >= 3, kills
+    assert kills["service"] == kills["uploader"] == ROUNDS // len(VICTIMS), kills  # every kill round killed mid-upload
     assert not lost and not extra and duplicates == 0
 
 
