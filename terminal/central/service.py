@@ -22,6 +22,7 @@ import json
 import logging
 import socket
 import sqlite3
+import sys
 import threading
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -259,6 +260,18 @@ def _valid_msgid(msgid: Any) -> bool:
     return True
 
 
+class _Server(ThreadingHTTPServer):
+    """An HTTP server whose clients may hang up mid-request (an uploader killed or timed out): that is
+    one log line, not socketserver's traceback on stderr."""
+
+    def handle_error(self, request: Any, client_address: tuple[str, int]) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            log.info("client %s:%s hung up: %s", *client_address[:2], err)
+        else:
+            log.error("error serving %s:%s", *client_address[:2], exc_info=True)
+
+
 class CentralService:
     """The service on ``host:port`` (port 0: any free port), storing its ledger at ``db_path``."""
 
@@ -268,7 +281,7 @@ class CentralService:
         self.fault_lock = threading.Lock()
         self.stopping = threading.Event()
         self.faulty_requests = 0
-        self.server = ThreadingHTTPServer((host, port), _handler(self))
+        self.server = _Server((host, port), _handler(self))
         self.server.daemon_threads = False  # server_close() joins the handlers before the ledger closes
         self.connections: set[socket.socket] = set()
         self.thread: threading.Thread | None = None
