@@ -222,6 +222,19 @@ def test_a_message_missing_fields_is_rejected_per_item(outbox, central):
     assert outcomes[broken["msgid"]].infcode == -1 and "insuplc_admdvs" in outcomes[broken["msgid"]].err_msg
 
 
+def test_fields_of_the_wrong_json_type_are_rejected_per_item_not_a_server_error(outbox, central):
+    client = CentralClient(central.url)
+    sign_no = client.call(signin(outbox))["output"]["signinoutb"]["sign_no"]
+    good = message(outbox, sign_no)
+    listed = {**message(outbox, sign_no), "infno": ["2102"]}  # found by the central-request fuzz target
+    odd_signin = {**signin(outbox), "opter": {"id": "C001"}}  # would have reached the signins table
+    outcomes = {o.msgid: o for o in client.batch([good, listed, odd_signin])}
+    client.close()
+    assert outcomes[good["msgid"]].infcode == 0
+    assert outcomes[listed["msgid"]].infcode == -1 and "infno must be text" in outcomes[listed["msgid"]].err_msg
+    assert outcomes[odd_signin["msgid"]].infcode == -1 and "opter must be text" in outcomes[odd_signin["msgid"]].err_msg
+
+
 def test_central_errors_carry_the_documented_exit_code():
     assert CentralError().exit_code == 14
 

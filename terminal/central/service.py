@@ -215,6 +215,9 @@ class Ledger:
         missing = [f for f in REQUIRED if f not in message]
         if missing:
             raise Rejected(f"missing fields: {', '.join(missing)}")
+        not_text = [f for f in REQUIRED if f != "input" and not isinstance(message[f], str)]
+        if not_text:
+            raise Rejected(f"{', '.join(not_text)} must be text")
         infno, msgid, body = message["infno"], message["msgid"], message["input"]
         if infno not in INFNO:
             raise Rejected(f"unknown infno {infno!r}")
