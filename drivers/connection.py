@@ -40,6 +40,9 @@ class Connection(ABC):
 
     #: human name of where the card sits (reader name, ``memory:PROFILE``)
     name: str = "card"
+    #: True when the card is a simulator's (in memory, or in vsmartcard's virtual reader): the only
+    #: cards the public TEST keys may vouch for (docs/security.md, "Counterfeit card")
+    virtual: bool = False
 
     def __init__(self) -> None:
         self.apdu_count = 0

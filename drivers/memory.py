@@ -14,6 +14,8 @@ class MemoryConnection(Connection):
     (used to test removal at every step of a flow).
     """
 
+    virtual = True
+
     def __init__(self, card: SimulatedCard, name: str = "memory", remove_after: int | None = None) -> None:
         super().__init__()
         self.card = card

@@ -36,6 +36,8 @@ from drivers.connection import Connection
 
 log = logging.getLogger(__name__)
 
+#: how vsmartcard-vpcd names its readers ("Virtual PCD 00 00"): the cards in them are simulated
+VIRTUAL_READER = "Virtual PCD "
 #: pcsc-lite's pseudo reader whose state changes when a reader is plugged or unplugged
 PNP_NOTIFICATION = "\\\\?PnP?\\Notification"
 
@@ -233,6 +235,7 @@ class PCSCConnection(Connection):
         if disposition not in DISPOSITIONS:
             raise TransportError(f"Unknown disposition {disposition!r}: use {', '.join(DISPOSITIONS)}")
         self.name = reader
+        self.virtual = reader.startswith(VIRTUAL_READER)
         self.exclusive = exclusive
         self._context: Context | None = None
         self._card: int | None = None

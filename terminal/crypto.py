@@ -267,8 +267,16 @@ def check_genuine(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef | N
     store computes (docs/card-profile.md, "Internal authentication"). Returns the card's key reference.
 
     Raises CardAuthenticationError ("The card failed authentication ...", exit 8) on a wrong
-    cryptogram or when the card refuses the command; a removed card stays CardRemovedError.
+    cryptogram or when the card refuses the command; a removed card stays CardRemovedError. With the
+    bundled TEST keys, a card that is not virtual (``Connection.virtual``) is refused first
+    (KeyStoreError, exit 12): those keys are public, so a forged card would pass them.
     """
+    if store.test_only and not card.connection.virtual:
+        raise KeyStoreError(
+            f"This terminal uses the public TEST keys, which prove nothing about a card in a real reader "
+            f"({card.connection.name}): anyone can make a card that passes them. Configure the PSAM "
+            '([keys] store = "psam:READER", --psam) or a key file ("file:PATH", --key-file).'
+        )
     ref = ref or CardKeyRef.read(card)
     challenge = random(ref.algorithm.block_size)
     try:

@@ -19,6 +19,7 @@ from apdu.errors import (
     AuthenticationMethodBlockedError,
     CardAuthenticationError,
     CardRemovedError,
+    KeyStoreError,
     PINBlockedError,
     TerminalAuthenticationError,
     WrongPINError,
@@ -74,6 +75,17 @@ STORES = {"software": software, "psam": psam}
 
 
 @pytest.fixture
+def key_file_store(tmp_path) -> KeyStore:
+    """The TEST master keys from a key file not marked test-only: what a site's own file looks like."""
+    data = json.loads((Path(__file__).resolve().parents[1] / "fixtures/keys/test-keys.json").read_text())
+    data["test_only"] = False
+    path = tmp_path / "site-keys.json"
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+    return SoftwareKeyStore.from_file(path)
+
+
+@pytest.fixture
 def wrong_keys(tmp_path) -> KeyStore:
     """A well-formed key file (mode 600) whose master keys are not the cards'."""
     data = json.loads((ROOT / "fixtures/keys/test-keys.json").read_text())
@@ -101,6 +113,19 @@ def test_counterfeit_fails_with_exit_8(store):
     with pytest.raises(CardAuthenticationError) as err:
         check_genuine(session("counterfeit"), STORES[store]())
     assert "card failed authentication" in str(err.value) and err.value.exit_code == 8
+
+
+def test_the_test_keys_vouch_only_for_virtual_cards(key_file_store):
+    """A card forged with the public TEST keys passes them: in a real reader they are refused outright,
+    before any command, while a key file (or PSAM) checks the same card as usual."""
+    card = session("adult")
+    card.connection.virtual = False  # as PCSCConnection is for any reader but vsmartcard's "Virtual PCD"
+    sent = len(card.connection.sent)
+    with pytest.raises(KeyStoreError) as err:
+        check_genuine(card, software())
+    assert err.value.exit_code == 12 and "TEST keys" in str(err.value) and "PSAM" in str(err.value)
+    assert len(card.connection.sent) == sent  # nothing was asked of the card
+    assert check_genuine(card, key_file_store).algorithm.value == "3DES"  # the same keys from a file: checked
 
 
 def test_genuine_card_fails_against_other_keys(wrong_keys):

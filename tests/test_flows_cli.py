@@ -25,10 +25,14 @@ def normal(text: str) -> list[str]:
 
 @pytest.fixture
 def configs(tmp_path):
-    """The clinic's configuration and the bank's, each with its own queue."""
+    """The clinic's configuration and the bank's, each with its own queue, keys from the virtual PSAM."""
     clinic = write_config(tmp_path / "clinic")
     bank = write_config(tmp_path / "bank")
     bank.write_text(bank.read_text(encoding="utf-8").replace("H33030200001", "B33030000007"), encoding="utf-8")
+    for config in (clinic, bank):
+        text = config.read_text(encoding="utf-8")
+        assert 'store = "test"' in text
+        config.write_text(text.replace('store = "test"', 'store = "psam:sim:psam"'), encoding="utf-8")
     return {"clinic": clinic, "bank": bank}
 
 
@@ -137,3 +141,11 @@ def test_demo_day_uploads_everything_and_prints_the_service(tmp_path):
             assert db.execute("SELECT count(*) FROM records WHERE state != 'sent'").fetchone()[0] == 0
     held = CliRunner().invoke(main, ["demo", "--json"])
     assert held.exit_code == 0 and len(json.loads(held.stdout)) == 7
+
+
+def test_a_counter_command_on_the_test_keys_says_so(tmp_path):
+    config = write_config(tmp_path)  # the default [keys] store = "test"
+    result = run(config, ["desk", "register", "--reader", "sim:adult", "--type", "outpatient",
+                          "--department", "内科", "--pin-stdin"], "246810\n")
+    assert result.exit_code == 0, result.output
+    assert "Warning: using the TEST keys" in result.stderr and "real reader is refused" in result.stderr

@@ -365,16 +365,16 @@ def test_a_client_hanging_up_mid_request_is_one_log_line_not_a_traceback(central
     import socket
     import struct
 
+    caplog.set_level("INFO", logger="terminal.central.service")  # before the first request is served
     host, port = central.server.server_address[:2]
     for _ in range(3):  # a half-sent request, then a reset (SO_LINGER 0), as a SIGKILLed uploader leaves it
         sock = socket.create_connection((host, port))
         sock.sendall(b"POST /batch HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-    with caplog.at_level("INFO", logger="terminal.central.service"):
-        deadline = time.monotonic() + 10
-        while not any("hung up" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not any("hung up" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert any("hung up" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert "Traceback" not in capfd.readouterr().err
     assert httpx.get(f"{central.url}/_stats").json()["messages"] == 0  # and the service still answers

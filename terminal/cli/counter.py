@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
 from terminal.flows.common import Site
@@ -54,6 +55,7 @@ def open_site(config_path: Path | None) -> Iterator[tuple[TerminalConfig, Site]]
     """The configuration, and the site it names (queue opened with the station, key store opened)."""
     config = load_config(config_path)
     with Outbox(config.queue_path, config.station) as outbox, open_key_store(**config.key_store_args()) as keys:
+        announce_key_store(keys)
         yield config, Site(outbox, keys)
 
 

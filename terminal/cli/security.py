@@ -20,8 +20,8 @@ from terminal.crypto import KeyStore, authenticate_terminal, check_genuine, open
 from terminal.readers import open_connection
 
 TEST_KEYS_WARNING = (
-    "Warning: using the TEST keys (public, for the simulator's virtual cards only): a real card will fail. "
-    "Use --psam READER or --key-file PATH."
+    "Warning: using the TEST keys (public, for the simulator's virtual cards only): a card in a real reader "
+    "is refused. Use --psam READER or --key-file PATH."
 )
 
 
@@ -38,7 +38,8 @@ def key_store_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def _announce(store: KeyStore) -> None:
+def announce_key_store(store: KeyStore) -> None:
+    """Warn on stderr when the key store is the bundled TEST keys."""
     if store.test_only:
         click.echo(TEST_KEYS_WARNING, err=True)
 
@@ -59,7 +60,7 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, also_termi
       sscard auth --reader "Virtual PCD 00 00" --psam "Virtual PCD 00 01"
     """
     with open_key_store(psam, key_file) as store, open_connection(reader) as connection:
-        _announce(store)
+        announce_key_store(store)
         card = SocialSecurityCard(connection)
         card.select()
         ref = check_genuine(card, store)
@@ -110,7 +111,7 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, id_nu
     Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
     """
     with open_key_store(psam, key_file) as store, open_connection(reader) as connection:
-        _announce(store)
+        announce_key_store(store)
         card = SocialSecurityCard(connection)
         card.select()
         ref = check_genuine(card, store)
