@@ -4,7 +4,7 @@
 #   make test   the same set-up, then the whole test suite (pcscd + vpcd included)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-SYSPKGS := pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools swig gcc
+SYSPKGS := pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools swig gcc python3-venv python3-dev
 
 .PHONY: demo test system venv clean
 
