@@ -317,6 +317,20 @@ def test_purchase_sale_number_reused_for_other_items_is_refused(lina_account):
     assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1
 
 
+def test_purchase_sale_number_paid_with_another_card_is_refused(lina_account):
+    site = lina_account
+    other = sim("old-medical-zhangwei")
+    dual_card_activate(read_old_card(other), sim("adult"), site, clerk(PINS["adult"]), other)
+    purchase(sim("not-activated"), site, "T0001", ITEMS, clerk(PINS["not-activated"]))
+    said = clerk(PINS["adult"])
+    with pytest.raises(PaymentRefusedError, match="T0001 was already paid with another card") as refused:
+        purchase(sim("adult"), site, "T0001", ITEMS, said)
+    assert "李娜" not in str(refused.value) and "330302199203081020" not in str(refused.value)
+    assert said.pins == [PINS["adult"]]  # refused before the PIN was asked
+    assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1
+    assert PaymentRefusedError.exit_code == 16
+
+
 def _fresh(site):
     """The same site with an empty queue in another file (the card is not active there)."""
     from terminal.flows.common import Site

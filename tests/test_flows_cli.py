@@ -149,3 +149,19 @@ def test_a_counter_command_on_the_test_keys_says_so(tmp_path):
                           "--department", "内科", "--pin-stdin"], "246810\n")
     assert result.exit_code == 0, result.output
     assert "Warning: using the TEST keys" in result.stderr and "real reader is refused" in result.stderr
+
+
+def test_one_till_sale_paid_once_whatever_the_card(configs):
+    clinic = configs["clinic"]
+    for old, new, pin in (("sim:old-medical-lina", "sim:not-activated", "123456"),
+                          ("sim:old-medical-zhangwei", "sim:adult", "246810")):
+        moved = run(clinic, ["pharmacy", "activate", "--old-reader", old, "-r", new, "--pin-stdin"], pin + "\n")
+        assert moved.exit_code == 0, moved.output
+    paid = run(clinic, ["pharmacy", "purchase", "-r", "sim:not-activated", "--sale", "T0001", "--item", "x:1:1.00",
+                        "--pin-stdin"], "123456\n")
+    assert paid.exit_code == 0, paid.output
+    again = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T0001", "--item", "x:1:1.00",
+                         "--pin-stdin", "--json"], "246810\n")
+    assert again.exit_code == 16 and again.stdout == "", again.output
+    assert "Sale T0001 was already paid with another card" in again.stderr and "李娜" not in again.stderr
+    assert [infno for infno, _ in records(clinic)].count("2102") == 1

@@ -221,10 +221,18 @@ def _same_sale(record: QueuedRecord, items: list[Item]) -> bool:
     return lines == [(i.name, i.quantity, i.price) for i in items]
 
 
+def _paid_by_another_card(site: Site, sale_no: str, card_sn: str) -> QueuedRecord | None:
+    """A settlement of this terminal for ``sale_no`` paid with a card other than ``card_sn``: the till's
+    sale number names one sale, whoever paid it (the other holder is never named)."""
+    return first(site.outbox.records(), lambda r: r.infno == SETTLEMENT and r.card_sn != card_sn
+                 and record_data(r).get("chrg_bchno") == sale_no)
+
+
 def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item], clerk: Clerk) -> Purchase:
     """Pay ``items`` from the holder's personal account (module docstring). Refusals queue nothing:
     counterfeit (8), wrong/blocked PIN (6/7), card removed before the payment (4), card not
-    activated (15), balance unknown or too low, sale number used for another sale (16)."""
+    activated (15), balance unknown or too low, sale number used for another sale or already paid
+    with another card (16)."""
     if not SALE_NO.fullmatch(sale_no or ""):
         raise PaymentRefusedError("The sale number must be 1 to 30 letters, digits or '-' (from the till)")
     if not items:
@@ -238,6 +246,9 @@ def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item]
                            "or by a dual-card insert. Nothing was recorded.")
     view = account_view(site.outbox, at.card_sn)
     paid = first(view.payments, lambda r: record_data(r).get("chrg_bchno") == sale_no)
+    if paid is None and _paid_by_another_card(site, sale_no, at.card_sn) is not None:
+        raise PaymentRefusedError(f"Sale {sale_no} was already paid with another card: a sale is paid once. "
+                                  "Nothing was recorded.")
     if paid is not None:
         if not _same_sale(paid, items):
             raise PaymentRefusedError(f"Sale {sale_no} was already paid with other items ({paid.msgid}). "
