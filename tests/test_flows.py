@@ -299,6 +299,10 @@ def test_purchase_refusals_queue_nothing(lina_account):
         purchase(sim("not-activated"), site, "bad sale!", ITEMS, clerk(PINS["not-activated"]))
     with pytest.raises(PaymentRefusedError, match="at least one item"):
         purchase(sim("not-activated"), site, "S7", [], clerk(PINS["not-activated"]))
+    zero = clerk(PINS["not-activated"])
+    with pytest.raises(PaymentRefusedError, match="total is 0.00 yuan"):
+        purchase(sim("not-activated"), site, "S12", [Item.parse("空:1:0"), Item.parse("赠品:2:0.00")], zero)
+    assert zero.pins == [PINS["not-activated"]]  # refused before the PIN
     assert count(site) == before
 
 
@@ -354,7 +358,9 @@ def test_money_refuses_anything_else(text):
 def test_items_parse_and_refuse():
     assert Item.parse("阿莫西林胶囊:2:12.50") == Item("阿莫西林胶囊", 2, Fen(1250))
     assert Item.parse("a:b:c:3:1").name == "a:b:c"
-    for bad in ("阿莫西林胶囊:2", ":1:1", "x:0:1", "x:1.5:1", "x:10000:1"):
+    assert Item.parse("x: 3 :1") == Item("x", 3, Fen(100))
+    for bad in ("阿莫西林胶囊:2", ":1:1", "x:0:1", "x:1.5:1", "x:10000:1",
+                "x:²:1.00", "x:٣:1.00", "x:３:1.00", "x:1:٣.00", "x:1:1.٥0"):  # ASCII digits only
         with pytest.raises(PaymentRefusedError):
             Item.parse(bad)
 

@@ -89,6 +89,7 @@ def test_desk_no_pin_site(tmp_path):
     (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.00", "--pin-stdin"], "246810\n", 16),
     (["pharmacy", "purchase", "-r", "sim:not-activated", "--sale", "T9", "--item", "x:1:1.00"], None, 15),
     (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.005"], None, 16),
+    (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:²:1.00"], None, 16),
     (["pharmacy", "activate", "--old-reader", "sim:old-medical-replaced", "-r", "sim:blocked-pin"], None, 15),
     (["pharmacy", "activate", "-r", "sim:old-medical-lina"], None, 2),
     (["kiosk", "-r", "sim:adult", "--pin-stdin"], "000000\n", 6),
@@ -164,4 +165,8 @@ def test_one_till_sale_paid_once_whatever_the_card(configs):
                          "--pin-stdin", "--json"], "246810\n")
     assert again.exit_code == 16 and again.stdout == "", again.output
     assert "Sale T0001 was already paid with another card" in again.stderr and "李娜" not in again.stderr
+    assert [infno for infno, _ in records(clinic)].count("2102") == 1
+    free = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T0003", "--item", "空:1:0", "--pin-stdin"],
+               "246810\n")
+    assert free.exit_code == 16 and "total is 0.00 yuan" in free.output and "PIN" not in free.output, free.output
     assert [infno for infno, _ in records(clinic)].count("2102") == 1

@@ -45,7 +45,9 @@ from terminal.oldcard import OldCard, OldMedicalCardSession, WrongCardOrderError
 from terminal.queue import QueuedRecord
 
 SALE_NO = re.compile(r"[A-Za-z0-9-]{1,30}")
-MONEY = re.compile(r"(\d{1,9})(?:\.(\d{1,2}))?")
+#: ASCII digits only: ``\d`` and ``str.isdigit`` also take other scripts' digits and '²'
+MONEY = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?")
+QUANTITY = re.compile(r"[0-9]{1,9}")
 MAX_QUANTITY = 9999
 
 # --- the dual-card insert ------------------------------------------------------------------------
@@ -178,9 +180,9 @@ class Item:
     def parse(cls, text: str) -> Item:
         """``"NAME:QUANTITY:PRICE"`` with the price in yuan, e.g. ``"阿莫西林胶囊:2:12.50"``."""
         parts = text.rsplit(":", 2)
-        if len(parts) != 3 or not parts[0].strip() or not parts[1].strip().isdigit():
+        if len(parts) != 3 or not parts[0].strip() or not QUANTITY.fullmatch(parts[1].strip()):
             raise PaymentRefusedError(f"{text!r} is not an item (NAME:QUANTITY:PRICE, e.g. 阿莫西林胶囊:2:12.50)")
-        quantity = int(parts[1])
+        quantity = int(parts[1].strip())
         if not 1 <= quantity <= MAX_QUANTITY:
             raise PaymentRefusedError(f"the quantity of {parts[0].strip()} must be 1 to {MAX_QUANTITY}")
         return cls(parts[0].strip(), quantity, parse_money(parts[2]))
@@ -238,6 +240,9 @@ def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item]
     if not items:
         raise PaymentRefusedError("A purchase needs at least one item")
     total = Fen(sum(item.total for item in items))
+    if total <= 0:
+        raise PaymentRefusedError("The total is 0.00 yuan: there is nothing to pay from the account. "
+                                  "Nothing was recorded.")
     at = present_card(connection, site)
     identity = at.identity
     clerk.say(f"Card genuine: {holder_line(identity)}")
