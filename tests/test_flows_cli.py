@@ -170,3 +170,25 @@ def test_one_till_sale_paid_once_whatever_the_card(configs):
                "246810\n")
     assert free.exit_code == 16 and "total is 0.00 yuan" in free.output and "PIN" not in free.output, free.output
     assert [infno for infno, _ in records(clinic)].count("2102") == 1
+
+
+def test_old_card_pulled_while_marked_still_reports_the_recorded_move(tmp_path, capsys, monkeypatch):
+    import io
+
+    from flowing import STATION, sim
+    from terminal.cli.counter import ScreenClerk
+    from terminal.cli.pharmacy import dual_card_two_readers
+    from terminal.crypto import SoftwareKeyStore
+    from terminal.flows.common import Site
+    from terminal.queue import Outbox
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("123456\n"))
+    old = sim("old-medical-lina", remove_after=18)  # two reads and the mark's SELECT, then pulled at MARK
+    with Outbox(tmp_path / "queue.sqlite", STATION) as outbox:
+        result = dual_card_two_readers(old, sim("not-activated"), Site(outbox, SoftwareKeyStore.bundled_test_keys()),
+                                       ScreenClerk(pin_stdin=True, to_stderr=True), True)
+        (record,) = outbox.records()
+    out = json.loads(capsys.readouterr().out)
+    assert record.infno == "SS02" and out["msgid"] == record.msgid == result.record.msgid
+    assert out["old_card_marked_replaced"] is False and not old.card.replaced
+    assert out["old_card_note"].startswith("Old card not marked replaced (not answering): ")

@@ -84,3 +84,59 @@ def test_hostile_card_over_pcscd_is_a_clear_error(vpcd_card, mode):
     result = sscard("read", "--reader", "Virtual PCD 00 00", SSCARD_CARD_TIMEOUT="5")
     assert result.returncode in (4, 5), result.stderr
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+
+
+# --- a card that stalls after the flow has recorded its transaction ---------------------------------
+
+DUAL_CARD_STALLING_OLD_CARD = """
+import sys
+sys.path.insert(0, {tests!r})
+from flowing import STATION, sim
+from drivers.memory import MemoryConnection
+from drivers.simulator.hostile import HostileCard
+from drivers.simulator.oldmedical import load_old_card
+from terminal.cli import watchdog
+from terminal.cli.counter import ScreenClerk
+from terminal.cli.pharmacy import dual_card_two_readers
+from terminal.crypto import SoftwareKeyStore
+from terminal.flows.common import Site
+from terminal.queue import Outbox
+
+watchdog.arm(1)
+# the old card answers its two reads and the SELECT of the mark (18 commands), then stalls on MARK
+old = MemoryConnection(HostileCard(load_old_card("old-medical-lina"), "stall", after=18, stall_s=60),
+                       name="sim:old-medical-lina")
+with Outbox({queue!r}, STATION) as outbox:
+    as_json = {as_json!r}
+    dual_card_two_readers(old, sim("not-activated"), Site(outbox, SoftwareKeyStore.bundled_test_keys()),
+                          ScreenClerk(pin_stdin=True, to_stderr=as_json), as_json)
+"""
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_old_card_stalling_while_marked_after_the_move_is_recorded_reports_the_move(tmp_path, as_json):
+    import json
+    from pathlib import Path
+
+    from terminal.queue import Outbox
+
+    queue = tmp_path / "queue.sqlite"
+    script = DUAL_CARD_STALLING_OLD_CARD.format(tests=str(Path(__file__).parent), queue=str(queue), as_json=as_json)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], input="123456\n", capture_output=True, text=True,
+                            timeout=30)
+    assert time.monotonic() - started < 20, "the 60 s stall was waited out"
+    assert result.returncode == 0, result.stderr  # recorded: not "4, nothing done"
+    assert "Traceback" not in result.stderr
+    with Outbox(queue) as outbox:
+        (record,) = outbox.records()
+    assert record.infno == "SS02"
+    screen = result.stderr if as_json else result.stdout
+    assert f"Account moved to the new card: 1286.50 yuan ({record.msgid})." in screen
+    assert "Old card not marked replaced (not answering): The card in sim:old-medical-lina has not answered" in screen
+    if as_json:
+        out = json.loads(result.stdout)
+        assert out["msgid"] == record.msgid and out["old_card_marked_replaced"] is False
+        assert out["old_card_note"].startswith("Old card not marked replaced (not answering)")
+    else:
+        assert screen.count("Old card not marked replaced") == 1

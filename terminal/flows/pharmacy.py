@@ -16,11 +16,20 @@ the clerk runs the purchase again (docs/flows.md, "One payment, one record").
 """
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.errors import IdentityMismatchError, NotSocialSecurityCardError, SSCardError
+from apdu.errors import (
+    CardUnresponsiveError,
+    IdentityMismatchError,
+    NoCardError,
+    NotSocialSecurityCardError,
+    SSCardError,
+    TransportError,
+)
 from drivers.connection import Connection
 from terminal.envelope import Fen, yuan
 from terminal.flows.account import SETTLEMENT, TRANSFER, account_view
@@ -43,6 +52,8 @@ from terminal.flows.common import (
 )
 from terminal.oldcard import OldCard, OldMedicalCardSession, WrongCardOrderError
 from terminal.queue import QueuedRecord
+
+log = logging.getLogger(__name__)
 
 SALE_NO = re.compile(r"[A-Za-z0-9-]{1,30}")
 #: ASCII digits only: ``\d`` and ``str.isdigit`` also take other scripts' digits and '²'
@@ -103,12 +114,17 @@ def _earlier_transfer(site: Site, old: OldCard) -> QueuedRecord | None:
 
 
 def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, clerk: Clerk,
-                       old_connection: Connection | None = None) -> DualCardActivation:
+                       old_connection: Connection | None = None,
+                       recorded: Callable[[DualCardActivation], None] | None = None) -> DualCardActivation:
     """Link ``old`` (already read) to the social security card in ``new_connection`` (module docstring).
 
     ``old_connection``: the old card's reader when it is still there (two readers); it is read again
     just before the record is queued (a card pulled halfway queues nothing) and marked replaced after.
     None when one reader took the cards in turn: the old card is gone and is not marked.
+
+    ``recorded``: called once the SS02 record is queued, before the old card is marked, with the result
+    as it stands if the mark never ends (not marked): the CLI's card watchdog reports it when the old
+    card stalls there (terminal/cli/watchdog.py), since the account move is recorded by then.
     """
     if old.replaced:
         raise RefusedError("The old medical insurance card is already marked replaced: its account was moved "
@@ -136,9 +152,19 @@ def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, cle
         insured_region=identity.issuing_region, card_sn=at.card_sn,
     )
     clerk.say(f"Account moved to the new card: {yuan(old.balance)} yuan ({record.msgid}).")
+    if recorded is not None and old_connection is not None:
+        recorded(DualCardActivation(old, holder_line(identity), record, activated_now, False,
+                                    not_answering_note("it did not answer")))
     marked, note = _mark_old_card(old_connection)
     clerk.say(note)
     return DualCardActivation(old, holder_line(identity), record, activated_now, marked, note)
+
+
+def not_answering_note(reason: str) -> str:
+    """What the screen says when the old card stopped answering (pulled, stalled) after the move was
+    recorded; it may or may not have taken the mark."""
+    return (f"Old card not marked replaced (not answering): {reason.rstrip('.')}. The account move is recorded; "
+            "this terminal will refuse the old card for another transfer.")
 
 
 def _mark_old_card(connection: Connection | None) -> tuple[bool, str]:
@@ -148,8 +174,15 @@ def _mark_old_card(connection: Connection | None) -> tuple[bool, str]:
         if OldMedicalCardSession(connection).mark_replaced():
             return True, "Old card marked replaced: give it back to the holder or keep it, as the site decides."
         return False, "Old card not marked: its issuer does not allow it; this terminal will refuse it for another transfer."
+    except (NoCardError, CardUnresponsiveError, TransportError) as err:  # pulled, mute: the mark is best effort
+        return False, not_answering_note(str(err))
     except SSCardError as err:  # the record is queued: the mark is best effort
-        return False, f"Old card not marked ({err}); the account move is recorded."
+        return False, (f"Old card not marked replaced ({str(err).rstrip('.')}). The account move is recorded; "
+                       "this terminal will refuse the old card for another transfer.")
+    except Exception as err:  # a bug must not hide a recorded transaction from the clerk
+        log.warning("marking the old card failed", exc_info=True)
+        return False, (f"Old card not marked replaced (internal error: {type(err).__name__}). The account move is "
+                       "recorded; this terminal will refuse the old card for another transfer.")
 
 
 # --- purchases ----------------------------------------------------------------------------------
