@@ -16,6 +16,9 @@ What it prints and the exit code depend on where the flow is stuck (docs/securit
   "mark the old card replaced") registers :func:`on_timeout`: the handler reports the flow's result
   (text or ``--json``) with a note that the card did not answer, and the process exits 0, because
   the transaction is recorded.
+- a flow between two phases (the bank counter: its ``SS01`` record queued *held*, the card being
+  changed) registers a handler that says how to finish (run the command again with the card), exit
+  4; the record stays held, never sent, until that run releases or withdraws it.
 
 Output after a record is queued goes through :data:`OUTPUT` (a lock), which the watchdog holds while
 it reports and exits: the flow's thread never prints half a result beside the watchdog's.
