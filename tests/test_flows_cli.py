@@ -192,3 +192,12 @@ def test_old_card_pulled_while_marked_still_reports_the_recorded_move(tmp_path, 
     assert record.infno == "SS02" and out["msgid"] == record.msgid == result.record.msgid
     assert out["old_card_marked_replaced"] is False and not old.card.replaced
     assert out["old_card_note"].startswith("Old card not marked replaced (not answering): ")
+
+
+def test_an_unknown_registration_type_is_a_usage_error_as_the_doc_says(configs):
+    result = run(configs["clinic"], ["desk", "register", "-r", "sim:adult", "--type", "dental", "--department", "内科"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    rows = {line.split("|")[1].strip(): line for line in DOC.read_text(encoding="utf-8").splitlines()
+            if re.match(r"\| \d+ \|", line)}
+    assert "registration type" not in rows["15"]
+    assert "2 usage (an unknown `--type` of registration" in DOC.read_text(encoding="utf-8").replace("\n", " ")
