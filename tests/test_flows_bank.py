@@ -271,3 +271,27 @@ def test_a_card_stalling_in_the_change_leaves_the_record_held_and_says_how_to_fi
     assert "run 'sscard bank activate' again" in result.stderr and PIN not in result.stderr
     status = CliRunner().invoke(main, ["queue", "status", "-q", str(tmp_path / "bank" / "queue.sqlite")])
     assert "held 1" in status.output
+
+
+class LostAnswer(Watched):
+    """A chip that executes APPLICATION UNBLOCK but whose answer to it is lost (6F00 comes back), once."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner, UNBLOCK, lambda: None)
+        self.lost = False
+
+    def execute(self, apdu: bytes) -> bytes:
+        answer = self.inner.execute(apdu)
+        if len(apdu) > 1 and apdu[1] == UNBLOCK and not self.lost:
+            self.lost = True
+            return b"\x6f\x00"
+        return answer
+
+
+def test_a_change_whose_answer_was_lost_but_took_is_recorded(site):
+    card = LostAnswer(load_card("not-activated"))
+    said = clerk(PIN, PIN)
+    result = bank_activate(MemoryConnection(card), site, ID_NUMBER, said)
+    assert card.lost and active(card.inner)
+    assert [(r.msgid, r.state) for r in ss01(site.outbox)] == [(result.record.msgid, "pending")]
+    assert any("the card says it is activated now" in line for line in said.said)

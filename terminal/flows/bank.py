@@ -11,7 +11,8 @@ Two phases, so the card is never changed without its record (docs/flows.md, "Ban
 1. the ``SS01`` record is queued **held** (no uploader claims it); a queue that cannot take it (disk
    full: exit 13) stops the flow before the card is touched;
 2. the card is changed (RELOAD PIN, APPLICATION UNBLOCK); if that fails in this process (card pulled,
-   card refused, keys wrong), the held record is withdrawn and nothing is left;
+   card refused, keys wrong), the held record is withdrawn and nothing is left, unless the card,
+   asked again (SELECT), says it is active: its answer was lost or spoiled but the change took;
 3. the record is released (held -> pending, due now).
 
 A run killed between 2 and 3 (or whose release failed) leaves the record held. The next
@@ -21,17 +22,20 @@ activation proceeds as usual.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from apdu.crypto import PINFormatError, check_new_pin
-from apdu.errors import IdentityMismatchError
+from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
 from terminal.card import Identity, SocialSecurityCard
 from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application
 from terminal.flows.common import Clerk, RefusedError, Site, holder_line, person_fields, same_person, timestamp
 from terminal.queue import QueuedRecord, QueueError
+
+log = logging.getLogger(__name__)
 
 ACTIVATION = "SS01"
 
@@ -105,12 +109,27 @@ def _withdraw_stale(site: Site, identity: Identity, clerk: Clerk) -> None:
                   "it is withdrawn.")
 
 
-def _change_card(card: SocialSecurityCard, site: Site, ref: CardKeyRef, pin: str, held: QueuedRecord) -> None:
-    """RELOAD PIN and APPLICATION UNBLOCK; on a failure in this process the held record is withdrawn."""
+def _active_now(connection: Connection) -> bool:
+    """Asked again after a failed change: does the card say it is active? False when it cannot say."""
+    try:
+        return SocialSecurityCard(connection).select()
+    except SSCardError:
+        return False
+
+
+def _change_card(card: SocialSecurityCard, site: Site, ref: CardKeyRef, pin: str, held: QueuedRecord,
+                 clerk: Clerk) -> None:
+    """RELOAD PIN and APPLICATION UNBLOCK. On a failure in this process the held record is withdrawn,
+    unless the card, asked again, says it is active: then the change took (its answer was lost or
+    spoiled) and the record stays, to be released."""
     try:
         reload_pin(card, site.keys, ref, pin)
         unblock_application(card, site.keys, ref)
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, SSCardError) and _active_now(card.connection):
+            log.info("the card's answer to the change failed (%s) but it is active now", type(err).__name__)
+            clerk.say("The card's answer to the change went wrong, but the card says it is activated now.")
+            return
         try:
             site.outbox.withdraw(held.msgid)
         except QueueError:  # left held: the next run with this card settles it
@@ -150,7 +169,7 @@ def bank_activate(connection: Connection, site: Site, id_number: str, clerk: Cle
     )
     if before_change is not None:
         before_change(held)
-    _change_card(card, site, ref, pin, held)
+    _change_card(card, site, ref, pin, held, clerk)
     clerk.say("PIN set; card activated; medical account back to normal.")
     record = _release(site, held)
     clerk.say(f"Activation recorded ({record.msgid}).")
