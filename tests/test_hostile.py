@@ -1,5 +1,7 @@
 """Hostile cards (drivers/simulator/hostile.py): every loop and wait is bounded, the error is clear,
-the exit code distinct, and nothing is recorded. In memory and through pcscd's virtual reader."""
+the exit code distinct, and nothing is recorded. In memory and through pcscd's virtual reader: the
+identity read, and the flows that record (desk registration, bank activation) in every mode at a
+spread of positions; a card stalling after its flow has recorded (the dual-card insert's old card)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from apdu.errors import SSCardError
+from drivers.connection import MAX_GET_RESPONSE
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.hostile import MODES, HostileCard
@@ -140,3 +143,64 @@ def test_old_card_stalling_while_marked_after_the_move_is_recorded_reports_the_m
         assert out["old_card_note"].startswith("Old card not marked replaced (not answering)")
     else:
         assert screen.count("Old card not marked replaced") == 1
+
+
+# --- the flows that record, against each hostile mode ---------------------------------------------
+
+def _desk(connection, site):
+    from flowing import PINS, clerk
+    from terminal.flows.desk import register
+
+    return register(connection, site, "outpatient", "内科", clerk(PINS["adult"]))
+
+
+def _bank(connection, site):
+    from flowing import clerk
+    from terminal.flows.bank import bank_activate
+
+    return bank_activate(connection, site, "330302199203081020", clerk("135792", "135792"))
+
+
+#: flow -> (its function, the card it runs on, the commands of a genuine run)
+RECORDING_FLOWS = {"desk-registration": (_desk, "adult", 25), "bank-activation": (_bank, "not-activated", 26)}
+
+
+@pytest.mark.parametrize("flow", sorted(RECORDING_FLOWS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("after", [0, 1, 2, 3, 5, 8, 13, 18, 21, 23, 24, 25, 26, 40])
+def test_a_recording_flow_on_a_hostile_card_is_a_typed_error_and_records_nothing(tmp_path, flow, mode, after):
+    from flowing import STATION
+    from queueing import Clock
+    from terminal.crypto import SoftwareKeyStore
+    from terminal.flows.common import Site
+    from terminal.queue import Outbox
+
+    run, profile, genuine_commands = RECORDING_FLOWS[flow]
+    for seed in range(3):
+        with Outbox(tmp_path / f"{mode}-{after}-{seed}.sqlite", STATION, clock=Clock()) as outbox:
+            site = Site(outbox, SoftwareKeyStore.bundled_test_keys())
+            connection = MemoryConnection(HostileCard(load_card(profile), mode, after=after, seed=seed, stall_s=0.001))
+            try:
+                result = run(connection, site)
+            except SSCardError:  # anything else (ValueError, IndexError...) fails the test as it is
+                assert outbox.counts() == {"pending": 0, "sending": 0, "sent": 0, "dead": 0}, (seed, "recorded")
+                result = None
+            # every command's GET RESPONSE rounds are bounded; the bank asks the card once more (SELECT)
+            # after a failed change, so two spoiled commands at most each run their bounded rounds
+            assert connection.apdu_count <= genuine_commands + 2 * (1 + MAX_GET_RESPONSE), "a loop was not bounded"
+            if result is None:
+                continue
+            # Completed: only where the card's answers are indistinguishable from a genuine success, and
+            # then exactly one record (the desk's card is active: no SS01; the bank's SS01, released):
+            # - no spoiled answer at all (``after`` at or past the flow's last command);
+            # - ``stall``: every answer is the genuine one, only late (the watchdog is the CLI's);
+            # - ``wrong-length``: the right status word with garbage after it, to a command whose
+            #   answer carries no data the terminal reads (VERIFY, APPLICATION UNBLOCK): the terminal
+            #   checks the status word, as a real terminal does.
+            # ``out-of-sequence`` and ``random`` never complete: a wrong status word or garbage always
+            # stops the flow. (A spoiled answer the card gave AFTER executing the command, e.g. a stray
+            # status word to APPLICATION UNBLOCK, leaves the simulated chip activated with nothing
+            # recorded: asked again, the same hostile card denies it, and the terminal believes the card.)
+            assert after >= genuine_commands or mode in ("stall", "wrong-length"), (seed, "completed on garbage")
+            assert [r.state for r in outbox.records()] == ["pending"], seed
+            assert outbox.records()[0].msgid == result.record.msgid
