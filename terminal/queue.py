@@ -13,7 +13,9 @@ and migrated in order by :data:`MIGRATIONS`. One :class:`Outbox` per thread; any
 
 States (docs/central-api.md, "Delivery"): ``pending`` -> ``sending`` (claimed by an uploader, with a
 lease in ``next_attempt_at``) -> ``sent``, or ``dead`` (refused as invalid; ``retry_dead`` revives it),
-or back to ``pending`` with the next attempt time after a failed delivery.
+or back to ``pending`` with the next attempt time after a failed delivery. ``held``: queued before the
+card change it records is done (the bank activation, two-phase); no uploader ever claims it until
+:meth:`Outbox.release` makes it ``pending``, or :meth:`Outbox.withdraw` deletes it.
 """
 from __future__ import annotations
 
@@ -52,7 +54,11 @@ except ImportError:  # Windows: no flock; a dead uploader's batch waits for its 
 log = logging.getLogger(__name__)
 
 PENDING, SENDING, SENT, DEAD = "pending", "sending", "sent", "dead"
+#: the delivery states, each counted by :meth:`Outbox.counts` (zero when none)
 STATES = (PENDING, SENDING, SENT, DEAD)
+#: a record whose card change is not done yet (two-phase, schema v4): never claimed, never sent;
+#: counted only when there is one
+HELD = "held"
 #: states of records not yet confirmed by the central service
 UNSENT = (PENDING, SENDING)
 BUSY_TIMEOUT_MS = 5000
@@ -115,6 +121,27 @@ INSERT OR REPLACE INTO meta (key, value)
     FROM meta AS last WHERE last.key = 'msgid_last';
 DELETE FROM meta WHERE key = 'msgid_last'
 """
+_RECORDS_V4 = """
+CREATE TABLE records_v4 (
+    id INTEGER PRIMARY KEY,
+    msgid TEXT NOT NULL CHECK (length(msgid) = 30 AND CAST(substr(msgid, 13) AS INTEGER) = id),
+    infno TEXT NOT NULL, created_at TEXT NOT NULL, card_sn TEXT,
+    insured_region TEXT NOT NULL, treatment_region TEXT NOT NULL, envelope TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'dead', 'held')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT, done_at TEXT, infcode INTEGER, reply TEXT
+);
+INSERT INTO records_v4 (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,
+                        state, attempts, next_attempt_at, last_error, done_at, infcode, reply)
+    SELECT id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope, state, attempts,
+           next_attempt_at, last_error, done_at, infcode, reply
+    FROM records ORDER BY id;
+DROP TABLE records;
+ALTER TABLE records_v4 RENAME TO records;
+CREATE INDEX records_due ON records (state, next_attempt_at);
+CREATE INDEX records_card ON records (card_sn)
+"""
 #: ``MIGRATIONS[n]`` takes a file from schema ``n`` to ``n + 1`` (``PRAGMA user_version``); a new
 #: file runs them all. v1: states pending/sent/rejected. v2: states pending/sending/sent/dead and
 #: ``next_attempt_at`` (epoch seconds: when a pending record is due, when a sending lease ends).
@@ -122,7 +149,8 @@ DELETE FROM meta WHERE key = 'msgid_last'
 #: against ``msgid``: the table's own key enforces uniqueness, so there is no text index on msgid, and
 #: the next msgid comes from ``max(id)`` (no counter row rewritten per record); ``meta.msgid_floor``
 #: (an id) replaces ``msgid_last`` and only records msgids issued outside the table (sign-ins).
-MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2, _RECORDS_V3)
+#: v4: the state ``held`` (a record queued before its card change is done; the bank activation).
+MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2, _RECORDS_V3, _RECORDS_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: SQLite result codes -> what a clerk reads (docs/central-api.md, "The local queue")
@@ -470,8 +498,12 @@ class Outbox:
         insured_region: str,
         card_sn: str | None = None,
         operator: Operator | None = None,
+        held: bool = False,
     ) -> QueuedRecord:
         """Queue one transaction; when this returns, the record is on disk with its final msgid.
+
+        ``held``: the record is queued in the state ``held``, which no uploader claims, until
+        :meth:`release` (the card change it records is done) or :meth:`withdraw` (it failed).
 
         ``insured_region`` is the card's issuing region; it differs from the station's region for
         cross-region care. ``card_sn`` (the card identification code) lets the kiosk find the record.
@@ -503,7 +535,8 @@ class Outbox:
                 key = self._next_id(stamp, station.terminal_no, high)
                 msgid = f"{station.fixmedins_code}{key}"
                 envelope = f"{head}{msgid}{tail}"
-                execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope, ts))
+                execute(_INSERT_HELD if held else _INSERT,
+                        (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope, ts))
                 execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -513,7 +546,39 @@ class Outbox:
         if log.isEnabledFor(logging.INFO):
             log.info("queued %s %s%s", infno, msgid, " (cross-region)" if insured_region != treatment else "")
         return QueuedRecord(msgid, infno, dt.datetime.fromisoformat(created_at), card_sn, insured_region, treatment,
-                            envelope, PENDING, 0, ts, None, None, None, None)
+                            envelope, HELD if held else PENDING, 0, ts, None, None, None, None)
+
+    def release(self, msgid: str) -> QueuedRecord:
+        """A ``held`` record becomes ``pending``, due now (its card change is done): from here on it is
+        uploaded like any other. :class:`QueueError` if ``msgid`` is not a held record."""
+        with self._write("record the transaction", " The transaction was NOT released for upload.") as conn:
+            changed = conn.execute(
+                f"UPDATE records SET state = '{PENDING}', next_attempt_at = ? WHERE id = ? AND msgid = ?"
+                f" AND state = '{HELD}'", [self.now(), _id(msgid), msgid]).rowcount
+        if not changed:
+            raise QueueError(f"No held record {msgid} in the queue")
+        log.info("released %s", msgid)
+        return self.get(msgid)
+
+    def withdraw(self, msgid: str) -> bool:
+        """Delete a ``held`` record (its card change failed: nothing happened to record). Its msgid is
+        kept as the floor, so it is never issued again. Returns whether there was one."""
+        key = _id(msgid)
+        with self._write("withdraw a held record") as conn:
+            gone = conn.execute(f"DELETE FROM records WHERE id = ? AND msgid = ? AND state = '{HELD}'",
+                                [key, msgid]).rowcount
+            if gone:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_floor', ?)",
+                             [str(max(key, conn.execute(_HIGH).fetchone()[0]))])
+        if gone:
+            log.info("withdrew held %s", msgid)
+        return bool(gone)
+
+    def held(self, card_sn: str | None = None) -> list[QueuedRecord]:
+        """The ``held`` records (of one card), oldest first."""
+        if card_sn is None:
+            return self._select(f"state = '{HELD}'", [])
+        return self._select(f"state = '{HELD}' AND card_sn = ?", [card_sn])
 
     def _envelope_parts(self, infno: str, insured_region: str, operator: Operator) -> tuple[str, tuple[str, str]]:
         """The envelope's wire JSON cut around its msgid, ``inf_time`` and ``input``: exactly the text
@@ -640,18 +705,20 @@ class Outbox:
 
     def records(self, state: str | None = None, limit: int | None = None, card_sn: str | None = None) -> list[QueuedRecord]:
         """Records newest first: all, or in one state, or of one card, or both."""
-        if state is not None and state not in STATES:
-            raise QueueError(f"Unknown record state {state!r}: use one of {', '.join(STATES)}")
+        if state is not None and state not in (*STATES, HELD):
+            raise QueueError(f"Unknown record state {state!r}: use one of {', '.join((*STATES, HELD))}")
         filters = {"state": state, "card_sn": card_sn}
         where = " AND ".join(f"{column} = ?" for column, value in filters.items() if value is not None)
         return self._select(where or "1", [v for v in filters.values() if v is not None], limit, newest_first=True)
 
     def for_card(self, card_sn: str, limit: int | None = None) -> list[QueuedRecord]:
-        """The records held for one card (kiosk inquiry, DESIGN.md item 7), newest first."""
-        return self.records(limit=limit, card_sn=card_sn)
+        """The records this terminal holds for one card (kiosk inquiry, DESIGN.md item 7, the balance,
+        the activation), newest first; ``held`` ones are not recorded yet and not among them."""
+        return self._select(f"card_sn = ? AND state != '{HELD}'", [card_sn], limit, newest_first=True)
 
     def counts(self) -> dict[str, int]:
-        """How many records in each state (every state present, zero when none)."""
+        """How many records in each state (every state of :data:`STATES`, zero when none; ``held``
+        too when there is one)."""
         with self._errors("be read"):
             rows = self.db.execute("SELECT state, count(*) FROM records GROUP BY state").fetchall()
         return {state: 0 for state in STATES} | dict(rows)
@@ -674,6 +741,10 @@ _COLUMNS = ("msgid, infno, created_at, card_sn, insured_region, treatment_region
 _INSERT = (
     "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
     " next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+)
+_INSERT_HELD = (
+    "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
+    f" next_attempt_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '{HELD}')"
 )
 #: the highest id used: records, and msgids issued without a record (``next_msgid``); 0 when none
 _HIGH = (

@@ -299,6 +299,10 @@ def test_purchase_refusals_queue_nothing(lina_account):
         purchase(sim("not-activated"), site, "bad sale!", ITEMS, clerk(PINS["not-activated"]))
     with pytest.raises(PaymentRefusedError, match="at least one item"):
         purchase(sim("not-activated"), site, "S7", [], clerk(PINS["not-activated"]))
+    zero = clerk(PINS["not-activated"])
+    with pytest.raises(PaymentRefusedError, match="total is 0.00 yuan"):
+        purchase(sim("not-activated"), site, "S12", [Item.parse("空:1:0"), Item.parse("赠品:2:0.00")], zero)
+    assert zero.pins == [PINS["not-activated"]]  # refused before the PIN
     assert count(site) == before
 
 
@@ -315,6 +319,20 @@ def test_purchase_sale_number_reused_for_other_items_is_refused(lina_account):
     with pytest.raises(PaymentRefusedError, match="already paid with other items"):
         purchase(sim("not-activated"), site, "S10", ITEMS[:1], clerk(PINS["not-activated"]))
     assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1
+
+
+def test_purchase_sale_number_paid_with_another_card_is_refused(lina_account):
+    site = lina_account
+    other = sim("old-medical-zhangwei")
+    dual_card_activate(read_old_card(other), sim("adult"), site, clerk(PINS["adult"]), other)
+    purchase(sim("not-activated"), site, "T0001", ITEMS, clerk(PINS["not-activated"]))
+    said = clerk(PINS["adult"])
+    with pytest.raises(PaymentRefusedError, match="T0001 was already paid with another card") as refused:
+        purchase(sim("adult"), site, "T0001", ITEMS, said)
+    assert "李娜" not in str(refused.value) and "330302199203081020" not in str(refused.value)
+    assert said.pins == [PINS["adult"]]  # refused before the PIN was asked
+    assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1
+    assert PaymentRefusedError.exit_code == 16
 
 
 def _fresh(site):
@@ -340,7 +358,9 @@ def test_money_refuses_anything_else(text):
 def test_items_parse_and_refuse():
     assert Item.parse("阿莫西林胶囊:2:12.50") == Item("阿莫西林胶囊", 2, Fen(1250))
     assert Item.parse("a:b:c:3:1").name == "a:b:c"
-    for bad in ("阿莫西林胶囊:2", ":1:1", "x:0:1", "x:1.5:1", "x:10000:1"):
+    assert Item.parse("x: 3 :1") == Item("x", 3, Fen(100))
+    for bad in ("阿莫西林胶囊:2", ":1:1", "x:0:1", "x:1.5:1", "x:10000:1",
+                "x:²:1.00", "x:٣:1.00", "x:３:1.00", "x:1:٣.00", "x:1:1.٥0"):  # ASCII digits only
         with pytest.raises(PaymentRefusedError):
             Item.parse(bad)
 

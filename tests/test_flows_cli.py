@@ -89,6 +89,7 @@ def test_desk_no_pin_site(tmp_path):
     (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.00", "--pin-stdin"], "246810\n", 16),
     (["pharmacy", "purchase", "-r", "sim:not-activated", "--sale", "T9", "--item", "x:1:1.00"], None, 15),
     (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.005"], None, 16),
+    (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:²:1.00"], None, 16),
     (["pharmacy", "activate", "--old-reader", "sim:old-medical-replaced", "-r", "sim:blocked-pin"], None, 15),
     (["pharmacy", "activate", "-r", "sim:old-medical-lina"], None, 2),
     (["kiosk", "-r", "sim:adult", "--pin-stdin"], "000000\n", 6),
@@ -149,3 +150,54 @@ def test_a_counter_command_on_the_test_keys_says_so(tmp_path):
                           "--department", "内科", "--pin-stdin"], "246810\n")
     assert result.exit_code == 0, result.output
     assert "Warning: using the TEST keys" in result.stderr and "real reader is refused" in result.stderr
+
+
+def test_one_till_sale_paid_once_whatever_the_card(configs):
+    clinic = configs["clinic"]
+    for old, new, pin in (("sim:old-medical-lina", "sim:not-activated", "123456"),
+                          ("sim:old-medical-zhangwei", "sim:adult", "246810")):
+        moved = run(clinic, ["pharmacy", "activate", "--old-reader", old, "-r", new, "--pin-stdin"], pin + "\n")
+        assert moved.exit_code == 0, moved.output
+    paid = run(clinic, ["pharmacy", "purchase", "-r", "sim:not-activated", "--sale", "T0001", "--item", "x:1:1.00",
+                        "--pin-stdin"], "123456\n")
+    assert paid.exit_code == 0, paid.output
+    again = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T0001", "--item", "x:1:1.00",
+                         "--pin-stdin", "--json"], "246810\n")
+    assert again.exit_code == 16 and again.stdout == "", again.output
+    assert "Sale T0001 was already paid with another card" in again.stderr and "李娜" not in again.stderr
+    assert [infno for infno, _ in records(clinic)].count("2102") == 1
+    free = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T0003", "--item", "空:1:0", "--pin-stdin"],
+               "246810\n")
+    assert free.exit_code == 16 and "total is 0.00 yuan" in free.output and "PIN" not in free.output, free.output
+    assert [infno for infno, _ in records(clinic)].count("2102") == 1
+
+
+def test_old_card_pulled_while_marked_still_reports_the_recorded_move(tmp_path, capsys, monkeypatch):
+    import io
+
+    from flowing import STATION, sim
+    from terminal.cli.counter import ScreenClerk
+    from terminal.cli.pharmacy import dual_card_two_readers
+    from terminal.crypto import SoftwareKeyStore
+    from terminal.flows.common import Site
+    from terminal.queue import Outbox
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("123456\n"))
+    old = sim("old-medical-lina", remove_after=18)  # two reads and the mark's SELECT, then pulled at MARK
+    with Outbox(tmp_path / "queue.sqlite", STATION) as outbox:
+        result = dual_card_two_readers(old, sim("not-activated"), Site(outbox, SoftwareKeyStore.bundled_test_keys()),
+                                       ScreenClerk(pin_stdin=True, to_stderr=True), True)
+        (record,) = outbox.records()
+    out = json.loads(capsys.readouterr().out)
+    assert record.infno == "SS02" and out["msgid"] == record.msgid == result.record.msgid
+    assert out["old_card_marked_replaced"] is False and not old.card.replaced
+    assert out["old_card_note"].startswith("Old card not marked replaced (not answering): ")
+
+
+def test_an_unknown_registration_type_is_a_usage_error_as_the_doc_says(configs):
+    result = run(configs["clinic"], ["desk", "register", "-r", "sim:adult", "--type", "dental", "--department", "内科"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    rows = {line.split("|")[1].strip(): line for line in DOC.read_text(encoding="utf-8").splitlines()
+            if re.match(r"\| \d+ \|", line)}
+    assert "registration type" not in rows["15"]
+    assert "2 usage (an unknown `--type` of registration" in DOC.read_text(encoding="utf-8").replace("\n", " ")

@@ -1,5 +1,7 @@
 """Hostile cards (drivers/simulator/hostile.py): every loop and wait is bounded, the error is clear,
-the exit code distinct, and nothing is recorded. In memory and through pcscd's virtual reader."""
+the exit code distinct, and nothing is recorded. In memory and through pcscd's virtual reader: the
+identity read, and the flows that record (desk registration, bank activation) in every mode at a
+spread of positions; a card stalling after its flow has recorded (the dual-card insert's old card)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from apdu.errors import SSCardError
+from drivers.connection import MAX_GET_RESPONSE
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.hostile import MODES, HostileCard
@@ -84,3 +87,120 @@ def test_hostile_card_over_pcscd_is_a_clear_error(vpcd_card, mode):
     result = sscard("read", "--reader", "Virtual PCD 00 00", SSCARD_CARD_TIMEOUT="5")
     assert result.returncode in (4, 5), result.stderr
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+
+
+# --- a card that stalls after the flow has recorded its transaction ---------------------------------
+
+DUAL_CARD_STALLING_OLD_CARD = """
+import sys
+sys.path.insert(0, {tests!r})
+from flowing import STATION, sim
+from drivers.memory import MemoryConnection
+from drivers.simulator.hostile import HostileCard
+from drivers.simulator.oldmedical import load_old_card
+from terminal.cli import watchdog
+from terminal.cli.counter import ScreenClerk
+from terminal.cli.pharmacy import dual_card_two_readers
+from terminal.crypto import SoftwareKeyStore
+from terminal.flows.common import Site
+from terminal.queue import Outbox
+
+watchdog.arm(1)
+# the old card answers its two reads and the SELECT of the mark (18 commands), then stalls on MARK
+old = MemoryConnection(HostileCard(load_old_card("old-medical-lina"), "stall", after=18, stall_s=60),
+                       name="sim:old-medical-lina")
+with Outbox({queue!r}, STATION) as outbox:
+    as_json = {as_json!r}
+    dual_card_two_readers(old, sim("not-activated"), Site(outbox, SoftwareKeyStore.bundled_test_keys()),
+                          ScreenClerk(pin_stdin=True, to_stderr=as_json), as_json)
+"""
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_old_card_stalling_while_marked_after_the_move_is_recorded_reports_the_move(tmp_path, as_json):
+    import json
+    from pathlib import Path
+
+    from terminal.queue import Outbox
+
+    queue = tmp_path / "queue.sqlite"
+    script = DUAL_CARD_STALLING_OLD_CARD.format(tests=str(Path(__file__).parent), queue=str(queue), as_json=as_json)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], input="123456\n", capture_output=True, text=True,
+                            timeout=30)
+    assert time.monotonic() - started < 20, "the 60 s stall was waited out"
+    assert result.returncode == 0, result.stderr  # recorded: not "4, nothing done"
+    assert "Traceback" not in result.stderr
+    with Outbox(queue) as outbox:
+        (record,) = outbox.records()
+    assert record.infno == "SS02"
+    screen = result.stderr if as_json else result.stdout
+    assert f"Account moved to the new card: 1286.50 yuan ({record.msgid})." in screen
+    assert "Old card not marked replaced (not answering): The card in sim:old-medical-lina has not answered" in screen
+    if as_json:
+        out = json.loads(result.stdout)
+        assert out["msgid"] == record.msgid and out["old_card_marked_replaced"] is False
+        assert out["old_card_note"].startswith("Old card not marked replaced (not answering)")
+    else:
+        assert screen.count("Old card not marked replaced") == 1
+
+
+# --- the flows that record, against each hostile mode ---------------------------------------------
+
+def _desk(connection, site):
+    from flowing import PINS, clerk
+    from terminal.flows.desk import register
+
+    return register(connection, site, "outpatient", "内科", clerk(PINS["adult"]))
+
+
+def _bank(connection, site):
+    from flowing import clerk
+    from terminal.flows.bank import bank_activate
+
+    return bank_activate(connection, site, "330302199203081020", clerk("135792", "135792"))
+
+
+#: flow -> (its function, the card it runs on, the commands of a genuine run)
+RECORDING_FLOWS = {"desk-registration": (_desk, "adult", 25), "bank-activation": (_bank, "not-activated", 26)}
+
+
+@pytest.mark.parametrize("flow", sorted(RECORDING_FLOWS))
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("after", [0, 1, 2, 3, 5, 8, 13, 18, 21, 23, 24, 25, 26, 40])
+def test_a_recording_flow_on_a_hostile_card_is_a_typed_error_and_records_nothing(tmp_path, flow, mode, after):
+    from flowing import STATION
+    from queueing import Clock
+    from terminal.crypto import SoftwareKeyStore
+    from terminal.flows.common import Site
+    from terminal.queue import Outbox
+
+    run, profile, genuine_commands = RECORDING_FLOWS[flow]
+    for seed in range(3):
+        with Outbox(tmp_path / f"{mode}-{after}-{seed}.sqlite", STATION, clock=Clock()) as outbox:
+            site = Site(outbox, SoftwareKeyStore.bundled_test_keys())
+            connection = MemoryConnection(HostileCard(load_card(profile), mode, after=after, seed=seed, stall_s=0.001))
+            try:
+                result = run(connection, site)
+            except SSCardError:  # anything else (ValueError, IndexError...) fails the test as it is
+                assert outbox.counts() == {"pending": 0, "sending": 0, "sent": 0, "dead": 0}, (seed, "recorded")
+                result = None
+            # every command's GET RESPONSE rounds are bounded; the bank asks the card once more (SELECT)
+            # after a failed change, so two spoiled commands at most each run their bounded rounds
+            assert connection.apdu_count <= genuine_commands + 2 * (1 + MAX_GET_RESPONSE), "a loop was not bounded"
+            if result is None:
+                continue
+            # Completed: only where the card's answers are indistinguishable from a genuine success, and
+            # then exactly one record (the desk's card is active: no SS01; the bank's SS01, released):
+            # - no spoiled answer at all (``after`` at or past the flow's last command);
+            # - ``stall``: every answer is the genuine one, only late (the watchdog is the CLI's);
+            # - ``wrong-length``: the right status word with garbage after it, to a command whose
+            #   answer carries no data the terminal reads (VERIFY, APPLICATION UNBLOCK): the terminal
+            #   checks the status word, as a real terminal does.
+            # ``out-of-sequence`` and ``random`` never complete: a wrong status word or garbage always
+            # stops the flow. (A spoiled answer the card gave AFTER executing the command, e.g. a stray
+            # status word to APPLICATION UNBLOCK, leaves the simulated chip activated with nothing
+            # recorded: asked again, the same hostile card denies it, and the terminal believes the card.)
+            assert after >= genuine_commands or mode in ("stall", "wrong-length"), (seed, "completed on garbage")
+            assert [r.state for r in outbox.records()] == ["pending"], seed
+            assert outbox.records()[0].msgid == result.record.msgid

@@ -5,9 +5,12 @@ from pathlib import Path
 
 import click
 
+from apdu.errors import CardUnresponsiveError
+from terminal.cli import watchdog
 from terminal.cli.card import reader_option
 from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
 from terminal.flows.bank import bank_activate
+from terminal.queue import QueuedRecord
 from terminal.readers import open_connection
 
 
@@ -26,11 +29,27 @@ def activate(reader: str | None, config_path: Path | None, id_number: str, pin_s
     """Activate a card: the ID document must match the card, the holder sets a PIN (typed twice).
 
     Exit 9: the ID document does not match; 11: weak or mismatched PIN; 15: already activated;
-    8: counterfeit card or wrong keys.
+    8: counterfeit card or wrong keys. A run interrupted after the card was changed is finished by
+    the next run with the same card (the activation recorded, exit 0).
     """
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
-    with open_site(config_path) as (_config, site), open_connection(reader) as connection:
-        result = bank_activate(connection, site, id_number, clerk)
+
+    def before_change(held: QueuedRecord) -> None:
+        def report(reason: str) -> int:
+            # the card may or may not have taken the change: the held record is settled by the next run
+            with watchdog.OUTPUT:
+                click.echo(f"Error: {reason}. The activation is not finished: its record {held.msgid} is held in "
+                           "the queue (not sent). Put the card in again and run 'sscard bank activate' again: it "
+                           "records the activation if the card was changed, or starts it again.", err=True)
+            return CardUnresponsiveError.exit_code
+
+        watchdog.on_timeout(report)
+
+    try:
+        with open_site(config_path) as (_config, site), open_connection(reader) as connection:
+            result = bank_activate(connection, site, id_number, clerk, before_change=before_change)
+    finally:
+        watchdog.on_timeout(None)
     finish(result.to_dict(), as_json)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from terminal.cli import watchdog
 from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
@@ -39,7 +40,8 @@ class ScreenClerk:
     to_stderr: bool = False
 
     def say(self, text: str) -> None:
-        click.echo(text, err=self.to_stderr)
+        with watchdog.OUTPUT:  # never beside the card watchdog's report (terminal/cli/watchdog.py)
+            click.echo(text, err=self.to_stderr)
 
     def ask_pin(self, prompt: str) -> str:
         if self.pin_stdin:
@@ -61,8 +63,9 @@ def open_site(config_path: Path | None) -> Iterator[tuple[TerminalConfig, Site]]
 
 def finish(result: dict[str, Any], as_json: bool, text: list[str] | None = None) -> None:
     """Print the result: JSON on stdout, or the text lines (when any)."""
-    if as_json:
-        click.echo(json.dumps(result, ensure_ascii=False, indent=2))
-    elif text:
-        for line in text:
-            click.echo(line)
+    with watchdog.OUTPUT:
+        if as_json:
+            click.echo(json.dumps(result, ensure_ascii=False, indent=2))
+        elif text:
+            for line in text:
+                click.echo(line)

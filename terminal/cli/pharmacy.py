@@ -1,15 +1,26 @@
 """``sscard pharmacy activate|purchase``: the pharmacy counter (terminal/flows/pharmacy.py, docs/flows.md)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import click
 
 from apdu.errors import NoCardError
+from drivers.connection import Connection
+from terminal.cli import watchdog
 from terminal.cli.card import reader_option
 from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
-from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card
+from terminal.flows.common import Site
+from terminal.flows.pharmacy import (
+    DualCardActivation,
+    Item,
+    dual_card_activate,
+    not_answering_note,
+    purchase,
+    read_old_card,
+)
 from terminal.readers import SIM_PREFIX, default_reader, open_connection
 
 #: how long the one-reader dual-card insert waits for the clerk to swap the cards (seconds)
@@ -69,12 +80,39 @@ def activate(old_reader: str | None, reader: str | None, config_path: Path | Non
             wait_for_swap(reader, wait_s)
             with open_connection(reader) as connection:
                 result = dual_card_activate(old, connection, site, clerk)
+            finish(result.to_dict(), as_json)
         else:
             with open_connection(old_reader) as old_connection, open_connection(reader) as connection:
-                old = read_old_card(old_connection)
-                clerk.say(f"Old card read: {old.name}.")
-                result = dual_card_activate(old, connection, site, clerk, old_connection=old_connection)
-    finish(result.to_dict(), as_json)
+                dual_card_two_readers(old_connection, connection, site, clerk, as_json)
+
+
+def dual_card_two_readers(old_connection: Connection, connection: Connection, site: Site, clerk: ScreenClerk,
+                          as_json: bool) -> DualCardActivation:
+    """The dual-card insert with both cards in their readers, and its result printed.
+
+    Once the SS02 record is queued, an old card that stalls while it is being marked replaced no
+    longer ends the command with exit 4 and nothing printed: the card watchdog reports the result
+    with the note "Old card not marked replaced (not answering): ..." and exits 0 (the move is
+    recorded; terminal/cli/watchdog.py).
+    """
+    old = read_old_card(old_connection)
+    clerk.say(f"Old card read: {old.name}.")
+
+    def recorded(provisional: DualCardActivation) -> None:
+        def report(reason: str) -> int:
+            result = dataclasses.replace(provisional, old_card_note=not_answering_note(reason))
+            clerk.say(result.old_card_note)
+            finish(result.to_dict(), as_json)
+            return 0
+
+        watchdog.on_timeout(report)
+
+    try:
+        result = dual_card_activate(old, connection, site, clerk, old_connection=old_connection, recorded=recorded)
+        finish(result.to_dict(), as_json)
+    finally:
+        watchdog.on_timeout(None)
+    return result
 
 
 def _ask_items() -> list[Item]:

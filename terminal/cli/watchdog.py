@@ -4,9 +4,24 @@ PC/SC has no timeout of its own on a command: a real reader gives up after the c
 time (ISO/IEC 7816-3 s10.2), but pcscd's virtual reader (vpcd) and a stalled in-memory chip wait
 forever, and the call cannot be interrupted from Python. So the CLI runs a watchdog thread: when one
 command has waited longer than the card timeout (``--card-timeout``, ``$SSCARD_CARD_TIMEOUT``,
-default :data:`DEFAULT_TIMEOUT_S`), it prints the clerk's error and ends the process with the exit
-code of an unresponsive card (4). The card is stuck inside a command, so no flow is between its
-card step and its queue step: nothing half-done can be recorded (the queue commits whole records).
+default :data:`DEFAULT_TIMEOUT_S`), it ends the process from that thread, while the flow's own
+thread is still stuck inside the card command (no exception, no ``finally`` of the flow runs).
+
+What it prints and the exit code depend on where the flow is stuck (docs/security.md, "Hostile card"):
+
+- by default: the clerk's error ("has not answered for N s") and the exit code of an unresponsive
+  card (4). A flow stuck before it queued anything has recorded nothing (the queue commits whole
+  records).
+- a flow that has already queued its record and is in a best-effort card step after it (the pharmacy's
+  "mark the old card replaced") registers :func:`on_timeout`: the handler reports the flow's result
+  (text or ``--json``) with a note that the card did not answer, and the process exits 0, because
+  the transaction is recorded.
+- a flow between two phases (the bank counter: its ``SS01`` record queued *held*, the card being
+  changed) registers a handler that says how to finish (run the command again with the card), exit
+  4; the record stays held, never sent, until that run releases or withdraws it.
+
+Output after a record is queued goes through :data:`OUTPUT` (a lock), which the watchdog holds while
+it reports and exits: the flow's thread never prints half a result beside the watchdog's.
 """
 from __future__ import annotations
 
@@ -14,6 +29,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 
 from apdu.errors import CardUnresponsiveError
 from drivers.connection import longest_wait
@@ -25,9 +41,15 @@ DEFAULT_TIMEOUT_S = 20.0
 #: how often the watchdog looks
 POLL_S = 0.2
 
+#: held around every line a counter command prints, and by the watchdog while it reports and exits
+OUTPUT = threading.RLock()
+
 _lock = threading.Lock()
 _timeout_s: float = DEFAULT_TIMEOUT_S
 _thread: threading.Thread | None = None
+#: what to do when a card stalls: given the clerk's error text, print what must be said and return
+#: the exit code (None: the default, the error and exit 4)
+_handler: Callable[[str], int] | None = None
 
 
 def configured_timeout() -> float:
@@ -49,16 +71,41 @@ def arm(timeout_s: float) -> None:
             _thread.start()
 
 
+def on_timeout(handler: Callable[[str], int] | None) -> None:
+    """From now on a stalled card calls ``handler(error_text)``, which prints what the clerk must read
+    and returns the exit code; ``None`` restores the default (error, exit 4)."""
+    global _handler
+    with OUTPUT:
+        _handler = handler
+
+
+def _stalled() -> tuple[str, float] | None:
+    wait = longest_wait()
+    return wait if wait is not None and wait[1] > _timeout_s else None
+
+
 def _watch() -> None:
     event = threading.Event()
     while not event.wait(POLL_S):
-        wait = longest_wait()
-        if wait is not None and wait[1] > _timeout_s:
+        if _stalled() is None:
+            continue
+        with OUTPUT:  # the flow's thread prints nothing from here on
+            wait = _stalled()  # again under the lock: the answer may have come meanwhile
+            if wait is None:
+                continue
             name, seconds = wait
             err = CardUnresponsiveError(
                 f"The card in {name} has not answered for {seconds:.0f} s: take it out and insert it again"
             )
             log.debug("watchdog: %s", err)
-            sys.stdout.flush()
-            print(f"Error: {err}", file=sys.stderr, flush=True)
-            os._exit(err.exit_code)
+            code = err.exit_code
+            try:
+                if _handler is not None:
+                    code = _handler(str(err))
+                else:
+                    sys.stdout.flush()
+                    print(f"Error: {err}", file=sys.stderr, flush=True)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)

@@ -16,11 +16,20 @@ the clerk runs the purchase again (docs/flows.md, "One payment, one record").
 """
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.errors import IdentityMismatchError, NotSocialSecurityCardError, SSCardError
+from apdu.errors import (
+    CardUnresponsiveError,
+    IdentityMismatchError,
+    NoCardError,
+    NotSocialSecurityCardError,
+    SSCardError,
+    TransportError,
+)
 from drivers.connection import Connection
 from terminal.envelope import Fen, yuan
 from terminal.flows.account import SETTLEMENT, TRANSFER, account_view
@@ -44,8 +53,12 @@ from terminal.flows.common import (
 from terminal.oldcard import OldCard, OldMedicalCardSession, WrongCardOrderError
 from terminal.queue import QueuedRecord
 
+log = logging.getLogger(__name__)
+
 SALE_NO = re.compile(r"[A-Za-z0-9-]{1,30}")
-MONEY = re.compile(r"(\d{1,9})(?:\.(\d{1,2}))?")
+#: ASCII digits only: ``\d`` and ``str.isdigit`` also take other scripts' digits and '²'
+MONEY = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?")
+QUANTITY = re.compile(r"[0-9]{1,9}")
 MAX_QUANTITY = 9999
 
 # --- the dual-card insert ------------------------------------------------------------------------
@@ -101,12 +114,17 @@ def _earlier_transfer(site: Site, old: OldCard) -> QueuedRecord | None:
 
 
 def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, clerk: Clerk,
-                       old_connection: Connection | None = None) -> DualCardActivation:
+                       old_connection: Connection | None = None,
+                       recorded: Callable[[DualCardActivation], None] | None = None) -> DualCardActivation:
     """Link ``old`` (already read) to the social security card in ``new_connection`` (module docstring).
 
     ``old_connection``: the old card's reader when it is still there (two readers); it is read again
     just before the record is queued (a card pulled halfway queues nothing) and marked replaced after.
     None when one reader took the cards in turn: the old card is gone and is not marked.
+
+    ``recorded``: called once the SS02 record is queued, before the old card is marked, with the result
+    as it stands if the mark never ends (not marked): the CLI's card watchdog reports it when the old
+    card stalls there (terminal/cli/watchdog.py), since the account move is recorded by then.
     """
     if old.replaced:
         raise RefusedError("The old medical insurance card is already marked replaced: its account was moved "
@@ -134,9 +152,19 @@ def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, cle
         insured_region=identity.issuing_region, card_sn=at.card_sn,
     )
     clerk.say(f"Account moved to the new card: {yuan(old.balance)} yuan ({record.msgid}).")
+    if recorded is not None and old_connection is not None:
+        recorded(DualCardActivation(old, holder_line(identity), record, activated_now, False,
+                                    not_answering_note("it did not answer")))
     marked, note = _mark_old_card(old_connection)
     clerk.say(note)
     return DualCardActivation(old, holder_line(identity), record, activated_now, marked, note)
+
+
+def not_answering_note(reason: str) -> str:
+    """What the screen says when the old card stopped answering (pulled, stalled) after the move was
+    recorded; it may or may not have taken the mark."""
+    return (f"Old card not marked replaced (not answering): {reason.rstrip('.')}. The account move is recorded; "
+            "this terminal will refuse the old card for another transfer.")
 
 
 def _mark_old_card(connection: Connection | None) -> tuple[bool, str]:
@@ -146,8 +174,15 @@ def _mark_old_card(connection: Connection | None) -> tuple[bool, str]:
         if OldMedicalCardSession(connection).mark_replaced():
             return True, "Old card marked replaced: give it back to the holder or keep it, as the site decides."
         return False, "Old card not marked: its issuer does not allow it; this terminal will refuse it for another transfer."
+    except (NoCardError, CardUnresponsiveError, TransportError) as err:  # pulled, mute: the mark is best effort
+        return False, not_answering_note(str(err))
     except SSCardError as err:  # the record is queued: the mark is best effort
-        return False, f"Old card not marked ({err}); the account move is recorded."
+        return False, (f"Old card not marked replaced ({str(err).rstrip('.')}). The account move is recorded; "
+                       "this terminal will refuse the old card for another transfer.")
+    except Exception as err:  # a bug must not hide a recorded transaction from the clerk
+        log.warning("marking the old card failed", exc_info=True)
+        return False, (f"Old card not marked replaced (internal error: {type(err).__name__}). The account move is "
+                       "recorded; this terminal will refuse the old card for another transfer.")
 
 
 # --- purchases ----------------------------------------------------------------------------------
@@ -178,9 +213,9 @@ class Item:
     def parse(cls, text: str) -> Item:
         """``"NAME:QUANTITY:PRICE"`` with the price in yuan, e.g. ``"阿莫西林胶囊:2:12.50"``."""
         parts = text.rsplit(":", 2)
-        if len(parts) != 3 or not parts[0].strip() or not parts[1].strip().isdigit():
+        if len(parts) != 3 or not parts[0].strip() or not QUANTITY.fullmatch(parts[1].strip()):
             raise PaymentRefusedError(f"{text!r} is not an item (NAME:QUANTITY:PRICE, e.g. 阿莫西林胶囊:2:12.50)")
-        quantity = int(parts[1])
+        quantity = int(parts[1].strip())
         if not 1 <= quantity <= MAX_QUANTITY:
             raise PaymentRefusedError(f"the quantity of {parts[0].strip()} must be 1 to {MAX_QUANTITY}")
         return cls(parts[0].strip(), quantity, parse_money(parts[2]))
@@ -221,15 +256,26 @@ def _same_sale(record: QueuedRecord, items: list[Item]) -> bool:
     return lines == [(i.name, i.quantity, i.price) for i in items]
 
 
+def _paid_by_another_card(site: Site, sale_no: str, card_sn: str) -> QueuedRecord | None:
+    """A settlement of this terminal for ``sale_no`` paid with a card other than ``card_sn``: the till's
+    sale number names one sale, whoever paid it (the other holder is never named)."""
+    return first(site.outbox.records(), lambda r: r.infno == SETTLEMENT and r.card_sn != card_sn
+                 and record_data(r).get("chrg_bchno") == sale_no)
+
+
 def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item], clerk: Clerk) -> Purchase:
     """Pay ``items`` from the holder's personal account (module docstring). Refusals queue nothing:
     counterfeit (8), wrong/blocked PIN (6/7), card removed before the payment (4), card not
-    activated (15), balance unknown or too low, sale number used for another sale (16)."""
+    activated (15), balance unknown or too low, sale number used for another sale or already paid
+    with another card (16)."""
     if not SALE_NO.fullmatch(sale_no or ""):
         raise PaymentRefusedError("The sale number must be 1 to 30 letters, digits or '-' (from the till)")
     if not items:
         raise PaymentRefusedError("A purchase needs at least one item")
     total = Fen(sum(item.total for item in items))
+    if total <= 0:
+        raise PaymentRefusedError("The total is 0.00 yuan: there is nothing to pay from the account. "
+                                  "Nothing was recorded.")
     at = present_card(connection, site)
     identity = at.identity
     clerk.say(f"Card genuine: {holder_line(identity)}")
@@ -238,6 +284,9 @@ def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item]
                            "or by a dual-card insert. Nothing was recorded.")
     view = account_view(site.outbox, at.card_sn)
     paid = first(view.payments, lambda r: record_data(r).get("chrg_bchno") == sale_no)
+    if paid is None and _paid_by_another_card(site, sale_no, at.card_sn) is not None:
+        raise PaymentRefusedError(f"Sale {sale_no} was already paid with another card: a sale is paid once. "
+                                  "Nothing was recorded.")
     if paid is not None:
         if not _same_sale(paid, items):
             raise PaymentRefusedError(f"Sale {sale_no} was already paid with other items ({paid.msgid}). "
