@@ -376,7 +376,9 @@ def check_new_pin(pin: str) -> None:
 def is_weak_pin(pin: str) -> bool:
     """True for PINs that are easy to guess (project policy, docs/crypto.md): all one digit
     (``000000``, ``888888``) or a run of consecutive digits up or down (``123456``, ``654321``,
-    ``3456``; the issue PIN 123456 is one). Raises PINFormatError on a malformed PIN."""
+    ``3456``; the issue PIN 123456 is one). A run may wrap round from 9 to 0 and on (``567890``,
+    ``890123``, ``098765``, ``012345678901``), as easy to guess as any other: the step from digit to
+    digit is compared mod 10. Raises PINFormatError on a malformed PIN."""
     _check_pin(pin)
-    steps = {(int(b) - int(a)) for a, b in zip(pin, pin[1:])}
-    return steps in ({0}, {1}, {-1})
+    steps = {(int(b) - int(a)) % 10 for a, b in zip(pin, pin[1:])}
+    return steps in ({0}, {1}, {9})

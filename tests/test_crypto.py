@@ -411,8 +411,11 @@ def test_bcd_round_trip(pin):
     ("pin", "weak"),
     [
         ("000000", True), ("888888", True), ("123456", True), ("654321", True), ("3456", True),
-        ("012345678901", False), ("123457", False), ("112233", False), ("135790", False),
+        ("012345678901", True), ("123457", False), ("112233", False), ("135790", False),
         ("271828", False), ("987654", True), ("121212", False),
+        # runs that wrap from 9 to 0 (or 0 to 9 going down) are runs: steps are compared mod 10
+        ("567890", True), ("890123", True), ("098765", True), ("901234", True), ("109876", True),
+        ("8901", True), ("909090", False), ("567891", False), ("890124", False),
     ],
 )
 def test_weak_pins(pin, weak):
