@@ -196,6 +196,26 @@ def test_full_3des_cbc_mac_with_two_keys_is_cbc_of_published_block():
     assert mac_3des_full(key, masked, iv, padding=1) == H("89321BA75BA545DB")
 
 
+@pytest.mark.parametrize(
+    ("key", "iv", "plain", "cipher"),
+    [
+        # NIST CAVP TDES Multi-block Message Test, TCBCMMT2.rsp (keying option 2: KEY3 = KEY1,
+        # KEY1 != KEY2), two blocks: [ENCRYPT] COUNT = 1 (also BearSSL's KAT_DES_CBC) and
+        # [DECRYPT] COUNT = 1, read as an encryption of PLAINTEXT.
+        ("70A88FA1DFB9942FA77F40157FFEF2AD", "ECE08CE2FDC6CE80",
+         "BC225304D5A3A5C9918FC5006CBC40CC", "27F67DC87AF7DDB4B68F63FA7C2D454A"),
+        ("464092CDBF736D38FB1FE6A12A94AE0E", "5423455F00023B01",
+         "9CBE7D1B5CDD1864C3095BA810575960", "3F6050B74ED64416BC23D53B0469ED7A"),
+    ],
+)
+def test_full_3des_cbc_mac_two_keys_two_blocks_cavp_tcbcmmt2(key, iv, plain, cipher):
+    # CBC-MAC (MAC algorithm 1) is the last CBC ciphertext block. Every other 3DES CBC-MAC vector
+    # has K1 = K2 or one block, where the retail MAC gives the same answer; these tell them apart.
+    assert TDES.encrypt_cbc(H(key), H(plain), H(iv)) == H(cipher)
+    assert mac_3des_full(H(key), H(plain), H(iv), padding=1) == H(cipher)[-8:]
+    assert mac_retail(H(key), H(plain), H(iv), padding=1) != H(cipher)[-8:]
+
+
 def test_retail_mac_of_one_block_is_3des_of_that_block():
     # Output transformation 3 on a single block: E(K1, D(K2, E(K1, x))) = 3DES-EDE(K1 K2 K1, x).
     key = ISO_K + ISO_K_PRIME
