@@ -57,7 +57,7 @@ class CryptoError(SSCardError, ValueError):
 
 
 class PINFormatError(SSCardError, ValueError):
-    """The PIN must be 4 to 12 digits (0-9)."""
+    """The PIN must be 4 to 12 digits (0-9); a new PIN, 6 digits (``PIN_DEFAULT_LENGTH``)."""
 
     exit_code = 11
 
@@ -366,9 +366,18 @@ def bcd_to_pin(data: bytes) -> str:
     return text
 
 
-def check_new_pin(pin: str) -> None:
-    """Refuse a PIN the holder wants to set: malformed (PINFormatError) or weak (WeakPINError,
-    :func:`is_weak_pin`; project policy, docs/crypto.md). Messages never contain the PIN."""
+def check_new_pin(pin: str, length: int = PIN_DEFAULT_LENGTH) -> None:
+    """Refuse a PIN the holder wants to set (CHANGE PIN, RELOAD PIN, bank activation): malformed or
+    not ``length`` digits (PINFormatError), or weak (WeakPINError, :func:`is_weak_pin`). Project
+    policy, docs/crypto.md: the card's PIN is 6 digits by default (``PIN_DEFAULT_LENGTH``; the
+    issue PIN 123456, shared/reference/ssc-card.md), so a new PIN is 6 digits unless a site
+    chooses another length; VERIFY still takes the 4 to 12 digits a card may hold. Messages never
+    contain the PIN."""
+    if not PIN_MIN_LENGTH <= length <= PIN_MAX_LENGTH:
+        raise ValueError(f"A PIN length must be {PIN_MIN_LENGTH} to {PIN_MAX_LENGTH} digits")
+    _check_pin(pin)
+    if len(pin) != length:
+        raise PINFormatError(f"The new PIN must be {length} digits")
     if is_weak_pin(pin):
         raise WeakPINError()
 

@@ -15,13 +15,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apdu.crypto import (
+    PIN_DEFAULT_LENGTH,
     PIN_MAX_LENGTH,
     PIN_MIN_LENGTH,
     Algorithm,
     CryptoError,
     PINFormatError,
+    WeakPINError,
     bcd_to_pin,
     card_key,
+    check_new_pin,
     constant_time_equal,
     diversification_data,
     diversify,
@@ -463,6 +466,28 @@ def test_bcd_round_trip(pin):
 )
 def test_weak_pins(pin, weak):
     assert is_weak_pin(pin) is weak
+
+
+@pytest.mark.parametrize("pin", ["2580", "25803", "2580369", "258036914703"])
+def test_a_new_pin_is_6_digits_by_default(pin):
+    with pytest.raises(PINFormatError, match="must be 6 digits") as err:
+        check_new_pin(pin)
+    assert not isinstance(err.value, WeakPINError) and err.value.exit_code == 11 and pin not in str(err.value)
+    check_new_pin(pin, length=len(pin))  # a site that chose that length accepts it
+    pin_to_bcd(pin)  # VERIFY still takes the 4 to 12 digits a card may hold
+
+
+def test_new_pin_checks_order_format_length_then_weakness():
+    check_new_pin("258036")
+    assert PIN_DEFAULT_LENGTH == 6
+    with pytest.raises(PINFormatError, match="only the digits"):
+        check_new_pin("25a036")
+    with pytest.raises(WeakPINError):
+        check_new_pin("567890")
+    with pytest.raises(PINFormatError, match="must be 6 digits"):
+        check_new_pin("1234")  # weak, but first of all too short
+    with pytest.raises(ValueError):
+        check_new_pin("258036", length=3)
 
 
 def test_weak_pin_check_validates_format():
