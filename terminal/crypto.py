@@ -72,7 +72,7 @@ class CardKeyRef:
     def for_card(cls, card_identification_code: str, spec_version: str) -> CardKeyRef:
         """From EF05 tags 01 and 03 (``apdu.crypto.diversification_data``; docs/crypto.md)."""
         algorithm = Algorithm.for_spec_version(spec_version)
-        return cls(algorithm, diversification_data(bytes.fromhex(card_identification_code), algorithm))
+        return cls(algorithm, diversification_data(bytes.fromhex(card_identification_code)))
 
     @classmethod
     def read(cls, card: SocialSecurityCard) -> CardKeyRef:

@@ -330,31 +330,44 @@ def test_pad_unpad_round_trip(data, block):
 
 CIC_A = H("330300D15600000599110145FFFFFFFF")
 CIC_B = H("330300D15600000599110146FFFFFFFF")  # same region and RID, next serial
+CIC_C = H("440300D15600000599110145FFFFFFFF")  # same serial as CIC_A, another issuing region
 MK = H("404142434445464748494A4B4C4D4E4F")  # TEST key
 
 
 def test_diversification_data_convention():
-    assert diversification_data(CIC_A, TDES) == H("5600000599110145")
-    assert diversification_data(CIC_A, SM4) == CIC_A
-    full = H("330300D156000005991101450A0B0C0D")  # no FF padding: the rightmost 8 bytes
-    assert diversification_data(full, TDES) == H("991101450A0B0C0D")
+    # region code (3 bytes) || the rightmost 5 bytes before the FF padding (docs/crypto.md)
+    assert diversification_data(CIC_A) == H("3303000599110145")
+    assert diversification_data(CIC_C) == H("4403000599110145")
+    full = H("330300D156000005991101450A0B0C0D")  # no FF padding: region || the last 5 bytes
+    assert diversification_data(full) == H("330300450A0B0C0D")
+    eight = H("330300D1560000") + H("05") + H("FF") * 8  # 8 bytes before the padding: just enough
+    assert diversification_data(eight) == H("330300D156000005")
     for bad in (CIC_A[:15], CIC_A + b"\xff"):
         with pytest.raises(CryptoError):
-            diversification_data(bad, TDES)
-    with pytest.raises(CryptoError):
-        diversification_data(H("3303FF") + H("FF") * 13, TDES)
+            diversification_data(bad)
+    for short in (H("3303FF") + H("FF") * 13, H("330300D1560000") + H("FF") * 9):  # 2 and 7 bytes
+        with pytest.raises(CryptoError):
+            diversification_data(short)
+
+
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+def test_cards_of_two_regions_with_the_same_serial_get_two_keys(algorithm):
+    # The issuing region is part of D: serials repeat from region to region, so a key derived from
+    # the serial alone (the old convention, D = 56000005 99110145 for both) is shared across regions.
+    assert diversification_data(CIC_A) != diversification_data(CIC_C)
+    assert card_key(MK, CIC_A, algorithm) != card_key(MK, CIC_C, algorithm)
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 def test_two_cards_get_two_keys(algorithm):
-    assert diversification_data(CIC_A, algorithm) != diversification_data(CIC_B, algorithm)
+    assert diversification_data(CIC_A) != diversification_data(CIC_B)
     assert card_key(MK, CIC_A, algorithm) != card_key(MK, CIC_B, algorithm)
     assert card_key(MK, CIC_A, algorithm) != card_key(MK[::-1], CIC_A, algorithm)
     assert len(card_key(MK, CIC_A, algorithm)) == algorithm.key_size
 
 
 def test_3des_diversification_halves():
-    d = diversification_data(CIC_A, TDES)
+    d = diversification_data(CIC_A)
     complement = bytes(b ^ 0xFF for b in d)
     dk = diversify(MK, d, TDES)
     assert dk[:8] == TDES.encrypt_block(MK, d)
@@ -363,11 +376,17 @@ def test_3des_diversification_halves():
     assert diversify(MK, complement, TDES) == dk[8:] + dk[:8]
 
 
-def test_sm4_diversification_is_one_block():
-    assert diversify(MK, CIC_A, SM4) == SM4.encrypt_block(MK, CIC_A)
+def test_sm4_diversification_is_pboc_d_and_not_d_in_one_block():
+    # PBOC form with SM4's 16-byte block: DK = SM4(MK, D || ~D), the same 8-byte D as 3DES.
+    d = diversification_data(CIC_A)
+    complement = bytes(b ^ 0xFF for b in d)
+    dk = diversify(MK, d, SM4)
+    assert len(dk) == 16 and dk == SM4.encrypt_block(MK, d + complement)
+    assert dk != SM4.encrypt_block(MK, CIC_A)  # not the old whole-code form
+    assert diversify(MK, complement, SM4) == SM4.encrypt_block(MK, complement + d)
 
 
-@pytest.mark.parametrize(("algorithm", "length"), [(TDES, 16), (TDES, 7), (SM4, 8), (SM4, 17)])
+@pytest.mark.parametrize(("algorithm", "length"), [(TDES, 16), (TDES, 7), (TDES, 9), (SM4, 16), (SM4, 7), (SM4, 17)])
 def test_diversify_rejects_wrong_data_length(algorithm, length):
     with pytest.raises(CryptoError):
         diversify(MK, bytes(length), algorithm)
@@ -515,14 +534,12 @@ def doc_examples() -> dict[str, dict[str, bytes]]:
 
 def worked_example(algorithm: Algorithm, mk: bytes, cic: bytes, rnd: bytes, td: bytes, m: bytes) -> dict[str, bytes]:
     """Every value the document prints, computed from its inputs by the code under test."""
-    d = diversification_data(cic, algorithm)
+    d = diversification_data(cic)
     dk = diversify(mk, d, algorithm)
     sk_input = pad_method2(rnd + td, algorithm.block_size)
     sk = session_key(dk, rnd, td, algorithm)
     full_mac = (mac_retail if algorithm is TDES else mac_sm4)(sk, m, rnd)
-    out = {"MK": mk, "CIC": cic, "D": d}
-    if algorithm is TDES:
-        out["NOT_D"] = bytes(b ^ 0xFF for b in d)
+    out = {"MK": mk, "CIC": cic, "D": d, "NOT_D": bytes(b ^ 0xFF for b in d)}
     out |= {
         "DK": dk, "RND": rnd, "TD": td, "SK_INPUT": sk_input,
         "SK_CBC": algorithm.encrypt_cbc(dk, sk_input, bytes(algorithm.block_size)), "SK": sk,

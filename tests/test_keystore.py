@@ -272,5 +272,7 @@ def test_open_key_store_chooses(tmp_path):
 
 def test_card_key_ref_hides_the_identification_code():
     ref = CardKeyRef.for_card(CARDS[0], "2.00")
-    assert ref.algorithm is Algorithm.TDES and ref.diversification == bytes.fromhex("5600000501234567")
-    assert "5600000501234567" not in repr(ref).upper()
+    assert ref.algorithm is Algorithm.TDES and ref.diversification == bytes.fromhex("3303000501234567")
+    assert "3303000501234567" not in repr(ref).upper()
+    sm4 = CardKeyRef.for_card(CARDS[1], "3.00")  # the same 8-byte D for SM4 (docs/crypto.md)
+    assert sm4.algorithm is Algorithm.SM4 and sm4.diversification == bytes.fromhex("4403000576543210")
