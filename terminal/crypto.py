@@ -160,14 +160,18 @@ class SoftwareKeyStore(KeyStore):
         Then the content must be a well-formed master-key file.
         """
         path = Path(path)
-        folder = _key_folder(path)
         try:
+            folder = _key_folder(path)
             dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as err:
             raise KeyStoreError(f"Cannot open the folder of the key file {path}: {err.strerror}") from None
         try:
             # the folder checked is the one the file is opened from (same device and inode)
-            _check_key_folder(path, folder, os.fstat(dir_fd))
+            try:
+                opened, to_check = os.fstat(dir_fd), _folders_to_check(path, folder)
+            except OSError as err:  # the working folder vanished, a folder unreadable
+                raise KeyStoreError(f"Cannot check the folders of the key file {path}: {err.strerror}") from None
+            _check_key_folder(path, folder, opened, to_check)
             flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
             try:
                 fd = os.open(path.name, flags, dir_fd=dir_fd)
@@ -263,10 +267,11 @@ def _folders_to_check(path: Path, folder: str) -> list[str]:
     return list(seen)
 
 
-def _check_key_folder(path: Path, folder: str, opened: os.stat_result) -> None:
-    """Refuse a key file whose folders others could write (see :meth:`SoftwareKeyStore.from_file`)."""
+def _check_key_folder(path: Path, folder: str, opened: os.stat_result, folders: list[str]) -> None:
+    """Refuse a key file whose folders others could write (see :meth:`SoftwareKeyStore.from_file`):
+    ``folders`` from :func:`_folders_to_check`, ``opened`` the status of the folder opened."""
     me = os.geteuid()
-    for directory in _folders_to_check(path, folder):
+    for directory in folders:
         try:
             info = os.stat(directory)
         except OSError as err:

@@ -172,6 +172,16 @@ def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
     assert "not a regular file" in str(outcome[0])
 
 
+def test_a_relative_key_file_when_the_working_folder_is_gone_is_a_key_store_error(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(KeyStoreError, match="key file keys.json") as err:
+        SoftwareKeyStore.from_file("keys.json")
+    assert err.value.exit_code == 12
+
+
 def mutated(change) -> str:
     data = json.loads(BUNDLED.read_text())
     change(data)
