@@ -23,6 +23,7 @@ from apdu.errors import SSCardError
 __all__ = [
     "Algorithm",
     "CryptoError",
+    "DIVERSIFICATION_DATA_LENGTH",
     "PINFormatError",
     "WeakPINError",
     "PIN_DEFAULT_LENGTH",
@@ -57,7 +58,7 @@ class CryptoError(SSCardError, ValueError):
 
 
 class PINFormatError(SSCardError, ValueError):
-    """The PIN must be 4 to 12 digits (0-9)."""
+    """The PIN must be 4 to 12 digits (0-9); a new PIN, 6 digits (``PIN_DEFAULT_LENGTH``)."""
 
     exit_code = 11
 
@@ -147,43 +148,54 @@ def _des(key8: bytes) -> BlockCipherAlgorithm:
 
 # --- key diversification (PBOC) -----------------------------------------------------------------
 
-def diversification_data(card_identification_code: bytes, algorithm: Algorithm) -> bytes:
-    """The diversification data D taken from the 16-byte card identification code (EF05 tag 01).
+#: length of the diversification data D, for 3DES and SM4 alike (PBOC: 8 bytes of card data)
+DIVERSIFICATION_DATA_LENGTH = 8
+#: the card identification code's issuing region code: its first 3 bytes, 6 BCD digits (``330300``)
+REGION_CODE_LENGTH = 3
+#: the bytes of D taken from the end of the code's significant part (before the FF padding)
+_SERIAL_PART = DIVERSIFICATION_DATA_LENGTH - REGION_CODE_LENGTH
 
-    Project convention (docs/crypto.md): for 3DES, D is the rightmost 8 bytes of the code once its
-    trailing ``FF`` padding bytes are removed (``330300D1 56000005 99110145 FFFFFFFF`` ->
-    ``56000005 99110145``): the serial part, which differs from card to card, whereas the first bytes
-    (region code, RID) are shared by many cards. For SM4, D is the whole 16-byte code as stored.
+
+def diversification_data(card_identification_code: bytes) -> bytes:
+    """The 8-byte diversification data D of a card, from its 16-byte identification code (EF05 tag 01),
+    the same for 3DES and SM4 keys.
+
+    Project convention (docs/crypto.md, "Key diversification"), from the code's layout
+    (shared/reference/ssc-card.md: ``330300 D156000005 99110145 FFFFFFFF``, that is, the issuing
+    region code in 3 BCD bytes, the RID ``D1 56 00 00 05`` common to all cards, the card's serial,
+    ``FF`` padding): D = the region code (first 3 bytes) || the rightmost 5 bytes before the ``FF``
+    padding (the serial and the byte before it): ``330300`` || ``05 99110145`` ->
+    ``33030005 99110145``. Nothing makes a serial unique across issuing regions, so the region is
+    part of D: two cards that differ in either get different keys. A code with no padding gives
+    its last 5 bytes; fewer than 8 bytes before the padding (region and tail would overlap) is a
+    CryptoError.
     """
     code = bytes(card_identification_code)
     if len(code) != 16:
         raise CryptoError("The card identification code must be 16 bytes")
-    if algorithm is Algorithm.SM4:
-        return code
     significant = code.rstrip(b"\xff")
-    if len(significant) < 8:
+    if len(significant) < DIVERSIFICATION_DATA_LENGTH:
         raise CryptoError("The card identification code has fewer than 8 bytes before its FF padding")
-    return significant[-8:]
+    return significant[:REGION_CODE_LENGTH] + significant[-_SERIAL_PART:]
 
 
 def diversify(master_key: bytes, data: bytes, algorithm: Algorithm) -> bytes:
-    """Diversify a master key for one card (PBOC 2.0 / JR/T 0025 key derivation).
+    """Diversify a master key for one card (PBOC 2.0 / JR/T 0025 key derivation, docs/crypto.md).
 
-    3DES: D is 8 bytes, DK = E(MK, D) || E(MK, ~D), ~D the bitwise complement of D.
-    SM4 (project convention, docs/crypto.md): D is 16 bytes, one SM4 block, and DK = E(MK, D); the
-    key is a single block, so the PBOC left-half/right-half form does not apply.
+    D is 8 bytes (:func:`diversification_data`), ~D its bitwise complement, and DK is the ECB
+    encryption of D || ~D with the master key: for 3DES (8-byte blocks) the two blocks
+    DK = E(MK, D) || E(MK, ~D), left half and right half; for SM4 (one 16-byte block, project
+    convention) DK = SM4(MK, D || ~D), D and ~D the block's halves. Either way DK is 16 bytes.
     """
-    if len(data) != algorithm.block_size:
-        raise CryptoError(f"{algorithm.value} diversification data must be {algorithm.block_size} bytes")
-    if algorithm is Algorithm.SM4:
-        return algorithm.encrypt_block(master_key, data)
+    if len(data) != DIVERSIFICATION_DATA_LENGTH:
+        raise CryptoError(f"The diversification data must be {DIVERSIFICATION_DATA_LENGTH} bytes")
     complement = bytes(b ^ 0xFF for b in data)
     return algorithm.encrypt_block(master_key, bytes(data) + complement)
 
 
 def card_key(master_key: bytes, card_identification_code: bytes, algorithm: Algorithm) -> bytes:
-    """The card's own key: ``diversify(MK, diversification_data(code))`` (docs/crypto.md)."""
-    return diversify(master_key, diversification_data(card_identification_code, algorithm), algorithm)
+    """The card's own key: ``diversify(MK, diversification_data(code), algorithm)`` (docs/crypto.md)."""
+    return diversify(master_key, diversification_data(card_identification_code), algorithm)
 
 
 def session_key(key: bytes, challenge: bytes, terminal_data: bytes, algorithm: Algorithm) -> bytes:
@@ -366,9 +378,18 @@ def bcd_to_pin(data: bytes) -> str:
     return text
 
 
-def check_new_pin(pin: str) -> None:
-    """Refuse a PIN the holder wants to set: malformed (PINFormatError) or weak (WeakPINError,
-    :func:`is_weak_pin`; project policy, docs/crypto.md). Messages never contain the PIN."""
+def check_new_pin(pin: str, length: int = PIN_DEFAULT_LENGTH) -> None:
+    """Refuse a PIN the holder wants to set (CHANGE PIN, RELOAD PIN, bank activation): malformed or
+    not ``length`` digits (PINFormatError), or weak (WeakPINError, :func:`is_weak_pin`). Project
+    policy, docs/crypto.md: the card's PIN is 6 digits by default (``PIN_DEFAULT_LENGTH``; the
+    issue PIN 123456, shared/reference/ssc-card.md), so a new PIN is 6 digits unless a site
+    chooses another length; VERIFY still takes the 4 to 12 digits a card may hold. Messages never
+    contain the PIN."""
+    if not PIN_MIN_LENGTH <= length <= PIN_MAX_LENGTH:
+        raise ValueError(f"A PIN length must be {PIN_MIN_LENGTH} to {PIN_MAX_LENGTH} digits")
+    _check_pin(pin)
+    if len(pin) != length:
+        raise PINFormatError(f"The new PIN must be {length} digits")
     if is_weak_pin(pin):
         raise WeakPINError()
 
@@ -376,7 +397,9 @@ def check_new_pin(pin: str) -> None:
 def is_weak_pin(pin: str) -> bool:
     """True for PINs that are easy to guess (project policy, docs/crypto.md): all one digit
     (``000000``, ``888888``) or a run of consecutive digits up or down (``123456``, ``654321``,
-    ``3456``; the issue PIN 123456 is one). Raises PINFormatError on a malformed PIN."""
+    ``3456``; the issue PIN 123456 is one). A run may wrap round from 9 to 0 and on (``567890``,
+    ``890123``, ``098765``, ``012345678901``), as easy to guess as any other: the step from digit to
+    digit is compared mod 10. Raises PINFormatError on a malformed PIN."""
     _check_pin(pin)
-    steps = {(int(b) - int(a)) for a, b in zip(pin, pin[1:])}
-    return steps in ({0}, {1}, {-1})
+    steps = {(int(b) - int(a)) % 10 for a, b in zip(pin, pin[1:])}
+    return steps in ({0}, {1}, {9})

@@ -27,6 +27,7 @@ from apdu.errors import (
 from apdu.keyset import KeyUsage
 from drivers.memory import MemoryConnection
 from drivers.simulator import SSCCard, bundled_names, load_card, load_profile
+from drivers.simulator.profile import parse_profile
 from terminal.card import SocialSecurityCard
 from terminal.crypto import (
     CardKeyRef,
@@ -252,7 +253,7 @@ def test_change_pin_with_a_wrong_current_pin_costs_a_try():
     card.verify_pin(PIN)  # unchanged
 
 
-@pytest.mark.parametrize("weak", ["111111", "123456", "654321", "000000", "3456"])
+@pytest.mark.parametrize("weak", ["111111", "123456", "654321", "000000", "987654", "567890"])
 def test_weak_new_pin_is_refused_before_anything_is_sent(weak):
     card = session("adult")
     sent = card.connection.apdu_count
@@ -270,6 +271,28 @@ def test_new_pin_same_as_old_or_malformed_is_refused():
         card.change_pin(PIN, PIN)
     with pytest.raises(PINFormatError, match="digits"):
         card.change_pin(PIN, "13579a")
+
+
+@pytest.mark.parametrize("length", [4, 5, 7, 8, 12])
+def test_a_new_pin_not_6_digits_is_refused_before_anything_is_sent(length):
+    new = "2580369147036"[:length]  # no run, not one digit: only the length is wrong
+    card = session("adult")
+    sent = card.connection.apdu_count
+    with pytest.raises(PINFormatError, match="must be 6 digits") as err:
+        card.change_pin(PIN, new)
+    assert not isinstance(err.value, WeakPINError) and err.value.exit_code == 11 and new not in str(err.value)
+    with pytest.raises(PINFormatError, match="must be 6 digits"):
+        reload_pin(card, software(), CardKeyRef.read(card), new)
+    assert card.connection.apdu_count == sent + 3  # only CardKeyRef.read's SELECT + 2 READ RECORD
+
+
+def test_a_card_whose_pin_is_4_digits_still_verifies_and_changes_to_6():
+    data = json.loads((ROOT / "fixtures" / "cards" / "adult.json").read_text(encoding="utf-8"))
+    data["pin"]["value"] = "2580"  # a card may hold 4 to 12 digits: VERIFY takes what it holds
+    card = session(SSCCard(parse_profile(data, "adult-4-digit-pin.json")))
+    card.verify_pin("2580")
+    card.change_pin("2580", NEW_PIN)
+    card.verify_pin(NEW_PIN)
 
 
 def test_change_pin_on_a_blocked_card():

@@ -6,20 +6,25 @@ examples in docs/crypto.md are parsed and recomputed, so the document cannot dri
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
+from cryptography.utils import CryptographyDeprecationWarning
 from hypothesis import given
 from hypothesis import strategies as st
 
 from apdu.crypto import (
+    PIN_DEFAULT_LENGTH,
     PIN_MAX_LENGTH,
     PIN_MIN_LENGTH,
     Algorithm,
     CryptoError,
     PINFormatError,
+    WeakPINError,
     bcd_to_pin,
     card_key,
+    check_new_pin,
     constant_time_equal,
     diversification_data,
     diversify,
@@ -68,6 +73,27 @@ GB_MSG2 = b"This is the test message "  # 25 bytes
 def test_tdes_known_answers(key, plain, cipher):
     assert TDES.encrypt_block(H(key), H(plain)) == H(cipher)
     assert TDES.decrypt_block(H(key), H(cipher)) == H(plain)
+
+
+def test_cryptography_deprecation_warnings_fail_the_tests():
+    # pyproject.toml's filterwarnings: CryptographyDeprecationWarning subclasses UserWarning, so the
+    # DeprecationWarning filters alone let it pass; it is named there and must be an error.
+    assert not issubclass(CryptographyDeprecationWarning, DeprecationWarning)
+    with pytest.raises(CryptographyDeprecationWarning):
+        warnings.warn("deprecated", CryptographyDeprecationWarning, stacklevel=1)
+
+
+def test_3des_and_the_macs_raise_no_warning_at_all():
+    # "3DES without deprecation warnings": two-key TDES goes to cryptography as K1 K2 K1, from the
+    # decrepit module (docs/crypto.md, "Algorithms").
+    key = ISO_K + ISO_K_PRIME
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TDES.encrypt_block(key, bytes(8))
+        TDES.decrypt_block(key, bytes(8))
+        TDES.encrypt_cbc(key, bytes(16), bytes(8))
+        mac_retail(key, NOW_ALL)
+        mac_3des_full(key, NOW_ALL)
 
 
 def test_sm4_gbt_32907_appendix_a_example_1():
@@ -171,6 +197,26 @@ def test_full_3des_cbc_mac_with_two_keys_is_cbc_of_published_block():
     iv = H("0011223344556677")
     masked = bytes(a ^ b for a, b in zip(plain, iv))
     assert mac_3des_full(key, masked, iv, padding=1) == H("89321BA75BA545DB")
+
+
+@pytest.mark.parametrize(
+    ("key", "iv", "plain", "cipher"),
+    [
+        # NIST CAVP TDES Multi-block Message Test, TCBCMMT2.rsp (keying option 2: KEY3 = KEY1,
+        # KEY1 != KEY2), two blocks: [ENCRYPT] COUNT = 1 (also BearSSL's KAT_DES_CBC) and
+        # [DECRYPT] COUNT = 1, read as an encryption of PLAINTEXT.
+        ("70A88FA1DFB9942FA77F40157FFEF2AD", "ECE08CE2FDC6CE80",
+         "BC225304D5A3A5C9918FC5006CBC40CC", "27F67DC87AF7DDB4B68F63FA7C2D454A"),
+        ("464092CDBF736D38FB1FE6A12A94AE0E", "5423455F00023B01",
+         "9CBE7D1B5CDD1864C3095BA810575960", "3F6050B74ED64416BC23D53B0469ED7A"),
+    ],
+)
+def test_full_3des_cbc_mac_two_keys_two_blocks_cavp_tcbcmmt2(key, iv, plain, cipher):
+    # CBC-MAC (MAC algorithm 1) is the last CBC ciphertext block. Every other 3DES CBC-MAC vector
+    # has K1 = K2 or one block, where the retail MAC gives the same answer; these tell them apart.
+    assert TDES.encrypt_cbc(H(key), H(plain), H(iv)) == H(cipher)
+    assert mac_3des_full(H(key), H(plain), H(iv), padding=1) == H(cipher)[-8:]
+    assert mac_retail(H(key), H(plain), H(iv), padding=1) != H(cipher)[-8:]
 
 
 def test_retail_mac_of_one_block_is_3des_of_that_block():
@@ -284,31 +330,44 @@ def test_pad_unpad_round_trip(data, block):
 
 CIC_A = H("330300D15600000599110145FFFFFFFF")
 CIC_B = H("330300D15600000599110146FFFFFFFF")  # same region and RID, next serial
+CIC_C = H("440300D15600000599110145FFFFFFFF")  # same serial as CIC_A, another issuing region
 MK = H("404142434445464748494A4B4C4D4E4F")  # TEST key
 
 
 def test_diversification_data_convention():
-    assert diversification_data(CIC_A, TDES) == H("5600000599110145")
-    assert diversification_data(CIC_A, SM4) == CIC_A
-    full = H("330300D156000005991101450A0B0C0D")  # no FF padding: the rightmost 8 bytes
-    assert diversification_data(full, TDES) == H("991101450A0B0C0D")
+    # region code (3 bytes) || the rightmost 5 bytes before the FF padding (docs/crypto.md)
+    assert diversification_data(CIC_A) == H("3303000599110145")
+    assert diversification_data(CIC_C) == H("4403000599110145")
+    full = H("330300D156000005991101450A0B0C0D")  # no FF padding: region || the last 5 bytes
+    assert diversification_data(full) == H("330300450A0B0C0D")
+    eight = H("330300D1560000") + H("05") + H("FF") * 8  # 8 bytes before the padding: just enough
+    assert diversification_data(eight) == H("330300D156000005")
     for bad in (CIC_A[:15], CIC_A + b"\xff"):
         with pytest.raises(CryptoError):
-            diversification_data(bad, TDES)
-    with pytest.raises(CryptoError):
-        diversification_data(H("3303FF") + H("FF") * 13, TDES)
+            diversification_data(bad)
+    for short in (H("3303FF") + H("FF") * 13, H("330300D1560000") + H("FF") * 9):  # 2 and 7 bytes
+        with pytest.raises(CryptoError):
+            diversification_data(short)
+
+
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+def test_cards_of_two_regions_with_the_same_serial_get_two_keys(algorithm):
+    # The issuing region is part of D: serials repeat from region to region, so a key derived from
+    # the serial alone (the old convention, D = 56000005 99110145 for both) is shared across regions.
+    assert diversification_data(CIC_A) != diversification_data(CIC_C)
+    assert card_key(MK, CIC_A, algorithm) != card_key(MK, CIC_C, algorithm)
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 def test_two_cards_get_two_keys(algorithm):
-    assert diversification_data(CIC_A, algorithm) != diversification_data(CIC_B, algorithm)
+    assert diversification_data(CIC_A) != diversification_data(CIC_B)
     assert card_key(MK, CIC_A, algorithm) != card_key(MK, CIC_B, algorithm)
     assert card_key(MK, CIC_A, algorithm) != card_key(MK[::-1], CIC_A, algorithm)
     assert len(card_key(MK, CIC_A, algorithm)) == algorithm.key_size
 
 
 def test_3des_diversification_halves():
-    d = diversification_data(CIC_A, TDES)
+    d = diversification_data(CIC_A)
     complement = bytes(b ^ 0xFF for b in d)
     dk = diversify(MK, d, TDES)
     assert dk[:8] == TDES.encrypt_block(MK, d)
@@ -317,11 +376,17 @@ def test_3des_diversification_halves():
     assert diversify(MK, complement, TDES) == dk[8:] + dk[:8]
 
 
-def test_sm4_diversification_is_one_block():
-    assert diversify(MK, CIC_A, SM4) == SM4.encrypt_block(MK, CIC_A)
+def test_sm4_diversification_is_pboc_d_and_not_d_in_one_block():
+    # PBOC form with SM4's 16-byte block: DK = SM4(MK, D || ~D), the same 8-byte D as 3DES.
+    d = diversification_data(CIC_A)
+    complement = bytes(b ^ 0xFF for b in d)
+    dk = diversify(MK, d, SM4)
+    assert len(dk) == 16 and dk == SM4.encrypt_block(MK, d + complement)
+    assert dk != SM4.encrypt_block(MK, CIC_A)  # not the old whole-code form
+    assert diversify(MK, complement, SM4) == SM4.encrypt_block(MK, complement + d)
 
 
-@pytest.mark.parametrize(("algorithm", "length"), [(TDES, 16), (TDES, 7), (SM4, 8), (SM4, 17)])
+@pytest.mark.parametrize(("algorithm", "length"), [(TDES, 16), (TDES, 7), (TDES, 9), (SM4, 16), (SM4, 7), (SM4, 17)])
 def test_diversify_rejects_wrong_data_length(algorithm, length):
     with pytest.raises(CryptoError):
         diversify(MK, bytes(length), algorithm)
@@ -411,12 +476,37 @@ def test_bcd_round_trip(pin):
     ("pin", "weak"),
     [
         ("000000", True), ("888888", True), ("123456", True), ("654321", True), ("3456", True),
-        ("012345678901", False), ("123457", False), ("112233", False), ("135790", False),
+        ("012345678901", True), ("123457", False), ("112233", False), ("135790", False),
         ("271828", False), ("987654", True), ("121212", False),
+        # runs that wrap from 9 to 0 (or 0 to 9 going down) are runs: steps are compared mod 10
+        ("567890", True), ("890123", True), ("098765", True), ("901234", True), ("109876", True),
+        ("8901", True), ("909090", False), ("567891", False), ("890124", False),
     ],
 )
 def test_weak_pins(pin, weak):
     assert is_weak_pin(pin) is weak
+
+
+@pytest.mark.parametrize("pin", ["2580", "25803", "2580369", "258036914703"])
+def test_a_new_pin_is_6_digits_by_default(pin):
+    with pytest.raises(PINFormatError, match="must be 6 digits") as err:
+        check_new_pin(pin)
+    assert not isinstance(err.value, WeakPINError) and err.value.exit_code == 11 and pin not in str(err.value)
+    check_new_pin(pin, length=len(pin))  # a site that chose that length accepts it
+    pin_to_bcd(pin)  # VERIFY still takes the 4 to 12 digits a card may hold
+
+
+def test_new_pin_checks_order_format_length_then_weakness():
+    check_new_pin("258036")
+    assert PIN_DEFAULT_LENGTH == 6
+    with pytest.raises(PINFormatError, match="only the digits"):
+        check_new_pin("25a036")
+    with pytest.raises(WeakPINError):
+        check_new_pin("567890")
+    with pytest.raises(PINFormatError, match="must be 6 digits"):
+        check_new_pin("1234")  # weak, but first of all too short
+    with pytest.raises(ValueError):
+        check_new_pin("258036", length=3)
 
 
 def test_weak_pin_check_validates_format():
@@ -444,14 +534,12 @@ def doc_examples() -> dict[str, dict[str, bytes]]:
 
 def worked_example(algorithm: Algorithm, mk: bytes, cic: bytes, rnd: bytes, td: bytes, m: bytes) -> dict[str, bytes]:
     """Every value the document prints, computed from its inputs by the code under test."""
-    d = diversification_data(cic, algorithm)
+    d = diversification_data(cic)
     dk = diversify(mk, d, algorithm)
     sk_input = pad_method2(rnd + td, algorithm.block_size)
     sk = session_key(dk, rnd, td, algorithm)
     full_mac = (mac_retail if algorithm is TDES else mac_sm4)(sk, m, rnd)
-    out = {"MK": mk, "CIC": cic, "D": d}
-    if algorithm is TDES:
-        out["NOT_D"] = bytes(b ^ 0xFF for b in d)
+    out = {"MK": mk, "CIC": cic, "D": d, "NOT_D": bytes(b ^ 0xFF for b in d)}
     out |= {
         "DK": dk, "RND": rnd, "TD": td, "SK_INPUT": sk_input,
         "SK_CBC": algorithm.encrypt_cbc(dk, sk_input, bytes(algorithm.block_size)), "SK": sk,

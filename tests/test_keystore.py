@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -60,14 +62,124 @@ def test_symlink_and_directory_and_missing_file_are_refused(tmp_path):
     target = private_copy(tmp_path)
     link = tmp_path / "link.json"
     link.symlink_to(target)
-    with pytest.raises(KeyStoreError, match="Cannot open"):
+    with pytest.raises(KeyStoreError, match="is a symbolic link: refused") as err:
         SoftwareKeyStore.from_file(link)
+    assert "levels of symbolic links" not in str(err.value)  # not the bare ELOOP strerror
     with pytest.raises(KeyStoreError, match="Cannot open"):
         SoftwareKeyStore.from_file(tmp_path / "none.json")
     folder = tmp_path / "dir"
     folder.mkdir(mode=0o700)
     with pytest.raises(KeyStoreError):
         SoftwareKeyStore.from_file(folder)
+
+
+OTHER_UID = 54321  # a uid that is not the test's (tests run as root in CI; chown needs it)
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+@needs_root
+def test_key_file_of_another_user_is_refused_even_mode_600(tmp_path):
+    path = private_copy(tmp_path)
+    os.chown(path, OTHER_UID, -1)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(KeyStoreError, match=f"belongs to another user \\(uid {OTHER_UID}\\)") as err:
+        SoftwareKeyStore.from_file(path)
+    assert err.value.exit_code == 12
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o730, 0o1777], ids=lambda m: f"{m:04o}")
+def test_key_file_in_a_folder_others_can_write_is_refused(tmp_path, mode):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    path = private_copy(folder)
+    folder.chmod(mode)  # the file is 600, but whoever writes the folder can put another file there
+    with pytest.raises(KeyStoreError, match="can be written by other users") as err:
+        SoftwareKeyStore.from_file(path)
+    assert f"mode {mode:04o}" in str(err.value)
+    # a shared sticky folder (like /tmp) is not to be chmod-ed: the clerk is told to move the file
+    remedy = "folder of its own" if mode & stat.S_ISVTX else f"chmod go-w {folder}"
+    assert remedy in str(err.value)
+    assert err.value.exit_code == 12
+    folder.chmod(0o755)  # others may list and read the folder, not write it
+    assert SoftwareKeyStore.from_file(path).test_only
+
+
+def test_key_file_below_a_folder_others_can_write_is_refused(tmp_path):
+    above = tmp_path / "shared"
+    folder = above / "keys"
+    folder.mkdir(parents=True)
+    path = private_copy(folder)
+    above.chmod(0o777)  # others can rename "keys" away and put their own folder in its place
+    with pytest.raises(KeyStoreError, match=f"folder {above} .*can be written by other users"):
+        SoftwareKeyStore.from_file(path)
+    above.chmod(0o1777)  # sticky, like /tmp: only the owner may rename "keys"
+    assert SoftwareKeyStore.from_file(path).test_only
+
+
+@needs_root
+def test_key_file_in_a_folder_of_another_user_is_refused(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    path = private_copy(folder)
+    os.chown(folder, OTHER_UID, -1)
+    with pytest.raises(KeyStoreError, match=f"folder {folder} .*belongs to another user"):
+        SoftwareKeyStore.from_file(path)
+
+
+def test_a_symlinked_folder_is_checked_where_it_really_is(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    path = private_copy(real)
+    link = tmp_path / "via-link"
+    link.symlink_to(real, target_is_directory=True)
+    assert SoftwareKeyStore.from_file(link / "keys.json").test_only  # a private folder through a link
+    real.chmod(0o777)  # the link itself is 0777 always; the folder it leads to is what counts
+    with pytest.raises(KeyStoreError, match=f"folder {real} .*can be written by other users"):
+        SoftwareKeyStore.from_file(link / "keys.json")
+
+
+def test_a_symlinked_folder_whose_link_others_can_repoint_is_refused(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    private_copy(real)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "keys").symlink_to(real, target_is_directory=True)
+    shared.chmod(0o777)  # the real folder is private, but anyone can point "keys" elsewhere
+    with pytest.raises(KeyStoreError, match=f"folder {shared} .*can be written by other users"):
+        SoftwareKeyStore.from_file(shared / "keys" / "keys.json")
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
+    fifo = tmp_path / "keys.json"
+    os.mkfifo(fifo, 0o600)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            SoftwareKeyStore.from_file(fifo)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    if worker.is_alive():  # blocked in open(): a writer releases it, then the test fails
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=5)
+        pytest.fail("from_file blocked on a FIFO waiting for a writer")
+    assert len(outcome) == 1 and isinstance(outcome[0], KeyStoreError)
+    assert "not a regular file" in str(outcome[0])
+
+
+def test_a_relative_key_file_when_the_working_folder_is_gone_is_a_key_store_error(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(KeyStoreError, match="key file keys.json") as err:
+        SoftwareKeyStore.from_file("keys.json")
+    assert err.value.exit_code == 12
 
 
 def mutated(change) -> str:
@@ -170,5 +282,7 @@ def test_open_key_store_chooses(tmp_path):
 
 def test_card_key_ref_hides_the_identification_code():
     ref = CardKeyRef.for_card(CARDS[0], "2.00")
-    assert ref.algorithm is Algorithm.TDES and ref.diversification == bytes.fromhex("5600000501234567")
-    assert "5600000501234567" not in repr(ref).upper()
+    assert ref.algorithm is Algorithm.TDES and ref.diversification == bytes.fromhex("3303000501234567")
+    assert "3303000501234567" not in repr(ref).upper()
+    sm4 = CardKeyRef.for_card(CARDS[1], "3.00")  # the same 8-byte D for SM4 (docs/crypto.md)
+    assert sm4.algorithm is Algorithm.SM4 and sm4.diversification == bytes.fromhex("4403000576543210")

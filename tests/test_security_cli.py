@@ -95,6 +95,11 @@ def test_auth_with_an_ssc_in_the_psam_slot():
     ([ADULT_PIN, "888888"], 11, "too easy"),
     ([ADULT_PIN, "123456"], 11, "too easy"),
     ([ADULT_PIN, "12ab56"], 11, "digits"),
+    # a new PIN is 6 digits (PIN_DEFAULT_LENGTH), though VERIFY takes the 4 to 12 a card may hold
+    ([ADULT_PIN, "2580"], 11, "new PIN must be 6 digits"),
+    ([ADULT_PIN, "25803"], 11, "new PIN must be 6 digits"),
+    ([ADULT_PIN, "2580369"], 11, "new PIN must be 6 digits"),
+    ([ADULT_PIN, "258036914703"], 11, "new PIN must be 6 digits"),
 ])
 def test_change_pin(lines, code, words):
     result = run("change-pin", "--reader", "sim:adult", "--pin-stdin", input="\n".join(lines) + "\n")

@@ -251,7 +251,7 @@ def psam() -> MemoryConnection:
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 @pytest.mark.parametrize("usage", [IA, EA])
 def test_psam_encrypts_with_the_diversified_key(psam, algorithm, usage):
-    d = diversification_data(bytes.fromhex("330300D15600000501234567FFFFFFFF"), algorithm)
+    d = diversification_data(bytes.fromhex("330300D15600000501234567FFFFFFFF"))
     data = bytes(range(algorithm.block_size))
     assert psam.transmit(commands.psam_des_init(usage.code, psam_key_version(algorithm), d)).sw == 0x9000
     out = psam.transmit(commands.psam_des_crypt(commands.PSAM_MODE_ENCRYPT, data)).check().data
@@ -263,7 +263,7 @@ def test_psam_encrypts_with_the_diversified_key(psam, algorithm, usage):
 @pytest.mark.parametrize("usage", [PR, AM])
 def test_psam_macs_with_the_session_key(psam, algorithm, usage):
     code = bytes.fromhex("440300D15600000576543210FFFFFFFF")
-    d = diversification_data(code, algorithm)
+    d = diversification_data(code)
     challenge = bytes(range(7, 7 + algorithm.block_size))
     message = bytes.fromhex("805E0000 07 135790")
     assert psam.transmit(commands.psam_des_init(usage.code, psam_key_version(algorithm), d, challenge)).sw == 0x9000
@@ -276,6 +276,8 @@ def test_psam_macs_with_the_session_key(psam, algorithm, usage):
     ([("80 1A 09 02 08 0001020304050607", None)], 0x6A88),  # no such key usage
     ([("80 1A 01 07 08 0001020304050607", None)], 0x6A88),  # no such key version
     ([("80 1A 01 02 04 00010203", None)], 0x6700),  # D of 4 bytes
+    ([("80 1A 01 03 04 00010203", None)], 0x6700),  # D of 4 bytes, SM4 (D is 8 bytes for SM4 too)
+    ([("80 1A 03 03 19 0001020304050607" + "00" * 17, None)], 0x6700),  # SM4 D || a 17-byte challenge
     ([("80 1A 01 02 10 00010203040506070001020304050607", None)], 0x6985),  # challenge with an auth key
     ([("80 1A 03 02 08 0001020304050607", None)], 0x6985),  # MAC key without a challenge
     ([("80 1A 01 02 08 0001020304050607", 0x9000), ("80 FA 05 00 04 01020304 00", None)], 0x6985),  # MAC, auth key

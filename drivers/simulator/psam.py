@@ -6,8 +6,9 @@ docs/card-profile.md, "PSAM commands"):
 
 - DES INIT ``80 1A <key usage> <key version> Lc D [|| challenge]``: pick a master key by usage
   (:class:`apdu.keyset.KeyUsage` code) and version (``02`` the 3DES key set of 2nd-generation cards,
-  ``03`` the SM4 set of 3rd-generation cards), diversify it with D (8 bytes 3DES, 16 SM4). With the
-  card's challenge appended, the key is readied for a MAC with a session key.
+  ``03`` the SM4 set of 3rd-generation cards), diversify it with D (8 bytes for both,
+  ``apdu.crypto.diversify``). With the card's challenge appended, the key is readied for a MAC with a
+  session key.
 - DES CRYPT ``80 FA <mode> 00 Lc data Le``: mode ``00`` ECB-encrypt whole blocks (authentication keys,
   no challenge); mode ``05`` the 4-byte MAC of ``data`` (``apdu.crypto.session_mac``; MAC keys, after a
   DES INIT with the challenge). Anything else: ``69 85``.
@@ -25,7 +26,7 @@ from typing import Any
 
 from apdu.command import Command
 from apdu.commands import PSAM_MODE_ENCRYPT, PSAM_MODE_MAC
-from apdu.crypto import Algorithm, diversify, session_mac
+from apdu.crypto import DIVERSIFICATION_DATA_LENGTH, Algorithm, diversify, session_mac
 from apdu.errors import ProfileError
 from apdu.keyset import PSAM_KEY_VERSIONS, KeyFormatError, KeyUsage, MasterKeys, parse_master_keys
 from drivers.simulator.cardos import (
@@ -120,13 +121,13 @@ class PSAMCard(CardOS):
         algorithm = PSAM_KEY_VERSIONS.get(command.p2)
         if usage is None or algorithm is None or (algorithm, usage) not in self.profile.master_keys:
             raise CardStatus(SW_KEY_NOT_FOUND)
-        block = algorithm.block_size
-        if command.le is not None or not block <= len(command.data) <= 2 * block:
+        d_length = DIVERSIFICATION_DATA_LENGTH
+        if command.le is not None or not d_length <= len(command.data) <= d_length + algorithm.block_size:
             raise CardStatus(SW_WRONG_LENGTH)
-        challenge = command.data[block:] or None
+        challenge = command.data[d_length:] or None
         if (challenge is not None) != usage.for_mac:
             raise CardStatus(SW_CONDITIONS)  # MAC keys need the challenge, authentication keys take none
-        key = diversify(self.profile.master_keys[(algorithm, usage)], command.data[:block], algorithm)
+        key = diversify(self.profile.master_keys[(algorithm, usage)], command.data[:d_length], algorithm)
         self._session = _Session(algorithm, usage, key, challenge)
         return b"", SW_OK
 
