@@ -21,6 +21,8 @@ trace = logging.getLogger("sscard.apdu")
 MAX_GET_RESPONSE = 64
 #: bound on the bytes gathered by GET RESPONSE (extended Le maximum)
 MAX_RESPONSE_BYTES = 65536
+#: what every driver's ``_exchange`` raises (as :class:`TransportError`) once ``disconnect()`` ran
+CLOSED_MESSAGE = "The connection to the card is closed"
 
 #: commands on their way to a card now: connection name -> when it was sent (time.monotonic()).
 #: A card that stalls blocks the PC/SC call for good (pcscd + vpcd have no timeout; a real reader's

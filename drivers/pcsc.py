@@ -32,7 +32,7 @@ from apdu.errors import (
     SSCardError,
     TransportError,
 )
-from drivers.connection import Connection
+from drivers.connection import CLOSED_MESSAGE, Connection
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ class PCSCConnection(Connection):
 
     def _exchange(self, apdu: bytes) -> bytes:
         if self._card is None:
-            raise TransportError("The connection to the card is closed")
+            raise TransportError(CLOSED_MESSAGE)
         hresult, response = scard.SCardTransmit(self._card, self._protocol, list(apdu))
         code = _code(hresult)
         if code == scard.SCARD_S_SUCCESS and len(response) >= 2:

@@ -281,6 +281,19 @@ def test_remove_is_idempotent():
     assert card.events == ["up", "down"]
 
 
+def test_disconnect_closes_the_connection():
+    """As PCSCConnection: once disconnected, no command reaches the (powered-down) chip."""
+    card, conn = connect(forever="9000")
+    conn.disconnect()
+    with pytest.raises(TransportError, match="^The connection to the card is closed$") as info:
+        conn.transmit(c.select_ssc())
+    assert info.value.exit_code == 4
+    assert card.received == []
+    conn.disconnect()
+    conn.remove()
+    assert card.events == ["up", "down"]
+
+
 # --- tracing ------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from apdu.errors import (
     NoCardError,
     ReaderNotFoundError,
     SharingViolationError,
+    TransportError,
 )
 from drivers import pcsc
 from drivers.memory import MemoryConnection
@@ -159,6 +160,23 @@ def test_disconnect_powers_the_card_down(vpcd_card):
     while card.powered and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not card.powered and not card.app_selected  # volatile state gone with the session
+
+
+def test_a_closed_connection_refuses_commands_as_the_memory_driver_does(vpcd_card):
+    """After disconnect() both drivers raise the same TransportError (exit 4), nothing reaches the chip."""
+    card = vpcd_card(MiniCard()).card
+    connection = pcsc.connect(READER0)
+    connection.disconnect()
+    memory = MemoryConnection(MiniCard())
+    memory.disconnect()
+    sent = len(card.commands)
+    errors = []
+    for closed in (connection, memory):
+        with pytest.raises(TransportError) as err:
+            closed.transmit(commands.select_ssc())
+        errors.append((type(err.value), str(err.value), err.value.exit_code))
+    assert errors[0] == errors[1] == (TransportError, "The connection to the card is closed", 4)
+    assert len(card.commands) == sent and memory.card.commands == []
 
 
 # --- failures ---------------------------------------------------------------------------------
