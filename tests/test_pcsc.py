@@ -60,7 +60,7 @@ def test_list_readers_shows_both_vpcd_slots(pcscd):
     assert pcsc.list_readers()[:2] == [READER0, READER1]
 
 
-@pytest.mark.parametrize("spec", ["0", READER0, "pcd 00 00", "3B 68 00 00 00 73 C8 40 13 00 90 00"])
+@pytest.mark.parametrize("spec", ["0", READER0, "pcd 00 00", "00 00", "3B 68 00 00 00 73 C8 40 13 00 90 00"])
 def test_connect_by_index_name_part_or_atr(vpcd_card, spec):
     vpcd_card(MiniCard())
     with pcsc.connect(spec) as connection:
@@ -74,6 +74,13 @@ def test_atr_spec_picks_the_reader_holding_that_card(vpcd_card):
     other = MiniCard(atr=bytes.fromhex("3B0212AB"))
     vpcd_card(other, slot=1)
     with pcsc.connect("3B:02:12:AB") as connection:
+        assert connection.name == READER1
+
+
+def test_hex_looking_name_part_is_a_reader_not_an_atr(vpcd_card):
+    """docs/pcsc.md: "00 01" is a part of "Virtual PCD 00 01" (not 3B/3F: not an ATR)."""
+    vpcd_card(MiniCard(), slot=1)
+    with pcsc.connect("00 01") as connection:
         assert connection.name == READER1
 
 
@@ -442,6 +449,8 @@ def test_diff_unplugged_reader_with_card_is_removed_and_mute_card_waits():
 
 
 @pytest.mark.parametrize("spec, atr", [("3B8F80", b"\x3b\x8f\x80"), ("3b 8f 80", b"\x3b\x8f\x80"),
-                                       ("3B:8F:80", b"\x3b\x8f\x80"), ("Virtual", None), ("0", None), ("3B8", None)])
+                                       ("3B:8F:80", b"\x3b\x8f\x80"), ("3F 96", b"\x3f\x96"),
+                                       ("Virtual", None), ("0", None), ("3B8", None), ("3B", None),
+                                       ("00 01", None), ("00 00", None), ("0001", None), ("8F 80", None)])
 def test_parse_atr(spec, atr):
     assert pcsc.parse_atr(spec) == atr
