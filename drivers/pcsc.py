@@ -443,7 +443,9 @@ def _watch_context(context: Context, names: list[str], known: dict[str, ReaderSt
         code = _code(hresult)
         if code in _CONTEXT_LOST:
             return
-        if code == scard.SCARD_S_SUCCESS:
+        # with no reader the query is the PnP pseudo reader alone, which reports no change to an
+        # UNAWARE look: the timeout-0 call times out, and that is "the states as they are" too
+        if code in (scard.SCARD_S_SUCCESS, _code(scard.SCARD_E_TIMEOUT)):
             now = [ReaderStatus.from_state(n, ev, atr) for n, ev, atr in states if n != PNP_NOTIFICATION]
             yield from _diff(known, now, first, trust_counter)
             first, trust_counter = False, True

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from apdu.errors import (
 )
 from drivers import pcsc
 from drivers.memory import MemoryConnection
-from pcscd import MiniCard, wait_card
+from pcscd import MiniCard, Pcscd, wait_card
 from terminal.cli import main
 
 pytestmark = pytest.mark.pcsc
@@ -341,6 +342,28 @@ def test_watch_survives_a_pcscd_restart(pcscd, vpcd_card):
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["event"] for e in events] == ["present", "removed"], err
     assert "PC/SC service not running: waiting" in err and "PC/SC service back" in err
+
+
+def test_watch_with_no_reader_at_all_ticks_and_times_out(pcscd, tmp_path):
+    """pcscd with no reader: only the PnP pseudo reader is watched; its first look times out, which is
+    "no change", not a reason to look again at once (that was a busy loop that never reached --timeout)."""
+    if not pcscd.started_here:
+        pytest.skip("pcscd was already running: the tests replace only their own")
+    empty = tmp_path / "reader.conf.d"
+    empty.mkdir()
+    with pcscd.replaced_by(Pcscd(tmp_path / "pcscd.log", config_dir=empty)):
+        assert pcsc.list_readers() == []
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        watch = start_watch("--timeout", "2")
+        try:
+            out, err = watch.communicate(timeout=10)
+        finally:
+            watch.kill()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the watch process alone was reaped
+    assert watch.returncode == 0 and out == "", err
+    assert "timeout after 2 s" in err
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert cpu < 1.5, f"watch used {cpu:.1f} s of CPU in 2 s: a busy loop"
 
 
 # --- interop with a third-party PC/SC client --------------------------------------------------
