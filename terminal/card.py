@@ -165,6 +165,7 @@ class SocialSecurityCard:
         self._ensure_selected()
         response = self.connection.transmit(commands.verify_status())
         if response.sw == SW_OK:
+            check_no_data(response, "VERIFY")
             return None
         if response.sw & 0xFFF0 == 0x63C0:
             return response.sw & 0x0F
@@ -176,7 +177,7 @@ class SocialSecurityCard:
         self._ensure_selected()
         block = bytearray(pin_to_bcd(pin))
         try:
-            self.connection.transmit(commands.verify(block)).check()
+            check_no_data(self.connection.transmit(commands.verify(block)), "VERIFY")
         finally:
             wipe(block)
 
@@ -250,6 +251,19 @@ class SocialSecurityCard:
             raise AuthenticationMethodBlockedError(
                 response.sw, "The card has blocked this terminal's authentication key after too many failures")
         response.check()
+
+
+def check_no_data(response: Response, command: str) -> Response:
+    """``response.check()`` for a command whose answer is a status word alone (VERIFY, ISO 7816-4
+    s7.5.6): data bytes beside a success mean a confused or hostile card (CardDataError, exit 5).
+    The bytes are counted, never shown: they answer a PIN command."""
+    response.check()
+    if response.data:
+        raise CardDataError(
+            f"The card answered {command} with {len(response.data)} data bytes where there are none: "
+            f"it is not working properly"
+        )
+    return response
 
 
 def check_read(response: Response) -> Response:
