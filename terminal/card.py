@@ -91,7 +91,12 @@ class Identity:
 
 
 def redacted(identity: Identity) -> dict[str, object]:
-    """The fields ``--redact`` replaces: identifiers masked, the name after its first character, the day of birth."""
+    """The fields ``--redact`` replaces: identifiers masked, the name after its first character.
+
+    Nothing of the ID number shows beyond what its masked form does (the 6-digit address code,
+    GB 11643): the birth date is its digits 7-14 and the birthplace an address code too, so both
+    are masked whole; the year alone would narrow the number to a few thousand candidates.
+    """
     return {
         "social_security_number": mask(identity.social_security_number, 6, 0),
         "card_number": mask(identity.card_number, 1, 2),
@@ -99,8 +104,8 @@ def redacted(identity: Identity) -> dict[str, object]:
         "name": identity.name[:1] + "*" * (len(identity.name) - 1),
         "name_extension": "*" * len(identity.name_extension),
         "full_name": identity.full_name[:1] + "*" * (len(identity.full_name) - 1),
-        "birth_date": f"{identity.birth_date.year}-**-**" if identity.birth_date else None,
-        "birthplace": identity.birthplace[:2] + "****" if identity.birthplace else "",
+        "birth_date": "****-**-**" if identity.birth_date else None,
+        "birthplace": "*" * len(identity.birthplace),
     }
 
 

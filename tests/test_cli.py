@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from apdu.catalogue import CARD_ITEMS, HOLDER_ITEMS
+from leakcheck import id_leaks
 from terminal.cli import main
 
 CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"
@@ -62,6 +63,19 @@ def test_read_redact_masks_identifiers():
     assert "*" in out["social_security_number"]
 
 
+@pytest.mark.parametrize("name", ["adult", "minority", "other-region"])
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_redact_shows_nothing_of_the_id_number_beyond_its_masked_form(name, as_json):
+    """Birth date and birthplace are pieces of the ID number (GB 11643): masked whole, not the year
+    or a province kept beside an ID number that shows its 6-digit region."""
+    holder = profile(name)["holder"]
+    result = run("read", "--reader", f"sim:{name}", "--redact", *(["--json"] if as_json else []))
+    assert result.exit_code == 0, result.output
+    assert id_leaks(result.stdout, [holder["social_security_number"]]) == []
+    assert holder["birth_date"][:4] not in result.stdout  # the year alone narrows the number
+    assert "****-**-**" in result.stdout and "******" in result.stdout
+
+
 def test_unknown_profile_is_a_clear_error():
     result = run("read", "--reader", "sim:no-such-card")
     assert result.exit_code == 12
@@ -98,6 +112,8 @@ def test_trace_masks_pin_and_id_number(caplog):
     assert "secret bytes" in text
     assert holder["social_security_number"].encode().hex(" ").upper() not in text
     assert " ".join(pin[i:i + 2] for i in range(0, 6, 2)) not in text
+    assert id_leaks(text, [holder["social_security_number"]]) == []  # nor its birth date, in any form
+    assert "< [6 bytes] 9000" in text  # the birth date record (0D 04 YYYYMMDD) went by, masked
 
 
 def test_help_teaches():
