@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +30,7 @@ from terminal.cli import main
 
 pytestmark = pytest.mark.pcsc
 
+ROOT = Path(__file__).resolve().parents[1]
 READER0 = "Virtual PCD 00 00"
 READER1 = "Virtual PCD 00 01"
 #: no pcscd listens there: libpcsclite (client side) takes its socket path from this variable
@@ -395,16 +397,36 @@ def opensc_tool_responses(reader: str, apdus: list[Command]) -> list[bytes]:
     return out
 
 
-def test_opensc_tool_gets_the_same_bytes(vpcd_card):
+def opensc_reader_index(reader: str) -> str:
+    """opensc-tool's ``-r`` takes the index of its own reader list (``opensc-tool --list-readers``)."""
+    result = subprocess.run(["opensc-tool", "--list-readers"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        listed = re.match(r"^\s*(\d+)\s+\S+\s+(.+?)\s*$", line)
+        if listed and listed[2] == reader:
+            return listed[1]
+    raise AssertionError(f"opensc-tool does not list {reader}: {result.stdout}")
+
+
+@pytest.mark.parametrize("profile, slot", [("adult", 0), ("other-region", 1)], ids=["T0-slot0", "T1-slot1"])
+def test_opensc_tool_sees_our_simulated_card_and_gets_the_same_bytes(vpcd_card, profile, slot):
+    """Issue 3: a third-party PC/SC client sees OUR virtual SSC (drivers/simulator) as a card and gets
+    the bytes our driver gets. On T=0 (adult) the SELECT is sent with Le (case 4): OpenSC answers a
+    case-3 command's 61xx with a bare 9000 and drops the FCI (sc_get_response with no Le), where our
+    Connection fetches it; with Le both do the GET RESPONSE."""
     assert shutil.which("opensc-tool"), "opensc-tool is missing: make system installs the opensc package"
-    vpcd_card(MiniCard())
-    # opensc-tool takes the index of its own reader list: find ours by name
-    apdus = identity_apdus()
-    with pcsc.connect(READER0, disposition="leave") as connection:
+    reader = (READER0, READER1)[slot]
+    vpcd_card(profile, slot=slot)
+    select = commands.select_ssc()
+    apdus = [select.with_le(256)] + identity_apdus()[1:]
+    with pcsc.connect(reader, disposition="leave") as connection:
         ours = exchange_all(connection, apdus)
-    theirs = opensc_tool_responses("0", apdus)
+    theirs = opensc_tool_responses(opensc_reader_index(reader), apdus)
     assert theirs == ours
-    assert len(theirs) == 17 and theirs[2] == b"\x01\x04\x01\x01\x01\x01\x90\x00"
+    assert theirs == exchange_all(MemoryConnection(load_profile(profile)), apdus)  # the simulator's own bytes
+    holder = json.loads((ROOT / f"fixtures/cards/{profile}.json").read_text(encoding="utf-8"))["holder"]
+    assert len(theirs) == 17 and theirs[0][:1] == b"\x6f" and theirs[0][-2:] == b"\x90\x00"  # the FCI
+    assert theirs[10] == b"\x08\x12" + holder["social_security_number"].encode() + b"\x90\x00"  # EF06 record 1
 
 
 # --- end to end: the sscard CLI over pcscd, the card in an `sscard simulate` process -----------
