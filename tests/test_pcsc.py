@@ -459,6 +459,21 @@ def test_e2e_verify_pin_blocked_over_pcscd_exit_7(vpcd_card):
     assert "blocked" in result.stderr
 
 
+def test_e2e_wrong_pin_counts_down_across_sessions_to_blocked(vpcd_card):
+    """Each verify-pin is its own process and PC/SC session (the card powered down in between): the try
+    counter is the card's persistent state, so three wrong PINs block it and the right one is then refused."""
+    vpcd_card("adult", process=True)
+    pin = json.loads((ROOT / "fixtures/cards/adult.json").read_text(encoding="utf-8"))["pin"]["value"]
+    wrong = "000000" if pin != "000000" else "111111"
+    runs = [sscard("verify-pin", "--reader", READER0, input=attempt + "\n") for attempt in (wrong, wrong, wrong, pin)]
+    assert [r.returncode for r in runs] == [6, 6, 7, 7], [r.stderr for r in runs]
+    assert "Wrong PIN: 2 tries left" in runs[0].stderr
+    assert "Wrong PIN: 1 try left" in runs[1].stderr
+    assert all("blocked" in r.stderr and "bank counter" in r.stderr for r in runs[2:]), [r.stderr for r in runs[2:]]
+    assert all("PIN correct" not in r.stdout and "Traceback" not in r.stderr for r in runs)
+    assert all(pin not in r.stdout + r.stderr and wrong not in r.stdout + r.stderr for r in runs)
+
+
 # --- watch's bookkeeping (no pcscd needed) ----------------------------------------------------
 
 def status(name: str, atr: bytes | None, events: int = 0, mute: bool = False) -> pcsc.ReaderStatus:
