@@ -138,8 +138,10 @@ HOLDER_ITEMS: tuple[DataItem, ...] = (
     DataItem("name_extension", "姓名扩展", "name extension", EF06, 3, 0x4E, 20, "gbk"),
     DataItem("sex", "性别", "sex", EF06, 4, 0x0A, 1, "an"),
     DataItem("ethnicity", "民族", "ethnicity", EF06, 5, 0x0B, 1, "cn"),
-    DataItem("birthplace", "出生地", "birthplace", EF06, 6, 0x0C, 3, "cn"),
-    DataItem("birth_date", "出生日期", "birth date", EF06, 7, 0x0D, 4, "date"),
+    # sensitive: the ID number's own pieces (GB 11643: address code, birth date), which beside the
+    # masked number the screens show (330302********1239) give the whole of it back
+    DataItem("birthplace", "出生地", "birthplace", EF06, 6, 0x0C, 3, "cn", sensitive=True),
+    DataItem("birth_date", "出生日期", "birth date", EF06, 7, 0x0D, 4, "date", sensitive=True),
 )
 
 ITEMS: tuple[DataItem, ...] = CARD_ITEMS + HOLDER_ITEMS

@@ -21,6 +21,8 @@ trace = logging.getLogger("sscard.apdu")
 MAX_GET_RESPONSE = 64
 #: bound on the bytes gathered by GET RESPONSE (extended Le maximum)
 MAX_RESPONSE_BYTES = 65536
+#: what every driver's ``_exchange`` raises (as :class:`TransportError`) once ``disconnect()`` ran
+CLOSED_MESSAGE = "The connection to the card is closed"
 
 #: commands on their way to a card now: connection name -> when it was sent (time.monotonic()).
 #: A card that stalls blocks the PC/SC call for good (pcscd + vpcd have no timeout; a real reader's
@@ -86,10 +88,13 @@ class Connection(ABC):
         """Send ``command``; do the 6Cxx re-issue and the 61xx GET RESPONSE chain; return the response.
 
         The status word is not checked here: call :meth:`Response.check` for that. Data that comes
-        with a 61xx is kept, and 6100 means 256 more bytes.
+        with a 61xx is kept, and 6100 means 256 more bytes. A 6Cxx is re-issued only for a command
+        that has an Le (cases 2 and 4, ISO/IEC 7816-3 s12.2.2: 6Cxx answers a wrong Le): a case-1 or
+        case-3 command (VERIFY, CHANGE PIN, UPDATE RECORD) is never sent twice, since the card may
+        already have acted on it (a PIN try spent); its 6Cxx is returned as is.
         """
         response = self._send(command)
-        if response.sw1 == 0x6C:
+        if response.sw1 == 0x6C and command.le is not None:
             # wrong Le: re-issue once with the Le the card gave, keeping Lc and data (case 2 and 4)
             response = self._send(command.with_le(response.sw2 or 256))
             if response.sw1 == 0x6C:

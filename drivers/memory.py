@@ -1,8 +1,8 @@
 """The in-memory driver: a simulated chip in this process, behind the same Connection as a reader."""
 from __future__ import annotations
 
-from apdu.errors import CardRemovedError, NoCardError
-from drivers.connection import Connection
+from apdu.errors import CardRemovedError, NoCardError, TransportError
+from drivers.connection import CLOSED_MESSAGE, Connection
 from drivers.simulator.base import SimulatedCard
 
 
@@ -11,7 +11,9 @@ class MemoryConnection(Connection):
 
     ``remove()`` pulls the card: every later command raises :class:`CardRemovedError`, as a real
     reader does; ``remove_after`` pulls it automatically once that many APDUs have been exchanged
-    (used to test removal at every step of a flow).
+    (used to test removal at every step of a flow). ``disconnect()`` powers the chip down and closes
+    the connection: every later command raises :class:`TransportError` ("The connection to the card
+    is closed"), as :class:`drivers.pcsc.PCSCConnection` does.
     """
 
     virtual = True
@@ -22,6 +24,7 @@ class MemoryConnection(Connection):
         self.name = name
         self.remove_after = remove_after
         self._present = True
+        self._closed = False
         card.power_up()
 
     @property
@@ -34,9 +37,12 @@ class MemoryConnection(Connection):
         """Pull the card out of the virtual reader (powers it down)."""
         if self._present:
             self._present = False
-            self.card.power_down()
+            if not self._closed:
+                self.card.power_down()
 
     def _exchange(self, apdu: bytes) -> bytes:
+        if self._closed:
+            raise TransportError(CLOSED_MESSAGE)
         if self.remove_after is not None and self.apdu_count > self.remove_after:
             self.remove()
         if not self._present:
@@ -44,5 +50,8 @@ class MemoryConnection(Connection):
         return self.card.execute(apdu)
 
     def disconnect(self) -> None:
-        if self._present:
-            self.card.power_down()
+        """Power the card down (once) and close the connection. Never raises."""
+        if not self._closed:
+            self._closed = True
+            if self._present:
+                self.card.power_down()

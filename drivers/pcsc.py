@@ -8,7 +8,8 @@ cost (bench/read_card.py). ``bytes`` above this module, ``list[int]`` only at th
 
 Reader specs (as ``opensc-tool -r`` takes them, docs/pcsc.md): an index (``"0"``), a reader name
 (exact, else a unique case-insensitive part of it), or the card's ATR in hex (first reader holding a
-card with that ATR; spaces and colons allowed).
+card with that ATR; spaces and colons allowed; 2 bytes or more, starting 3B or 3F, so "00 01" is a
+part of "Virtual PCD 00 01").
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from apdu.errors import (
     SSCardError,
     TransportError,
 )
-from drivers.connection import Connection
+from drivers.connection import CLOSED_MESSAGE, Connection
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,21 @@ def reader_status() -> list[ReaderStatus]:
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2}[\s:]?)+$")
 
 
+#: TS, the ATR's first byte: 3B direct convention, 3F inverse (ISO/IEC 7816-3 s8.1)
+ATR_TS = (0x3B, 0x3F)
+
+
 def parse_atr(spec: str) -> bytes | None:
-    """The ATR ``spec`` spells in hex (``3B8F80...``, ``3B 8F 80``, ``3B:8F:80``), else None."""
+    """The ATR ``spec`` spells in hex (``3B8F80...``, ``3B 8F 80``, ``3B:8F:80``), else None.
+
+    Only ATR-looking hex counts: at least TS and T0 (2 bytes), TS being 3B or 3F (ISO/IEC 7816-3
+    s8.1). Any other hex (``00 01``) is a part of a reader name ("Virtual PCD 00 01").
+    """
     spec = spec.strip()
-    if len(spec) < 4 or not _HEX.match(spec):
+    if not _HEX.match(spec):
         return None
-    return bytes.fromhex(re.sub(r"[\s:]", "", spec))
+    atr = bytes.fromhex(re.sub(r"[\s:]", "", spec))
+    return atr if len(atr) >= 2 and atr[0] in ATR_TS else None
 
 
 def resolve(spec: str, context: Context) -> str:
@@ -275,7 +285,7 @@ class PCSCConnection(Connection):
 
     def _exchange(self, apdu: bytes) -> bytes:
         if self._card is None:
-            raise TransportError("The connection to the card is closed")
+            raise TransportError(CLOSED_MESSAGE)
         hresult, response = scard.SCardTransmit(self._card, self._protocol, list(apdu))
         code = _code(hresult)
         if code == scard.SCARD_S_SUCCESS and len(response) >= 2:
@@ -433,7 +443,9 @@ def _watch_context(context: Context, names: list[str], known: dict[str, ReaderSt
         code = _code(hresult)
         if code in _CONTEXT_LOST:
             return
-        if code == scard.SCARD_S_SUCCESS:
+        # with no reader the query is the PnP pseudo reader alone, which reports no change to an
+        # UNAWARE look: the timeout-0 call times out, and that is "the states as they are" too
+        if code in (scard.SCARD_S_SUCCESS, _code(scard.SCARD_E_TIMEOUT)):
             now = [ReaderStatus.from_state(n, ev, atr) for n, ev, atr in states if n != PNP_NOTIFICATION]
             yield from _diff(known, now, first, trust_counter)
             first, trust_counter = False, True

@@ -91,7 +91,12 @@ class Identity:
 
 
 def redacted(identity: Identity) -> dict[str, object]:
-    """The fields ``--redact`` replaces: identifiers masked, the name after its first character, the day of birth."""
+    """The fields ``--redact`` replaces: identifiers masked, the name after its first character.
+
+    Nothing of the ID number shows beyond what its masked form does (the 6-digit address code,
+    GB 11643): the birth date is its digits 7-14 and the birthplace an address code too, so both
+    are masked whole; the year alone would narrow the number to a few thousand candidates.
+    """
     return {
         "social_security_number": mask(identity.social_security_number, 6, 0),
         "card_number": mask(identity.card_number, 1, 2),
@@ -99,8 +104,8 @@ def redacted(identity: Identity) -> dict[str, object]:
         "name": identity.name[:1] + "*" * (len(identity.name) - 1),
         "name_extension": "*" * len(identity.name_extension),
         "full_name": identity.full_name[:1] + "*" * (len(identity.full_name) - 1),
-        "birth_date": f"{identity.birth_date.year}-**-**" if identity.birth_date else None,
-        "birthplace": identity.birthplace[:2] + "****" if identity.birthplace else "",
+        "birth_date": "****-**-**" if identity.birth_date else None,
+        "birthplace": "*" * len(identity.birthplace),
     }
 
 
@@ -165,6 +170,7 @@ class SocialSecurityCard:
         self._ensure_selected()
         response = self.connection.transmit(commands.verify_status())
         if response.sw == SW_OK:
+            check_no_data(response, "VERIFY")
             return None
         if response.sw & 0xFFF0 == 0x63C0:
             return response.sw & 0x0F
@@ -176,7 +182,7 @@ class SocialSecurityCard:
         self._ensure_selected()
         block = bytearray(pin_to_bcd(pin))
         try:
-            self.connection.transmit(commands.verify(block)).check()
+            check_no_data(self.connection.transmit(commands.verify(block)), "VERIFY")
         finally:
             wipe(block)
 
@@ -250,6 +256,19 @@ class SocialSecurityCard:
             raise AuthenticationMethodBlockedError(
                 response.sw, "The card has blocked this terminal's authentication key after too many failures")
         response.check()
+
+
+def check_no_data(response: Response, command: str) -> Response:
+    """``response.check()`` for a command whose answer is a status word alone (VERIFY, ISO 7816-4
+    s7.5.6): data bytes beside a success mean a confused or hostile card (CardDataError, exit 5).
+    The bytes are counted, never shown: they answer a PIN command."""
+    response.check()
+    if response.data:
+        raise CardDataError(
+            f"The card answered {command} with {len(response.data)} data bytes where there are none: "
+            f"it is not working properly"
+        )
+    return response
 
 
 def check_read(response: Response) -> Response:

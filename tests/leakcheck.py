@@ -1,8 +1,11 @@
 """What must never appear in a log, a trace, an error message or the CLI's output: every PIN a test
-uses (digits and BCD hex) and every key the project holds (TEST master keys, the cards' keys).
+uses (digits and BCD hex), every key the project holds (TEST master keys, the cards' keys), and
+every bundled card's ID number, whole or in the pieces that rebuild it beside the masked number the
+screens show (``330302********1239``: GB 11643 address code, birth date, sequence, check digit): the
+birth date (8 digits, ISO date, BCD as READ RECORD returns it) and the address code with it.
 
-Used by tests/test_security_cli.py and tests/test_security_pcsc.py, which run CLI flows with ``-v``
-(APDU tracing at DEBUG) and search everything captured for these strings.
+Used by tests/test_security_cli.py, tests/test_security_pcsc.py and tests/test_secrets_audit.py,
+which run CLI flows with ``-v`` (APDU tracing at DEBUG) and search everything captured for these.
 """
 from __future__ import annotations
 
@@ -27,6 +30,17 @@ def key_bytes() -> list[bytes]:
         for per_alg in (data.get("master_keys") or {}).values():
             keys += [bytes.fromhex(k) for k in per_alg.values()]
     return keys
+
+
+def id_numbers() -> list[str]:
+    """The full ID numbers of every bundled card, SSC and old medical card."""
+    numbers = set()
+    for path in (ROOT / "fixtures/cards").glob("*.json"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        number = (data.get("holder") or {}).get("social_security_number") or data.get("social_security_number")
+        if number:
+            numbers.add(number)
+    return sorted(numbers)
 
 
 def _forms(raw: bytes) -> list[str]:
@@ -63,4 +77,30 @@ def leaks(text: str, pins: list[str]) -> list[str]:
                 found.add(what)
         elif needle in text:
             found.add(what)
+    return sorted(found)
+
+
+def _standing_alone(needle: str, text: str) -> bool:
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(needle)}(?![0-9A-Za-z])", text) is not None
+
+
+def id_leaks(text: str, ids: list[str] | None = None) -> list[str]:
+    """What of each ID number (default: every bundled card's) occurs in ``text``: ``ID number`` (the
+    18 characters, or their ASCII hex as the trace would show the record), ``ID birthplace+birth
+    date`` (its first 14 digits, or their ASCII hex) or ``ID birth date`` (digits 7-14 alone, as an
+    ISO date, or as BCD hex). The kind, never the number itself.
+
+    An unspaced 8-digit date counts only standing alone (not inside a msgid's digits or a hex run).
+    """
+    found = set()
+    for number in id_numbers() if ids is None else ids:
+        date = number[6:14]
+        if number in text or any(form in text for form in _forms(number.encode())):
+            found.add("ID number")
+        if number[:14] in text or any(form in text for form in _forms(number[:14].encode())):
+            found.add("ID birthplace+birth date")
+        iso = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+        spaced = [form for form in _forms(bytes.fromhex(date)) if " " in form]
+        if _standing_alone(date, text) or iso in text or any(form in text for form in spaced):
+            found.add("ID birth date")
     return sorted(found)

@@ -6,12 +6,14 @@ Used by tests/conftest.py and bench/read_card.py.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from smartcard import scard
@@ -73,22 +75,33 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.05):
 
 
 class Pcscd:
-    """A pcscd we started (``--foreground``), or the one already running (then never stopped)."""
+    """A pcscd we started (``--foreground``), or the one already running (then never stopped).
 
-    def __init__(self, log_path: Path | None = None) -> None:
+    ``config_dir``: pcscd's reader.conf.d (``--config``) instead of /etc/reader.conf.d; an empty
+    directory gives a pcscd with no reader at all (no vpcd), which is then what ``start`` waits for.
+    """
+
+    def __init__(self, log_path: Path | None = None, config_dir: Path | None = None) -> None:
         self.proc: subprocess.Popen | None = None
         self.log_path = log_path or Path(tempfile.gettempdir()) / "sscard-pcscd.log"  # overwritten each start
+        self.config_dir = config_dir
+
+    def answers(self) -> bool:
+        """True when a pcscd answers with the readers this one is configured for."""
+        return _status() is not None if self.config_dir is not None else pcscd_answers()
 
     def start(self, timeout: float = 10.0) -> "Pcscd":
-        if pcscd_answers():
+        if self.answers():
             return self
         RUN_DIR.mkdir(parents=True, exist_ok=True)
+        args = ["pcscd", "--foreground", "--info"]
+        if self.config_dir is not None:
+            args += ["--config", str(self.config_dir)]
         with open(self.log_path, "wb") as log:
             # --foreground: no daemon, logs to stdout; no --auto-exit, so it stays up between tests
-            self.proc = subprocess.Popen(["pcscd", "--foreground", "--info"], stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            wait_until(lambda: self.proc.poll() is not None or pcscd_answers(), timeout, "pcscd to answer")
+            wait_until(lambda: self.proc.poll() is not None or self.answers(), timeout, "pcscd to answer")
         except StackError:
             self.stop()
             raise
@@ -126,6 +139,20 @@ class Pcscd:
         self.stop()
         wait_until(lambda: _status() is None, timeout, "pcscd to stop")
         self.start(timeout)
+
+    @contextlib.contextmanager
+    def replaced_by(self, other: "Pcscd", timeout: float = 10.0) -> Iterator["Pcscd"]:
+        """Run ``other`` (a pcscd configured otherwise) instead of this one, then start this one again."""
+        if self.proc is None:
+            raise StackError("pcscd was not started by the tests: not replacing it")
+        self.stop()
+        wait_until(lambda: _status() is None, timeout, "pcscd to stop")
+        try:
+            yield other.start(timeout)
+        finally:
+            other.stop()
+            wait_until(lambda: _status() is None, timeout, "the other pcscd to stop")
+            self.start(timeout)
 
 
 def card_state(reader: str) -> tuple[bool, bytes | None]:

@@ -38,8 +38,11 @@ def test_lengths_and_encodings_match_card_profile():
     assert {i.key: (i.length, i.encoding) for i in ITEMS} == table
 
 
-def test_only_the_id_and_card_numbers_are_sensitive():
-    assert {i.key for i in ITEMS if i.sensitive} == {"card_number", "social_security_number"}
+def test_the_id_number_its_pieces_and_the_card_number_are_sensitive():
+    """Birthplace and birth date are the ID number's address code and birth date (GB 11643): traced in
+    clear beside the masked number (330302********1239) they give it back whole."""
+    assert {i.key for i in ITEMS if i.sensitive} == {"card_number", "social_security_number", "birthplace",
+                                                     "birth_date"}
 
 
 def test_sfi_is_low_five_bits_of_fid():

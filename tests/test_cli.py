@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from apdu.catalogue import CARD_ITEMS, HOLDER_ITEMS
+from leakcheck import id_leaks
 from terminal.cli import main
 
 CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"
@@ -62,6 +63,19 @@ def test_read_redact_masks_identifiers():
     assert "*" in out["social_security_number"]
 
 
+@pytest.mark.parametrize("name", ["adult", "minority", "other-region"])
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+def test_redact_shows_nothing_of_the_id_number_beyond_its_masked_form(name, as_json):
+    """Birth date and birthplace are pieces of the ID number (GB 11643): masked whole, not the year
+    or a province kept beside an ID number that shows its 6-digit region."""
+    holder = profile(name)["holder"]
+    result = run("read", "--reader", f"sim:{name}", "--redact", *(["--json"] if as_json else []))
+    assert result.exit_code == 0, result.output
+    assert id_leaks(result.stdout, [holder["social_security_number"]]) == []
+    assert holder["birth_date"][:4] not in result.stdout  # the year alone narrows the number
+    assert "****-**-**" in result.stdout and "******" in result.stdout
+
+
 def test_unknown_profile_is_a_clear_error():
     result = run("read", "--reader", "sim:no-such-card")
     assert result.exit_code == 12
@@ -98,9 +112,76 @@ def test_trace_masks_pin_and_id_number(caplog):
     assert "secret bytes" in text
     assert holder["social_security_number"].encode().hex(" ").upper() not in text
     assert " ".join(pin[i:i + 2] for i in range(0, 6, 2)) not in text
+    assert id_leaks(text, [holder["social_security_number"]]) == []  # nor its birth date, in any form
+    assert "< [6 bytes] 9000" in text  # the birth date record (0D 04 YYYYMMDD) went by, masked
 
 
 def test_help_teaches():
     result = run("read", "--help")
     assert result.exit_code == 0
     assert "--reader" in result.stdout and "Examples" in result.stdout
+
+
+# --- errors under -v, interruptions -------------------------------------------------------------
+
+def test_expected_errors_under_v_carry_no_traceback():
+    wrong = run("-v", "verify-pin", "--reader", "sim:adult", "--pin-stdin", input="000000\n")
+    assert wrong.exit_code == 6 and "Error: Wrong PIN" in wrong.stderr
+    assert "sscard: WrongPINError (exit 6)" in wrong.stderr  # -v names the error
+    assert "Traceback" not in wrong.output
+    missing = run("-v", "read", "--reader", "sim:no-such-card")
+    assert missing.exit_code == 12 and "Traceback" not in missing.output
+
+
+def test_a_bug_under_v_still_shows_its_traceback(monkeypatch):
+    from terminal.card import SocialSecurityCard
+
+    def bug(self):
+        raise ZeroDivisionError("a stand-in for a bug")
+
+    monkeypatch.setattr(SocialSecurityCard, "read_identity", bug)
+    quiet = run("read", "--reader", "sim:adult")
+    loud = run("-v", "read", "--reader", "sim:adult")
+    assert quiet.exit_code == loud.exit_code == 1
+    assert "Internal error (ZeroDivisionError)" in quiet.stderr and "Traceback" not in quiet.output
+    assert "Traceback" in loud.stderr and "ZeroDivisionError" in loud.stderr
+
+
+@pytest.mark.parametrize("key, what", [(b"\x03", "Ctrl-C"), (b"\x04", "Ctrl-D")])
+def test_ctrl_c_or_ctrl_d_at_the_pin_prompt_is_interrupted_exit_130(key, what):
+    """At a terminal (a real pty) click turns Ctrl-C / Ctrl-D at a prompt into Abort: exit 130, not
+    click's "Aborted!" and exit 1 (which means a bug)."""
+    import os
+    import pty
+    import select
+    import sys
+    import time
+
+    pid, master = pty.fork()
+    if pid == 0:  # the child: sscard on the pty, its controlling terminal
+        os.execv(sys.executable, [sys.executable, "-c", "from terminal.cli import main; main()",
+                                  "verify-pin", "--reader", "sim:adult"])
+    output = b""
+    deadline = time.monotonic() + 30
+    try:
+        while b"PIN:" not in output:
+            assert time.monotonic() < deadline, f"no PIN prompt: {output!r}"
+            if select.select([master], [], [], 0.2)[0]:
+                output += os.read(master, 1024)
+        os.write(master, key)
+        while True:
+            assert time.monotonic() < deadline, f"{what}: sscard did not end: {output!r}"
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 1024)
+                except OSError:  # EIO: the child closed the pty
+                    break
+                if not chunk:
+                    break
+                output += chunk
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 130, text
+    assert "Interrupted." in text and "Aborted!" not in text and "Traceback" not in text

@@ -178,6 +178,21 @@ def test_6cxx_on_case_4_with_changed_le():
     assert card.sent_hex == ["80FA000008" "1122334455667788" "00", "80FA000008" "1122334455667788" "10"]
 
 
+@pytest.mark.parametrize("command", [
+    c.verify(PIN),                                   # case 3: a second send would spend a PIN try
+    c.change_pin(PIN, H("654321")),                  # case 3
+    c.update_record(1, H("0101AA")),                 # case 3: written twice
+    Command(0x00, 0x44, 0x00, 0x00),                 # case 1
+], ids=["verify", "change-pin", "update-record", "case-1"])
+def test_6cxx_on_a_command_without_le_is_not_reissued(command):
+    """6Cxx answers a wrong Le (ISO 7816-3 s12.2.2); a command with no Le is sent once, answer kept."""
+    card, conn = connect("6C10", "9000")
+    resp = conn.transmit(command)
+    assert len(card.received) == 1
+    assert resp.sw == 0x6C10 and resp.data == b""
+    assert conn.apdu_count == 1
+
+
 def test_6cxx_twice_is_a_transport_error():
     card, conn = connect("6C10", "6C08", "9000")
     with pytest.raises(TransportError, match="6Cxx") as info:
@@ -263,6 +278,19 @@ def test_remove_is_idempotent():
     conn.remove()
     conn.remove()
     conn.disconnect()
+    assert card.events == ["up", "down"]
+
+
+def test_disconnect_closes_the_connection():
+    """As PCSCConnection: once disconnected, no command reaches the (powered-down) chip."""
+    card, conn = connect(forever="9000")
+    conn.disconnect()
+    with pytest.raises(TransportError, match="^The connection to the card is closed$") as info:
+        conn.transmit(c.select_ssc())
+    assert info.value.exit_code == 4
+    assert card.received == []
+    conn.disconnect()
+    conn.remove()
     assert card.events == ["up", "down"]
 
 

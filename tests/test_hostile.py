@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import SSCardError
+from apdu.errors import CardDataError, SSCardError
 from drivers.connection import MAX_GET_RESPONSE
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
@@ -28,11 +28,11 @@ EXPECTED = {
 }
 
 
-def sscard(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+def sscard(*args: str, timeout: float = 60, input: str | None = None, **env: str) -> subprocess.CompletedProcess:
     import os
 
     return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
-                          env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, input=input)
 
 
 @pytest.mark.parametrize("mode", sorted(EXPECTED))
@@ -54,6 +54,42 @@ def test_cli_read_of_a_hostile_card_is_a_clear_error(mode):
     result = CliRunner().invoke(main, ["read", "--reader", f"sim:hostile:{mode}:adult:2"])
     assert result.exit_code in (4, 5, 6, 7, 8), result.output
     assert result.output.startswith("Error: ") and "Traceback" not in result.output
+
+
+ADULT_PIN = "246810"
+
+
+def _spoiled_from_now(card: HostileCard) -> None:
+    card.after = card.commands  # the next command on is spoiled
+
+
+def test_verify_answered_with_data_is_a_card_data_error():
+    """VERIFY has no response data (ISO 7816-4 s7.5.6): the right PIN's 9000 padded with bytes is refused."""
+    card = HostileCard(load_card("adult"), "wrong-length", after=10**6)
+    session = SocialSecurityCard(MemoryConnection(card))
+    session.select()
+    _spoiled_from_now(card)
+    with pytest.raises(CardDataError, match="answered VERIFY with [0-9]+ data bytes") as err:
+        session.verify_pin(ADULT_PIN)
+    assert err.value.exit_code == 5
+
+
+def test_pin_status_answered_with_data_is_a_card_data_error():
+    card = HostileCard(load_card("adult"), "wrong-length", after=10**6)
+    session = SocialSecurityCard(MemoryConnection(card))
+    session.verify_pin(ADULT_PIN)
+    _spoiled_from_now(card)
+    with pytest.raises(CardDataError, match="answered VERIFY with"):
+        session.pin_tries_left()
+
+
+def test_cli_verify_pin_answered_with_data_exits_5():
+    # after=2: SELECT and its GET RESPONSE (T=0) are genuine, the VERIFY is spoiled
+    result = sscard("verify-pin", "--reader", "sim:hostile:wrong-length:adult:2", input=ADULT_PIN + "\n")
+    assert result.returncode == 5, result.stderr
+    assert "PIN correct" not in result.stdout
+    assert result.stderr.startswith("Error: The card answered VERIFY with") and "Traceback" not in result.stderr
+    assert ADULT_PIN not in result.stdout + result.stderr
 
 
 def test_unknown_hostile_mode_is_a_profile_error():

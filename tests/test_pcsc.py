@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,14 +21,16 @@ from apdu.errors import (
     NoCardError,
     ReaderNotFoundError,
     SharingViolationError,
+    TransportError,
 )
 from drivers import pcsc
 from drivers.memory import MemoryConnection
-from pcscd import MiniCard, wait_card
+from pcscd import MiniCard, Pcscd, wait_card
 from terminal.cli import main
 
 pytestmark = pytest.mark.pcsc
 
+ROOT = Path(__file__).resolve().parents[1]
 READER0 = "Virtual PCD 00 00"
 READER1 = "Virtual PCD 00 01"
 #: no pcscd listens there: libpcsclite (client side) takes its socket path from this variable
@@ -59,7 +63,7 @@ def test_list_readers_shows_both_vpcd_slots(pcscd):
     assert pcsc.list_readers()[:2] == [READER0, READER1]
 
 
-@pytest.mark.parametrize("spec", ["0", READER0, "pcd 00 00", "3B 68 00 00 00 73 C8 40 13 00 90 00"])
+@pytest.mark.parametrize("spec", ["0", READER0, "pcd 00 00", "00 00", "3B 68 00 00 00 73 C8 40 13 00 90 00"])
 def test_connect_by_index_name_part_or_atr(vpcd_card, spec):
     vpcd_card(MiniCard())
     with pcsc.connect(spec) as connection:
@@ -73,6 +77,13 @@ def test_atr_spec_picks_the_reader_holding_that_card(vpcd_card):
     other = MiniCard(atr=bytes.fromhex("3B0212AB"))
     vpcd_card(other, slot=1)
     with pcsc.connect("3B:02:12:AB") as connection:
+        assert connection.name == READER1
+
+
+def test_hex_looking_name_part_is_a_reader_not_an_atr(vpcd_card):
+    """docs/pcsc.md: "00 01" is a part of "Virtual PCD 00 01" (not 3B/3F: not an ATR)."""
+    vpcd_card(MiniCard(), slot=1)
+    with pcsc.connect("00 01") as connection:
         assert connection.name == READER1
 
 
@@ -159,6 +170,23 @@ def test_disconnect_powers_the_card_down(vpcd_card):
     while card.powered and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not card.powered and not card.app_selected  # volatile state gone with the session
+
+
+def test_a_closed_connection_refuses_commands_as_the_memory_driver_does(vpcd_card):
+    """After disconnect() both drivers raise the same TransportError (exit 4), nothing reaches the chip."""
+    card = vpcd_card(MiniCard()).card
+    connection = pcsc.connect(READER0)
+    connection.disconnect()
+    memory = MemoryConnection(MiniCard())
+    memory.disconnect()
+    sent = len(card.commands)
+    errors = []
+    for closed in (connection, memory):
+        with pytest.raises(TransportError) as err:
+            closed.transmit(commands.select_ssc())
+        errors.append((type(err.value), str(err.value), err.value.exit_code))
+    assert errors[0] == errors[1] == (TransportError, "The connection to the card is closed", 4)
+    assert len(card.commands) == sent and memory.card.commands == []
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -318,6 +346,28 @@ def test_watch_survives_a_pcscd_restart(pcscd, vpcd_card):
     assert "PC/SC service not running: waiting" in err and "PC/SC service back" in err
 
 
+def test_watch_with_no_reader_at_all_ticks_and_times_out(pcscd, tmp_path):
+    """pcscd with no reader: only the PnP pseudo reader is watched; its first look times out, which is
+    "no change", not a reason to look again at once (that was a busy loop that never reached --timeout)."""
+    if not pcscd.started_here:
+        pytest.skip("pcscd was already running: the tests replace only their own")
+    empty = tmp_path / "reader.conf.d"
+    empty.mkdir()
+    with pcscd.replaced_by(Pcscd(tmp_path / "pcscd.log", config_dir=empty)):
+        assert pcsc.list_readers() == []
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        watch = start_watch("--timeout", "2")
+        try:
+            out, err = watch.communicate(timeout=10)
+        finally:
+            watch.kill()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the watch process alone was reaped
+    assert watch.returncode == 0 and out == "", err
+    assert "timeout after 2 s" in err
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert cpu < 1.5, f"watch used {cpu:.1f} s of CPU in 2 s: a busy loop"
+
+
 # --- interop with a third-party PC/SC client --------------------------------------------------
 
 def opensc_tool_responses(reader: str, apdus: list[Command]) -> list[bytes]:
@@ -347,16 +397,36 @@ def opensc_tool_responses(reader: str, apdus: list[Command]) -> list[bytes]:
     return out
 
 
-def test_opensc_tool_gets_the_same_bytes(vpcd_card):
+def opensc_reader_index(reader: str) -> str:
+    """opensc-tool's ``-r`` takes the index of its own reader list (``opensc-tool --list-readers``)."""
+    result = subprocess.run(["opensc-tool", "--list-readers"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.splitlines():
+        listed = re.match(r"^\s*(\d+)\s+\S+\s+(.+?)\s*$", line)
+        if listed and listed[2] == reader:
+            return listed[1]
+    raise AssertionError(f"opensc-tool does not list {reader}: {result.stdout}")
+
+
+@pytest.mark.parametrize("profile, slot", [("adult", 0), ("other-region", 1)], ids=["T0-slot0", "T1-slot1"])
+def test_opensc_tool_sees_our_simulated_card_and_gets_the_same_bytes(vpcd_card, profile, slot):
+    """Issue 3: a third-party PC/SC client sees OUR virtual SSC (drivers/simulator) as a card and gets
+    the bytes our driver gets. On T=0 (adult) the SELECT is sent with Le (case 4): OpenSC answers a
+    case-3 command's 61xx with a bare 9000 and drops the FCI (sc_get_response with no Le), where our
+    Connection fetches it; with Le both do the GET RESPONSE."""
     assert shutil.which("opensc-tool"), "opensc-tool is missing: make system installs the opensc package"
-    vpcd_card(MiniCard())
-    # opensc-tool takes the index of its own reader list: find ours by name
-    apdus = identity_apdus()
-    with pcsc.connect(READER0, disposition="leave") as connection:
+    reader = (READER0, READER1)[slot]
+    vpcd_card(profile, slot=slot)
+    select = commands.select_ssc()
+    apdus = [select.with_le(256)] + identity_apdus()[1:]
+    with pcsc.connect(reader, disposition="leave") as connection:
         ours = exchange_all(connection, apdus)
-    theirs = opensc_tool_responses("0", apdus)
+    theirs = opensc_tool_responses(opensc_reader_index(reader), apdus)
     assert theirs == ours
-    assert len(theirs) == 17 and theirs[2] == b"\x01\x04\x01\x01\x01\x01\x90\x00"
+    assert theirs == exchange_all(MemoryConnection(load_profile(profile)), apdus)  # the simulator's own bytes
+    holder = json.loads((ROOT / f"fixtures/cards/{profile}.json").read_text(encoding="utf-8"))["holder"]
+    assert len(theirs) == 17 and theirs[0][:1] == b"\x6f" and theirs[0][-2:] == b"\x90\x00"  # the FCI
+    assert theirs[10] == b"\x08\x12" + holder["social_security_number"].encode() + b"\x90\x00"  # EF06 record 1
 
 
 # --- end to end: the sscard CLI over pcscd, the card in an `sscard simulate` process -----------
@@ -387,6 +457,21 @@ def test_e2e_verify_pin_blocked_over_pcscd_exit_7(vpcd_card):
     result = sscard("verify-pin", "--reader", READER0, "--pin-stdin", input="123456\n")
     assert result.returncode == 7, result.stderr
     assert "blocked" in result.stderr
+
+
+def test_e2e_wrong_pin_counts_down_across_sessions_to_blocked(vpcd_card):
+    """Each verify-pin is its own process and PC/SC session (the card powered down in between): the try
+    counter is the card's persistent state, so three wrong PINs block it and the right one is then refused."""
+    vpcd_card("adult", process=True)
+    pin = json.loads((ROOT / "fixtures/cards/adult.json").read_text(encoding="utf-8"))["pin"]["value"]
+    wrong = "000000" if pin != "000000" else "111111"
+    runs = [sscard("verify-pin", "--reader", READER0, input=attempt + "\n") for attempt in (wrong, wrong, wrong, pin)]
+    assert [r.returncode for r in runs] == [6, 6, 7, 7], [r.stderr for r in runs]
+    assert "Wrong PIN: 2 tries left" in runs[0].stderr
+    assert "Wrong PIN: 1 try left" in runs[1].stderr
+    assert all("blocked" in r.stderr and "bank counter" in r.stderr for r in runs[2:]), [r.stderr for r in runs[2:]]
+    assert all("PIN correct" not in r.stdout and "Traceback" not in r.stderr for r in runs)
+    assert all(pin not in r.stdout + r.stderr and wrong not in r.stdout + r.stderr for r in runs)
 
 
 # --- watch's bookkeeping (no pcscd needed) ----------------------------------------------------
@@ -424,6 +509,8 @@ def test_diff_unplugged_reader_with_card_is_removed_and_mute_card_waits():
 
 
 @pytest.mark.parametrize("spec, atr", [("3B8F80", b"\x3b\x8f\x80"), ("3b 8f 80", b"\x3b\x8f\x80"),
-                                       ("3B:8F:80", b"\x3b\x8f\x80"), ("Virtual", None), ("0", None), ("3B8", None)])
+                                       ("3B:8F:80", b"\x3b\x8f\x80"), ("3F 96", b"\x3f\x96"),
+                                       ("Virtual", None), ("0", None), ("3B8", None), ("3B", None),
+                                       ("00 01", None), ("00 00", None), ("0001", None), ("8F 80", None)])
 def test_parse_atr(spec, atr):
     assert pcsc.parse_atr(spec) == atr

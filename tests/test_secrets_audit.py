@@ -1,7 +1,8 @@
 """Secrets audit over the demo's whole day: every flow (bank activation, first registration,
 cross-region registration, admission, dual-card insert, purchase) and the upload, with APDU tracing
 at DEBUG. Nothing captured (every log record, the trace, the clerk's screen, error messages) and no
-database column other than the one meant for it holds a PIN, a key or a full ID number.
+database column other than the one meant for it holds a PIN, a key, a full ID number or the pieces
+that rebuild it beside the masked one (its birth date; its address code and birth date).
 
 The one column meant to hold the ID number is the queued envelope (``records.envelope``: the central
 service needs it) and the service's own copy (``messages.envelope``/``response``); no PIN or key may
@@ -10,13 +11,12 @@ be in those either. What is searched for: tests/leakcheck.py.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from leakcheck import forbidden, leaks
+from leakcheck import forbidden, id_leaks, id_numbers, leaks
 from terminal.central import CentralService
 from terminal.demo import DAY, run_step, upload_all
 
@@ -24,17 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: (table, column) that may hold the holder's ID number, because the central service must receive it
 MEANT_FOR_ID = {("records", "envelope"), ("messages", "envelope"), ("messages", "response")}
-
-
-def id_numbers() -> list[str]:
-    """The full ID numbers of every bundled card, SSC and old medical card."""
-    numbers = set()
-    for path in (ROOT / "fixtures/cards").glob("*.json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        number = (data.get("holder") or {}).get("social_security_number") or data.get("social_security_number")
-        if number:
-            numbers.add(number)
-    return sorted(numbers)
 
 
 def columns(db_path: Path) -> dict[tuple[str, str], str]:
@@ -63,7 +52,7 @@ def test_the_day_at_debug_leaks_no_pin_key_or_id_number(tmp_path, caplog):
     text = caplog.text + "\n" + screen.getvalue()
     assert "sscard.apdu" in caplog.text and " > 00 A4 04 00" in caplog.text  # the trace was on
     assert leaks(text, pins) == []
-    assert [n for n in ids if n in text] == []
+    assert id_leaks(text, ids) == []
 
     databases = sorted(tmp_path.glob("*.sqlite"))
     assert len(databases) == 3  # bank and clinic queues, the central service
@@ -72,9 +61,9 @@ def test_the_day_at_debug_leaks_no_pin_key_or_id_number(tmp_path, caplog):
         for (table, column), values in columns(db_path).items():
             assert leaks(values, pins) == [], f"{db_path.name} {table}.{column}"
             if (table, column) not in MEANT_FOR_ID:
-                assert [n for n in ids if n in values] == [], f"{db_path.name} {table}.{column} holds an ID number"
+                assert id_leaks(values, ids) == [], f"{db_path.name} {table}.{column} holds an ID number or its pieces"
             checked += 1
     held_ids = "".join(columns(tmp_path / "clinic-queue.sqlite")[("records", "envelope")])
-    assert any(n in held_ids for n in ids)  # the envelope does carry them: the search works on this data
+    assert "ID number" in id_leaks(held_ids, ids)  # the envelope does carry them: the search works on this data
     print(f"\nsecrets audit: {len(caplog.records)} log records, {checked} database columns, "
           f"{len(forbidden(pins))} PIN/key forms and {len(ids)} ID numbers searched: 0 found")

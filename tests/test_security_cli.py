@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from leakcheck import leaks
+from leakcheck import id_leaks, leaks
 from terminal.cli import main
 from terminal.cli.security import TEST_KEYS_WARNING
 
@@ -181,8 +181,7 @@ def test_no_pin_key_or_id_number_in_output_traces_or_logs(caplog, key_file):
     assert "80 FA 05 00 [" in text  # the PSAM's RELOAD PIN MAC input was sent, masked
     assert "80 5E 00 00 [" in text and "80 5E 01 00 [" in text
     assert leaks(text, [ADULT_PIN, NEW_PIN, "135790", "111111"]) == []
-    for id_number in (BLOCKED_ID, "330302198506151239", "440304199007123447"):
-        assert id_number not in text and id_number.encode().hex(" ").upper() not in text
+    assert id_leaks(text) == []
 
 
 def test_the_leak_check_finds_what_it_looks_for():
@@ -194,3 +193,11 @@ def test_the_leak_check_finds_what_it_looks_for():
     keys = key_bytes()
     assert len(keys) >= 8 + 6 * 4 + 8  # test master keys, the 6 bundled SSC profiles at least, the PSAM
     assert leaks(keys[-1][8:].hex(" ").upper(), []) != []
+    number = "330302198506151239"
+    assert id_leaks(f"card < 08 12 {number.encode().hex(' ').upper()} 90 00", [number]) == [
+        "ID birthplace+birth date", "ID number"]
+    assert id_leaks("card < 0D 04 19 85 06 15 90 00", [number]) == ["ID birth date"]  # the READ RECORD
+    assert id_leaks("born 1985-06-15", [number]) == ["ID birth date"]
+    assert id_leaks("date=19850615;", [number]) == ["ID birth date"]
+    assert id_leaks("33030219850615", [number]) == ["ID birthplace+birth date"]
+    assert id_leaks("330302********1239  msgid H330302202612011985061500001", [number]) == []

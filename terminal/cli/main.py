@@ -1,7 +1,9 @@
 """The ``sscard`` group: logging, error handling and exit codes shared by every command.
 
 Every expected failure is an :class:`apdu.errors.SSCardError`: it is printed as one line on stderr
-and the process exits with its ``exit_code`` (README, "Exit codes"). Anything else is a bug: one line
+and the process exits with its ``exit_code`` (README, "Exit codes"); ``-v`` adds the error's class,
+never a traceback (a wrong PIN is not a bug). Ctrl-C anywhere, or Ctrl-C / Ctrl-D at a prompt, is
+"Interrupted." and exit 130 (128 + SIGINT, the shell's convention). Anything else is a bug: one line
 on stderr, exit 1, and the traceback only with ``-v``.
 """
 from __future__ import annotations
@@ -29,14 +31,14 @@ class SSCardGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SSCardError as err:
-            log.debug("error", exc_info=True)
+        except SSCardError as err:  # expected: the message says it all, no traceback
+            log.debug("%s (exit %d)", type(err).__name__, err.exit_code)
             click.echo(f"Error: {err}", err=True)
             ctx.exit(err.exit_code)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C/Ctrl-D at a prompt into Abort
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except (click.exceptions.Exit, click.ClickException):
             raise
         except OSError as err:
             log.debug("error", exc_info=True)
