@@ -194,8 +194,8 @@ class QueuedRecord:
 
     @property
     def next_attempt(self) -> dt.datetime:
-        """``next_attempt_at`` as Beijing time."""
-        return dt.datetime.fromtimestamp(self.next_attempt_at, CST)
+        """``next_attempt_at`` as Beijing time (:func:`cst_time`: an absurd stored value does not crash)."""
+        return cst_time(self.next_attempt_at)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready fields for lists and the kiosk: no ID number, the card code masked."""
@@ -234,6 +234,15 @@ class Outcome:
     infcode: int
     err_msg: str = ""
     reply: dict[str, Any] | None = None
+
+
+def cst_time(epoch: float) -> dt.datetime:
+    """Epoch seconds as Beijing time. A value past what a datetime holds (a Retry-After of years, as an
+    older uploader stored it) is the last representable time, not an error that stops every listing."""
+    try:
+        return dt.datetime.fromtimestamp(epoch, CST)
+    except (OverflowError, ValueError, OSError):
+        return (dt.datetime.min if epoch < 0 else dt.datetime.max).replace(tzinfo=CST)
 
 
 def now_cst() -> dt.datetime:

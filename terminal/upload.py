@@ -16,8 +16,10 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +30,7 @@ import httpx
 
 from apdu.errors import ConfigError, SSCardError
 from terminal.envelope import Envelope, encode, with_sign_no
-from terminal.queue import Outbox, Outcome, QueuedRecord
+from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,11 @@ def check_central_url(url: str) -> str:
 DEFAULT_INTERVAL = 5.0
 #: HTTP statuses that mean "this batch is invalid": bisect to find the record (docs/central-api.md)
 REFUSED = frozenset({400, 413, 422})
+#: the longest wait a service's Retry-After can impose (seconds): a longer one is taken as this much,
+#: so a wrong header cannot park the queue for years (docs/central-api.md, "Delivery")
+MAX_RETRY_AFTER = 3600.0
+#: Retry-After delay-seconds: ASCII digits only (``str.isdigit`` also takes "²" and other scripts' digits)
+_DELAY_SECONDS = re.compile(r"[0-9]+")
 
 
 class CentralError(SSCardError):
@@ -96,36 +103,42 @@ class CentralRefusedError(CentralError):
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Retry-After (RFC 9110 s10.2.3) as seconds from ``now``: delay-seconds or an HTTP-date.
 
-    None when absent or unreadable; never negative.
+    None when absent or unreadable; never negative, never more than :data:`MAX_RETRY_AFTER`.
+    Delay-seconds are ASCII digits only.
     """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELAY_SECONDS.fullmatch(value):
+        # more than 9 digits is past the ceiling anyway (and int() refuses thousands of digits)
+        return MAX_RETRY_AFTER if len(value) > 9 else min(float(int(value)), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        wait = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
 @dataclass(frozen=True)
 class Backoff:
     """Capped exponential backoff with full jitter: the n-th failed attempt waits a uniformly random
-    time in [0, min(cap, base * 2**(n-1))] seconds, and never less than the service's Retry-After
-    (docs/central-api.md, "Delivery")."""
+    time in [0, min(cap, base * 2**(n-1))] seconds, and never less than the service's Retry-After, itself
+    taken as at most ``max_retry_after`` (docs/central-api.md, "Delivery")."""
 
     base: float = 2.0
     cap: float = 600.0
+    max_retry_after: float = MAX_RETRY_AFTER
 
     def delay(self, attempts: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds until the next attempt after ``attempts`` failed ones."""
         ceiling = min(self.cap, self.base * 2 ** min(max(attempts - 1, 0), 60))
         jittered = (rng or random).uniform(0, ceiling)
-        return max(jittered, retry_after) if retry_after is not None else jittered
+        if retry_after is None or math.isnan(retry_after):
+            return jittered
+        return max(jittered, min(retry_after, self.max_retry_after))
 
 
 @dataclass(frozen=True)
@@ -361,7 +374,7 @@ class Uploader:
             if progress:
                 progress(batch_sent + batch_dead)
         due = self.outbox.next_due()
-        when = dt.datetime.fromtimestamp(due, self.outbox.clock().tzinfo).isoformat(sep=" ", timespec="seconds") if due else None
+        when = cst_time(due).isoformat(sep=" ", timespec="seconds") if due else None
         counts = self.outbox.counts()
         return UploadReport(sent, dead, counts["pending"] + counts["sending"], batches, error, when)
 

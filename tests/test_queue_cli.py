@@ -206,3 +206,17 @@ def test_upload_follow_sends_records_as_they_come_and_stops_cleanly(outbox, cent
     assert "stopped: sent 5  dead 0  pending 0" in out
     assert "Traceback" not in err and "Interrupted" not in err
     assert central.ledger.count() == 6  # five records and one sign-in
+
+
+def test_list_and_upload_read_a_retry_time_of_years_without_an_internal_error(outbox, central):
+    """A Retry-After of years stored by an older uploader: listed, and the upload says it waits."""
+    registration(outbox)
+    outbox.db.execute("UPDATE records SET next_attempt_at = 1e12")
+    listed = run("queue", "list", "-q", str(outbox.path), "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[0]["next_attempt"] == "9999-12-31 23:59:59+08:00"
+    waiting = run("queue", "upload", "-q", str(outbox.path), "--central", central.url)
+    assert waiting.exit_code == 0, waiting.output
+    assert "sent 0  dead 0  pending 1" in waiting.stdout and "next 9999-12-31" in waiting.stderr
+    sent = run("queue", "upload", "-q", str(outbox.path), "--central", central.url, "--now")
+    assert sent.exit_code == 0 and "sent 1" in sent.stdout

@@ -15,7 +15,9 @@ from terminal.central import GARBAGE, MAX_BATCH, CentralService
 from terminal.envelope import Envelope, Fen, with_sign_no
 from terminal.queue import Outbox
 from apdu.errors import ConfigError
-from terminal.upload import Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after
+from terminal.upload import (
+    MAX_RETRY_AFTER, Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after,
+)
 
 
 def drain(outbox, url: str, max_batches: int | None = None, **options):
@@ -283,6 +285,45 @@ def test_retry_after_is_read_as_seconds_or_as_an_http_date():
     assert parse_retry_after(email.utils.formatdate(now + 90, usegmt=True), now) == 90
     assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) == 0
     assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
+
+
+@pytest.mark.parametrize("value", ["999999999999", "9" * 400, "9" * 5000, "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_of_years_is_taken_as_the_documented_ceiling(value):
+    assert MAX_RETRY_AFTER == 3600
+    assert parse_retry_after(value, 1_800_000_000.0) == MAX_RETRY_AFTER
+    assert Backoff().delay(1, retry_after=1e12) == MAX_RETRY_AFTER  # and the backoff clamps what it is given
+    assert Backoff().delay(1, retry_after=float("inf")) == MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "\uff11\uff12", "-5", "1.5", "12 s"])
+def test_retry_after_seconds_are_ascii_digits_only(value):
+    assert parse_retry_after(value, 1_800_000_000.0) is None  # unreadable: the backoff alone applies
+
+
+def test_a_service_asking_to_wait_for_years_does_not_park_the_queue_or_break_the_report(outbox, central, clock):
+    ids = [registration(outbox).msgid for _ in range(2)]
+    central.set_fault("fail", count=1, retry_after="999999999999")
+    report = drain(outbox, central.url)
+    assert "HTTP 503" in report.error and report.pending == 2
+    assert report.next_attempt is not None and report.next_attempt.startswith("2026-03-01 10:30")  # an hour
+    for record in (outbox.get(m) for m in ids):
+        assert record.state == "pending"
+        assert record.next_attempt_at - clock().timestamp() == MAX_RETRY_AFTER
+        assert record.summary()["next_attempt"] == "2026-03-01 10:30:00+08:00"
+    clock.tick(MAX_RETRY_AFTER)
+    assert drain(outbox, central.url).sent == 2
+
+
+@pytest.mark.parametrize("stored", ["1e12", "9e999"])  # an older uploader's Retry-After of years; infinity
+def test_an_absurd_retry_time_already_in_the_file_is_read_without_crashing(outbox, central, stored):
+    record = registration(outbox)
+    outbox.db.execute(f"UPDATE records SET next_attempt_at = {stored}")
+    assert outbox.get(record.msgid).summary()["next_attempt"] == "9999-12-31 23:59:59+08:00"
+    report = drain(outbox, central.url)
+    assert (report.sent, report.pending, report.error) == (0, 1, None)
+    assert report.next_attempt == "9999-12-31 23:59:59+08:00"
+    with Uploader(outbox, central.url) as uploader:
+        assert uploader.drain(ignore_schedule=True).sent == 1  # --now still sends it
 
 
 @pytest.mark.parametrize("http_date", [False, True])
