@@ -228,6 +228,15 @@ def batch_outcomes(response: Any, sent: set[Any]) -> list[Outcome]:
     return outcomes
 
 
+def signin_number(response: dict[str, Any]) -> str | None:
+    """The ``output.signinoutb.sign_no`` of a 9001 answer (docs/central-api.md, "HTTP"), or None when
+    the answer does not have that shape (any level not an object, the number not non-empty text)."""
+    output = response.get("output")
+    signinoutb = output.get("signinoutb") if isinstance(output, dict) else None
+    sign_no = signinoutb.get("sign_no") if isinstance(signinoutb, dict) else None
+    return sign_no if isinstance(sign_no, str) and sign_no else None
+
+
 def _err_msg(answer: httpx.Response) -> str:
     """The service's ``err_msg`` from an error answer, else the start of its body."""
     try:
@@ -286,9 +295,12 @@ class Uploader:
             input={"signIn": {"opter_no": station.operator.opter, "mac": "", "ip": ""}},
         )
         response = self.central.call(envelope.to_dict())  # _post encodes Fen amounts as yuan
-        sign_no = (response.get("output") or {}).get("signinoutb", {}).get("sign_no")
-        if response["infcode"] != 0 or not isinstance(sign_no, str):
-            raise CentralError(f"The central service refused the sign-in: {response.get('err_msg') or 'no sign_no'}")
+        if response["infcode"] != 0:
+            raise CentralError(f"The central service refused the sign-in: {response.get('err_msg') or 'no reason given'}")
+        sign_no = signin_number(response)
+        if sign_no is None:
+            raise CentralProtocolError("The central service accepted the sign-in but sent no sign_no"
+                                       " (output.signinoutb.sign_no): records stay in the queue")
         log.info("signed in to %s", self.central.url)
         self.sign_no = sign_no
         return sign_no
@@ -330,7 +342,16 @@ class Uploader:
         records = self.outbox.claim(self.batch_size, self.lease, ignore_schedule=ignore_schedule)
         if not records:
             return 0, 0
-        outcomes, error = self._deliver(records)  # no transaction is open here
+        try:
+            outcomes, error = self._deliver(records)  # no transaction is open here
+        except Exception as err:
+            # a bug (say, a reply of a shape nobody checked): the batch goes back to pending with its
+            # backoff rather than waiting out its lease as 'sending'; the error itself is not hidden
+            log.debug("upload stopped by an unexpected error; the batch goes back to pending", exc_info=True)
+            now = self.outbox.now()
+            self.outbox.retry_later([(r.msgid, now + self.backoff.delay(r.attempts)) for r in records],
+                                    f"the upload stopped: {type(err).__name__}")
+            raise
         answered = {o.msgid for o in outcomes}
         unanswered = [r for r in records if r.msgid not in answered]
         if unanswered:

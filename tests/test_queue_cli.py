@@ -14,7 +14,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from queueing import (  # noqa: F401
-    CARD, as_unprivileged, central, clock, free_port, outbox, purchase, read_only, registration,
+    CARD, ScriptedService, as_unprivileged, central, clock, free_port, http_reply, outbox, purchase, read_only,
+    registration,
 )
 
 from terminal.cli import main
@@ -220,3 +221,12 @@ def test_list_and_upload_read_a_retry_time_of_years_without_an_internal_error(ou
     assert "sent 0  dead 0  pending 1" in waiting.stdout and "next 9999-12-31" in waiting.stderr
     sent = run("queue", "upload", "-q", str(outbox.path), "--central", central.url, "--now")
     assert sent.exit_code == 0 and "sent 1" in sent.stdout
+
+
+def test_upload_after_a_sign_in_answered_in_the_wrong_shape_is_exit_14(outbox):
+    registration(outbox)
+    with ScriptedService(lambda path, body: http_reply({"infcode": 0, "output": "oops"})) as service:
+        result = run("queue", "upload", "-q", str(outbox.path), "--central", service.url)
+    assert result.exit_code == 14, result.output
+    assert "sent no sign_no" in result.stderr and "Internal error" not in result.stderr
+    assert outbox.counts()["pending"] == 1

@@ -9,7 +9,9 @@ import time
 
 import httpx
 import pytest
-from queueing import OTHER_CARD, STATION, central, clock, free_port, outbox, purchase, registration  # noqa: F401
+from queueing import (  # noqa: F401
+    OTHER_CARD, STATION, ScriptedService, central, clock, free_port, http_reply, outbox, purchase, registration,
+)
 
 from terminal.central import GARBAGE, MAX_BATCH, CentralService
 from terminal.envelope import Envelope, Fen, with_sign_no
@@ -419,3 +421,34 @@ def test_a_client_hanging_up_mid_request_is_one_log_line_not_a_traceback(central
     assert any("hung up" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert "Traceback" not in capfd.readouterr().err
     assert httpx.get(f"{central.url}/_stats").json()["messages"] == 0  # and the service still answers
+
+
+# --- replies of the wrong shape, from a real server on 127.0.0.1 ------------------------------------
+
+@pytest.mark.parametrize("output", ["oops", ["signinoutb"], {"signinoutb": "S1"}, {"signinoutb": {"sign_no": 5}},
+                                    {"signinoutb": {"sign_no": ""}}, None])
+def test_a_sign_in_answered_in_the_wrong_shape_is_a_central_error_and_the_batch_waits(outbox, clock, output):
+    ids = [registration(outbox).msgid for _ in range(3)]
+    with ScriptedService(lambda path, body: http_reply({"infcode": 0, "output": output})) as service:
+        report = drain(outbox, service.url)
+    assert "sent no sign_no" in report.error and report.pending == 3
+    for record in (outbox.get(m) for m in ids):  # back to pending with a backoff, not stranded as 'sending'
+        assert record.state == "pending" and record.attempts == 1 and "sign_no" in record.last_error
+
+
+class BuggyUploader(Uploader):
+    """An uploader with a bug in its reply handling (what the sign-in's unchecked output used to be)."""
+
+    def sign_in(self) -> str:
+        raise AttributeError("'str' object has no attribute 'get'")
+
+
+def test_an_unexpected_error_during_delivery_leaves_the_batch_pending_not_sending(outbox, central, clock):
+    ids = [registration(outbox).msgid for _ in range(3)]
+    with BuggyUploader(outbox, central.url) as uploader, pytest.raises(AttributeError):
+        uploader.drain()
+    assert outbox.counts()["sending"] == 0
+    for record in (outbox.get(m) for m in ids):
+        assert record.state == "pending" and record.attempts == 1 and "AttributeError" in record.last_error
+    clock.tick(2)
+    assert drain(outbox, central.url).sent == 3
