@@ -230,3 +230,14 @@ def test_upload_after_a_sign_in_answered_in_the_wrong_shape_is_exit_14(outbox):
     assert result.exit_code == 14, result.output
     assert "sent no sign_no" in result.stderr and "Internal error" not in result.stderr
     assert outbox.counts()["pending"] == 1
+
+
+def test_upload_timeout_bounds_the_whole_call_against_a_service_trickling_its_answer(outbox):
+    registration(outbox)
+    answer = http_reply({"infcode": 0, "output": {"signinoutb": {"sign_no": "S1"}}})
+    with ScriptedService(lambda path, body: answer, per_byte=0.05) as service:
+        start = time.monotonic()
+        result = run("queue", "upload", "-q", str(outbox.path), "--central", service.url, "--timeout", "1")
+        elapsed = time.monotonic() - start
+    assert result.exit_code == 14 and "did not answer within 1 s" in result.stderr, result.output
+    assert elapsed < 2.5 and outbox.counts()["pending"] == 1

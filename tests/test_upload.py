@@ -452,3 +452,34 @@ def test_an_unexpected_error_during_delivery_leaves_the_batch_pending_not_sendin
         assert record.state == "pending" and record.attempts == 1 and "AttributeError" in record.last_error
     clock.tick(2)
     assert drain(outbox, central.url).sent == 3
+
+
+def signin_then_accept(path: str, body: bytes) -> bytes:
+    """What a working service answers: a sign-in, then every message of a batch accepted."""
+    if path == "/api/call":
+        return http_reply({"infcode": 0, "output": {"signinoutb": {"sign_no": "S1"}}})
+    return http_reply({"results": [{"msgid": m["msgid"], "infcode": 0} for m in json.loads(body)["messages"]]})
+
+
+@pytest.mark.parametrize("options, limit, why", [({"timeout": 1}, 1, "within 1 s"),
+                                                 ({"timeout": 30, "lease": 2}, 1, "before its batch's deadline")])
+def test_a_service_trickling_its_answer_is_cut_off_at_the_deadline_and_the_batch_waits(outbox, options, limit, why):
+    """Every byte (status line and headers too) comes 50 ms apart, well inside httpx's per-read timeout:
+    the call is cut off at its own timeout, or at half the lease, whichever comes first."""
+    ids = [registration(outbox).msgid for _ in range(3)]
+    with ScriptedService(signin_then_accept, per_byte=0.05) as service:
+        start = time.monotonic()
+        report = drain(outbox, service.url, **options)
+        elapsed = time.monotonic() - start
+    assert limit <= elapsed < limit + 1.5, elapsed
+    assert f"did not answer {why}" in report.error and report.pending == 3
+    for record in (outbox.get(m) for m in ids):  # back to pending with a backoff, before any lease ends
+        assert record.state == "pending" and record.attempts == 1 and "did not answer" in record.last_error
+
+
+def test_the_deadline_lets_a_prompt_answer_through_on_the_same_connections(outbox):
+    for _ in range(3):
+        registration(outbox)
+    with ScriptedService(signin_then_accept) as service:
+        report = drain(outbox, service.url, timeout=1, batch_size=1)
+    assert (report.sent, report.error) == (3, None)

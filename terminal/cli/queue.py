@@ -136,7 +136,7 @@ def retry_dead(path: Path, msgids: tuple[str, ...], as_json: bool) -> None:
               help="The central service's URL ($SSCARD_CENTRAL).")
 @click.option("--batch-size", type=click.IntRange(1, 500), default=None, help="Records per batch [default: 100].")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
-              help="Seconds to wait for each answer [default: 10].")
+              help="Seconds each call to the service may take, the whole answer included [default: 10].")
 @click.option("--follow", is_flag=True,
               help="Keep running: send records as they become due, until Ctrl-C or SIGTERM.")
 @click.option("--interval", type=click.FloatRange(0.05), default=None,
