@@ -14,6 +14,7 @@ from queueing import (  # noqa: F401
 )
 
 from terminal.central import GARBAGE, MAX_BATCH, CentralService
+from terminal.central.service import Ledger, Rejected
 from terminal.envelope import Envelope, Fen, with_sign_no
 from terminal.queue import Outbox
 from apdu.errors import ConfigError
@@ -483,3 +484,43 @@ def test_the_deadline_lets_a_prompt_answer_through_on_the_same_connections(outbo
     with ScriptedService(signin_then_accept) as service:
         report = drain(outbox, service.url, timeout=1, batch_size=1)
     assert (report.sent, report.error) == (3, None)
+
+
+class ClosedToday(Ledger):
+    """The service's own ledger with one more rule: outpatient registrations refused (a cause that is
+    later fixed at the centre, as a wrong contract or a region closed for the day would be)."""
+
+    def _execute(self, message):
+        if isinstance(message, dict) and message.get("infno") == "2201":
+            raise Rejected("registrations are closed today")
+        return super()._execute(message)
+
+
+def test_a_rejected_record_revived_with_retry_dead_is_judged_again_and_accepted(outbox, tmp_path, clock):
+    path = tmp_path / "c.sqlite"
+    record, other = registration(outbox), registration(outbox)
+    closed = CentralService(path)
+    closed.ledger.close()
+    closed.ledger = ClosedToday(path)
+    with closed:
+        report = drain(outbox, closed.url)
+    assert (report.sent, report.dead) == (0, 2) and "closed today" in outbox.get(record.msgid).last_error
+    assert outbox.retry_dead([record.msgid]) == 1  # the cause is fixed at the centre
+    with CentralService(path) as service:  # the same ledger, the rule gone
+        again = drain(outbox, service.url)
+        assert (again.sent, again.dead) == (1, 0)
+        accepted = outbox.get(record.msgid)
+        assert accepted.state == "sent" and accepted.infcode == 0 and service.ledger.repeats == 0
+        assert json.loads(service.ledger.conn.execute(  # the latest judgement replaced the refusal
+            "SELECT response FROM messages WHERE msgid = ?", [record.msgid]).fetchone()[0])["infcode"] == 0
+        outbox.retry_dead([other.msgid])
+        outbox.db.execute("UPDATE records SET envelope = replace(envelope, 'P0001', 'P0002') WHERE msgid = ?",
+                          [other.msgid])  # corrected before it was revived: another message, same msgid
+        assert drain(outbox, service.url).sent == 1  # a refused msgid is not "used"
+        client = CentralClient(service.url)
+        sign_no = client.call(signin(outbox))["output"]["signinoutb"]["sign_no"]
+        repeat = client.batch([with_sign_no(accepted.envelope, sign_no)])[0]
+        altered = client.batch([with_sign_no(accepted.envelope.replace("P0001", "P0003"), sign_no)])[0]
+        client.close()
+    assert repeat.reply == accepted.reply and service.ledger.repeats == 1  # acceptance stays final
+    assert altered.infcode == -1 and "already used" in altered.err_msg

@@ -1,7 +1,8 @@
 """The reference central service: what the uploader talks to in development and tests.
 
 DESIGN.md, "The central service": accepts batches over HTTP on loopback, dedupes on msgid permanently
-(its own SQLite file, so across restarts), answers per item, and can be told to fail, stall, return
+(its own SQLite file, so across restarts: an accepted msgid is answered as the first time, a rejected
+one is judged again), answers per item, and can be told to fail, stall, return
 garbage or drop the connection. The HTTP API, the answers and the fault modes are in
 docs/central-api.md; the envelope is the platform's (central-service.md).
 
@@ -130,7 +131,9 @@ def digest(message: dict[str, Any]) -> str:
 
 
 class Ledger:
-    """The service's SQLite store: every answered message (dedupe) and every sign-in."""
+    """The service's SQLite store: every answered message (dedupe) and every sign-in. An accepted
+    message is final (its repeat gets the first answer); a rejected one is judged again when it comes
+    back, and the row holds the latest judgement."""
 
     def __init__(self, path: str | Path) -> None:
         self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -178,10 +181,13 @@ class Ledger:
         msgid = message.get("msgid") if isinstance(message, dict) else None
         if isinstance(msgid, str):
             row = self.conn.execute("SELECT digest, response FROM messages WHERE msgid = ?", [msgid]).fetchone()
-            if row:
+            first = json.loads(row[1]) if row else None
+            # only an acceptance is final; a rejected msgid is judged again (its cause may have been fixed
+            # and the record revived with 'sscard queue retry-dead'), and its row replaced
+            if first is not None and first.get("infcode") == 0:
                 if row[0] == digest(message):
                     self.repeats += 1
-                    return json.loads(row[1])  # a repeat: the same answer as the first time
+                    return first  # a repeat: the same answer as the first time
                 return self._response(msgid, -1, "msgid already used for a different message")
         try:
             output = self._execute(message)
@@ -191,7 +197,7 @@ class Ledger:
             response = self._response(msgid, 0, "", output)
         if _valid_msgid(msgid):
             self.conn.execute(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
                 [msgid, str(message.get("infno")), digest(message), json.dumps(message, ensure_ascii=False),
                  json.dumps(response, ensure_ascii=False), self._now()],
             )
