@@ -241,3 +241,19 @@ def test_upload_timeout_bounds_the_whole_call_against_a_service_trickling_its_an
         elapsed = time.monotonic() - start
     assert result.exit_code == 14 and "did not answer within 1 s" in result.stderr, result.output
     assert elapsed < 2.5 and outbox.counts()["pending"] == 1
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff not a database " * 300, b"SQLite format 3\x00" + b"\xff" * 4080])
+def test_central_serve_on_a_damaged_ledger_is_exit_14_in_plain_words(tmp_path, content):
+    ledger = tmp_path / "central.sqlite"
+    ledger.write_bytes(content)
+    result = sscard("central", "serve", "--db", str(ledger), "--port", "0")
+    assert result.returncode == 14, result.stderr
+    assert f"ledger {ledger} cannot be used" in result.stderr and "damaged" in result.stderr
+    assert "Internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_central_serve_on_a_busy_port_is_exit_14(central, tmp_path):
+    port = central.url.rsplit(":", 1)[1]
+    result = sscard("central", "serve", "--db", str(tmp_path / "second.sqlite"), "--port", port)
+    assert result.returncode == 14 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr

@@ -136,12 +136,18 @@ class Ledger:
     back, and the row holds the latest judgement."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open (or create) the ledger at ``path``; :class:`sqlite3.Error` when it is damaged, not a
+        database or cannot be opened (the connection is closed again)."""
         self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+            self.serial = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        except BaseException:
+            self.conn.close()
+            raise
         self.lock = threading.Lock()
-        self.serial = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         #: messages answered from the ledger (a repeated msgid): the uploader's retries
         self.repeats = 0
 
@@ -290,7 +296,11 @@ class CentralService:
         self.fault_lock = threading.Lock()
         self.stopping = threading.Event()
         self.faulty_requests = 0
-        self.server = _Server((host, port), _handler(self))
+        try:
+            self.server = _Server((host, port), _handler(self))
+        except BaseException:
+            self.ledger.close()
+            raise
         self.server.daemon_threads = False  # server_close() joins the handlers before the ledger closes
         self.connections: set[socket.socket] = set()
         self.thread: threading.Thread | None = None

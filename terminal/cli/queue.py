@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
@@ -206,12 +207,14 @@ def central() -> None:
 def serve(db: Path, host: str, port: int) -> None:
     """Run the reference central service until Ctrl-C or SIGTERM."""
     from terminal.central import CentralService
+    from terminal.queue import sqlite_reason
+    from terminal.upload import CentralError
 
     try:
         service = CentralService(db, host, port)
+    except sqlite3.Error as err:
+        raise CentralError(f"The central service's ledger {db} cannot be used: {sqlite_reason(err)}") from None
     except OSError as err:
-        from terminal.upload import CentralError
-
         raise CentralError(f"The central service cannot listen on {host}:{port}: {err.strerror or err}") from None
     with stop_on_signals() as stop:
         click.echo(f"central service on {service.url}, ledger {db}", err=True)
