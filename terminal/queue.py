@@ -41,6 +41,7 @@ from terminal.envelope import (
     Operator,
     RecordError,
     Station,
+    check_amounts,
     encode,
 )
 
@@ -484,7 +485,8 @@ class Outbox:
 
         ``insured_region`` is the card's issuing region; it differs from the station's region for
         cross-region care. ``card_sn`` (the card identification code) lets the kiosk find the record.
-        Amounts in ``input`` must be :class:`terminal.envelope.Fen`. Raises :class:`QueueError`
+        Amounts in ``input`` must be :class:`terminal.envelope.Fen`, and a settlement (2101, 2102) must
+        carry its amounts (:data:`terminal.envelope.AMOUNTS`). Raises :class:`QueueError`
         (disk full, read-only...) or :class:`RecordError`, and then nothing was saved.
 
         One INSERT per record (docs/central-api.md, "The local queue"): inside the write lock, the
@@ -495,6 +497,7 @@ class Outbox:
         station = self.require_station()
         if not isinstance(input, dict):
             raise RecordError("the transaction's input must be a JSON object")
+        check_amounts(infno, input)  # a settlement's amounts as Fen: the service refuses anything else
         now = self.clock()
         stamp, inf_time, created_at = self._stamp(now)
         # the whole envelope but its msgid, validated (RecordError) before any transaction

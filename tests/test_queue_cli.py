@@ -120,8 +120,8 @@ def test_upload_help_states_the_uploaders_own_defaults():
 
 
 def dead_records(outbox, count: int) -> list[str]:
-    """``count`` records the central service refuses (an amount the queue cannot check), made dead."""
-    ids = [purchase(outbox, total="23.5").msgid for _ in range(count)]
+    """``count`` records made dead as the central service refuses them (its answer written here)."""
+    ids = [registration(outbox).msgid for _ in range(count)]
     outbox.claim(count, lease=60)
     outbox.settle([Outcome(m, -1, "amount '23.5' is not yuan with two decimals") for m in ids])
     return ids

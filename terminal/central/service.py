@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from terminal.envelope import (
+    AMOUNTS,  # each settlement's amounts in input.data, checked as yuan with two decimals
     CST,
     INF_TIME,
     INFNO,
@@ -62,8 +63,6 @@ REQUIRED = (
     "infno", "msgid", "mdtrtarea_admvs", "insuplc_admdvs", "opter_type", "opter", "opter_name",
     "inf_time", "fixmedins_code", "fixmedins_name", "sign_no", "input",
 )
-#: amounts each settlement must carry in ``input.data``, checked as yuan with two decimals
-AMOUNTS = {"2101": ("medfee_sumamt",), "2102": ("medfee_sumamt", "acct_pay")}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     msgid TEXT PRIMARY KEY, infno TEXT NOT NULL, digest TEXT NOT NULL,
