@@ -257,3 +257,56 @@ def test_central_serve_on_a_busy_port_is_exit_14(central, tmp_path):
     port = central.url.rsplit(":", 1)[1]
     result = sscard("central", "serve", "--db", str(tmp_path / "second.sqlite"), "--port", port)
     assert result.returncode == 14 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+
+
+def counter_site(tmp_path, central_url: str) -> Path:
+    """A clinic's terminal configuration (tests/flowing.py) whose [central] url is ``central_url``."""
+    from flowing import write_config
+
+    config = write_config(tmp_path / "clinic", require_pin=False)
+    config.write_text(config.read_text(encoding="utf-8").replace('"http://127.0.0.1:9"', f'"{central_url}"'),
+                      encoding="utf-8")
+    return config
+
+
+def test_the_queue_commands_find_the_counters_records_through_the_terminal_configuration(tmp_path, central):
+    config = counter_site(tmp_path, central.url)
+    env = {"SSCARD_CONFIG": str(config), "SSCARD_QUEUE": None, "SSCARD_CENTRAL": None}
+    runner = CliRunner()
+    desk = runner.invoke(main, ["desk", "register", "-r", "sim:adult", "--type", "outpatient", "--department", "内科",
+                                "--json"], env=env)
+    assert desk.exit_code == 0, desk.output
+    msgid = json.loads(desk.stdout)["msgid"]
+    status = runner.invoke(main, ["queue", "status", "--json"], env=env)  # no -q
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["pending"] == 1
+    upload = runner.invoke(main, ["queue", "upload", "--json"], env=env)  # no -q, no --central
+    assert upload.exit_code == 0, upload.output
+    assert json.loads(upload.stdout)["sent"] == 1
+    assert central.ledger.message(msgid)["infno"] == "2201"
+    listed = runner.invoke(main, ["queue", "list", "--state", "sent", "--json"], env=env)
+    assert [r["msgid"] for r in json.loads(listed.stdout)] == [msgid]
+
+
+def test_explicit_options_and_the_environment_still_win_over_the_configuration(tmp_path, outbox, central):
+    config = counter_site(tmp_path, f"http://127.0.0.1:{free_port()}")  # its central is down, its queue empty
+    registration(outbox)
+    base = {"SSCARD_CONFIG": str(config), "SSCARD_QUEUE": None, "SSCARD_CENTRAL": None}
+    by_env = run_env({**base, "SSCARD_QUEUE": str(outbox.path)}, "queue", "status", "--json")
+    assert by_env.exit_code == 0 and json.loads(by_env.stdout)["pending"] == 1, by_env.output
+    from_config = run_env(base, "queue", "upload", "-q", str(outbox.path), "--timeout", "1")
+    assert from_config.exit_code == 14 and "unreachable" in from_config.stderr  # the configuration's URL
+    sent = run_env({**base, "SSCARD_CENTRAL": central.url}, "queue", "upload", "-q", str(outbox.path), "--now")
+    assert sent.exit_code == 0 and "sent 1" in sent.stdout, sent.output
+    missing = run_env(base, "queue", "status", "--config", str(tmp_path / "none.toml"))
+    assert missing.exit_code == 12 and "No terminal configuration" in missing.stderr
+
+
+def test_without_a_configuration_the_built_in_defaults_apply(tmp_path):
+    env = {"SSCARD_CONFIG": str(tmp_path / "none.toml"), "SSCARD_QUEUE": None, "XDG_DATA_HOME": str(tmp_path)}
+    result = run_env(env, "queue", "status")
+    assert result.exit_code == 13 and str(tmp_path / "sscard" / "queue.sqlite") in result.stderr
+
+
+def run_env(env: dict, *args: str):
+    return CliRunner().invoke(main, list(args), env=env)
