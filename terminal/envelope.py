@@ -48,6 +48,13 @@ SEQ_PER_SECOND = 100
 MAX_TERMINALS = 100
 
 
+#: amounts each settlement must carry in ``input.data``: :class:`Fen` when queued (:func:`check_amounts`),
+#: yuan with two decimals on the wire, parsed by the central service with :func:`parse_yuan`
+AMOUNTS: dict[str, tuple[str, ...]] = {"2101": ("medfee_sumamt",), "2102": ("medfee_sumamt", "acct_pay")}
+#: the largest amount (in fen, either sign) the wire's yuan form carries: 13 digits of yuan (``YUAN_RE``)
+MAX_FEN = 10**15 - 1
+
+
 class RecordError(SSCardError, ValueError):
     """The record cannot be queued: it is not a valid platform message."""
 
@@ -72,6 +79,25 @@ def parse_yuan(text: object) -> Fen:
         raise RecordError(f"amount {text!r} is not yuan with two decimals")
     sign, whole, cents = match.groups()
     return Fen((-1 if sign else 1) * (int(whole) * 100 + int(cents)))
+
+
+def check_amounts(infno: str, input: dict[str, Any]) -> None:
+    """:class:`RecordError` unless a settlement (``infno`` in :data:`AMOUNTS`) carries each of its amounts
+    in ``input["data"]`` as :class:`Fen` within what the wire carries; other transactions pass. Run
+    before a record is queued, so nothing the central service must refuse is reported as saved."""
+    keys = AMOUNTS.get(infno)
+    if not keys:
+        return
+    data = input.get("data")
+    if not isinstance(data, dict):
+        raise RecordError(f"a {infno} settlement carries its amounts ({', '.join(keys)}) in input.data")
+    for key in keys:
+        value = data.get(key)
+        if not isinstance(value, Fen):
+            shown = "missing" if value is None else f"{type(value).__name__} {value!r:.40}"
+            raise RecordError(f"{key} of a {infno} settlement must be a Fen amount (integer fen), not {shown}")
+        if not -MAX_FEN <= value <= MAX_FEN:
+            raise RecordError(f"{key} of a {infno} settlement is out of range ({yuan(value)[:24]} yuan)")
 
 
 @dataclass(frozen=True)

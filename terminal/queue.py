@@ -43,6 +43,7 @@ from terminal.envelope import (
     Operator,
     RecordError,
     Station,
+    check_amounts,
     encode,
 )
 
@@ -222,8 +223,8 @@ class QueuedRecord:
 
     @property
     def next_attempt(self) -> dt.datetime:
-        """``next_attempt_at`` as Beijing time."""
-        return dt.datetime.fromtimestamp(self.next_attempt_at, CST)
+        """``next_attempt_at`` as Beijing time (:func:`cst_time`: an absurd stored value does not crash)."""
+        return cst_time(self.next_attempt_at)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready fields for lists and the kiosk: no ID number, the card code masked."""
@@ -262,6 +263,15 @@ class Outcome:
     infcode: int
     err_msg: str = ""
     reply: dict[str, Any] | None = None
+
+
+def cst_time(epoch: float) -> dt.datetime:
+    """Epoch seconds as Beijing time. A value past what a datetime holds (a Retry-After of years, as an
+    older uploader stored it) is the last representable time, not an error that stops every listing."""
+    try:
+        return dt.datetime.fromtimestamp(epoch, CST)
+    except (OverflowError, ValueError, OSError):
+        return (dt.datetime.min if epoch < 0 else dt.datetime.max).replace(tzinfo=CST)
 
 
 def now_cst() -> dt.datetime:
@@ -507,7 +517,8 @@ class Outbox:
 
         ``insured_region`` is the card's issuing region; it differs from the station's region for
         cross-region care. ``card_sn`` (the card identification code) lets the kiosk find the record.
-        Amounts in ``input`` must be :class:`terminal.envelope.Fen`. Raises :class:`QueueError`
+        Amounts in ``input`` must be :class:`terminal.envelope.Fen`, and a settlement (2101, 2102) must
+        carry its amounts (:data:`terminal.envelope.AMOUNTS`). Raises :class:`QueueError`
         (disk full, read-only...) or :class:`RecordError`, and then nothing was saved.
 
         One INSERT per record (docs/central-api.md, "The local queue"): inside the write lock, the
@@ -518,6 +529,7 @@ class Outbox:
         station = self.require_station()
         if not isinstance(input, dict):
             raise RecordError("the transaction's input must be a JSON object")
+        check_amounts(infno, input)  # a settlement's amounts as Fen: the service refuses anything else
         now = self.clock()
         stamp, inf_time, created_at = self._stamp(now)
         # the whole envelope but its msgid, validated (RecordError) before any transaction

@@ -12,23 +12,27 @@ unchanged and the service answers it as the first time.
 """
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import email.utils
 import json
 import logging
+import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 
 from apdu.errors import ConfigError, SSCardError
 from terminal.envelope import Envelope, encode, with_sign_no
-from terminal.queue import Outbox, Outcome, QueuedRecord
+from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,11 @@ def check_central_url(url: str) -> str:
 DEFAULT_INTERVAL = 5.0
 #: HTTP statuses that mean "this batch is invalid": bisect to find the record (docs/central-api.md)
 REFUSED = frozenset({400, 413, 422})
+#: the longest wait a service's Retry-After can impose (seconds): a longer one is taken as this much,
+#: so a wrong header cannot park the queue for years (docs/central-api.md, "Delivery")
+MAX_RETRY_AFTER = 3600.0
+#: Retry-After delay-seconds: ASCII digits only (``str.isdigit`` also takes "²" and other scripts' digits)
+_DELAY_SECONDS = re.compile(r"[0-9]+")
 
 
 class CentralError(SSCardError):
@@ -96,36 +105,42 @@ class CentralRefusedError(CentralError):
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Retry-After (RFC 9110 s10.2.3) as seconds from ``now``: delay-seconds or an HTTP-date.
 
-    None when absent or unreadable; never negative.
+    None when absent or unreadable; never negative, never more than :data:`MAX_RETRY_AFTER`.
+    Delay-seconds are ASCII digits only.
     """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _DELAY_SECONDS.fullmatch(value):
+        # more than 9 digits is past the ceiling anyway (and int() refuses thousands of digits)
+        return MAX_RETRY_AFTER if len(value) > 9 else min(float(int(value)), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        wait = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
 @dataclass(frozen=True)
 class Backoff:
     """Capped exponential backoff with full jitter: the n-th failed attempt waits a uniformly random
-    time in [0, min(cap, base * 2**(n-1))] seconds, and never less than the service's Retry-After
-    (docs/central-api.md, "Delivery")."""
+    time in [0, min(cap, base * 2**(n-1))] seconds, and never less than the service's Retry-After, itself
+    taken as at most ``max_retry_after`` (docs/central-api.md, "Delivery")."""
 
     base: float = 2.0
     cap: float = 600.0
+    max_retry_after: float = MAX_RETRY_AFTER
 
     def delay(self, attempts: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds until the next attempt after ``attempts`` failed ones."""
         ceiling = min(self.cap, self.base * 2 ** min(max(attempts - 1, 0), 60))
         jittered = (rng or random).uniform(0, ceiling)
-        return max(jittered, retry_after) if retry_after is not None else jittered
+        if retry_after is None or math.isnan(retry_after):
+            return jittered
+        return max(jittered, min(retry_after, self.max_retry_after))
 
 
 @dataclass(frozen=True)
@@ -141,37 +156,140 @@ class UploadReport:
     next_attempt: str | None = None
 
 
+#: the monotonic time by which the HTTP call in progress in this thread must be complete (None: no limit)
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("sscard_central_deadline", default=None)
+
+
+def _until_deadline(timeout: float | None, error: type[Exception]) -> float | None:
+    """``timeout`` for one socket operation, cut to what is left of the current call's deadline;
+    ``error`` (an httpcore timeout, which httpx reports as its own) once the deadline has passed."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the call's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits no longer than the current call's deadline: httpx's
+    own timeouts are per socket operation, so a service trickling its answer a byte at a time would
+    otherwise keep one call alive indefinitely."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _until_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _until_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        timeout = _until_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend with :class:`_DeadlineStream` connections."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        timeout = _until_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        timeout = _until_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _enforce_deadlines(client: httpx.Client) -> bool:
+    """Give ``client``'s connection pools the deadline-aware backend; False when it has none we know
+    (a custom transport): then only the answer's body is checked against the deadline, chunk by chunk.
+    httpx has no public hook for this; the pool's ``_network_backend`` is read for each new connection."""
+    done = False
+    for transport in (client._transport, *client._mounts.values()):
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend):
+            if not isinstance(backend, _DeadlineBackend):
+                pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+            done = True
+    return done
+
+
 class CentralClient:
-    """HTTP to the central service at ``url``: one call, or one batch (docs/central-api.md, "HTTP")."""
+    """HTTP to the central service at ``url``: one call, or one batch (docs/central-api.md, "HTTP").
+
+    Each call must be over (connected, sent, the whole answer read) within ``timeout`` seconds, and
+    before ``deadline`` (a :func:`time.monotonic` time, e.g. the end of a batch's delivery) when set;
+    otherwise it is :class:`CentralUnavailableError`, as for a service that does not answer.
+    """
 
     def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None) -> None:
         self.url = check_central_url(url).rstrip("/")
+        self.timeout = timeout
         self.http = client or httpx.Client(timeout=timeout)
+        #: :func:`time.monotonic` time by which calls must be over (the uploader's batch deadline), or None
+        self.deadline: float | None = None
+        if not _enforce_deadlines(self.http):
+            log.debug("HTTP client without a known connection pool: the deadline is checked on the body only")
 
     def close(self) -> None:
         """Close the HTTP connections."""
         self.http.close()
 
     def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        start = time.monotonic()
+        limit = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
+        within = f"within {self.timeout:g} s" if limit == start + self.timeout else "before its batch's deadline"
+        token = _DEADLINE.set(limit)
         try:
-            answer = self.http.post(
-                self.url + path, content=encode(payload).encode(), headers={"Content-Type": "application/json"}
-            )
+            with self.http.stream(
+                "POST", self.url + path, content=encode(payload).encode(), headers={"Content-Type": "application/json"}
+            ) as answer:
+                status, retry_after = answer.status_code, answer.headers.get("Retry-After")
+                body = bytearray()
+                for chunk in answer.iter_bytes():
+                    body += chunk
+                    if time.monotonic() > limit:
+                        raise httpx.ReadTimeout("the call's deadline has passed", request=answer.request)
+        except httpx.TimeoutException as err:
+            raise CentralUnavailableError(
+                f"The central service at {self.url} did not answer {within}"
+                f" ({type(err).__name__}): records stay in the queue"
+            ) from None
         except httpx.HTTPError as err:
             raise CentralUnavailableError(
                 f"The central service at {self.url} is unreachable ({type(err).__name__}): records stay in the queue"
             ) from None
-        status = answer.status_code
+        finally:
+            _DEADLINE.reset(token)
         if status == 401:
             raise NotSignedInError()
         if status in REFUSED:
-            raise CentralRefusedError(status, _err_msg(answer))
+            raise CentralRefusedError(status, _err_msg(bytes(body)))
         if status != 200:
             raise CentralUnavailableError(
                 f"The central service answered HTTP {status}: records stay in the queue",
-                parse_retry_after(answer.headers.get("Retry-After")),
+                parse_retry_after(retry_after),
             )
-        return parse_reply(answer.content)
+        return parse_reply(bytes(body))
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
         """One message, one platform response (``infcode``, ``err_msg``, ``output``...)."""
@@ -215,12 +333,21 @@ def batch_outcomes(response: Any, sent: set[Any]) -> list[Outcome]:
     return outcomes
 
 
-def _err_msg(answer: httpx.Response) -> str:
-    """The service's ``err_msg`` from an error answer, else the start of its body."""
+def signin_number(response: dict[str, Any]) -> str | None:
+    """The ``output.signinoutb.sign_no`` of a 9001 answer (docs/central-api.md, "HTTP"), or None when
+    the answer does not have that shape (any level not an object, the number not non-empty text)."""
+    output = response.get("output")
+    signinoutb = output.get("signinoutb") if isinstance(output, dict) else None
+    sign_no = signinoutb.get("sign_no") if isinstance(signinoutb, dict) else None
+    return sign_no if isinstance(sign_no, str) and sign_no else None
+
+
+def _err_msg(content: bytes) -> str:
+    """The service's ``err_msg`` from an error answer's body, else the start of the body."""
     try:
-        body = parse_reply(answer.content)
+        body = parse_reply(content)
     except CentralProtocolError:
-        return answer.content[:200].decode("utf-8", "replace") or "no reason given"
+        return content[:200].decode("utf-8", "replace") or "no reason given"
     return str(body.get("err_msg") if isinstance(body, dict) and body.get("err_msg") else body)[:200]
 
 
@@ -228,7 +355,10 @@ class Uploader:
     """Moves records from ``outbox`` to the service at ``url``. Not thread-safe: one per thread.
 
     ``lease``: how long a claimed batch stays ``sending`` before another uploader may take it again
-    (default: three timeouts, at least a minute). ``backoff``: the retry policy.
+    (default: three timeouts, at least a minute). A batch's whole delivery (sign-in, the batch, its
+    halves) must be over within half the lease, each HTTP call within ``timeout``: a call still going
+    then counts as no answer, so no other uploader can claim the batch while it is in flight.
+    ``backoff``: the retry policy.
     """
 
     def __init__(
@@ -246,6 +376,8 @@ class Uploader:
         self.central = CentralClient(url, timeout=timeout, client=client)
         self.batch_size = batch_size
         self.lease = lease if lease is not None else max(60.0, 3 * timeout)
+        #: seconds a batch's delivery may take, well within its lease (docs/central-api.md, "Delivery")
+        self.delivery_time = self.lease / 2
         self.backoff = backoff or Backoff()
         self.sign_no: str | None = None
         outbox.join_uploaders()
@@ -273,9 +405,12 @@ class Uploader:
             input={"signIn": {"opter_no": station.operator.opter, "mac": "", "ip": ""}},
         )
         response = self.central.call(envelope.to_dict())  # _post encodes Fen amounts as yuan
-        sign_no = (response.get("output") or {}).get("signinoutb", {}).get("sign_no")
-        if response["infcode"] != 0 or not isinstance(sign_no, str):
-            raise CentralError(f"The central service refused the sign-in: {response.get('err_msg') or 'no sign_no'}")
+        if response["infcode"] != 0:
+            raise CentralError(f"The central service refused the sign-in: {response.get('err_msg') or 'no reason given'}")
+        sign_no = signin_number(response)
+        if sign_no is None:
+            raise CentralProtocolError("The central service accepted the sign-in but sent no sign_no"
+                                       " (output.signinoutb.sign_no): records stay in the queue")
         log.info("signed in to %s", self.central.url)
         self.sign_no = sign_no
         return sign_no
@@ -317,7 +452,19 @@ class Uploader:
         records = self.outbox.claim(self.batch_size, self.lease, ignore_schedule=ignore_schedule)
         if not records:
             return 0, 0
-        outcomes, error = self._deliver(records)  # no transaction is open here
+        self.central.deadline = time.monotonic() + self.delivery_time
+        try:
+            outcomes, error = self._deliver(records)  # no transaction is open here
+        except Exception as err:
+            # a bug (say, a reply of a shape nobody checked): the batch goes back to pending with its
+            # backoff rather than waiting out its lease as 'sending'; the error itself is not hidden
+            log.debug("upload stopped by an unexpected error; the batch goes back to pending", exc_info=True)
+            now = self.outbox.now()
+            self.outbox.retry_later([(r.msgid, now + self.backoff.delay(r.attempts)) for r in records],
+                                    f"the upload stopped: {type(err).__name__}")
+            raise
+        finally:
+            self.central.deadline = None
         answered = {o.msgid for o in outcomes}
         unanswered = [r for r in records if r.msgid not in answered]
         if unanswered:
@@ -361,7 +508,7 @@ class Uploader:
             if progress:
                 progress(batch_sent + batch_dead)
         due = self.outbox.next_due()
-        when = dt.datetime.fromtimestamp(due, self.outbox.clock().tzinfo).isoformat(sep=" ", timespec="seconds") if due else None
+        when = cst_time(due).isoformat(sep=" ", timespec="seconds") if due else None
         counts = self.outbox.counts()
         return UploadReport(sent, dead, counts["pending"] + counts["sending"], batches, error, when)
 

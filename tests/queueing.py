@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import json
 import os
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,76 @@ def read_only(path: Path):
     finally:
         path.parent.chmod(dir_mode)
         path.chmod(file_mode)
+
+
+def http_reply(body: object, status: str = "200 OK") -> bytes:
+    """A whole HTTP/1.1 response carrying ``body`` (JSON unless bytes), closing the connection."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    return head.encode() + data
+
+
+class ScriptedService:
+    """A real HTTP server on 127.0.0.1 (raw sockets, one thread per connection) whose every answer is
+    ``answer(path, request_body)``: whole response bytes, sent ``per_byte`` seconds apart (a service
+    trickling its reply, status line and headers included) or at once. ``requests`` counts them."""
+
+    def __init__(self, answer: Callable[[str, bytes], bytes], per_byte: float = 0.0) -> None:
+        self.answer, self.per_byte = answer, per_byte
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> ScriptedService:
+        self.threads.append(threading.Thread(target=self._accept, daemon=True))
+        self.threads[0].start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=10)
+        self.sock.close()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.05)  # to see stopping
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, body = data.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                length = next((int(v) for k, _, v in (line.partition(":") for line in lines[1:])
+                               if k.strip().lower() == "content-length"), 0)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests += 1
+                reply = self.answer(lines[0].split()[1], body)
+                if not self.per_byte:
+                    conn.sendall(reply)
+                    return
+                for i in range(len(reply)):
+                    if self.stopping.wait(self.per_byte):
+                        return
+                    conn.sendall(reply[i:i + 1])
+            except OSError:  # the client gave up and hung up: that is what some tests want
+                return

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from queueing import (  # noqa: F401
-    CARD, OTHER_CARD, STATION, Clock, as_unprivileged, clock, outbox, purchase, read_only, registration,
+    CARD, OTHER_CARD, STATION, Clock, as_unprivileged, central, clock, outbox, purchase, read_only, registration,
 )
 
 from apdu.errors import ConfigError
@@ -93,6 +93,37 @@ def test_an_invalid_record_is_refused_and_nothing_is_queued(outbox, infno, body,
     assert outbox.counts()["pending"] == 0
     assert registration(outbox).msgid.endswith("0700")  # rolled back: no msgid was used up
     assert outbox.counts()["pending"] == 1
+
+
+@pytest.mark.parametrize(
+    "infno, data, wrong",
+    [
+        ("2102", {"medfee_sumamt": "23.5", "acct_pay": Fen(2350)}, "medfee_sumamt"),  # text the service refuses
+        ("2102", {"medfee_sumamt": "23.50", "acct_pay": Fen(2350)}, "medfee_sumamt"),  # even well-formed text
+        ("2102", {"medfee_sumamt": Fen(2350), "acct_pay": 2350}, "acct_pay"),          # a plain int: fen or yuan?
+        ("2102", {"medfee_sumamt": Fen(2350)}, "acct_pay"),                            # missing
+        ("2101", {"medfee_sumamt": None}, "medfee_sumamt"),
+        ("2101", {"medfee_sumamt": Fen(10**15)}, "medfee_sumamt"),                     # past 13 digits of yuan
+        ("2101", "23.50", "input.data"),
+    ],
+)
+def test_a_settlement_without_its_amounts_as_fen_is_refused_at_enqueue(outbox, infno, data, wrong):
+    with pytest.raises(RecordError) as err:
+        outbox.add(infno, {"data": data}, insured_region="110105")
+    assert wrong in str(err.value) and err.value.exit_code == 13
+    assert outbox.counts()["pending"] == 0
+    assert registration(outbox).msgid.endswith("0700")  # nothing was queued, no msgid used up
+
+
+def test_the_largest_amounts_the_wire_carries_are_queued_and_accepted(outbox, central):
+    from terminal.envelope import MAX_FEN
+    from terminal.upload import Uploader
+
+    record = purchase(outbox, total=Fen(MAX_FEN), account=Fen(-MAX_FEN))
+    assert record.input["data"]["medfee_sumamt"] == "9999999999999.99"
+    outbox.add("2201", {"data": {"medfee_sumamt": "not a settlement"}}, insured_region="110105")  # others pass
+    with Uploader(outbox, central.url) as uploader:
+        assert uploader.drain().sent == 2
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from queueing import (  # noqa: F401
-    CARD, as_unprivileged, central, clock, free_port, outbox, purchase, read_only, registration,
+    CARD, ScriptedService, as_unprivileged, central, clock, free_port, http_reply, outbox, purchase, read_only,
+    registration,
 )
 
 from terminal.cli import main
@@ -119,8 +120,8 @@ def test_upload_help_states_the_uploaders_own_defaults():
 
 
 def dead_records(outbox, count: int) -> list[str]:
-    """``count`` records the central service refuses (an amount the queue cannot check), made dead."""
-    ids = [purchase(outbox, total="23.5").msgid for _ in range(count)]
+    """``count`` records made dead as the central service refuses them (its answer written here)."""
+    ids = [registration(outbox).msgid for _ in range(count)]
     outbox.claim(count, lease=60)
     outbox.settle([Outcome(m, -1, "amount '23.5' is not yuan with two decimals") for m in ids])
     return ids
@@ -206,3 +207,106 @@ def test_upload_follow_sends_records_as_they_come_and_stops_cleanly(outbox, cent
     assert "stopped: sent 5  dead 0  pending 0" in out
     assert "Traceback" not in err and "Interrupted" not in err
     assert central.ledger.count() == 6  # five records and one sign-in
+
+
+def test_list_and_upload_read_a_retry_time_of_years_without_an_internal_error(outbox, central):
+    """A Retry-After of years stored by an older uploader: listed, and the upload says it waits."""
+    registration(outbox)
+    outbox.db.execute("UPDATE records SET next_attempt_at = 1e12")
+    listed = run("queue", "list", "-q", str(outbox.path), "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[0]["next_attempt"] == "9999-12-31 23:59:59+08:00"
+    waiting = run("queue", "upload", "-q", str(outbox.path), "--central", central.url)
+    assert waiting.exit_code == 0, waiting.output
+    assert "sent 0  dead 0  pending 1" in waiting.stdout and "next 9999-12-31" in waiting.stderr
+    sent = run("queue", "upload", "-q", str(outbox.path), "--central", central.url, "--now")
+    assert sent.exit_code == 0 and "sent 1" in sent.stdout
+
+
+def test_upload_after_a_sign_in_answered_in_the_wrong_shape_is_exit_14(outbox):
+    registration(outbox)
+    with ScriptedService(lambda path, body: http_reply({"infcode": 0, "output": "oops"})) as service:
+        result = run("queue", "upload", "-q", str(outbox.path), "--central", service.url)
+    assert result.exit_code == 14, result.output
+    assert "sent no sign_no" in result.stderr and "Internal error" not in result.stderr
+    assert outbox.counts()["pending"] == 1
+
+
+def test_upload_timeout_bounds_the_whole_call_against_a_service_trickling_its_answer(outbox):
+    registration(outbox)
+    answer = http_reply({"infcode": 0, "output": {"signinoutb": {"sign_no": "S1"}}})
+    with ScriptedService(lambda path, body: answer, per_byte=0.05) as service:
+        start = time.monotonic()
+        result = run("queue", "upload", "-q", str(outbox.path), "--central", service.url, "--timeout", "1")
+        elapsed = time.monotonic() - start
+    assert result.exit_code == 14 and "did not answer within 1 s" in result.stderr, result.output
+    assert elapsed < 2.5 and outbox.counts()["pending"] == 1
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff not a database " * 300, b"SQLite format 3\x00" + b"\xff" * 4080])
+def test_central_serve_on_a_damaged_ledger_is_exit_14_in_plain_words(tmp_path, content):
+    ledger = tmp_path / "central.sqlite"
+    ledger.write_bytes(content)
+    result = sscard("central", "serve", "--db", str(ledger), "--port", "0")
+    assert result.returncode == 14, result.stderr
+    assert f"ledger {ledger} cannot be used" in result.stderr and "damaged" in result.stderr
+    assert "Internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_central_serve_on_a_busy_port_is_exit_14(central, tmp_path):
+    port = central.url.rsplit(":", 1)[1]
+    result = sscard("central", "serve", "--db", str(tmp_path / "second.sqlite"), "--port", port)
+    assert result.returncode == 14 and f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+
+
+def counter_site(tmp_path, central_url: str) -> Path:
+    """A clinic's terminal configuration (tests/flowing.py) whose [central] url is ``central_url``."""
+    from flowing import write_config
+
+    config = write_config(tmp_path / "clinic", require_pin=False)
+    config.write_text(config.read_text(encoding="utf-8").replace('"http://127.0.0.1:9"', f'"{central_url}"'),
+                      encoding="utf-8")
+    return config
+
+
+def test_the_queue_commands_find_the_counters_records_through_the_terminal_configuration(tmp_path, central):
+    config = counter_site(tmp_path, central.url)
+    env = {"SSCARD_CONFIG": str(config), "SSCARD_QUEUE": None, "SSCARD_CENTRAL": None}
+    runner = CliRunner()
+    desk = runner.invoke(main, ["desk", "register", "-r", "sim:adult", "--type", "outpatient", "--department", "内科",
+                                "--json"], env=env)
+    assert desk.exit_code == 0, desk.output
+    msgid = json.loads(desk.stdout)["msgid"]
+    status = runner.invoke(main, ["queue", "status", "--json"], env=env)  # no -q
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["pending"] == 1
+    upload = runner.invoke(main, ["queue", "upload", "--json"], env=env)  # no -q, no --central
+    assert upload.exit_code == 0, upload.output
+    assert json.loads(upload.stdout)["sent"] == 1
+    assert central.ledger.message(msgid)["infno"] == "2201"
+    listed = runner.invoke(main, ["queue", "list", "--state", "sent", "--json"], env=env)
+    assert [r["msgid"] for r in json.loads(listed.stdout)] == [msgid]
+
+
+def test_explicit_options_and_the_environment_still_win_over_the_configuration(tmp_path, outbox, central):
+    config = counter_site(tmp_path, f"http://127.0.0.1:{free_port()}")  # its central is down, its queue empty
+    registration(outbox)
+    base = {"SSCARD_CONFIG": str(config), "SSCARD_QUEUE": None, "SSCARD_CENTRAL": None}
+    by_env = run_env({**base, "SSCARD_QUEUE": str(outbox.path)}, "queue", "status", "--json")
+    assert by_env.exit_code == 0 and json.loads(by_env.stdout)["pending"] == 1, by_env.output
+    from_config = run_env(base, "queue", "upload", "-q", str(outbox.path), "--timeout", "1")
+    assert from_config.exit_code == 14 and "unreachable" in from_config.stderr  # the configuration's URL
+    sent = run_env({**base, "SSCARD_CENTRAL": central.url}, "queue", "upload", "-q", str(outbox.path), "--now")
+    assert sent.exit_code == 0 and "sent 1" in sent.stdout, sent.output
+    missing = run_env(base, "queue", "status", "--config", str(tmp_path / "none.toml"))
+    assert missing.exit_code == 12 and "No terminal configuration" in missing.stderr
+
+
+def test_without_a_configuration_the_built_in_defaults_apply(tmp_path):
+    env = {"SSCARD_CONFIG": str(tmp_path / "none.toml"), "SSCARD_QUEUE": None, "XDG_DATA_HOME": str(tmp_path)}
+    result = run_env(env, "queue", "status")
+    assert result.exit_code == 13 and str(tmp_path / "sscard" / "queue.sqlite") in result.stderr
+
+
+def run_env(env: dict, *args: str):
+    return CliRunner().invoke(main, list(args), env=env)

@@ -9,13 +9,18 @@ import time
 
 import httpx
 import pytest
-from queueing import OTHER_CARD, STATION, central, clock, free_port, outbox, purchase, registration  # noqa: F401
+from queueing import (  # noqa: F401
+    OTHER_CARD, STATION, ScriptedService, central, clock, free_port, http_reply, outbox, purchase, registration,
+)
 
 from terminal.central import GARBAGE, MAX_BATCH, CentralService
+from terminal.central.service import Ledger, Rejected
 from terminal.envelope import Envelope, Fen, with_sign_no
 from terminal.queue import Outbox
 from apdu.errors import ConfigError
-from terminal.upload import Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after
+from terminal.upload import (
+    MAX_RETRY_AFTER, Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after,
+)
 
 
 def drain(outbox, url: str, max_batches: int | None = None, **options):
@@ -44,8 +49,11 @@ def test_the_service_answers_the_cross_region_flag(outbox, central):
 
 def test_an_invalid_record_goes_dead_with_the_reason_and_the_rest_of_its_batch_is_sent(outbox, central):
     good = registration(outbox)
-    bad = purchase(outbox, total="23.5")  # a string amount the queue cannot check
+    bad = purchase(outbox)
     later = registration(outbox)
+    # a string amount, as a version that did not check amounts at enqueue queued it
+    outbox.db.execute("UPDATE records SET envelope = replace(envelope, '\"23.50\"', '\"23.5\"') WHERE msgid = ?",
+                      [bad.msgid])
     report = drain(outbox, central.url)
     assert (report.sent, report.dead, report.pending) == (2, 1, 0)
     assert outbox.get(good.msgid).state == outbox.get(later.msgid).state == "sent"
@@ -285,6 +293,45 @@ def test_retry_after_is_read_as_seconds_or_as_an_http_date():
     assert parse_retry_after("soon", now) is None and parse_retry_after(None, now) is None
 
 
+@pytest.mark.parametrize("value", ["999999999999", "9" * 400, "9" * 5000, "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_of_years_is_taken_as_the_documented_ceiling(value):
+    assert MAX_RETRY_AFTER == 3600
+    assert parse_retry_after(value, 1_800_000_000.0) == MAX_RETRY_AFTER
+    assert Backoff().delay(1, retry_after=1e12) == MAX_RETRY_AFTER  # and the backoff clamps what it is given
+    assert Backoff().delay(1, retry_after=float("inf")) == MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "\uff11\uff12", "-5", "1.5", "12 s"])
+def test_retry_after_seconds_are_ascii_digits_only(value):
+    assert parse_retry_after(value, 1_800_000_000.0) is None  # unreadable: the backoff alone applies
+
+
+def test_a_service_asking_to_wait_for_years_does_not_park_the_queue_or_break_the_report(outbox, central, clock):
+    ids = [registration(outbox).msgid for _ in range(2)]
+    central.set_fault("fail", count=1, retry_after="999999999999")
+    report = drain(outbox, central.url)
+    assert "HTTP 503" in report.error and report.pending == 2
+    assert report.next_attempt is not None and report.next_attempt.startswith("2026-03-01 10:30")  # an hour
+    for record in (outbox.get(m) for m in ids):
+        assert record.state == "pending"
+        assert record.next_attempt_at - clock().timestamp() == MAX_RETRY_AFTER
+        assert record.summary()["next_attempt"] == "2026-03-01 10:30:00+08:00"
+    clock.tick(MAX_RETRY_AFTER)
+    assert drain(outbox, central.url).sent == 2
+
+
+@pytest.mark.parametrize("stored", ["1e12", "9e999"])  # an older uploader's Retry-After of years; infinity
+def test_an_absurd_retry_time_already_in_the_file_is_read_without_crashing(outbox, central, stored):
+    record = registration(outbox)
+    outbox.db.execute(f"UPDATE records SET next_attempt_at = {stored}")
+    assert outbox.get(record.msgid).summary()["next_attempt"] == "9999-12-31 23:59:59+08:00"
+    report = drain(outbox, central.url)
+    assert (report.sent, report.pending, report.error) == (0, 1, None)
+    assert report.next_attempt == "9999-12-31 23:59:59+08:00"
+    with Uploader(outbox, central.url) as uploader:
+        assert uploader.drain(ignore_schedule=True).sent == 1  # --now still sends it
+
+
 @pytest.mark.parametrize("http_date", [False, True])
 def test_a_failed_batch_is_due_again_after_its_backoff_and_never_before_retry_after(outbox, central, clock, http_date):
     ids = [registration(outbox).msgid for _ in range(3)]
@@ -378,3 +425,105 @@ def test_a_client_hanging_up_mid_request_is_one_log_line_not_a_traceback(central
     assert any("hung up" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert "Traceback" not in capfd.readouterr().err
     assert httpx.get(f"{central.url}/_stats").json()["messages"] == 0  # and the service still answers
+
+
+# --- replies of the wrong shape, from a real server on 127.0.0.1 ------------------------------------
+
+@pytest.mark.parametrize("output", ["oops", ["signinoutb"], {"signinoutb": "S1"}, {"signinoutb": {"sign_no": 5}},
+                                    {"signinoutb": {"sign_no": ""}}, None])
+def test_a_sign_in_answered_in_the_wrong_shape_is_a_central_error_and_the_batch_waits(outbox, clock, output):
+    ids = [registration(outbox).msgid for _ in range(3)]
+    with ScriptedService(lambda path, body: http_reply({"infcode": 0, "output": output})) as service:
+        report = drain(outbox, service.url)
+    assert "sent no sign_no" in report.error and report.pending == 3
+    for record in (outbox.get(m) for m in ids):  # back to pending with a backoff, not stranded as 'sending'
+        assert record.state == "pending" and record.attempts == 1 and "sign_no" in record.last_error
+
+
+class BuggyUploader(Uploader):
+    """An uploader with a bug in its reply handling (what the sign-in's unchecked output used to be)."""
+
+    def sign_in(self) -> str:
+        raise AttributeError("'str' object has no attribute 'get'")
+
+
+def test_an_unexpected_error_during_delivery_leaves_the_batch_pending_not_sending(outbox, central, clock):
+    ids = [registration(outbox).msgid for _ in range(3)]
+    with BuggyUploader(outbox, central.url) as uploader, pytest.raises(AttributeError):
+        uploader.drain()
+    assert outbox.counts()["sending"] == 0
+    for record in (outbox.get(m) for m in ids):
+        assert record.state == "pending" and record.attempts == 1 and "AttributeError" in record.last_error
+    clock.tick(2)
+    assert drain(outbox, central.url).sent == 3
+
+
+def signin_then_accept(path: str, body: bytes) -> bytes:
+    """What a working service answers: a sign-in, then every message of a batch accepted."""
+    if path == "/api/call":
+        return http_reply({"infcode": 0, "output": {"signinoutb": {"sign_no": "S1"}}})
+    return http_reply({"results": [{"msgid": m["msgid"], "infcode": 0} for m in json.loads(body)["messages"]]})
+
+
+@pytest.mark.parametrize("options, limit, why", [({"timeout": 1}, 1, "within 1 s"),
+                                                 ({"timeout": 30, "lease": 2}, 1, "before its batch's deadline")])
+def test_a_service_trickling_its_answer_is_cut_off_at_the_deadline_and_the_batch_waits(outbox, options, limit, why):
+    """Every byte (status line and headers too) comes 50 ms apart, well inside httpx's per-read timeout:
+    the call is cut off at its own timeout, or at half the lease, whichever comes first."""
+    ids = [registration(outbox).msgid for _ in range(3)]
+    with ScriptedService(signin_then_accept, per_byte=0.05) as service:
+        start = time.monotonic()
+        report = drain(outbox, service.url, **options)
+        elapsed = time.monotonic() - start
+    assert limit <= elapsed < limit + 1.5, elapsed
+    assert f"did not answer {why}" in report.error and report.pending == 3
+    for record in (outbox.get(m) for m in ids):  # back to pending with a backoff, before any lease ends
+        assert record.state == "pending" and record.attempts == 1 and "did not answer" in record.last_error
+
+
+def test_the_deadline_lets_a_prompt_answer_through_on_the_same_connections(outbox):
+    for _ in range(3):
+        registration(outbox)
+    with ScriptedService(signin_then_accept) as service:
+        report = drain(outbox, service.url, timeout=1, batch_size=1)
+    assert (report.sent, report.error) == (3, None)
+
+
+class ClosedToday(Ledger):
+    """The service's own ledger with one more rule: outpatient registrations refused (a cause that is
+    later fixed at the centre, as a wrong contract or a region closed for the day would be)."""
+
+    def _execute(self, message):
+        if isinstance(message, dict) and message.get("infno") == "2201":
+            raise Rejected("registrations are closed today")
+        return super()._execute(message)
+
+
+def test_a_rejected_record_revived_with_retry_dead_is_judged_again_and_accepted(outbox, tmp_path, clock):
+    path = tmp_path / "c.sqlite"
+    record, other = registration(outbox), registration(outbox)
+    closed = CentralService(path)
+    closed.ledger.close()
+    closed.ledger = ClosedToday(path)
+    with closed:
+        report = drain(outbox, closed.url)
+    assert (report.sent, report.dead) == (0, 2) and "closed today" in outbox.get(record.msgid).last_error
+    assert outbox.retry_dead([record.msgid]) == 1  # the cause is fixed at the centre
+    with CentralService(path) as service:  # the same ledger, the rule gone
+        again = drain(outbox, service.url)
+        assert (again.sent, again.dead) == (1, 0)
+        accepted = outbox.get(record.msgid)
+        assert accepted.state == "sent" and accepted.infcode == 0 and service.ledger.repeats == 0
+        assert json.loads(service.ledger.conn.execute(  # the latest judgement replaced the refusal
+            "SELECT response FROM messages WHERE msgid = ?", [record.msgid]).fetchone()[0])["infcode"] == 0
+        outbox.retry_dead([other.msgid])
+        outbox.db.execute("UPDATE records SET envelope = replace(envelope, 'P0001', 'P0002') WHERE msgid = ?",
+                          [other.msgid])  # corrected before it was revived: another message, same msgid
+        assert drain(outbox, service.url).sent == 1  # a refused msgid is not "used"
+        client = CentralClient(service.url)
+        sign_no = client.call(signin(outbox))["output"]["signinoutb"]["sign_no"]
+        repeat = client.batch([with_sign_no(accepted.envelope, sign_no)])[0]
+        altered = client.batch([with_sign_no(accepted.envelope.replace("P0001", "P0003"), sign_no)])[0]
+        client.close()
+    assert repeat.reply == accepted.reply and service.ledger.repeats == 1  # acceptance stays final
+    assert altered.infcode == -1 and "already used" in altered.err_msg

@@ -1,7 +1,8 @@
 """The reference central service: what the uploader talks to in development and tests.
 
 DESIGN.md, "The central service": accepts batches over HTTP on loopback, dedupes on msgid permanently
-(its own SQLite file, so across restarts), answers per item, and can be told to fail, stall, return
+(its own SQLite file, so across restarts: an accepted msgid is answered as the first time, a rejected
+one is judged again), answers per item, and can be told to fail, stall, return
 garbage or drop the connection. The HTTP API, the answers and the fault modes are in
 docs/central-api.md; the envelope is the platform's (central-service.md).
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from terminal.envelope import (
+    AMOUNTS,  # each settlement's amounts in input.data, checked as yuan with two decimals
     CST,
     INF_TIME,
     INFNO,
@@ -61,8 +63,6 @@ REQUIRED = (
     "infno", "msgid", "mdtrtarea_admvs", "insuplc_admdvs", "opter_type", "opter", "opter_name",
     "inf_time", "fixmedins_code", "fixmedins_name", "sign_no", "input",
 )
-#: amounts each settlement must carry in ``input.data``, checked as yuan with two decimals
-AMOUNTS = {"2101": ("medfee_sumamt",), "2102": ("medfee_sumamt", "acct_pay")}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     msgid TEXT PRIMARY KEY, infno TEXT NOT NULL, digest TEXT NOT NULL,
@@ -130,15 +130,23 @@ def digest(message: dict[str, Any]) -> str:
 
 
 class Ledger:
-    """The service's SQLite store: every answered message (dedupe) and every sign-in."""
+    """The service's SQLite store: every answered message (dedupe) and every sign-in. An accepted
+    message is final (its repeat gets the first answer); a rejected one is judged again when it comes
+    back, and the row holds the latest judgement."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open (or create) the ledger at ``path``; :class:`sqlite3.Error` when it is damaged, not a
+        database or cannot be opened (the connection is closed again)."""
         self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+            self.serial = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        except BaseException:
+            self.conn.close()
+            raise
         self.lock = threading.Lock()
-        self.serial = self.conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         #: messages answered from the ledger (a repeated msgid): the uploader's retries
         self.repeats = 0
 
@@ -178,10 +186,13 @@ class Ledger:
         msgid = message.get("msgid") if isinstance(message, dict) else None
         if isinstance(msgid, str):
             row = self.conn.execute("SELECT digest, response FROM messages WHERE msgid = ?", [msgid]).fetchone()
-            if row:
+            first = json.loads(row[1]) if row else None
+            # only an acceptance is final; a rejected msgid is judged again (its cause may have been fixed
+            # and the record revived with 'sscard queue retry-dead'), and its row replaced
+            if first is not None and first.get("infcode") == 0:
                 if row[0] == digest(message):
                     self.repeats += 1
-                    return json.loads(row[1])  # a repeat: the same answer as the first time
+                    return first  # a repeat: the same answer as the first time
                 return self._response(msgid, -1, "msgid already used for a different message")
         try:
             output = self._execute(message)
@@ -191,7 +202,7 @@ class Ledger:
             response = self._response(msgid, 0, "", output)
         if _valid_msgid(msgid):
             self.conn.execute(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
                 [msgid, str(message.get("infno")), digest(message), json.dumps(message, ensure_ascii=False),
                  json.dumps(response, ensure_ascii=False), self._now()],
             )
@@ -284,7 +295,11 @@ class CentralService:
         self.fault_lock = threading.Lock()
         self.stopping = threading.Event()
         self.faulty_requests = 0
-        self.server = _Server((host, port), _handler(self))
+        try:
+            self.server = _Server((host, port), _handler(self))
+        except BaseException:
+            self.ledger.close()
+            raise
         self.server.daemon_threads = False  # server_close() joins the handlers before the ledger closes
         self.connections: set[socket.socket] = set()
         self.thread: threading.Thread | None = None

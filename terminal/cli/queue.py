@@ -2,6 +2,10 @@
 
 Output and exit codes are documented in docs/central-api.md ("CLI"): ``--json`` on stdout,
 diagnostics on stderr, 13 for the local queue, 14 for the central service (project convention).
+The queue file and the central URL default to the terminal configuration's, as the counter commands
+use them: ``-q``/``--central``, else ``$SSCARD_QUEUE``/``$SSCARD_CENTRAL``, else the configuration
+(``--config``, else ``$SSCARD_CONFIG`` or ``~/.config/sscard/terminal.toml`` when that file exists),
+else the built-in defaults.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
@@ -19,6 +24,7 @@ from typing import Any
 
 import click
 
+from terminal.config import TerminalConfig, default_config_path, load_config
 from terminal.queue import STATES, Outbox
 
 DEFAULT_CENTRAL = "http://127.0.0.1:8930"
@@ -32,11 +38,41 @@ def default_queue() -> Path:
     return Path(base) / "sscard" / "queue.sqlite"
 
 
-queue_option = click.option(
-    "--queue", "-q", "path", type=click.Path(dir_okay=False, path_type=Path), envvar="SSCARD_QUEUE",
-    default=default_queue, show_default="$SSCARD_QUEUE, else ~/.local/share/sscard/queue.sqlite",
-    help="The terminal's record queue file.",
-)
+def terminal_config(config_path: Path | None) -> TerminalConfig | None:
+    """The terminal configuration the counter commands use: ``config_path`` (which must exist), else
+    :func:`terminal.config.default_config_path` when that file exists, else None. An invalid file is a
+    :class:`ConfigError` (exit 12)."""
+    if config_path is not None:
+        return load_config(config_path)
+    path = default_config_path()
+    return load_config(path) if path.is_file() else None
+
+
+def queue_path(path: Path | None, config_path: Path | None) -> Path:
+    """``-q`` or ``$SSCARD_QUEUE`` (``path``), else the configuration's ``[queue] path``, else
+    :func:`default_queue`."""
+    if path is not None:
+        return path
+    config = terminal_config(config_path)
+    return config.queue_path if config else default_queue()
+
+
+def queue_options(command: Any) -> Any:
+    """``-q`` and ``--config`` for a queue command (the order is in the module's docstring)."""
+    command = click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="The terminal's configuration file, for the defaults of -q and --central"
+             " [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml, when it exists].",
+    )(command)
+    return click.option(
+        "--queue", "-q", "path", type=click.Path(dir_okay=False, path_type=Path), envvar="SSCARD_QUEUE",
+        default=None,
+        show_default="$SSCARD_QUEUE, else the terminal configuration's [queue] path,"
+                     " else ~/.local/share/sscard/queue.sqlite",
+        help="The terminal's record queue file.",
+    )(command)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 
 
@@ -67,11 +103,11 @@ def queue() -> None:
 
 
 @queue.command()
-@queue_option
+@queue_options
 @json_option
-def status(path: Path, as_json: bool) -> None:
+def status(path: Path | None, config_path: Path | None, as_json: bool) -> None:
     """How many records are in each state, and how long the oldest unsent one has waited."""
-    with Outbox(path, create=False) as outbox:
+    with Outbox(queue_path(path, config_path), create=False) as outbox:
         counts, oldest, now = outbox.counts(), outbox.oldest_pending(), outbox.clock()
     age = int((now - oldest).total_seconds()) if oldest else None
     if as_json:
@@ -97,14 +133,15 @@ def format_age(seconds: int) -> str:
 
 
 @queue.command("list")
-@queue_option
+@queue_options
 @click.option("--state", "--status", "state", type=click.Choice(STATES), default=None, help="Only records in this state.")
 @click.option("--card", "card_sn", default=None, metavar="CODE", help="Only the records of this card identification code.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
 @json_option
-def list_records(path: Path, state: str | None, card_sn: str | None, limit: int, as_json: bool) -> None:
+def list_records(path: Path | None, config_path: Path | None, state: str | None, card_sn: str | None, limit: int,
+                 as_json: bool) -> None:
     """The newest records (card codes masked, no personal data)."""
-    with Outbox(path, create=False) as outbox:
+    with Outbox(queue_path(path, config_path), create=False) as outbox:
         rows = [r.summary() for r in outbox.records(state, limit, card_sn)]
     if as_json:
         echo_json(rows)
@@ -116,13 +153,13 @@ def list_records(path: Path, state: str | None, card_sn: str | None, limit: int,
 
 
 @queue.command("retry-dead")
-@queue_option
+@queue_options
 @click.option("--msgid", "msgids", multiple=True, metavar="MSGID",
               help="Only this dead record (repeat the option for more); default: every dead record.")
 @json_option
-def retry_dead(path: Path, msgids: tuple[str, ...], as_json: bool) -> None:
+def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, ...], as_json: bool) -> None:
     """Put dead records back to pending (after the cause was fixed), to be sent by the next upload."""
-    with Outbox(path, create=False) as outbox:
+    with Outbox(queue_path(path, config_path), create=False) as outbox:
         revived = outbox.retry_dead(msgids or None)
     if as_json:
         echo_json({"revived": revived})
@@ -131,12 +168,13 @@ def retry_dead(path: Path, msgids: tuple[str, ...], as_json: bool) -> None:
 
 
 @queue.command()
-@queue_option
-@click.option("--central", "url", envvar="SSCARD_CENTRAL", default=DEFAULT_CENTRAL, show_default=True,
-              help="The central service's URL ($SSCARD_CENTRAL).")
+@queue_options
+@click.option("--central", "url", envvar="SSCARD_CENTRAL", default=None,
+              show_default=f"$SSCARD_CENTRAL, else the terminal configuration's [central] url, else {DEFAULT_CENTRAL}",
+              help="The central service's URL.")
 @click.option("--batch-size", type=click.IntRange(1, 500), default=None, help="Records per batch [default: 100].")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
-              help="Seconds to wait for each answer [default: 10].")
+              help="Seconds each call to the service may take, the whole answer included [default: 10].")
 @click.option("--follow", is_flag=True,
               help="Keep running: send records as they become due, until Ctrl-C or SIGTERM.")
 @click.option("--interval", type=click.FloatRange(0.05), default=None,
@@ -146,10 +184,15 @@ def retry_dead(path: Path, msgids: tuple[str, ...], as_json: bool) -> None:
 @click.option("--progress/--no-progress", default=None,
               help=f"Progress bar on stderr [default: on a terminal, for more than {PROGRESS_OVER} records].")
 @json_option
-def upload(path: Path, url: str, batch_size: int | None, timeout: float | None, follow: bool,
-           interval: float | None, ignore_schedule: bool, progress: bool | None, as_json: bool) -> None:
+def upload(path: Path | None, config_path: Path | None, url: str | None, batch_size: int | None,
+           timeout: float | None, follow: bool, interval: float | None, ignore_schedule: bool,
+           progress: bool | None, as_json: bool) -> None:
     """Send the due records to the central service (exit 14 if it cannot be reached)."""
     from terminal.upload import DEFAULT_INTERVAL, CentralError, Uploader  # here: httpx slows start-up
+
+    config = terminal_config(config_path) if path is None or url is None else None
+    path = path if path is not None else config.queue_path if config else default_queue()
+    url = url if url is not None else config.central_url if config else DEFAULT_CENTRAL
 
     given = {"batch_size": batch_size, "timeout": timeout}
     options = {name: value for name, value in given.items() if value is not None}
@@ -206,12 +249,14 @@ def central() -> None:
 def serve(db: Path, host: str, port: int) -> None:
     """Run the reference central service until Ctrl-C or SIGTERM."""
     from terminal.central import CentralService
+    from terminal.queue import sqlite_reason
+    from terminal.upload import CentralError
 
     try:
         service = CentralService(db, host, port)
+    except sqlite3.Error as err:
+        raise CentralError(f"The central service's ledger {db} cannot be used: {sqlite_reason(err)}") from None
     except OSError as err:
-        from terminal.upload import CentralError
-
         raise CentralError(f"The central service cannot listen on {host}:{port}: {err.strerror or err}") from None
     with stop_on_signals() as stop:
         click.echo(f"central service on {service.url}, ledger {db}", err=True)
