@@ -145,6 +145,9 @@ def test_a_kill_between_the_card_change_and_the_release_is_finished_by_the_next_
         site = Site(outbox, SoftwareKeyStore.bundled_test_keys())
         # not yet recorded: the card is not active at this terminal for the desk or the kiosk
         assert outbox.for_card(held.card_sn) == []
+        listed = CliRunner().invoke(main, ["queue", "list", "-q", str(path), "--state", "held", "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert [r["msgid"] for r in json.loads(listed.stdout)] == [held.msgid]
         again = bank_activate(MemoryConnection(card), site, ID_NUMBER, clerk())
         assert again.resumed and [(r.msgid, r.state) for r in ss01(outbox)] == [(held.msgid, "pending")]
         with pytest.raises(Exception, match="already activated"):  # and only once
