@@ -27,6 +27,7 @@ from apdu.errors import (
 from apdu.keyset import KeyUsage
 from drivers.memory import MemoryConnection
 from drivers.simulator import SSCCard, bundled_names, load_card, load_profile
+from drivers.simulator.base import WrappedCard
 from drivers.simulator.profile import parse_profile
 from terminal.card import SocialSecurityCard
 from terminal.crypto import (
@@ -134,21 +135,12 @@ def test_genuine_card_fails_against_other_keys(wrong_keys):
         check_genuine(session("adult"), wrong_keys)
 
 
-class ReplayClone:
+class ReplayClone(WrappedCard):
     """A clone: the genuine card's data, and one INTERNAL AUTHENTICATE answer it recorded, replayed."""
 
     def __init__(self, data_source: SSCCard, recorded_answer: bytes) -> None:
-        self.inner, self.answer = data_source, recorded_answer
-        self.atr = data_source.atr
-
-    def power_up(self) -> None:
-        self.inner.power_up()
-
-    def power_down(self) -> None:
-        self.inner.power_down()
-
-    def reset(self) -> None:
-        self.inner.reset()
+        super().__init__(data_source)
+        self.answer = recorded_answer
 
     def execute(self, apdu: bytes) -> bytes:
         if apdu[1] == 0x88:

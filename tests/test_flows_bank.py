@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from apdu.errors import CardRemovedError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
+from drivers.simulator.base import WrappedCard
 from flowing import STATION, clerk, site, write_config  # noqa: F401  (fixture)
 from queueing import Clock, central  # noqa: F401  (fixture)
 from terminal.card import SocialSecurityCard
@@ -27,25 +28,13 @@ PIN = "135792"
 UNBLOCK, RELOAD = 0x18, 0x5E  # INS of APPLICATION UNBLOCK (84 18) and RELOAD PIN (80 5E)
 
 
-class Watched:
+class Watched(WrappedCard):
     """A virtual chip that runs ``hook`` right after it has executed the command with INS ``ins``
     (the card changed, its answer not yet back at the terminal)."""
 
     def __init__(self, inner, ins: int, hook) -> None:
-        self.inner, self.ins, self.hook = inner, ins, hook
-
-    @property
-    def atr(self) -> bytes:
-        return self.inner.atr
-
-    def power_up(self) -> None:
-        self.inner.power_up()
-
-    def power_down(self) -> None:
-        self.inner.power_down()
-
-    def reset(self) -> None:
-        self.inner.reset()
+        super().__init__(inner)
+        self.ins, self.hook = ins, hook
 
     def execute(self, apdu: bytes) -> bytes:
         answer = self.inner.execute(apdu)

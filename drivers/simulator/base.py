@@ -23,3 +23,27 @@ class SimulatedCard(Protocol):
     def reset(self) -> None: ...
 
     def execute(self, apdu: bytes) -> bytes: ...
+
+
+class WrappedCard:
+    """A chip that passes everything to ``inner``: subclasses override :meth:`execute` to change some
+    answers (hostile cards, clones, test chips watching a command), power and ATR stay the inner's."""
+
+    def __init__(self, inner: SimulatedCard) -> None:
+        self.inner = inner
+
+    @property
+    def atr(self) -> bytes:
+        return self.inner.atr
+
+    def power_up(self) -> None:
+        self.inner.power_up()
+
+    def power_down(self) -> None:
+        self.inner.power_down()
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def execute(self, apdu: bytes) -> bytes:
+        return self.inner.execute(apdu)

@@ -24,7 +24,7 @@ import random
 import time
 
 from apdu.errors import ProfileError
-from drivers.simulator.base import SimulatedCard
+from drivers.simulator.base import SimulatedCard, WrappedCard
 
 MODES = ("wrong-length", "endless-61", "out-of-sequence", "stall", "random")
 
@@ -32,31 +32,18 @@ MODES = ("wrong-length", "endless-61", "out-of-sequence", "stall", "random")
 STRAY_SWS = (0x9000, 0x63C2, 0x6100, 0x6283, 0x6983, 0x6A82, 0x6D00, 0x6F00, 0x6C05, 0x6B00)
 
 
-class HostileCard:
+class HostileCard(WrappedCard):
     """``inner`` with its answers spoiled per ``mode`` from command number ``after`` (0 = the first)."""
 
     def __init__(self, inner: SimulatedCard, mode: str, after: int = 0, stall_s: float = 10.0, seed: int = 0) -> None:
         if mode not in MODES:
             raise ProfileError(f"unknown hostile mode {mode!r}; modes: {', '.join(MODES)}")
-        self.inner = inner
+        super().__init__(inner)
         self.mode = mode
         self.after = after
         self.stall_s = stall_s
         self.commands = 0
         self.rng = random.Random(seed)
-
-    @property
-    def atr(self) -> bytes:
-        return self.inner.atr
-
-    def power_up(self) -> None:
-        self.inner.power_up()
-
-    def power_down(self) -> None:
-        self.inner.power_down()
-
-    def reset(self) -> None:
-        self.inner.reset()
 
     def execute(self, apdu: bytes) -> bytes:
         self.commands += 1
