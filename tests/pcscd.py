@@ -102,9 +102,10 @@ class Pcscd:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             wait_until(lambda: self.proc.poll() is not None or self.answers(), timeout, "pcscd to answer")
-        except StackError:
+        except StackError as err:
+            tail = self.log_tail()  # e.g. vpcd's "Address already in use": another pcscd holds its port
             self.stop()
-            raise
+            raise StackError(f"{err}; pcscd's log ends:\n{tail}") from None
         if self.proc.poll() is not None:
             raise StackError(f"pcscd exited with {self.proc.returncode}: {self.log_tail()}")
         return self
