@@ -60,6 +60,8 @@ STATES = (PENDING, SENDING, SENT, DEAD)
 #: a record whose card change is not done yet (two-phase, schema v4): never claimed, never sent;
 #: counted only when there is one
 HELD = "held"
+#: every state a record can be in
+ALL_STATES = (*STATES, HELD)
 #: states of records not yet confirmed by the central service
 UNSENT = (PENDING, SENDING)
 BUSY_TIMEOUT_MS = 5000
@@ -547,8 +549,8 @@ class Outbox:
                 key = self._next_id(stamp, station.terminal_no, high)
                 msgid = f"{station.fixmedins_code}{key}"
                 envelope = f"{head}{msgid}{tail}"
-                execute(_INSERT_HELD if held else _INSERT,
-                        (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope, ts))
+                execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope, ts,
+                                  HELD if held else PENDING))
                 execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -717,11 +719,19 @@ class Outbox:
 
     def records(self, state: str | None = None, limit: int | None = None, card_sn: str | None = None) -> list[QueuedRecord]:
         """Records newest first: all, or in one state, or of one card, or both."""
-        if state is not None and state not in (*STATES, HELD):
-            raise QueueError(f"Unknown record state {state!r}: use one of {', '.join((*STATES, HELD))}")
+        if state is not None and state not in ALL_STATES:
+            raise QueueError(f"Unknown record state {state!r}: use one of {', '.join(ALL_STATES)}")
         filters = {"state": state, "card_sn": card_sn}
         where = " AND ".join(f"{column} = ?" for column, value in filters.items() if value is not None)
         return self._select(where or "1", [v for v in filters.values() if v is not None], limit, newest_first=True)
+
+    def with_data(self, infno: str, key: str, value: str) -> list[QueuedRecord]:
+        """The recorded (not held) ``infno`` transactions whose ``input.data[key]`` is ``value``, oldest
+        first: e.g. the settlements of one till sale (``chrg_bchno``). SQLite reads the envelopes itself."""
+        if not key.isidentifier():
+            raise ValueError(f"not a field name: {key!r}")
+        return self._select(f"infno = ? AND state != '{HELD}' AND json_extract(envelope, ?) = ?",
+                            [infno, f"$.input.data.{key}", value])
 
     def for_card(self, card_sn: str, limit: int | None = None) -> list[QueuedRecord]:
         """The records this terminal holds for one card (kiosk inquiry, DESIGN.md item 7, the balance,
@@ -752,11 +762,7 @@ _COLUMNS = ("msgid, infno, created_at, card_sn, insured_region, treatment_region
             " next_attempt_at, last_error, done_at, infcode, reply")
 _INSERT = (
     "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
-    " next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-)
-_INSERT_HELD = (
-    "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
-    f" next_attempt_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '{HELD}')"
+    " next_attempt_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
 )
 #: the highest id used: records, and msgids issued without a record (``next_msgid``); 0 when none
 _HIGH = (

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from terminal.config import TerminalConfig, default_config_path, load_config
-from terminal.queue import HELD, STATES, Outbox
+from terminal.queue import ALL_STATES, Outbox
 
 DEFAULT_CENTRAL = "http://127.0.0.1:8930"
 #: show the progress bar on a terminal when more records than this are to be sent
@@ -134,7 +134,7 @@ def format_age(seconds: int) -> str:
 
 @queue.command("list")
 @queue_options
-@click.option("--state", "--status", "state", type=click.Choice((*STATES, HELD)), default=None,
+@click.option("--state", "--status", "state", type=click.Choice(ALL_STATES), default=None,
               help="Only records in this state (held: queued before its card change is done, not uploaded yet).")
 @click.option("--card", "card_sn", default=None, metavar="CODE", help="Only the records of this card identification code.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)

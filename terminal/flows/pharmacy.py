@@ -163,7 +163,12 @@ def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, cle
 def not_answering_note(reason: str) -> str:
     """What the screen says when the old card stopped answering (pulled, stalled) after the move was
     recorded; it may or may not have taken the mark."""
-    return (f"Old card not marked replaced (not answering): {reason.rstrip('.')}. The account move is recorded; "
+    return _not_marked("not answering", f": {reason.rstrip('.')}")
+
+
+def _not_marked(why: str, detail: str = "") -> str:
+    """The note for an old card the mark did not reach, after the move was recorded."""
+    return (f"Old card not marked replaced ({why}){detail}. The account move is recorded; "
             "this terminal will refuse the old card for another transfer.")
 
 
@@ -177,12 +182,10 @@ def _mark_old_card(connection: Connection | None) -> tuple[bool, str]:
     except (NoCardError, CardUnresponsiveError, TransportError) as err:  # pulled, mute: the mark is best effort
         return False, not_answering_note(str(err))
     except SSCardError as err:  # the record is queued: the mark is best effort
-        return False, (f"Old card not marked replaced ({str(err).rstrip('.')}). The account move is recorded; "
-                       "this terminal will refuse the old card for another transfer.")
+        return False, _not_marked(str(err).rstrip("."))
     except Exception as err:  # a bug must not hide a recorded transaction from the clerk
         log.warning("marking the old card failed", exc_info=True)
-        return False, (f"Old card not marked replaced (internal error: {type(err).__name__}). The account move is "
-                       "recorded; this terminal will refuse the old card for another transfer.")
+        return False, _not_marked(f"internal error: {type(err).__name__}")
 
 
 # --- purchases ----------------------------------------------------------------------------------
@@ -259,8 +262,7 @@ def _same_sale(record: QueuedRecord, items: list[Item]) -> bool:
 def _paid_by_another_card(site: Site, sale_no: str, card_sn: str) -> QueuedRecord | None:
     """A settlement of this terminal for ``sale_no`` paid with a card other than ``card_sn``: the till's
     sale number names one sale, whoever paid it (the other holder is never named)."""
-    return first(site.outbox.records(), lambda r: r.infno == SETTLEMENT and r.card_sn != card_sn
-                 and record_data(r).get("chrg_bchno") == sale_no)
+    return first(site.outbox.with_data(SETTLEMENT, "chrg_bchno", sale_no), lambda r: r.card_sn != card_sn)
 
 
 def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item], clerk: Clerk) -> Purchase:
