@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from terminal.envelope import Fen, Operator, Station  # noqa: E402
+from message.envelope import Fen, Operator, Station  # noqa: E402
 from terminal.queue import Outbox  # noqa: E402
 from terminal.upload import Uploader  # noqa: E402
 
@@ -109,7 +109,7 @@ def peer(path: Path, count: int, envelope: str | None, sync: str = "FULL", frame
     pre-built, or (None) each record's envelope built as ``Outbox.add`` builds it (msgid kept in memory)."""
     from persistqueue import SQLiteAckQueue
 
-    from terminal.envelope import Envelope, msgid
+    from message.envelope import Envelope, msgid
     from terminal.queue import now_cst
 
     queue = SQLiteAckQueue(str(path), auto_commit=True, multithreading=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from apdu.errors import ConfigError
-from terminal.envelope import Operator, Station
+from message.envelope import MessageError, Operator, Station
 
 #: the commented default ``sscard config init`` writes; every key is read by :func:`parse_config`
 DEFAULT_TOML = """\
@@ -53,8 +53,12 @@ store = "test"
 path = "queue.sqlite"
 
 [central]
-# the central service records are uploaded to
+# the national medical insurance platform (settlements are asked online; records made while it is
+# unreachable wait in the journal and are uploaded later)
 url = "http://127.0.0.1:8930"
+# this institution's gateway credentials: "file:PATH" (a JSON file with paasid and token, chmod 600)
+# or "test" (the bundled public TEST credentials: the virtual platform only)
+credentials = "test"
 
 [desk]
 # does the registration desk ask for the holder's PIN?
@@ -85,6 +89,7 @@ class TerminalConfig:
     key_store: str
     queue_path: Path
     central_url: str
+    central_credentials: str = "test"
     device: str = ""
     desk_requires_pin: bool = True
     path: Path | None = None
@@ -101,8 +106,11 @@ class TerminalConfig:
     @property
     def station(self) -> Station:
         """This terminal as the platform knows it; :class:`ConfigError` on a malformed code or region."""
-        return Station(self.institution_code, self.institution_name, self.region, self.terminal_no,
-                       self.operator, dev_no=self.device)
+        try:
+            return Station(self.institution_code, self.institution_name, self.region, self.terminal_no,
+                           self.operator, dev_no=self.device)
+        except MessageError as err:
+            raise ConfigError(f"{self.path or 'configuration'}: {err}") from None
 
 
 def _get(data: dict[str, Any], section: str, key: str, kind: type, where: Path | str,
@@ -133,6 +141,11 @@ def parse_config(text: str, path: Path | None = None) -> TerminalConfig:
         store = "file:" + str(_resolve(base, store[5:]))
     elif store != "test" and not (store.startswith("psam:") and len(store) > 5):
         raise ConfigError(f'{where}: [keys] store must be "psam:READER", "file:PATH" or "test", not {store!r}')
+    credentials = _get(data, "central", "credentials", str, where, "test")
+    if credentials.startswith("file:") and len(credentials) > 5:
+        credentials = "file:" + str(_resolve(base, credentials[5:]))
+    elif credentials != "test":
+        raise ConfigError(f'{where}: [central] credentials must be "file:PATH" or "test", not {credentials!r}')
     config = TerminalConfig(
         institution_code=_get(data, "institution", "code", str, where),
         institution_name=_get(data, "institution", "name", str, where),
@@ -144,6 +157,7 @@ def parse_config(text: str, path: Path | None = None) -> TerminalConfig:
         key_store=store,
         queue_path=_resolve(base, _get(data, "queue", "path", str, where)),
         central_url=_get(data, "central", "url", str, where),
+        central_credentials=credentials,
         desk_requires_pin=_get(data, "desk", "require_pin", bool, where, True),
         path=path,
     )

@@ -17,11 +17,9 @@ Nothing here logs or puts in a message a key, a PIN or the card identification c
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
-import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +49,7 @@ from apdu.errors import (
 from apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys, psam_key_version
 from drivers.connection import Connection
 from terminal.card import SocialSecurityCard
+from terminal.private import read_private_file
 
 log = logging.getLogger(__name__)
 
@@ -143,67 +142,11 @@ class SoftwareKeyStore(KeyStore):
 
     @classmethod
     def from_file(cls, path: str | Path) -> SoftwareKeyStore:
-        """Load a key file (docs/card-profile.md, "Key stores"; docs/security.md, "Stolen keys").
-
-        Refused (KeyStoreError, exit 12) unless all of these hold, so that no other user can read the
-        keys or put keys of their own in the file's place:
-
-        - the file is a regular file (not a symbolic link, FIFO, device or folder), opened without
-          blocking and without following a link;
-        - it belongs to the user running the terminal (``st_uid == os.geteuid()``);
-        - neither group nor others can read or write it (``mode & 0o077 == 0``: ``chmod 600``);
-        - its folder, and every folder above it, belongs to root or to that user and is not writable
-          by group or others (a world-writable folder above with the sticky bit, like ``/tmp``, is
-          allowed: there, nobody can rename what they do not own). A folder reached through a
-          symbolic link is checked where it really is, and so is the folder that holds the link.
-
-        Then the content must be a well-formed master-key file.
-        """
-        path = Path(path)
-        try:
-            folder = _key_folder(path)
-            dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as err:
-            raise KeyStoreError(f"Cannot open the folder of the key file {path}: {err.strerror}") from None
-        try:
-            # the folder checked is the one the file is opened from (same device and inode)
-            try:
-                opened, to_check = os.fstat(dir_fd), _folders_to_check(path, folder)
-            except OSError as err:  # the working folder vanished, a folder unreadable
-                raise KeyStoreError(f"Cannot check the folders of the key file {path}: {err.strerror}") from None
-            _check_key_folder(path, folder, opened, to_check)
-            flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
-            try:
-                fd = os.open(path.name, flags, dir_fd=dir_fd)
-            except OSError as err:
-                if err.errno == errno.ELOOP:
-                    raise KeyStoreError(
-                        f"The key file {path} is a symbolic link: refused. Give the path of the key file itself."
-                    ) from None
-                raise KeyStoreError(f"Cannot open the key file {path}: {err.strerror}") from None
-        finally:
-            os.close(dir_fd)
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise KeyStoreError(f"The key file {path} is not a regular file")
-            if info.st_uid != os.geteuid():
-                raise KeyStoreError(
-                    f"The key file {path} belongs to another user (uid {info.st_uid}): refused. "
-                    f"The key file must belong to the user who runs the terminal (uid {os.geteuid()})."
-                )
-            mode = stat.S_IMODE(info.st_mode)
-            if mode & 0o077:
-                raise KeyStoreError(
-                    f"The key file {path} can be read or written by other users (mode {mode:04o}): "
-                    f"refused. Run 'chmod 600 {path}' as its owner, then try again."
-                )
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                raw = handle.read(MAX_KEY_FILE_BYTES + 1)
-        except OSError as err:
-            raise KeyStoreError(f"Cannot read the key file {path}: {err.strerror}") from None
-        finally:
-            os.close(fd)
+        """Load a key file (docs/card-profile.md, "Key stores"; docs/security.md, "Stolen keys"): refused
+        (KeyStoreError, exit 12) unless only its owner, the user running the terminal, can read it or
+        put another file in its place (:func:`terminal.private.read_private_file`); then the content
+        must be a well-formed master-key file."""
+        raw = read_private_file(Path(path), "key file", MAX_KEY_FILE_BYTES, KeyStoreError)
         return cls._parse(raw, f"key file {path}")
 
     @classmethod
@@ -234,66 +177,6 @@ class SoftwareKeyStore(KeyStore):
         except KeyFormatError as err:
             raise KeyStoreError(f"The {description}: {err}") from None
         return cls(keys, description, test_only)
-
-
-# --- key file folders -------------------------------------------------------------------------------
-
-def _key_folder(path: Path) -> str:
-    """The real folder of a key file: its parent with every symbolic link resolved."""
-    return os.path.realpath(path.parent)
-
-
-def _folders_to_check(path: Path, folder: str) -> list[str]:
-    """Every folder whose owner or writers could swap the key file: the real folder and its ancestors,
-    and, for each symbolic link on the path as given, the real folder holding the link and its
-    ancestors (whoever can write there can point the link elsewhere)."""
-    seen: dict[str, None] = {}
-
-    def chain(start: str) -> None:
-        current = start
-        while True:
-            seen.setdefault(current, None)
-            parent = os.path.dirname(current)
-            if parent == current:
-                return
-            current = parent
-
-    chain(folder)
-    prefix = Path(os.sep)
-    for part in (Path.cwd() / path.parent).parts[1:]:  # as given, ".." and links unresolved
-        prefix = prefix / part
-        if os.path.islink(prefix):
-            chain(os.path.realpath(prefix.parent))
-    return list(seen)
-
-
-def _check_key_folder(path: Path, folder: str, opened: os.stat_result, folders: list[str]) -> None:
-    """Refuse a key file whose folders others could write (see :meth:`SoftwareKeyStore.from_file`):
-    ``folders`` from :func:`_folders_to_check`, ``opened`` the status of the folder opened."""
-    me = os.geteuid()
-    for directory in folders:
-        try:
-            info = os.stat(directory)
-        except OSError as err:
-            raise KeyStoreError(f"Cannot check the folder {directory} of the key file {path}: {err.strerror}") from None
-        if directory == folder and (info.st_dev, info.st_ino) != (opened.st_dev, opened.st_ino):
-            raise KeyStoreError(f"The folder {directory} of the key file {path} changed while it was checked: refused")
-        if info.st_uid not in (0, me):
-            raise KeyStoreError(
-                f"The folder {directory} of the key file {path} belongs to another user (uid {info.st_uid}): "
-                "refused, since that user could replace the key file. Keep the key file in a folder of "
-                "your own or of root."
-            )
-        mode = stat.S_IMODE(info.st_mode)
-        sticky_above = directory != folder and mode & stat.S_ISVTX
-        if mode & 0o022 and not sticky_above:
-            remedy = ("Move the key file into a folder of its own ('mkdir -m 700 FOLDER'), then try again."
-                      if mode & stat.S_ISVTX else  # a shared folder such as /tmp: do not chmod it
-                      f"Run 'chmod go-w {directory}' as its owner, or move the key file into a folder of its own.")
-            raise KeyStoreError(
-                f"The folder {directory} of the key file {path} can be written by other users (mode {mode:04o}): "
-                f"refused, since they could replace the key file. {remedy}"
-            )
 
 
 class PSAMKeyStore(KeyStore):

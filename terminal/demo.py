@@ -1,19 +1,22 @@
-"""``make demo``: one day at a small clinic on virtual cards, then the upload (docs/flows.md, "The demo day").
+"""``make demo``: one day at a small clinic on virtual cards, online (docs/flows.md, "The demo day").
 
-Morning at a bank counter (its own terminal and queue): 周敏 activates her card (ID document, new PIN,
-MAC-protected unblock). At the clinic's desk: 李娜's first registration activates her card, 陈静 (insured
-in Shenzhen) registers cross-region, 张伟 registers for an ordinary outpatient visit. At the clinic's
-pharmacy window: 李娜's dual-card insert moves her old medical card's account to her new card, then she
-buys two medicines from it. Then both queues are uploaded to the reference central service on
-127.0.0.1, and what the service holds is printed. Everything runs on real parts: the in-memory
-simulator, SQLite queue files, the bundled TEST keys, HTTP on loopback.
+The virtual platform runs on 127.0.0.1 all day. Morning at a bank counter (its own terminal and
+queue): 周敏 activates her card (ID document, new PIN, MAC-protected unblock). At the clinic's desk:
+李娜's first registration activates her card, 陈静 (insured in Shenzhen) registers cross-region, 张伟 is
+admitted; the desk's records are uploaded. At the clinic's pharmacy window: 李娜's dual-card insert moves
+her old medical card's account to her account at the platform (online), she buys two medicines (1101,
+2101, PIN, 2102); 张伟 buys one and it is refunded (2103); the answer to 陈静's payment is lost on the
+way back (the platform told to drop it), so it is reversed (2601) and she pays again. At day end the
+pharmacy reconciles with the platform (3201), and what the platform holds is printed. Everything runs
+on real parts: the in-memory simulator, SQLite journals, the bundled TEST keys and TEST gateway
+credentials, HTTP on loopback.
 
-Run: ``sscard demo`` or ``python -m terminal.demo`` (``--dir`` keeps the files).
+Run: ``sscard demo`` (``--dir DIR`` keeps the files, ``--json`` prints the platform's holdings).
 """
 from __future__ import annotations
 
-import argparse
-import json
+import contextlib
+import datetime as dt
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,23 +25,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from central import CentralService
 from drivers.connection import Connection
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
-from terminal.central import CentralService
+from message.envelope import CST, Fen, Operator, Station, yuan
 from terminal.crypto import SoftwareKeyStore
-from terminal.envelope import Fen, Operator, Station, parse_yuan, yuan
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Clerk, Site
 from terminal.flows.desk import register
-from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card
+from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
+from terminal.gateway import test_credentials
+from terminal.online import Platform, ReversedError
 from terminal.queue import Outbox
+from terminal.reconcile import Reconciliation, reconcile
 from terminal.upload import Uploader
 
 CLINIC = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 1, Operator("C001", "李收费"))
 PHARMACY = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 2, Operator("C002", "王药师"))
 BANK = Station("B33030000007", "某银行温州分行营业部", "330300", 1, Operator("G007", "赵柜员"))
+#: the virtual platform's ledger, beside the terminals' journals
+PLATFORM_DB = "platform.sqlite"
 
 
 @dataclass
@@ -65,24 +73,25 @@ def _sim(name: str) -> MemoryConnection:
 #: how a step gets the connection to a card by its profile name (the demo: a fresh in-memory card)
 Connect = Callable[[str], Connection]
 
-#: where a step happens: its queue file and its station
+#: where a step happens: its journal file and its station
 PLACES = {
     "bank": ("bank-queue.sqlite", BANK),
     "desk": ("clinic-queue.sqlite", CLINIC),
-    "pharmacy": ("clinic-queue.sqlite", PHARMACY),
+    "pharmacy": ("pharmacy-queue.sqlite", PHARMACY),
 }
 
 
 @dataclass(frozen=True)
 class Step:
-    """One transaction of the day: where, what the screen title says, the PINs typed, what it queues."""
+    """One transaction of the day: where, what the screen title says, the PINs typed, what it records
+    in its journal when it completes (infno and state), whether it uses a card."""
 
     place: str
     title: str
     pins: tuple[str, ...]
     act: Callable[[Site, Connect, Clerk], object]
-    #: the message types it queues when it completes
-    queues: tuple[str, ...]
+    records: tuple[tuple[str, str], ...]
+    cards: bool = True
 
 
 def _dual_card(site: Site, connect: Connect, clerk: Clerk) -> object:
@@ -93,93 +102,149 @@ def _dual_card(site: Site, connect: Connect, clerk: Clerk) -> object:
 DAY: tuple[Step, ...] = (
     Step("bank", "Bank counter: 周敏 activates her card with her ID card", ("386152", "386152"),
          lambda site, connect, clerk: bank_activate(connect("not-activated-zhou"), site, "330303196811052226", clerk),
-         ("SS01",)),
+         (("SS01", "pending"),)),
     Step("desk", "Clinic desk: 李娜's first registration (outpatient, 内科)", ("123456",),
          lambda site, connect, clerk: register(connect("not-activated"), site, "outpatient", "内科", clerk),
-         ("SS01", "2201")),
+         (("SS01", "pending"), ("2201", "pending"))),
     Step("desk", "Clinic desk: 陈静, insured in Shenzhen (440300): cross-region", ("802613",),
          lambda site, connect, clerk: register(connect("other-region"), site, "outpatient", "急诊科", clerk),
-         ("2201",)),
+         (("2201", "pending"),)),
     Step("desk", "Clinic desk: 张伟 is admitted (hospitalisation, 外科)", ("246810",),
          lambda site, connect, clerk: register(connect("adult"), site, "hospitalisation", "外科", clerk),
-         ("2401",)),
+         (("2401", "pending"),)),
     Step("pharmacy", "Pharmacy: 李娜's dual-card insert (old card in reader 1, new card in reader 2)", ("123456",),
-         _dual_card, ("SS02",)),
+         _dual_card, (("SS02", "answered"),)),
     Step("pharmacy", "Pharmacy: 李娜 buys 2 x 阿莫西林胶囊 (12.50) and 1 x 布洛芬缓释胶囊 (15.80)", ("123456",),
          lambda site, connect, clerk: purchase(
              connect("not-activated"), site, "T20260301-0001",
              [Item("阿莫西林胶囊", 2, Fen(1250)), Item("布洛芬缓释胶囊", 1, Fen(1580))], clerk),
-         ("2102",)),
+         (("2102", "answered"),)),
+    Step("pharmacy", "Pharmacy: 张伟 buys 1 x 复方甘草片 (8.60)", ("246810",),
+         lambda site, connect, clerk: purchase(connect("adult"), site, "T20260301-0002",
+                                               [Item("复方甘草片", 1, Fen(860))], clerk),
+         (("2102", "answered"),)),
+    Step("pharmacy", "Pharmacy: 张伟 brings it back unopened: sale T20260301-0002 is refunded", (),
+         lambda site, connect, clerk: refund(site, "T20260301-0002", clerk),
+         (("2103", "answered"),), cards=False),
 )
 
 
 @contextmanager
-def open_site(folder: Path, place: str) -> Iterator[Site]:
-    """The site of a place of the day: its queue in ``folder`` and the bundled TEST keys."""
+def open_site(folder: Path, place: str, url: str) -> Iterator[Site]:
+    """The site of a place of the day: its journal in ``folder``, the bundled TEST keys, the platform
+    at ``url`` with the TEST credentials of its institution."""
     name, station = PLACES[place]
-    with Outbox(folder / name, station) as outbox:
-        yield Site(outbox, SoftwareKeyStore.bundled_test_keys())
+    with Outbox(folder / name, station) as outbox, \
+            Platform(outbox, url, test_credentials(station.fixmedins_code)) as platform:
+        yield Site(outbox, SoftwareKeyStore.bundled_test_keys(), platform)
 
 
-def run_step(step: Step, folder: Path, out: TextIO, connect: Connect = _sim) -> object:
-    """Run one step of the day with its own clerk; the step's refusal or fault propagates."""
+@contextmanager
+def platform_for(folder: Path, url: str | None) -> Iterator[str]:
+    """``url``, or the virtual platform on the ledger in ``folder`` for the time of the block."""
+    if url is not None:
+        yield url
+        return
+    with CentralService(folder / PLATFORM_DB) as service:
+        yield service.url
+
+
+def run_step(step: Step, folder: Path, out: TextIO, connect: Connect = _sim, url: str | None = None) -> object:
+    """Run one step of the day with its own clerk against the platform at ``url`` (by default one on the
+    ledger in ``folder``, for this step); the step's refusal or fault propagates."""
     print(f"\n== {step.title}", file=out)
-    with open_site(folder, step.place) as site:
+    with platform_for(folder, url) as where, open_site(folder, step.place, where) as site:
         return step.act(site, connect, DemoClerk(out, list(step.pins)))
 
 
-def upload_all(folder: Path, url: str, out: TextIO) -> list[str]:
-    """Upload every queue of the day to the service at ``url``; the msgids queued, oldest first."""
-    msgids: list[str] = []
-    for name in sorted({name for name, _ in PLACES.values()}):
-        with Outbox(folder / name, create=False) as outbox, Uploader(outbox, url) as uploader:
+def upload_all(folder: Path, url: str, out: TextIO) -> None:
+    """Upload what waits in every journal of the day to the platform at ``url``."""
+    for name, station in sorted({(name, station.fixmedins_code) for name, station in PLACES.values()}):
+        if not (folder / name).exists():
+            continue
+        with Outbox(folder / name, create=False) as outbox, \
+                Uploader(outbox, url, credentials=test_credentials(station)) as uploader:
             report = uploader.drain()
             print(f"    {name}: {report.sent} sent, {report.dead} refused, {report.pending} waiting", file=out)
-            msgids += [record.msgid for record in reversed(outbox.records())]
-    return msgids
+
+
+def lost_answer(service: CentralService, folder: Path, out: TextIO) -> None:
+    """陈静 pays; the platform settles but its answer is dropped on the way back: the terminal reverses
+    the payment (2601), and she pays again."""
+    items = [Item("板蓝根颗粒", 2, Fen(1500))]
+    step = "Pharmacy: 陈静 pays 2 x 板蓝根颗粒 (15.00); the platform's answer is lost on the way back"
+    print(f"\n== {step}", file=out)
+    service.set_fault("drop", count=1, infno="2102")
+    with open_site(folder, "pharmacy", service.url) as site:
+        try:
+            purchase(_sim("other-region"), site, "T20260301-0003", items, DemoClerk(out, ["802613"]))
+        except ReversedError as err:
+            print(f"    Error: {err}", file=out)
+        print("\n== Pharmacy: the clerk runs the sale again", file=out)
+        purchase(_sim("other-region"), site, "T20260301-0003", items, DemoClerk(out, ["802613"]))
+
+
+def day_end(url: str, folder: Path, out: TextIO) -> Reconciliation:
+    """The pharmacy's day-end reconciliation (3201) with the platform, printed."""
+    print("\n== Day end: the clinic reconciles with the platform (3201)", file=out)
+    with contextlib.ExitStack() as stack:
+        outboxes = [stack.enter_context(Outbox(folder / PLACES[place][0], create=False)) for place in ("pharmacy", "desk")]
+        platform = stack.enter_context(Platform(outboxes[0], url, test_credentials(PHARMACY.fixmedins_code)))
+        result = reconcile(platform, outboxes, dt.datetime.now(CST).date())
+    for line in result.lines:
+        if line.totals.count or not line.agreed:
+            print(f"    insutype {line.insutype}, clearing {line.clr_type}: {line.totals.count} settlements, "
+                  f"{yuan(line.totals.total)} yuan: {'agreed' if line.agreed else line.description}", file=out)
+    print(f"    {'balanced' if result.balanced else 'NOT BALANCED'}", file=out)
+    return result
 
 
 def run_day(folder: Path, out: TextIO) -> dict[str, Any]:
-    """Walk the day (module docstring); return what the central service holds, by msgid."""
-    for step in DAY:
-        run_step(step, folder, out)
-    with CentralService(folder / "central.sqlite") as central:
-        print(f"\n== Upload to the central service at {central.url}", file=out)
-        return {msgid: central.ledger.message(msgid) for msgid in upload_all(folder, central.url, out)}
+    """Walk the day (module docstring); return what the platform holds and the reconciliation."""
+    with CentralService(folder / PLATFORM_DB, faults=True) as service:
+        print(f"The virtual platform is on {service.url}", file=out)
+        for step in DAY[:4]:
+            run_step(step, folder, out, url=service.url)
+        print("\n== The desk's records go up to the platform", file=out)
+        upload_all(folder, service.url, out)
+        for step in DAY[4:]:
+            run_step(step, folder, out, url=service.url)
+        lost_answer(service, folder, out)
+        print("\n== The records still waiting go up", file=out)
+        upload_all(folder, service.url, out)
+        result = day_end(service.url, folder, out)
+        return {"platform": service.ledger.show(), "reconciliation": result.to_dict()}
 
 
-def describe(message: dict[str, Any]) -> str:
-    """One line for a message the service holds: code, institution, regions, the essentials."""
-    data = message["input"].get("data", {})
-    cross = "  CROSS-REGION" if message["insuplc_admdvs"] != message["mdtrtarea_admvs"] else ""
-    what = {"SS01": f"activation ({data.get('actv_way')})", "SS02": f"account moved {data.get('acct_balc')} yuan",
-            "2201": f"registration {data.get('dept_name')}", "2401": f"admission {data.get('dept_name')}",
-            "2102": f"purchase {data.get('acct_pay')} yuan, balance {data.get('balc')} yuan"}.get(message["infno"], "")
-    return (f"{message['msgid']}  {message['infno']}  {message['fixmedins_name']}  "
-            f"insured {message['insuplc_admdvs']} / treated {message['mdtrtarea_admvs']}  {what}{cross}")
+def print_holdings(held: dict[str, Any], out: TextIO) -> None:
+    """What the platform holds, for people."""
+    platform = held["platform"]
+    print(f"\n== The platform holds {len(platform['messages'])} messages", file=out)
+    for m in platform["messages"]:
+        state = "accepted" if m["infcode"] == 0 else "refused"
+        reversed_by = f", reversed by {m['reversed_by']}" if m["reversed_by"] else ""
+        print(f"    {m['msgid']}  {m['infno']}  {m['transaction']}: {state}{reversed_by}", file=out)
+    print("  settlements:", file=out)
+    for s in platform["settlements"]:
+        print(f"    {s['setl_id']}  sale {s['chrg_bchno']}  {s['medfee_sumamt']} yuan: fund {s['fund_pay_sumamt']}, "
+              f"account {s['acct_pay']}, cash {s['psn_cash_pay']}  {s['state']}", file=out)
+    print("  accounts:", file=out)
+    for a in platform["accounts"]:
+        print(f"    {a['psn_no']}  {a['psn_name']}  {a['balc']} yuan", file=out)
+    print(f"  reconciliation: {'balanced' if held['reconciliation']['balanced'] else 'NOT BALANCED'}", file=out)
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
-    """Run the demo day in ``--dir`` (a fresh temporary folder by default) and print the service's holdings."""
-    parser = argparse.ArgumentParser(prog="sscard demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=None, help="keep the queue and service files here")
-    parser.add_argument("--json", action="store_true", help="print what the service holds as JSON")
-    args = parser.parse_args(argv)
+def main(folder: Path | None = None, as_json: bool = False, out: TextIO | None = None) -> int:
+    """Run the demo day in ``folder`` (a fresh temporary folder by default); print the platform's holdings."""
+    import json
+
     out = out or sys.stdout
     with tempfile.TemporaryDirectory(prefix="sscard-demo-") as tmp:
-        folder = args.dir or Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        held = run_day(folder, out if not args.json else sys.stderr)
-    if args.json:
+        where = folder or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        held = run_day(where, out if not as_json else sys.stderr)
+    if as_json:
         print(json.dumps(held, ensure_ascii=False, indent=2), file=out)
-        return 0
-    print(f"\n== The central service holds {len(held)} messages", file=out)
-    for message in held.values():
-        print(f"    {describe(message)}", file=out)
-    total = sum(parse_yuan(m["input"]["data"]["acct_pay"]) for m in held.values() if m["infno"] == "2102")
-    print(f"    paid from personal accounts today: {yuan(total)} yuan", file=out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    else:
+        print_holdings(held, out)
+    return 0 if held["reconciliation"]["balanced"] else 18

@@ -13,7 +13,7 @@ from apdu import commands, oldmedical
 from apdu.errors import CardDataError, NotSocialSecurityCardError, SSCardError, mask
 from apdu.tlv import decode_simple
 from drivers.connection import Connection
-from terminal.envelope import Fen
+from message.envelope import Fen
 
 log = logging.getLogger(__name__)
 

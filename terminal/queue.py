@@ -33,15 +33,17 @@ from typing import Any
 import sqlite_utils
 
 from apdu.errors import ConfigError, SSCardError, mask
-from terminal.envelope import (
+from message.envelope import (
     CST,
     INF_TIME,
+    INFNO,
     MSGID_RE,
     MSGID_TIME,
+    QUEUEABLE,
     SEQ_PER_SECOND,
     Envelope,
+    MessageError,
     Operator,
-    RecordError,
     Station,
     check_amounts,
     encode,
@@ -60,8 +62,19 @@ STATES = (PENDING, SENDING, SENT, DEAD)
 #: a record whose card change is not done yet (two-phase, schema v4): never claimed, never sent;
 #: counted only when there is one
 HELD = "held"
+#: the journal of online calls (schema v5; docs/platform.md, "The journal"): ``calling`` (the intent
+#: is on disk, no answer yet: in flight while its caller lives and its lease lasts, *unknown* after),
+#: ``answered`` (infcode 0), ``refused`` (infcode < 0: nothing happened), ``reversed`` (the answer was
+#: lost and a 2601 reversal undid it, or the platform said there was nothing to undo), ``void`` (no
+#: answer and nothing to undo: the request never reached the platform, or a reversal whose own answer
+#: was lost, superseded by the next reversal of its original). No uploader ever claims them.
+CALLING, ANSWERED, REFUSED, REVERSED, VOID = "calling", "answered", "refused", "reversed", "void"
+CALL_STATES = (CALLING, ANSWERED, REFUSED, REVERSED, VOID)
+#: states of records that stand for something done or to be done at the platform (not refused,
+#: reversed, void, dead or held): what the activation and transfer checks count
+STANDING = (PENDING, SENDING, SENT, CALLING, ANSWERED)
 #: every state a record can be in
-ALL_STATES = (*STATES, HELD)
+ALL_STATES = (*STATES, HELD, *CALL_STATES)
 #: states of records not yet confirmed by the central service
 UNSENT = (PENDING, SENDING)
 BUSY_TIMEOUT_MS = 5000
@@ -145,6 +158,28 @@ ALTER TABLE records_v4 RENAME TO records;
 CREATE INDEX records_due ON records (state, next_attempt_at);
 CREATE INDEX records_card ON records (card_sn)
 """
+_RECORDS_V5 = """
+CREATE TABLE records_v5 (
+    id INTEGER PRIMARY KEY,
+    msgid TEXT NOT NULL CHECK (length(msgid) = 30 AND CAST(substr(msgid, 13) AS INTEGER) = id),
+    infno TEXT NOT NULL, created_at TEXT NOT NULL, card_sn TEXT,
+    insured_region TEXT NOT NULL, treatment_region TEXT NOT NULL, envelope TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'dead', 'held',
+                                                         'calling', 'answered', 'refused', 'reversed', 'void')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT, done_at TEXT, infcode INTEGER, reply TEXT, owner INTEGER
+);
+INSERT INTO records_v5 (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,
+                        state, attempts, next_attempt_at, last_error, done_at, infcode, reply)
+    SELECT id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope, state, attempts,
+           next_attempt_at, last_error, done_at, infcode, reply
+    FROM records ORDER BY id;
+DROP TABLE records;
+ALTER TABLE records_v5 RENAME TO records;
+CREATE INDEX records_due ON records (state, next_attempt_at);
+CREATE INDEX records_card ON records (card_sn)
+"""
 #: ``MIGRATIONS[n]`` takes a file from schema ``n`` to ``n + 1`` (``PRAGMA user_version``); a new
 #: file runs them all. v1: states pending/sent/rejected. v2: states pending/sending/sent/dead and
 #: ``next_attempt_at`` (epoch seconds: when a pending record is due, when a sending lease ends).
@@ -153,7 +188,9 @@ CREATE INDEX records_card ON records (card_sn)
 #: the next msgid comes from ``max(id)`` (no counter row rewritten per record); ``meta.msgid_floor``
 #: (an id) replaces ``msgid_last`` and only records msgids issued outside the table (sign-ins).
 #: v4: the state ``held`` (a record queued before its card change is done; the bank activation).
-MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2, _RECORDS_V3, _RECORDS_V4)
+#: v5: the journal's states of online calls (``CALL_STATES``) and ``owner``, the process id of the
+#: caller of a ``calling`` record (a dead owner's call is unknown at once, without waiting for its lease).
+MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2, _RECORDS_V3, _RECORDS_V4, _RECORDS_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: SQLite result codes -> what a clerk reads (docs/central-api.md, "The local queue")
@@ -172,6 +209,12 @@ _SQLITE_REASONS = (
 
 class QueueError(SSCardError):
     """The local record queue cannot be used (disk full, read-only, file damaged or locked)."""
+
+    exit_code = 13
+
+
+class RecordError(SSCardError, ValueError):
+    """The record cannot be kept: it is not a valid platform message."""
 
     exit_code = 13
 
@@ -389,7 +432,11 @@ class Outbox:
     def _station(self, station: Station | None) -> Station | None:
         saved = self._meta("station")
         if station is None:
-            return Station.from_json(saved) if saved else None
+            try:
+                return Station.from_json(saved) if saved else None
+            except (MessageError, ValueError, TypeError, KeyError):
+                raise QueueError(f"The record queue {self.path} cannot be opened: the terminal settings in it "
+                                 "are damaged") from None
         if saved != station.to_json():
             with self._write("save the terminal's settings") as conn:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('station', ?)", [station.to_json()])
@@ -512,32 +559,55 @@ class Outbox:
         operator: Operator | None = None,
         held: bool = False,
     ) -> QueuedRecord:
-        """Queue one transaction; when this returns, the record is on disk with its final msgid.
+        """Queue one transaction to upload later; when this returns, the record is on disk with its
+        final msgid. Only what the platform takes in a batch (:data:`message.envelope.QUEUEABLE`) can
+        be queued: every other transaction is an online call (:meth:`begin_call`).
 
         ``held``: the record is queued in the state ``held``, which no uploader claims, until
         :meth:`release` (the card change it records is done) or :meth:`withdraw` (it failed).
 
-        ``insured_region`` is the card's issuing region; it differs from the station's region for
+        ``insured_region`` is the person's insured region; it differs from the station's region for
         cross-region care. ``card_sn`` (the card identification code) lets the kiosk find the record.
-        Amounts in ``input`` must be :class:`terminal.envelope.Fen`, and a settlement (2101, 2102) must
-        carry its amounts (:data:`terminal.envelope.AMOUNTS`). Raises :class:`QueueError`
-        (disk full, read-only...) or :class:`RecordError`, and then nothing was saved.
+        Amounts in ``input`` must be :class:`message.envelope.Fen` (:data:`message.envelope.AMOUNTS`).
+        Raises :class:`QueueError` (disk full, read-only...) or :class:`RecordError`, and then nothing
+        was saved.
+        """
+        if infno not in QUEUEABLE:
+            raise RecordError(f"{infno} ({INFNO.get(infno, 'unknown')}) is an online call: it cannot wait in "
+                              "the queue")
+        return self._insert(infno, input, insured_region, card_sn, operator, HELD if held else PENDING, 0.0)
 
-        One INSERT per record (docs/central-api.md, "The local queue"): inside the write lock, the
+    def begin_call(self, infno: str, input: dict[str, Any], *, insured_region: str, card_sn: str | None = None,
+                   operator: Operator | None = None, lease: float = 60.0) -> QueuedRecord:
+        """Journal the intent of an online call before it is made (docs/platform.md, "The journal"):
+        the record is ``calling``, its lease ``lease`` seconds from now (``next_attempt_at``). The call
+        is then answered (:meth:`answer_call`), or, its answer lost, reversed (:meth:`end_call`). A
+        ``calling`` record whose lease has run out is *unknown*: its caller died or gave up, and
+        :meth:`unknown_calls` finds it. Same errors as :meth:`add`; nothing was saved then."""
+        return self._insert(infno, input, insured_region, card_sn, operator, CALLING, lease)
+
+    def _insert(self, infno: str, input: dict[str, Any], insured_region: str, card_sn: str | None,
+                operator: Operator | None, state: str, lease: float) -> QueuedRecord:
+        """One INSERT per record (docs/central-api.md, "The local queue"): inside the write lock, the
         highest id is this connection's last one unless ``PRAGMA data_version`` says another connection
         has written since, and only then is it read. The table's key (``id``, the msgid's digits) is
-        the uniqueness check itself.
-        """
+        the uniqueness check itself."""
         station = self.require_station()
         if not isinstance(input, dict):
             raise RecordError("the transaction's input must be a JSON object")
-        check_amounts(infno, input)  # a settlement's amounts as Fen: the service refuses anything else
+        try:
+            check_amounts(infno, input)  # amounts as Fen: the platform refuses anything else
+        except MessageError as err:
+            raise RecordError(str(err)) from None
         now = self.clock()
         stamp, inf_time, created_at = self._stamp(now)
         # the whole envelope but its msgid, validated (RecordError) before any transaction
         head, tail = self._envelope_parts(infno, insured_region, operator or station.operator)
-        tail = f'{tail[0]}{inf_time}{tail[1]}{encode(input)}}}'
-        ts = now.timestamp()
+        try:
+            tail = f'{tail[0]}{inf_time}{tail[1]}{encode(input)}}}'
+        except MessageError as err:
+            raise RecordError(str(err)) from None
+        ts = now.timestamp() + lease
         treatment = station.region
         with self._errors("record the transaction", " The transaction was NOT saved."):
             conn = self.db.conn
@@ -550,7 +620,7 @@ class Outbox:
                 msgid = f"{station.fixmedins_code}{key}"
                 envelope = f"{head}{msgid}{tail}"
                 execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope, ts,
-                                  HELD if held else PENDING))
+                                  state, os.getpid() if state == CALLING else None))
                 execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -558,9 +628,83 @@ class Outbox:
                 raise
         self._last, self._data_version = key, data_version
         if log.isEnabledFor(logging.INFO):
-            log.info("queued %s %s%s", infno, msgid, " (cross-region)" if insured_region != treatment else "")
+            log.info("%s %s %s%s", "journaled" if state == CALLING else "queued", infno, msgid,
+                     " (cross-region)" if insured_region != treatment else "")
         return QueuedRecord(msgid, infno, dt.datetime.fromisoformat(created_at), card_sn, insured_region, treatment,
-                            envelope, HELD if held else PENDING, 0, ts, None, None, None, None)
+                            envelope, state, 0, ts, None, None, None, None)
+
+    # --- the journal of online calls -----------------------------------------------------------------
+
+    def answer_call(self, msgid: str, response: dict[str, Any]) -> QueuedRecord:
+        """Record the platform's answer to a ``calling`` record: ``answered`` (infcode 0) or ``refused``.
+        :class:`QueueError` when ``msgid`` is not calling (a reversal got there first: the caller must
+        then not act on the answer)."""
+        infcode = response.get("infcode")
+        state = ANSWERED if infcode == 0 else REFUSED
+        with self._write("record the platform's answer", " The answer is NOT in the journal.") as conn:
+            changed = conn.execute(
+                "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, last_error = ?, attempts = attempts + 1"
+                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}'",
+                [state, self.clock().astimezone(CST).isoformat(), infcode if isinstance(infcode, int) else -1,
+                 json.dumps(response, ensure_ascii=False),
+                 None if state == ANSWERED else str(response.get("err_msg") or "refused")[:500], _id(msgid), msgid],
+            ).rowcount
+        if not changed:
+            raise QueueError(f"The journal entry {msgid} is no longer waiting for its answer")
+        return self.get(msgid)
+
+    def end_call(self, msgid: str, state: str, note: str, reply: dict[str, Any] | None = None) -> bool:
+        """A ``calling`` record whose answer never came ends as ``reversed`` (``reply``: the 2601
+        answer) or ``void`` (it never reached the platform, or a reversal itself unanswered), with
+        ``note`` as its last error. Returns whether it was still calling."""
+        if state not in (REVERSED, VOID):
+            raise ValueError(f"a call ends reversed or void, not {state}")
+        with self._write("record the reversal", " The journal still says the call is unknown.") as conn:
+            return bool(conn.execute(
+                "UPDATE records SET state = ?, done_at = ?, reply = ?, last_error = ?"
+                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}'",
+                [state, self.clock().astimezone(CST).isoformat(),
+                 json.dumps(reply, ensure_ascii=False) if reply is not None else None, note[:500], _id(msgid), msgid],
+            ).rowcount)
+
+    def note_call(self, msgid: str, error: str, lease: float | None = None) -> None:
+        """Note why a ``calling`` record has no answer yet; ``lease``: seconds from now until another
+        process may resolve it (0: at once; None: unchanged)."""
+        with self._write("note the failed call") as conn:
+            conn.execute(
+                "UPDATE records SET last_error = ?, attempts = attempts + 1,"
+                " next_attempt_at = coalesce(?, next_attempt_at)"
+                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}'",
+                [error[:500], None if lease is None else self.now() + lease, _id(msgid), msgid])
+
+    def unknown_calls(self) -> list[QueuedRecord]:
+        """``calling`` records no live caller is working on, oldest first: the lease has run out, or the
+        calling process is gone (killed, or it gave up with the platform unreachable). Each must be
+        resolved with a 2601 reversal (or the platform's record), never sent again."""
+        now = self.now()
+        with self._errors("be read"):
+            rows = self.db.execute(f"SELECT msgid, next_attempt_at, owner FROM records WHERE state = '{CALLING}'"
+                                   " ORDER BY id").fetchall()
+        unknown = [msgid for msgid, lease, owner in rows if lease <= now or not _alive(owner)]
+        return [self.get(msgid) for msgid in unknown]
+
+    def claim_unknown(self, msgid: str, lease: float) -> bool:
+        """Take an unknown call to resolve it (so two resolvers do not both work on it): it becomes this
+        process's, with a lease of ``lease`` seconds, if it is still ``calling`` and no live caller holds it."""
+        now = self.now()
+        with self._write("take an unknown call") as conn:
+            row = conn.execute(f"SELECT next_attempt_at, owner FROM records WHERE id = ? AND msgid = ? AND"
+                               f" state = '{CALLING}'", [_id(msgid), msgid]).fetchone()
+            if row is None or (row[0] > now and _alive(row[1])):
+                return False
+            conn.execute("UPDATE records SET next_attempt_at = ?, owner = ? WHERE id = ?",
+                         [now + lease, os.getpid(), _id(msgid)])
+            return True
+
+    def standing(self, infno: str, key: str, value: str) -> list[QueuedRecord]:
+        """:meth:`with_data` restricted to records that stand (:data:`STANDING`): queued, or answered
+        (or unknown) online; oldest first."""
+        return [r for r in self.with_data(infno, key, value) if r.state in STANDING]
 
     def release(self, msgid: str) -> QueuedRecord:
         """A ``held`` record becomes ``pending``, due now (its card change is done): from here on it is
@@ -600,7 +744,11 @@ class Outbox:
         cache_key = (infno, insured_region, operator)
         parts = self._envelopes.get(cache_key)
         if parts is None:
-            fields = Envelope(infno, "", self.require_station(), operator, insured_region, self.clock(), {}).to_dict()
+            try:
+                fields = Envelope(infno, "", self.require_station(), operator, insured_region, self.clock(),
+                                  {}).to_dict()
+            except MessageError as err:
+                raise RecordError(str(err)) from None
             draft = encode({**fields, "inf_time": "", "input": None})
             mark = "@"  # marks no field contains (so each occurs once: quotes surround them, they have none)
             while mark in draft:
@@ -733,6 +881,12 @@ class Outbox:
         return self._select(f"infno = ? AND state != '{HELD}' AND json_extract(envelope, ?) = ?",
                             [infno, f"$.input.data.{key}", value])
 
+    def in_state(self, state: str, infnos: tuple[str, ...]) -> list[QueuedRecord]:
+        """The records of these transactions in ``state``, oldest first (e.g. the answered settlements
+        and cancellations reconciliation totals)."""
+        marks = ", ".join("?" * len(infnos))
+        return self._select(f"state = ? AND infno IN ({marks})", [state, *infnos]) if infnos else []
+
     def for_card(self, card_sn: str, limit: int | None = None) -> list[QueuedRecord]:
         """The records this terminal holds for one card (kiosk inquiry, DESIGN.md item 7, the balance,
         the activation), newest first; ``held`` ones are not recorded yet and not among them."""
@@ -762,13 +916,29 @@ _COLUMNS = ("msgid, infno, created_at, card_sn, insured_region, treatment_region
             " next_attempt_at, last_error, done_at, infcode, reply")
 _INSERT = (
     "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
-    " next_attempt_at, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    " next_attempt_at, state, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
 )
 #: the highest id used: records, and msgids issued without a record (``next_msgid``); 0 when none
 _HIGH = (
     "SELECT max(coalesce((SELECT max(id) FROM records), 0),"
     " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'msgid_floor'), 0))"
 )
+
+
+def _alive(pid: object) -> bool:
+    """Whether process ``pid`` of this computer is running (a ``calling`` record's owner). Unknown
+    (no permission to ask, not a pid) counts as alive: then the lease decides."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would send CTRL_C_EVENT
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True
+    return True
 
 
 def _id(msgid: str) -> int:

@@ -31,7 +31,8 @@ import httpcore
 import httpx
 
 from apdu.errors import ConfigError, SSCardError
-from terminal.envelope import Envelope, encode, with_sign_no
+from message.envelope import Credentials, Envelope, encode, gateway_headers, with_sign_no
+from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
 log = logging.getLogger(__name__)
@@ -71,19 +72,25 @@ _DELAY_SECONDS = re.compile(r"[0-9]+")
 
 
 class CentralError(SSCardError):
-    """The central service could not be reached or did not answer properly. Records stay in the queue."""
+    """The platform could not be reached or did not answer properly."""
 
     exit_code = 14
     #: seconds the service asked us to wait (Retry-After), if it said
     retry_after: float | None = None
+    #: False when the request certainly did nothing at the platform (it never reached it, or the
+    #: platform refused it before any processing); True when it may have been processed and its
+    #: answer lost (an online call must then be reversed, never sent again)
+    maybe_processed: bool = True
 
 
 class CentralUnavailableError(CentralError):
-    """The central service is unreachable: records stay in the local queue and are sent later."""
+    """The platform is unreachable or did not answer."""
 
-    def __init__(self, message: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, message: str | None = None, retry_after: float | None = None, *,
+                 maybe_processed: bool = True) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.maybe_processed = maybe_processed
 
 
 class CentralProtocolError(CentralError):
@@ -93,9 +100,23 @@ class CentralProtocolError(CentralError):
 class NotSignedInError(CentralError):
     """The central service does not know this terminal's sign-in (9001)."""
 
+    maybe_processed = False
+
+
+class CentralAuthError(CentralError):
+    """The platform's gateway refused this terminal's credentials (HTTP 403)."""
+
+    maybe_processed = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"The platform's gateway refused this terminal's credentials ({reason}): check "
+                         "[central] credentials and the computer's clock. Records stay in the queue.")
+
 
 class CentralRefusedError(CentralError):
     """The central service refused the whole batch as invalid (HTTP 400/413/422)."""
+
+    maybe_processed = False
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"The central service refused the batch (HTTP {status}): {reason}")
@@ -234,15 +255,18 @@ def _enforce_deadlines(client: httpx.Client) -> bool:
 
 
 class CentralClient:
-    """HTTP to the central service at ``url``: one call, or one batch (docs/central-api.md, "HTTP").
+    """HTTP to the platform at ``url``: one call, or one batch (docs/platform.md, "HTTP"), each request
+    signed for the gateway with ``credentials`` (:func:`message.envelope.gateway_headers`).
 
     Each call must be over (connected, sent, the whole answer read) within ``timeout`` seconds, and
     before ``deadline`` (a :func:`time.monotonic` time, e.g. the end of a batch's delivery) when set;
     otherwise it is :class:`CentralUnavailableError`, as for a service that does not answer.
     """
 
-    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None) -> None:
+    def __init__(self, url: str, *, credentials: Credentials, timeout: float = DEFAULT_TIMEOUT,
+                 client: httpx.Client | None = None) -> None:
         self.url = check_central_url(url).rstrip("/")
+        self.credentials = credentials
         self.timeout = timeout
         self.http = client or httpx.Client(timeout=timeout)
         #: :func:`time.monotonic` time by which calls must be over (the uploader's batch deadline), or None
@@ -260,35 +284,36 @@ class CentralClient:
         within = f"within {self.timeout:g} s" if limit == start + self.timeout else "before its batch's deadline"
         token = _DEADLINE.set(limit)
         try:
-            with self.http.stream(
-                "POST", self.url + path, content=encode(payload).encode(), headers={"Content-Type": "application/json"}
-            ) as answer:
+            headers = {"Content-Type": "application/json", **gateway_headers(self.credentials)}
+            with self.http.stream("POST", self.url + path, content=encode(payload).encode(), headers=headers) as answer:
                 status, retry_after = answer.status_code, answer.headers.get("Retry-After")
                 body = bytearray()
                 for chunk in answer.iter_bytes():
                     body += chunk
                     if time.monotonic() > limit:
                         raise httpx.ReadTimeout("the call's deadline has passed", request=answer.request)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:  # no byte of the request went out
+            raise CentralUnavailableError(
+                f"The platform at {self.url} is unreachable ({type(err).__name__})", maybe_processed=False
+            ) from None
         except httpx.TimeoutException as err:
             raise CentralUnavailableError(
-                f"The central service at {self.url} did not answer {within}"
-                f" ({type(err).__name__}): records stay in the queue"
+                f"The platform at {self.url} did not answer {within} ({type(err).__name__})"
             ) from None
         except httpx.HTTPError as err:
             raise CentralUnavailableError(
-                f"The central service at {self.url} is unreachable ({type(err).__name__}): records stay in the queue"
+                f"The platform at {self.url} is unreachable or hung up ({type(err).__name__})"
             ) from None
         finally:
             _DEADLINE.reset(token)
         if status == 401:
             raise NotSignedInError()
+        if status == 403:
+            raise CentralAuthError(_err_msg(bytes(body)))
         if status in REFUSED:
             raise CentralRefusedError(status, _err_msg(bytes(body)))
         if status != 200:
-            raise CentralUnavailableError(
-                f"The central service answered HTTP {status}: records stay in the queue",
-                parse_retry_after(retry_after),
-            )
+            raise CentralUnavailableError(f"The platform answered HTTP {status}", parse_retry_after(retry_after))
         return parse_reply(bytes(body))
 
     def call(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -351,6 +376,30 @@ def _err_msg(content: bytes) -> str:
     return str(body.get("err_msg") if isinstance(body, dict) and body.get("err_msg") else body)[:200]
 
 
+def sign_in(central: CentralClient, outbox: Outbox) -> str:
+    """9001 operator sign-in with the station's operator and device (docs/platform.md, "9001"): the
+    ``sign_no`` every later message of this session carries. :class:`CentralError` when refused."""
+    station = outbox.require_station()
+    envelope = Envelope(
+        infno="9001",
+        msgid=outbox.next_msgid(),
+        station=station,
+        operator=station.operator,
+        insured_region=station.region,
+        time=outbox.clock(),
+        input={"signIn": {"opter_no": station.operator.opter, "mac": "", "ip": "127.0.0.1"}},
+    )
+    response = central.call(envelope.to_dict())
+    if response["infcode"] != 0:
+        raise CentralError(f"The platform refused the sign-in: {str(response.get('err_msg') or 'no reason given')[:300]}")
+    sign_no = signin_number(response)
+    if sign_no is None:
+        raise CentralProtocolError("The platform accepted the sign-in but sent no sign_no"
+                                   " (output.signinoutb.sign_no): records stay in the queue")
+    log.info("signed in to %s", central.url)
+    return sign_no
+
+
 class Uploader:
     """Moves records from ``outbox`` to the service at ``url``. Not thread-safe: one per thread.
 
@@ -371,9 +420,12 @@ class Uploader:
         lease: float | None = None,
         backoff: Backoff | None = None,
         client: httpx.Client | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.outbox = outbox
-        self.central = CentralClient(url, timeout=timeout, client=client)
+        if credentials is None:  # the virtual platform's TEST credentials of the queue's institution
+            credentials = test_credentials(outbox.require_station().fixmedins_code)
+        self.central = CentralClient(url, credentials=credentials, timeout=timeout, client=client)
         self.batch_size = batch_size
         self.lease = lease if lease is not None else max(60.0, 3 * timeout)
         #: seconds a batch's delivery may take, well within its lease (docs/central-api.md, "Delivery")
@@ -393,27 +445,9 @@ class Uploader:
         self.close()
 
     def sign_in(self) -> str:
-        """9001 operator sign-in with the station's operator; returns and keeps the ``sign_no``."""
-        station = self.outbox.require_station()
-        envelope = Envelope(
-            infno="9001",
-            msgid=self.outbox.next_msgid(),
-            station=station,
-            operator=station.operator,
-            insured_region=station.region,
-            time=self.outbox.clock(),
-            input={"signIn": {"opter_no": station.operator.opter, "mac": "", "ip": ""}},
-        )
-        response = self.central.call(envelope.to_dict())  # _post encodes Fen amounts as yuan
-        if response["infcode"] != 0:
-            raise CentralError(f"The central service refused the sign-in: {response.get('err_msg') or 'no reason given'}")
-        sign_no = signin_number(response)
-        if sign_no is None:
-            raise CentralProtocolError("The central service accepted the sign-in but sent no sign_no"
-                                       " (output.signinoutb.sign_no): records stay in the queue")
-        log.info("signed in to %s", self.central.url)
-        self.sign_no = sign_no
-        return sign_no
+        """9001 operator sign-in (:func:`sign_in`); returns and keeps the ``sign_no``."""
+        self.sign_no = sign_in(self.central, self.outbox)
+        return self.sign_no
 
     def _send(self, records: list[QueuedRecord]) -> list[Outcome]:
         if self.sign_no is None:

@@ -1,21 +1,28 @@
-"""Shared parts for the counter-flow tests: a site on real files, virtual cards in memory, a terminal config."""
+"""Shared parts for the counter-flow tests: a site on real files with the virtual platform on a loopback
+port, virtual cards in memory, a terminal config."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from central import CentralService
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
+from message.envelope import Operator, Station
 from queueing import Clock
 from terminal.crypto import SoftwareKeyStore
-from terminal.envelope import Operator, Station
 from terminal.flows.common import ScriptedClerk, Site
+from terminal.gateway import test_credentials
+from terminal.online import Platform
 from terminal.queue import Outbox
 
 #: the clinic of docs/flows.md: Wenzhou (330300), so other-region.json (440300) is cross-region
 STATION = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 1, Operator("C001", "李收费"))
+#: the clinic's second window: its own terminal number, so its msgids never collide with the first's
+WINDOW2 = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 2, Operator("C002", "王药师"))
 PINS = {"adult": "246810", "not-activated": "123456", "other-region": "802613", "minority": "517293",
         "counterfeit": "246810", "blocked-pin": "135790"}
 
@@ -31,13 +38,43 @@ def clerk(*pins: str) -> ScriptedClerk:
 
 
 @pytest.fixture
-def site(tmp_path):
-    with Outbox(tmp_path / "queue.sqlite", STATION, clock=Clock()) as outbox:
-        yield Site(outbox, SoftwareKeyStore.bundled_test_keys())
+def platform(tmp_path):
+    """The virtual platform on a loopback port (fault switches on), a fresh ledger per test."""
+    with CentralService(tmp_path / "platform.sqlite", faults=True) as service:
+        yield service
 
 
-def write_config(folder: Path, require_pin: bool = True) -> Path:
-    """A terminal config for the clinic above, its queue in ``folder``."""
+def open_site(path: Path, url: str, station: Station = STATION, **options) -> Site:
+    """A site on the journal at ``path`` talking to the platform at ``url`` (TEST credentials); the
+    caller closes ``site.outbox`` and ``site.platform``."""
+    outbox = Outbox(path, station, clock=Clock(), **options)
+    platform = Platform(outbox, url, test_credentials(station.fixmedins_code), timeout=5)
+    return Site(outbox, SoftwareKeyStore.bundled_test_keys(), platform)
+
+
+@pytest.fixture
+def site(tmp_path, platform):
+    opened = open_site(tmp_path / "queue.sqlite", platform.url)
+    try:
+        yield opened
+    finally:
+        opened.platform.close()
+        opened.outbox.close()
+
+
+def write_credentials(folder: Path, institution: str = STATION.fixmedins_code) -> Path:
+    """The TEST gateway credentials of ``institution`` as a private credentials file in ``folder``."""
+    credentials = test_credentials(institution)
+    path = folder / f"credentials-{institution}.json"
+    path.write_text(json.dumps({"kind": "gateway-credentials", "paasid": credentials.paasid,
+                                "token": credentials.token}), encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def write_config(folder: Path, require_pin: bool = True, central: str = "http://127.0.0.1:9") -> Path:
+    """A terminal config for the clinic above, its queue in ``folder``, the platform at ``central``
+    with the TEST credentials in a private file (so no TEST-credentials warning)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "terminal.toml"
     path.write_text(
@@ -55,7 +92,8 @@ store = "test"
 [queue]
 path = "queue.sqlite"
 [central]
-url = "http://127.0.0.1:9"
+url = "{central}"
+credentials = "file:{write_credentials(folder).name}"
 [desk]
 require_pin = {str(require_pin).lower()}
 """,

@@ -154,7 +154,8 @@ MESSAGE = {
     "infno": "2102", "msgid": "H11010500001202603010930000001", "mdtrtarea_admvs": "110105",
     "insuplc_admdvs": "310101", "opter_type": "1", "opter": "D001", "opter_name": "王医生",
     "inf_time": "2026-03-01 09:30:00", "fixmedins_code": "H11010500001", "fixmedins_name": "北京测试医院",
-    "sign_no": "SIGNED", "input": {"data": {"psn_no": "P0001", "medfee_sumamt": "23.50", "acct_pay": "23.50"}},
+    "sign_no": "SIGNED", "input": {"data": {"psn_no": "1101000000000009", "insutype": "310", "med_type": "41",
+                                            "medfee_sumamt": "23.50", "chrg_bchno": "T1"}},
 }
 _ledger = None
 
@@ -165,17 +166,17 @@ def central_request(data: bytes) -> None:
     BadRequest (HTTP 400/404/413), Unsigned (401) and Unanswerable (422) are its typed refusals; any
     message that gets through is answered once, with an integer infcode, and a repeat gets the same answer.
     """
-    from terminal.central.service import BadRequest, Ledger, Unanswerable, Unsigned, parse_request
+    from central import BadRequest, Forbidden, Ledger, Unanswerable, Unsigned, parse_request
 
     global _ledger
     if _ledger is None:
         _ledger = Ledger(Path(_profile_dir.name) / "central.sqlite")
-        _ledger.conn.execute("INSERT OR IGNORE INTO signins VALUES ('SIGNED', 'H11010500001', 'D001', 'now')")
+        _ledger.conn.execute("INSERT OR IGNORE INTO signins VALUES ('SIGNED', 'H11010500001', 'D001', 7, '', 'now', NULL)")
     path = ("/api/batch", "/api/call", "/api/other")[data[0] % 3] if data else "/api/call"
     try:
         messages, single = parse_request(path, data[1:])
-        answers = _ledger.process(messages)
-    except (BadRequest, Unanswerable, Unsigned):
+        answers = _ledger.process("H11010500001", messages, batch=not single)
+    except (BadRequest, Forbidden, Unanswerable, Unsigned):
         return
     assert len(answers) == len(messages) and all(type(a["infcode"]) is int for a in answers)
     if single:
@@ -218,7 +219,7 @@ def main(argv: list[str]) -> int:
     import atheris
 
     for module in ("drivers.simulator.profile", "drivers.vpcd", "drivers.memory", "terminal.card",
-                   "terminal.central.service", "terminal.upload"):
+                   "central", "terminal.upload"):
         __import__(module)  # imported now so that instrument_all covers them
     atheris.instrument_all()  # coverage feedback for every loaded Python function
     atheris.Setup([argv[0], *argv[2:]], lambda data: run(target, data))

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from terminal.central import CentralService
-from terminal.envelope import CST, Fen, Operator, Station
+from central import CentralService
+from message.envelope import CST, Fen, Operator, Station, gateway_headers
+from terminal.gateway import test_credentials
 from terminal.queue import Outbox
 
 STATION = Station("H11010500001", "北京测试医院", "110105", 7, Operator("D001", "王医生"))
@@ -45,16 +46,36 @@ class Clock:
         self.now += dt.timedelta(seconds=seconds)
 
 
+#: a person of fixtures/platform/persons.json insured in each region the tests use
+PERSONS = {"110105": "1101000000000009", "310101": "3101000000000010"}
+#: the TEST gateway credentials of STATION's institution (fixtures/platform/institutions.json)
+CREDENTIALS = test_credentials(STATION.fixmedins_code)
+
+
+def signed(credentials=CREDENTIALS) -> dict[str, str]:
+    """Gateway headers for one raw request (a fresh nonce each time)."""
+    return gateway_headers(credentials)
+
+
+def central_client(url: str, **options):
+    """A :class:`terminal.upload.CentralClient` signing as STATION's institution."""
+    from terminal.upload import CentralClient
+
+    return CentralClient(url, credentials=CREDENTIALS, **options)
+
+
 def registration(outbox: Outbox, insured_region: str = "110105", card_sn: str | None = CARD, **extra):
-    """An outpatient registration (2201) as the desk flow would queue it."""
-    body = {"data": {"psn_no": "P0001", "insutype": "310", "med_type": "11", "begntime": "2026-03-01 09:30:00", **extra}}
+    """An outpatient registration (2201) as the desk queues it while the platform is unreachable, for a
+    person the virtual platform knows (insured in ``insured_region``)."""
+    body = {"data": {"psn_no": PERSONS.get(insured_region, "P0001"), "insutype": "310", "med_type": "11",
+                     "begntime": "2026-03-01 09:30:00", **extra}}
     return outbox.add("2201", body, insured_region=insured_region, card_sn=card_sn)
 
 
-def purchase(outbox: Outbox, total: object = Fen(2350), account: object = Fen(2350)):
-    """A pharmacy settlement (2102) paid from the personal account."""
-    body = {"data": {"psn_no": "P0001", "med_type": "41", "medfee_sumamt": total, "acct_pay": account}}
-    return outbox.add("2102", body, insured_region="110105", card_sn=CARD)
+def purchase(outbox: Outbox, total: object = Fen(2350)):
+    """A pharmacy settlement (2102) journaled as an online call (state ``calling``): never uploaded."""
+    body = {"data": {"psn_no": PERSONS["110105"], "med_type": "41", "medfee_sumamt": total, "chrg_bchno": "T1"}}
+    return outbox.begin_call("2102", body, insured_region="110105", card_sn=CARD)
 
 
 @pytest.fixture
@@ -70,7 +91,8 @@ def outbox(tmp_path, clock):
 
 @pytest.fixture
 def central(tmp_path):
-    with CentralService(tmp_path / "central.sqlite") as service:
+    """The virtual platform on a loopback port, its fault switches on."""
+    with CentralService(tmp_path / "central.sqlite", faults=True) as service:
         yield service
 
 

@@ -1,7 +1,8 @@
-"""The counter flows end to end in memory: virtual cards, the real SQLite queue, the real key store.
+"""The counter flows end to end: virtual cards in memory, the real SQLite journal and queue, the real
+key store, the virtual platform on a loopback port.
 
-Every refusal named in issue 6 is here, each checked to queue nothing; card removal is tried after
-every APDU of each flow.
+Every refusal is here, each checked to record (and pay) nothing; card removal is tried after every
+APDU of each flow.
 """
 from __future__ import annotations
 
@@ -17,16 +18,20 @@ from apdu.errors import (
     PINBlockedError,
     WrongPINError,
 )
-from flowing import PINS, STATION, clerk, sim, site  # noqa: F401  (fixture)
+from flowing import PINS, STATION, WINDOW2, clerk, open_site, platform, sim, site  # noqa: F401  (fixtures)
+from message.envelope import Fen
 from terminal.card import SocialSecurityCard
-from terminal.envelope import Fen
-from terminal.flows.account import account_view
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import PaymentRefusedError, RefusedError, is_active
 from terminal.flows.desk import register
 from terminal.flows.kiosk import inquiry
-from terminal.flows.pharmacy import Item, dual_card_activate, parse_money, purchase, read_old_card
+from terminal.flows.pharmacy import Item, dual_card_activate, parse_money, purchase, read_old_card, refund
 from terminal.oldcard import WrongCardOrderError
+from terminal.online import OutcomeUnknownError, ReversedError
+from terminal.upload import CentralError
+
+#: psn_no of the fixtures' persons (fixtures/platform/persons.json)
+LINA, ZHANGWEI = "3303000000000002", "3303000000000001"
 
 
 def wire(record) -> dict:
@@ -55,7 +60,7 @@ def test_desk_registration_is_queued_with_the_card_and_the_department(site):
     assert envelope["infno"] == "2201" and envelope["insuplc_admdvs"] == envelope["mdtrtarea_admvs"] == "330300"
     data = envelope["input"]["data"]
     assert data["dept_name"] == "内科" and data["med_type"] == "11" and data["insutype"] == "310"
-    assert data["certno"] == "330302198506151239" and data["card_sninfo"] == "330300D15600000501234567FFFFFFFF"
+    assert data["certno"] == "330302198506151239" and data["card_sn"] == "330300D15600000501234567FFFFFFFF"
     assert data["mdtrt_cert_type"] == "03" and data["cross_region"] is False
 
 
@@ -124,28 +129,58 @@ def test_desk_card_removed_at_any_step_queues_nothing(site):
 
 # --- pharmacy: dual-card insert ---------------------------------------------------------------------
 
-def test_dual_card_moves_the_account_activates_and_marks_the_old_card(site):
+def test_dual_card_moves_the_account_online_activates_and_marks_the_old_card(site, platform):
     old_reader = sim("old-medical-lina")
     old = read_old_card(old_reader)
     assert old.balance == Fen(128650) and not old.replaced
     result = dual_card_activate(old, sim("not-activated"), site, clerk(PINS["not-activated"]), old_reader)
     assert result.activated_now and result.old_card_marked and old_reader.card.replaced
-    assert count(site) == 1 and result.record.infno == "SS02"
+    assert result.online and result.balance == Fen(128650) and platform.ledger.balance(LINA) == 128650
+    assert result.record.infno == "SS02" and result.record.state == "answered"
     data = wire(result.record)["input"]["data"]
-    assert data["acct_balc"] == "1286.50" and data["old_card_no"] == "YB330300000012"
-    assert data["card_sninfo"] == "330300D15600000507654321FFFFFFFF" and data["actv_way"] == "dual-card"
-    assert account_view(site.outbox, data["card_sninfo"]).balance == Fen(128650)
+    assert data["acct_balc"] == "1286.50" and data["old_card_no"] == "YB330300000012" and data["psn_no"] == LINA
+    assert data["card_sn"] == "330300D15600000507654321FFFFFFFF" and data["actv_way"] == "dual-card"
     assert read_old_card(old_reader).replaced  # the mark is on the card itself
 
 
-def test_dual_card_old_card_that_does_not_allow_marking(site):
+def test_dual_card_old_card_that_does_not_allow_marking(site, platform):
     old_reader = sim("old-medical-zhangwei")
     result = dual_card_activate(read_old_card(old_reader), sim("adult"), site, clerk(PINS["adult"]), old_reader)
-    assert count(site) == 1 and not result.old_card_marked and not result.activated_now
+    assert result.record.state == "answered" and not result.old_card_marked and not result.activated_now
     assert "does not allow" in result.old_card_note and not read_old_card(old_reader).replaced
-    with pytest.raises(RefusedError, match="already moved"):  # the queue guards a second transfer
+    assert platform.ledger.balance(ZHANGWEI) == 235000 + 53620
+    with pytest.raises(RefusedError, match="already moved"):  # this terminal's journal guards a second move
         dual_card_activate(read_old_card(old_reader), sim("adult"), site, clerk(PINS["adult"]), old_reader)
     assert count(site) == 1
+
+
+def test_the_same_old_card_moved_at_two_terminals_moves_once(site, platform, tmp_path):
+    old_reader = sim("old-medical-zhangwei")
+    dual_card_activate(read_old_card(old_reader), sim("adult"), site, clerk(PINS["adult"]), old_reader)
+    other = open_site(tmp_path / "window2.sqlite", platform.url, WINDOW2)
+    try:
+        with pytest.raises(RefusedError, match="already moved") as refused:
+            dual_card_activate(read_old_card(old_reader), sim("adult"), other, clerk(PINS["adult"]), old_reader)
+        assert "platform refused" in str(refused.value)
+        assert [r.state for r in other.outbox.records() if r.infno == "SS02"] == ["refused"]
+    finally:
+        other.platform.close()
+        other.outbox.close()
+    assert platform.ledger.balance(ZHANGWEI) == 235000 + 53620  # moved once
+
+
+def test_dual_card_with_the_platform_unreachable_waits_in_the_queue_and_moves_at_upload(site, platform):
+    from terminal.upload import Uploader
+
+    url = site.platform.central.url
+    site.platform.central.url = "http://127.0.0.1:9"  # nothing listens there
+    said = clerk(PINS["not-activated"])
+    result = dual_card_activate(read_old_card(sim("old-medical-lina")), sim("not-activated"), site, said)
+    assert not result.online and result.record.state == "pending" and platform.ledger.balance(LINA) == 0
+    assert any("wait in the queue" in line for line in said.said)
+    with Uploader(site.outbox, url) as uploader:
+        assert uploader.drain().sent == 1
+    assert platform.ledger.balance(LINA) == 128650
 
 
 def test_dual_card_one_reader_in_turn(site):
@@ -187,7 +222,7 @@ def test_dual_card_new_card_refusals(site, card, pin, error):
     assert count(site) == 0
 
 
-def test_dual_card_either_card_removed_halfway_queues_nothing(site):
+def test_dual_card_either_card_removed_halfway_moves_nothing(site, platform):
     def run_new(n):
         old_reader = sim("old-medical-lina")
         return dual_card_activate(read_old_card(old_reader), sim("not-activated", remove_after=n), site,
@@ -202,11 +237,11 @@ def test_dual_card_either_card_removed_halfway_queues_nothing(site):
     for run in (run_new, run_old):
         for n, result in removal_points(run, 40):
             if result is None:
-                assert count(site) == 0, n
-            else:  # pulled only after the record was queued: the move stands, the mark may be missing
-                assert count(site) == 1
-                site.outbox.db.execute("DELETE FROM records")
-                break
+                assert not [r for r in site.outbox.records() if r.infno == "SS02"], n
+                assert platform.ledger.balance(LINA) == 0, n
+            else:  # pulled only after the move: it stands, the mark may be missing
+                assert platform.ledger.balance(LINA) == 128650
+                return
         else:
             pytest.fail("the flow never completed")
 
@@ -229,7 +264,7 @@ def test_not_an_old_card_in_the_old_reader(site):
         read_old_card(MemoryConnection(load_card("psam")))
 
 
-# --- pharmacy: purchase -------------------------------------------------------------------------------
+# --- pharmacy: purchase, settled online -----------------------------------------------------------
 
 ITEMS = [Item("阿莫西林胶囊", 2, Fen(1250)), Item("布洛芬缓释胶囊", 1, Fen(1580))]
 
@@ -241,56 +276,86 @@ def lina_account(site):
     return site
 
 
-def test_purchase_pays_from_the_account_and_the_record_agrees(lina_account):
+def settlements(platform) -> list[dict]:
+    return platform.ledger.show()["settlements"]
+
+
+def test_purchase_settles_online_and_the_journal_holds_the_intent_and_the_answer(lina_account, platform):
     site = lina_account
-    paid = purchase(sim("not-activated"), site, "S0001", ITEMS, clerk(PINS["not-activated"]))
-    assert paid.total == Fen(4080) and paid.balance_after == Fen(128650 - 4080) and not paid.already_paid
-    data = wire(paid.record)["input"]["data"]
-    assert (data["medfee_sumamt"], data["acct_pay"], data["balc"], data["psn_cash_pay"]) == (
-        "40.80", "40.80", "1245.70", "0.00")
-    assert data["items"][0] == {"med_list_name": "阿莫西林胶囊", "cnt": 2, "pric": "12.50", "det_item_fee_sumamt": "25.00"}
-    assert paid.record.infno == "2102" and data["med_type"] == "41" and data["chrg_bchno"] == "S0001"
-    assert account_view(site.outbox, data["card_sninfo"]).balance == paid.balance_after
+    said = clerk(PINS["not-activated"])
+    paid = purchase(sim("not-activated"), site, "S0001", ITEMS, said)
+    split = paid.split
+    assert (split.total, split.fund, split.account, split.cash, split.balance) == (4080, 0, 4080, 0, 128650 - 4080)
+    assert not paid.already_paid and platform.ledger.balance(LINA) == 128650 - 4080
+    assert any("Total 40.80 yuan: fund 0.00, medical personal account 40.80, cash 0.00" in line for line in said.said)
+    record = site.outbox.get(paid.record.msgid)
+    assert record.infno == "2102" and record.state == "answered" and record.reply["output"]["setlinfo"]["setl_id"]
+    sent = wire(record)
+    data = sent["input"]["data"]
+    assert (data["psn_no"], data["medfee_sumamt"], data["chrg_bchno"], data["med_type"], data["insutype"]) == (
+        LINA, "40.80", "S0001", "41", "310")
+    assert sent["input"]["drugdetail"][0] == {"feedetl_sn": "0001", "med_list_name": "阿莫西林胶囊", "cnt": 2,
+                                              "pric": "12.50", "det_item_fee_sumamt": "25.00"}
+    [settled] = settlements(platform)
+    assert (settled["setl_id"], settled["msgid"], settled["acct_pay_fen"], settled["state"]) == (
+        split.setl_id, record.msgid, 4080, "settled")
 
 
-def test_purchase_card_pulled_right_after_payment_is_queued_once(lina_account):
+def test_a_card_whose_account_was_never_moved_here_pays_from_the_platforms_balance(site, platform):
+    paid = purchase(sim("adult"), site, "S0002", ITEMS, clerk(PINS["adult"]))
+    assert (paid.split.account, paid.split.balance) == (4080, 235000 - 4080)
+    assert platform.ledger.balance(ZHANGWEI) == 235000 - 4080
+
+
+def test_over_the_balance_the_account_pays_what_it_holds_and_the_rest_is_cash(lina_account, platform):
+    site = lina_account
+    paid = purchase(sim("not-activated"), site, "S2", [Item("胰岛素", 2, Fen(64326))], clerk(PINS["not-activated"]))
+    assert (paid.split.account, paid.split.cash, paid.split.balance) == (128650, 2, 0)
+    again = purchase(sim("not-activated"), site, "S3", [Item("一分", 1, Fen(1))], clerk(PINS["not-activated"]))
+    assert (again.split.account, again.split.cash, again.split.balance) == (0, 1, 0)
+    assert platform.ledger.balance(LINA) == 0
+
+
+def test_a_resident_without_a_personal_account_pays_cash(site, platform):
+    paid = purchase(sim("minority"), site, "S4", ITEMS, clerk(PINS["minority"]))
+    assert (paid.split.fund, paid.split.account, paid.split.cash) == (0, 0, 4080)
+
+
+def test_purchase_card_pulled_right_after_payment_is_paid_once(lina_account, platform):
     site = lina_account
     probe = sim("not-activated")
     purchase(probe, site, "S0100", ITEMS, clerk(PINS["not-activated"]))
     last_apdu = probe.apdu_count
-    site.outbox.db.execute("DELETE FROM records WHERE infno = '2102'")
     # pulled right after the last APDU (the PIN): the payment stands...
     card = sim("not-activated", remove_after=last_apdu)
     paid = purchase(card, site, "S0101", ITEMS, clerk(PINS["not-activated"]))
     with pytest.raises(CardRemovedError):
         SocialSecurityCard(card).select()
     # ...and the clerk who runs it again with the card back in gets the same payment, not a second one
-    again = purchase(sim("not-activated"), site, "S0101", ITEMS, clerk())
-    assert again.already_paid and again.record.msgid == paid.record.msgid and again.balance_after == paid.balance_after
-    assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1
+    again = purchase(sim("not-activated"), site, "s0101 ", ITEMS, clerk())
+    assert again.already_paid and again.record.msgid == paid.record.msgid and again.split == paid.split
+    assert len([s for s in settlements(platform) if s["chrg_bchno"] == "S0101"]) == 1
+    assert platform.ledger.balance(LINA) == 128650 - 2 * 4080
 
 
-def test_purchase_card_removed_before_payment_queues_nothing(lina_account):
+def test_purchase_card_removed_before_payment_pays_nothing(lina_account, platform):
     site = lina_account
-    before = count(site)
     for n, result in removal_points(
             lambda n: purchase(sim("not-activated", remove_after=n), site, f"R{n}", ITEMS, clerk(PINS["not-activated"])),
             40):
         if result is not None:
-            assert count(site) == before + 1 and n > 10
+            assert len(settlements(platform)) == 1 and n > 10
             break
-        assert count(site) == before
+        assert settlements(platform) == [] and platform.ledger.balance(LINA) == 128650
+        assert not [r for r in site.outbox.records() if r.infno == "2102"]
+    else:
+        pytest.fail("never completed")
 
 
-def test_purchase_refusals_queue_nothing(lina_account):
+def test_purchase_refusals_pay_nothing(lina_account, platform):
     site = lina_account
-    before = count(site)
-    with pytest.raises(PaymentRefusedError, match="over the account balance"):
-        purchase(sim("not-activated"), site, "S2", [Item("胰岛素", 2, Fen(64326))], clerk(PINS["not-activated"]))
-    with pytest.raises(PaymentRefusedError, match="no medical personal account balance"):
-        purchase(sim("adult"), site, "S3", ITEMS, clerk(PINS["adult"]))
     with pytest.raises(RefusedError, match="not activated"):
-        purchase(sim("not-activated"), _fresh(site), "S4", ITEMS, clerk(PINS["not-activated"]))
+        purchase(sim("not-activated-zhou"), site, "S4", ITEMS, clerk(PINS["not-activated"]))
     with pytest.raises(WrongPINError):
         purchase(sim("not-activated"), site, "S5", ITEMS, clerk("111222"))
     with pytest.raises(CardAuthenticationError):
@@ -303,44 +368,125 @@ def test_purchase_refusals_queue_nothing(lina_account):
     with pytest.raises(PaymentRefusedError, match="total is 0.00 yuan"):
         purchase(sim("not-activated"), site, "S12", [Item.parse("空:1:0"), Item.parse("赠品:2:0.00")], zero)
     assert zero.pins == [PINS["not-activated"]]  # refused before the PIN
-    assert count(site) == before
+    assert settlements(platform) == [] and platform.ledger.balance(LINA) == 128650
 
 
-def test_purchase_exactly_the_balance_then_nothing_more(lina_account):
-    site = lina_account
-    purchase(sim("not-activated"), site, "S8", [Item("全部", 1, Fen(128650))], clerk(PINS["not-activated"]))
-    with pytest.raises(PaymentRefusedError):
-        purchase(sim("not-activated"), site, "S9", [Item("一分", 1, Fen(1))], clerk(PINS["not-activated"]))
+def test_insurance_suspended_at_the_platform_is_refused_before_the_pin(site, platform):
+    platform.ledger.conn.execute("UPDATE insurances SET psn_insu_stas = '2', paus_insu_date = '2026-06-30' "
+                                 "WHERE psn_no = ?", [ZHANGWEI])
+    said = clerk(PINS["adult"])
+    with pytest.raises(PaymentRefusedError, match="no medical insurance in force") as refused:
+        purchase(sim("adult"), site, "S13", ITEMS, said)
+    assert refused.value.exit_code == 16 and said.pins == [PINS["adult"]]
+    assert settlements(platform) == []
 
 
-def test_purchase_sale_number_reused_for_other_items_is_refused(lina_account):
+def test_purchase_sale_number_reused_for_other_items_is_refused(lina_account, platform):
     site = lina_account
     purchase(sim("not-activated"), site, "S10", ITEMS, clerk(PINS["not-activated"]))
     with pytest.raises(PaymentRefusedError, match="already paid with other items"):
         purchase(sim("not-activated"), site, "S10", ITEMS[:1], clerk(PINS["not-activated"]))
-    assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1
+    assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1 and len(settlements(platform)) == 1
 
 
-def test_purchase_sale_number_paid_with_another_card_is_refused(lina_account):
+def test_purchase_sale_number_paid_with_another_card_is_refused(lina_account, platform):
     site = lina_account
-    other = sim("old-medical-zhangwei")
-    dual_card_activate(read_old_card(other), sim("adult"), site, clerk(PINS["adult"]), other)
     purchase(sim("not-activated"), site, "T0001", ITEMS, clerk(PINS["not-activated"]))
     said = clerk(PINS["adult"])
     with pytest.raises(PaymentRefusedError, match="T0001 was already paid with another card") as refused:
-        purchase(sim("adult"), site, "T0001", ITEMS, said)
+        purchase(sim("adult"), site, "t0001", ITEMS, said)
     assert "李娜" not in str(refused.value) and "330302199203081020" not in str(refused.value)
     assert said.pins == [PINS["adult"]]  # refused before the PIN was asked
-    assert len([r for r in site.outbox.records() if r.infno == "2102"]) == 1
+    assert len(settlements(platform)) == 1
     assert PaymentRefusedError.exit_code == 16
 
 
-def _fresh(site):
-    """The same site with an empty queue in another file (the card is not active there)."""
-    from terminal.flows.common import Site
-    from terminal.queue import Outbox
+def test_a_sale_paid_at_another_window_is_refused_by_the_platform(lina_account, platform, tmp_path):
+    purchase(sim("not-activated"), lina_account, "T0002", ITEMS, clerk(PINS["not-activated"]))
+    other = open_site(tmp_path / "window2.sqlite", platform.url, WINDOW2)
+    try:
+        with pytest.raises(PaymentRefusedError, match="already settled"):
+            purchase(sim("adult"), other, "T0002", ITEMS, clerk(PINS["adult"]))
+    finally:
+        other.platform.close()
+        other.outbox.close()
+    assert len(settlements(platform)) == 1 and platform.ledger.balance(ZHANGWEI) == 235000
 
-    return Site(Outbox(site.outbox.path.with_name("other.sqlite"), STATION), site.keys)
+
+def test_a_refund_gives_back_exactly_what_the_sale_took_once(lina_account, platform):
+    site = lina_account
+    paid = purchase(sim("not-activated"), site, "S20", ITEMS, clerk(PINS["not-activated"]))
+    said = clerk()
+    back = refund(site, " s20", said)
+    assert (back.split.account, back.split.balance, back.already_refunded) == (4080, 128650, False)
+    assert platform.ledger.balance(LINA) == 128650
+    assert [s["state"] for s in settlements(platform)] == ["cancelled"]
+    assert back.record.state == "answered" and wire(back.record)["input"]["data"]["setl_id"] == paid.split.setl_id
+    again = refund(site, "S20", clerk())
+    assert again.already_refunded and again.record.msgid == back.record.msgid
+    assert platform.ledger.balance(LINA) == 128650
+    with pytest.raises(PaymentRefusedError, match="nothing to refund here"):
+        refund(site, "S21", clerk())
+
+
+def test_a_lost_answer_is_reversed_at_once_and_the_sale_can_be_paid_again(lina_account, platform):
+    site = lina_account
+    platform.set_fault("drop", count=1, infno="2102")
+    with pytest.raises(ReversedError, match="reversed, nothing was done") as lost:
+        purchase(sim("not-activated"), site, "S30", ITEMS, clerk(PINS["not-activated"]))
+    assert lost.value.exit_code == 14
+    [entry] = [r for r in site.outbox.records() if r.infno == "2102"]
+    [reversal] = [r for r in site.outbox.records() if r.infno == "2601"]
+    assert entry.state == "reversed" and reversal.state == "answered"
+    assert wire(reversal)["input"]["data"] == {"psn_no": LINA, "omsgid": entry.msgid, "oinfno": "2102"}
+    assert [s["state"] for s in settlements(platform)] == ["reversed"]  # it had been made, then undone
+    assert platform.ledger.balance(LINA) == 128650
+    paid = purchase(sim("not-activated"), site, "S30", ITEMS, clerk(PINS["not-activated"]))
+    assert paid.split.balance == 128650 - 4080 and platform.ledger.balance(LINA) == 128650 - 4080
+
+
+def test_a_lost_answer_whose_reversal_also_fails_is_unknown_until_resolved(lina_account, platform):
+    site = lina_account
+    platform.set_fault("stall", count=1, seconds=8, infno="2102")  # the terminal's 5 s timeout
+    platform.set_fault("fail", count=1, infno="2601")
+    with pytest.raises(OutcomeUnknownError, match="do not hand anything over") as unknown:
+        purchase(sim("not-activated"), site, "S31", ITEMS, clerk(PINS["not-activated"]))
+    assert unknown.value.exit_code == 17
+    [entry] = [r for r in site.outbox.records() if r.infno == "2102"]
+    assert entry.state == "calling" and [r.msgid for r in site.outbox.unknown_calls()] == [entry.msgid]
+    deadline = __import__("time").monotonic() + 10
+    while not settlements(platform) and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.05)  # the stalled settlement lands at the platform
+    assert platform.ledger.balance(LINA) == 128650 - 4080
+    [resolution] = site.platform.resolve()
+    assert resolution.state == "reversed" and "S31" in resolution.text
+    assert site.outbox.get(entry.msgid).state == "reversed" and site.outbox.unknown_calls() == []
+    assert platform.ledger.balance(LINA) == 128650 and [s["state"] for s in settlements(platform)] == ["reversed"]
+
+
+def test_the_platform_unreachable_pays_nothing_and_says_so(lina_account, platform):
+    site = lina_account
+    site.platform.central.url = "http://127.0.0.1:9"
+    with pytest.raises(CentralError, match="not paid") as down:
+        purchase(sim("not-activated"), site, "S40", ITEMS, clerk(PINS["not-activated"]))
+    assert down.value.exit_code == 14 and not [r for r in site.outbox.records() if r.infno == "2102"]
+
+
+def test_a_platform_answering_a_split_that_does_not_add_up_is_reversed(lina_account, platform, monkeypatch):
+    from central.ledger import Ledger
+
+    real = Ledger._settle
+
+    def lying(self, call, *, commit):
+        output = real(self, call, commit=commit)
+        if commit:
+            output["setlinfo"]["psn_cash_pay"] = "1.00"  # fund + account + cash no longer the bill
+        return output
+
+    monkeypatch.setattr(Ledger, "_settle", lying)
+    with pytest.raises(ReversedError, match="cannot be used"):
+        purchase(sim("not-activated"), lina_account, "S41", ITEMS, clerk(PINS["not-activated"]))
+    assert platform.ledger.balance(LINA) == 128650 and [s["state"] for s in settlements(platform)] == ["reversed"]
 
 
 @pytest.mark.parametrize(("text", "fen"), [("12", 1200), ("12.5", 1250), ("12.50", 1250), ("0.01", 1), ("0.1", 10)])
@@ -431,20 +577,26 @@ def test_bank_card_removed_at_any_step_queues_nothing(site):
 
 # --- kiosk ------------------------------------------------------------------------------------------
 
-def test_kiosk_shows_masked_holder_and_the_cards_records(lina_account):
+def test_kiosk_shows_masked_holder_the_platforms_balance_and_the_cards_records(lina_account, platform):
     site = lina_account
     register(sim("not-activated"), site, "outpatient", "内科", clerk(PINS["not-activated"]))
     purchase(sim("not-activated"), site, "S11", ITEMS, clerk(PINS["not-activated"]))
     register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))  # another card's record
     before = count(site)
     view = inquiry(sim("not-activated"), site, clerk(PINS["not-activated"]))
-    assert count(site) == before
-    assert view.active and view.balance == "1245.70"
+    assert count(site) == before  # a 1101 is asked: a query, nothing journaled
+    assert view.active and view.balance_fen == 124570 == platform.ledger.balance(LINA)
     assert [r["infno"] for r in view.records] == ["2102", "2201", "SS02"]
     assert view.records[0]["amount"] == "40.80" and view.records[1]["department"] == "内科"
     text = json.dumps(view.to_dict(), ensure_ascii=False)
     assert "330302199203081020" not in text and "李娜" not in text and "330300D15600000507654321FFFFFFFF" not in text
     assert view.holder["full_name"] == "李*"
+
+
+def test_kiosk_with_the_platform_unreachable_shows_the_rest(site):
+    site.platform.central.url = "http://127.0.0.1:9"
+    view = inquiry(sim("adult"), site, clerk(PINS["adult"]))
+    assert view.balance_fen is None and "cannot say now" in view.balance_note and view.active
 
 
 def test_kiosk_wrong_pin(site):

@@ -13,7 +13,7 @@ from apdu.errors import CardRemovedError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.base import WrappedCard
-from flowing import STATION, clerk, site, write_config  # noqa: F401  (fixture)
+from flowing import STATION, clerk, platform, site, write_config  # noqa: F401  (fixtures)
 from queueing import Clock, central  # noqa: F401  (fixture)
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
@@ -187,7 +187,8 @@ def test_the_uploader_never_sends_a_held_record(site, central):  # noqa: F811
     with pytest.raises(Killed):
         bank_activate(MemoryConnection(card), Site(_killed_at_release(site), site.keys), ID_NUMBER, clerk(PIN, PIN))
     (held,) = site.outbox.held()
-    other = site.outbox.add("2201", {"data": {"dept_name": "内科"}}, insured_region="330300")
+    other = site.outbox.add("2201", {"data": {"psn_no": "3303000000000002", "insutype": "310", "dept_name": "内科"}},
+                            insured_region="330300")
     with Uploader(site.outbox, central.url) as uploader:
         report = uploader.drain()
     assert report.sent == 1 and central.ledger.message(other.msgid) is not None
@@ -211,7 +212,7 @@ def _killed_at_release(site) -> Outbox:
 
 
 def test_a_version_3_queue_is_migrated_to_admit_held_records(tmp_path):
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     path = tmp_path / "v3.sqlite"
     with Outbox(tmp_path / "donor.sqlite", STATION, clock=Clock()) as donor:
         made = [donor.add("2201", {"data": {"n": i}}, insured_region="330300") for i in range(3)]
@@ -229,7 +230,7 @@ def test_a_version_3_queue_is_migrated_to_admit_held_records(tmp_path):
         conn.execute("UPDATE records SET state = 'held' WHERE msgid = ?", [made[2].msgid])
     conn.close()
     with Outbox(path, clock=Clock()) as box:
-        assert box.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert [(r.msgid, r.state, r.envelope) for r in box.records()][::-1] == [
             (r.msgid, s, r.envelope) for r, s in zip(made, ["sent", "dead", "pending"])]
         held = box.add("SS01", {"data": {}}, insured_region="330300", card_sn="X", held=True)

@@ -10,25 +10,29 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flowing import write_config
+from flowing import platform, write_config, write_credentials  # noqa: F401  (fixture)
 from terminal.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "flows.md"
 BLOCK = re.compile(r'<!-- transcript config=(\w+) input="([^"]*)" exit=(\d+) -->\n```console\n\$ (.*?)\n(.*?)```', re.S)
 MSGID = re.compile(r"\b[HB]3303\d{7}\d{18}\b")
+SETL_ID = re.compile(r"\b(ST|CX)\d{18}\b")
 TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
 
 
 def normal(text: str) -> list[str]:
-    return [TIME.sub("<time>", MSGID.sub("<msgid>", line)).rstrip() for line in text.splitlines()]
+    return [TIME.sub("<time>", SETL_ID.sub(r"\1<id>", MSGID.sub("<msgid>", line))).rstrip() for line in text.splitlines()]
 
 
 @pytest.fixture
-def configs(tmp_path):
-    """The clinic's configuration and the bank's, each with its own queue, keys from the virtual PSAM."""
-    clinic = write_config(tmp_path / "clinic")
-    bank = write_config(tmp_path / "bank")
-    bank.write_text(bank.read_text(encoding="utf-8").replace("H33030200001", "B33030000007"), encoding="utf-8")
+def configs(tmp_path, platform):
+    """The clinic's configuration and the bank's, each with its own journal, keys from the virtual PSAM,
+    the virtual platform on a loopback port (its TEST credentials in private files)."""
+    clinic = write_config(tmp_path / "clinic", central=platform.url)
+    bank = write_config(tmp_path / "bank", central=platform.url)
+    bank_credentials = write_credentials(tmp_path / "bank", "B33030000007")
+    bank.write_text(bank.read_text(encoding="utf-8").replace("H33030200001", "B33030000007")
+                    .replace("credentials-B33030000007.json", bank_credentials.name), encoding="utf-8")
     for config in (clinic, bank):
         text = config.read_text(encoding="utf-8")
         assert 'store = "test"' in text
@@ -57,8 +61,10 @@ def test_docs_transcripts_match_what_the_cli_prints(configs):
 
 
 def records(config: Path) -> list[tuple[str, str]]:
+    """(infno, envelope) of the journal's records that stand (queued, or answered online)."""
     with sqlite3.connect(config.parent / "queue.sqlite") as db:
-        return db.execute("SELECT infno, envelope FROM records ORDER BY rowid").fetchall()
+        return db.execute("SELECT infno, envelope FROM records WHERE state NOT IN ('refused', 'reversed', 'void')"
+                          " ORDER BY rowid").fetchall()
 
 
 def test_desk_json_is_clean_on_stdout(configs):
@@ -86,7 +92,9 @@ def test_desk_no_pin_site(tmp_path):
     (["bank", "activate", "-r", "sim:adult", "--id-number", "330302198506151239", "--pin-stdin"], "135792\n135792\n", 15),
     (["bank", "activate", "-r", "sim:not-activated", "--id-number", "330302199203081020", "--pin-stdin"],
      "135792\n135793\n", 11),
-    (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.00", "--pin-stdin"], "246810\n", 16),
+    (["pharmacy", "purchase", "-r", "sim:blocked-pin", "--sale", "T9", "--item", "x:1:1.00", "--pin-stdin"],
+     "135790\n", 7),
+    (["pharmacy", "refund", "--sale", "T9"], None, 16),
     (["pharmacy", "purchase", "-r", "sim:not-activated", "--sale", "T9", "--item", "x:1:1.00"], None, 15),
     (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:1:1.005"], None, 16),
     (["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T9", "--item", "x:²:1.00"], None, 16),
@@ -103,26 +111,36 @@ def test_refusals_exit_codes_and_nothing_queued(configs, args, stdin, code):
         assert secret not in result.stderr
 
 
-def test_dual_card_and_purchase_json_agree_with_the_queue(configs):
+def test_dual_card_purchase_and_refund_json_agree_with_the_journal_and_the_platform(configs, platform):
     clinic = configs["clinic"]
     moved = run(clinic, ["pharmacy", "activate", "--old-reader", "sim:old-medical-zhangwei", "-r", "sim:adult",
                          "--pin-stdin", "--json"], "246810\n")
     assert moved.exit_code == 0, moved.output
     out = json.loads(moved.stdout)
     assert out["moved_fen"] == 53620 and out["old_card_marked_replaced"] is False and not out["activated_now"]
+    assert out["online"] is True and out["balance_fen"] == 235000 + 53620
     paid = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T1", "--item", "维生素C片:3:4.20",
                         "--pin-stdin", "--json"], "246810\n")
+    assert paid.exit_code == 0, paid.output
     out = json.loads(paid.stdout)
-    assert (out["total_fen"], out["balance_after_fen"], out["already_paid"]) == (1260, 52360, False)
+    assert (out["total_fen"], out["account_fen"], out["cash_fen"], out["balance_fen"], out["already_paid"]) == (
+        1260, 1260, 0, 235000 + 53620 - 1260, False)
+    setl_id = out["setl_id"]
+    assert setl_id == platform.ledger.show()["settlements"][0]["setl_id"]
     again = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T1", "--item", "维生素C片:3:4.20", "--json"])
     assert again.exit_code == 0 and json.loads(again.stdout)["already_paid"] is True
+    back = run(clinic, ["pharmacy", "refund", "--sale", "T1", "--json"])
+    assert back.exit_code == 0, back.output
+    out = json.loads(back.stdout)
+    assert (out["account_fen"], out["balance_fen"], out["init_setl_id"]) == (1260, 235000 + 53620, setl_id)
+    assert platform.ledger.balance("3303000000000001") == 235000 + 53620
     infnos = [infno for infno, _ in records(clinic)]
-    assert infnos == ["SS02", "2102"]
+    assert infnos == ["SS02", "2102", "2103"]
     body = json.loads(records(clinic)[1][1])["input"]["data"]
-    assert (body["acct_pay"], body["balc"]) == ("12.60", "523.60")
+    assert (body["medfee_sumamt"], body["chrg_bchno"], body["psn_no"]) == ("12.60", "T1", "3303000000000001")
     kiosk = run(clinic, ["kiosk", "-r", "sim:adult", "--pin-stdin", "--json"], "246810\n")
     view = json.loads(kiosk.stdout)
-    assert view["balance"] == "523.60" and len(view["records"]) == 2
+    assert view["balance"] == "2886.20" and [r["infno"] for r in view["records"]] == ["2103", "2102", "SS02"]
 
 
 def test_missing_configuration_is_exit_12(tmp_path):
@@ -130,18 +148,25 @@ def test_missing_configuration_is_exit_12(tmp_path):
     assert result.exit_code == 12 and "sscard config init" in result.output
 
 
-def test_demo_day_uploads_everything_and_prints_the_service(tmp_path):
+def test_demo_day_walks_online_and_balances(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "The central service holds 7 messages" in result.output
-    assert "CROSS-REGION" in result.output and "activation (first-registration)" in result.output
-    assert "activation (bank)" in result.output and "account moved 1286.50 yuan" in result.output
-    assert "purchase 40.80 yuan, balance 1245.70 yuan" in result.output
+    out = result.output
+    assert "Total 40.80 yuan: fund 0.00, medical personal account 40.80, cash 0.00" in out
+    assert "Refunded sale T20260301-0002: 8.60 yuan back to the medical personal account" in out
+    assert "it was reversed, nothing was done" in out and "reconciliation: balanced" in out
+    assert "3303000000000002  李娜  1245.70 yuan" in out and "4403000000000006  陈静  2970.00 yuan" in out
     for name in ("bank-queue.sqlite", "clinic-queue.sqlite"):
         with sqlite3.connect(tmp_path / name) as db:
             assert db.execute("SELECT count(*) FROM records WHERE state != 'sent'").fetchone()[0] == 0
+    with sqlite3.connect(tmp_path / "pharmacy-queue.sqlite") as db:
+        states = dict(db.execute("SELECT infno || ' ' || state, count(*) FROM records GROUP BY 1").fetchall())
+    assert states == {"SS02 answered": 1, "2102 answered": 3, "2103 answered": 1, "2102 reversed": 1,
+                      "2601 answered": 1}
     held = CliRunner().invoke(main, ["demo", "--json"])
-    assert held.exit_code == 0 and len(json.loads(held.stdout)) == 7
+    assert held.exit_code == 0
+    platform = json.loads(held.stdout)["platform"]
+    assert [s["state"] for s in platform["settlements"]] == ["settled", "cancelled", "reversed", "settled"]
 
 
 def test_a_counter_command_on_the_test_keys_says_so(tmp_path):
@@ -161,7 +186,7 @@ def test_one_till_sale_paid_once_whatever_the_card(configs):
     paid = run(clinic, ["pharmacy", "purchase", "-r", "sim:not-activated", "--sale", "T0001", "--item", "x:1:1.00",
                         "--pin-stdin"], "123456\n")
     assert paid.exit_code == 0, paid.output
-    again = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T0001", "--item", "x:1:1.00",
+    again = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "t0001", "--item", "x:1:1.00",
                          "--pin-stdin", "--json"], "246810\n")
     assert again.exit_code == 16 and again.stdout == "", again.output
     assert "Sale T0001 was already paid with another card" in again.stderr and "李娜" not in again.stderr

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from drivers import pcsc
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
-from flowing import PINS, clerk, site, write_config  # noqa: F401  (fixture)
+from flowing import PINS, clerk, platform, site, write_config  # noqa: F401  (fixtures)
 from terminal.cli import main
 from terminal.flows.pharmacy import dual_card_activate, read_old_card
 

@@ -10,7 +10,7 @@ from apdu.errors import ProfileError
 from drivers.memory import MemoryConnection
 from drivers.simulator import SimulatedCard, load_card
 from drivers.simulator.oldmedical import OldMedicalProfile, load_old_card, old_profile_path
-from terminal.envelope import Fen
+from message.envelope import Fen
 from terminal.oldcard import NotOldMedicalCardError, OldMedicalCardSession, WrongCardOrderError
 from terminal.readers import open_connection
 

@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from queueing import (  # noqa: F401
-    CARD, OTHER_CARD, STATION, Clock, as_unprivileged, central, clock, outbox, purchase, read_only, registration,
+    CARD, OTHER_CARD, PERSONS, STATION, Clock, as_unprivileged, central, clock, outbox, purchase, read_only,
+    registration,
 )
 
 from apdu.errors import ConfigError
-from terminal.central import REQUIRED
-from terminal.envelope import CST, Envelope, Fen, Operator, RecordError, Station, msgid_time, parse_yuan, yuan
-from terminal.queue import SCHEMA_VERSION, Outbox, Outcome, QueueError
+from central import REQUIRED
+from message.envelope import CST, Envelope, Fen, MessageError, Operator, Station, msgid_time, parse_yuan, yuan
+from terminal.queue import SCHEMA_VERSION, Outbox, Outcome, QueueError, RecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,10 +59,11 @@ def test_times_are_beijing_time_whatever_zone_the_clock_reports(tmp_path):
 
 
 def test_amounts_are_fen_inside_and_yuan_with_two_decimals_on_the_wire(outbox):
-    record = purchase(outbox, total=Fen(2350), account=Fen(5))
+    record = purchase(outbox, total=Fen(2350))
     assert record.input["data"]["medfee_sumamt"] == "23.50"
-    assert record.input["data"]["acct_pay"] == "0.05"
     assert parse_yuan(record.input["data"]["medfee_sumamt"]) == 2350
+    transfer = outbox.add("SS02", {"data": {"acct_balc": Fen(5)}}, insured_region="110105")
+    assert transfer.input["data"]["acct_balc"] == "0.05"
 
 
 @given(st.integers(min_value=-10**12, max_value=10**12))
@@ -73,7 +75,7 @@ def test_yuan_round_trips_every_amount(fen):
 
 @pytest.mark.parametrize("text", ["12.3", "12", "12.345", "1e3", " 1.00", "", None, 12.34, "-.50"])
 def test_parse_yuan_refuses_anything_but_two_decimals(text):
-    with pytest.raises(RecordError):
+    with pytest.raises(MessageError):
         parse_yuan(text)
 
 
@@ -83,7 +85,8 @@ def test_parse_yuan_refuses_anything_but_two_decimals(text):
         ("9999", {}, "110105"),                         # not a transaction the terminal sends
         ("2201", {"data": {}}, "11010"),                # insured region not 6 digits
         ("2201", ["not", "an", "object"], "110105"),    # input must be an object
-        ("2102", {"data": {"medfee_sumamt": 23.5}}, "110105"),  # a float amount
+        ("SS02", {"data": {"acct_balc": 23.5}}, "110105"),  # a float amount
+        ("2102", {"data": {"medfee_sumamt": Fen(2350)}}, "110105"),  # a settlement is an online call
         ("2201", {"data": {"when": object()}}, "110105"),       # not JSON
     ],
 )
@@ -98,39 +101,38 @@ def test_an_invalid_record_is_refused_and_nothing_is_queued(outbox, infno, body,
 @pytest.mark.parametrize(
     "infno, data, wrong",
     [
-        ("2102", {"medfee_sumamt": "23.5", "acct_pay": Fen(2350)}, "medfee_sumamt"),  # text the service refuses
-        ("2102", {"medfee_sumamt": "23.50", "acct_pay": Fen(2350)}, "medfee_sumamt"),  # even well-formed text
-        ("2102", {"medfee_sumamt": Fen(2350), "acct_pay": 2350}, "acct_pay"),          # a plain int: fen or yuan?
-        ("2102", {"medfee_sumamt": Fen(2350)}, "acct_pay"),                            # missing
+        ("2102", {"medfee_sumamt": "23.5"}, "medfee_sumamt"),                 # text the platform refuses
+        ("2102", {"medfee_sumamt": "23.50"}, "medfee_sumamt"),                # even well-formed text
+        ("2207", {"medfee_sumamt": 2350}, "medfee_sumamt"),                   # a plain int: fen or yuan?
+        ("2102", {}, "medfee_sumamt"),                                        # missing
         ("2101", {"medfee_sumamt": None}, "medfee_sumamt"),
-        ("2101", {"medfee_sumamt": Fen(10**15)}, "medfee_sumamt"),                     # past 13 digits of yuan
+        ("2101", {"medfee_sumamt": Fen(10**15)}, "medfee_sumamt"),            # past 13 digits of yuan
+        ("3201", {"medfee_sumamt": Fen(1), "fund_pay_sumamt": Fen(0)}, "acct_pay"),
         ("2101", "23.50", "input.data"),
     ],
 )
-def test_a_settlement_without_its_amounts_as_fen_is_refused_at_enqueue(outbox, infno, data, wrong):
+def test_a_settlement_without_its_amounts_as_fen_is_refused_before_it_is_journaled(outbox, infno, data, wrong):
     with pytest.raises(RecordError) as err:
-        outbox.add(infno, {"data": data}, insured_region="110105")
+        outbox.begin_call(infno, {"data": data}, insured_region="110105")
     assert wrong in str(err.value) and err.value.exit_code == 13
-    assert outbox.counts()["pending"] == 0
-    assert registration(outbox).msgid.endswith("0700")  # nothing was queued, no msgid used up
+    assert outbox.records() == []
+    assert registration(outbox).msgid.endswith("0700")  # nothing was kept, no msgid used up
 
 
-def test_the_largest_amounts_the_wire_carries_are_queued_and_accepted(outbox, central):
-    from terminal.envelope import MAX_FEN
-    from terminal.upload import Uploader
+def test_the_largest_amounts_the_wire_carries_are_journaled_and_parsed_back(outbox):
+    from message.envelope import MAX_FEN
 
-    record = purchase(outbox, total=Fen(MAX_FEN), account=Fen(-MAX_FEN))
+    record = purchase(outbox, total=Fen(MAX_FEN))
     assert record.input["data"]["medfee_sumamt"] == "9999999999999.99"
+    assert parse_yuan(record.input["data"]["medfee_sumamt"]) == MAX_FEN
     outbox.add("2201", {"data": {"medfee_sumamt": "not a settlement"}}, insured_region="110105")  # others pass
-    with Uploader(outbox, central.url) as uploader:
-        assert uploader.drain().sent == 2
 
 
 @pytest.mark.parametrize(
     "change", [{"fixmedins_code": "H1101"}, {"region": "北京"}, {"terminal_no": 100}, {"terminal_no": -1}]
 )
-def test_invalid_station_settings_are_a_config_error(change):
-    with pytest.raises(ConfigError):
+def test_invalid_station_settings_are_refused(change):
+    with pytest.raises(MessageError):  # terminal.config turns it into a ConfigError (exit 12)
         replace(STATION, **change)
 
 
@@ -307,7 +309,7 @@ def test_a_version_1_queue_is_migrated_and_keeps_every_record(tmp_path, clock):
     conn.close()
 
     with Outbox(path, clock=clock) as box:
-        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         old = [box.get(r.msgid) for r in envelopes]
         assert [(r.state, r.attempts) for r in old] == [("pending", 2), ("sent", 2), ("dead", 2)]
         assert old[2].last_error == "bad insutype"
@@ -354,7 +356,7 @@ def test_a_version_2_queue_is_migrated_keeps_every_record_and_never_reuses_a_msg
     conn.close()
 
     with Outbox(path, clock=clock) as box:
-        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert [box.get(r.msgid).envelope for r in made] == [r.envelope for r in made]
         assert [r.state for r in box.records()] == ["pending", "dead", "sent"]  # newest first, as before
         assert box.get(made[1].msgid).last_error == "bad insutype"
@@ -402,7 +404,7 @@ def test_the_queued_envelope_is_exactly_what_the_envelope_class_writes(outbox, c
     message = json.loads(record.envelope)
     again = Envelope(
         message["infno"], record.msgid, STATION, STATION.operator, message["insuplc_admdvs"], clock(),
-        {"data": {"psn_no": "P0001", "med_type": "41", "medfee_sumamt": Fen(2350), "acct_pay": Fen(2350)}},
+        {"data": {"psn_no": PERSONS["110105"], "med_type": "41", "medfee_sumamt": Fen(2350), "chrg_bchno": "T1"}},
     )
     assert record.envelope == again.to_wire()
     other = Operator("D002", "李医生\"@m@\"@@t@@")  # quotes, and the marks the template would use
@@ -558,7 +560,7 @@ def test_pending_is_oldest_first_and_lists_newest_first(outbox, clock):
     assert [r.msgid for r in outbox.records(limit=2)] == ids[:-3:-1]
     assert outbox.oldest_pending() == dt.datetime(2026, 3, 1, 9, 30, tzinfo=CST)
     with pytest.raises(QueueError):
-        outbox.records(state="lost")
+        outbox.records(state="gone")
 
 
 def test_the_kiosk_sees_only_the_records_of_the_card_inserted(outbox):

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from queueing import (  # noqa: F401
     CARD, ScriptedService, as_unprivileged, central, clock, free_port, http_reply, outbox, purchase, read_only,
-    registration,
+    registration, signed,
 )
 
 from terminal.cli import main
@@ -79,7 +79,7 @@ def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_p
     sscard = shutil.which("sscard", path=os.path.dirname(sys.executable))
     assert sscard, "the sscard console script is not installed next to this Python"
     service = subprocess.Popen(
-        [sscard, "central", "serve", "--port", str(port), "--db", str(tmp_path / "central.sqlite")],
+        [sscard, "central", "serve", "--port", str(port), "--db", str(tmp_path / "central.sqlite"), "--faults"],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -94,7 +94,7 @@ def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_p
                     pytest.fail(f"sscard central did not start: {service.stderr.read() if service.poll() is not None else ''}")
                 time.sleep(0.1)
         registration(outbox)
-        httpx.post(url + "/_control", json={"mode": "fail", "count": 1})
+        assert httpx.post(url + "/_control", json={"mode": "fail", "count": 1}, headers=signed()).status_code == 200
         failed = subprocess.run([sscard, "queue", "upload", "-q", str(outbox.path), "--central", url], capture_output=True, text=True)
         assert failed.returncode == 14 and "HTTP 503" in failed.stderr
         waiting = subprocess.run([sscard, "queue", "upload", "-q", str(outbox.path), "--central", url],
@@ -108,7 +108,7 @@ def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_p
     finally:
         service.terminate()
         service.wait(timeout=10)
-    assert service.returncode == 0 and "central service stopped" in service.stderr.read()  # SIGTERM: a clean stop
+    assert service.returncode == 0 and "virtual platform stopped" in service.stderr.read()  # SIGTERM: a clean stop
     assert Path(tmp_path / "central.sqlite").exists()
 
 

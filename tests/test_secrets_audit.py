@@ -1,12 +1,14 @@
 """Secrets audit over the demo's whole day: every flow (bank activation, first registration,
-cross-region registration, admission, dual-card insert, purchase) and the upload, with APDU tracing
-at DEBUG. Nothing captured (every log record, the trace, the clerk's screen, error messages) and no
-database column other than the one meant for it holds a PIN, a key, a full ID number or the pieces
-that rebuild it beside the masked one (its birth date; its address code and birth date).
+cross-region registration, admission, dual-card insert, purchases, a refund, a lost answer reversed,
+the uploads, the reconciliation), online with the virtual platform, with APDU tracing at DEBUG.
+Nothing captured (every log record, the trace, the clerk's screen, error messages) and no database
+column other than the ones meant for it holds a PIN, a key, a full ID number or the pieces that
+rebuild it beside the masked one (its birth date; its address code and birth date).
 
-The one column meant to hold the ID number is the queued envelope (``records.envelope``: the central
-service needs it) and the service's own copy (``messages.envelope``/``response``); no PIN or key may
-be in those either. What is searched for: tests/leakcheck.py.
+The columns meant to hold the ID number are the journal's envelope (``records.envelope``: the platform
+needs it), the platform's copy (``messages.envelope``/``response``) and the platform's own persons
+(``persons.certno``, ``persons.brdy``); no PIN or key may be in those either. What is searched for:
+tests/leakcheck.py.
 """
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ from contextlib import closing
 from pathlib import Path
 
 from leakcheck import forbidden, id_leaks, id_numbers, leaks
-from terminal.central import CentralService
-from terminal.demo import DAY, run_step, upload_all
+from terminal.demo import DAY, run_day
 
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (table, column) that may hold the holder's ID number, because the central service must receive it
-MEANT_FOR_ID = {("records", "envelope"), ("messages", "envelope"), ("messages", "response")}
+MEANT_FOR_ID = {("records", "envelope"), ("messages", "envelope"), ("messages", "response"), ("persons", "certno"),
+               ("persons", "brdy")}
 
 
 def columns(db_path: Path) -> dict[tuple[str, str], str]:
@@ -45,17 +47,14 @@ def test_the_day_at_debug_leaks_no_pin_key_or_id_number(tmp_path, caplog):
     assert len(ids) >= 5 and len(pins) >= 4 and len(forbidden(pins)) > 50  # the audit has something to find
     screen = io.StringIO()
     with caplog.at_level(logging.DEBUG):
-        for step in DAY:
-            run_step(step, tmp_path, screen)
-        with CentralService(tmp_path / "central.sqlite") as central:
-            upload_all(tmp_path, central.url, screen)
+        run_day(tmp_path, screen)
     text = caplog.text + "\n" + screen.getvalue()
     assert "sscard.apdu" in caplog.text and " > 00 A4 04 00" in caplog.text  # the trace was on
     assert leaks(text, pins) == []
     assert id_leaks(text, ids) == []
 
     databases = sorted(tmp_path.glob("*.sqlite"))
-    assert len(databases) == 3  # bank and clinic queues, the central service
+    assert len(databases) == 4  # the bank's, the desk's and the pharmacy's journals, the platform's ledger
     checked = 0
     for db_path in databases:
         for (table, column), values in columns(db_path).items():

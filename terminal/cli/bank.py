@@ -8,7 +8,15 @@ import click
 from apdu.errors import CardUnresponsiveError
 from terminal.cli import watchdog
 from terminal.cli.card import reader_option
-from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
+from terminal.cli.counter import (
+    ScreenClerk,
+    central_option,
+    config_option,
+    finish,
+    json_option,
+    open_site,
+    pin_stdin_option,
+)
 from terminal.flows.bank import bank_activate
 from terminal.queue import QueuedRecord
 from terminal.readers import open_connection
@@ -22,10 +30,12 @@ def bank() -> None:
 @bank.command("activate")
 @reader_option
 @config_option
+@central_option
 @click.option("--id-number", prompt="ID document number", help="The number on the holder's original ID document.")
 @pin_stdin_option
 @json_option
-def activate(reader: str | None, config_path: Path | None, id_number: str, pin_stdin: bool, as_json: bool) -> None:
+def activate(reader: str | None, config_path: Path | None, central_url: str | None, id_number: str, pin_stdin: bool,
+             as_json: bool) -> None:
     """Activate a card: the ID document must match the card, the holder sets a PIN (typed twice).
 
     Exit 9: the ID document does not match; 11: weak or mismatched PIN; 15: already activated;
@@ -46,7 +56,7 @@ def activate(reader: str | None, config_path: Path | None, id_number: str, pin_s
         watchdog.on_timeout(report)
 
     try:
-        with open_site(config_path) as (_config, site), open_connection(reader) as connection:
+        with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
             result = bank_activate(connection, site, id_number, clerk, before_change=before_change)
     finally:
         watchdog.on_timeout(None)

@@ -3,6 +3,10 @@
 Progress lines go to stdout, or to stderr under ``--json`` (stdout then holds the JSON result only).
 PINs are asked at hidden prompts, or read one per line from stdin with ``--pin-stdin`` (never an
 option: it would show in ``ps``). docs/flows.md has a clerk's transcript of every command.
+
+Every counter command talks to the platform at ``--central`` (else ``$SSCARD_CENTRAL``, else the
+configuration's ``[central] url``) and first resolves what its journal left unknown (a lost answer
+of an earlier run: docs/platform.md, "The journal"), saying so on stderr.
 """
 from __future__ import annotations
 
@@ -21,7 +25,10 @@ from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
 from terminal.flows.common import Site
+from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+from terminal.online import Platform, PlatformRefusedError
 from terminal.queue import Outbox
+from terminal.upload import CentralError
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -30,6 +37,10 @@ config_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 pin_stdin_option = click.option("--pin-stdin", is_flag=True,
                                 help="Read PINs from standard input, one per line (for scripts).")
+central_option = click.option(
+    "--central", "central_url", envvar="SSCARD_CENTRAL", default=None, metavar="URL",
+    help="The platform's URL [default: $SSCARD_CENTRAL, else the configuration's [central] url].",
+)
 
 
 @dataclass
@@ -52,13 +63,39 @@ class ScreenClerk:
         return click.prompt(prompt, hide_input=True, err=self.to_stderr)
 
 
+def open_platform(config: TerminalConfig, outbox: Outbox, central_url: str | None) -> Platform:
+    """The platform session of the configuration (``central_url`` first), with its gateway credentials
+    (a warning on stderr when they are the TEST ones)."""
+    credentials, test = load_credentials(config.central_credentials, config.institution_code)
+    if test:
+        click.echo(TEST_CREDENTIALS_WARNING, err=True)
+    return Platform(outbox, central_url or config.central_url, credentials)
+
+
+def resolve_unknown(platform: Platform) -> None:
+    """Resolve the journal's unknown entries first, saying what was done on stderr; a platform that
+    cannot be asked leaves them for later, with a warning."""
+    if not platform.outbox.unknown_calls():
+        return
+    try:
+        for resolution in platform.resolve():
+            click.echo(resolution.text, err=True)
+    except (CentralError, PlatformRefusedError) as err:
+        left = len(platform.outbox.unknown_calls())
+        click.echo(f"Warning: {left} journal entries of this terminal are still unknown ({err}); they are "
+                   "reversed as soon as the platform answers ('sscard queue resolve').", err=True)
+
+
 @contextlib.contextmanager
-def open_site(config_path: Path | None) -> Iterator[tuple[TerminalConfig, Site]]:
-    """The configuration, and the site it names (queue opened with the station, key store opened)."""
+def open_site(config_path: Path | None, central_url: str | None = None) -> Iterator[tuple[TerminalConfig, Site]]:
+    """The configuration, and the site it names: the journal and queue opened with the station, the key
+    store, and the platform session (unknown journal entries resolved first)."""
     config = load_config(config_path)
     with Outbox(config.queue_path, config.station) as outbox, open_key_store(**config.key_store_args()) as keys:
         announce_key_store(keys)
-        yield config, Site(outbox, keys)
+        with open_platform(config, outbox, central_url) as platform:
+            resolve_unknown(platform)
+            yield config, Site(outbox, keys, platform)
 
 
 def finish(result: dict[str, Any], as_json: bool, text: list[str] | None = None) -> None:

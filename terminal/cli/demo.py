@@ -1,20 +1,22 @@
-"""``sscard demo``: a day at a small clinic on virtual cards, uploaded to the reference central service."""
+"""``sscard demo``: a day at a small clinic on virtual cards, online with the virtual platform."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def demo(args: tuple[str, ...]) -> None:
-    """Walk a day at a small clinic (bank activation, registrations, dual-card insert, purchase), upload
-    it to the reference central service on 127.0.0.1 and print what the service holds.
+@click.command()
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the journals and the platform's ledger in this folder [default: a temporary one].")
+@click.option("--json", "as_json", is_flag=True, help="Print what the platform holds as JSON on stdout.")
+def demo(folder: Path | None, as_json: bool) -> None:
+    """Walk a day at a small clinic online: bank activation, registrations, dual-card insert,
+    purchases, a refund, a lost answer reversed, the day-end reconciliation; then print what the
+    virtual platform holds (exit 18 if the day does not balance)."""
+    from terminal.demo import main  # here: the demo pulls in the platform and httpx
 
-    Options: --dir DIR keeps the files; --json prints the service's messages as JSON.
-    """
-    from terminal.demo import main  # here: the demo pulls in the central service and httpx
-
-    raise SystemExit(main(list(args)))
+    raise SystemExit(main(folder, as_json))
 
 
 COMMANDS = [demo]

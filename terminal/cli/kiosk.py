@@ -5,8 +5,17 @@ from pathlib import Path
 
 import click
 
+from message.envelope import yuan
 from terminal.cli.card import reader_option
-from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
+from terminal.cli.counter import (
+    ScreenClerk,
+    central_option,
+    config_option,
+    finish,
+    json_option,
+    open_site,
+    pin_stdin_option,
+)
 from terminal.flows.kiosk import KioskView, inquiry
 from terminal.readers import open_connection
 
@@ -19,7 +28,8 @@ def kiosk_text(view: KioskView) -> list[str]:
     """The kiosk screen as text lines."""
     lines = [f"{label + ':':16}{view.holder[key] or '-'}" for key, label in LABELS]
     lines.append(f"{'Card state:':16}{'active' if view.active else 'NOT ACTIVATED'}")
-    lines.append(f"{'Account:':16}{view.balance + ' yuan (as this terminal knows it)' if view.balance else 'not known here'}")
+    balance = f"{yuan(view.balance_fen)} yuan" if view.balance_fen is not None else "not known"
+    lines.append(f"{'Account:':16}{balance} ({view.balance_note})")
     lines.append(f"Records at this terminal: {len(view.records)}")
     for r in view.records:
         extra = "".join(f"  {r[k]}" for k in ("department", "amount") if k in r)
@@ -31,12 +41,14 @@ def kiosk_text(view: KioskView) -> list[str]:
 @click.command()
 @reader_option
 @config_option
+@central_option
 @pin_stdin_option
 @json_option
-def kiosk(reader: str | None, config_path: Path | None, pin_stdin: bool, as_json: bool) -> None:
+def kiosk(reader: str | None, config_path: Path | None, central_url: str | None, pin_stdin: bool,
+          as_json: bool) -> None:
     """Self-service inquiry: the holder's information and records (PIN required; data masked)."""
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
-    with open_site(config_path) as (_config, site), open_connection(reader) as connection:
+    with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
         view = inquiry(connection, site, clerk)
     finish(view.to_dict(), as_json, kiosk_text(view))
 

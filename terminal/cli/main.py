@@ -22,7 +22,8 @@ from terminal.cli import watchdog
 log = logging.getLogger("sscard")
 
 #: modules of terminal.cli that contribute commands through a ``COMMANDS`` list
-COMMAND_MODULES = ("card", "reader", "queue", "security", "config", "desk", "pharmacy", "bank", "kiosk", "demo")
+COMMAND_MODULES = ("card", "reader", "queue", "security", "config", "desk", "pharmacy", "bank", "kiosk", "reconcile",
+                   "demo")
 
 
 class SSCardGroup(click.Group):

@@ -1,4 +1,4 @@
-"""``sscard pharmacy activate|purchase``: the pharmacy counter (terminal/flows/pharmacy.py, docs/flows.md)."""
+"""``sscard pharmacy activate|purchase|refund``: the pharmacy counter (terminal/flows/pharmacy.py, docs/flows.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,15 @@ from apdu.errors import NoCardError
 from drivers.connection import Connection
 from terminal.cli import watchdog
 from terminal.cli.card import reader_option
-from terminal.cli.counter import ScreenClerk, config_option, finish, json_option, open_site, pin_stdin_option
+from terminal.cli.counter import (
+    ScreenClerk,
+    central_option,
+    config_option,
+    finish,
+    json_option,
+    open_site,
+    pin_stdin_option,
+)
 from terminal.flows.common import Site
 from terminal.flows.pharmacy import (
     DualCardActivation,
@@ -20,6 +28,7 @@ from terminal.flows.pharmacy import (
     not_answering_note,
     purchase,
     read_old_card,
+    refund,
 )
 from terminal.readers import SIM_PREFIX, default_reader, open_connection
 
@@ -47,7 +56,7 @@ def wait_for_swap(spec: str, timeout: float) -> None:
 
 @click.group()
 def pharmacy() -> None:
-    """Pharmacy counter: dual-card activation and purchases from the medical personal account."""
+    """Pharmacy counter: dual-card activation, purchases settled online, refunds."""
 
 
 @pharmacy.command("activate")
@@ -56,22 +65,25 @@ def pharmacy() -> None:
                    "then the new card in turn (PC/SC readers only).")
 @reader_option
 @config_option
+@central_option
 @click.option("--wait", "wait_s", type=click.FloatRange(1), default=SWAP_TIMEOUT, show_default=True,
               help="With one reader: seconds to wait for the clerk to swap the cards.")
 @pin_stdin_option
 @json_option
-def activate(old_reader: str | None, reader: str | None, config_path: Path | None, wait_s: float,
-             pin_stdin: bool, as_json: bool) -> None:
+def activate(old_reader: str | None, reader: str | None, config_path: Path | None, central_url: str | None,
+             wait_s: float, pin_stdin: bool, as_json: bool) -> None:
     """Dual-card insert: move the old medical insurance card's account to the social security card.
 
-    Both cards must belong to the same person (exit 9 otherwise); the cards the wrong way round: exit 15.
+    The platform moves it at once (an old card's account moves once, ever); with the platform
+    unreachable, the move waits in the queue. Both cards must belong to the same person (exit 9
+    otherwise); the cards the wrong way round, or the old card already moved: exit 15.
     """
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
     reader = reader or default_reader()
     in_turn = old_reader is None or old_reader == reader
     if in_turn and reader.startswith(SIM_PREFIX):
         raise click.UsageError("a virtual card reader holds one card: give the old card's with --old-reader")
-    with open_site(config_path) as (_config, site):
+    with open_site(config_path, central_url) as (_config, site):
         if in_turn:
             with open_connection(reader) as connection:
                 old = read_old_card(connection)
@@ -127,22 +139,47 @@ def _ask_items() -> list[Item]:
 @pharmacy.command("purchase")
 @reader_option
 @config_option
+@central_option
 @click.option("--sale", "sale_no", prompt="Sale number", help="The till's sale number: a sale is paid once only.")
 @click.option("--item", "item_specs", multiple=True, metavar="NAME:QTY:PRICE",
               help="An item, its quantity and unit price in yuan (repeat for each item); asked when absent.")
 @pin_stdin_option
 @json_option
-def purchase_command(reader: str | None, config_path: Path | None, sale_no: str, item_specs: tuple[str, ...],
-                     pin_stdin: bool, as_json: bool) -> None:
-    """Pay a sale from the medical personal account (PIN required).
+def purchase_command(reader: str | None, config_path: Path | None, central_url: str | None, sale_no: str,
+                     item_specs: tuple[str, ...], pin_stdin: bool, as_json: bool) -> None:
+    """Settle a sale online: the platform shows the split (fund, medical personal account, cash), the
+    holder types the PIN, the platform settles it and answers the balance.
 
-    Exit 16: over the balance, balance unknown here, or the sale number already used for other items;
-    15: card not activated. A sale already paid is reported, never paid twice.
+    \b
+    Exit 16: the platform refused (insurance not in force, sale already settled...), or the sale
+    number was used for other items here; 15: card not activated; 14: the platform could not be
+    asked or its answer was lost and reversed (nothing paid); 17: its answer was lost and could not
+    be reversed yet (do not hand over the goods: 'sscard queue resolve'). A sale already paid here
+    is reported, never paid twice.
     """
     items = [Item.parse(spec) for spec in item_specs] or _ask_items()
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
-    with open_site(config_path) as (_config, site), open_connection(reader) as connection:
+    with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
         result = purchase(connection, site, sale_no, items, clerk)
+    finish(result.to_dict(), as_json)
+
+
+@pharmacy.command("refund")
+@config_option
+@central_option
+@click.option("--sale", "sale_no", prompt="Sale number", help="The till's sale number of the sale to refund.")
+@json_option
+def refund_command(config_path: Path | None, central_url: str | None, sale_no: str, as_json: bool) -> None:
+    """Refund a sale paid at this terminal (2103): the platform gives back exactly what it took.
+
+    \b
+    The account share goes back to the medical personal account; the clerk gives back the cash share.
+    Exit 16: no payment of this sale at this terminal, or the platform refused; 14/17 as for purchase.
+    A sale already refunded is reported, never refunded twice.
+    """
+    clerk = ScreenClerk(False, to_stderr=as_json)
+    with open_site(config_path, central_url) as (_config, site):
+        result = refund(site, sale_no, clerk)
     finish(result.to_dict(), as_json)
 
 

@@ -197,7 +197,8 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
 
     given = {"batch_size": batch_size, "timeout": timeout}
     options = {name: value for name, value in given.items() if value is not None}
-    with Outbox(path, create=False) as outbox, Uploader(outbox, url, **options) as uploader:
+    with Outbox(path, create=False) as outbox, \
+            Uploader(outbox, url, credentials=gateway_credentials(config, outbox), **options) as uploader:
         if follow:
             with stop_on_signals() as stop:
                 click.echo(f"uploading to {url} until Ctrl-C or SIGTERM", err=True)
@@ -237,32 +238,134 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
                    "'--now' sends them at once", err=True)
 
 
+def gateway_credentials(config: TerminalConfig | None, outbox: Outbox) -> Any:
+    """The gateway credentials of the configuration, else the TEST ones of the queue's institution
+    (a warning on stderr says so)."""
+    from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+
+    spec = config.central_credentials if config else "test"
+    credentials, test = load_credentials(spec, outbox.require_station().fixmedins_code)
+    if test:
+        click.echo(TEST_CREDENTIALS_WARNING, err=True)
+    return credentials
+
+
+@queue.command()
+@queue_options
+@click.option("--central", "url", envvar="SSCARD_CENTRAL", default=None,
+              show_default=f"$SSCARD_CENTRAL, else the terminal configuration's [central] url, else {DEFAULT_CENTRAL}",
+              help="The platform's URL.")
+@json_option
+def resolve(path: Path | None, config_path: Path | None, url: str | None, as_json: bool) -> None:
+    """Resolve the journal's unknown entries: calls whose answer was lost (a timeout, a kill).
+
+    \b
+    Each is reversed with a 2601 naming its msgid, never sent again; the platform undoes it, or says
+    it never arrived (and then never executes it). Exit 0: nothing left unknown; 17: some are still
+    unknown (the platform cannot be asked: try again later).
+    """
+    from terminal.online import OutcomeUnknownError, Platform, PlatformRefusedError
+    from terminal.upload import CentralError
+
+    config = terminal_config(config_path) if path is None or url is None else None
+    path = path if path is not None else config.queue_path if config else default_queue()
+    url = url if url is not None else config.central_url if config else DEFAULT_CENTRAL
+    error = None
+    with Outbox(path, create=False) as outbox:
+        with Platform(outbox, url, gateway_credentials(config, outbox)) as platform:
+            try:
+                done = platform.resolve()
+            except (CentralError, PlatformRefusedError) as err:
+                done, error = [], err
+            left = outbox.unknown_calls()
+    rows = [{"msgid": r.record.msgid, "infno": r.record.infno, "state": r.state, "text": r.text} for r in done]
+    if as_json:
+        echo_json({"resolved": rows, "unknown": [r.msgid for r in left]})
+    else:
+        for row in rows:
+            click.echo(row["text"])
+        if not rows and not left:
+            click.echo("Nothing unknown in the journal.")
+    if left:
+        raise OutcomeUnknownError(f"{len(left)} journal entries are still unknown"
+                                  f"{f' ({error})' if error else ''}: run 'sscard queue resolve' again when the "
+                                  "platform answers.")
+
+
 @click.group()
 def central() -> None:
-    """The reference central service, for development and tests (docs/central-api.md)."""
+    """The virtual national medical insurance platform, for development and tests (docs/platform.md)."""
+
+
+db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("central.sqlite"),
+                         show_default=True, help="The platform's ledger: persons, accounts, settlements, messages.")
 
 
 @central.command()
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("central.sqlite"),
-              show_default=True, help="Where the service keeps every message it answered.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="127.0.0.1 or ::1: this computer only.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8930, show_default=True)
-def serve(db: Path, host: str, port: int) -> None:
-    """Run the reference central service until Ctrl-C or SIGTERM."""
-    from terminal.central import CentralService
+@click.option("--faults", is_flag=True,
+              help="Allow the fault switches (POST /_control, signed): fail, stall, drop, garbage. Development only.")
+def serve(db: Path, host: str, port: int, faults: bool) -> None:
+    """Run the virtual platform until Ctrl-C or SIGTERM.
+
+    \b
+    A new ledger is seeded with the TEST persons and institutions of fixtures/platform/; terminals
+    sign their requests with the TEST gateway credentials of their institution by default.
+    """
+    from central import CentralService
     from terminal.queue import sqlite_reason
     from terminal.upload import CentralError
 
     try:
-        service = CentralService(db, host, port)
+        service = CentralService(db, host, port, faults=faults)
     except sqlite3.Error as err:
-        raise CentralError(f"The central service's ledger {db} cannot be used: {sqlite_reason(err)}") from None
+        raise CentralError(f"The virtual platform's ledger {db} cannot be used: {sqlite_reason(err)}") from None
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--host") from None
     except OSError as err:
-        raise CentralError(f"The central service cannot listen on {host}:{port}: {err.strerror or err}") from None
-    with stop_on_signals() as stop:
-        click.echo(f"central service on {service.url}, ledger {db}", err=True)
-        service.wait(stop)
-    click.echo("central service stopped", err=True)
+        raise CentralError(f"The virtual platform cannot listen on {host}:{port}: {err.strerror or err}") from None
+    click.echo(f"virtual platform on {service.url}, ledger {db}{', fault switches on' if faults else ''}", err=True)
+    service.serve()
+    click.echo("virtual platform stopped", err=True)
+
+
+@central.command()
+@db_option
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows of each kind.")
+@json_option
+def show(db: Path, limit: int | None, as_json: bool) -> None:
+    """What the virtual platform holds: messages by msgid, settlements, accounts, old cards, visits."""
+    from central import Ledger
+    from terminal.queue import sqlite_reason
+    from terminal.upload import CentralError
+
+    if not db.is_file():
+        raise CentralError(f"No virtual platform ledger at {db}")
+    try:
+        ledger = Ledger(db, read_only=True)
+    except sqlite3.Error as err:
+        raise CentralError(f"The virtual platform's ledger {db} cannot be used: {sqlite_reason(err)}") from None
+    try:
+        held = ledger.show(limit)
+    finally:
+        ledger.close()
+    if as_json:
+        echo_json(held)
+        return
+    click.echo(f"messages {len(held['messages'])}")
+    for m in held["messages"]:
+        state = "accepted" if m["infcode"] == 0 else "refused"
+        reversed_by = f", reversed by {m['reversed_by']}" if m["reversed_by"] else ""
+        click.echo(f"  {m['msgid']}  {m['infno']}  {m['transaction']}  {state}{reversed_by}")
+    click.echo(f"settlements {len(held['settlements'])}")
+    for s in held["settlements"]:
+        click.echo(f"  {s['setl_id']}  sale {s['chrg_bchno']}  {s['medfee_sumamt']}  fund {s['fund_pay_sumamt']}"
+                   f"  account {s['acct_pay']}  cash {s['psn_cash_pay']}  {s['state']}")
+    click.echo("accounts")
+    for a in held["accounts"]:
+        click.echo(f"  {a['psn_no']}  {a['psn_name']}  {a['balc']}")
 
 
 COMMANDS = [queue, central]

@@ -1,8 +1,9 @@
-"""What every counter flow shares: the site, the clerk's side, the card at the counter, activation.
+"""What every counter flow shares: the site, the clerk's side, the card at the counter, the person.
 
 A flow takes connections (a real reader, pcscd's virtual reader or the in-memory simulator), a
-:class:`Site` (this terminal's queue and key store) and a :class:`Clerk` (what the terminal says and
-the PINs the holder types), and either queues its records or refuses with nothing queued.
+:class:`Site` (this terminal's journal and queue, its key store, its link to the platform) and a
+:class:`Clerk` (what the terminal says and the PINs the holder types). It asks the platform online
+(docs/platform.md, "Online first"), records what may wait, or refuses with nothing done.
 Project convention (docs/flows.md).
 """
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, Protocol
 
 from apdu.errors import SSCardError, mask
 from drivers.connection import Connection
+from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
 from terminal.card import Identity, SocialSecurityCard
 from terminal.crypto import CardKeyRef, KeyStore, check_genuine
-from terminal.envelope import CST, INF_TIME, Fen, Station, parse_yuan
-from terminal.queue import Outbox, QueuedRecord
+from terminal.online import Person, Platform
+from terminal.queue import STANDING, Outbox, QueuedRecord
 
 #: project codes of the records that activate a card at this terminal (docs/flows.md, "Activation")
 ACTIVATION_INFNOS = ("SS01", "SS02")
@@ -66,14 +68,22 @@ class ScriptedClerk:
 
 @dataclass
 class Site:
-    """This terminal: its record queue (which holds the station) and its key store."""
+    """This terminal: its journal and record queue (one SQLite file, which holds the station), its key
+    store, and its online session with the platform (None: a terminal with no platform configured)."""
 
     outbox: Outbox
     keys: KeyStore
+    platform: Platform | None = None
 
     @property
     def station(self) -> Station:
         return self.outbox.require_station()
+
+    def online(self) -> Platform:
+        """The platform session; :class:`RefusedError` when this site has none."""
+        if self.platform is None:
+            raise RefusedError("This terminal has no platform to ask ([central] url): it cannot do this online.")
+        return self.platform
 
     def now(self) -> dt.datetime:
         """The queue's clock (Beijing time), so records and their bodies agree in tests."""
@@ -121,8 +131,9 @@ def same_person(a: str, b: str) -> bool:
 
 
 def activation_record(outbox: Outbox, card_sn: str) -> QueuedRecord | None:
-    """The first record that activated this card at this terminal (SS01 or SS02), if any."""
-    records = [r for r in outbox.for_card(card_sn) if r.infno in ACTIVATION_INFNOS]
+    """The first record that activated this card at this terminal (SS01 or SS02, queued or answered
+    online; not one refused, reversed or dead), if any."""
+    records = [r for r in outbox.for_card(card_sn) if r.infno in ACTIVATION_INFNOS and r.state in STANDING]
     return records[-1] if records else None
 
 
@@ -133,16 +144,29 @@ def is_active(identity: Identity, outbox: Outbox) -> bool:
 
 
 def person_fields(identity: Identity) -> dict[str, Any]:
-    """The platform's credential fields for a social security card (central-service.md, 1101):
-    mdtrt_cert_type 03, the card number, the card identification code, ID number and name."""
+    """The platform's credential fields for a social security card (docs/platform.md, 1101):
+    mdtrt_cert_type 03, the card number and the card identification code (``card_sn``) as a pair, the
+    ID number and the name."""
     return {
         "mdtrt_cert_type": "03",
         "mdtrt_cert_no": identity.card_number,
-        "card_sninfo": identity.card_identification_code,
+        "card_sn": identity.card_identification_code,
         "psn_cert_type": "01",
         "certno": identity.social_security_number,
         "psn_name": identity.full_name,
     }
+
+
+def look_up(site: Site, at: CardAtCounter) -> Person:
+    """1101 for the card at the counter: the platform's person (psn_no, insurances, insured region,
+    balance). The platform must name the card's own holder (:class:`RefusedError` otherwise)."""
+    identity = at.identity
+    output = site.online().query("1101", {"data": {**person_fields(identity), "begntime": timestamp(site)}},
+                                 insured_region=identity.issuing_region)
+    person = Person.from_1101(output)
+    if not same_person(person.certno, identity.social_security_number):
+        raise RefusedError("The platform knows this card under another holder: do not accept it. Nothing was done.")
+    return person
 
 
 def timestamp(site: Site) -> str:

@@ -1,9 +1,9 @@
-"""The self-service kiosk inquiry (DESIGN.md item 7).
+"""The self-service kiosk inquiry (docs/flows.md, "Kiosk").
 
 Insert card -> genuine-card check -> PIN -> the holder's information (masked: ID number, card number,
-birth date) and the records this terminal's queue holds for the card (registrations, purchases,
-activations), with the account balance as this terminal sees it (:mod:`terminal.flows.account`).
-Nothing is queued.
+birth date), the medical personal account balance as the platform answers it (1101), and the records
+this terminal's journal and queue hold for the card (registrations, payments, refunds, activations).
+Nothing is recorded. With the platform unreachable the balance says so; the rest is shown.
 """
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.connection import Connection
-from terminal.envelope import INFNO, yuan
-from terminal.flows.account import account_view
-from terminal.flows.common import Clerk, Site, is_active, present_card, record_data, verify_holder_pin
+from message.envelope import INFNO, yuan
+from terminal.flows.common import Clerk, Site, is_active, look_up, present_card, record_data, verify_holder_pin
+from terminal.online import PlatformRefusedError
 from terminal.queue import QueuedRecord
+from terminal.upload import CentralError
 
 #: what each kind of record is called on the kiosk's screen
 RECORD_LABELS = {
-    "2201": "registration", "2401": "admission", "2102": "purchase", "SS01": "activation",
-    "SS02": "account moved from the old card (activation)",
+    "2201": "registration", "2401": "admission", "2102": "purchase", "2103": "refund", "SS01": "activation",
+    "SS02": "account moved from the old card (activation)", "2601": "reversal",
 }
 
 
@@ -36,7 +37,7 @@ def record_line(record: QueuedRecord) -> dict[str, Any]:
     }
     if "dept_name" in data:
         line["department"] = data["dept_name"]
-    for key in ("acct_pay", "acct_balc"):
+    for key in ("medfee_sumamt", "acct_balc"):
         if key in data:
             line["amount"] = data[key]
     return line
@@ -44,15 +45,19 @@ def record_line(record: QueuedRecord) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class KioskView:
-    """What the kiosk shows: masked holder fields, activation, the balance if known, the records."""
+    """What the kiosk shows: masked holder fields, activation, the platform's balance (None with
+    ``balance_note`` saying why when it could not be asked), the records."""
 
     holder: dict[str, Any]
     active: bool
-    balance: str | None
+    balance_fen: int | None
+    balance_note: str
     records: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"holder": self.holder, "active": self.active, "balance": self.balance, "records": self.records}
+        return {"holder": self.holder, "active": self.active, "balance_fen": self.balance_fen,
+                "balance": None if self.balance_fen is None else yuan(self.balance_fen),
+                "balance_note": self.balance_note, "records": self.records}
 
 
 def inquiry(connection: Connection, site: Site, clerk: Clerk) -> KioskView:
@@ -63,6 +68,12 @@ def inquiry(connection: Connection, site: Site, clerk: Clerk) -> KioskView:
     fields = identity.to_dict(redact=True)
     holder = {key: fields[key] for key in ("full_name", "social_security_number", "card_number", "sex_name",
                                             "birth_date", "issuing_region", "expiry_date")}
-    view = account_view(site.outbox, at.card_sn)
-    records = [record_line(r) for r in site.outbox.for_card(at.card_sn)]
-    return KioskView(holder, is_active(identity, site.outbox), yuan(view.balance) if view.known else None, records)
+    balance, note = None, "no platform configured"
+    if site.platform is not None:
+        try:
+            person = look_up(site, at)
+            balance, note = person.balance, "as the platform answers it"
+        except (CentralError, PlatformRefusedError) as err:
+            note = f"the platform cannot say now ({err})"
+    records = [record_line(r) for r in site.outbox.for_card(at.card_sn) if r.infno != "2601"]
+    return KioskView(holder, is_active(identity, site.outbox), balance, note, records)

@@ -1,0 +1,319 @@
+"""The terminal online: calls to the platform, journaled when they move money, reversed when lost.
+
+docs/platform.md, "Online first" and "The journal". The platform owns persons, accounts and
+settlements; a counter flow asks it while the holder waits:
+
+- a **query** (1101 person information, 2101/2206 pre-settlement) is one signed call; nothing to
+  journal, nothing to undo;
+- a **transaction** that moves money or creates what money hangs on (2102/2207 settlements, their
+  cancellations 2103/2208, 2201/2401 visits and their cancellations, SS02 the old card's account) is
+  journaled first (:meth:`terminal.queue.Outbox.begin_call`: the intent, with its msgid, on disk
+  before a byte is sent), then sent, then its answer journaled. A call whose answer never comes (a
+  timeout, a dropped connection, a 5xx, garbage) is **reversed** with a 2601 naming its msgid, at once
+  and never by sending it again; should the reversal fail too, the entry stays *unknown* and the next
+  online command (or ``sscard queue resolve``) reverses it first (:meth:`Platform.resolve`). A request
+  that certainly never reached the platform (connection refused) is void: nothing to undo.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from apdu.errors import SSCardError
+from message.envelope import INFNO, REVERSIBLE, Credentials, Envelope, MessageError, parse_yuan, with_sign_no
+from terminal.queue import REVERSED, VOID, Outbox, QueuedRecord
+from terminal.upload import (
+    DEFAULT_TIMEOUT,
+    CentralClient,
+    CentralError,
+    CentralProtocolError,
+    NotSignedInError,
+    sign_in,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PlatformRefusedError(SSCardError):
+    """The platform refused the transaction (infcode < 0); nothing was done there."""
+
+    exit_code = 15
+
+    def __init__(self, infno: str, reason: str) -> None:
+        self.infno = infno
+        self.reason = reason.strip().rstrip(".") or "no reason given"
+        super().__init__(f"The platform refused the {INFNO.get(infno, infno)}: {self.reason}.")
+
+
+class ReversedError(CentralError):
+    """The platform's answer was lost, and the call was reversed: nothing was done."""
+
+
+class OutcomeUnknownError(SSCardError):
+    """The platform's answer was lost and the reversal could not be made yet: the outcome is unknown
+    until the journal resolves it (the next online command, or ``sscard queue resolve``)."""
+
+    exit_code = 17
+
+
+#: what a clerk reads for each journaled transaction (the sale or visit it concerns is added)
+WHAT = {"2102": "payment", "2103": "refund", "2207": "payment", "2208": "refund", "2201": "registration",
+        "2202": "registration cancellation", "2401": "admission", "2404": "admission cancellation",
+        "SS02": "account move from the old card"}
+
+
+def describe(record: QueuedRecord) -> str:
+    """``the payment for sale T0001 (H3303...)``: a journal entry in a clerk's words."""
+    data = _data(record)
+    what = WHAT.get(record.infno, INFNO.get(record.infno, record.infno))
+    about = (f" for sale {data['chrg_bchno']}" if isinstance(data.get("chrg_bchno"), str)
+             else f" of settlement {data['setl_id']}" if isinstance(data.get("setl_id"), str)
+             else f" of visit {data['mdtrt_id']}" if isinstance(data.get("mdtrt_id"), str) else "")
+    return f"the {what}{about} ({record.msgid})"
+
+
+def _data(record: QueuedRecord) -> dict[str, Any]:
+    body = json.loads(record.envelope).get("input", {})
+    data = body.get("data") if isinstance(body.get("data"), dict) else body.get("mdtrtinfo")
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What resolving one unknown journal entry did (``reversed`` or ``void``), in a clerk's words."""
+
+    record: QueuedRecord
+    state: str
+    text: str
+
+
+class Platform:
+    """This terminal's online session with the platform at ``url``: its journal is ``outbox`` (the same
+    SQLite file as the queue), its gateway ``credentials``. Signs in (9001) at the first call.
+
+    Each call must be over within ``timeout`` seconds (:class:`terminal.upload.CentralClient`); a
+    journaled call is this process's for ``lease`` seconds (default: twice the timeout and 5 s, at
+    least 30 s), after which, or once this process is gone, another may resolve it.
+    """
+
+    def __init__(self, outbox: Outbox, url: str, credentials: Credentials, *, timeout: float = DEFAULT_TIMEOUT,
+                 lease: float | None = None, client: httpx.Client | None = None) -> None:
+        self.outbox = outbox
+        self.central = CentralClient(url, credentials=credentials, timeout=timeout, client=client)
+        self.lease = lease if lease is not None else max(30.0, 2 * timeout + 5)
+        self.sign_no: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.central.url
+
+    def close(self) -> None:
+        self.central.close()
+
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- calls --------------------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One message with this session's ``sign_no`` (signing in first, and again once when the
+        platform has forgotten it: a 401 means nothing was processed)."""
+        if self.sign_no is None:
+            self.sign_no = sign_in(self.central, self.outbox)
+        try:
+            return self.central.call({**message, "sign_no": self.sign_no})
+        except NotSignedInError:
+            self.sign_no = sign_in(self.central, self.outbox)
+            return self.central.call({**message, "sign_no": self.sign_no})
+
+    def query(self, infno: str, input: dict[str, Any], *, insured_region: str) -> dict[str, Any]:
+        """A call that moves nothing (1101, 2101, 2206...): its ``output``. :class:`PlatformRefusedError`
+        when refused; :class:`CentralError` when it cannot be asked."""
+        station = self.outbox.require_station()
+        try:
+            envelope = Envelope(infno, self.outbox.next_msgid(), station, station.operator, insured_region,
+                                self.outbox.clock(), input)
+        except MessageError as err:
+            raise CentralProtocolError(f"The {INFNO.get(infno, infno)} cannot be sent: {err}") from None
+        response = self._send(envelope.to_dict())
+        if response["infcode"] != 0:
+            raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
+        output = response.get("output")
+        if not isinstance(output, dict):
+            raise CentralProtocolError(f"The platform answered the {INFNO.get(infno, infno)} without its output")
+        return output
+
+    def transact(self, infno: str, input: dict[str, Any], *, insured_region: str, card_sn: str | None = None,
+                 check: Callable[[dict[str, Any]], object] | None = None) -> tuple[QueuedRecord, dict[str, Any]]:
+        """A journaled call (module docstring): (the journal entry, the answer's ``output``).
+
+        ``check`` validates an accepted answer's output before it is journaled (raise ``ValueError``,
+        ``KeyError`` or ``TypeError`` for one the terminal cannot use: it is then reversed, as a lost one).
+        Raises :class:`PlatformRefusedError` (refused, nothing done), :class:`ReversedError` (no usable
+        answer, reversed: nothing done), :class:`OutcomeUnknownError` (no answer and no reversal yet),
+        :class:`CentralError` with nothing done when the platform cannot be reached at all.
+        """
+        if infno not in REVERSIBLE:
+            raise ValueError(f"{infno} is not a journaled transaction")
+        record = self.outbox.begin_call(infno, input, insured_region=insured_region, card_sn=card_sn,
+                                        lease=self.lease)
+        try:
+            response = self._send(with_sign_no(record.envelope, ""))
+            output = response.get("output")
+            if response["infcode"] == 0:
+                if not isinstance(output, dict):
+                    raise CentralProtocolError("the accepted answer has no output")
+                if check is not None:
+                    try:
+                        check(output)
+                    except (ValueError, KeyError, TypeError, MessageError) as err:
+                        raise CentralProtocolError(f"the accepted answer cannot be used ({err})") from None
+        except CentralError as err:
+            if not err.maybe_processed:
+                self.outbox.end_call(record.msgid, VOID, f"never reached the platform: {err}")
+                raise
+            self.outbox.note_call(record.msgid, str(err), lease=self.lease)
+            self._reverse_lost(record, err)
+        record = self.outbox.answer_call(record.msgid, response)
+        if response["infcode"] != 0:
+            raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
+        return record, output
+
+    # --- reversal -----------------------------------------------------------------------------------
+
+    def _reverse_lost(self, record: QueuedRecord, cause: CentralError) -> None:
+        """The answer to ``record`` was lost: reverse it now. Always raises: :class:`ReversedError`
+        when the reversal holds, :class:`OutcomeUnknownError` when it could not be made."""
+        what = describe(record)
+        try:
+            self.reverse(record)
+        except (CentralError, PlatformRefusedError) as err:
+            self.outbox.note_call(record.msgid, f"{cause}; the reversal failed: {err}", lease=0)
+            raise OutcomeUnknownError(
+                f"The platform's answer to {what} was lost ({cause}), and it could not be reversed yet ({err}). "
+                "Its outcome is unknown: do not hand anything over on it. The next command, or "
+                "'sscard queue resolve', reverses it once the platform answers.") from None
+        raise ReversedError(f"The platform's answer to {what} was lost ({cause}): it was reversed, nothing was "
+                            "done. Try again, or take another way to pay.")
+
+    def reverse(self, record: QueuedRecord) -> str:
+        """2601 for ``record`` (a journaled call with no answer), itself journaled; the original ends
+        ``reversed``. Returns the platform's ``rvs_rslt`` (``reversed``, ``nothing_to_undo``,
+        ``already_reversed``; convention). Raises :class:`CentralError` or :class:`PlatformRefusedError`,
+        and the original stays unknown."""
+        data = _data(record)
+        psn_no = data.get("psn_no")
+        body = {"data": {"psn_no": psn_no if isinstance(psn_no, str) else "", "omsgid": record.msgid,
+                         "oinfno": record.infno}}
+        reversal = self.outbox.begin_call("2601", body, insured_region=record.insured_region, card_sn=record.card_sn,
+                                          lease=self.lease)
+        try:
+            response = self._send(with_sign_no(reversal.envelope, ""))
+        except CentralError as err:
+            self.outbox.end_call(reversal.msgid, VOID, f"no answer: {err}")
+            raise
+        self.outbox.answer_call(reversal.msgid, response)
+        if response["infcode"] != 0:
+            raise PlatformRefusedError("2601", str(response.get("err_msg") or "")[:300])
+        output = response.get("output") if isinstance(response.get("output"), dict) else {}
+        result = str(output.get("rvs_rslt") or "reversed")
+        self.outbox.end_call(record.msgid, REVERSED, f"reversed by {reversal.msgid} ({result})", response)
+        log.info("reversed %s by %s: %s", record.msgid, reversal.msgid, result)
+        return result
+
+    def resolve(self) -> list[Resolution]:
+        """Resolve every unknown journal entry (docs/platform.md, "The journal"): each is reversed with
+        a 2601, oldest first; a reversal left unknown is superseded by its original's. Stops at the first
+        that cannot be resolved (:class:`CentralError`, :class:`PlatformRefusedError`), the rest unknown."""
+        done: list[Resolution] = []
+        unknown = self.outbox.unknown_calls()
+        for record in [r for r in unknown if r.infno != "2601"]:
+            if not self.outbox.claim_unknown(record.msgid, self.lease):
+                continue  # another process is on it
+            result = self.reverse(record)
+            words = {"nothing_to_undo": "it never reached the platform, and now it never will",
+                     "already_reversed": "it had been reversed already"}.get(result, "reversed")
+            done.append(Resolution(record, REVERSED, f"The outcome of {describe(record)} was unknown: {words}; "
+                                                     "nothing of it stands."))
+        for record in [r for r in unknown if r.infno == "2601"]:
+            if self.outbox.claim_unknown(record.msgid, self.lease):
+                self.outbox.end_call(record.msgid, VOID, "a reversal with no answer: superseded")
+                done.append(Resolution(record, VOID, f"A reversal without an answer ({record.msgid}) was set aside: "
+                                                     "its original was resolved."))
+        return done
+
+
+def yuan_field(output: dict[str, Any], key: str) -> int:
+    """An amount of an answer's output in fen (ValueError on anything but yuan with two decimals)."""
+    try:
+        return int(parse_yuan(output[key]))
+    except MessageError as err:
+        raise ValueError(f"{key}: {err}") from None
+
+
+# --- what 1101 says about a person -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Insurance:
+    """One insurance of a person (1101 ``insuinfo``): its type, whether in force, the account balance."""
+
+    insutype: str
+    psn_type: str
+    in_force: bool
+    balance: int
+    insured_region: str
+    suspended_since: str | None
+
+
+@dataclass(frozen=True)
+class Person:
+    """The platform's person (1101 ``baseinfo`` and ``insuinfo``): the psn_no every later message names."""
+
+    psn_no: str
+    name: str
+    certno: str
+    insurances: tuple[Insurance, ...]
+
+    @property
+    def insured_region(self) -> str:
+        """Where the person is insured (``insuplc_admdvs`` of every later envelope)."""
+        return self.insurances[0].insured_region if self.insurances else ""
+
+    @property
+    def balance(self) -> int:
+        """The personal account balance in fen (the largest ``balc`` the platform gave: one account)."""
+        return max((i.balance for i in self.insurances), default=0)
+
+    def insurance(self, *preferred: str) -> Insurance | None:
+        """The first insurance in force among ``preferred`` insutypes (any in force when none given)."""
+        in_force = [i for i in self.insurances if i.in_force]
+        for insutype in preferred:
+            for insurance in in_force:
+                if insurance.insutype == insutype:
+                    return insurance
+        return None if preferred else (in_force[0] if in_force else None)
+
+    @classmethod
+    def from_1101(cls, output: dict[str, Any]) -> Person:
+        """Parse a 1101 answer; :class:`CentralProtocolError` when it is not of the documented shape."""
+        try:
+            base = output["baseinfo"]
+            insurances = tuple(
+                Insurance(str(i["insutype"]), str(i.get("psn_type") or ""), i.get("psn_insu_stas") == "1",
+                          yuan_field(i, "balc"), str(i["insuplc_admdvs"]), i.get("paus_insu_date"))
+                for i in output.get("insuinfo") or [])
+            person = cls(str(base["psn_no"]), str(base["psn_name"]), str(base["certno"]), insurances)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CentralProtocolError(f"The platform's person information (1101) is not of the documented shape "
+                                       f"({type(err).__name__}: {err})") from None
+        if not person.psn_no:
+            raise CentralProtocolError("The platform's person information (1101) has no psn_no")
+        return person

@@ -1,0 +1,131 @@
+"""Files only their owner may read: the master-key file and the platform's gateway credentials.
+
+docs/security.md, "Stolen keys": a file holding a secret is refused unless no other user can read it
+or put a file of their own in its place. :func:`read_private_file` is the one check, for every such file.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from apdu.errors import SSCardError
+
+
+def read_private_file(path: Path, what: str, limit: int, error: type[SSCardError]) -> bytes:
+    """The bytes of the ``what`` (e.g. "key file") at ``path``, at most ``limit`` + 1 of them (the caller
+    refuses a longer file). Raises ``error`` unless all of these hold:
+
+    - the file is a regular file (not a symbolic link, FIFO, device or folder), opened without
+      blocking and without following a link;
+    - it belongs to the user running the terminal (``st_uid == os.geteuid()``);
+    - neither group nor others can read or write it (``mode & 0o077 == 0``: ``chmod 600``);
+    - its folder, and every folder above it, belongs to root or to that user and is not writable
+      by group or others (a world-writable folder above with the sticky bit, like ``/tmp``, is
+      allowed: there, nobody can rename what they do not own). A folder reached through a
+      symbolic link is checked where it really is, and so is the folder that holds the link.
+    """
+    try:
+        folder = _real_folder(path)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise error(f"Cannot open the folder of the {what} {path}: {err.strerror}") from None
+    try:
+        # the folder checked is the one the file is opened from (same device and inode)
+        try:
+            opened, to_check = os.fstat(dir_fd), _folders_to_check(path, folder)
+        except OSError as err:  # the working folder vanished, a folder unreadable
+            raise error(f"Cannot check the folders of the {what} {path}: {err.strerror}") from None
+        _check_folders(path, what, folder, opened, to_check, error)
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
+        try:
+            fd = os.open(path.name, flags, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise error(
+                    f"The {what} {path} is a symbolic link: refused. Give the path of the {what} itself."
+                ) from None
+            raise error(f"Cannot open the {what} {path}: {err.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"The {what} {path} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise error(
+                f"The {what} {path} belongs to another user (uid {info.st_uid}): refused. "
+                f"The {what} must belong to the user who runs the terminal (uid {os.geteuid()})."
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise error(
+                f"The {what} {path} can be read or written by other users (mode {mode:04o}): "
+                f"refused. Run 'chmod 600 {path}' as its owner, then try again."
+            )
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            return handle.read(limit + 1)
+    except OSError as err:
+        raise error(f"Cannot read the {what} {path}: {err.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _real_folder(path: Path) -> str:
+    """The real folder of a file: its parent with every symbolic link resolved."""
+    return os.path.realpath(path.parent)
+
+
+def _folders_to_check(path: Path, folder: str) -> list[str]:
+    """Every folder whose owner or writers could swap the file: the real folder and its ancestors,
+    and, for each symbolic link on the path as given, the real folder holding the link and its
+    ancestors (whoever can write there can point the link elsewhere)."""
+    seen: dict[str, None] = {}
+
+    def chain(start: str) -> None:
+        current = start
+        while True:
+            seen.setdefault(current, None)
+            parent = os.path.dirname(current)
+            if parent == current:
+                return
+            current = parent
+
+    chain(folder)
+    prefix = Path(os.sep)
+    for part in (Path.cwd() / path.parent).parts[1:]:  # as given, ".." and links unresolved
+        prefix = prefix / part
+        if os.path.islink(prefix):
+            chain(os.path.realpath(prefix.parent))
+    return list(seen)
+
+
+def _check_folders(path: Path, what: str, folder: str, opened: os.stat_result, folders: list[str],
+                   error: type[SSCardError]) -> None:
+    """Refuse a file whose folders others could write (see :func:`read_private_file`): ``folders`` from
+    :func:`_folders_to_check`, ``opened`` the status of the folder opened."""
+    me = os.geteuid()
+    for directory in folders:
+        try:
+            info = os.stat(directory)
+        except OSError as err:
+            raise error(f"Cannot check the folder {directory} of the {what} {path}: {err.strerror}") from None
+        if directory == folder and (info.st_dev, info.st_ino) != (opened.st_dev, opened.st_ino):
+            raise error(f"The folder {directory} of the {what} {path} changed while it was checked: refused")
+        if info.st_uid not in (0, me):
+            raise error(
+                f"The folder {directory} of the {what} {path} belongs to another user (uid {info.st_uid}): "
+                f"refused, since that user could replace the {what}. Keep the {what} in a folder of "
+                "your own or of root."
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        sticky_above = directory != folder and mode & stat.S_ISVTX
+        if mode & 0o022 and not sticky_above:
+            remedy = (f"Move the {what} into a folder of its own ('mkdir -m 700 FOLDER'), then try again."
+                      if mode & stat.S_ISVTX else  # a shared folder such as /tmp: do not chmod it
+                      f"Run 'chmod go-w {directory}' as its owner, or move the {what} into a folder of its own.")
+            raise error(
+                f"The folder {directory} of the {what} {path} can be written by other users (mode {mode:04o}): "
+                f"refused, since they could replace the {what}. {remedy}"
+            )
