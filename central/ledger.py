@@ -43,6 +43,7 @@ from message.envelope import (
     GATEWAY_WINDOW,
     INF_TIME,
     INFNO,
+    MSGID_TAKEN,
     PREVIEWS,
     QUEUEABLE,
     REGION_RE,
@@ -403,7 +404,7 @@ class Ledger:
             if row[0] == digest(message):
                 self.repeats += 1
                 return json.loads(row[1])  # a repeat: the same answer as the first time
-            return self._response(inst, msgid, -1, "msgid already used for a different message")
+            return self._response(inst, msgid, MSGID_TAKEN, "msgid already used for a different message")
         reversal = conn.execute("SELECT by_msgid FROM reversals WHERE omsgid = ?", [msgid]).fetchone()
         if reversal is not None:
             return self._response(inst, msgid, -1, f"message {msgid} was reversed by {reversal[0]} before it "
@@ -941,6 +942,10 @@ class Ledger:
         s = self._by_msgid("cancel_msgid", omsgid, psn_no)
         if s["state"] != "cancelled":
             raise Rejected(f"settlement {s['setl_id']} is {s['state']}: the cancellation cannot be reversed")
+        visit = self.conn.execute("SELECT state FROM visits WHERE mdtrt_id = ?", [s["mdtrt_id"]]).fetchone()
+        if visit is not None and visit[0] != "open":
+            # a settlement stands only on an open visit (2202/2404 and 2601 of 2201/2401 see to it)
+            raise Rejected(f"visit {s['mdtrt_id']} is {visit[0]}: the cancellation cannot be reversed")
         self._redo_settlement(s)
         self.conn.execute("UPDATE settlements SET state = 'settled', cancel_msgid = NULL, cancel_id = NULL "
                           "WHERE setl_id = ?", [s["setl_id"]])
@@ -956,9 +961,11 @@ class Ledger:
         self.conn.execute("UPDATE visits SET state = 'reversed' WHERE mdtrt_id = ?", [row[0]])
 
     def _reverse_visit_cancellation(self, call: Call, omsgid: str, psn_no: str) -> None:
-        row = self.conn.execute("SELECT mdtrt_id, psn_no FROM visits WHERE cancel_msgid = ?", [omsgid]).fetchone()
+        row = self.conn.execute("SELECT mdtrt_id, psn_no, state FROM visits WHERE cancel_msgid = ?", [omsgid]).fetchone()
         if row is None or row[1] != psn_no:
             raise Rejected(f"no visit cancelled by message {omsgid} for this person")
+        if row[2] != "cancelled":  # its registration reversed since: it stays reversed
+            raise Rejected(f"visit {row[0]} is {row[2]}: the cancellation cannot be reversed")
         self.conn.execute("UPDATE visits SET state = 'open', cancel_msgid = NULL WHERE mdtrt_id = ?", [row[0]])
 
     def _reverse_transfer(self, call: Call, omsgid: str, psn_no: str) -> None:

@@ -299,9 +299,13 @@ class CentralService:
     async def _ledger(self, work: Callable[[], Any]) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, work)
 
-    async def _authenticated(self, request: Request) -> tuple[str, str, bytes]:
-        """(institution, paasid, body) of a signed request, the body read only after the signature holds."""
+    async def _authenticated(self, request: Request, *, spend: bool = True) -> tuple[str, str, bytes]:
+        """(institution, paasid, body) of a signed request, the body read only after the signature holds.
+        ``spend``: use its nonce up now (:class:`Forbidden` when used before); a call's nonce is used up
+        in the ledger's transaction instead, or by :meth:`_refused` when it never gets that far."""
         institution, paasid = self.ledger.authenticate({k.lower(): v for k, v in request.headers.items()})
+        if spend:
+            await self._spend_nonce(paasid, request.headers.get("x-tif-nonce", ""))
         length = request.headers.get("content-length")
         if length is not None and (not length.isascii() or not length.isdigit() or int(length) > MAX_BODY):
             raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a request body is at most {MAX_BODY} bytes")
@@ -312,14 +316,32 @@ class CentralService:
                 raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a request body is at most {MAX_BODY} bytes")
         return institution, paasid, bytes(body)
 
+    async def _spend_nonce(self, paasid: str, nonce: str) -> None:
+        """Use a request's nonce up in a transaction of its own; :class:`Forbidden` when used before."""
+        def spend() -> None:
+            with self.ledger.transaction() as conn:
+                self.ledger._use_nonce(conn, paasid, nonce)
+
+        await self._ledger(spend)
+
+    async def _refused(self, request: Request, status: int, message: str) -> Response:
+        """A signed call refused before the ledger's transaction kept its nonce (a bad body, 401, 422):
+        the nonce is used up all the same, since the signature covers no body and the same headers
+        must not carry another one (HTTP 403 instead when the nonce was used before)."""
+        try:
+            await self._spend_nonce(request.headers.get("x-tif-paasid", ""), request.headers.get("x-tif-nonce", ""))
+        except Forbidden as err:
+            return _error(HTTPStatus.FORBIDDEN, str(err))
+        return _error(status, message)
+
     async def _call(self, request: Request) -> Response | None:
         try:
-            institution, paasid, body = await self._authenticated(request)
+            institution, paasid, body = await self._authenticated(request, spend=False)
             messages, single = parse_request(request.url.path, body)
         except Forbidden as err:
             return _error(HTTPStatus.FORBIDDEN, str(err))
         except BadRequest as err:
-            return _error(err.status, str(err))
+            return await self._refused(request, err.status, str(err))
         except ClientDisconnect:
             return None
         fault = self.take_fault(_first_infno(body) if self.fault_plan else None)
@@ -333,9 +355,9 @@ class CentralService:
         except Forbidden as err:
             return _error(HTTPStatus.FORBIDDEN, str(err))
         except Unsigned as err:
-            return _error(HTTPStatus.UNAUTHORIZED, str(err))
+            return await self._refused(request, HTTPStatus.UNAUTHORIZED, str(err))
         except Unanswerable as err:
-            return _error(HTTPStatus.UNPROCESSABLE_ENTITY, str(err))
+            return await self._refused(request, HTTPStatus.UNPROCESSABLE_ENTITY, str(err))
         if fault.mode == "stall":
             await asyncio.sleep(fault.seconds)
         if fault.mode == "drop":
@@ -346,7 +368,7 @@ class CentralService:
 
     async def _voucher(self, request: Request) -> Response | None:
         try:
-            institution, paasid, body = await self._authenticated(request)
+            _institution, _paasid, body = await self._authenticated(request)
             payload = parse_json(body)
         except Forbidden as err:
             return _error(HTTPStatus.FORBIDDEN, str(err))

@@ -99,6 +99,9 @@ AMOUNTS: dict[str, tuple[str, ...]] = {
 MAX_FEN = 10**15 - 1
 #: how far a gateway timestamp may be from the platform's clock (seconds)
 GATEWAY_WINDOW = 300
+#: infcode of an answer saying the msgid was already used for another message (convention): nothing
+#: was done under it, and the message may be sent again under a new msgid (docs/platform.md, "msgid")
+MSGID_TAKEN = -2
 
 
 class MessageError(ValueError):

@@ -10,6 +10,7 @@ default. Where it is: ``--config``, else ``$SSCARD_CONFIG``, else
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 from apdu.errors import ConfigError
 from message.envelope import MessageError, Operator, Station
 
-#: the commented default ``sscard config init`` writes; every key is read by :func:`parse_config`
-DEFAULT_TOML = """\
+#: the commented file ``sscard config init`` writes (:func:`render_default`); every key is read by
+#: :func:`parse_config`
+TEMPLATE = """\
 # sscard terminal configuration (docs/flows.md, "The terminal's configuration").
 # Paths are relative to this file's folder unless absolute.
 
@@ -32,10 +34,13 @@ name = "温州市鹿城区示范诊所"
 region = "330300"
 
 [terminal]
-# this terminal's number within the institution (0-99): keeps message ids of several terminals apart
-number = 1
-# device number reported to the platform (optional)
-device = ""
+# this terminal's number within the institution (1-99), different for every terminal of the
+# institution: it keeps their message ids apart (the platform refuses a second device signing in
+# with a number in use)
+number = {terminal_no}
+# this device's identity at the platform (dev_no), made by 'sscard config init'; keep it when the
+# file is copied to a new computer, change the number and the device when a terminal is added
+device = "{device}"
 
 [operator]
 # the clerk signed in at this terminal (the platform's opter and opter_name)
@@ -66,6 +71,20 @@ require_pin = true
 """
 
 CONFIG_NAME = "terminal.toml"
+
+
+def new_device() -> str:
+    """A device identity no other terminal has: ``DEV-`` and 16 random hex digits."""
+    return f"DEV-{secrets.token_hex(8).upper()}"
+
+
+def render_default(terminal_no: int, device: str) -> str:
+    """The commented default configuration for terminal ``terminal_no`` and ``device``."""
+    return TEMPLATE.format(terminal_no=int(terminal_no), device=device)
+
+
+#: the default configuration as documented (terminal 1, no device yet)
+DEFAULT_TOML = render_default(1, "")
 
 
 def default_config_path() -> Path:
@@ -180,8 +199,10 @@ def load_config(path: str | Path | None = None) -> TerminalConfig:
     return parse_config(text, path)
 
 
-def write_default(path: str | Path, force: bool = False) -> Path:
-    """Write :data:`DEFAULT_TOML` at ``path`` (its folder is made); refuse to overwrite unless ``force``.
+def write_default(path: str | Path, force: bool = False, *, terminal_no: int = 1, device: str | None = None) -> Path:
+    """Write the default configuration for terminal ``terminal_no`` (a new device identity unless
+    ``device`` is given) at ``path``, readable by its owner only (its folder is made, 0700); refuse to
+    overwrite unless ``force``.
 
     The default key store is ``test``: the bundled public TEST keys, which only the simulator's cards
     accept; a production terminal names its PSAM instead.
@@ -189,9 +210,14 @@ def write_default(path: str | Path, force: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists (use --force to overwrite it)")
+    if isinstance(terminal_no, bool) or not isinstance(terminal_no, int) or not 1 <= terminal_no <= 99:
+        raise ConfigError(f"the terminal number must be 1 to 99, not {terminal_no!r}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(DEFAULT_TOML, encoding="utf-8")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(render_default(terminal_no, device if device is not None else new_device()))
+        os.chmod(path, 0o600)
     except OSError as err:
         raise ConfigError(f"Cannot write {path}: {err.strerror or err}") from None
     return path

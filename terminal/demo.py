@@ -3,7 +3,9 @@
 The virtual platform runs on 127.0.0.1 all day. Morning at a bank counter (its own terminal and
 queue): 周敏 activates her card (ID document, new PIN, MAC-protected unblock). At the clinic's desk:
 李娜's first registration activates her card, 陈静 (insured in Shenzhen) registers cross-region, 张伟 is
-admitted; the desk's records are uploaded. At the clinic's pharmacy window: 李娜's dual-card insert moves
+admitted (each registration answered online with its visit number), and 陈静's outpatient bill is settled
+(the fund pays its share by her insured region's rules); the activations go up to the platform. At
+the clinic's pharmacy window: 李娜's dual-card insert moves
 her old medical card's account to her account at the platform (online), she buys two medicines (1101,
 2101, PIN, 2102); 张伟 buys one and it is refunded (2103); the answer to 陈静's payment is lost on the
 way back (the platform told to drop it), so it is reversed (2601) and she pays again. At day end the
@@ -34,7 +36,7 @@ from message.envelope import CST, Fen, Operator, Station, yuan
 from terminal.crypto import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Clerk, Site
-from terminal.flows.desk import register
+from terminal.flows.desk import register, settle_visit, visit_id
 from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
 from terminal.gateway import test_credentials
 from terminal.online import Platform, ReversedError
@@ -73,6 +75,9 @@ def _sim(name: str) -> MemoryConnection:
 #: how a step gets the connection to a card by its profile name (the demo: a fresh in-memory card)
 Connect = Callable[[str], Connection]
 
+#: 陈静's card identification code (fixtures/cards/other-region.json)
+CHEN_JING = "440300D15600000503141592FFFFFFFF"
+
 #: where a step happens: its journal file and its station
 PLACES = {
     "bank": ("bank-queue.sqlite", BANK),
@@ -94,6 +99,14 @@ class Step:
     cards: bool = True
 
 
+def _chen_jing_bill(site: Site, connect: Connect, clerk: Clerk) -> object:
+    card = connect("other-region")
+    registered = [r for r in site.outbox.records("answered") if r.infno == "2201" and r.card_sn == CHEN_JING]
+    visit = visit_id((registered[0].reply or {})["output"])
+    return settle_visit(card, site, visit, "B20260301-0001", [Item("诊查费", 1, Fen(2000)), Item("血常规", 1, Fen(3500))],
+                        clerk)
+
+
 def _dual_card(site: Site, connect: Connect, clerk: Clerk) -> object:
     old_reader = connect("old-medical-lina")
     return dual_card_activate(read_old_card(old_reader), connect("not-activated"), site, clerk, old_reader)
@@ -105,13 +118,15 @@ DAY: tuple[Step, ...] = (
          (("SS01", "pending"),)),
     Step("desk", "Clinic desk: 李娜's first registration (outpatient, 内科)", ("123456",),
          lambda site, connect, clerk: register(connect("not-activated"), site, "outpatient", "内科", clerk),
-         (("SS01", "pending"), ("2201", "pending"))),
+         (("SS01", "pending"), ("2201", "answered"))),
     Step("desk", "Clinic desk: 陈静, insured in Shenzhen (440300): cross-region", ("802613",),
          lambda site, connect, clerk: register(connect("other-region"), site, "outpatient", "急诊科", clerk),
-         (("2201", "pending"),)),
+         (("2201", "answered"),)),
     Step("desk", "Clinic desk: 张伟 is admitted (hospitalisation, 外科)", ("246810",),
          lambda site, connect, clerk: register(connect("adult"), site, "hospitalisation", "外科", clerk),
-         (("2401", "pending"),)),
+         (("2401", "answered"),)),
+    Step("desk", "Clinic desk: 陈静's outpatient bill (诊查费 20.00, 血常规 35.00)", ("802613",),
+         _chen_jing_bill, (("2207", "answered"),)),
     Step("pharmacy", "Pharmacy: 李娜's dual-card insert (old card in reader 1, new card in reader 2)", ("123456",),
          _dual_card, (("SS02", "answered"),)),
     Step("pharmacy", "Pharmacy: 李娜 buys 2 x 阿莫西林胶囊 (12.50) and 1 x 布洛芬缓释胶囊 (15.80)", ("123456",),
@@ -203,11 +218,11 @@ def run_day(folder: Path, out: TextIO) -> dict[str, Any]:
     """Walk the day (module docstring); return what the platform holds and the reconciliation."""
     with CentralService(folder / PLATFORM_DB, faults=True) as service:
         print(f"The virtual platform is on {service.url}", file=out)
-        for step in DAY[:4]:
+        for step in DAY[:5]:
             run_step(step, folder, out, url=service.url)
-        print("\n== The desk's records go up to the platform", file=out)
+        print("\n== The activations go up to the platform", file=out)
         upload_all(folder, service.url, out)
-        for step in DAY[4:]:
+        for step in DAY[5:]:
             run_step(step, folder, out, url=service.url)
         lost_answer(service, folder, out)
         print("\n== The records still waiting go up", file=out)

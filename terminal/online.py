@@ -183,7 +183,7 @@ class Platform:
             self.outbox.note_call(record.msgid, str(err), lease=self.lease)
             self._reverse_lost(record, err)
         record = self.outbox.answer_call(record.msgid, response)
-        if response["infcode"] != 0:
+        if response["infcode"] != 0 or not isinstance(output, dict):
             raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
         return record, output
 
@@ -223,8 +223,8 @@ class Platform:
         self.outbox.answer_call(reversal.msgid, response)
         if response["infcode"] != 0:
             raise PlatformRefusedError("2601", str(response.get("err_msg") or "")[:300])
-        output = response.get("output") if isinstance(response.get("output"), dict) else {}
-        result = str(output.get("rvs_rslt") or "reversed")
+        output = response.get("output")
+        result = str((output if isinstance(output, dict) else {}).get("rvs_rslt") or "reversed")
         self.outbox.end_call(record.msgid, REVERSED, f"reversed by {reversal.msgid} ({result})", response)
         log.info("reversed %s by %s: %s", record.msgid, reversal.msgid, result)
         return result

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,8 @@ ALL_STATES = (*STATES, HELD, *CALL_STATES)
 #: states of records not yet confirmed by the central service
 UNSENT = (PENDING, SENDING)
 BUSY_TIMEOUT_MS = 5000
+#: seconds a msgid may run ahead of the clock (docs/central-api.md, "msgid")
+MAX_AHEAD = 5.0
 
 _RECORDS_V1 = """
 CREATE TABLE records (
@@ -340,6 +343,7 @@ class Outbox:
         create: bool = True,
         clock: Callable[[], dt.datetime] = now_cst,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        max_ahead: float | None = MAX_AHEAD,
     ) -> None:
         self.path = Path(path)
         self.clock = clock
@@ -351,6 +355,9 @@ class Outbox:
         self._second_text: tuple[int, str] = (0, "")
         self._envelopes: dict[tuple[str, str, Operator], tuple[str, tuple[str, str]]] = {}
         self._uploader_lock: int | None = None
+        #: how far (seconds) msgids may run ahead of the clock when more than 100 records a second are
+        #: made: past it, a record waits for the clock (None: no limit, for benchmarks of the write path)
+        self.max_ahead = max_ahead
         if not create and not self.path.is_file():
             raise QueueError(f"No record queue at {self.path}")
         with self._errors("be opened"):
@@ -599,33 +606,49 @@ class Outbox:
             check_amounts(infno, input)  # amounts as Fen: the platform refuses anything else
         except MessageError as err:
             raise RecordError(str(err)) from None
-        now = self.clock()
-        stamp, inf_time, created_at = self._stamp(now)
-        # the whole envelope but its msgid, validated (RecordError) before any transaction
-        head, tail = self._envelope_parts(infno, insured_region, operator or station.operator)
+        # the whole envelope but its msgid and time, validated (RecordError) before any transaction
+        head, (middle, end) = self._envelope_parts(infno, insured_region, operator or station.operator)
         try:
-            tail = f'{tail[0]}{inf_time}{tail[1]}{encode(input)}}}'
+            body = encode(input)
         except MessageError as err:
             raise RecordError(str(err)) from None
-        ts = now.timestamp() + lease
         treatment = station.region
-        with self._errors("record the transaction", " The transaction was NOT saved."):
-            conn = self.db.conn
-            execute = conn.execute
-            execute("BEGIN IMMEDIATE")
-            try:
-                data_version = execute("PRAGMA data_version").fetchone()[0]
-                high = self._last if data_version == self._data_version else self._high(conn)
-                key = self._next_id(stamp, station.terminal_no, high)
-                msgid = f"{station.fixmedins_code}{key}"
-                envelope = f"{head}{msgid}{tail}"
-                execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope, ts,
-                                  state, os.getpid() if state == CALLING else None))
-                execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
+        waited = 0.0
+        while True:
+            now = self.clock()
+            stamp, inf_time, created_at = self._stamp(now)
+            ts = now.timestamp() + lease
+            with self._errors("record the transaction", " The transaction was NOT saved."):
+                conn = self.db.conn
+                execute = conn.execute
+                execute("BEGIN IMMEDIATE")
+                try:
+                    data_version = execute("PRAGMA data_version").fetchone()[0]
+                    high = self._last if data_version == self._data_version else self._high(conn)
+                    key = self._next_id(stamp, station.terminal_no, high)
+                    ahead = _seconds_ahead(key, stamp)
+                    # a burst may borrow seconds up to max_ahead past the clock; msgids already further ahead
+                    # (a clock set back, a sign-in on another clock) are no burst to wait for
+                    if (self.max_ahead is None or ahead <= self.max_ahead
+                            or _seconds_ahead(high or 0, stamp) > self.max_ahead):
+                        msgid = f"{station.fixmedins_code}{key}"
+                        envelope = f"{head}{msgid}{middle}{inf_time}{end}{body}}}"
+                        execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope,
+                                          ts, state, os.getpid() if state == CALLING else None))
+                        execute("COMMIT")
+                        break
                     execute("ROLLBACK")
-                raise
+                except BaseException:
+                    if conn.in_transaction:
+                        execute("ROLLBACK")
+                    raise
+            # more than 100 records a second for a while: wait for the clock rather than use its future
+            if waited > 2 * self.max_ahead + 10:
+                raise QueueError(f"The record queue {self.path} cannot take more than {SEQ_PER_SECOND} records a "
+                                 "second from one terminal: the clock does not move on. The transaction was NOT saved.")
+            pause = min(ahead - self.max_ahead, 1.0)
+            time.sleep(pause)
+            waited += pause
         self._last, self._data_version = key, data_version
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s %s%s", "journaled" if state == CALLING else "queued", infno, msgid,
@@ -812,6 +835,32 @@ class Outbox:
                 dead += changed and state == DEAD
         return sent, dead
 
+    def rekey(self, msgid: str, reason: str) -> QueuedRecord:
+        """Give an unconfirmed record a new msgid, due now: the platform said its msgid was used for
+        another message (``message.envelope.MSGID_TAKEN``: another terminal issued the same one), so
+        nothing was done under it and the record must go again under a msgid of its own, not die
+        (docs/central-api.md, "msgid"). The envelope is the same but for the msgid. :class:`QueueError`
+        when ``msgid`` is not a pending or sending record."""
+        station = self.require_station()
+        stamp = self._stamp(self.clock())[0]
+        with self._write("give a record a new msgid") as conn:
+            row = conn.execute(
+                "SELECT infno, created_at, card_sn, insured_region, treatment_region, envelope FROM records"
+                f" WHERE id = ? AND msgid = ? AND state IN ('{PENDING}', '{SENDING}')", [_id(msgid), msgid]).fetchone()
+            if row is None:
+                raise QueueError(f"No unsent record {msgid} in the queue")
+            key = self._next_id(stamp, station.terminal_no, self._high(conn))
+            new = f"{station.fixmedins_code}{key}"
+            envelope = row[5].replace(f'"msgid":"{msgid}"', f'"msgid":"{new}"', 1)
+            conn.execute("DELETE FROM records WHERE id = ?", [_id(msgid)])
+            conn.execute(_INSERT, (key, new, row[0], row[1], row[2], row[3], row[4], envelope, self.now(), PENDING,
+                                   None))
+            conn.execute("UPDATE records SET last_error = ? WHERE id = ?", [f"{reason} (was {msgid})"[:500], key])
+            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        self._last, self._data_version = key, data_version
+        log.info("re-keyed %s as %s: %s", msgid, new, reason)
+        return self.get(new)
+
     def retry_later(self, schedule: Iterable[tuple[str, float]], error: str) -> None:
         """A delivery failed without an answer: each ``(msgid, next_attempt_at)`` goes back to pending,
         due at that time (the uploader's backoff), with ``error`` as its last error."""
@@ -881,6 +930,14 @@ class Outbox:
         return self._select(f"infno = ? AND state != '{HELD}' AND json_extract(envelope, ?) = ?",
                             [infno, f"$.input.data.{key}", value])
 
+    def by_answer(self, infnos: tuple[str, ...], paths: tuple[str, ...], value: str) -> list[QueuedRecord]:
+        """The records of these transactions whose stored answer holds ``value`` at one of the JSON
+        ``paths`` (e.g. a registration by the ``mdtrt_id`` the platform gave it), oldest first."""
+        marks = ", ".join("?" * len(infnos))
+        found = " OR ".join("json_extract(reply, ?) = ?" for _ in paths)
+        return self._select(f"infno IN ({marks}) AND reply IS NOT NULL AND ({found})",
+                            [*infnos, *[x for path in paths for x in (path, value)]])
+
     def in_state(self, state: str, infnos: tuple[str, ...]) -> list[QueuedRecord]:
         """The records of these transactions in ``state``, oldest first (e.g. the answered settlements
         and cancellations reconciliation totals)."""
@@ -923,6 +980,15 @@ _HIGH = (
     "SELECT max(coalesce((SELECT max(id) FROM records), 0),"
     " coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'msgid_floor'), 0))"
 )
+
+
+def _seconds_ahead(key: int, stamp: int) -> float:
+    """How many seconds the msgid digits ``key`` run ahead of the second ``stamp`` (yyyyMMddHHmmss)."""
+    issued = key // 10_000
+    if issued <= stamp:
+        return 0.0
+    later = dt.datetime.strptime(str(issued), MSGID_TIME) - dt.datetime.strptime(str(stamp), MSGID_TIME)
+    return later.total_seconds()
 
 
 def _alive(pid: object) -> bool:

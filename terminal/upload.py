@@ -31,7 +31,7 @@ import httpcore
 import httpx
 
 from apdu.errors import ConfigError, SSCardError
-from message.envelope import Credentials, Envelope, encode, gateway_headers, with_sign_no
+from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, with_sign_no
 from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
@@ -380,16 +380,19 @@ def sign_in(central: CentralClient, outbox: Outbox) -> str:
     """9001 operator sign-in with the station's operator and device (docs/platform.md, "9001"): the
     ``sign_no`` every later message of this session carries. :class:`CentralError` when refused."""
     station = outbox.require_station()
-    envelope = Envelope(
-        infno="9001",
-        msgid=outbox.next_msgid(),
-        station=station,
-        operator=station.operator,
-        insured_region=station.region,
-        time=outbox.clock(),
-        input={"signIn": {"opter_no": station.operator.opter, "mac": "", "ip": "127.0.0.1"}},
-    )
-    response = central.call(envelope.to_dict())
+    for _ in range(3):  # a msgid another terminal used (MSGID_TAKEN): nothing done, the next one is tried
+        envelope = Envelope(
+            infno="9001",
+            msgid=outbox.next_msgid(),
+            station=station,
+            operator=station.operator,
+            insured_region=station.region,
+            time=outbox.clock(),
+            input={"signIn": {"opter_no": station.operator.opter, "mac": "", "ip": "127.0.0.1"}},
+        )
+        response = central.call(envelope.to_dict())
+        if response["infcode"] != MSGID_TAKEN:
+            break
     if response["infcode"] != 0:
         raise CentralError(f"The platform refused the sign-in: {str(response.get('err_msg') or 'no reason given')[:300]}")
     sign_no = signin_number(response)
@@ -432,6 +435,8 @@ class Uploader:
         self.delivery_time = self.lease / 2
         self.backoff = backoff or Backoff()
         self.sign_no: str | None = None
+        #: records given a new msgid so far (the platform said theirs was another message's)
+        self.rekeyed = 0
         outbox.join_uploaders()
 
     def close(self) -> None:
@@ -508,6 +513,11 @@ class Uploader:
                 [(r.msgid, now + self.backoff.delay(r.attempts, retry_after)) for r in unanswered],
                 str(error) if error else "no answer for this record in the batch",
             )
+        taken = [o for o in outcomes if o.infcode == MSGID_TAKEN]
+        self.rekeyed += len(taken)
+        for outcome in taken:  # another terminal's msgid: nothing was done under it; it goes again as its own
+            self.outbox.rekey(outcome.msgid, f"re-keyed: {outcome.err_msg or 'msgid used for another message'}")
+        outcomes = [o for o in outcomes if o.infcode != MSGID_TAKEN]
         sent, dead = self.outbox.settle(outcomes) if outcomes else (0, 0)
         for outcome in outcomes:
             if outcome.infcode != 0:
@@ -531,12 +541,13 @@ class Uploader:
         sent = dead = batches = 0
         error = None
         while max_batches is None or batches < max_batches:
+            rekeyed = self.rekeyed
             try:
                 batch_sent, batch_dead = self.upload_batch(ignore_schedule=ignore_schedule)
             except CentralError as err:
                 error = str(err)
                 break
-            if not batch_sent + batch_dead:
+            if not batch_sent + batch_dead + (self.rekeyed - rekeyed):
                 break
             sent, dead, batches = sent + batch_sent, dead + batch_dead, batches + 1
             if progress:

@@ -12,11 +12,14 @@ from terminal.config import DEFAULT_TOML, load_config, parse_config, write_defau
 
 
 def test_default_file_is_commented_and_reads_back(tmp_path):
-    path = write_default(tmp_path / "sub" / "terminal.toml")
+    path = write_default(tmp_path / "sub" / "terminal.toml", terminal_no=3)
     text = path.read_text(encoding="utf-8")
-    assert text == DEFAULT_TOML and text.count("\n#") >= 8
+    assert text.count("\n#") >= 8 and "number = 3" in text
+    assert text.replace("number = 3", "number = 1") == DEFAULT_TOML.replace('device = ""', f'device = "{load_config(path).device}"')
+    assert path.stat().st_mode & 0o777 == 0o600
     config = load_config(path)
     assert config.station.region == "330300" and config.station.fixmedins_code == "H33030200001"
+    assert config.terminal_no == 3 and config.device.startswith("DEV-") and config.station.dev_no == config.device
     assert config.queue_path == path.parent.resolve() / "queue.sqlite"
     assert config.key_store_args() == {"psam": None, "key_file": None} and config.desk_requires_pin
     with pytest.raises(ConfigError, match="already exists"):
@@ -54,8 +57,10 @@ def test_cli_config_init_show_and_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("SSCARD_CONFIG", str(path))
     missing = runner.invoke(main, ["config", "show"])
     assert missing.exit_code == 12 and "sscard config init" in missing.output and "Traceback" not in missing.output
-    assert runner.invoke(main, ["config", "init"]).exit_code == 0 and path.exists()
-    again = runner.invoke(main, ["config", "init"])
+    unnumbered = runner.invoke(main, ["config", "init"])  # no terminal: the number must be given
+    assert unnumbered.exit_code == 2 and "--terminal-number" in unnumbered.output and not path.exists()
+    assert runner.invoke(main, ["config", "init", "--terminal-number", "2"]).exit_code == 0 and path.exists()
+    again = runner.invoke(main, ["config", "init", "--terminal-number", "2"])
     assert again.exit_code == 12
     shown = runner.invoke(main, ["config", "show", "--json"])
     assert shown.exit_code == 0 and '"region": "330300"' in shown.stdout

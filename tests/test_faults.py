@@ -33,6 +33,7 @@ from apdu.errors import SSCardError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
+from message.envelope import REVERSIBLE
 from terminal.demo import DAY, PLACES, PLATFORM_DB, Step, run_step
 
 QUEUES = sorted({name for name, _ in PLACES.values()})
@@ -51,13 +52,16 @@ def queued(folder: Path) -> list[tuple[str, str, str]]:
 
 
 def moved(folder: Path) -> list[tuple[str, str]]:
-    """What the virtual platform has done so far that moves money or visits (accepted, not queries)."""
+    """What the virtual platform has done so far that the journal records: money moved, visits, the old
+    card's account (accepted messages of the journaled transactions; not queries, sign-ins, the visit's
+    information and fee details, which a retry clears and uploads again)."""
     path = folder / PLATFORM_DB
     if not path.exists():
         return []
+    marks = ", ".join("?" * len(REVERSIBLE))
     with closing(sqlite3.connect(path)) as db:
-        return db.execute("SELECT msgid, infno FROM messages WHERE infcode = 0 AND infno NOT IN "
-                          "('1101', '2101', '2206', '9001', '3201') ORDER BY msgid").fetchall()
+        return db.execute(f"SELECT msgid, infno FROM messages WHERE infcode = 0 AND infno IN ({marks}) ORDER BY msgid",
+                          sorted(REVERSIBLE)).fetchall()
 
 
 class PullPlan:

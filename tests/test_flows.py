@@ -53,23 +53,38 @@ def removal_points(run, total: int):
 
 # --- hospital desk -------------------------------------------------------------------------------------
 
-def test_desk_registration_is_queued_with_the_card_and_the_department(site):
+def visits(platform) -> list[dict]:
+    return platform.ledger.show()["visits"]
+
+
+def test_desk_registration_is_asked_online_and_answered_with_the_visit(site, platform):
     result = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
-    assert count(site) == 1 and result.activation is None and not result.cross_region
+    assert result.activation is None and not result.cross_region
+    assert result.record.state == "answered" and result.mdtrt_id == visits(platform)[0]["mdtrt_id"]
     envelope = wire(result.record)
     assert envelope["infno"] == "2201" and envelope["insuplc_admdvs"] == envelope["mdtrtarea_admvs"] == "330300"
     data = envelope["input"]["data"]
     assert data["dept_name"] == "内科" and data["med_type"] == "11" and data["insutype"] == "310"
-    assert data["certno"] == "330302198506151239" and data["card_sn"] == "330300D15600000501234567FFFFFFFF"
+    assert data["psn_no"] == ZHANGWEI and data["card_sn"] == "330300D15600000501234567FFFFFFFF"
     assert data["mdtrt_cert_type"] == "03" and data["cross_region"] is False
+    assert [(v["psn_no"], v["dept_name"], v["state"]) for v in visits(platform)] == [(ZHANGWEI, "内科", "open")]
 
 
-@pytest.mark.parametrize(("kind", "infno", "med_type", "insutype"), [
-    ("hospitalisation", "2401", "21", "310"), ("maternity", "2201", "51", "510")])
-def test_desk_registration_kinds(site, kind, infno, med_type, insutype):
-    record = register(sim("adult"), site, kind, "妇产科", clerk(PINS["adult"])).record
-    data = wire(record)["input"]["data"]
-    assert (record.infno, data["med_type"], data["insutype"]) == (infno, med_type, insutype)
+@pytest.mark.parametrize(("card", "kind", "infno", "med_type", "insutype"), [
+    ("adult", "hospitalisation", "2401", "21", "310"), ("not-activated", "maternity", "2201", "51", "510"),
+    ("minority", "outpatient", "2201", "11", "390")])
+def test_desk_registration_kinds(site, platform, card, kind, infno, med_type, insutype):
+    result = register(sim(card), site, kind, "妇产科", clerk(PINS[card]))
+    body = wire(result.record)["input"]
+    data = body["mdtrtinfo"] if infno == "2401" else body["data"]
+    assert (result.record.infno, data["med_type"], data["insutype"]) == (infno, med_type, insutype)
+    assert [(v["infno"], v["med_type"], v["insutype"]) for v in visits(platform)] == [(infno, med_type, insutype)]
+
+
+def test_a_registration_the_holder_is_not_insured_for_is_refused(site, platform):
+    with pytest.raises(RefusedError, match="no insurance in force for a maternity registration") as refused:
+        register(sim("adult"), site, "maternity", "妇产科", clerk(PINS["adult"]))
+    assert refused.value.exit_code == 15 and count(site) == 0 and visits(platform) == []
 
 
 def test_first_registration_activates_a_not_activated_card_once(site):
@@ -90,6 +105,21 @@ def test_cross_region_registration_carries_both_regions_and_the_flag(site):
     assert envelope["input"]["data"]["cross_region"] is True
 
 
+def test_with_the_platform_unreachable_the_registration_waits_in_the_queue(site, platform):
+    from terminal.upload import Uploader
+
+    url = site.platform.central.url
+    site.platform.central.url = "http://127.0.0.1:9"
+    said = clerk(PINS["adult"])
+    result = register(sim("adult"), site, "outpatient", "内科", said)
+    assert result.mdtrt_id is None and result.record.state == "pending" and visits(platform) == []
+    assert "psn_no" not in wire(result.record)["input"]["data"]  # no 1101: the platform finds the card's holder
+    assert any("wait in the queue" in line for line in said.said)
+    with Uploader(site.outbox, url) as uploader:
+        assert uploader.drain().sent == 1
+    assert [v["psn_no"] for v in visits(platform)] == [ZHANGWEI]
+
+
 def test_desk_without_pin_when_the_site_does_not_require_it(site):
     said = clerk()
     register(sim("adult"), site, "outpatient", "内科", said, require_pin=False)
@@ -101,10 +131,10 @@ def test_desk_without_pin_when_the_site_does_not_require_it(site):
     ("adult", "111222", WrongPINError),
     ("blocked-pin", PINS["blocked-pin"], PINBlockedError),
 ])
-def test_desk_refusals_queue_nothing(site, card, pin, error):
+def test_desk_refusals_record_nothing(site, platform, card, pin, error):
     with pytest.raises(error):
         register(sim(card), site, "outpatient", "内科", clerk(pin))
-    assert count(site) == 0
+    assert count(site) == 0 and visits(platform) == []
 
 
 def test_desk_refuses_an_unknown_kind_and_an_empty_department(site):
@@ -115,16 +145,70 @@ def test_desk_refuses_an_unknown_kind_and_an_empty_department(site):
     assert count(site) == 0
 
 
-def test_desk_card_removed_at_any_step_queues_nothing(site):
+def test_desk_card_removed_at_any_step_records_nothing(site, platform):
     for n, result in removal_points(
             lambda n: register(sim("not-activated", remove_after=n), site, "outpatient", "内科",
                                clerk(PINS["not-activated"])), 60):
         if result is not None:  # pulled after the last APDU: both records, activation first
-            assert count(site) == 2 and n > 10
+            assert count(site) == 2 and n > 10 and len(visits(platform)) == 1
             break
-        assert count(site) == 0, n
+        assert count(site) == 0 and visits(platform) == [], n
     else:
         pytest.fail("never completed")
+
+
+FEES = [Item("诊查费", 1, Fen(2000)), Item("血常规", 1, Fen(3500)), Item("阿莫西林胶囊", 2, Fen(1250))]
+
+
+def test_a_visit_is_cancelled_once_and_not_while_a_bill_stands(site, platform):
+    from terminal.flows.desk import cancel, refund as refund_visit_bill, settle_visit
+
+    visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
+    settle_visit(sim("adult"), site, visit.mdtrt_id, "B1", FEES, clerk(PINS["adult"]))
+    with pytest.raises(RefusedError, match="has a settlement"):
+        cancel(site, visit.mdtrt_id, clerk())
+    refund_visit_bill(site, "B1", clerk())
+    done = cancel(site, visit.mdtrt_id, clerk())
+    assert not done.already and done.record.infno == "2202" and visits(platform)[0]["state"] == "cancelled"
+    assert cancel(site, visit.mdtrt_id, clerk()).already
+    with pytest.raises(RefusedError, match="No visit MD0"):
+        cancel(site, "MD0", clerk())
+
+
+def test_an_outpatient_bill_is_settled_with_the_policy_and_refunded_exactly(site, platform):
+    from terminal.flows.desk import refund as refund_visit_bill, settle_visit
+
+    visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
+    said = clerk(PINS["adult"])
+    paid = settle_visit(sim("adult"), site, visit.mdtrt_id, " b1", FEES, said)
+    # 80.00 yuan, all under the 1000.00 deductible (policy, 330300 employees): the account pays it
+    assert (paid.split.total, paid.split.fund, paid.split.account, paid.split.cash) == (8000, 0, 8000, 0)
+    assert paid.bill == "B1" and paid.record.infno == "2207" and paid.record.state == "answered"
+    assert platform.ledger.balance(ZHANGWEI) == 235000 - 8000
+    assert any("medical personal account 80.00" in line for line in said.said)
+    again = settle_visit(sim("adult"), site, visit.mdtrt_id, "B1", FEES, clerk())
+    assert again.already_paid and again.record.msgid == paid.record.msgid
+    big = settle_visit(sim("adult"), site, visit.mdtrt_id, "B2", [Item("手术费", 1, Fen(300000))],
+                       clerk(PINS["adult"]))
+    # 920.00 left of the deductible, 70 % of the remaining 2080.00 is the fund's: 1456.00
+    assert (big.split.fund, big.split.account) == (145600, 300000 - 145600)
+    back = refund_visit_bill(site, "B2", clerk())
+    assert back.split.account == 300000 - 145600 and platform.ledger.balance(ZHANGWEI) == 235000 - 8000
+    again_big = settle_visit(sim("adult"), site, visit.mdtrt_id, "B3", [Item("手术费", 1, Fen(300000))],
+                             clerk(PINS["adult"]))
+    assert again_big.split.fund == 145600  # the refund gave the year's deductible and fund use back
+
+
+def test_a_bill_is_settled_only_with_the_visits_card(site, platform):
+    from terminal.flows.desk import settle_visit
+
+    visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
+    with pytest.raises(RefusedError, match="not the one visit"):
+        settle_visit(sim("other-region"), site, visit.mdtrt_id, "B1", FEES, clerk(PINS["other-region"]))
+    admission = register(sim("other-region"), site, "hospitalisation", "外科", clerk(PINS["other-region"]))
+    with pytest.raises(RefusedError, match="is an admission"):
+        settle_visit(sim("other-region"), site, admission.mdtrt_id, "B2", FEES, clerk(PINS["other-region"]))
+    assert platform.ledger.show()["settlements"] == []
 
 
 # --- pharmacy: dual-card insert ---------------------------------------------------------------------

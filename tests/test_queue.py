@@ -597,3 +597,20 @@ def test_records_filter_by_state_and_card_together(outbox):
     assert [r.msgid for r in outbox.records("sent", card_sn=CARD)] == [mine.msgid]
     assert outbox.records("pending", card_sn=CARD) == []
     assert len(outbox.records("pending")) == 1
+
+
+def test_a_burst_of_records_never_runs_msgids_more_than_a_few_seconds_ahead_of_the_clock(tmp_path):
+    """100 msgids a second per terminal: past MAX_AHEAD seconds of borrowing, a record waits for the clock."""
+    from terminal.queue import MAX_AHEAD
+
+    with Outbox(tmp_path / "burst.sqlite", STATION) as box:  # the real clock
+        made = [registration(box) for _ in range(int(MAX_AHEAD + 3) * 100)]  # needs the clock 2 s on
+    ahead = [(msgid_time(r.msgid) - r.created_at.replace(microsecond=0)).total_seconds() for r in made]
+    assert max(ahead) <= MAX_AHEAD and len({r.msgid for r in made}) == len(made)
+    assert made[-1].created_at - made[0].created_at > dt.timedelta(seconds=1)  # the burst waited for the clock
+
+
+def test_without_a_limit_a_burst_borrows_the_seconds_it_needs(tmp_path, clock):
+    with Outbox(tmp_path / "burst.sqlite", STATION, clock=clock, max_ahead=None) as box:
+        made = [registration(box).msgid for _ in range(1000)]
+    assert (msgid_time(made[-1]) - clock()).total_seconds() == 9 and len(set(made)) == 1000

@@ -273,8 +273,9 @@ def test_the_queue_commands_find_the_counters_records_through_the_terminal_confi
     config = counter_site(tmp_path, central.url)
     env = {"SSCARD_CONFIG": str(config), "SSCARD_QUEUE": None, "SSCARD_CENTRAL": None}
     runner = CliRunner()
-    desk = runner.invoke(main, ["desk", "register", "-r", "sim:adult", "--type", "outpatient", "--department", "内科",
-                                "--json"], env=env)
+    # the bank activation's SS01 is an agency record: it waits in the queue (the desk now asks online)
+    desk = runner.invoke(main, ["bank", "activate", "-r", "sim:not-activated", "--id-number", "330302199203081020",
+                                "--pin-stdin", "--json"], input="135792\n135792\n", env=env)
     assert desk.exit_code == 0, desk.output
     msgid = json.loads(desk.stdout)["msgid"]
     status = runner.invoke(main, ["queue", "status", "--json"], env=env)  # no -q
@@ -283,7 +284,7 @@ def test_the_queue_commands_find_the_counters_records_through_the_terminal_confi
     upload = runner.invoke(main, ["queue", "upload", "--json"], env=env)  # no -q, no --central
     assert upload.exit_code == 0, upload.output
     assert json.loads(upload.stdout)["sent"] == 1
-    assert central.ledger.message(msgid)["infno"] == "2201"
+    assert central.ledger.message(msgid)["infno"] == "SS01"
     listed = runner.invoke(main, ["queue", "list", "--state", "sent", "--json"], env=env)
     assert [r["msgid"] for r in json.loads(listed.stdout)] == [msgid]
 

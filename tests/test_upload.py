@@ -16,7 +16,7 @@ from queueing import (  # noqa: F401
 
 from central import GARBAGE, MAX_BATCH, CentralService
 from central import Ledger, Rejected
-from message.envelope import Envelope, Fen, with_sign_no
+from message.envelope import MSGID_TAKEN, Envelope, Fen, with_sign_no
 from terminal.queue import Outbox
 from apdu.errors import ConfigError
 from terminal.upload import (
@@ -190,7 +190,7 @@ def test_dedupe_is_permanent_across_restarts_and_a_reused_msgid_is_refused(outbo
         client.close()
         assert service.ledger.message(original["msgid"])["input"] == original["input"]
     assert repeat.reply == first.reply and repeat.infcode == 0
-    assert altered.infcode == -1 and "already used" in altered.err_msg
+    assert altered.infcode == MSGID_TAKEN and "already used" in altered.err_msg
 
 
 def signin(outbox) -> dict:
@@ -542,4 +542,34 @@ def test_a_rejected_record_revived_with_retry_dead_is_judged_again_and_accepted(
         altered = client.batch([with_sign_no(accepted.envelope.replace('09:30:00"', '09:32:00"'), sign_no)])[0]
         client.close()
     assert repeat.reply == accepted.reply and service.ledger.repeats == 1  # acceptance stays final
-    assert altered.infcode == -1 and "already used" in altered.err_msg
+    assert altered.infcode == MSGID_TAKEN and "already used" in altered.err_msg
+
+
+# --- two terminals of one institution ---------------------------------------------------------------
+
+def test_two_terminals_given_one_number_lose_nothing(tmp_path, central, clock):
+    """Two desks configured with the same terminal number (the mistake plain `config init` used to make)
+    issue the same msgids. The platform refuses the second device's sign-in, naming the number; once its
+    number is corrected, its records whose msgids the first desk used are re-keyed and sent, not dead."""
+    from dataclasses import replace
+
+    first = replace(STATION, dev_no="DEV-FIRST")
+    second = replace(STATION, dev_no="DEV-SECOND")
+    with Outbox(tmp_path / "one.sqlite", first, clock=clock) as one, \
+            Outbox(tmp_path / "two.sqlite", second, clock=clock) as two:
+        mine = [registration(one, dept_name=f"内科 {n}").msgid for n in range(3)]
+        theirs = [registration(two, dept_name=f"外科 {n}").msgid for n in range(3)]
+        assert mine == theirs  # the same clock, the same number: the same msgids
+        assert drain(one, central.url).sent == 3
+        refused = drain(two, central.url)
+        assert refused.sent == 0 and refused.pending == 3
+        assert "terminal number 07" in refused.error and "its own number" in refused.error
+    clock.tick(600)  # past the backoff of the refused attempt
+    with Outbox(tmp_path / "two.sqlite", replace(second, terminal_no=8), clock=clock) as two:  # corrected
+        with Uploader(two, central.url) as uploader:
+            report = uploader.drain()
+        assert (report.sent, report.dead, report.pending, uploader.rekeyed) == (3, 0, 0, 3)
+        records = two.records()
+        assert all(r.state == "sent" and r.msgid[26:28] == "08" for r in records)
+    held = central.ledger.show()["visits"]
+    assert sorted(v["msgid"][26:28] for v in held) == ["07"] * 3 + ["08"] * 3  # six registrations, none lost

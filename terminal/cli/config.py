@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -17,11 +18,25 @@ def config_group() -> None:
 
 @config_group.command()
 @config_option
+@click.option("--terminal-number", "terminal_no", type=click.IntRange(1, 99), default=None,
+              help="This terminal's number within the institution (1-99), different for each terminal; "
+                   "asked when absent at a terminal.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(config_path: Path | None, force: bool) -> None:
-    """Write a commented default configuration file, to edit before first use."""
-    path = write_default(config_path or default_config_path(), force=force)
-    click.echo(f"Wrote {path}: edit the institution, region and operator before first use.")
+def init(config_path: Path | None, terminal_no: int | None, force: bool) -> None:
+    """Write a commented default configuration file, to edit before first use.
+
+    \b
+    Each terminal of an institution needs its own number: it keeps their message ids apart. The file
+    gets a new device identity too, so the platform tells two devices with one number apart.
+    """
+    if terminal_no is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError("give this terminal its own number with --terminal-number N (1-99), "
+                                   "different from every other terminal of the institution")
+        terminal_no = click.prompt("This terminal's number within the institution (1-99, one per terminal)",
+                                   type=click.IntRange(1, 99))
+    path = write_default(config_path or default_config_path(), force=force, terminal_no=terminal_no)
+    click.echo(f"Wrote {path} (terminal {terminal_no}): edit the institution, region and operator before first use.")
 
 
 @config_group.command()
@@ -34,7 +49,8 @@ def show(config_path: Path | None, as_json: bool) -> None:
         "path": str(config.path), "institution_code": config.institution_code,
         "institution_name": config.institution_name, "region": config.region, "terminal_no": config.terminal_no,
         "operator": f"{config.operator_id} {config.operator_name}", "key_store": config.key_store,
-        "queue": str(config.queue_path), "central": config.central_url, "desk_requires_pin": config.desk_requires_pin,
+        "queue": str(config.queue_path), "central": config.central_url, "credentials": config.central_credentials,
+        "device": config.device, "desk_requires_pin": config.desk_requires_pin,
     }
     if as_json:
         click.echo(json.dumps(fields, ensure_ascii=False, indent=2))

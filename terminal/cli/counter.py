@@ -25,6 +25,7 @@ from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
 from terminal.flows.common import Site
+from terminal.flows.settlement import Item
 from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
 from terminal.online import Platform, PlatformRefusedError
 from terminal.queue import Outbox
@@ -61,6 +62,18 @@ class ScreenClerk:
                 raise click.UsageError("no PIN on standard input")
             return line.strip()
         return click.prompt(prompt, hide_input=True, err=self.to_stderr)
+
+
+def bill_items(specs: tuple[str, ...], label: str) -> list[Item]:
+    """The bill's items from ``--item`` options, else asked one per line (an empty line ends the bill)."""
+    if specs:
+        return [Item.parse(spec) for spec in specs]
+    items: list[Item] = []
+    while True:
+        line = click.prompt(f"{label} (NAME:QUANTITY:PRICE, empty to finish)", default="", show_default=False)
+        if not line.strip():
+            return items
+        items.append(Item.parse(line))
 
 
 def open_platform(config: TerminalConfig, outbox: Outbox, central_url: str | None) -> Platform:

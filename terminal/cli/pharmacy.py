@@ -13,6 +13,7 @@ from terminal.cli import watchdog
 from terminal.cli.card import reader_option
 from terminal.cli.counter import (
     ScreenClerk,
+    bill_items,
     central_option,
     config_option,
     finish,
@@ -23,7 +24,6 @@ from terminal.cli.counter import (
 from terminal.flows.common import Site
 from terminal.flows.pharmacy import (
     DualCardActivation,
-    Item,
     dual_card_activate,
     not_answering_note,
     purchase,
@@ -127,15 +127,6 @@ def dual_card_two_readers(old_connection: Connection, connection: Connection, si
     return result
 
 
-def _ask_items() -> list[Item]:
-    items = []
-    while True:
-        line = click.prompt("Item (NAME:QUANTITY:PRICE, empty to finish)", default="", show_default=False)
-        if not line.strip():
-            return items
-        items.append(Item.parse(line))
-
-
 @pharmacy.command("purchase")
 @reader_option
 @config_option
@@ -157,7 +148,7 @@ def purchase_command(reader: str | None, config_path: Path | None, central_url: 
     be reversed yet (do not hand over the goods: 'sscard queue resolve'). A sale already paid here
     is reported, never paid twice.
     """
-    items = [Item.parse(spec) for spec in item_specs] or _ask_items()
+    items = bill_items(item_specs, "Item")
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
     with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
         result = purchase(connection, site, sale_no, items, clerk)

@@ -197,7 +197,9 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
 
     given = {"batch_size": batch_size, "timeout": timeout}
     options = {name: value for name, value in given.items() if value is not None}
-    with Outbox(path, create=False) as outbox, \
+    # the configuration's station (a terminal number corrected there applies to the next sign-in)
+    station = config.station if config and config.queue_path == path else None
+    with Outbox(path, station, create=False) as outbox, \
             Uploader(outbox, url, credentials=gateway_credentials(config, outbox), **options) as uploader:
         if follow:
             with stop_on_signals() as stop:

@@ -157,6 +157,12 @@ def person_fields(identity: Identity) -> dict[str, Any]:
     }
 
 
+def insurances_line(person: Person) -> str:
+    """``310 in force, 510 suspended`` (or ``not insured``): what 1101 said of the person's insurances."""
+    held = ", ".join(f"{i.insutype} {'in force' if i.in_force else 'suspended'}" for i in person.insurances)
+    return held or "not insured"
+
+
 def look_up(site: Site, at: CardAtCounter) -> Person:
     """1101 for the card at the counter: the platform's person (psn_no, insurances, insured region,
     balance). The platform must name the card's own holder (:class:`RefusedError` otherwise)."""

@@ -1,12 +1,19 @@
-"""The hospital registration desk (DESIGN.md items 4, 5, 6).
+"""The hospital desk: registration, its cancellation, the outpatient bill and its refund (docs/flows.md).
 
-Insert card -> genuine-card check -> read identity -> PIN when the site requires it -> the registration
-(outpatient, hospitalisation or maternity, and a department) is queued. A card not yet activated is
-activated by its first registration: an ``SS01`` record ("activated by first registration") is queued
-just before the registration, and the card is active at this terminal from then on. A card issued in
-another region is flagged cross-region (insured region and treatment region in the envelope, and
-``cross_region`` in the body). Codes: docs/flows.md, "Registration codes" (project convention where
-central-service.md marks them unconfirmed).
+**Registration**: card in -> genuine-card check -> PIN when the site requires it -> 1101 for the
+card's holder -> a card not yet activated is activated by its first registration (an ``SS01``
+record, queued: the agency's record) -> the registration asked online: 2201 (outpatient, maternity)
+or 2401 (hospitalisation), journaled, answered with the visit's ``mdtrt_id``. With the platform
+unreachable, the registration waits in the queue with the card's credential and goes up later. A
+card issued in another region is flagged cross-region (insured region and treatment region in the
+envelope). Codes: docs/flows.md, "Registration codes".
+
+**Cancellation** (2202, 2404) of a visit registered here with no settlement standing.
+
+**The outpatient bill** of a visit registered here: the card (the visit's holder), 2203 the visit's
+medical type, 2205 and 2204 the bill's fee details (cleared and uploaded again, so a retry after a lost
+answer uploads each line once), then the settlement as at the pharmacy (2206 preview, PIN, 2207
+journaled: :func:`terminal.flows.settlement.settle`), and its refund (2208).
 """
 from __future__ import annotations
 
@@ -14,51 +21,93 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.connection import Connection
+from message.envelope import yuan
 from terminal.flows.common import (
     Clerk,
+    PaymentRefusedError,
     RefusedError,
     Site,
     holder_line,
+    insurances_line,
     is_active,
+    look_up,
     person_fields,
     present_card,
+    record_data,
     timestamp,
     verify_holder_pin,
 )
-from terminal.queue import QueuedRecord
+from terminal.flows.settlement import (
+    Item,
+    Refund,
+    Split,
+    bill_number,
+    bill_total,
+    platform_errors,
+    settle,
+    standing,
+)
+from terminal.flows.settlement import refund as refund_bill
+from terminal.online import Person, PlatformRefusedError
+from terminal.queue import ANSWERED, CALLING, SENT, QueuedRecord
+from terminal.upload import CentralError
+
+OUTPATIENT_SETTLEMENT = "2207"
+#: where each registration's answer names its visit
+VISIT_PATHS = ("$.output.data.mdtrt_id", "$.output.result.mdtrt_id")
+#: each registration and its cancellation
+CANCELS = {"2201": "2202", "2401": "2404"}
 
 
 @dataclass(frozen=True)
 class RegistrationKind:
-    """One kind of registration: its transaction code, medical type and insurance type."""
+    """One kind of registration: its transaction, medical type and the insurance types that pay it
+    (the first is the one a registration queued offline names)."""
 
     name: str
     label: str
     infno: str
     med_type: str
-    insutype: str
+    insutypes: tuple[str, ...]
+
+    @property
+    def insutype(self) -> str:
+        return self.insutypes[0]
 
 
 #: docs/flows.md, "Registration codes"
 KINDS: dict[str, RegistrationKind] = {
     kind.name: kind
     for kind in (
-        RegistrationKind("outpatient", "门诊 outpatient", "2201", "11", "310"),
-        RegistrationKind("hospitalisation", "住院 hospitalisation", "2401", "21", "310"),
-        RegistrationKind("maternity", "生育 maternity", "2201", "51", "510"),
+        RegistrationKind("outpatient", "门诊 outpatient", "2201", "11", ("310", "390")),
+        RegistrationKind("hospitalisation", "住院 hospitalisation", "2401", "21", ("310", "390")),
+        RegistrationKind("maternity", "生育 maternity", "2201", "51", ("510",)),
     )
 }
 
 
+def visit_id(output: dict[str, Any]) -> str:
+    """The ``mdtrt_id`` of a registration's answer (2201: ``data``, 2401: ``result``); KeyError when none."""
+    part = output.get("data")
+    if not isinstance(part, dict):
+        part = output["result"]
+    mdtrt_id = part["mdtrt_id"]
+    if not isinstance(mdtrt_id, str) or not mdtrt_id:
+        raise ValueError("no mdtrt_id")
+    return mdtrt_id
+
+
 @dataclass(frozen=True)
 class Registration:
-    """What the desk queued: the registration, and the activation when this was the first one."""
+    """What the desk did: the registration (answered online with its visit, or queued), and the
+    activation when this was the card's first registration."""
 
     kind: RegistrationKind
     department: str
     holder: str
     record: QueuedRecord
     activation: QueuedRecord | None
+    mdtrt_id: str | None = None
 
     @property
     def cross_region(self) -> bool:
@@ -72,6 +121,8 @@ class Registration:
             "holder": self.holder,
             "msgid": self.record.msgid,
             "infno": self.record.infno,
+            "online": self.mdtrt_id is not None,
+            "mdtrt_id": self.mdtrt_id,
             "cross_region": self.cross_region,
             "insured_region": self.record.insured_region,
             "treatment_region": self.record.treatment_region,
@@ -80,10 +131,25 @@ class Registration:
         }
 
 
+def _body(kind: RegistrationKind, person: Person | None, insutype: str, fields: dict[str, Any], now: str,
+          department: str) -> dict[str, Any]:
+    """The registration's input: 2201 ``data``, 2401 ``mdtrtinfo`` (docs/platform.md)."""
+    who = {"psn_no": person.psn_no} if person else {}
+    if kind.infno == "2401":
+        return {"mdtrtinfo": {**who, **fields, "insutype": insutype, "med_type": kind.med_type, "ipt_no": "",
+                              "adm_time": now, "adm_dept_codg": "", "adm_dept_name": department,
+                              "dept_name": department, "begntime": now},
+                "diseinfo": []}
+    return {"data": {**who, **fields, "insutype": insutype, "med_type": kind.med_type, "begntime": now,
+                     "ipt_otp_no": "", "atddr_no": "", "dr_name": "", "dept_code": "", "dept_name": department,
+                     "caty": ""}}
+
+
 def register(connection: Connection, site: Site, kind: str, department: str, clerk: Clerk,
              require_pin: bool = True) -> Registration:
-    """Register the card's holder (see the module docstring). Refusals queue nothing:
-    counterfeit (exit 8), wrong or blocked PIN (6, 7), card removed (4), unknown kind (15)."""
+    """Register the card's holder (module docstring). Refusals record nothing: counterfeit (8), wrong or
+    blocked PIN (6, 7), card removed (4), unknown kind or no department, the platform's refusal or no
+    insurance in force for this kind (15); a lost answer reversed (14) or not yet (17)."""
     if kind not in KINDS:
         raise RefusedError(f"Unknown registration type {kind!r}: choose {', '.join(KINDS)}")
     department = department.strip()
@@ -96,6 +162,21 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
     if require_pin:
         verify_holder_pin(at, clerk)
         clerk.say("PIN correct.")
+    person = None
+    if site.platform is not None:
+        try:
+            person = look_up(site, at)
+        except PlatformRefusedError as err:
+            raise RefusedError(f"{err} Nothing was recorded.") from None
+        except CentralError as err:
+            clerk.say(f"The platform cannot be asked now ({err}): the registration will wait in the queue.")
+    insutype = chosen.insutype
+    if person is not None:
+        insurance = person.insurance(*chosen.insutypes)
+        if insurance is None:
+            raise RefusedError(f"The holder has no insurance in force for a {chosen.name} registration "
+                               f"({insurances_line(person)}). Nothing was recorded.")
+        insutype = insurance.insutype
     now = timestamp(site)
     activation = None
     if not is_active(identity, site.outbox):
@@ -103,21 +184,162 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
             "SS01",
             {"data": {**person_fields(identity), "actv_way": "first-registration", "actv_time": now,
                       "medical_account": "normal"}},
-            insured_region=identity.issuing_region, card_sn=at.card_sn,
+            insured_region=person.insured_region if person else identity.issuing_region, card_sn=at.card_sn,
         )
         clerk.say(f"Card activated by this first registration ({activation.msgid}).")
-    cross_region = identity.issuing_region != site.station.region
-    body = {
-        **person_fields(identity),
-        "insutype": chosen.insutype,
-        "med_type": chosen.med_type,
-        "begntime": now,
-        "dept_name": department,
-        "cross_region": cross_region,
-    }
-    record = site.outbox.add(chosen.infno, {"data": body}, insured_region=identity.issuing_region,
-                             card_sn=at.card_sn)
+    cross_region = (person.insured_region if person else identity.issuing_region) != site.station.region
+    fields = {**person_fields(identity), "cross_region": cross_region}
+    record, mdtrt_id = None, None
+    if person is not None:
+        try:
+            record, output = site.online().transact(
+                chosen.infno, _body(chosen, person, insutype, fields, now, department),
+                insured_region=person.insured_region, card_sn=at.card_sn, check=visit_id)
+            mdtrt_id = visit_id(output)
+        except PlatformRefusedError as err:
+            raise RefusedError(f"{err} Nothing was recorded.") from None
+        except CentralError as err:
+            if err.maybe_processed:  # a lost answer, reversed: said as it is
+                raise
+            clerk.say(f"The platform cannot be reached ({err}): the registration will wait in the queue.")
+    if record is None:
+        record = site.outbox.add(chosen.infno, _body(chosen, None, insutype, fields, now, department),
+                                 insured_region=identity.issuing_region, card_sn=at.card_sn)
     if cross_region:
-        clerk.say(f"Cross-region: insured in {identity.issuing_region}, treated in {site.station.region}.")
-    clerk.say(f"Registered: {chosen.label}, {department} ({record.msgid}).")
-    return Registration(chosen, department, holder_line(identity), record, activation)
+        clerk.say(f"Cross-region: insured in {record.insured_region}, treated in {site.station.region}.")
+    where = f"visit {mdtrt_id}, {record.msgid}" if mdtrt_id else f"{record.msgid}, to be sent to the platform"
+    clerk.say(f"Registered: {chosen.label}, {department} ({where}).")
+    return Registration(chosen, department, holder_line(identity), record, activation, mdtrt_id)
+
+
+# --- the visit: cancellation, the bill, its refund -----------------------------------------------------
+
+def find_visit(site: Site, mdtrt_id: str) -> QueuedRecord:
+    """This terminal's registration of visit ``mdtrt_id`` (answered online, or queued and sent);
+    :class:`RefusedError` when there is none."""
+    found = [r for r in site.outbox.by_answer(tuple(CANCELS), VISIT_PATHS, mdtrt_id.strip())
+             if r.state in (ANSWERED, SENT)]
+    if not found:
+        raise RefusedError(f"No visit {mdtrt_id.strip()} was registered at this terminal (or the platform has not "
+                           "answered its registration yet). Nothing was done.")
+    return found[-1]
+
+
+def _cancellation(site: Site, visit: QueuedRecord, mdtrt_id: str) -> QueuedRecord | None:
+    cancels = [r for r in site.outbox.with_data(CANCELS[visit.infno], "mdtrt_id", mdtrt_id)
+               if r.state in (ANSWERED, CALLING)]
+    return cancels[0] if cancels else None
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """A visit cancelled (2202, 2404); ``already`` when this journal had cancelled it before."""
+
+    mdtrt_id: str
+    registration: QueuedRecord
+    record: QueuedRecord
+    already: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mdtrt_id": self.mdtrt_id, "registration_msgid": self.registration.msgid, "msgid": self.record.msgid,
+                "infno": self.record.infno, "already_cancelled": self.already}
+
+
+def cancel(site: Site, mdtrt_id: str, clerk: Clerk) -> Cancellation:
+    """Cancel visit ``mdtrt_id`` registered at this terminal (2202 or 2404, journaled); the platform
+    refuses while a settlement stands on it (15)."""
+    mdtrt_id = mdtrt_id.strip()
+    visit = find_visit(site, mdtrt_id)
+    earlier = _cancellation(site, visit, mdtrt_id)
+    if earlier is not None:
+        if earlier.state == CALLING:
+            raise RefusedError(f"Visit {mdtrt_id} is being cancelled right now ({earlier.msgid}). Nothing was done.")
+        clerk.say(f"Visit {mdtrt_id} was already cancelled ({earlier.msgid}): nothing new done.")
+        return Cancellation(mdtrt_id, visit, earlier, True)
+    data = {"psn_no": _psn_no(visit), "mdtrt_id": mdtrt_id, "ipt_otp_no": ""}
+    try:
+        record, _output = site.online().transact(CANCELS[visit.infno], {"data": data},
+                                                 insured_region=visit.insured_region, card_sn=visit.card_sn)
+    except PlatformRefusedError as err:
+        raise RefusedError(f"{err} Nothing was done.") from None
+    clerk.say(f"Visit {mdtrt_id} cancelled ({record.msgid}).")
+    return Cancellation(mdtrt_id, visit, record, False)
+
+
+def _psn_no(visit: QueuedRecord) -> str:
+    output = (visit.reply or {}).get("output") or {}
+    parts = [output.get(key) for key in ("data", "result")]
+    part: dict[str, Any] = next((p for p in parts if isinstance(p, dict)), {})
+    return str(part.get("psn_no") or record_data(visit).get("psn_no") or "")
+
+
+@dataclass(frozen=True)
+class OutpatientBill:
+    """An outpatient bill settled online (2207); ``already_paid`` when the journal had paid it before."""
+
+    bill: str
+    mdtrt_id: str
+    holder: str
+    split: Split
+    record: QueuedRecord
+    already_paid: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bill": self.bill, "mdtrt_id": self.mdtrt_id, "holder": self.holder, "msgid": self.record.msgid,
+                **self.split.to_dict(), "cross_region": self.record.cross_region, "already_paid": self.already_paid}
+
+
+def settle_visit(connection: Connection, site: Site, mdtrt_id: str, bill_no: str, items: list[Item],
+                 clerk: Clerk) -> OutpatientBill:
+    """Settle the outpatient bill ``bill_no`` (the hospital's charge batch) of visit ``mdtrt_id``
+    (module docstring). Refusals pay nothing: another card than the visit's (15), an admission (15: its
+    settlement is the inpatient one), a bill paid before with another total (16), and the pharmacy's."""
+    bill = bill_number(bill_no, "bill")
+    total = bill_total(items)
+    mdtrt_id = mdtrt_id.strip()
+    visit = find_visit(site, mdtrt_id)
+    if visit.infno != "2201":
+        raise RefusedError(f"Visit {mdtrt_id} is an admission: its bill is settled at discharge, not at this "
+                           "desk. Nothing was done.")
+    if _cancellation(site, visit, mdtrt_id) is not None:
+        raise RefusedError(f"Visit {mdtrt_id} was cancelled: there is nothing to settle. Nothing was done.")
+    paid = standing(site, OUTPATIENT_SETTLEMENT, bill, "Bill")
+    at = present_card(connection, site)
+    identity = at.identity
+    clerk.say(f"Card genuine: {holder_line(identity)}")
+    if at.card_sn != visit.card_sn:
+        raise RefusedError(f"This card is not the one visit {mdtrt_id} was registered with. Nothing was paid.")
+    if paid is not None:
+        if record_data(paid).get("mdtrt_id") != mdtrt_id or record_data(paid).get("medfee_sumamt") != yuan(total):
+            raise PaymentRefusedError(f"Bill {bill} was already paid with another visit or total ({paid.msgid}). "
+                                      "Nothing was paid.")
+        clerk.say(f"Bill {bill} is already paid ({paid.msgid}): nothing new paid.")
+        return OutpatientBill(bill, mdtrt_id, holder_line(identity), Split.of(paid, total), paid, True)
+    unpaid = "The bill was not paid: take another way to pay, or try again when the platform answers."
+    platform = site.online()
+    with platform_errors("bill", unpaid):
+        person = look_up(site, at)
+        if person.psn_no != _psn_no(visit):
+            raise PaymentRefusedError(f"The platform names another person than visit {mdtrt_id}'s. Nothing was paid.")
+        insutype = str(record_data(visit).get("insutype") or KINDS["outpatient"].insutype)
+        med_type = str(record_data(visit).get("med_type") or "11")
+        region = person.insured_region
+        platform.query("2203", {"mdtrtinfo": {"mdtrt_id": mdtrt_id, "psn_no": person.psn_no, "med_type": med_type,
+                                              "begntime": timestamp(site)}, "diseinfo": []}, insured_region=region)
+        platform.query("2205", {"data": {"mdtrt_id": mdtrt_id, "chrg_bchno": bill, "psn_no": person.psn_no}},
+                       insured_region=region)
+        platform.query("2204", {"feedetail": [
+            {"feedetl_sn": f"{bill}-{n:03d}", "mdtrt_id": mdtrt_id, "psn_no": person.psn_no, "chrg_bchno": bill,
+             "rxno": "", "fee_ocur_time": timestamp(site), "med_list_codg": "", "medins_list_codg": "",
+             **item.to_body()} for n, item in enumerate(items, 1)]}, insured_region=region)
+    body = {"data": {"psn_no": person.psn_no, **person_fields(identity), "med_type": med_type, "medfee_sumamt": total,
+                     "psn_setlway": "01", "mdtrt_id": mdtrt_id, "chrg_bchno": bill, "insutype": insutype,
+                     "acct_used_flag": "1"}}
+    record, split = settle(site, person, OUTPATIENT_SETTLEMENT, body, total, clerk, card_sn=at.card_sn,
+                           verify_pin=lambda: verify_holder_pin(at, clerk), not_done=unpaid)
+    return OutpatientBill(bill, mdtrt_id, holder_line(identity), split, record, False)
+
+
+def refund(site: Site, bill_no: str, clerk: Clerk) -> Refund:
+    """Refund an outpatient bill paid at this terminal (2208; :func:`terminal.flows.settlement.refund`)."""
+    return refund_bill(site, OUTPATIENT_SETTLEMENT, bill_number(bill_no, "bill"), clerk, "Bill")

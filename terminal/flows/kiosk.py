@@ -19,8 +19,9 @@ from terminal.upload import CentralError
 
 #: what each kind of record is called on the kiosk's screen
 RECORD_LABELS = {
-    "2201": "registration", "2401": "admission", "2102": "purchase", "2103": "refund", "SS01": "activation",
-    "SS02": "account moved from the old card (activation)", "2601": "reversal",
+    "2201": "registration", "2202": "registration cancelled", "2401": "admission", "2404": "admission cancelled",
+    "2102": "purchase", "2103": "refund", "2207": "outpatient bill", "2208": "outpatient bill refunded",
+    "SS01": "activation", "SS02": "account moved from the old card (activation)", "2601": "reversal",
 }
 
 

@@ -1,0 +1,92 @@
+"""Terminal processes for the concurrency and crash tests of the money path (tests/test_online_crash.py).
+
+Each function runs in a process of its own (multiprocessing, or ``python tests/onlineworker.py``): a
+terminal with its own journal file, an in-memory virtual card and the virtual platform at ``url``
+(TEST credentials), doing real purchases through the same code as ``sscard pharmacy purchase``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from flowing import PINS, clerk, sim  # noqa: E402
+from message.envelope import Fen, Operator, Station  # noqa: E402
+from terminal.crypto import SoftwareKeyStore  # noqa: E402
+from terminal.flows.common import Site  # noqa: E402
+from terminal.gateway import test_credentials  # noqa: E402
+from terminal.online import Platform  # noqa: E402
+from terminal.queue import Outbox  # noqa: E402
+
+
+def station(terminal_no: int) -> Station:
+    return Station("H33030200001", "温州市鹿城区示范诊所", "330300", terminal_no, Operator(f"C{terminal_no:03d}", "收费员"))
+
+
+def open_site(journal: str, url: str, terminal_no: int, timeout: float = 5.0) -> Site:
+    outbox = Outbox(journal, station(terminal_no))
+    platform = Platform(outbox, url, test_credentials("H33030200001"), timeout=timeout)
+    return Site(outbox, SoftwareKeyStore.bundled_test_keys(), platform)
+
+
+def buy(site: Site, card: str, sale: str, fen: int) -> dict[str, Any]:
+    """One purchase; its outcome as a small dict (``paid``, ``already``, or the error's class and exit code)."""
+    from apdu.errors import SSCardError
+    from terminal.flows.pharmacy import Item, purchase
+
+    try:
+        result = purchase(sim(card), site, sale, [Item("测试药品", 1, Fen(fen))], clerk(PINS[card]))
+    except SSCardError as err:
+        return {"sale": sale, "error": type(err).__name__, "exit": err.exit_code, "text": str(err)}
+    return {"sale": sale, "already": result.already_paid, "setl_id": result.split.setl_id,
+            "account": int(result.split.account), "msgid": result.record.msgid}
+
+
+def race(journal: str, url: str, terminal_no: int, card: str, sales: list[str], fen: int, barrier: Any,
+         results: Any) -> None:
+    """For each sale: wait for the other process at ``barrier``, then buy it at once."""
+    site = open_site(journal, url, terminal_no)
+    try:
+        for sale in sales:
+            barrier.wait(timeout=60)
+            results.put((terminal_no, buy(site, card, sale, fen)))
+    finally:
+        site.platform.close()
+        site.outbox.close()
+
+
+def crashable(journal: str, url: str, sales: list[str]) -> None:
+    """Buy each sale, saying on stdout where it is (``INTENT <sale>`` once the 2102's intent is on disk,
+    ``ANSWER <sale>`` once its answer arrived, just before the answer is journaled, ``DONE <sale>``), so
+    the test can SIGKILL it at a chosen point; a short pause at each mark widens the window."""
+    site = open_site(journal, url, 1)
+    outbox = site.outbox
+    begin, answer = outbox.begin_call, outbox.answer_call
+
+    def begin_call(infno: str, input: dict[str, Any], **kwargs: Any) -> Any:
+        record = begin(infno, input, **kwargs)
+        if infno == "2102":
+            print(f"INTENT {input['data']['chrg_bchno']}", flush=True)
+            time.sleep(0.02)
+        return record
+
+    def answer_call(msgid: str, response: dict[str, Any]) -> Any:
+        if response.get("output", {}).get("setlinfo", {}).get("chrg_bchno"):
+            print(f"ANSWER {response['output']['setlinfo']['chrg_bchno']}", flush=True)
+            time.sleep(0.02)
+        return answer(msgid, response)
+
+    outbox.begin_call = begin_call  # type: ignore[method-assign]
+    outbox.answer_call = answer_call  # type: ignore[method-assign]
+    for sale in sales:
+        outcome = buy(site, "adult", sale, 100)
+        print(f"DONE {sale} {json.dumps(outcome)}", flush=True)
+
+
+if __name__ == "__main__":
+    journal, url, *sales = sys.argv[1:]
+    crashable(journal, url, sales)
