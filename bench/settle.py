@@ -22,7 +22,8 @@ settlement is a pharmacy purchase as terminal/flows/pharmacy.py makes it, card a
    apart, under the same machine noise). One settlement of each is captured beforehand to check the
    bodies and headers are like for like. The breakdown line (medians of more settlements) splits
    ours into its three calls (``CentralClient.call``: encode, sign, HTTP, JSON) and the rest (the
-   journal's four FULL commits, envelopes, answer checks), and raw likewise. Ours' journal runs with
+   journal's four commits: two msgid floors not waiting for the disk, begin_call and answer_call
+   FULL; envelopes, answer checks), and raw likewise. Ours' journal runs with
    its msgid pacing off (``Outbox(max_ahead=None)``, when the Outbox has it): one terminal settling
    back to back makes ~450 msgids a second, past the 100 a second its msgid counter holds, and the
    pacing would then put one-second waits for the clock into what is meant to be a cost.
@@ -497,7 +498,7 @@ def settle_bench(root: Path, rounds: int, per_round: int, seed: int, profile: bo
     (t_ours, c_ours, r_ours), (t_raw, c_raw, r_raw) = split["ours"], split["raw"]
     print(f"  breakdown ({per_round * 2} more each, medians per settlement): ours {t_ours:.2f} ms = {c_ours:.2f} ms in "
           f"the three calls (CentralClient.call: encode, sign, HTTP, JSON) + {r_ours:.2f} ms journal and the rest "
-          f"(4 FULL commits: 2 msgid floors, begin_call, answer_call); raw {t_raw:.2f} ms = {c_raw:.2f} ms in the "
+          f"(2 msgid floors at NORMAL, begin_call and answer_call FULL); raw {t_raw:.2f} ms = {c_raw:.2f} ms in the "
           f"same (encode, sign, httpx.post, JSON) + {r_raw:.2f} ms building envelopes")
     if profile:
         top(profiler, f"ours, {per_round * 3} settlements, client side")

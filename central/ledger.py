@@ -63,6 +63,10 @@ REQUIRED = (
     "infno", "msgid", "mdtrtarea_admvs", "insuplc_admdvs", "opter_type", "opter", "opter_name",
     "inf_time", "fixmedins_code", "fixmedins_name", "sign_no", "input",
 )
+#: transactions that move nothing: their requests commit without waiting for the disk
+#: (:meth:`Ledger.transaction`); a power cut may lose a sign-in (the terminal signs in again, 401) or
+#: a query's stored answer (a repeat of it is answered anew), never money
+QUERIES = frozenset({"1101", "2101", "2206", "3201", "9001"})
 #: how long a used nonce is remembered (seconds): past it, its timestamp is stale anyway
 NONCE_MEMORY = 2 * GATEWAY_WINDOW
 #: how long an e-voucher token from the virtual e-voucher query stays valid (seconds)
@@ -329,16 +333,25 @@ class Ledger:
     # --- messages ---------------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the ledger's lock (committed when the block ends)."""
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the ledger's lock (committed when the block ends). ``durable``
+        False: committed without waiting for the disk (``synchronous=NORMAL``), for what moves nothing
+        (queries, sign-ins): it survives a crash of the process, a power cut may lose it, and the next
+        durable commit makes it durable too (WAL)."""
         with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    self.conn.execute("PRAGMA synchronous=FULL")
 
     def process(self, institution: str, messages: list[Any], *, nonce: tuple[str, str] | None = None,
                 batch: bool = False) -> list[dict[str, Any]]:
@@ -352,7 +365,8 @@ class Ledger:
         nameless = [i for i, m in enumerate(messages) if not isinstance(m, dict) or not isinstance(m.get("msgid"), str)]
         if nameless:
             raise Unanswerable(f"message {nameless[0] + 1} has no msgid: no answer could name it")
-        with self.transaction() as conn:
+        light = all(m.get("infno") in QUERIES for m in messages)
+        with self.transaction(durable=not light) as conn:
             now = self.clock()
             if nonce is not None:
                 self._use_nonce(conn, *nonce)

@@ -302,6 +302,16 @@ def with_sign_no(wire: str, sign_no: str) -> dict[str, Any]:
     return message
 
 
+def signed_wire(wire: str, sign_no: str) -> str:
+    """A stored envelope's wire text (:meth:`Envelope.to_wire`, ``sign_no`` empty) with the session's
+    ``sign_no`` written in, without decoding it: the first ``"sign_no":""`` is the envelope's own
+    field (inside a JSON string a quote is escaped, so the text cannot occur there)."""
+    field = '"sign_no":""'
+    if field not in wire:
+        raise MessageError("the stored envelope has no empty sign_no")
+    return wire.replace(field, f'"sign_no":{json.dumps(sign_no, ensure_ascii=False)}', 1)
+
+
 # --- the gateway's request signature ----------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ class DemoClerk:
         print(f"    {prompt}: {'*' * len(pin)}", file=self.out)
         return pin
 
+    def can_ask_again(self) -> bool:
+        return bool(self.pins)
+
 
 def _sim(name: str) -> MemoryConnection:
     card = load_old_card(name) if name.startswith("old-medical") else load_card(name)

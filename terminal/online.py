@@ -25,7 +25,16 @@ from typing import Any
 import httpx
 
 from apdu.errors import SSCardError
-from message.envelope import INFNO, REVERSIBLE, Credentials, Envelope, MessageError, parse_yuan, with_sign_no
+from message.envelope import (
+    INFNO,
+    MSGID_TAKEN,
+    REVERSIBLE,
+    Credentials,
+    Envelope,
+    MessageError,
+    parse_yuan,
+    signed_wire,
+)
 from terminal.queue import REVERSED, VOID, Outbox, QueuedRecord
 from terminal.upload import (
     DEFAULT_TIMEOUT,
@@ -123,27 +132,35 @@ class Platform:
 
     # --- calls --------------------------------------------------------------------------------------
 
-    def _send(self, message: dict[str, Any]) -> dict[str, Any]:
-        """One message with this session's ``sign_no`` (signing in first, and again once when the
-        platform has forgotten it: a 401 means nothing was processed)."""
+    def _send(self, message: dict[str, Any] | str) -> dict[str, Any]:
+        """One message (a dict, or a stored envelope's wire text) with this session's ``sign_no``
+        (signing in first, and again once when the platform has forgotten it: a 401 means nothing was
+        processed)."""
+        def signed() -> dict[str, Any] | str:
+            sign_no = self.sign_no or ""
+            return signed_wire(message, sign_no) if isinstance(message, str) else {**message, "sign_no": sign_no}
+
         if self.sign_no is None:
             self.sign_no = sign_in(self.central, self.outbox)
         try:
-            return self.central.call({**message, "sign_no": self.sign_no})
+            return self.central.call(signed())
         except NotSignedInError:
             self.sign_no = sign_in(self.central, self.outbox)
-            return self.central.call({**message, "sign_no": self.sign_no})
+            return self.central.call(signed())
 
     def query(self, infno: str, input: dict[str, Any], *, insured_region: str) -> dict[str, Any]:
         """A call that moves nothing (1101, 2101, 2206...): its ``output``. :class:`PlatformRefusedError`
         when refused; :class:`CentralError` when it cannot be asked."""
         station = self.outbox.require_station()
-        try:
-            envelope = Envelope(infno, self.outbox.next_msgid(), station, station.operator, insured_region,
-                                self.outbox.clock(), input)
-        except MessageError as err:
-            raise CentralProtocolError(f"The {INFNO.get(infno, infno)} cannot be sent: {err}") from None
-        response = self._send(envelope.to_dict())
+        for _ in range(3):  # a msgid the platform says another message used (MSGID_TAKEN): nothing done, ask again
+            try:
+                envelope = Envelope(infno, self.outbox.next_msgid(), station, station.operator, insured_region,
+                                    self.outbox.clock(), input)
+            except MessageError as err:
+                raise CentralProtocolError(f"The {INFNO.get(infno, infno)} cannot be sent: {err}") from None
+            response = self._send(envelope.to_dict())
+            if response["infcode"] != MSGID_TAKEN:
+                break
         if response["infcode"] != 0:
             raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
         output = response.get("output")
@@ -166,7 +183,7 @@ class Platform:
         record = self.outbox.begin_call(infno, input, insured_region=insured_region, card_sn=card_sn,
                                         lease=self.lease)
         try:
-            response = self._send(with_sign_no(record.envelope, ""))
+            response = self._send(record.envelope)
             output = response.get("output")
             if response["infcode"] == 0:
                 if not isinstance(output, dict):
@@ -182,7 +199,7 @@ class Platform:
                 raise
             self.outbox.note_call(record.msgid, str(err), lease=self.lease)
             self._reverse_lost(record, err)
-        record = self.outbox.answer_call(record.msgid, response)
+        record = self.outbox.answer_call(record.msgid, response, record)
         if response["infcode"] != 0 or not isinstance(output, dict):
             raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
         return record, output
@@ -216,7 +233,7 @@ class Platform:
         reversal = self.outbox.begin_call("2601", body, insured_region=record.insured_region, card_sn=record.card_sn,
                                           lease=self.lease)
         try:
-            response = self._send(with_sign_no(reversal.envelope, ""))
+            response = self._send(reversal.envelope)
         except CentralError as err:
             self.outbox.end_call(reversal.msgid, VOID, f"no answer: {err}")
             raise

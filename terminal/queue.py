@@ -20,6 +20,7 @@ card change it records is done (the bank activation, two-phase); no uploader eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -545,14 +546,24 @@ class Outbox:
         return conn.execute(_HIGH).fetchone()[0]
 
     def next_msgid(self) -> str:
-        """A fresh msgid for a message that is not queued (the uploader's 9001 sign-in); saved as the
-        floor of later msgids, so no record ever reuses it."""
+        """A fresh msgid for a message that is not kept (a sign-in, a query such as 1101); saved as the
+        floor of later msgids, so no record reuses it. The floor is committed without waiting for the
+        disk (``synchronous=NORMAL``: it survives a crash of the process, and the next record's FULL
+        commit makes it durable); after a power cut a query's msgid may come again, which the platform
+        answers ``MSGID_TAKEN`` with nothing done, and the caller asks again (docs/central-api.md)."""
         station = self.require_station()
         stamp = self._stamp(self.clock())[0]
-        with self._write("allocate a message id") as conn:
-            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            key = self._next_id(stamp, station.terminal_no, self._high(conn))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_floor', ?)", [str(key)])
+        conn = self.db.conn
+        with self._errors("allocate a message id"):
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._write("allocate a message id") as conn:
+                data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                key = self._next_id(stamp, station.terminal_no, self._high(conn))
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_floor', ?)", [str(key)])
+        finally:
+            with self._errors("allocate a message id"):
+                conn.execute("PRAGMA synchronous=FULL")
         self._last, self._data_version = key, data_version
         return f"{station.fixmedins_code}{key}"
 
@@ -658,23 +669,28 @@ class Outbox:
 
     # --- the journal of online calls -----------------------------------------------------------------
 
-    def answer_call(self, msgid: str, response: dict[str, Any]) -> QueuedRecord:
-        """Record the platform's answer to a ``calling`` record: ``answered`` (infcode 0) or ``refused``.
-        :class:`QueueError` when ``msgid`` is not calling (a reversal got there first: the caller must
-        then not act on the answer)."""
+    def answer_call(self, msgid: str, response: dict[str, Any], record: QueuedRecord | None = None) -> QueuedRecord:
+        """Record the platform's answer to a ``calling`` record: ``answered`` (infcode 0) or ``refused``;
+        the record as it now stands (built from ``record``, the one :meth:`begin_call` returned, when
+        given, else read back). :class:`QueueError` when ``msgid`` is not calling (a reversal got
+        there first: the caller must then not act on the answer)."""
         infcode = response.get("infcode")
         state = ANSWERED if infcode == 0 else REFUSED
+        done_at = self.clock().astimezone(CST)
+        code = infcode if isinstance(infcode, int) else -1
+        error = None if state == ANSWERED else str(response.get("err_msg") or "refused")[:500]
         with self._write("record the platform's answer", " The answer is NOT in the journal.") as conn:
             changed = conn.execute(
                 "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, last_error = ?, attempts = attempts + 1"
                 f" WHERE id = ? AND msgid = ? AND state = '{CALLING}'",
-                [state, self.clock().astimezone(CST).isoformat(), infcode if isinstance(infcode, int) else -1,
-                 json.dumps(response, ensure_ascii=False),
-                 None if state == ANSWERED else str(response.get("err_msg") or "refused")[:500], _id(msgid), msgid],
+                [state, done_at.isoformat(), code, json.dumps(response, ensure_ascii=False), error, _id(msgid), msgid],
             ).rowcount
         if not changed:
             raise QueueError(f"The journal entry {msgid} is no longer waiting for its answer")
-        return self.get(msgid)
+        if record is None or record.msgid != msgid:
+            return self.get(msgid)
+        return dataclasses.replace(record, state=state, attempts=record.attempts + 1, last_error=error,
+                                   done_at=done_at, infcode=code, reply=response)
 
     def end_call(self, msgid: str, state: str, note: str, reply: dict[str, Any] | None = None) -> bool:
         """A ``calling`` record whose answer never came ends as ``reversed`` (``reply``: the 2601
@@ -937,6 +953,27 @@ class Outbox:
         found = " OR ".join("json_extract(reply, ?) = ?" for _ in paths)
         return self._select(f"infno IN ({marks}) AND reply IS NOT NULL AND ({found})",
                             [*infnos, *[x for path in paths for x in (path, value)]])
+
+    def extract(self, state: str, infnos: tuple[str, ...], columns: dict[str, tuple[str, str]],
+                where: tuple[str, str, str] | None = None) -> list[dict[str, Any]]:
+        """For the records of these transactions in ``state``: ``msgid``, ``infno`` and, per name of
+        ``columns``, the JSON value at a path of the record's ``envelope`` or ``reply`` (``("reply",
+        "$.output.setlinfo.setl_id")``), read by SQLite in one query (no record decoded in Python);
+        ``where`` (column, path, text): only those whose value there starts with the text. Oldest first."""
+        sources = {"envelope", "reply"}
+        if any(source not in sources for source, _path in columns.values()) or (where and where[0] not in sources):
+            raise ValueError("columns are read from the envelope or the reply")
+        picks = ", ".join(f"json_extract({source}, ?)" for source, _path in columns.values())
+        params: list[Any] = [path for _source, path in columns.values()]
+        marks = ", ".join("?" * len(infnos))
+        sql = f"SELECT msgid, infno, {picks} FROM records WHERE state = ? AND infno IN ({marks})"
+        params += [state, *infnos]
+        if where is not None:
+            sql += f" AND substr(json_extract({where[0]}, ?), 1, ?) = ?"
+            params += [where[1], len(where[2]), where[2]]
+        with self._errors("be read"):
+            rows = self.db.execute(sql + " ORDER BY id", params).fetchall()
+        return [dict(zip(("msgid", "infno", *columns), row)) for row in rows]
 
     def in_state(self, state: str, infnos: tuple[str, ...]) -> list[QueuedRecord]:
         """The records of these transactions in ``state``, oldest first (e.g. the answered settlements

@@ -19,7 +19,7 @@ from typing import Any
 
 from message.envelope import CLR_TYPES, DATE, INSUTYPES, SETTLEMENTS, Fen, yuan
 from terminal.online import Platform, yuan_field
-from terminal.queue import ANSWERED, Outbox, QueuedRecord
+from terminal.queue import ANSWERED, Outbox
 from terminal.upload import CentralProtocolError
 
 
@@ -64,37 +64,42 @@ def _clr_type(med_type: str) -> str:
     return "41" if med_type == "41" else "21" if med_type in ("21", "52") else "11"
 
 
+#: what reconciliation reads of a settlement's journal entry: (envelope or reply, JSON path)
+SETTLED_FIELDS = {
+    "setl_id": ("reply", "$.output.setlinfo.setl_id"),
+    "setl_time": ("reply", "$.output.setlinfo.setl_time"),
+    "medfee": ("reply", "$.output.setlinfo.medfee_sumamt"),
+    "fund": ("reply", "$.output.setlinfo.fund_pay_sumamt"),
+    "acct": ("reply", "$.output.setlinfo.acct_pay"),
+    "answered_med_type": ("reply", "$.output.setlinfo.med_type"),
+    "med_type": ("envelope", "$.input.data.med_type"),
+    "insutype": ("envelope", "$.input.data.insutype"),
+    "chrg_bchno": ("envelope", "$.input.data.chrg_bchno"),
+}
+
+
 def journal_settlements(outboxes: Iterable[Outbox], day: dt.date) -> list[Settled]:
-    """The settlements of ``day`` that stand in these journals (module docstring)."""
+    """The settlements of ``day`` that stand in these journals (module docstring), read with SQL."""
     found: list[Settled] = []
     for outbox in outboxes:
-        answered = outbox.in_state(ANSWERED, (*SETTLEMENTS, *SETTLEMENTS.values()))
-        cancelled = {str(r.input.get("data", {}).get("setl_id")) for r in answered if r.infno in SETTLEMENTS.values()}
-        for record in (r for r in answered if r.infno in SETTLEMENTS):
-            settled = _settled(record)
-            if settled is not None and settled.setl_id not in cancelled and _day(record) == day:
+        cancelled = {row["setl_id"] for row in outbox.extract(
+            ANSWERED, tuple(SETTLEMENTS.values()), {"setl_id": ("envelope", "$.input.data.setl_id")})}
+        rows = outbox.extract(ANSWERED, tuple(SETTLEMENTS), SETTLED_FIELDS,
+                              where=("reply", "$.output.setlinfo.setl_time", day.strftime(DATE)))
+        for row in rows:
+            settled = _settled(row)
+            if settled is not None and settled.setl_id not in cancelled:
                 found.append(settled)
     return found
 
 
-def _settled(record: QueuedRecord) -> Settled | None:
-    info = ((record.reply or {}).get("output") or {}).get("setlinfo") or {}
-    data = record.input.get("data", {})
+def _settled(row: dict[str, Any]) -> Settled | None:
     try:
-        return Settled(str(info["setl_id"]), record.msgid, str(data.get("chrg_bchno", "")), str(data["insutype"]),
-                       _clr_type(str(info.get("med_type") or data.get("med_type") or "")),
-                       yuan_field(info, "medfee_sumamt"), yuan_field(info, "fund_pay_sumamt"),
-                       yuan_field(info, "acct_pay"))
+        return Settled(str(row["setl_id"]), row["msgid"], str(row["chrg_bchno"] or ""), str(row["insutype"]),
+                       _clr_type(str(row["answered_med_type"] or row["med_type"] or "")),
+                       yuan_field(row, "medfee"), yuan_field(row, "fund"), yuan_field(row, "acct"))
     except (KeyError, ValueError, TypeError):
         return None
-
-
-def _day(record: QueuedRecord) -> dt.date | None:
-    info = ((record.reply or {}).get("output") or {}).get("setlinfo") or {}
-    try:
-        return dt.date.fromisoformat(str(info.get("setl_time", ""))[:10])
-    except ValueError:
-        return record.created_at.date()
 
 
 @dataclass(frozen=True)
@@ -165,12 +170,12 @@ def reconcile(platform: Platform, outboxes: list[Outbox], day: dt.date) -> Recon
     settled = journal_settlements(outboxes, day)
     lines = []
     station = platform.outbox.require_station()
+    by_kind: dict[tuple[str, str], Totals] = {}
+    for s in settled:
+        by_kind.setdefault((s.insutype, s.clr_type), Totals()).add(s)
     for insutype in INSUTYPES:
         for clr in CLR_TYPES:
-            totals = Totals()
-            for s in settled:
-                if (s.insutype, s.clr_type) == (insutype, clr):
-                    totals.add(s)
+            totals = by_kind.get((insutype, clr), Totals())
             body = {"data": {"insutype": insutype, "clr_type": clr, "setl_optins": station.region,
                              "stmt_begndate": day.strftime(DATE), "stmt_enddate": day.strftime(DATE),
                              "medfee_sumamt": Fen(totals.total), "fund_pay_sumamt": Fen(totals.fund),

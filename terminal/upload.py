@@ -278,14 +278,15 @@ class CentralClient:
         """Close the HTTP connections."""
         self.http.close()
 
-    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+    def _post(self, path: str, payload: dict[str, Any] | str) -> Any:
         start = time.monotonic()
         limit = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
         within = f"within {self.timeout:g} s" if limit == start + self.timeout else "before its batch's deadline"
         token = _DEADLINE.set(limit)
         try:
             headers = {"Content-Type": "application/json", **gateway_headers(self.credentials)}
-            with self.http.stream("POST", self.url + path, content=encode(payload).encode(), headers=headers) as answer:
+            content = (payload if isinstance(payload, str) else encode(payload)).encode()
+            with self.http.stream("POST", self.url + path, content=content, headers=headers) as answer:
                 status, retry_after = answer.status_code, answer.headers.get("Retry-After")
                 body = bytearray()
                 for chunk in answer.iter_bytes():
@@ -316,8 +317,9 @@ class CentralClient:
             raise CentralUnavailableError(f"The platform answered HTTP {status}", parse_retry_after(retry_after))
         return parse_reply(bytes(body))
 
-    def call(self, message: dict[str, Any]) -> dict[str, Any]:
-        """One message, one platform response (``infcode``, ``err_msg``, ``output``...)."""
+    def call(self, message: dict[str, Any] | str) -> dict[str, Any]:
+        """One message (a dict, or its wire text), one platform response (``infcode``, ``err_msg``,
+        ``output``...)."""
         response = self._post("/api/call", message)
         if not isinstance(response, dict) or type(response.get("infcode")) is not int:
             raise CentralProtocolError()

@@ -74,11 +74,11 @@ def crashable(journal: str, url: str, sales: list[str]) -> None:
             time.sleep(0.02)
         return record
 
-    def answer_call(msgid: str, response: dict[str, Any]) -> Any:
+    def answer_call(msgid: str, response: dict[str, Any], *rest: Any) -> Any:
         if response.get("output", {}).get("setlinfo", {}).get("chrg_bchno"):
             print(f"ANSWER {response['output']['setlinfo']['chrg_bchno']}", flush=True)
             time.sleep(0.02)
-        return answer(msgid, response)
+        return answer(msgid, response, *rest)
 
     outbox.begin_call = begin_call  # type: ignore[method-assign]
     outbox.answer_call = answer_call  # type: ignore[method-assign]

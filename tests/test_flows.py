@@ -22,7 +22,7 @@ from flowing import PINS, STATION, WINDOW2, clerk, open_site, platform, sim, sit
 from message.envelope import Fen
 from terminal.card import SocialSecurityCard
 from terminal.flows.bank import bank_activate
-from terminal.flows.common import PaymentRefusedError, RefusedError, is_active
+from terminal.flows.common import IDNumberFormatError, PaymentRefusedError, RefusedError, is_active
 from terminal.flows.desk import register
 from terminal.flows.kiosk import inquiry
 from terminal.flows.pharmacy import Item, dual_card_activate, parse_money, purchase, read_old_card, refund
@@ -616,7 +616,8 @@ def test_bank_activation_id_in_lower_case_x_matches():
 
 
 @pytest.mark.parametrize(("id_number", "pins", "error"), [
-    ("330302199203081021", ("135792", "135792"), IdentityMismatchError),
+    ("330302197001010014", ("135792", "135792"), IdentityMismatchError),  # another person's
+    ("330302199203081021", ("135792", "135792"), IDNumberFormatError),    # a digit mistyped: no ID number
     ("330302199203081020", ("123456", "123456"), WeakPINError),
     ("330302199203081020", ("888888", "888888"), WeakPINError),
     ("330302199203081020", ("135792", "135793"), PINFormatError),
@@ -687,3 +688,12 @@ def test_kiosk_wrong_pin(site):
     with pytest.raises(WrongPINError):
         inquiry(sim("adult"), site, clerk("000001"))
     assert is_active(SocialSecurityCard(sim("adult")).read_identity(), site.outbox)
+
+
+def test_a_wrong_pin_is_asked_again_while_the_clerk_can_ask_and_what_was_typed_is_kept(lina_account, platform):
+    said = clerk("111222", PINS["not-activated"])  # a person at the screen: a second PIN to type
+    paid = purchase(sim("not-activated"), lina_account, "S50", ITEMS, said)
+    assert not paid.already_paid and platform.ledger.balance(LINA) == 128650 - 4080
+    assert any("Wrong PIN: 2 tries left" in line and "Type it again" in line for line in said.said)
+    with pytest.raises(WrongPINError):  # a script's one PIN: one try
+        purchase(sim("not-activated"), lina_account, "S51", ITEMS, clerk("111222"))

@@ -230,3 +230,14 @@ def test_an_unknown_registration_type_is_a_usage_error_as_the_doc_says(configs):
             if re.match(r"\| \d+ \|", line)}
     assert "registration type" not in rows["15"]
     assert "2 usage (an unknown `--type` of registration" in DOC.read_text(encoding="utf-8").replace("\n", " ")
+
+
+def test_an_item_typed_with_a_mistake_is_asked_again_and_the_items_before_it_kept(configs, platform):
+    clinic = configs["clinic"]
+    run(clinic, ["pharmacy", "activate", "--old-reader", "sim:old-medical-zhangwei", "-r", "sim:adult", "--pin-stdin"],
+        "246810\n")
+    paid = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T7", "--pin-stdin", "--json"],
+               "维生素C片:3:4.20\n板蓝根颗粒:2:15.0.0\n板蓝根颗粒:2:15.00\n\n246810\n")
+    assert paid.exit_code == 0, paid.output
+    assert "is not an item" in paid.stderr or "is not an amount" in paid.stderr
+    assert json.loads(paid.stdout)["total_fen"] == 3 * 420 + 2 * 1500

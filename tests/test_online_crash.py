@@ -160,6 +160,8 @@ def test_a_terminal_killed_while_it_pays_leaves_every_sale_settled_once_or_not_a
         if kill_at(worker, point, sale, rng):
             killed[point] += 1
         worker.wait(timeout=30)
+        if worker.returncode != -signal.SIGKILL:  # it ran to its end: cleanly
+            assert worker.returncode == 0 and "Traceback" not in (worker.stderr.read() if worker.stderr else "")
         if n % 10 == 9:
             resolve_with_a_new_process(journal, url)  # `sscard queue resolve`
         else:

@@ -7,7 +7,7 @@ import click
 
 from apdu.errors import CardUnresponsiveError
 from terminal.cli import watchdog
-from terminal.cli.card import reader_option
+from terminal.cli.card import id_number_option, reader_option
 from terminal.cli.counter import (
     ScreenClerk,
     central_option,
@@ -31,7 +31,8 @@ def bank() -> None:
 @reader_option
 @config_option
 @central_option
-@click.option("--id-number", prompt="ID document number", help="The number on the holder's original ID document.")
+@click.option("--id-number", prompt="ID document number", callback=id_number_option,
+              help="The number on the holder's original ID document (asked again at a prompt when mistyped).")
 @pin_stdin_option
 @json_option
 def activate(reader: str | None, config_path: Path | None, central_url: str | None, id_number: str, pin_stdin: bool,

@@ -7,6 +7,7 @@ import sys
 import click
 
 from terminal.card import Identity, SocialSecurityCard
+from terminal.flows.common import IDNumberFormatError, check_id_number
 from terminal.readers import open_connection
 
 reader_option = click.option(
@@ -33,6 +34,17 @@ LABELS = (
     ("expiry_date", "卡有效期 Expiry date"),
     ("card_reset_info", "卡复位信息 Card reset info"),
 )
+
+
+def id_number_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: an ID number typed with a mistake is "not an ID number" (asked again at a prompt;
+    exit 2 as an option), not a person other than the card's."""
+    if value is None:
+        return None
+    try:
+        return check_id_number(value)
+    except IDNumberFormatError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def format_identity(fields: dict[str, object], activated: bool) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from apdu.errors import SSCardError
 from terminal.cli import watchdog
 from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
@@ -63,17 +64,26 @@ class ScreenClerk:
             return line.strip()
         return click.prompt(prompt, hide_input=True, err=self.to_stderr)
 
+    def can_ask_again(self) -> bool:
+        """A person at the terminal may type a wrong PIN again; a script's ``--pin-stdin`` line is one try."""
+        return not self.pin_stdin and sys.stdin.isatty()
 
-def bill_items(specs: tuple[str, ...], label: str) -> list[Item]:
-    """The bill's items from ``--item`` options, else asked one per line (an empty line ends the bill)."""
+
+def bill_items(specs: tuple[str, ...], label: str, to_stderr: bool = False) -> list[Item]:
+    """The bill's items from ``--item`` options, else asked one per line (an empty line ends the bill;
+    the prompts on stderr with ``to_stderr``, so that ``--json`` keeps stdout for the result)."""
     if specs:
         return [Item.parse(spec) for spec in specs]
     items: list[Item] = []
     while True:
-        line = click.prompt(f"{label} (NAME:QUANTITY:PRICE, empty to finish)", default="", show_default=False)
+        line = click.prompt(f"{label} (NAME:QUANTITY:PRICE, empty to finish)", default="", show_default=False,
+                            err=to_stderr)
         if not line.strip():
             return items
-        items.append(Item.parse(line))
+        try:
+            items.append(Item.parse(line))
+        except SSCardError as err:  # a typo: said, and asked again; the items typed so far are kept
+            click.echo(f"{err}: type the item again.", err=True)
 
 
 def open_platform(config: TerminalConfig, outbox: Outbox, central_url: str | None) -> Platform:

@@ -90,7 +90,7 @@ def settle_command(reader: str | None, config_path: Path | None, central_url: st
     Exit 15: not the visit's card, not an outpatient visit, the visit cancelled; 16: the platform
     refused or the bill was paid with another total; 14/17: as for pharmacy purchase.
     """
-    items = bill_items(item_specs, "Fee item")
+    items = bill_items(item_specs, "Fee item", to_stderr=as_json)
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
     with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
         result = settle_visit(connection, site, mdtrt_id, bill_no, items, clerk)

@@ -148,7 +148,7 @@ def purchase_command(reader: str | None, config_path: Path | None, central_url: 
     be reversed yet (do not hand over the goods: 'sscard queue resolve'). A sale already paid here
     is reported, never paid twice.
     """
-    items = bill_items(item_specs, "Item")
+    items = bill_items(item_specs, "Item", to_stderr=as_json)
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
     with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
         result = purchase(connection, site, sale_no, items, clerk)

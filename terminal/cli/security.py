@@ -15,7 +15,7 @@ import click
 
 from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard
-from terminal.cli.card import read_pin, reader_option
+from terminal.cli.card import id_number_option, read_pin, reader_option
 from terminal.crypto import KeyStore, authenticate_terminal, check_genuine, open_key_store, reload_pin
 from terminal.readers import open_connection
 
@@ -100,7 +100,7 @@ def _same_person(typed: str, on_card: str) -> bool:
 @click.command("reset-pin")
 @reader_option
 @key_store_options
-@click.option("--id-number", prompt="ID document number (身份证号码)", metavar="ID",
+@click.option("--id-number", prompt="ID document number (身份证号码)", metavar="ID", callback=id_number_option,
               help="The holder's ID document number, as the clerk reads it from the document.")
 @click.option("--pin-stdin", is_flag=True, help="Read the new PIN from the first line of standard input.")
 def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, id_number: str, pin_stdin: bool) -> None:

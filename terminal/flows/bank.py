@@ -32,7 +32,16 @@ from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
 from terminal.card import Identity, SocialSecurityCard
 from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application
-from terminal.flows.common import Clerk, RefusedError, Site, holder_line, person_fields, same_person, timestamp
+from terminal.flows.common import (
+    Clerk,
+    RefusedError,
+    Site,
+    holder_line,
+    check_id_number,
+    person_fields,
+    same_person,
+    timestamp,
+)
 from terminal.queue import QueuedRecord, QueueError
 
 log = logging.getLogger(__name__)
@@ -141,11 +150,13 @@ def bank_activate(connection: Connection, site: Site, id_number: str, clerk: Cle
                   new_pin: Callable[[Clerk], str] = choose_pin,
                   before_change: Callable[[QueuedRecord], None] | None = None) -> BankActivation:
     """Activate the card at a bank counter (module docstring). Refusals queue nothing: already active
-    (15), counterfeit (8), ID document not matching (9), weak PIN (11), keys not the card's (8).
+    (15), counterfeit (8), not an ID number or an ID document not matching (9), weak PIN (11), keys not
+    the card's (8).
 
     ``before_change``: called with the held record just before the card is changed (the CLI's card
     watchdog then says how to finish if the card stalls; terminal/cli/watchdog.py).
     """
+    id_number = check_id_number(id_number)  # a typo is "not an ID number", before the card is read
     card = SocialSecurityCard(connection)
     if card.select():
         resumed = _resume(card, site, id_number, clerk)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from apdu.errors import SSCardError, mask
+from apdu.errors import SSCardError, WrongPINError, mask
 from drivers.connection import Connection
 from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
 from terminal.card import Identity, SocialSecurityCard
@@ -49,10 +49,14 @@ class Clerk(Protocol):
     def ask_pin(self, prompt: str) -> str:
         """Ask for a PIN at a hidden prompt (or from the script); never logged."""
 
+    def can_ask_again(self) -> bool:
+        """Whether a wrong PIN may be asked again (a person at the screen; not a script's one line)."""
+
 
 @dataclass
 class ScriptedClerk:
-    """A clerk for scripts and tests: PINs given in advance, messages collected in ``said``."""
+    """A clerk for scripts and tests: PINs given in advance, messages collected in ``said``; a wrong
+    PIN is asked again while PINs are left."""
 
     pins: list[str] = field(default_factory=list)
     said: list[str] = field(default_factory=list)
@@ -64,6 +68,9 @@ class ScriptedClerk:
         if not self.pins:
             raise RefusedError(f"No PIN given for: {prompt}")
         return self.pins.pop(0)
+
+    def can_ask_again(self) -> bool:
+        return bool(self.pins)
 
 
 @dataclass
@@ -113,16 +120,53 @@ def present_card(connection: Connection, site: Site) -> CardAtCounter:
 
 
 def verify_holder_pin(at: CardAtCounter, clerk: Clerk) -> None:
-    """Ask the holder's PIN and VERIFY it (WrongPINError exit 6 with tries left, PINBlockedError 7)."""
+    """Ask the holder's PIN and VERIFY it; a wrong PIN is said with the tries left and asked again while
+    the clerk can ask (a person at the screen), what was typed before it kept. WrongPINError (exit 6,
+    tries left) when it cannot be asked again, PINBlockedError (7) once blocked."""
     tries = at.card.pin_tries_left()  # a blocked PIN is refused here, before the holder types anything
-    prompt = "PIN" if tries is None or tries >= FULL_TRIES else f"PIN ({tries} {'try' if tries == 1 else 'tries'} left)"
-    at.card.verify_pin(clerk.ask_pin(prompt))
+    while True:
+        prompt = "PIN" if tries is None or tries >= FULL_TRIES else f"PIN ({tries} {'try' if tries == 1 else 'tries'} left)"
+        try:
+            at.card.verify_pin(clerk.ask_pin(prompt))
+            return
+        except WrongPINError as err:
+            if err.tries_left <= 0 or not clerk.can_ask_again():
+                raise
+            clerk.say(f"{err}. Type it again.")
+            tries = err.tries_left
 
 
 def holder_line(identity: Identity) -> str:
     """How the terminal names the holder on screen: name, masked ID number, issuing region."""
     return (f"{identity.full_name}  {mask(identity.social_security_number, 6, 4)}  "
             f"issued in {identity.issuing_region}")
+
+
+class IDNumberFormatError(SSCardError):
+    """What was typed is not an ID number (GB 11643: 17 digits and a check digit or X)."""
+
+    exit_code = 9
+
+
+#: GB 11643's weights of the first 17 digits, and the check characters by the sum modulo 11
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+ID_CHECK = "10X98765432"
+
+
+def check_id_number(text: str) -> str:
+    """``text`` as an ID number (trimmed, ``x`` as ``X``), or :class:`IDNumberFormatError` saying why it
+    is not one: 18 characters, ASCII digits, the last a check character that matches (GB 11643). The
+    message shows the number masked, never whole."""
+    value = (text or "").strip().upper()
+    shown = mask(value, 6, 4) if len(value) > 10 else "*" * len(value)
+    body, check = value[:17], value[17:]
+    if len(value) != 18 or not (body.isascii() and body.isdigit()) or check not in ID_CHECK:
+        raise IDNumberFormatError(f"{shown} is not an ID number: it has 18 characters, 17 digits and a check "
+                                  "digit or X. Type it again.")
+    if ID_CHECK[sum(int(d) * w for d, w in zip(body, ID_WEIGHTS)) % 11] != check:
+        raise IDNumberFormatError(f"{shown} is not an ID number: its check digit does not match (a digit mistyped?). "
+                                  "Type it again.")
+    return value
 
 
 def same_person(a: str, b: str) -> bool:
