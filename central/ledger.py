@@ -365,7 +365,7 @@ class Ledger:
         nameless = [i for i, m in enumerate(messages) if not isinstance(m, dict) or not isinstance(m.get("msgid"), str)]
         if nameless:
             raise Unanswerable(f"message {nameless[0] + 1} has no msgid: no answer could name it")
-        light = all(m.get("infno") in QUERIES for m in messages)
+        light = all(isinstance(m.get("infno"), str) and m["infno"] in QUERIES for m in messages)
         with self.transaction(durable=not light) as conn:
             now = self.clock()
             if nonce is not None:

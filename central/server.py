@@ -366,14 +366,20 @@ class CentralService:
             return Response(GARBAGE[self.faulty_requests % len(GARBAGE)], media_type="application/json")
         return _json(answers[0] if single else {"results": answers})
 
-    async def _voucher(self, request: Request) -> Response | None:
+    async def _signed_json(self, request: Request) -> Any:
+        """A signed request's JSON body (its nonce used up), or the error :class:`Response` to send."""
         try:
             _institution, _paasid, body = await self._authenticated(request)
-            payload = parse_json(body)
+            return parse_json(body)
         except Forbidden as err:
             return _error(HTTPStatus.FORBIDDEN, str(err))
         except BadRequest as err:
             return _error(err.status, str(err))
+
+    async def _voucher(self, request: Request) -> Response | None:
+        payload = await self._signed_json(request)
+        if isinstance(payload, Response):
+            return payload
         qrcode = payload.get("qrcode") if isinstance(payload, dict) else None
         if not isinstance(qrcode, str) or not 0 < len(qrcode) <= 512:
             return _error(HTTPStatus.BAD_REQUEST, 'an e-voucher query is {"qrcode": "..."}')
@@ -386,13 +392,9 @@ class CentralService:
     async def _control(self, request: Request) -> Response | None:
         if not self.faults:
             return _error(HTTPStatus.NOT_FOUND, "not found (the fault switches are off)")
-        try:
-            _institution, _paasid, body = await self._authenticated(request)
-            payload = parse_json(body)
-        except Forbidden as err:
-            return _error(HTTPStatus.FORBIDDEN, str(err))
-        except BadRequest as err:
-            return _error(err.status, str(err))
+        payload = await self._signed_json(request)
+        if isinstance(payload, Response):
+            return payload
         if not isinstance(payload, dict) or set(payload) - {"mode", "count", "seconds", "retry_after", "infno"}:
             return _error(HTTPStatus.BAD_REQUEST, "a control request is {mode, count, seconds, retry_after, infno}")
         try:

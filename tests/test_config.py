@@ -30,6 +30,7 @@ def test_default_file_is_commented_and_reads_back(tmp_path):
 @pytest.mark.parametrize(("old", "new", "match"), [
     ('code = "H33030200001"', 'code = "h1"', "institution code"),
     ('region = "330300"', 'region = "3303"', "region"),
+    ('region = "330300"', 'region = "３３０３００"', "region"),  # full-width digits: not ASCII, refused
     ("number = 1", "number = 100", "terminal number"),
     ("number = 1", 'number = "1"', "number must be a int"),
     ('store = "test"', 'store = "disk"', "store must be"),

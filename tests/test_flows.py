@@ -697,3 +697,17 @@ def test_a_wrong_pin_is_asked_again_while_the_clerk_can_ask_and_what_was_typed_i
     assert any("Wrong PIN: 2 tries left" in line and "Type it again" in line for line in said.said)
     with pytest.raises(WrongPINError):  # a script's one PIN: one try
         purchase(sim("not-activated"), lina_account, "S51", ITEMS, clerk("111222"))
+
+
+@pytest.mark.parametrize("card", ["adult", "minority", "other-region", "blocked-pin"])
+def test_a_purchase_settles_for_every_bundled_active_card(site, platform, card):
+    """Every active card of fixtures/cards pays at the pharmacy: from the account (310), in cash (390, no
+    account), cross-region (Shenzhen); the card whose PIN is blocked is refused before anything moves."""
+    if card == "blocked-pin":
+        with pytest.raises(PINBlockedError):
+            purchase(sim(card), site, "E1", ITEMS, clerk(PINS[card]))
+        assert settlements(platform) == []
+        return
+    paid = purchase(sim(card), site, "E1", ITEMS, clerk(PINS[card]))
+    assert paid.split.total == 4080 and paid.split.fund + paid.split.account + paid.split.cash == 4080
+    assert [(s["chrg_bchno"], s["state"]) for s in settlements(platform)] == [("E1", "settled")]

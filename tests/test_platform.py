@@ -310,7 +310,7 @@ def test_a_wrong_token_is_forbidden_and_nothing_is_stored(service):
     assert service.ledger.count() == 0
 
 
-@pytest.mark.parametrize("skew", [-301, 301, -3600])
+@pytest.mark.parametrize("skew", [-305, 305, -3600])  # whole seconds, and the request takes time: a margin
 def test_a_timestamp_more_than_300_s_off_is_forbidden(service, skew):
     t = Terminal(service, CLINIC)
     message = t.sign_in_message()
