@@ -51,6 +51,7 @@ from message.envelope import (
     SETTLEMENTS,
     MessageError,
     ascii_digits,
+    clr_type,
     msgid_terminal,
     msgid_time,
     parse_yuan,
@@ -153,14 +154,6 @@ def digest(message: dict[str, Any]) -> str:
 def sale_key(chrg_bchno: str) -> str:
     """A sale number as compared: trimmed and case-folded (the till may print ``t0001`` or ``T0001``)."""
     return chrg_bchno.strip().casefold()
-
-
-def clr_type(med_type: str) -> str:
-    """The clearing type of a medical type (docs/platform.md, "Codes"): 41 pharmacy, 21 inpatient (21,
-    52 maternity inpatient), 11 outpatient (the rest)."""
-    if med_type == "41":
-        return "41"
-    return "21" if med_type in ("21", "52") else "11"
 
 
 def now_cst() -> dt.datetime:

@@ -275,11 +275,6 @@ class CentralService:
                 self.fault_plan[infno] = Fault(mode, count, float(seconds),
                                                None if retry_after is None else str(retry_after)[:64])
 
-    @property
-    def fault(self) -> Fault:
-        """The fault set for any request (``ok`` when none)."""
-        return self.fault_plan.get(None) or Fault()
-
     def take_fault(self, infno: str | None = None) -> Fault:
         """The fault for a request carrying ``infno``, counting it down."""
         with self.fault_lock:
@@ -342,12 +337,15 @@ class CentralService:
             return _error(HTTPStatus.FORBIDDEN, str(err))
         except BadRequest as err:
             return await self._refused(request, err.status, str(err))
-        except ClientDisconnect:
+        except ClientDisconnect:  # the caller hung up mid-body: its headers are used up all the same
+            await self._refused(request, HTTPStatus.BAD_REQUEST, "the client hung up")
             return None
         fault = self.take_fault(_first_infno(body) if self.fault_plan else None)
-        if fault.mode == "fail":
+        if fault.mode == "fail":  # nothing processed, the nonce used up (the headers carry nothing more)
             later = {"Retry-After": fault.retry_after} if fault.retry_after else None
-            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "service unavailable (told to fail)", later)
+            refused = await self._refused(request, HTTPStatus.SERVICE_UNAVAILABLE, "service unavailable (told to fail)")
+            return refused if refused.status_code == HTTPStatus.FORBIDDEN else _error(
+                HTTPStatus.SERVICE_UNAVAILABLE, "service unavailable (told to fail)", later)
         nonce = (paasid, request.headers.get("x-tif-nonce", ""))
         try:
             answers = await self._ledger(lambda: self.ledger.process(institution, messages, nonce=nonce,

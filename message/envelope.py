@@ -74,8 +74,16 @@ INSUTYPES = {"310": "employee basic medical insurance", "390": "urban-rural resi
 #: medical types (med_type; convention where the public record is unconfirmed)
 MED_TYPES = {"11": "general outpatient", "14": "chronic outpatient", "21": "ordinary hospitalisation",
              "41": "pharmacy purchase", "51": "maternity outpatient", "52": "maternity hospitalisation"}
-#: clearing types (clr_type) of 3201: by med_type's first digit
+#: clearing types (clr_type) of 3201 (:func:`clr_type` of a medical type)
 CLR_TYPES = {"11": "outpatient", "21": "inpatient", "41": "pharmacy"}
+
+
+def clr_type(med_type: str) -> str:
+    """The clearing type of a medical type (convention, docs/platform.md, "Codes"): 41 pharmacy, 21
+    inpatient (21, and 52 maternity inpatient), 11 outpatient (the rest)."""
+    if med_type == "41":
+        return "41"
+    return "21" if med_type in ("21", "52") else "11"
 #: credential types of 1101 (mdtrt_cert_type)
 CERT_TYPES = {"01": "medical insurance e-voucher", "02": "ID card", "03": "social security card"}
 
@@ -349,4 +357,5 @@ def gateway_headers(credentials: Credentials, *, now: float | None = None, nonce
 def signature_matches(headers: dict[str, str], token: str) -> bool:
     """The request's ``x-tif-signature`` is the one ``token`` gives (constant-time comparison)."""
     expected = signature(headers.get("x-tif-timestamp", ""), token, headers.get("x-tif-nonce", ""))
-    return hmac.compare_digest(expected, headers.get("x-tif-signature", ""))
+    given = headers.get("x-tif-signature", "")
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogateescape"))

@@ -177,11 +177,11 @@ def run_step(step: Step, folder: Path, out: TextIO, connect: Connect = _sim, url
 
 def upload_all(folder: Path, url: str, out: TextIO) -> None:
     """Upload what waits in every journal of the day to the platform at ``url``."""
-    for name, station in sorted({(name, station.fixmedins_code) for name, station in PLACES.values()}):
+    for name, institution in sorted({(name, station.fixmedins_code) for name, station in PLACES.values()}):
         if not (folder / name).exists():
             continue
         with Outbox(folder / name, create=False) as outbox, \
-                Uploader(outbox, url, credentials=test_credentials(station)) as uploader:
+                Uploader(outbox, url, credentials=test_credentials(institution)) as uploader:
             report = uploader.drain()
             print(f"    {name}: {report.sent} sent, {report.dead} refused, {report.pending} waiting", file=out)
 

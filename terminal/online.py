@@ -16,7 +16,6 @@ settlements; a counter flow asks it while the holder waits:
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ import httpx
 from apdu.errors import SSCardError
 from message.envelope import (
     INFNO,
-    MSGID_TAKEN,
     REVERSIBLE,
     Credentials,
     Envelope,
@@ -35,14 +33,14 @@ from message.envelope import (
     parse_yuan,
     signed_wire,
 )
-from terminal.queue import REVERSED, VOID, Outbox, QueuedRecord
+from terminal.queue import ANSWERED, CALLING, REVERSED, VOID, Outbox, QueuedRecord, QueueError, record_data
 from terminal.upload import (
     DEFAULT_TIMEOUT,
     CentralClient,
     CentralError,
     CentralProtocolError,
-    NotSignedInError,
-    sign_in,
+    Session,
+    fresh_msgid,
 )
 
 log = logging.getLogger(__name__)
@@ -70,26 +68,24 @@ class OutcomeUnknownError(SSCardError):
     exit_code = 17
 
 
-#: what a clerk reads for each journaled transaction (the sale or visit it concerns is added)
-WHAT = {"2102": "payment", "2103": "refund", "2207": "payment", "2208": "refund", "2201": "registration",
-        "2202": "registration cancellation", "2401": "admission", "2404": "admission cancellation",
-        "SS02": "account move from the old card"}
+#: what a clerk (and the kiosk's holder) reads for each kind of record
+LABELS = {
+    "2201": "registration", "2202": "registration cancelled", "2401": "admission", "2404": "admission cancelled",
+    "2102": "purchase", "2103": "refund", "2207": "outpatient bill", "2208": "outpatient bill refunded",
+    "SS01": "activation", "SS02": "account moved from the old card (activation)", "2601": "reversal",
+}
+#: what to do after a call of each kind was reversed
+AGAIN = {"2102": "Try again, or take another way to pay.", "2207": "Try again, or take another way to pay."}
 
 
 def describe(record: QueuedRecord) -> str:
-    """``the payment for sale T0001 (H3303...)``: a journal entry in a clerk's words."""
-    data = _data(record)
-    what = WHAT.get(record.infno, INFNO.get(record.infno, record.infno))
+    """``the purchase for sale T0001 (H3303...)``: a journal entry in a clerk's words."""
+    data = record_data(record)
+    what = LABELS.get(record.infno, INFNO.get(record.infno, record.infno))
     about = (f" for sale {data['chrg_bchno']}" if isinstance(data.get("chrg_bchno"), str)
              else f" of settlement {data['setl_id']}" if isinstance(data.get("setl_id"), str)
              else f" of visit {data['mdtrt_id']}" if isinstance(data.get("mdtrt_id"), str) else "")
     return f"the {what}{about} ({record.msgid})"
-
-
-def _data(record: QueuedRecord) -> dict[str, Any]:
-    body = json.loads(record.envelope).get("input", {})
-    data = body.get("data") if isinstance(body.get("data"), dict) else body.get("mdtrtinfo")
-    return data if isinstance(data, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -103,19 +99,20 @@ class Resolution:
 
 class Platform:
     """This terminal's online session with the platform at ``url``: its journal is ``outbox`` (the same
-    SQLite file as the queue), its gateway ``credentials``. Signs in (9001) at the first call.
+    SQLite file as the queue), its gateway ``credentials``. Signs in (9001) before its first call.
 
     Each call must be over within ``timeout`` seconds (:class:`terminal.upload.CentralClient`); a
-    journaled call is this process's for ``lease`` seconds (default: twice the timeout and 5 s, at
-    least 30 s), after which, or once this process is gone, another may resolve it.
+    journaled call is this process's for ``lease`` seconds (default: six timeouts and 5 s, at least
+    30 s: the call, and on a 401 the sign-in's calls and the call again), after which, or once this
+    process is gone, another may resolve it; the journal then refuses this process's late answer.
     """
 
     def __init__(self, outbox: Outbox, url: str, credentials: Credentials, *, timeout: float = DEFAULT_TIMEOUT,
                  lease: float | None = None, client: httpx.Client | None = None) -> None:
         self.outbox = outbox
         self.central = CentralClient(url, credentials=credentials, timeout=timeout, client=client)
-        self.lease = lease if lease is not None else max(30.0, 2 * timeout + 5)
-        self.sign_no: str | None = None
+        self.session = Session(self.central, outbox)
+        self.lease = lease if lease is not None else max(30.0, 6 * timeout + 5)
 
     @property
     def url(self) -> str:
@@ -133,34 +130,27 @@ class Platform:
     # --- calls --------------------------------------------------------------------------------------
 
     def _send(self, message: dict[str, Any] | str) -> dict[str, Any]:
-        """One message (a dict, or a stored envelope's wire text) with this session's ``sign_no``
-        (signing in first, and again once when the platform has forgotten it: a 401 means nothing was
-        processed)."""
-        def signed() -> dict[str, Any] | str:
-            sign_no = self.sign_no or ""
-            return signed_wire(message, sign_no) if isinstance(message, str) else {**message, "sign_no": sign_no}
+        """One message (a dict, or a stored envelope's wire text) under this session's sign-in."""
+        def call(sign_no: str) -> dict[str, Any]:
+            signed = signed_wire(message, sign_no) if isinstance(message, str) else {**message, "sign_no": sign_no}
+            return self.central.call(signed)
 
-        if self.sign_no is None:
-            self.sign_no = sign_in(self.central, self.outbox)
-        try:
-            return self.central.call(signed())
-        except NotSignedInError:
-            self.sign_no = sign_in(self.central, self.outbox)
-            return self.central.call(signed())
+        return self.session.run(call)
 
     def query(self, infno: str, input: dict[str, Any], *, insured_region: str) -> dict[str, Any]:
         """A call that moves nothing (1101, 2101, 2206...): its ``output``. :class:`PlatformRefusedError`
         when refused; :class:`CentralError` when it cannot be asked."""
         station = self.outbox.require_station()
-        for _ in range(3):  # a msgid the platform says another message used (MSGID_TAKEN): nothing done, ask again
+
+        def attempt() -> dict[str, Any]:
             try:
                 envelope = Envelope(infno, self.outbox.next_msgid(), station, station.operator, insured_region,
                                     self.outbox.clock(), input)
             except MessageError as err:
                 raise CentralProtocolError(f"The {INFNO.get(infno, infno)} cannot be sent: {err}") from None
-            response = self._send(envelope.to_dict())
-            if response["infcode"] != MSGID_TAKEN:
-                break
+            return self._send(envelope.to_dict())
+
+        response = fresh_msgid(attempt)
         if response["infcode"] != 0:
             raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
         output = response.get("output")
@@ -175,11 +165,13 @@ class Platform:
         ``check`` validates an accepted answer's output before it is journaled (raise ``ValueError``,
         ``KeyError`` or ``TypeError`` for one the terminal cannot use: it is then reversed, as a lost one).
         Raises :class:`PlatformRefusedError` (refused, nothing done), :class:`ReversedError` (no usable
-        answer, reversed: nothing done), :class:`OutcomeUnknownError` (no answer and no reversal yet),
-        :class:`CentralError` with nothing done when the platform cannot be reached at all.
+        answer, reversed: nothing done), :class:`OutcomeUnknownError` (no answer and no reversal yet, or
+        the answer came after another process took the call over), :class:`CentralError` with nothing
+        done when the platform cannot be reached at all (the sign-in comes first: nothing is journaled).
         """
         if infno not in REVERSIBLE:
             raise ValueError(f"{infno} is not a journaled transaction")
+        self.session.signed()
         record = self.outbox.begin_call(infno, input, insured_region=insured_region, card_sn=card_sn,
                                         lease=self.lease)
         try:
@@ -199,10 +191,26 @@ class Platform:
                 raise
             self.outbox.note_call(record.msgid, str(err), lease=self.lease)
             self._reverse_lost(record, err)
-        record = self.outbox.answer_call(record.msgid, response, record)
+        try:
+            record = self.outbox.answer_call(record.msgid, response, record)
+        except QueueError as err:
+            raise self._unrecorded(record, err) from None
         if response["infcode"] != 0 or not isinstance(output, dict):
             raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
         return record, output
+
+    def _unrecorded(self, record: QueuedRecord, err: QueueError) -> SSCardError:
+        """The platform answered, but the journal did not take the answer: another process took the call
+        over (this one's lease ran out), or the file failed. Either way the entry stays unknown and is
+        reversed; the clerk must not act on the answer."""
+        current = self.outbox.state_of(record.msgid)
+        if current == CALLING or current is None:
+            return OutcomeUnknownError(
+                f"The platform answered {describe(record)}, but this terminal could not record the answer ({err}). "
+                "Do not hand anything over on it: the next command, or 'sscard queue resolve', reverses it.")
+        return OutcomeUnknownError(
+            f"The platform's answer to {describe(record)} came after another command of this terminal took the "
+            f"call over (it is now {current}). Do not hand anything over on it; 'sscard queue list' shows it.")
 
     # --- reversal -----------------------------------------------------------------------------------
 
@@ -217,19 +225,19 @@ class Platform:
             raise OutcomeUnknownError(
                 f"The platform's answer to {what} was lost ({cause}), and it could not be reversed yet ({err}). "
                 "Its outcome is unknown: do not hand anything over on it. The next command, or "
-                "'sscard queue resolve', reverses it once the platform answers.") from None
+                "'sscard queue resolve', resolves it once the platform answers.") from None
         raise ReversedError(f"The platform's answer to {what} was lost ({cause}): it was reversed, nothing was "
-                            "done. Try again, or take another way to pay.")
+                            f"done. {AGAIN.get(record.infno, 'Try again.')}")
 
     def reverse(self, record: QueuedRecord) -> str:
         """2601 for ``record`` (a journaled call with no answer), itself journaled; the original ends
         ``reversed``. Returns the platform's ``rvs_rslt`` (``reversed``, ``nothing_to_undo``,
         ``already_reversed``; convention). Raises :class:`CentralError` or :class:`PlatformRefusedError`,
         and the original stays unknown."""
-        data = _data(record)
-        psn_no = data.get("psn_no")
+        psn_no = record_data(record).get("psn_no")
         body = {"data": {"psn_no": psn_no if isinstance(psn_no, str) else "", "omsgid": record.msgid,
                          "oinfno": record.infno}}
+        self.session.signed()
         reversal = self.outbox.begin_call("2601", body, insured_region=record.insured_region, card_sn=record.card_sn,
                                           lease=self.lease)
         try:
@@ -237,28 +245,60 @@ class Platform:
         except CentralError as err:
             self.outbox.end_call(reversal.msgid, VOID, f"no answer: {err}")
             raise
-        self.outbox.answer_call(reversal.msgid, response)
+        self.outbox.answer_call(reversal.msgid, response, reversal)
         if response["infcode"] != 0:
             raise PlatformRefusedError("2601", str(response.get("err_msg") or "")[:300])
         output = response.get("output")
         result = str((output if isinstance(output, dict) else {}).get("rvs_rslt") or "reversed")
-        self.outbox.end_call(record.msgid, REVERSED, f"reversed by {reversal.msgid} ({result})", response)
+        if not self.outbox.end_call(record.msgid, REVERSED, f"reversed by {reversal.msgid} ({result})", response):
+            raise CentralError(f"{describe(record)} was reversed ({reversal.msgid}), but another command of this "
+                               f"terminal changed its journal entry meanwhile (now {self.outbox.state_of(record.msgid)})")
         log.info("reversed %s by %s: %s", record.msgid, reversal.msgid, result)
         return result
 
+    def confirm(self, record: QueuedRecord) -> QueuedRecord:
+        """The platform's own record of ``record``, for an unknown entry whose reversal the platform
+        refused because the transaction stands and cannot be undone (a refund whose money was spent):
+        the same message is sent again, under the same msgid, and the platform answers a repeat of an
+        accepted message with its first answer, doing nothing twice. The entry ends ``answered``.
+        :class:`PlatformRefusedError` when the platform answers anything but an acceptance."""
+        response = self._send(record.envelope)
+        if response["infcode"] != 0:
+            raise PlatformRefusedError(record.infno, str(response.get("err_msg") or "")[:300])
+        return self.outbox.answer_call(record.msgid, response, record)
+
     def resolve(self) -> list[Resolution]:
-        """Resolve every unknown journal entry (docs/platform.md, "The journal"): each is reversed with
-        a 2601, oldest first; a reversal left unknown is superseded by its original's. Stops at the first
-        that cannot be resolved (:class:`CentralError`, :class:`PlatformRefusedError`), the rest unknown."""
+        """Resolve the unknown journal entries (docs/platform.md, "The journal"), oldest first: each is
+        reversed with a 2601; one the platform will not reverse, because it happened and cannot be
+        undone, is confirmed instead (:meth:`confirm`: it stands); a reversal left unknown is set aside
+        once its original is resolved. An entry that cannot be resolved now is handed back (unknown, for
+        the next command) and the next one is tried; a platform that cannot be reached stops it
+        (:class:`CentralError`: the rest stay unknown)."""
         done: list[Resolution] = []
         unknown = self.outbox.unknown_calls()
         for record in [r for r in unknown if r.infno != "2601"]:
             if not self.outbox.claim_unknown(record.msgid, self.lease):
                 continue  # another process is on it
-            result = self.reverse(record)
+            what = describe(record)
+            try:
+                result = self.reverse(record)
+            except PlatformRefusedError as refused:
+                try:
+                    self.confirm(record)
+                except (CentralError, PlatformRefusedError, QueueError) as err:
+                    self.outbox.note_call(record.msgid, f"not reversed ({refused.reason}), not confirmed ({err})",
+                                          lease=0)
+                    log.warning("%s stays unknown: %s; %s", record.msgid, refused.reason, err)
+                    continue
+                done.append(Resolution(record, ANSWERED, f"The outcome of {what} was unknown: it stands (the "
+                                                         f"platform could not undo it: {refused.reason})."))
+                continue
+            except CentralError as err:
+                self.outbox.note_call(record.msgid, f"the reversal failed: {err}", lease=0)
+                raise
             words = {"nothing_to_undo": "it never reached the platform, and now it never will",
                      "already_reversed": "it had been reversed already"}.get(result, "reversed")
-            done.append(Resolution(record, REVERSED, f"The outcome of {describe(record)} was unknown: {words}; "
+            done.append(Resolution(record, REVERSED, f"The outcome of {what} was unknown: {words}; "
                                                      "nothing of it stands."))
         for record in [r for r in unknown if r.infno == "2601"]:
             if self.outbox.claim_unknown(record.msgid, self.lease):

@@ -1,9 +1,10 @@
-"""The local outbox: registrations and purchases, durable in SQLite until the central service has them.
+"""The terminal's journal and queue: one SQLite file holding every message that moves something.
 
-DESIGN.md item 5: records are queued locally and uploaded later in batches; the terminal keeps working
-while the central service is unreachable. Each record is queued as its final platform envelope (wire
-JSON) with its msgid fixed at that moment (central-service.md, "Delivery"), so a repeat after a lost
-answer is byte-for-byte the same message and the service can dedupe it.
+What may wait (registrations made while the platform is unreachable, activations) is queued and
+uploaded later in batches; every online call that moves money is journaled before it is made and its
+answer after (docs/platform.md, "The journal"). Each record is kept as its final platform envelope
+(wire JSON) with its msgid fixed at that moment (docs/central-api.md, "msgid"), so a repeat after a
+lost answer is byte-for-byte the same message and the platform can dedupe it.
 
 Durability (docs/central-api.md, "The local queue"): every connection sets WAL, ``synchronous=FULL``
 and a busy timeout itself, and every write is an explicit ``BEGIN IMMEDIATE`` transaction (autocommit
@@ -545,6 +546,26 @@ class Outbox:
         """The highest id used in this file: records, and msgids issued without a record (sign-ins)."""
         return conn.execute(_HIGH).fetchone()[0]
 
+    def _paced_id(self, stamp: int, high: int | None) -> int | None:
+        """The next id for second ``stamp`` after ``high`` (:meth:`_next_id`), or None when it would run
+        more than ``max_ahead`` seconds ahead of the clock (a burst past 100 msgids a second): then the
+        caller waits for the clock (:meth:`_wait_for_clock`). Msgids already further ahead than that (a
+        clock set back, a msgid issued on another clock) are no burst: the next one is taken."""
+        key = self._next_id(stamp, self.require_station().terminal_no, high)
+        if self.max_ahead is None or _seconds_ahead(key, stamp) <= self.max_ahead:
+            return key
+        return key if _seconds_ahead(high or 0, stamp) > self.max_ahead else None
+
+    def _wait_for_clock(self, waited: float, consequence: str = "") -> float:
+        """Sleep a moment for the clock to move on (a burst of msgids, :meth:`_paced_id`); the time waited
+        so far, or :class:`QueueError` when the clock does not move on."""
+        limit = 2 * (self.max_ahead or 0) + 10
+        if waited > limit:
+            raise QueueError(f"The record queue {self.path} cannot take more than {SEQ_PER_SECOND} msgids a second "
+                             f"from one terminal: the clock does not move on.{consequence}")
+        time.sleep(0.2)
+        return waited + 0.2
+
     def next_msgid(self) -> str:
         """A fresh msgid for a message that is not kept (a sign-in, a query such as 1101); saved as the
         floor of later msgids, so no record reuses it. The floor is committed without waiting for the
@@ -552,15 +573,20 @@ class Outbox:
         commit makes it durable); after a power cut a query's msgid may come again, which the platform
         answers ``MSGID_TAKEN`` with nothing done, and the caller asks again (docs/central-api.md)."""
         station = self.require_station()
-        stamp = self._stamp(self.clock())[0]
         conn = self.db.conn
+        waited, key = 0.0, None
         with self._errors("allocate a message id"):
             conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self._write("allocate a message id") as conn:
-                data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-                key = self._next_id(stamp, station.terminal_no, self._high(conn))
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_floor', ?)", [str(key)])
+            while key is None:
+                stamp = self._stamp(self.clock())[0]
+                with self._write("allocate a message id") as conn:
+                    data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+                    key = self._paced_id(stamp, self._high(conn))
+                    if key is not None:
+                        conn.execute("INSERT OR REPLACE INTO meta VALUES ('msgid_floor', ?)", [str(key)])
+                if key is None:
+                    waited = self._wait_for_clock(waited)
         finally:
             with self._errors("allocate a message id"):
                 conn.execute("PRAGMA synchronous=FULL")
@@ -636,12 +662,9 @@ class Outbox:
                 try:
                     data_version = execute("PRAGMA data_version").fetchone()[0]
                     high = self._last if data_version == self._data_version else self._high(conn)
-                    key = self._next_id(stamp, station.terminal_no, high)
-                    ahead = _seconds_ahead(key, stamp)
-                    # a burst may borrow seconds up to max_ahead past the clock; msgids already further ahead
-                    # (a clock set back, a sign-in on another clock) are no burst to wait for
-                    if (self.max_ahead is None or ahead <= self.max_ahead
-                            or _seconds_ahead(high or 0, stamp) > self.max_ahead):
+                    paced = self._paced_id(stamp, high)
+                    if paced is not None:
+                        key = paced
                         msgid = f"{station.fixmedins_code}{key}"
                         envelope = f"{head}{msgid}{middle}{inf_time}{end}{body}}}"
                         execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope,
@@ -653,13 +676,7 @@ class Outbox:
                     if conn.in_transaction:
                         execute("ROLLBACK")
                     raise
-            # more than 100 records a second for a while: wait for the clock rather than use its future
-            if waited > 2 * self.max_ahead + 10:
-                raise QueueError(f"The record queue {self.path} cannot take more than {SEQ_PER_SECOND} records a "
-                                 "second from one terminal: the clock does not move on. The transaction was NOT saved.")
-            pause = min(ahead - self.max_ahead, 1.0)
-            time.sleep(pause)
-            waited += pause
+            waited = self._wait_for_clock(waited, " The transaction was NOT saved.")
         self._last, self._data_version = key, data_version
         if log.isEnabledFor(logging.INFO):
             log.info("%s %s %s%s", "journaled" if state == CALLING else "queued", infno, msgid,
@@ -670,10 +687,11 @@ class Outbox:
     # --- the journal of online calls -----------------------------------------------------------------
 
     def answer_call(self, msgid: str, response: dict[str, Any], record: QueuedRecord | None = None) -> QueuedRecord:
-        """Record the platform's answer to a ``calling`` record: ``answered`` (infcode 0) or ``refused``;
-        the record as it now stands (built from ``record``, the one :meth:`begin_call` returned, when
-        given, else read back). :class:`QueueError` when ``msgid`` is not calling (a reversal got
-        there first: the caller must then not act on the answer)."""
+        """Record the platform's answer to a ``calling`` record of this process: ``answered`` (infcode 0)
+        or ``refused``; the record as it now stands (built from ``record``, the one :meth:`begin_call`
+        returned, when given, else read back). :class:`QueueError` when ``msgid`` is not calling or no
+        longer this process's (another process claimed it, :meth:`claim_unknown`, once its lease ran
+        out: the caller must then not act on the answer)."""
         infcode = response.get("infcode")
         state = ANSWERED if infcode == 0 else REFUSED
         done_at = self.clock().astimezone(CST)
@@ -682,11 +700,12 @@ class Outbox:
         with self._write("record the platform's answer", " The answer is NOT in the journal.") as conn:
             changed = conn.execute(
                 "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, last_error = ?, attempts = attempts + 1"
-                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}'",
-                [state, done_at.isoformat(), code, json.dumps(response, ensure_ascii=False), error, _id(msgid), msgid],
+                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
+                [state, done_at.isoformat(), code, json.dumps(response, ensure_ascii=False), error, _id(msgid), msgid,
+                 os.getpid()],
             ).rowcount
         if not changed:
-            raise QueueError(f"The journal entry {msgid} is no longer waiting for its answer")
+            raise QueueError(f"The journal entry {msgid} is no longer this command's to answer (another took it over)")
         if record is None or record.msgid != msgid:
             return self.get(msgid)
         return dataclasses.replace(record, state=state, attempts=record.attempts + 1, last_error=error,
@@ -695,26 +714,27 @@ class Outbox:
     def end_call(self, msgid: str, state: str, note: str, reply: dict[str, Any] | None = None) -> bool:
         """A ``calling`` record whose answer never came ends as ``reversed`` (``reply``: the 2601
         answer) or ``void`` (it never reached the platform, or a reversal itself unanswered), with
-        ``note`` as its last error. Returns whether it was still calling."""
+        ``note`` as its last error. Returns whether it was still calling and this process's."""
         if state not in (REVERSED, VOID):
             raise ValueError(f"a call ends reversed or void, not {state}")
         with self._write("record the reversal", " The journal still says the call is unknown.") as conn:
             return bool(conn.execute(
                 "UPDATE records SET state = ?, done_at = ?, reply = ?, last_error = ?"
-                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}'",
+                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
                 [state, self.clock().astimezone(CST).isoformat(),
-                 json.dumps(reply, ensure_ascii=False) if reply is not None else None, note[:500], _id(msgid), msgid],
+                 json.dumps(reply, ensure_ascii=False) if reply is not None else None, note[:500], _id(msgid), msgid,
+                 os.getpid()],
             ).rowcount)
 
     def note_call(self, msgid: str, error: str, lease: float | None = None) -> None:
-        """Note why a ``calling`` record has no answer yet; ``lease``: seconds from now until another
-        process may resolve it (0: at once; None: unchanged)."""
+        """Note why a ``calling`` record of this process has no answer yet; ``lease``: seconds from now
+        until another process may resolve it (0: at once, the record handed back; None: unchanged)."""
         with self._write("note the failed call") as conn:
             conn.execute(
                 "UPDATE records SET last_error = ?, attempts = attempts + 1,"
                 " next_attempt_at = coalesce(?, next_attempt_at)"
-                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}'",
-                [error[:500], None if lease is None else self.now() + lease, _id(msgid), msgid])
+                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
+                [error[:500], None if lease is None else self.now() + lease, _id(msgid), msgid, os.getpid()])
 
     def unknown_calls(self) -> list[QueuedRecord]:
         """``calling`` records no live caller is working on, oldest first: the lease has run out, or the
@@ -858,7 +878,13 @@ class Outbox:
         (docs/central-api.md, "msgid"). The envelope is the same but for the msgid. :class:`QueueError`
         when ``msgid`` is not a pending or sending record."""
         station = self.require_station()
-        stamp = self._stamp(self.clock())[0]
+        waited, key = 0.0, None
+        while key is None:
+            stamp = self._stamp(self.clock())[0]
+            with self._write("give a record a new msgid") as conn:
+                key = self._paced_id(stamp, self._high(conn))
+            if key is None:
+                waited = self._wait_for_clock(waited)
         with self._write("give a record a new msgid") as conn:
             row = conn.execute(
                 "SELECT infno, created_at, card_sn, insured_region, treatment_region, envelope FROM records"
@@ -975,11 +1001,11 @@ class Outbox:
             rows = self.db.execute(sql + " ORDER BY id", params).fetchall()
         return [dict(zip(("msgid", "infno", *columns), row)) for row in rows]
 
-    def in_state(self, state: str, infnos: tuple[str, ...]) -> list[QueuedRecord]:
-        """The records of these transactions in ``state``, oldest first (e.g. the answered settlements
-        and cancellations reconciliation totals)."""
-        marks = ", ".join("?" * len(infnos))
-        return self._select(f"state = ? AND infno IN ({marks})", [state, *infnos]) if infnos else []
+    def state_of(self, msgid: str) -> str | None:
+        """The state of record ``msgid`` now (None when there is none)."""
+        with self._errors("be read"):
+            row = self.db.execute("SELECT state FROM records WHERE id = ? AND msgid = ?", [_id(msgid), msgid]).fetchone()
+        return row[0] if row else None
 
     def for_card(self, card_sn: str, limit: int | None = None) -> list[QueuedRecord]:
         """The records this terminal holds for one card (kiosk inquiry, DESIGN.md item 7, the balance,
@@ -1026,6 +1052,16 @@ def _seconds_ahead(key: int, stamp: int) -> float:
         return 0.0
     later = dt.datetime.strptime(str(issued), MSGID_TIME) - dt.datetime.strptime(str(stamp), MSGID_TIME)
     return later.total_seconds()
+
+
+def record_data(record: QueuedRecord) -> dict[str, Any]:
+    """The transaction's main object in a record's envelope: ``input.data``, or ``input.mdtrtinfo`` (an
+    admission); amounts as the yuan strings sent. Empty when it has neither."""
+    body = json.loads(record.envelope).get("input", {})
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) and isinstance(body, dict):
+        data = body.get("mdtrtinfo")
+    return data if isinstance(data, dict) else {}
 
 
 def _alive(pid: object) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from message.envelope import CLR_TYPES, DATE, INSUTYPES, SETTLEMENTS, Fen, yuan
+from message.envelope import CLR_TYPES, DATE, INSUTYPES, SETTLEMENTS, Fen, clr_type, yuan
 from terminal.online import Platform, yuan_field
 from terminal.queue import ANSWERED, Outbox
 from terminal.upload import CentralProtocolError
@@ -59,11 +59,6 @@ class Totals:
         self.settled.append(s)
 
 
-def _clr_type(med_type: str) -> str:
-    """docs/platform.md, "Codes": 41 pharmacy, 21 inpatient (21, 52), 11 outpatient (the rest)."""
-    return "41" if med_type == "41" else "21" if med_type in ("21", "52") else "11"
-
-
 #: what reconciliation reads of a settlement's journal entry: (envelope or reply, JSON path)
 SETTLED_FIELDS = {
     "setl_id": ("reply", "$.output.setlinfo.setl_id"),
@@ -96,7 +91,7 @@ def journal_settlements(outboxes: Iterable[Outbox], day: dt.date) -> list[Settle
 def _settled(row: dict[str, Any]) -> Settled | None:
     try:
         return Settled(str(row["setl_id"]), row["msgid"], str(row["chrg_bchno"] or ""), str(row["insutype"]),
-                       _clr_type(str(row["answered_med_type"] or row["med_type"] or "")),
+                       clr_type(str(row["answered_med_type"] or row["med_type"] or "")),
                        yuan_field(row, "medfee"), yuan_field(row, "fund"), yuan_field(row, "acct"))
     except (KeyError, ValueError, TypeError):
         return None

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
@@ -36,6 +36,7 @@ from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_BATCH = 100
 DEFAULT_TIMEOUT = 10.0
@@ -63,7 +64,7 @@ def check_central_url(url: str) -> str:
 #: how often ``follow`` looks for new records when nothing is due sooner (seconds)
 DEFAULT_INTERVAL = 5.0
 #: HTTP statuses that mean "this batch is invalid": bisect to find the record (docs/central-api.md)
-REFUSED = frozenset({400, 413, 422})
+INVALID_BATCH = frozenset({400, 413, 422})
 #: the longest wait a service's Retry-After can impose (seconds): a longer one is taken as this much,
 #: so a wrong header cannot park the queue for years (docs/central-api.md, "Delivery")
 MAX_RETRY_AFTER = 3600.0
@@ -311,7 +312,7 @@ class CentralClient:
             raise NotSignedInError()
         if status == 403:
             raise CentralAuthError(_err_msg(bytes(body)))
-        if status in REFUSED:
+        if status in INVALID_BATCH:
             raise CentralRefusedError(status, _err_msg(bytes(body)))
         if status != 200:
             raise CentralUnavailableError(f"The platform answered HTTP {status}", parse_retry_after(retry_after))
@@ -378,11 +379,30 @@ def _err_msg(content: bytes) -> str:
     return str(body.get("err_msg") if isinstance(body, dict) and body.get("err_msg") else body)[:200]
 
 
+def fresh_msgid(attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``attempt()`` (a call under a msgid just issued), made again, at most twice, while the platform
+    answers ``MSGID_TAKEN``: another terminal used that msgid, nothing was done under it, and the next
+    attempt issues the next one (docs/central-api.md, "msgid")."""
+    for _ in range(2):
+        response = attempt()
+        if response["infcode"] != MSGID_TAKEN:
+            return response
+    return attempt()
+
+
+class SignInRefusedError(CentralError):
+    """The platform refused the operator's sign-in: nothing was sent under it."""
+
+    maybe_processed = False
+
+
 def sign_in(central: CentralClient, outbox: Outbox) -> str:
     """9001 operator sign-in with the station's operator and device (docs/platform.md, "9001"): the
-    ``sign_no`` every later message of this session carries. :class:`CentralError` when refused."""
+    ``sign_no`` every later message of this session carries. :class:`CentralError` when refused (a
+    sign-in moves nothing: it is never reversed, only asked again)."""
     station = outbox.require_station()
-    for _ in range(3):  # a msgid another terminal used (MSGID_TAKEN): nothing done, the next one is tried
+
+    def attempt() -> dict[str, Any]:
         envelope = Envelope(
             infno="9001",
             msgid=outbox.next_msgid(),
@@ -392,17 +412,46 @@ def sign_in(central: CentralClient, outbox: Outbox) -> str:
             time=outbox.clock(),
             input={"signIn": {"opter_no": station.operator.opter, "mac": "", "ip": "127.0.0.1"}},
         )
-        response = central.call(envelope.to_dict())
-        if response["infcode"] != MSGID_TAKEN:
-            break
+        return central.call(envelope.to_dict())
+
+    response = fresh_msgid(attempt)
     if response["infcode"] != 0:
-        raise CentralError(f"The platform refused the sign-in: {str(response.get('err_msg') or 'no reason given')[:300]}")
+        raise SignInRefusedError(f"The platform refused the sign-in: "
+                                 f"{str(response.get('err_msg') or 'no reason given')[:300]}")
     sign_no = signin_number(response)
     if sign_no is None:
         raise CentralProtocolError("The platform accepted the sign-in but sent no sign_no"
                                    " (output.signinoutb.sign_no): records stay in the queue")
     log.info("signed in to %s", central.url)
     return sign_no
+
+
+class Session:
+    """One operator sign-in for a run of calls to ``central`` (the uploader's, a counter's): made at
+    the first call, and made again once when the platform answers 401 (it forgot the sign-in; a 401
+    means nothing was processed)."""
+
+    def __init__(self, central: CentralClient, outbox: Outbox) -> None:
+        self.central = central
+        self.outbox = outbox
+        self.sign_no: str | None = None
+
+    def sign_in(self) -> str:
+        """9001 (:func:`sign_in`); returns and keeps the ``sign_no``."""
+        self.sign_no = sign_in(self.central, self.outbox)
+        return self.sign_no
+
+    def signed(self) -> str:
+        """The ``sign_no``, signing in first when there is none yet."""
+        return self.sign_no if self.sign_no is not None else self.sign_in()
+
+    def run(self, call: Callable[[str], T]) -> T:
+        """``call(sign_no)``, and once more with a new sign-in when the platform answers 401."""
+        try:
+            return call(self.signed())
+        except NotSignedInError:
+            log.info("sign-in expired: signing in again")
+            return call(self.sign_in())
 
 
 class Uploader:
@@ -429,6 +478,7 @@ class Uploader:
     ) -> None:
         self.outbox = outbox
         if credentials is None:  # the virtual platform's TEST credentials of the queue's institution
+            log.warning("uploading with the TEST gateway credentials: only the virtual platform accepts them")
             credentials = test_credentials(outbox.require_station().fixmedins_code)
         self.central = CentralClient(url, credentials=credentials, timeout=timeout, client=client)
         self.batch_size = batch_size
@@ -436,7 +486,7 @@ class Uploader:
         #: seconds a batch's delivery may take, well within its lease (docs/central-api.md, "Delivery")
         self.delivery_time = self.lease / 2
         self.backoff = backoff or Backoff()
-        self.sign_no: str | None = None
+        self.session = Session(self.central, outbox)
         #: records given a new msgid so far (the platform said theirs was another message's)
         self.rekeyed = 0
         outbox.join_uploaders()
@@ -451,20 +501,16 @@ class Uploader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def sign_no(self) -> str | None:
+        return self.session.sign_no
+
     def sign_in(self) -> str:
         """9001 operator sign-in (:func:`sign_in`); returns and keeps the ``sign_no``."""
-        self.sign_no = sign_in(self.central, self.outbox)
-        return self.sign_no
+        return self.session.sign_in()
 
     def _send(self, records: list[QueuedRecord]) -> list[Outcome]:
-        if self.sign_no is None:
-            self.sign_in()
-        try:
-            return self.central.batch([with_sign_no(r.envelope, self.sign_no or "") for r in records])
-        except NotSignedInError:
-            log.info("sign-in expired: signing in again")
-            self.sign_in()
-            return self.central.batch([with_sign_no(r.envelope, self.sign_no or "") for r in records])
+        return self.session.run(lambda sign_no: self.central.batch([with_sign_no(r.envelope, sign_no) for r in records]))
 
     def _deliver(self, records: list[QueuedRecord]) -> tuple[list[Outcome], CentralError | None]:
         """Send ``records``; a batch refused as invalid is halved until the bad record stands alone and

@@ -711,3 +711,116 @@ def test_a_purchase_settles_for_every_bundled_active_card(site, platform, card):
     paid = purchase(sim(card), site, "E1", ITEMS, clerk(PINS[card]))
     assert paid.split.total == 4080 and paid.split.fund + paid.split.account + paid.split.cash == 4080
     assert [(s["chrg_bchno"], s["state"]) for s in settlements(platform)] == [("E1", "settled")]
+
+
+# --- the journal under takeovers, refusals and lies (review findings) -------------------------------
+
+LATE_PAYER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from onlineworker import buy, open_site
+site = open_site({journal!r}, {url!r}, 1)
+site.platform.lease = 1.0  # as if the call had outlived its lease
+print(json.dumps(buy(site, "not-activated", "S60", 4080)), flush=True)
+"""
+
+
+def test_a_late_answer_after_another_command_took_the_call_over_is_not_acted_on(lina_account, platform):
+    """Another process of the terminal resolves a call whose lease ran out while its caller still waits:
+    the caller's late answer is refused by the journal, and its clerk is told not to act on it."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from terminal.queue import now_cst
+
+    site = lina_account
+    site.outbox.clock = now_cst  # the real clock: leases run out in real time here
+    platform.set_fault("stall", count=1, seconds=4, infno="2102")
+    payer = subprocess.Popen([sys.executable, "-c", LATE_PAYER.format(tests=str(Path(__file__).parent),
+                                                                      journal=str(site.outbox.path), url=platform.url)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    resolved: list = []
+    deadline = time.monotonic() + 20
+    while not resolved and time.monotonic() < deadline and payer.poll() is None:
+        resolved = site.platform.resolve()  # this process is "the next command"
+        time.sleep(0.05)
+    out, err_text = payer.communicate(timeout=60)
+    assert [r.state for r in resolved] == ["reversed"] and "S60" in resolved[0].text, err_text
+    outcome = json.loads(out)
+    assert outcome["error"] == "OutcomeUnknownError" and outcome["exit"] == 17, outcome
+    assert "took the call over" in outcome["text"] and "Do not hand anything over" in outcome["text"]
+    [entry] = [r for r in site.outbox.records() if r.infno == "2102"]
+    assert entry.state == "reversed" and [s["state"] for s in settlements(platform)] == ["reversed"]
+    assert platform.ledger.balance(LINA) == 128650
+
+
+def test_an_unknown_refund_that_cannot_be_undone_is_confirmed_and_the_next_entry_is_still_resolved(lina_account,
+                                                                                                  platform):
+    site = lina_account
+    purchase(sim("not-activated"), site, "S70", ITEMS, clerk(PINS["not-activated"]))
+    platform.set_fault("drop", count=1, infno="2103")
+    platform.set_fault("fail", count=1, infno="2601")
+    with pytest.raises(OutcomeUnknownError):
+        refund(site, "S70", clerk())
+    assert platform.ledger.balance(LINA) == 128650  # the refund did happen at the platform
+    platform.ledger.conn.execute("UPDATE accounts SET balc = 0 WHERE psn_no = ?", [LINA])  # and was spent since
+    platform.set_fault("drop", count=1, infno="2102")
+    platform.set_fault("fail", count=1, infno="2601")
+    with pytest.raises(OutcomeUnknownError):
+        purchase(sim("adult"), site, "S71", ITEMS, clerk(PINS["adult"]))
+    resolutions = site.platform.resolve()
+    assert [r.state for r in resolutions] == ["answered", "reversed"]
+    assert "it stands" in resolutions[0].text and "S71" in resolutions[1].text
+    states = {r.infno: r.state for r in site.outbox.records() if r.infno in ("2103",)}
+    assert states == {"2103": "answered"} and site.outbox.unknown_calls() == []
+    assert platform.ledger.balance(ZHANGWEI) == 235000  # S71 reversed
+
+
+def test_an_entry_the_platform_cannot_be_asked_about_stays_unknown_and_is_said_so(lina_account, platform):
+    site = lina_account
+    platform.set_fault("drop", count=1, infno="2102")
+    platform.set_fault("fail", count=1, infno="2601")
+    with pytest.raises(OutcomeUnknownError):
+        purchase(sim("not-activated"), site, "S80", ITEMS, clerk(PINS["not-activated"]))
+    site.platform.central.url = "http://127.0.0.1:9"
+    with pytest.raises(CentralError):
+        site.platform.resolve()
+    assert [r.infno for r in site.outbox.unknown_calls()] == ["2102"]  # handed back, not hidden
+
+
+def test_a_refund_answer_giving_back_other_shares_is_not_used(lina_account, platform, monkeypatch):
+    from central.ledger import Ledger
+
+    site = lina_account
+    purchase(sim("not-activated"), site, "S90", ITEMS, clerk(PINS["not-activated"]))
+    real = Ledger._cancel
+
+    def lying(self, call, settlement_infno):
+        output = real(self, call, settlement_infno)
+        output["setlinfo"]["acct_pay"], output["setlinfo"]["psn_cash_pay"] = "0.00", "40.80"
+        return output
+
+    monkeypatch.setattr(Ledger, "_cancel", lying)
+    with pytest.raises(ReversedError, match="other shares"):
+        refund(site, "S90", clerk())
+    assert [s["state"] for s in settlements(platform)] == ["settled"]  # the cancellation reversed
+    assert platform.ledger.balance(LINA) == 128650 - 4080
+
+
+def test_a_sign_in_the_platform_refuses_journals_nothing(site, platform, tmp_path):
+    from dataclasses import replace
+
+    other = open_site(tmp_path / "other.sqlite", platform.url, replace(STATION, dev_no="DEV-OTHER"))
+    mine = open_site(tmp_path / "mine.sqlite", platform.url, replace(STATION, dev_no="DEV-MINE"))
+    try:
+        purchase(sim("adult"), other, "S100", ITEMS, clerk(PINS["adult"]))  # signed in with terminal 01
+        mine.outbox.clock.tick(60)  # a minute later (the same second would give the same msgids)
+        with pytest.raises(CentralError, match="terminal number 01") as refused:
+            purchase(sim("adult"), mine, "S101", ITEMS, clerk(PINS["adult"]))
+        assert refused.value.exit_code == 14 and mine.outbox.records() == []
+    finally:
+        for opened in (other, mine):
+            opened.platform.close()
+            opened.outbox.close()

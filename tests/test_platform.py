@@ -1421,3 +1421,10 @@ def test_policy_shares_always_add_up_and_are_never_negative(rule, total, med_typ
         assert s.fund == 0 and s.deductible == 0
     if not (use_account and r.account):
         assert s.account == 0
+
+
+def test_a_signature_header_of_other_characters_is_forbidden_not_a_server_error(service):
+    t = Terminal(service, CLINIC)
+    headers = {**gateway_headers(t.credentials), "x-tif-signature": "é".encode("latin-1") * 64}
+    reply = t.post("/api/call", t.sign_in_message(), headers)
+    assert reply.status_code == 403 and service.ledger.count() == 0

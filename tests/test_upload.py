@@ -459,8 +459,13 @@ def test_a_sign_in_answered_in_the_wrong_shape_is_a_central_error_and_the_batch_
 class BuggyUploader(Uploader):
     """An uploader with a bug in its reply handling (what the sign-in's unchecked output used to be)."""
 
-    def sign_in(self) -> str:
-        raise AttributeError("'str' object has no attribute 'get'")
+    def __init__(self, *args, **options) -> None:
+        super().__init__(*args, **options)
+
+        def broken() -> str:
+            raise AttributeError("'str' object has no attribute 'get'")
+
+        self.session.sign_in = broken  # type: ignore[method-assign]
 
 
 def test_an_unexpected_error_during_delivery_leaves_the_batch_pending_not_sending(outbox, central, clock):

@@ -340,6 +340,7 @@ def serve(db: Path, host: str, port: int, faults: bool) -> None:
 def show(db: Path, limit: int | None, as_json: bool) -> None:
     """What the virtual platform holds: messages by msgid, settlements, accounts, old cards, visits."""
     from central import Ledger
+    from message.envelope import yuan
     from terminal.queue import sqlite_reason
     from terminal.upload import CentralError
 
@@ -368,6 +369,13 @@ def show(db: Path, limit: int | None, as_json: bool) -> None:
     click.echo("accounts")
     for a in held["accounts"]:
         click.echo(f"  {a['psn_no']}  {a['psn_name']}  {a['balc']}")
+    click.echo("old cards")
+    for o in held["old_cards"]:
+        click.echo(f"  {o['card_no']}  {o['psn_no']}  {yuan(o['balc_fen'])}  "
+                   f"{'moved ' + str(o['moved_msgid']) if o['moved_msgid'] else 'not moved'}")
+    click.echo(f"visits {len(held['visits'])}")
+    for v in held["visits"]:
+        click.echo(f"  {v['mdtrt_id']}  {v['infno']}  {v['psn_no']}  {v['dept_name']}  {v['state']}")
 
 
 COMMANDS = [queue, central]

@@ -9,7 +9,6 @@ Project convention (docs/flows.md).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -222,12 +221,6 @@ def look_up(site: Site, at: CardAtCounter) -> Person:
 def timestamp(site: Site) -> str:
     """Now, as the platform writes times (``yyyy-MM-dd HH:mm:ss``, Beijing time)."""
     return site.now().strftime(INF_TIME)
-
-
-def record_data(record: QueuedRecord) -> dict[str, Any]:
-    """``input.data`` of a queued record (amounts as the yuan strings sent)."""
-    data = json.loads(record.envelope)["input"].get("data", {})
-    return data if isinstance(data, dict) else {}
 
 
 def amount(data: dict[str, Any], key: str) -> Fen:

@@ -33,7 +33,6 @@ from terminal.flows.common import (
     look_up,
     person_fields,
     present_card,
-    record_data,
     timestamp,
     verify_holder_pin,
 )
@@ -49,7 +48,7 @@ from terminal.flows.settlement import (
 )
 from terminal.flows.settlement import refund as refund_bill
 from terminal.online import Person, PlatformRefusedError
-from terminal.queue import ANSWERED, CALLING, SENT, QueuedRecord
+from terminal.queue import ANSWERED, CALLING, SENT, QueuedRecord, record_data
 from terminal.upload import CentralError
 
 OUTPATIENT_SETTLEMENT = "2207"

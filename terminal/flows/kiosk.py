@@ -12,17 +12,11 @@ from typing import Any
 
 from drivers.connection import Connection
 from message.envelope import INFNO, yuan
-from terminal.flows.common import Clerk, Site, is_active, look_up, present_card, record_data, verify_holder_pin
-from terminal.online import PlatformRefusedError
-from terminal.queue import QueuedRecord
+from terminal.flows.common import Clerk, Site, is_active, look_up, present_card, verify_holder_pin
+from terminal.online import LABELS, PlatformRefusedError
+from terminal.queue import QueuedRecord, record_data
 from terminal.upload import CentralError
 
-#: what each kind of record is called on the kiosk's screen
-RECORD_LABELS = {
-    "2201": "registration", "2202": "registration cancelled", "2401": "admission", "2404": "admission cancelled",
-    "2102": "purchase", "2103": "refund", "2207": "outpatient bill", "2208": "outpatient bill refunded",
-    "SS01": "activation", "SS02": "account moved from the old card (activation)", "2601": "reversal",
-}
 
 
 def record_line(record: QueuedRecord) -> dict[str, Any]:
@@ -30,7 +24,7 @@ def record_line(record: QueuedRecord) -> dict[str, Any]:
     data = record_data(record)
     line = {
         "time": record.created_at.strftime("%Y-%m-%d %H:%M"),
-        "what": RECORD_LABELS.get(record.infno, INFNO.get(record.infno, record.infno)),
+        "what": LABELS.get(record.infno, INFNO.get(record.infno, record.infno)),
         "infno": record.infno,
         "msgid": record.msgid,
         "cross_region": record.cross_region,

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from message.envelope import PREVIEWS, SETTLEMENTS, Fen, yuan
-from terminal.flows.common import Clerk, PaymentRefusedError, Site, record_data
+from terminal.flows.common import Clerk, PaymentRefusedError, Site
 from terminal.online import Person, PlatformRefusedError, ReversedError, yuan_field
-from terminal.queue import ANSWERED, CALLING, QueuedRecord
+from terminal.queue import ANSWERED, CALLING, QueuedRecord, record_data
 from terminal.upload import CentralError
 
 BILL_NO = re.compile(r"[A-Za-z0-9-]{1,30}")
@@ -249,10 +249,18 @@ def refund(site: Site, infno: str, bill: str, clerk: Clerk, what: str = "Sale") 
         return Refund(bill, paid, Split.of(earlier, total), earlier, True)
     data = {"setl_id": setl_id(paid), "psn_no": record_data(paid).get("psn_no"),
             "mdtrt_id": record_data(paid).get("mdtrt_id") or ""}
+    taken = Split.of(paid, total)
+
+    def gives_back_what_it_took(output: dict[str, Any]) -> None:
+        back = Split.from_output(output, total, settled=True)
+        if output["setlinfo"].get("init_setl_id") != data["setl_id"]:
+            raise ValueError(f"the cancellation names settlement {output['setlinfo'].get('init_setl_id')!r}")
+        if (back.fund, back.account, back.cash) != (taken.fund, taken.account, taken.cash):
+            raise ValueError("the cancellation gives back other shares than the settlement took")
+
     with platform_errors("refund", f"The {what.lower()} was not refunded: try again when the platform answers."):
         record, output = platform.transact(SETTLEMENTS[infno], {"data": data}, insured_region=paid.insured_region,
-                                           card_sn=paid.card_sn,
-                                           check=lambda out: Split.from_output(out, total, settled=True))
+                                           card_sn=paid.card_sn, check=gives_back_what_it_took)
         split = Split.from_output(output, total, settled=True)
     cash = f"; give back {yuan(split.cash)} yuan in cash" if split.cash else ""
     clerk.say(f"Refunded {what.lower()} {bill}: {yuan(split.account)} yuan back to the medical personal account "
