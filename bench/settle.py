@@ -109,7 +109,6 @@ from terminal.gateway import test_credentials  # noqa: E402
 from terminal.online import Platform  # noqa: E402
 from terminal.queue import Outbox  # noqa: E402
 from terminal.reconcile import journal_settlements, reconcile  # noqa: E402
-from terminal.upload import sign_in  # noqa: E402
 
 INSTITUTION = "H33030200001"
 INSTITUTION_NAME = "温州市鹿城区示范诊所"
@@ -185,10 +184,11 @@ class Ours:
         inner = central.call
         sink: list[float] = []
 
-        def timed(message: dict[str, Any]) -> dict[str, Any]:
+        def timed(message: dict[str, Any] | str) -> dict[str, Any]:
             start = time.perf_counter()
             answer = inner(message)
-            if every or message.get("infno") == "2102":
+            infno = message.get("infno") if isinstance(message, dict) else json.loads(message).get("infno")
+            if every or infno == "2102":
                 sink.append(time.perf_counter() - start)
             return answer
 
@@ -427,8 +427,7 @@ def settle_bench(root: Path, rounds: int, per_round: int, seed: int, profile: bo
     with platform_process(db) as (url, _pid):
         ours = Ours(root / "settle-journal.sqlite", url, 1, pace=False)
         try:
-            ours.platform.sign_no = sign_in(ours.platform.central, ours.outbox)
-            raw = Raw(url, 2, sign_no=ours.platform.sign_no)  # the same session's sign_no
+            raw = Raw(url, 2, sign_no=ours.platform.session.sign_in())  # the same session's sign_no
             try:
                 sent_ours: list[tuple[dict[str, Any], dict[str, str]]] = []
                 sent_raw: list[tuple[dict[str, Any], dict[str, str]]] = []
@@ -796,7 +795,7 @@ def reconcile_bench(root: Path, count: int, runs: int, profile: bool) -> dict[st
         outbox = Outbox(journal)
         platform = Platform(outbox, url, credentials(), timeout=60.0)
         try:
-            platform.sign_no = sign_in(platform.central, outbox)
+            platform.session.sign_in()
             for _ in range(runs):
                 t = time.perf_counter()
                 found = journal_settlements([outbox], day)
