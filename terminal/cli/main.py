@@ -23,7 +23,7 @@ log = logging.getLogger("sscard")
 
 #: modules of terminal.cli that contribute commands through a ``COMMANDS`` list
 COMMAND_MODULES = ("card", "reader", "queue", "security", "config", "desk", "pharmacy", "bank", "kiosk", "reconcile",
-                   "demo")
+                   "serve", "demo")
 
 
 class SSCardGroup(click.Group):

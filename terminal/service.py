@@ -1,0 +1,552 @@
+"""``sscard serve``: the local service hospital software talks to (docs/service.md).
+
+Starlette on uvicorn, on loopback only. Two doors, one card session:
+
+- **the reader convention** (:mod:`terminal.convention`), for software written against the vendors'
+  reader libraries: ``POST /api/convention`` and WebSocket ``/ws`` take ``{"function":
+  "iReadCardBas", "iType": 3}`` and answer ``{"function", "success", "code", "pOutInfo"}``;
+- **our JSON API**, for new code: ``GET /api/readers``, ``POST /api/read``, ``POST /api/auth``,
+  ``POST /api/verify-pin``; errors as ``{"error": {"code", "exit_code", "message"}}``; and card
+  events (``{"subscribe": "events"}`` on ``/ws``: inserted and removed, per PC/SC reader).
+
+Safe against web pages that are not the hospital's (cross-site WebSocket hijacking is the attack the
+vendors' services leave open): every HTTP request and WebSocket upgrade is refused (403) unless its
+``Host`` is this loopback address (DNS rebinding), and either its ``Origin`` is on the allow-list
+(exact scheme://host:port; no wildcard, CORS answered for that origin only) or, with no ``Origin`` (a
+non-browser client), it carries the per-install token (``Authorization: Bearer``; a 0600 file,
+``sscard serve --print-token``). Bodies and WebSocket messages are bounded; a reader serves one card
+session at a time (a second request waits, then is told the reader is busy: never interleaved
+APDUs); PINs in requests are never logged.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from apdu.errors import ConfigError, ReaderError, SSCardError
+from terminal.card import Identity, SocialSecurityCard
+from terminal.convention import (
+    AUTO_CONTACT_FIRST,
+    AUTO_CONTACTLESS_FIRST,
+    CONTACT,
+    CONTACTLESS,
+    READER,
+    ConventionError,
+    Request as Call,
+    card_bas,
+    code_of,
+    reply,
+)
+from terminal.crypto import KeyStore, check_genuine
+from terminal.private import read_private_file
+from terminal.readers import SIM_PREFIX, open_connection
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: the largest request body or WebSocket message taken (bytes)
+MAX_BODY = 64 * 1024
+#: hosts the service listens on: this computer only
+LOOPBACK = ("127.0.0.1", "::1")
+DEFAULT_PORT = 8940
+#: seconds a request waits for a reader busy with another one
+BUSY_WAIT = 10.0
+
+
+class ReaderBusyError(ReaderError):
+    """The reader is busy with another request."""
+
+
+class ServiceError(ConfigError):
+    """The service cannot start as asked (an address not on loopback, a bad origin, the token file)."""
+
+
+# --- the token -------------------------------------------------------------------------------------
+
+def default_token_path() -> Path:
+    """``$XDG_CONFIG_HOME/sscard/service.token`` (``~/.config`` when unset)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "sscard" / "service.token"
+
+
+def load_token(path: Path) -> str:
+    """The per-install token at ``path``, made (32 random bytes, URL-safe text) when there is none: the
+    file 0600, its folder 0700; an existing one must be its owner's alone (as the key file)."""
+    if not path.exists():
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(secrets.token_urlsafe(32) + "\n")
+        except FileExistsError:
+            pass  # another process made it meanwhile
+        except OSError as err:
+            raise ServiceError(f"Cannot make the service token {path}: {err.strerror or err}") from None
+    token = read_private_file(path, "service token file", 1024, ServiceError).decode("ascii", "replace").strip()
+    if len(token) < 32:
+        raise ServiceError(f"The service token file {path} holds no token (delete it: a new one is made)")
+    return token
+
+
+def check_origin(origin: str) -> str:
+    """An allow-list entry: ``scheme://host[:port]`` exactly as browsers send it (no path, no wildcard)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(origin)
+    if origin == "*" or "*" in origin or parts.scheme not in ("http", "https") or not parts.hostname \
+            or parts.path or parts.query or parts.fragment or parts.username:
+        raise ServiceError(f"--allow-origin {origin!r}: give scheme://host[:port] exactly, as the hospital's "
+                           "page is served (no wildcard, no path)")
+    return origin.rstrip("/")
+
+
+# --- errors in our JSON API ------------------------------------------------------------------------
+
+def error_body(err: SSCardError) -> dict[str, Any]:
+    """``{"error": {"code", "exit_code", "message"}}``: the same error schema as every CLI ``--json``;
+    ``code`` is the error's class name in snake case without ``_error`` (``wrong_pin``)."""
+    name = type(err).__name__.removesuffix("Error")
+    code = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+    return {"error": {"code": code, "exit_code": err.exit_code, "message": str(err)}}
+
+
+def _status(err: SSCardError) -> int:
+    if isinstance(err, ReaderBusyError):
+        return 409
+    if isinstance(err, ConventionError):
+        return 400
+    return 422
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False).encode(), status_code=status, headers=headers,
+                    media_type="application/json; charset=utf-8")
+
+
+# --- the guard -----------------------------------------------------------------------------------
+
+class Guard:
+    """ASGI middleware: the Host, Origin and token checks and the body bound (module docstring)."""
+
+    def __init__(self, app: Any, *, origins: tuple[str, ...], token: str, port: Callable[[], int]) -> None:
+        self.app = app
+        self.origins = frozenset(origins)
+        self.token = token.encode()
+        self.port = port
+
+    def _refusal(self, headers: dict[str, str]) -> str | None:
+        port = self.port()
+        hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+        if headers.get("host", "") not in hosts:
+            return "this service answers requests addressed to 127.0.0.1 (or localhost) only"
+        origin = headers.get("origin")
+        if origin is not None:
+            return None if origin in self.origins else f"pages from {origin[:80]} may not use this service"
+        given = headers.get("authorization", "")
+        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode(), self.token):
+            return "a client that is not a browser page needs this installation's token (sscard serve --print-token)"
+        return None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        origin = headers.get("origin")
+        if scope["type"] == "http" and scope["method"] == "OPTIONS" and origin in self.origins:
+            return await _preflight(origin)(scope, receive, send)
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            log.info("refused %s %s: %s", scope["type"], scope.get("path"), refusal)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})  # the handshake gets HTTP 403
+                return
+            body = {"error": {"code": "forbidden", "exit_code": 2, "message": refusal}}
+            return await _json(body, 403)(scope, receive, send)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            body = {"error": {"code": "too_large", "exit_code": 2, "message": f"a request is at most {MAX_BODY} bytes"}}
+            return await _json(body, 413)(scope, receive, send)
+        if origin is None or scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_cors(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"access-control-allow-origin", origin.encode("latin-1")),
+                                                  (b"vary", b"Origin")]}
+            await send(message)
+
+        return await self.app(scope, receive, with_cors)
+
+
+def _preflight(origin: str) -> Response:
+    return Response(status_code=204, headers={
+        "access-control-allow-origin": origin, "vary": "Origin", "access-control-allow-methods": "GET, POST",
+        "access-control-allow-headers": "content-type", "access-control-max-age": "600"})
+
+
+class _Server(uvicorn.Server):
+    """uvicorn whose SIGINT/SIGTERM only ask it to stop (a plain attribute set), the signal not raised
+    again afterwards: ``sscard serve`` ends with exit 0. Off the main thread, no handler is installed."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def stop(*_: object) -> None:
+            self.should_exit = True
+
+        for s in previous:
+            signal.signal(s, stop)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+# --- the service -----------------------------------------------------------------------------------
+
+class ReaderService:
+    """The service on ``host:port`` (port 0: any free port) for the card in ``reader`` (and
+    ``contactless``, when configured), checking cards with ``keys``; ``terminal_no`` and ``device``
+    are what iReadCardBas reports; ``origins`` the allow-list; ``token`` the per-install token.
+    :class:`ServiceError` for a host not on loopback; :class:`OSError` when the port is taken."""
+
+    def __init__(self, *, reader: str, keys: KeyStore, token: str, origins: tuple[str, ...] = (),
+                 contactless: str | None = None, terminal_no: int = 0, device: str = "", host: str = "127.0.0.1",
+                 port: int = 0, busy_wait: float = BUSY_WAIT) -> None:
+        if host not in LOOPBACK:
+            raise ServiceError(f"the service listens on this computer only (127.0.0.1 or ::1), not {host!r}")
+        self.reader, self.contactless = reader, contactless
+        self.keys = keys
+        self.terminal_no, self.device = terminal_no, device
+        self.busy_wait = busy_wait
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._keys_lock = threading.Lock()  # a PSAM answers one command at a time, whichever reader asks
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind((host, port))
+            self.socket.listen(64)
+            self.port = self.socket.getsockname()[1]
+        except BaseException:
+            self.socket.close()
+            raise
+        self.url = f"http://{'[::1]' if ':' in host else '127.0.0.1'}:{self.port}"
+        app = Starlette(routes=[
+            Route("/api/convention", self._convention_http, methods=["POST"]),
+            Route("/api/readers", self._readers, methods=["GET"]),
+            Route("/api/read", self._read, methods=["POST"]),
+            Route("/api/auth", self._auth, methods=["POST"]),
+            Route("/api/verify-pin", self._verify_pin, methods=["POST"]),
+            WebSocketRoute("/ws", self._ws),
+        ])
+        guarded = Guard(app, origins=tuple(check_origin(o) for o in origins), token=token, port=lambda: self.port)
+        config = uvicorn.Config(guarded, log_config=None, access_log=False, lifespan="off", ws_max_size=MAX_BODY,
+                                timeout_graceful_shutdown=1, server_header=False, ws="websockets-sansio")
+        self.server = _Server(config)
+        self.thread: threading.Thread | None = None
+
+    # --- running ---
+
+    def serve(self) -> None:
+        """Serve in this thread until SIGINT/SIGTERM (main thread) or :meth:`stop`."""
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self._stopping.set()
+            self.socket.close()
+
+    def start(self) -> ReaderService:
+        """Serve in a background thread; returns once it accepts requests."""
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, name="serve",
+                                       daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise OSError("the service did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.server.should_exit = True
+        if self.thread:
+            self.thread.join()
+        self.socket.close()
+        if self._watcher:
+            self._watcher.join(timeout=5)
+
+    def __enter__(self) -> ReaderService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- one card session at a time per reader ---
+
+    async def _with_reader(self, spec: str, work: Callable[[], T]) -> T:
+        """``work()`` on a worker thread while no other request uses reader ``spec``; waits up to
+        ``busy_wait`` seconds for it, then :class:`ReaderBusyError`."""
+        lock = self._locks.setdefault(spec, asyncio.Lock())
+        try:
+            await asyncio.wait_for(lock.acquire(), self.busy_wait)
+        except TimeoutError:
+            raise ReaderBusyError(f"The reader {spec} is busy with another request: try again") from None
+        try:
+            return await anyio.to_thread.run_sync(work)
+        finally:
+            lock.release()
+
+    def _present(self, spec: str) -> tuple[SocialSecurityCard, Any]:
+        """The card in ``spec``, selected (not yet checked): its session and connection."""
+        connection = open_connection(spec)
+        card = SocialSecurityCard(connection)
+        try:
+            card.select()
+        except BaseException:
+            connection.disconnect()
+            raise
+        return card, connection
+
+    def _identity(self, spec: str, *, genuine: bool = True) -> tuple[Identity, str]:
+        card, connection = self._present(spec)
+        with connection:
+            algorithm = ""
+            if genuine:
+                with self._keys_lock:
+                    algorithm = check_genuine(card, self.keys).algorithm.value
+            return card.read_identity(), algorithm
+
+    def _order(self, itype: int) -> list[str]:
+        """The readers to try for an iType, in order (module :mod:`terminal.convention`)."""
+        contact = [self.reader]
+        contactless = [self.contactless] if self.contactless else []
+        if itype == CONTACT:
+            return contact
+        if itype == CONTACTLESS:
+            if not contactless:
+                raise ConventionError("this terminal has no contactless reader (iType 2)", READER)
+            return contactless
+        if itype == AUTO_CONTACT_FIRST:
+            return contact + contactless
+        if itype == AUTO_CONTACTLESS_FIRST:
+            return contactless + contact
+        raise ConventionError(f"unknown iType {itype}", READER)
+
+    async def call(self, message: Any) -> dict[str, Any]:
+        """One convention call (:mod:`terminal.convention`): its reply, never an exception."""
+        function = message.get("function") if isinstance(message, dict) else None
+        try:
+            request = Call.parse(message)
+            readers = self._order(request.itype)
+            error: SSCardError | None = None
+            for spec in readers:  # automatic: the next reader when there is no card in this one
+                try:
+                    return reply(request.function, 0, await self._with_reader(spec, lambda: self._run(request, spec)))
+                except SSCardError as err:
+                    error = err
+                    if code_of(err) != -2:
+                        break
+            raise error or ConventionError("no reader", READER)
+        except SSCardError as err:
+            return reply(str(function or ""), code_of(err), str(err))
+        except Exception as err:  # a bug: a reply all the same, the details in the log
+            log.error("convention call failed", exc_info=True)
+            return reply(str(function or ""), -99, f"internal error ({type(err).__name__})")
+
+    def _run(self, request: Call, spec: str) -> str:
+        if request.function == "iReadCardBas":
+            identity, _algorithm = self._identity(spec)
+            return card_bas(identity, self.terminal_no, self.device)
+        card, connection = self._present(spec)
+        with connection:
+            if request.function == "iVerifyPIN":
+                card.verify_pin(request.pin or "")
+            else:
+                from apdu.crypto import check_new_pin
+
+                check_new_pin(request.new_pin or "")
+                card.change_pin(request.old_pin or "", request.new_pin or "")
+        return ""
+
+    # --- HTTP ---
+
+    async def _body(self, request: Request) -> Any:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise ConventionError(f"a request is at most {MAX_BODY} bytes")
+        try:
+            return json.loads(body or b"{}")
+        except (ValueError, RecursionError):
+            raise ConventionError("the body is not JSON") from None
+
+    async def _api(self, request: Request, work: Callable[[dict[str, Any]], Any]) -> Response:
+        try:
+            payload = await self._body(request)
+            if not isinstance(payload, dict):
+                raise ConventionError("the body is a JSON object")
+            return _json(await work(payload))
+        except SSCardError as err:
+            return _json(error_body(err), _status(err))
+
+    def _spec(self, payload: dict[str, Any]) -> str:
+        spec = payload.get("reader", self.reader)
+        if not isinstance(spec, str) or not spec or len(spec) > 256:
+            raise ConventionError("reader must be a reader spec (as --reader takes it)")
+        return spec
+
+    async def _convention_http(self, request: Request) -> Response:
+        try:
+            payload = await self._body(request)
+        except ConventionError as err:
+            return _json(reply("", code_of(err), str(err)), 400)
+        return _json(await self.call(payload))
+
+    async def _readers(self, request: Request) -> Response:
+        def look() -> list[dict[str, Any]]:
+            from drivers import pcsc
+
+            found = [{"reader": self.reader, "kind": "virtual" if self.reader.startswith(SIM_PREFIX) else "pc/sc"}]
+            try:
+                for status in pcsc.reader_status():
+                    found.append({"reader": status.name, "kind": "pc/sc", "card": status.present,
+                                  "atr": status.atr.hex(" ").upper() if status.atr else None})
+            except SSCardError:
+                pass  # no PC/SC service: the virtual reader alone
+            return found
+
+        return _json({"readers": await anyio.to_thread.run_sync(look)})
+
+    async def _read(self, request: Request) -> Response:
+        async def work(payload: dict[str, Any]) -> Any:
+            spec = self._spec(payload)
+            identity, algorithm = await self._with_reader(spec, lambda: self._identity(spec))
+            return {"reader": spec, "genuine": True, "algorithm": algorithm,
+                    "identity": identity.to_dict(redact=bool(payload.get("redact", False)))}
+
+        return await self._api(request, work)
+
+    async def _auth(self, request: Request) -> Response:
+        async def work(payload: dict[str, Any]) -> Any:
+            spec = self._spec(payload)
+
+            def check() -> str:
+                card, connection = self._present(spec)
+                with connection, self._keys_lock:
+                    return check_genuine(card, self.keys).algorithm.value
+
+            return {"reader": spec, "genuine": True, "algorithm": await self._with_reader(spec, check),
+                    "test_keys": self.keys.test_only}
+
+        return await self._api(request, work)
+
+    async def _verify_pin(self, request: Request) -> Response:
+        async def work(payload: dict[str, Any]) -> Any:
+            spec = self._spec(payload)
+            pin = payload.get("pin")
+            if not isinstance(pin, str) or not pin:
+                raise ConventionError("verify-pin needs the holder's PIN (\"pin\")")
+
+            def verify() -> None:
+                card, connection = self._present(spec)
+                with connection:
+                    card.verify_pin(pin)
+
+            await self._with_reader(spec, verify)
+            return {"reader": spec, "verified": True}
+
+        return await self._api(request, work)
+
+    # --- WebSocket ---
+
+    async def _ws(self, socket_: WebSocket) -> None:
+        await socket_.accept()
+        events: asyncio.Queue[dict[str, Any]] | None = None
+        pusher: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    message = json.loads(await socket_.receive_text())
+                except (ValueError, RecursionError):
+                    await socket_.send_json(reply("", -99, "a message is a JSON object"))
+                    continue
+                if isinstance(message, dict) and message.get("subscribe") == "events":
+                    if events is None:
+                        events = self._subscribe()
+                        pusher = asyncio.create_task(self._push(socket_, events))
+                    await socket_.send_json({"subscribed": "events"})
+                    continue
+                await socket_.send_json(await self.call(message))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if pusher is not None:
+                pusher.cancel()
+            if events is not None:
+                self._subscribers.discard(events)
+
+    async def _push(self, socket_: WebSocket, events: asyncio.Queue[dict[str, Any]]) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            while True:
+                await socket_.send_json(await events.get())
+
+    def _subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
+        self._subscribers.add(queue)
+        if self._watcher is None:
+            loop = asyncio.get_running_loop()
+            self._watcher = threading.Thread(target=self._watch, args=(loop,), name="card-events", daemon=True)
+            self._watcher.start()
+        return queue
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """PC/SC insertions and removals (:func:`drivers.pcsc.watch`) to every subscriber, until stopped."""
+        from drivers import pcsc
+
+        for event in pcsc.watch(poll_s=0.2):
+            if self._stopping.is_set():
+                return
+            if event.kind == pcsc.TICK:
+                continue
+            body = {"event": event.kind, "reader": event.reader,
+                    "atr": event.atr.hex(" ").upper() if event.atr else None}
+            for queue in list(self._subscribers):
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_offer, queue, body)
+
+
+def _offer(queue: asyncio.Queue[dict[str, Any]], body: dict[str, Any]) -> None:
+    with contextlib.suppress(asyncio.QueueFull):  # a subscriber that does not read loses old events, not the service
+        queue.put_nowait(body)

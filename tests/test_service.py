@@ -1,0 +1,304 @@
+"""``sscard serve`` with real clients (httpx, websockets) against a served instance on a loopback port:
+the reader convention, our JSON API, the Origin / Host / token guard, one card session per reader, and
+card events over pcscd's virtual reader."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from click.testing import CliRunner
+
+from terminal.cli import main
+from terminal.crypto import SoftwareKeyStore
+from terminal.service import ReaderService, load_token
+
+ROOT = Path(__file__).resolve().parents[1]
+HIS = "http://his.hospital.local:8080"
+
+
+@pytest.fixture
+def token(tmp_path):
+    return load_token(tmp_path / "service.token")
+
+
+def served(token: str, reader: str = "sim:adult", **options) -> ReaderService:
+    return ReaderService(reader=reader, keys=SoftwareKeyStore.bundled_test_keys(), token=token, origins=(HIS,),
+                         terminal_no=3, device="DEV-TEST", **options)
+
+
+@pytest.fixture
+def service(token):
+    with served(token) as running:
+        yield running
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def ws_url(service: ReaderService) -> str:
+    return service.url.replace("http://", "ws://") + "/ws"
+
+
+def convention(service, message, headers):
+    return httpx.post(f"{service.url}/api/convention", json=message, headers=headers, timeout=30)
+
+
+# --- the reader convention -------------------------------------------------------------------------
+
+def test_iReadCardBas_is_the_eleven_fields_of_sscard_read(service, token):
+    answer = convention(service, {"function": "iReadCardBas", "iType": 3}, bearer(token)).json()
+    assert answer["function"] == "iReadCardBas" and answer["success"] is True and answer["code"] == 0
+    fields = answer["pOutInfo"].split("|")
+    assert len(fields) == 12 and fields[-1] == "" and answer["pOutInfo"].endswith("|")  # each field followed by '|'
+    read = json.loads(CliRunner().invoke(main, ["read", "--reader", "sim:adult", "--json"]).stdout)
+    expected = [read["issuing_region"], read["social_security_number"], read["card_number"],
+                read["card_identification_code"], read["full_name"], read["card_reset_info"], read["spec_version"],
+                read["issue_date"].replace("-", ""), read["expiry_date"].replace("-", ""), "03", "DEV-TEST"]
+    assert fields[:11] == expected
+
+
+def test_the_same_call_over_the_websocket_from_the_hospitals_page(service):
+    async def talk():
+        async with websockets.connect(ws_url(service), origin=HIS) as client:
+            await client.send(json.dumps({"function": "iReadCardBas", "iType": 1}))
+            return json.loads(await client.recv())
+
+    answer = asyncio.run(talk())
+    assert answer["success"] and answer["pOutInfo"].startswith("330300|330302198506151239|A01234567|")
+
+
+@pytest.mark.parametrize(("reader", "message", "code"), [
+    ("sim:adult", {"function": "iVerifyPIN", "iType": 1, "pin": "111111"}, -51),
+    ("sim:blocked-pin", {"function": "iVerifyPIN", "iType": 1, "pin": "135790"}, -52),
+    ("sim:counterfeit", {"function": "iReadCardBas", "iType": 3}, -21),
+    ("sim:psam", {"function": "iReadCardBas", "iType": 3}, -1),
+    ("sim:adult", {"function": "iReadCardBas", "iType": 2}, -11),  # no contactless reader here
+    ("sim:adult", {"function": "iVerifyPIN", "iType": 1}, -31),  # no PIN given
+    ("sim:adult", {"function": "iChangePIN", "iType": 1, "oldPin": "246810", "newPin": "111111"}, -33),
+    ("sim:adult", {"function": "iFormatDisk", "iType": 1}, -99),
+])
+def test_refusals_answer_the_conventions_negative_codes(token, reader, message, code):
+    with served(token, reader=reader) as running:
+        answer = convention(running, message, bearer(token)).json()
+    assert answer["success"] is False and answer["code"] == code and answer["pOutInfo"]
+    assert "111111" not in json.dumps(answer) and "135790" not in json.dumps(answer)
+
+
+def test_verify_and_change_pin(service, token):
+    assert convention(service, {"function": "iVerifyPIN", "iType": 3, "pin": "246810"}, bearer(token)).json()["code"] == 0
+    changed = convention(service, {"function": "iChangePIN", "iType": 3, "oldPin": "246810", "newPin": "135792"},
+                         bearer(token)).json()
+    assert changed["success"] and changed["pOutInfo"] == ""
+
+
+def test_the_contactless_reader_serves_itype_2_and_comes_first_for_itype_4(token):
+    with served(token, reader="sim:adult", contactless="sim:other-region") as running:
+        first = convention(running, {"function": "iReadCardBas", "iType": 4}, bearer(token)).json()
+        only = convention(running, {"function": "iReadCardBas", "iType": 2}, bearer(token)).json()
+        contact = convention(running, {"function": "iReadCardBas", "iType": 3}, bearer(token)).json()
+    assert first["pOutInfo"].startswith("440300|") and only["pOutInfo"].startswith("440300|")
+    assert contact["pOutInfo"].startswith("330300|")
+
+
+@pytest.mark.pcsc
+def test_automatic_itype_goes_on_to_the_contactless_reader_when_the_contact_one_is_empty(pcscd, token):
+    with served(token, reader="Virtual PCD 00 00", contactless="sim:other-region") as running:
+        contact_only = convention(running, {"function": "iReadCardBas", "iType": 1}, bearer(token)).json()
+        automatic = convention(running, {"function": "iReadCardBas", "iType": 3}, bearer(token)).json()
+    assert contact_only["code"] == -2  # no card
+    assert automatic["success"] and automatic["pOutInfo"].startswith("440300|")
+
+
+# --- the guard --------------------------------------------------------------------------------------
+
+def test_a_foreign_origin_is_refused_over_http_and_websocket(service):
+    refused = convention(service, {"function": "iReadCardBas", "iType": 3}, {"Origin": "http://evil.example"})
+    assert refused.status_code == 403 and "evil.example" in refused.json()["error"]["message"]
+    assert "pOutInfo" not in refused.text
+
+    async def hijack():
+        async with websockets.connect(ws_url(service), origin="http://evil.example"):
+            pass
+
+    with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+        asyncio.run(hijack())
+    assert err.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
+def test_a_client_with_no_origin_needs_the_token(service, headers):
+    refused = httpx.post(f"{service.url}/api/read", json={}, headers=headers)
+    assert refused.status_code == 403 and "token" in refused.json()["error"]["message"]
+
+
+def test_a_request_addressed_to_another_host_is_refused_dns_rebinding(service, token):
+    refused = httpx.post(f"{service.url}/api/read", json={}, headers={**bearer(token), "Host": "evil.example:8940"})
+    assert refused.status_code == 403 and "127.0.0.1" in refused.json()["error"]["message"]
+
+
+def test_cors_is_answered_for_the_allowed_origin_only_never_a_wildcard(service):
+    preflight = httpx.options(f"{service.url}/api/read", headers={"Origin": HIS,
+                                                                 "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == HIS
+    answer = httpx.post(f"{service.url}/api/read", json={}, headers={"Origin": HIS})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == HIS
+    foreign = httpx.options(f"{service.url}/api/read", headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
+
+
+def test_bodies_and_messages_are_bounded(service, token):
+    big = httpx.post(f"{service.url}/api/read", content=b"{" + b" " * 70_000 + b"}", headers=bearer(token))
+    assert big.status_code == 413
+
+    async def flood():
+        async with websockets.connect(ws_url(service), origin=HIS, max_size=None) as client:
+            await client.send("x" * 70_000)
+            await client.recv()
+
+    with pytest.raises(websockets.exceptions.ConnectionClosed):
+        asyncio.run(flood())
+
+
+@pytest.mark.parametrize("origin", ["*", "http://his.example/path", "his.example", "ftp://his.example"])
+def test_an_allow_list_entry_is_an_exact_origin(token, origin):
+    from terminal.service import ServiceError
+
+    with pytest.raises(ServiceError):
+        ReaderService(reader="sim:adult", keys=SoftwareKeyStore.bundled_test_keys(), token=token, origins=(origin,))
+
+
+def test_the_service_listens_on_loopback_only(token):
+    from terminal.service import ServiceError
+
+    with pytest.raises(ServiceError, match="this computer only"):
+        ReaderService(reader="sim:adult", keys=SoftwareKeyStore.bundled_test_keys(), token=token, host="0.0.0.0")
+
+
+def test_the_token_file_is_made_private_and_printed(tmp_path):
+    path = tmp_path / "sub" / "service.token"
+    result = CliRunner().invoke(main, ["serve", "--token-file", str(path), "--print-token"])
+    assert result.exit_code == 0 and len(result.stdout.strip()) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    assert CliRunner().invoke(main, ["serve", "--token-file", str(path), "--print-token"]).stdout == result.stdout
+    path.chmod(0o644)
+    leaky = CliRunner().invoke(main, ["serve", "--token-file", str(path), "--print-token"])
+    assert leaky.exit_code == 12 and "chmod 600" in leaky.output
+
+
+# --- our JSON API -----------------------------------------------------------------------------------
+
+def test_read_auth_and_verify_pin(service, token):
+    read = httpx.post(f"{service.url}/api/read", json={"redact": True}, headers=bearer(token)).json()
+    assert read["genuine"] and read["identity"]["social_security_number"] == "330302************"
+    auth = httpx.post(f"{service.url}/api/auth", json={}, headers=bearer(token)).json()
+    assert auth == {"reader": "sim:adult", "genuine": True, "algorithm": "3DES", "test_keys": True}
+    ok = httpx.post(f"{service.url}/api/verify-pin", json={"pin": "246810"}, headers=bearer(token))
+    assert ok.json() == {"reader": "sim:adult", "verified": True}
+    wrong = httpx.post(f"{service.url}/api/verify-pin", json={"pin": "000000"}, headers=bearer(token))
+    assert wrong.status_code == 422
+    assert wrong.json()["error"]["code"] == "wrong_pin" and wrong.json()["error"]["exit_code"] == 6
+    assert "000000" not in wrong.text
+    counterfeit = httpx.post(f"{service.url}/api/read", json={"reader": "sim:counterfeit"}, headers=bearer(token))
+    assert counterfeit.json()["error"]["code"] == "card_authentication" and counterfeit.json()["error"]["exit_code"] == 8
+
+
+def test_a_reader_serves_one_session_at_a_time(token, monkeypatch):
+    with served(token, busy_wait=0.3) as running:
+        slow = running._identity
+
+        def identity(spec, **options):
+            time.sleep(1.0)
+            return slow(spec, **options)
+
+        monkeypatch.setattr(running, "_identity", identity)
+        answers: list[httpx.Response] = []
+        threads = [threading.Thread(target=lambda: answers.append(
+            httpx.post(f"{running.url}/api/read", json={}, headers=bearer(token), timeout=30))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 409]
+    assert next(a for a in answers if a.status_code == 409).json()["error"]["code"] == "reader_busy"
+
+
+def test_no_pin_in_any_log(service, token, caplog):
+    caplog.set_level("DEBUG")
+    convention(service, {"function": "iVerifyPIN", "iType": 1, "pin": "975310"}, bearer(token))
+    httpx.post(f"{service.url}/api/verify-pin", json={"pin": "975311"}, headers=bearer(token))
+    assert "975310" not in caplog.text and "975311" not in caplog.text
+
+
+# --- the command and the events -----------------------------------------------------------------------
+
+def test_sscard_serve_runs_answers_and_stops_on_sigterm(tmp_path):
+    from queueing import free_port
+
+    port = free_port()
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "SSCARD_CONFIG": str(tmp_path / "none.toml")}
+    token = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", "serve", "--print-token"],
+                           capture_output=True, text=True, env=env, check=True).stdout.strip()
+    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "serve", "--port", str(port),
+                             "--allow-origin", HIS], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/api/convention", headers=bearer(token),
+                                    json={"function": "iReadCardBas", "iType": 3})
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "sscard serve did not start"
+                time.sleep(0.1)
+        assert answer.json()["success"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=20)[1]
+    assert proc.returncode == 0 and "sscard service stopped" in err and "Traceback" not in err
+
+
+@pytest.mark.pcsc
+def test_card_events_are_pushed_to_websocket_subscribers(pcscd, vpcd_card, token):
+    with served(token, reader="Virtual PCD 00 00") as running:
+        async def watch():
+            async with websockets.connect(ws_url(running), additional_headers=bearer(token)) as client:
+                await client.send(json.dumps({"subscribe": "events"}))
+                assert json.loads(await client.recv()) == {"subscribed": "events"}
+                await asyncio.sleep(0.5)
+                card = await asyncio.to_thread(vpcd_card, "adult", 0)
+                seen = []
+                while not any(e.get("event") == "inserted" for e in seen):
+                    seen.append(json.loads(await asyncio.wait_for(client.recv(), 20)))
+                await asyncio.to_thread(card.stop)
+                while not any(e.get("event") == "removed" for e in seen):
+                    seen.append(json.loads(await asyncio.wait_for(client.recv(), 20)))
+                return seen
+
+        seen = asyncio.run(watch())
+    inserted = next(e for e in seen if e["event"] == "inserted")
+    assert inserted["reader"] == "Virtual PCD 00 00" and inserted["atr"].startswith("3B")
+    assert any(e["event"] == "removed" and e["reader"] == "Virtual PCD 00 00" for e in seen)
+
+
+def test_the_python_client_of_docs_service_runs(service, token):
+    doc = (ROOT / "docs" / "service.md").read_text(encoding="utf-8")
+    [code] = re.findall(r"<!-- example: python -->\n```python\n(.*?)```", doc, re.S)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "SSCARD_SERVICE": service.url, "SSCARD_TOKEN": token})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "张伟 330302************ card A01234567"
+    assert json.loads(lines[1])["social_security_number"] == "330302************"
