@@ -4,7 +4,8 @@
 #   make test   the same set-up, then the whole test suite (pcscd + vpcd included)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-SYSPKGS := pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools swig gcc python3-venv python3-dev
+SYSPKGS := pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools swig gcc python3-venv python3-dev \
+           chromium chromium-driver
 
 .PHONY: demo test system venv clean
 
@@ -31,9 +32,10 @@ demo: venv
 	$(VENV)/bin/sscard read
 	$(VENV)/bin/sscard demo
 
-# SSCARD_REQUIRE_PCSCD=1: a missing pcscd/vpcd fails the PC/SC tests instead of skipping them
+# SSCARD_REQUIRE_PCSCD=1 / SSCARD_REQUIRE_BROWSER=1: a missing pcscd/vpcd or chromium fails the PC/SC
+# and counter-page tests instead of skipping them
 test: venv
-	SSCARD_REQUIRE_PCSCD=1 $(PY) -m pytest -q
+	SSCARD_REQUIRE_PCSCD=1 SSCARD_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,7 +14,7 @@ import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from apdu.errors import ConfigError
 from message.envelope import MessageError, Operator, Station
@@ -95,6 +95,13 @@ def default_config_path() -> Path:
     return Path(base) / "sscard" / CONFIG_NAME
 
 
+class KeyStoreArgs(TypedDict):
+    """The keyword arguments of :func:`terminal.crypto.open_key_store`."""
+
+    psam: str | None
+    key_file: str | None
+
+
 @dataclass(frozen=True)
 class TerminalConfig:
     """Everything a flow needs to know about this terminal (see :data:`DEFAULT_TOML`)."""
@@ -117,7 +124,7 @@ class TerminalConfig:
     def operator(self) -> Operator:
         return Operator(self.operator_id, self.operator_name)
 
-    def key_store_args(self) -> dict[str, str | None]:
+    def key_store_args(self) -> KeyStoreArgs:
         """Arguments of :func:`terminal.crypto.open_key_store` for ``key_store``."""
         kind, _, value = self.key_store.partition(":")
         return {"psam": value if kind == "psam" else None, "key_file": value if kind == "file" else None}

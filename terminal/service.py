@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -41,11 +42,14 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from apdu.errors import ConfigError, ReaderError, SSCardError
+from message.envelope import CST
 from terminal.card import Identity, SocialSecurityCard
+from terminal.config import TerminalConfig
 from terminal.convention import (
     AUTO_CONTACT_FIRST,
     AUTO_CONTACTLESS_FIRST,
@@ -70,6 +74,10 @@ MAX_BODY = 64 * 1024
 #: hosts the service listens on: this computer only
 LOOPBACK = ("127.0.0.1", "::1")
 DEFAULT_PORT = 8940
+#: the counter page's files (package data)
+STATIC = Path(__file__).resolve().parent / "static"
+#: what anyone on this computer may fetch without an origin or the token: the page's own files
+PUBLIC = ("/", "/static/")
 #: seconds a request waits for a reader busy with another one
 BUSY_WAIT = 10.0
 
@@ -155,11 +163,14 @@ class Guard:
         self.token = token.encode()
         self.port = port
 
-    def _refusal(self, headers: dict[str, str]) -> str | None:
+    def _refusal(self, scope: Any, headers: dict[str, str]) -> str | None:
         port = self.port()
         hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
         if headers.get("host", "") not in hosts:
             return "this service answers requests addressed to 127.0.0.1 (or localhost) only"
+        path = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "GET" and (path == "/" or path.startswith("/static/")):
+            return None  # the counter page's files: no data in them
         origin = headers.get("origin")
         if origin is not None:
             return None if origin in self.origins else f"pages from {origin[:80]} may not use this service"
@@ -175,7 +186,7 @@ class Guard:
         origin = headers.get("origin")
         if scope["type"] == "http" and scope["method"] == "OPTIONS" and origin in self.origins:
             return await _preflight(origin)(scope, receive, send)
-        refusal = self._refusal(headers)
+        refusal = self._refusal(scope, headers)
         if refusal is not None:
             log.info("refused %s %s: %s", scope["type"], scope.get("path"), refusal)
             if scope["type"] == "websocket":
@@ -239,12 +250,16 @@ class ReaderService:
 
     def __init__(self, *, reader: str, keys: KeyStore, token: str, origins: tuple[str, ...] = (),
                  contactless: str | None = None, terminal_no: int = 0, device: str = "", host: str = "127.0.0.1",
-                 port: int = 0, busy_wait: float = BUSY_WAIT) -> None:
+                 port: int = 0, busy_wait: float = BUSY_WAIT, config: TerminalConfig | None = None,
+                 central_url: str | None = None) -> None:
         if host not in LOOPBACK:
             raise ServiceError(f"the service listens on this computer only (127.0.0.1 or ::1), not {host!r}")
         self.reader, self.contactless = reader, contactless
         self.keys = keys
         self.terminal_no, self.device = terminal_no, device
+        #: the terminal the counter functions record for (journal, platform); None: card functions only
+        self.config = config
+        self.central_url = central_url
         self.busy_wait = busy_wait
         self._locks: dict[str, asyncio.Lock] = {}
         self._keys_lock = threading.Lock()  # a PSAM answers one command at a time, whichever reader asks
@@ -267,12 +282,22 @@ class ReaderService:
             Route("/api/read", self._read, methods=["POST"]),
             Route("/api/auth", self._auth, methods=["POST"]),
             Route("/api/verify-pin", self._verify_pin, methods=["POST"]),
+            Route("/api/register", self._counter("register"), methods=["POST"]),
+            Route("/api/settle", self._counter("settle"), methods=["POST"]),
+            Route("/api/purchase", self._counter("purchase"), methods=["POST"]),
+            Route("/api/refund", self._counter("refund"), methods=["POST"]),
+            Route("/api/reconcile", self._counter("reconcile"), methods=["POST"]),
+            Route("/api/queue", self._counter("queue"), methods=["POST"]),
             WebSocketRoute("/ws", self._ws),
+            Route("/", self._page, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ])
-        guarded = Guard(app, origins=tuple(check_origin(o) for o in origins), token=token, port=lambda: self.port)
-        config = uvicorn.Config(guarded, log_config=None, access_log=False, lifespan="off", ws_max_size=MAX_BODY,
-                                timeout_graceful_shutdown=1, server_header=False, ws="websockets-sansio")
-        self.server = _Server(config)
+        own = (f"http://127.0.0.1:{self.port}", f"http://localhost:{self.port}", f"http://[::1]:{self.port}")
+        guarded = Guard(app, origins=(*own, *(check_origin(o) for o in origins)), token=token, port=lambda: self.port)
+        server_config = uvicorn.Config(guarded, log_config=None, access_log=False, lifespan="off", ws_max_size=MAX_BODY,
+                                       timeout_graceful_shutdown=1, server_header=False,
+                                       ws="websockets-sansio", proxy_headers=False)
+        self.server = _Server(server_config)
         self.thread: threading.Thread | None = None
 
     # --- running ---
@@ -372,7 +397,7 @@ class ReaderService:
             error: SSCardError | None = None
             for spec in readers:  # automatic: the next reader when there is no card in this one
                 try:
-                    return reply(request.function, 0, await self._with_reader(spec, lambda: self._run(request, spec)))
+                    return reply(request.function, 0, await self._with_reader(spec, functools.partial(self._run, request, spec)))
                 except SSCardError as err:
                     error = err
                     if code_of(err) != -2:
@@ -438,7 +463,7 @@ class ReaderService:
         def look() -> list[dict[str, Any]]:
             from drivers import pcsc
 
-            found = [{"reader": self.reader, "kind": "virtual" if self.reader.startswith(SIM_PREFIX) else "pc/sc"}]
+            found: list[dict[str, Any]] = [{"reader": self.reader, "kind": "virtual" if self.reader.startswith(SIM_PREFIX) else "pc/sc"}]
             try:
                 for status in pcsc.reader_status():
                     found.append({"reader": status.name, "kind": "pc/sc", "card": status.present,
@@ -488,6 +513,125 @@ class ReaderService:
             return {"reader": spec, "verified": True}
 
         return await self._api(request, work)
+
+    # --- the counter functions (the page's, and new code's) ---
+
+    def _counter(self, name: str) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            async def work(payload: dict[str, Any]) -> Any:
+                if self.config is None:
+                    raise ServiceError("this service has no terminal configuration: start it with --config to "
+                                       "register, settle, sell, refund or reconcile")
+                run = getattr(self, f"_{name}")
+                if name in ("register", "settle", "purchase"):
+                    spec = self._spec(payload)
+                    return await self._with_reader(spec, lambda: self._at_counter(run, payload, spec))
+                return await anyio.to_thread.run_sync(lambda: self._at_counter(run, payload, None))
+
+            return await self._api(request, work)
+
+        return endpoint
+
+    def _at_counter(self, run: Callable[..., Any], payload: dict[str, Any], spec: str | None) -> dict[str, Any]:
+        """A counter function on this worker thread, with its own journal and platform session (a
+        SQLite connection belongs to one thread); what the clerk would have read comes back as
+        ``messages``. The unknown entries of the journal are resolved first, as a counter command does."""
+        from terminal.flows.common import ScriptedClerk, Site
+        from terminal.gateway import load_credentials
+        from terminal.online import Platform
+        from terminal.queue import Outbox
+
+        config = self.config
+        if config is None:
+            raise ServiceError("this service has no terminal configuration")
+        pin = payload.get("pin")
+        if pin is not None and not isinstance(pin, str):
+            raise ConventionError("pin must be text")
+        clerk = ScriptedClerk([pin] if pin else [])
+        credentials, _test = load_credentials(config.central_credentials, config.institution_code)
+        with Outbox(config.queue_path, config.station) as outbox, \
+                Platform(outbox, self.central_url or config.central_url, credentials) as platform, self._keys_lock:
+            if outbox.unknown_calls():
+                try:
+                    clerk.said += [r.text for r in platform.resolve()]
+                except SSCardError as err:
+                    clerk.said.append(f"Journal entries still unknown: {err}")
+            site = Site(outbox, self.keys, platform)
+            result = run(site, clerk, payload, spec)
+        body = result.to_dict() if hasattr(result, "to_dict") else result
+        return {**body, "messages": clerk.said}
+
+    @staticmethod
+    def _items(payload: dict[str, Any]) -> list[Any]:
+        from terminal.flows.settlement import Item, parse_money
+
+        items = payload.get("items")
+        if not isinstance(items, list) or not items or len(items) > 200:
+            raise ConventionError("items must be a list of {name, quantity, price}")
+        parsed = []
+        for item in items:
+            if not isinstance(item, dict):
+                raise ConventionError("each item is {name, quantity, price}")
+            name, quantity, price = item.get("name"), item.get("quantity"), item.get("price")
+            if not isinstance(name, str) or not name.strip() or isinstance(quantity, bool) \
+                    or not isinstance(quantity, int) or not 1 <= quantity <= 9999 or not isinstance(price, str):
+                raise ConventionError("each item is {name: text, quantity: 1-9999, price: yuan as text like \"12.50\"}")
+            parsed.append(Item(name.strip(), quantity, parse_money(price)))
+        return parsed
+
+    @staticmethod
+    def _text(payload: dict[str, Any], key: str) -> str:
+        value = payload.get(key)
+        if not isinstance(value, str) or not value.strip() or len(value) > 100:
+            raise ConventionError(f"{key} is missing")
+        return value
+
+    def _register(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
+        from terminal.flows.desk import register
+
+        with open_connection(spec) as connection:
+            return register(connection, site, str(payload.get("type") or "outpatient"), self._text(payload, "department"),
+                            clerk, require_pin=bool(payload.get("pin")) or bool(self.config and self.config.desk_requires_pin))
+
+    def _settle(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
+        from terminal.flows.desk import settle_visit
+
+        with open_connection(spec) as connection:
+            return settle_visit(connection, site, self._text(payload, "visit"), self._text(payload, "bill"),
+                                self._items(payload), clerk)
+
+    def _purchase(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
+        from terminal.flows.pharmacy import purchase
+
+        with open_connection(spec) as connection:
+            return purchase(connection, site, self._text(payload, "sale"), self._items(payload), clerk)
+
+    def _refund(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
+        from terminal.flows import desk, pharmacy
+
+        if payload.get("bill"):
+            return desk.refund(site, self._text(payload, "bill"), clerk)
+        return pharmacy.refund(site, self._text(payload, "sale"), clerk)
+
+    def _reconcile(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
+        import datetime as dt
+
+        from terminal.reconcile import reconcile
+
+        day = payload.get("date") or dt.datetime.now(CST).date().isoformat()
+        try:
+            when = dt.date.fromisoformat(str(day))
+        except ValueError:
+            raise ConventionError("date is yyyy-mm-dd") from None
+        return reconcile(site.online(), [site.outbox], when)
+
+    def _queue(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
+        return {"counts": site.outbox.counts(), "unknown": len(site.outbox.unknown_calls())}
+
+    async def _page(self, request: Request) -> Response:
+        return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
+                        headers={"content-security-policy": "default-src 'self'; connect-src 'self' ws://127.0.0.1:*"
+                                                            " ws://localhost:*; img-src 'self' data:"})
 
     # --- WebSocket ---
 

@@ -20,3 +20,15 @@ def test_the_settlement_bench_runs_and_prints_its_figures():
     assert {"settle_ratio", "platform_settlements_per_s", "platform_p99_ms", "platform_2102_only_per_s",
             "reconcile_100k_s"} <= figures
     assert "like for like: yes" in result.stdout and "balanced, 300 settlements counted" in result.stdout
+
+
+def test_the_service_bench_runs_and_prints_its_figures():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "service.py"), "--rounds", "3", "--per-round", "5", "--duration", "0.5",
+         "--seed", "1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("figure ")}
+    assert {"service_http_added_ms", "service_ws_added_ms", "service_http_ratio", "service_ws_ratio",
+            "inprocess_read_ms", "service_4_clients_calls_per_s", "service_4_clients_p99_ms"} <= figures
+    assert "answers: " in result.stdout and "WRONG" not in result.stdout

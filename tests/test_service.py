@@ -302,3 +302,70 @@ def test_the_python_client_of_docs_service_runs(service, token):
     lines = result.stdout.splitlines()
     assert lines[0] == "张伟 330302************ card A01234567"
     assert json.loads(lines[1])["social_security_number"] == "330302************"
+
+
+# --- the counter functions, with the virtual platform ------------------------------------------------
+
+@pytest.fixture
+def counter(tmp_path, token):
+    """The service with a terminal configuration (the clinic of tests/flowing.py) and the virtual
+    platform on a loopback port."""
+    from central import CentralService
+    from flowing import write_config
+    from terminal.config import load_config
+
+    with CentralService(tmp_path / "platform.sqlite", faults=True) as platform:
+        config = load_config(write_config(tmp_path / "clinic", central=platform.url))
+        with served(token, config=config) as running:
+            yield running, platform
+
+
+def post(service, path, body, token):
+    return httpx.post(f"{service.url}{path}", json=body, headers=bearer(token), timeout=60)
+
+
+def test_register_settle_refund_and_reconcile_through_the_api(counter, token):
+    service, platform = counter
+    registered = post(service, "/api/register", {"type": "outpatient", "department": "内科", "pin": "246810"}, token)
+    assert registered.status_code == 200, registered.text
+    visit = registered.json()["mdtrt_id"]
+    assert visit.startswith("MD") and any("Registered" in m for m in registered.json()["messages"])
+    items = [{"name": "诊查费", "quantity": 1, "price": "20.00"}, {"name": "血常规", "quantity": 1, "price": "35.00"}]
+    settled = post(service, "/api/settle", {"visit": visit, "bill": "B1", "items": items, "pin": "246810"}, token).json()
+    assert (settled["total_fen"], settled["account_fen"], settled["cash_fen"]) == (5500, 5500, 0)
+    refunded = post(service, "/api/refund", {"bill": "B1"}, token).json()
+    assert refunded["account_fen"] == 5500 and platform.ledger.balance("3303000000000001") == 235000
+    reconciled = post(service, "/api/reconcile", {}, token).json()
+    assert reconciled["balanced"] is True
+    queue = post(service, "/api/queue", {}, token).json()
+    assert queue["counts"]["answered"] >= 3 and queue["unknown"] == 0
+
+
+def test_a_purchase_through_the_api_and_its_refusals(counter, token):
+    service, platform = counter
+    items = [{"name": "阿莫西林胶囊", "quantity": 2, "price": "12.50"}]
+    paid = post(service, "/api/purchase", {"sale": "T1", "items": items, "pin": "246810"}, token).json()
+    assert (paid["total_fen"], paid["account_fen"], paid["balance_fen"]) == (2500, 2500, 235000 - 2500)
+    again = post(service, "/api/purchase", {"sale": "t1", "items": items, "pin": "246810"}, token).json()
+    assert again["already_paid"] is True
+    wrong = post(service, "/api/purchase", {"sale": "T2", "items": items, "pin": "000000"}, token)
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "wrong_pin"
+    bad = post(service, "/api/purchase", {"sale": "T3", "items": [{"name": "x", "quantity": 1, "price": 1.5}],
+                                          "pin": "246810"}, token)
+    assert bad.status_code == 400 and "price" in bad.json()["error"]["message"]  # no float reaches money
+    assert platform.ledger.balance("3303000000000001") == 235000 - 2500
+
+
+def test_the_counter_functions_need_a_terminal_configuration(service, token):
+    refused = post(service, "/api/purchase", {"sale": "T1", "items": [], "pin": "1"}, token)
+    assert refused.status_code == 422 and "--config" in refused.json()["error"]["message"]
+
+
+def test_the_page_is_served_to_this_computer_without_a_token_and_its_own_origin_may_call(service):
+    page = httpx.get(f"{service.url}/")
+    assert page.status_code == 200 and "社保卡柜台" in page.text and "default-src 'self'" in page.headers[
+        "content-security-policy"]
+    assert httpx.get(f"{service.url}/static/counter.js").status_code == 200
+    own = httpx.post(f"{service.url}/api/read", json={"redact": True}, headers={"Origin": service.url})
+    assert own.status_code == 200 and own.json()["identity"]["full_name"] == "张*"
+    assert httpx.post(f"{service.url}/api/read", json={}).status_code == 403  # not a page: the token

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from terminal.cli.card import reader_option
-from terminal.cli.counter import config_option
+from terminal.cli.counter import central_option, config_option
 
 
 @click.command()
@@ -19,18 +19,21 @@ from terminal.cli.counter import config_option
               help="A web page origin allowed to use the service, scheme://host[:port] exactly as the hospital "
                    "system's page is served (repeat for each). Pages from anywhere else are refused.")
 @config_option
+@central_option
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The per-install token non-browser clients send [default: ~/.config/sscard/service.token].")
 @click.option("--print-token", is_flag=True, help="Print the token (made when there is none) and exit.")
 def serve(reader: str | None, contactless_reader: str | None, port: int, host: str, origins: tuple[str, ...],
-          config_path: Path | None, token_file: Path | None, print_token: bool) -> None:
+          config_path: Path | None, central_url: str | None, token_file: Path | None, print_token: bool) -> None:
     """Serve the card to hospital software on this computer until Ctrl-C or SIGTERM.
 
     \b
     The reader convention (iReadCardBas, iVerifyPIN, iChangePIN) over HTTP (POST /api/convention)
-    and WebSocket (/ws), our JSON API (/api/read, /api/auth, /api/verify-pin, /api/readers) and card
-    events (/ws, {"subscribe": "events"}); docs/service.md has examples. Browser pages must come from
-    an --allow-origin; other clients send the token (Authorization: Bearer TOKEN).
+    and WebSocket (/ws), our JSON API (/api/read, /api/auth, /api/verify-pin, /api/readers; with a
+    terminal configuration also /api/register, /api/settle, /api/purchase, /api/refund,
+    /api/reconcile, /api/queue), card events (/ws, {"subscribe": "events"}) and the counter page
+    at /. docs/service.md has examples. Browser pages must come from an --allow-origin (or this
+    service's own page); other clients send the token (Authorization: Bearer TOKEN).
     Examples:
       sscard serve --allow-origin http://his.hospital.local:8080
       sscard serve --reader "Virtual PCD 00 00" --print-token
@@ -46,13 +49,18 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
         click.echo(token)
         return
     config = terminal_config(config_path)
-    args = config.key_store_args() if config else {}
-    with open_key_store(**args) as keys:
+    with open_key_store(**(config.key_store_args() if config else {"psam": None, "key_file": None})) as keys:
         announce_key_store(keys)
+        if config is not None:
+            from terminal.gateway import TEST_CREDENTIALS_WARNING
+
+            if config.central_credentials == "test":
+                click.echo(TEST_CREDENTIALS_WARNING, err=True)
         try:
             service = ReaderService(reader=reader or default_reader(), contactless=contactless_reader, keys=keys,
                                     token=token, origins=origins, terminal_no=config.terminal_no if config else 0,
-                                    device=config.device if config else "", host=host, port=port)
+                                    device=config.device if config else "", host=host, port=port, config=config,
+                                    central_url=central_url)
         except OSError as err:
             raise click.ClickException(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         allowed = ", ".join(origins) or "none (token clients only)"
