@@ -264,6 +264,7 @@ class ReaderService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._keys_lock = threading.Lock()  # a PSAM answers one command at a time, whichever reader asks
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._cards: dict[str, str | None] = {}  # reader -> ATR of the card in it, as the events tell
         self._watcher: threading.Thread | None = None
         self._stopping = threading.Event()
         self.socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -647,10 +648,10 @@ class ReaderService:
                     await socket_.send_json(reply("", -99, "a message is a JSON object"))
                     continue
                 if isinstance(message, dict) and message.get("subscribe") == "events":
+                    await socket_.send_json({"subscribed": "events"})
                     if events is None:
                         events = self._subscribe()
                         pusher = asyncio.create_task(self._push(socket_, events))
-                    await socket_.send_json({"subscribed": "events"})
                     continue
                 await socket_.send_json(await self.call(message))
         except WebSocketDisconnect:
@@ -667,7 +668,10 @@ class ReaderService:
                 await socket_.send_json(await events.get())
 
     def _subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A new subscriber's queue, which first tells of each card already in a reader (``present``)."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
+        for reader, atr in self._cards.items():
+            _offer(queue, {"event": "present", "reader": reader, "atr": atr})
         self._subscribers.add(queue)
         if self._watcher is None:
             loop = asyncio.get_running_loop()
@@ -686,9 +690,20 @@ class ReaderService:
                 continue
             body = {"event": event.kind, "reader": event.reader,
                     "atr": event.atr.hex(" ").upper() if event.atr else None}
-            for queue in list(self._subscribers):
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_offer, queue, body)
+            with contextlib.suppress(RuntimeError):  # the loop closed: the service is stopping
+                loop.call_soon_threadsafe(self._publish, body)
+
+    def _publish(self, body: dict[str, Any]) -> None:
+        """An event to every subscriber, and into what a new subscriber is told first; on the event loop,
+        so that a subscription sees each event either in that first account or as it comes, never lost."""
+        if body["event"] in ("inserted", "present"):
+            self._cards[body["reader"]] = body["atr"]
+        elif body["event"] == "removed":
+            self._cards.pop(body["reader"], None)
+        elif body["event"] == "service-lost":
+            self._cards.clear()
+        for queue in self._subscribers:
+            _offer(queue, body)
 
 
 def _offer(queue: asyncio.Queue[dict[str, Any]], body: dict[str, Any]) -> None:

@@ -78,7 +78,12 @@ def wait_for(driver, text: str, where: str = "#result", timeout: float = 30) -> 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.CSS_SELECTOR, where).text)
+    from selenium.common.exceptions import TimeoutException
+
+    try:
+        WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.CSS_SELECTOR, where).text)
+    except TimeoutException:
+        pytest.fail(f"{text!r} never appeared in {where}, which holds: {driver.find_element(By.CSS_SELECTOR, where).text!r}")
     return driver.find_element(By.CSS_SELECTOR, where).text
 
 
@@ -160,3 +165,71 @@ def test_a_page_from_a_foreign_origin_cannot_read_the_card(browser, counter, tmp
         evil.shutdown()
     assert "http failed" in text and "ws failed" in text and "ws data" not in text
     assert "330302198506151239" not in text and "张伟" not in text
+
+
+HOSPITAL = """<!doctype html><meta charset="utf-8"><title>HIS</title><div id="patient"></div><pre id="log"></pre>
+<script>
+// the test's eyes: every message the page receives, and its alerts, into #log
+const log = (line) => { document.querySelector("#log").textContent += line + "\\n"; };
+const Native = window.WebSocket;
+window.WebSocket = function (url) {
+  const socket = new Native(url);
+  socket.addEventListener("message", (m) => log(m.data));
+  return socket;
+};
+window.alert = (text) => log("alert: " + text);
+</script>
+<script>CLIENT</script>"""
+
+
+def test_the_hospitals_page_on_an_allowed_origin_reads_each_inserted_card_as_sscard_read_does(
+        browser, pcscd, vpcd_card, tmp_path):
+    """The browser client of docs/service.md, served from an allowed origin, over pcscd's virtual reader:
+    no card, then a card inserted and read on the event; and the counter page's live card status."""
+    import json
+    import re
+
+    from click.testing import CliRunner
+
+    from terminal.cli import main
+    from terminal.crypto import SoftwareKeyStore
+    from terminal.service import ReaderService, load_token
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text(encoding="utf-8")
+    [client] = re.findall(r"<!-- example: javascript -->\n```javascript\n(.*?)```", doc, re.DOTALL)
+    site = tmp_path / "his"
+    site.mkdir()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(site), **k)  # noqa: E731
+    his = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=his.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{his.server_address[1]}"
+    try:
+        with ReaderService(reader="Virtual PCD 00 00", keys=SoftwareKeyStore.bundled_test_keys(),
+                           token=load_token(tmp_path / "token"), origins=(origin,), terminal_no=3,
+                           device="DEV-TEST") as service:
+            page = HOSPITAL.replace("CLIENT", client.replace("ws://127.0.0.1:8940", service.url.replace("http", "ws")))
+            (site / "index.html").write_text(page, encoding="utf-8")
+            browser.get(f"{origin}/index.html")
+            assert "读卡失败 -2" in wait_for(browser, "alert:", "#log")  # no card yet: the convention's -2
+            card = vpcd_card("adult", 0)
+            patient = wait_for(browser, "张伟", "#patient")
+            assert patient == "张伟 330302198506151239"
+            answers = [json.loads(line) for line in browser.find_element("css selector", "#log").text.splitlines()
+                       if line.startswith("{")]
+            read_ok = [a for a in answers if a.get("function") == "iReadCardBas" and a["success"]]
+            assert any(a.get("event") == "inserted" for a in answers) and len(read_ok) == 1
+
+            # the counter page, on the service's own origin, shows the card going out and in
+            browser.get(service.url + "/")
+            wait_for(browser, "卡已插入", "#status")
+            card.stop()
+            wait_for(browser, "卡已取出", "#status")
+            vpcd_card("adult", 0)
+            wait_for(browser, "卡已插入", "#status")
+    finally:
+        his.shutdown()
+    read = json.loads(CliRunner().invoke(main, ["read", "--reader", "sim:adult", "--json"]).stdout)
+    expected = [read["issuing_region"], read["social_security_number"], read["card_number"],
+                read["card_identification_code"], read["full_name"], read["card_reset_info"], read["spec_version"],
+                read["issue_date"].replace("-", ""), read["expiry_date"].replace("-", ""), "03", "DEV-TEST", ""]
+    assert read_ok[0]["pOutInfo"].split("|") == expected
