@@ -537,10 +537,7 @@ class ReaderService:
         """A counter function on this worker thread, with its own journal and platform session (a
         SQLite connection belongs to one thread); what the clerk would have read comes back as
         ``messages``. The unknown entries of the journal are resolved first, as a counter command does."""
-        from terminal.flows.common import ScriptedClerk, Site
-        from terminal.gateway import load_credentials
-        from terminal.online import Platform
-        from terminal.queue import Outbox
+        from terminal.flows.common import ScriptedClerk, open_site
 
         config = self.config
         if config is None:
@@ -549,15 +546,7 @@ class ReaderService:
         if pin is not None and not isinstance(pin, str):
             raise ConventionError("pin must be text")
         clerk = ScriptedClerk([pin] if pin else [])
-        credentials, _test = load_credentials(config.central_credentials, config.institution_code)
-        with Outbox(config.queue_path, config.station) as outbox, \
-                Platform(outbox, self.central_url or config.central_url, credentials) as platform, self._keys_lock:
-            if outbox.unknown_calls():
-                try:
-                    clerk.said += [r.text for r in platform.resolve()]
-                except SSCardError as err:
-                    clerk.said.append(f"Journal entries still unknown: {err}")
-            site = Site(outbox, self.keys, platform)
+        with self._keys_lock, open_site(config, self.keys, self.central_url, say=clerk.say) as site:
             result = run(site, clerk, payload, spec)
         body = result.to_dict() if hasattr(result, "to_dict") else result
         return {**body, "messages": clerk.said}

@@ -75,10 +75,9 @@ def counter(tmp_path):
 
 def wait_for(driver, text: str, where: str = "#result", timeout: float = 30) -> str:
     """The text of ``where`` once it holds ``text``."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from selenium.common.exceptions import TimeoutException
 
     try:
         WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.CSS_SELECTOR, where).text)

@@ -25,12 +25,9 @@ from terminal.cli import watchdog
 from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
+from terminal.flows import common
 from terminal.flows.common import Site
 from terminal.flows.settlement import Item
-from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
-from terminal.online import Platform, PlatformRefusedError
-from terminal.queue import Outbox
-from terminal.upload import CentralError
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -86,39 +83,20 @@ def bill_items(specs: tuple[str, ...], label: str, to_stderr: bool = False) -> l
             click.echo(f"{err}: type the item again.", err=True)
 
 
-def open_platform(config: TerminalConfig, outbox: Outbox, central_url: str | None) -> Platform:
-    """The platform session of the configuration (``central_url`` first), with its gateway credentials
-    (a warning on stderr when they are the TEST ones)."""
-    credentials, test = load_credentials(config.central_credentials, config.institution_code)
-    if test:
-        click.echo(TEST_CREDENTIALS_WARNING, err=True)
-    return Platform(outbox, central_url or config.central_url, credentials)
-
-
-def resolve_unknown(platform: Platform) -> None:
-    """Resolve the journal's unknown entries first, saying what was done on stderr; a platform that
-    cannot be asked leaves them for later, with a warning."""
-    if not platform.outbox.unknown_calls():
-        return
-    try:
-        for resolution in platform.resolve():
-            click.echo(resolution.text, err=True)
-    except (CentralError, PlatformRefusedError) as err:
-        left = len(platform.outbox.unknown_calls())
-        click.echo(f"Warning: {left} journal entries of this terminal are still unknown ({err}); they are "
-                   "reversed as soon as the platform answers ('sscard queue resolve').", err=True)
+def say_on_stderr(text: str) -> None:
+    """Warnings and what was resolved, on stderr (stdout is the result's)."""
+    click.echo(text, err=True)
 
 
 @contextlib.contextmanager
 def open_site(config_path: Path | None, central_url: str | None = None) -> Iterator[tuple[TerminalConfig, Site]]:
-    """The configuration, and the site it names: the journal and queue opened with the station, the key
-    store, and the platform session (unknown journal entries resolved first)."""
+    """The configuration, and the site it names (:func:`terminal.flows.common.open_site`), its warnings
+    and what it resolved said on stderr."""
     config = load_config(config_path)
-    with Outbox(config.queue_path, config.station) as outbox, open_key_store(**config.key_store_args()) as keys:
+    with open_key_store(**config.key_store_args()) as keys:
         announce_key_store(keys)
-        with open_platform(config, outbox, central_url) as platform:
-            resolve_unknown(platform)
-            yield config, Site(outbox, keys, platform)
+        with common.open_site(config, keys, central_url, say=say_on_stderr) as site:
+            yield config, site
 
 
 def finish(result: dict[str, Any], as_json: bool, text: list[str] | None = None) -> None:

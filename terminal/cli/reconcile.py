@@ -10,8 +10,9 @@ import click
 
 from apdu.errors import SSCardError
 from message.envelope import CST, INSUTYPES
-from terminal.cli.counter import central_option, config_option, open_platform
+from terminal.cli.counter import central_option, config_option, say_on_stderr
 from terminal.config import load_config
+from terminal.flows.common import open_platform
 from terminal.queue import Outbox
 
 
@@ -46,7 +47,7 @@ def reconcile(config_path: Path | None, central_url: str | None, day: dt.datetim
     with contextlib.ExitStack() as stack:
         outbox = stack.enter_context(Outbox(config.queue_path, config.station))
         others = [stack.enter_context(Outbox(path, create=False)) for path in extra]
-        platform = stack.enter_context(open_platform(config, outbox, central_url))
+        platform = stack.enter_context(open_platform(config, outbox, central_url, say_on_stderr))
         result = run(platform, [outbox, *others], when)
     if as_json:
         click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))

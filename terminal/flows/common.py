@@ -8,8 +8,9 @@ Project convention (docs/flows.md).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,9 +18,12 @@ from apdu.errors import SSCardError, WrongPINError, mask
 from drivers.connection import Connection
 from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
 from terminal.card import Identity, SocialSecurityCard
+from terminal.config import TerminalConfig
 from terminal.crypto import CardKeyRef, KeyStore, check_genuine
-from terminal.online import Person, Platform
+from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+from terminal.online import Person, Platform, PlatformRefusedError
 from terminal.queue import STANDING, Outbox, QueuedRecord
+from terminal.upload import CentralError
 
 #: project codes of the records that activate a card at this terminal (docs/flows.md, "Activation")
 ACTIVATION_INFNOS = ("SS01", "SS02")
@@ -94,6 +98,44 @@ class Site:
     def now(self) -> dt.datetime:
         """The queue's clock (Beijing time), so records and their bodies agree in tests."""
         return self.outbox.clock().astimezone(CST)
+
+
+@contextlib.contextmanager
+def open_site(config: TerminalConfig, keys: KeyStore, central_url: str | None = None,
+              say: Callable[[str], None] = lambda _text: None) -> Iterator[Site]:
+    """The site ``config`` names, with the key store ``keys``: its journal opened with the station, and
+    its platform session at ``central_url`` (else the configuration's ``[central] url``) with the
+    configured gateway credentials (``say`` warns when they are the TEST ones). The journal's unknown
+    entries are resolved first (:func:`resolve_unknown`), as every counter function does."""
+    with Outbox(config.queue_path, config.station) as outbox, \
+            open_platform(config, outbox, central_url, say) as platform:
+        resolve_unknown(platform, say)
+        yield Site(outbox, keys, platform)
+
+
+def open_platform(config: TerminalConfig, outbox: Outbox, central_url: str | None = None,
+                  say: Callable[[str], None] = lambda _text: None) -> Platform:
+    """The platform session of ``config`` for ``outbox``, at ``central_url`` (else the configuration's),
+    with its gateway credentials (``say`` warns when they are the TEST ones)."""
+    credentials, test = load_credentials(config.central_credentials, config.institution_code)
+    if test:
+        say(TEST_CREDENTIALS_WARNING)
+    return Platform(outbox, central_url or config.central_url, credentials)
+
+
+def resolve_unknown(platform: Platform, say: Callable[[str], None]) -> None:
+    """Resolve what the journal left unknown (a lost answer of an earlier run: docs/platform.md, "The
+    journal"), telling ``say`` what was done; a platform that cannot be asked leaves them for later,
+    with a warning."""
+    if not platform.outbox.unknown_calls():
+        return
+    try:
+        for resolution in platform.resolve():
+            say(resolution.text)
+    except (CentralError, PlatformRefusedError) as err:
+        left = len(platform.outbox.unknown_calls())
+        say(f"Warning: {left} journal entries of this terminal are still unknown ({err}); they are reversed as "
+            "soon as the platform answers ('sscard queue resolve').")
 
 
 @dataclass(frozen=True)
