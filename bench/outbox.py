@@ -1,7 +1,7 @@
 """Bench: durable enqueues per second, ours vs persist-queue, and a 10,000-record upload on loopback.
 
     /tmp/v/bin/pip install -e '.[bench]'          # persist-queue, the peer
-    /tmp/v/bin/python bench/queue.py [--records 2000] [--upload 10000] [--dir PATH]
+    /tmp/v/bin/python bench/outbox.py [--records 2000] [--upload 10000] [--dir PATH]
 
 1. Durable enqueue (issue 5): one record per transaction, WAL with ``synchronous=FULL`` (an fsync per
    commit), real files. Ours: ``Outbox.add`` (msgid allocation + envelope encoding + insert). Peer:
@@ -37,9 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# run as a script, this file's folder comes first on sys.path, and this file is named like the
-# standard library's ``queue``: take the folder out before anything imports ``queue``
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
