@@ -7,6 +7,8 @@ hold a PIN, a key or a full ID number (see :func:`mask`).
 """
 from __future__ import annotations
 
+import re
+
 
 def mask(text: str, keep_start: int = 4, keep_end: int = 2) -> str:
     """Mask the middle of an identifier (ID number, card number): ``110101********1234`` style."""
@@ -22,6 +24,17 @@ class SSCardError(Exception):
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.__doc__.strip().splitlines()[0])
+
+    @property
+    def code(self) -> str:
+        """The error's name for programs: its class name in snake case without ``Error``
+        (``WrongPINError`` -> ``wrong_pin``)."""
+        name = type(self).__name__.removesuffix("Error")
+        return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+    def to_dict(self) -> dict[str, object]:
+        """``{"code", "exit_code", "message"}``: the error as every ``--json`` and the service give it."""
+        return {"code": self.code, "exit_code": self.exit_code, "message": str(self)}
 
 
 # --- malformed bytes (apdu layer) -------------------------------------------------------------

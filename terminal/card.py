@@ -90,6 +90,15 @@ class Identity:
         return {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in out.items()}
 
 
+def holder(identity: Identity, *, full_id: bool = False) -> dict[str, object]:
+    """The holder object of every ``--json`` result and API answer (docs/json.md): the name, the ID
+    number masked as the counter screens show it (whole with ``full_id``, where the command is meant
+    to show it), the card number and the issuing region."""
+    number = identity.social_security_number
+    return {"name": identity.full_name, "id_number": number if full_id else mask(number, 6, 4),
+            "card_number": identity.card_number, "issuing_region": identity.issuing_region}
+
+
 def redacted(identity: Identity) -> dict[str, object]:
     """The fields ``--redact`` replaces: identifiers masked, the name after its first character.
 

@@ -58,13 +58,13 @@ class ConventionError(SSCardError):
 
     def __init__(self, message: str, code: int = OTHER) -> None:
         super().__init__(message)
-        self.code = code
+        self.convention_code = code
 
 
 def code_of(err: BaseException) -> int:
     """The convention's code for an error (module docstring)."""
     if isinstance(err, ConventionError):
-        return err.code
+        return err.convention_code
     if isinstance(err, WrongPINError):
         return WRONG_PIN
     if isinstance(err, PINBlockedError):

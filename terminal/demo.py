@@ -42,7 +42,7 @@ from terminal.gateway import test_credentials
 from terminal.online import Platform, ReversedError
 from terminal.queue import Outbox
 from terminal.reconcile import Reconciliation, reconcile
-from terminal.upload import Uploader
+from terminal.upload import Uploader, ledger_errors
 
 CLINIC = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 1, Operator("C001", "李收费"))
 PHARMACY = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 2, Operator("C002", "王药师"))
@@ -158,12 +158,22 @@ def open_site(folder: Path, place: str, url: str) -> Iterator[Site]:
 
 
 @contextmanager
+def virtual_platform(folder: Path, faults: bool = False) -> Iterator[CentralService]:
+    """The virtual platform on the ledger in ``folder``, for the time of the block (a damaged ledger:
+    :class:`terminal.upload.CentralError`)."""
+    with ledger_errors(folder / PLATFORM_DB):
+        service = CentralService(folder / PLATFORM_DB, faults=faults)
+    with service:
+        yield service
+
+
+@contextmanager
 def platform_for(folder: Path, url: str | None) -> Iterator[str]:
     """``url``, or the virtual platform on the ledger in ``folder`` for the time of the block."""
     if url is not None:
         yield url
         return
-    with CentralService(folder / PLATFORM_DB) as service:
+    with virtual_platform(folder) as service:
         yield service.url
 
 
@@ -219,7 +229,7 @@ def day_end(url: str, folder: Path, out: TextIO) -> Reconciliation:
 
 def run_day(folder: Path, out: TextIO) -> dict[str, Any]:
     """Walk the day (module docstring); return what the platform holds and the reconciliation."""
-    with CentralService(folder / PLATFORM_DB, faults=True) as service:
+    with virtual_platform(folder, faults=True) as service:
         print(f"The virtual platform is on {service.url}", file=out)
         for step in DAY[:5]:
             run_step(step, folder, out, url=service.url)

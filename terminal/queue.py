@@ -206,7 +206,7 @@ _SQLITE_REASONS = (
     ("SQLITE_BUSY", "another program has held it locked for too long (try again)"),
     ("SQLITE_LOCKED", "another program has held it locked for too long (try again)"),
     ("SQLITE_CORRUPT", "the file is damaged"),
-    ("SQLITE_NOTADB", "the file is damaged or is not a record queue"),
+    ("SQLITE_NOTADB", "the file is damaged or is not what it should be"),
     ("SQLITE_IOERR", "the disk reported an error"),
     ("SQLITE_PERM", "the file or its folder is read-only (check the permissions)"),
 )

@@ -27,7 +27,6 @@ import hmac
 import json
 import logging
 import os
-import re
 import secrets
 import signal
 import socket
@@ -132,11 +131,9 @@ def check_origin(origin: str) -> str:
 # --- errors in our JSON API ------------------------------------------------------------------------
 
 def error_body(err: SSCardError) -> dict[str, Any]:
-    """``{"error": {"code", "exit_code", "message"}}``: the same error schema as every CLI ``--json``;
-    ``code`` is the error's class name in snake case without ``_error`` (``wrong_pin``)."""
-    name = type(err).__name__.removesuffix("Error")
-    code = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
-    return {"error": {"code": code, "exit_code": err.exit_code, "message": str(err)}}
+    """``{"error": {"code", "exit_code", "message"}}``: the error schema of every CLI ``--json``
+    (:meth:`apdu.errors.SSCardError.to_dict`)."""
+    return {"error": err.to_dict()}
 
 
 def _status(err: SSCardError) -> int:

@@ -12,6 +12,7 @@ unchanged and the service answers it as the first time.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import email.utils
@@ -21,9 +22,10 @@ import math
 import os
 import random
 import re
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,6 +84,18 @@ class CentralError(SSCardError):
     #: platform refused it before any processing); True when it may have been processed and its
     #: answer lost (an online call must then be reversed, never sent again)
     maybe_processed: bool = True
+
+
+@contextlib.contextmanager
+def ledger_errors(db: object) -> Iterator[None]:
+    """Opening the virtual platform's ledger at ``db``: an SQLite failure becomes a :class:`CentralError`
+    naming the file, in a clerk's words."""
+    from terminal.queue import sqlite_reason
+
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise CentralError(f"The virtual platform's ledger {db} cannot be used: {sqlite_reason(err)}") from None
 
 
 class CentralUnavailableError(CentralError):

@@ -62,7 +62,7 @@ def test_upload_sends_everything_and_reports_it(outbox, central):
         registration(outbox)
     result = run("queue", "upload", "-q", str(outbox.path), "--central", central.url, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"sent": 3, "dead": 0, "pending": 0, "batches": 1, "error": None, "next_attempt": None}
+    assert json.loads(result.stdout) == {"sent": 3, "dead": 0, "pending": 0, "batches": 1, "next_attempt": None}
 
 
 def test_upload_to_an_unreachable_service_is_exit_14_and_keeps_the_records(outbox):
@@ -72,6 +72,11 @@ def test_upload_to_an_unreachable_service_is_exit_14_and_keeps_the_records(outbo
     assert "unreachable" in result.stderr and "1 pending" in result.stderr
     assert "Traceback" not in result.output
     assert outbox.counts()["pending"] == 1
+    with_json = run("queue", "upload", "-q", str(outbox.path), "--central", f"http://127.0.0.1:{free_port()}",
+                    "--timeout", "2", "--now", "--json")
+    report = json.loads(with_json.stdout)  # one document: what was done, and the error beside it
+    assert with_json.exit_code == 14 and (report["sent"], report["pending"]) == (0, 1)
+    assert report["error"]["code"] == "central" and "unreachable" in report["error"]["message"]
 
 
 def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_path):

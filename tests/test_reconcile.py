@@ -100,3 +100,6 @@ def test_sscard_reconcile_prints_balanced_or_names_the_difference_with_exit_18(d
     bad = runner.invoke(main, ["reconcile", "--date", TODAY.isoformat()], env={"SSCARD_CONFIG": str(config)})
     assert bad.exit_code == 18 and "NOT BALANCED" in bad.stdout and "sale D3" in bad.stdout
     assert "Traceback" not in bad.output
+    as_json = runner.invoke(main, ["reconcile", "--json"], env={"SSCARD_CONFIG": str(config)})
+    body = json.loads(as_json.stdout)  # one document: the reconciliation, and the error beside it
+    assert as_json.exit_code == 18 and body["balanced"] is False and body["error"]["code"] == "unbalanced"

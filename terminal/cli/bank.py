@@ -13,10 +13,10 @@ from terminal.cli.counter import (
     central_option,
     config_option,
     finish,
-    json_option,
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.output import Asked, json_option
 from terminal.flows.bank import bank_activate
 from terminal.queue import QueuedRecord
 from terminal.readers import open_connection
@@ -31,10 +31,10 @@ def bank() -> None:
 @reader_option
 @config_option
 @central_option
-@click.option("--id-number", prompt="ID document number", callback=id_number_option,
+@click.option("--id-number", cls=Asked, prompt="ID document number", callback=id_number_option,
               help="The number on the holder's original ID document (asked again at a prompt when mistyped).")
 @pin_stdin_option
-@json_option
+@json_option()
 def activate(reader: str | None, config_path: Path | None, central_url: str | None, id_number: str, pin_stdin: bool,
              as_json: bool) -> None:
     """Activate a card: the ID document must match the card, the holder sets a PIN (typed twice).

@@ -1,12 +1,12 @@
 """Card commands: ``sscard read`` and ``sscard verify-pin``."""
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from terminal.card import Identity, SocialSecurityCard
+from terminal.cli.output import json_option, print_json
 from terminal.flows.common import IDNumberFormatError, check_id_number
 from terminal.readers import open_connection
 
@@ -57,7 +57,7 @@ def format_identity(fields: dict[str, object], activated: bool) -> str:
 
 @click.command()
 @reader_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout (every field decoded).")
+@json_option("Print JSON on stdout (every field decoded).")
 @click.option("--redact", is_flag=True, help="Mask the ID number, card number, name and birth date.")
 def read(reader: str | None, as_json: bool, redact: bool) -> None:
     """Read the holder's and the card's data from the social security card.
@@ -72,7 +72,7 @@ def read(reader: str | None, as_json: bool, redact: bool) -> None:
         identity = SocialSecurityCard(connection).read_identity()
     fields = identity.to_dict(redact=redact)
     if as_json:
-        click.echo(json.dumps(fields, ensure_ascii=False, indent=2))
+        print_json(fields)
     else:
         click.echo(format_identity(fields, identity.activated))
 
@@ -80,20 +80,22 @@ def read(reader: str | None, as_json: bool, redact: bool) -> None:
 def read_pin(prompt: str, from_stdin: bool, confirm: bool = False) -> str:
     """A PIN from a hidden prompt, or one line of stdin (never a command-line option: it would show in ps).
 
-    ``confirm`` asks twice at the prompt (a new PIN); from stdin the line is taken once.
+    ``confirm`` asks twice at the prompt (a new PIN); from stdin the line is taken once. The prompt is
+    on stderr, so that stdout holds only the result (``--json``).
     """
     if from_stdin or not sys.stdin.isatty():
         line = sys.stdin.readline()
         if not line:
             raise click.UsageError("no PIN on standard input")
         return line.strip()
-    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
 
 
 @click.command("verify-pin")
 @reader_option
 @click.option("--pin-stdin", is_flag=True, help="Read the PIN from the first line of standard input.")
-def verify_pin(reader: str | None, pin_stdin: bool) -> None:
+@json_option()
+def verify_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
     """Check the holder's PIN on the card (shows the tries left on a wrong PIN).
 
     The PIN is asked at a hidden prompt, or read from standard input when it is not a terminal.
@@ -104,6 +106,9 @@ def verify_pin(reader: str | None, pin_stdin: bool) -> None:
         card.select()
         pin = read_pin("PIN", pin_stdin)
         card.verify_pin(pin)
+    if as_json:
+        print_json({"reader": connection.name, "verified": True})
+        return
     click.echo("PIN correct.")
 
 

@@ -1,13 +1,13 @@
 """``sscard config init|show``: the terminal's configuration file (terminal/config.py, docs/flows.md)."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from terminal.cli.counter import config_option, json_option
+from terminal.cli.counter import config_option
+from terminal.cli.output import json_option, print_json
 from terminal.config import default_config_path, load_config, write_default
 
 
@@ -22,7 +22,8 @@ def config_group() -> None:
               help="This terminal's number within the institution (1-99), different for each terminal; "
                    "asked when absent at a terminal.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(config_path: Path | None, terminal_no: int | None, force: bool) -> None:
+@json_option()
+def init(config_path: Path | None, terminal_no: int | None, force: bool, as_json: bool) -> None:
     """Write a commented default configuration file, to edit before first use.
 
     \b
@@ -36,12 +37,15 @@ def init(config_path: Path | None, terminal_no: int | None, force: bool) -> None
         terminal_no = click.prompt("This terminal's number within the institution (1-99, one per terminal)",
                                    type=click.IntRange(1, 99))
     path = write_default(config_path or default_config_path(), force=force, terminal_no=terminal_no)
+    if as_json:
+        print_json({"path": str(path), "terminal_no": terminal_no, "device": load_config(path).device})
+        return
     click.echo(f"Wrote {path} (terminal {terminal_no}): edit the institution, region and operator before first use.")
 
 
 @config_group.command()
 @config_option
-@json_option
+@json_option()
 def show(config_path: Path | None, as_json: bool) -> None:
     """Print the configuration as the terminal reads it (exit 12 when it is invalid)."""
     config = load_config(config_path)
@@ -53,7 +57,7 @@ def show(config_path: Path | None, as_json: bool) -> None:
         "device": config.device, "desk_requires_pin": config.desk_requires_pin,
     }
     if as_json:
-        click.echo(json.dumps(fields, ensure_ascii=False, indent=2))
+        print_json(fields)
     else:
         for key, value in fields.items():
             click.echo(f"{key:18} {value}")

@@ -11,7 +11,6 @@ of an earlier run: docs/platform.md, "The journal"), saying so on stderr.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import click
 
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
+from terminal.cli.output import print_json
 from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
@@ -33,7 +33,6 @@ config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="The terminal's configuration file [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml].",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 pin_stdin_option = click.option("--pin-stdin", is_flag=True,
                                 help="Read PINs from standard input, one per line (for scripts).")
 central_option = click.option(
@@ -103,7 +102,7 @@ def finish(result: dict[str, Any], as_json: bool, text: list[str] | None = None)
     """Print the result: JSON on stdout, or the text lines (when any)."""
     with watchdog.OUTPUT:
         if as_json:
-            click.echo(json.dumps(result, ensure_ascii=False, indent=2))
+            print_json(result)
         elif text:
             for line in text:
                 click.echo(line)

@@ -12,10 +12,10 @@ from terminal.cli.counter import (
     central_option,
     config_option,
     finish,
-    json_option,
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.output import Asked, json_option
 from terminal.flows.desk import KINDS, cancel, refund, register, settle_visit
 from terminal.readers import open_connection
 
@@ -29,13 +29,13 @@ def desk() -> None:
 @reader_option
 @config_option
 @central_option
-@click.option("--type", "kind", type=click.Choice(list(KINDS)), prompt="Registration type", default="outpatient",
+@click.option("--type", "kind", type=click.Choice(list(KINDS)), cls=Asked, prompt="Registration type", default="outpatient",
               show_default=True, help="Outpatient, hospitalisation or maternity registration.")
-@click.option("--department", prompt="Department", help="The department the patient is registered with.")
+@click.option("--department", cls=Asked, prompt="Department", help="The department the patient is registered with.")
 @click.option("--pin/--no-pin", "require_pin", default=None,
               help="Ask the holder's PIN [default: the configuration's desk.require_pin].")
 @pin_stdin_option
-@json_option
+@json_option()
 def register_command(reader: str | None, config_path: Path | None, central_url: str | None, kind: str,
                      department: str, require_pin: bool | None, pin_stdin: bool, as_json: bool) -> None:
     """Register the card holder online: genuine-card check, PIN, 1101, then 2201 or 2401, answered with
@@ -57,8 +57,8 @@ def register_command(reader: str | None, config_path: Path | None, central_url: 
 @desk.command("cancel")
 @config_option
 @central_option
-@click.option("--visit", "mdtrt_id", prompt="Visit number (mdtrt_id)", help="The visit to cancel, as registered here.")
-@json_option
+@click.option("--visit", "mdtrt_id", cls=Asked, prompt="Visit number (mdtrt_id)", help="The visit to cancel, as registered here.")
+@json_option()
 def cancel_command(config_path: Path | None, central_url: str | None, mdtrt_id: str, as_json: bool) -> None:
     """Cancel a registration or admission made at this terminal (2202 / 2404).
 
@@ -74,12 +74,12 @@ def cancel_command(config_path: Path | None, central_url: str | None, mdtrt_id: 
 @reader_option
 @config_option
 @central_option
-@click.option("--visit", "mdtrt_id", prompt="Visit number (mdtrt_id)", help="The outpatient visit, as registered here.")
-@click.option("--bill", "bill_no", prompt="Bill number", help="The hospital's charge batch number: a bill is paid once.")
+@click.option("--visit", "mdtrt_id", cls=Asked, prompt="Visit number (mdtrt_id)", help="The outpatient visit, as registered here.")
+@click.option("--bill", "bill_no", cls=Asked, prompt="Bill number", help="The hospital's charge batch number: a bill is paid once.")
 @click.option("--item", "item_specs", multiple=True, metavar="NAME:QTY:PRICE",
               help="A fee item, its quantity and unit price in yuan (repeat for each); asked when absent.")
 @pin_stdin_option
-@json_option
+@json_option()
 def settle_command(reader: str | None, config_path: Path | None, central_url: str | None, mdtrt_id: str,
                    bill_no: str, item_specs: tuple[str, ...], pin_stdin: bool, as_json: bool) -> None:
     """Settle an outpatient bill online: the fee details go up (2204), the platform shows the split
@@ -100,8 +100,8 @@ def settle_command(reader: str | None, config_path: Path | None, central_url: st
 @desk.command("refund")
 @config_option
 @central_option
-@click.option("--bill", "bill_no", prompt="Bill number", help="The bill to refund, as paid here.")
-@json_option
+@click.option("--bill", "bill_no", cls=Asked, prompt="Bill number", help="The bill to refund, as paid here.")
+@json_option()
 def refund_command(config_path: Path | None, central_url: str | None, bill_no: str, as_json: bool) -> None:
     """Refund an outpatient bill paid at this terminal (2208): the platform gives back exactly what it took.
 

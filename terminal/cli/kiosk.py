@@ -12,10 +12,10 @@ from terminal.cli.counter import (
     central_option,
     config_option,
     finish,
-    json_option,
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.output import json_option
 from terminal.flows.kiosk import KioskView, inquiry
 from terminal.readers import open_connection
 
@@ -43,7 +43,7 @@ def kiosk_text(view: KioskView) -> list[str]:
 @config_option
 @central_option
 @pin_stdin_option
-@json_option
+@json_option()
 def kiosk(reader: str | None, config_path: Path | None, central_url: str | None, pin_stdin: bool,
           as_json: bool) -> None:
     """Self-service inquiry: the holder's information and records (PIN required; data masked)."""

@@ -1,10 +1,13 @@
 """The ``sscard`` group: logging, error handling and exit codes shared by every command.
 
 Every expected failure is an :class:`apdu.errors.SSCardError`: it is printed as one line on stderr
-and the process exits with its ``exit_code`` (README, "Exit codes"); ``-v`` adds the error's class,
-never a traceback (a wrong PIN is not a bug). Ctrl-C anywhere, or Ctrl-C / Ctrl-D at a prompt, is
-"Interrupted." and exit 130 (128 + SIGINT, the shell's convention). Anything else is a bug: one line
-on stderr, exit 1, and the traceback only with ``-v``.
+(and, for a command run with ``--json``, as ``{"error": {"code", "exit_code", "message"}}`` on
+stdout: docs/json.md) and the process exits with its ``exit_code`` (README, "Exit codes"); ``-v``
+adds the error's class, never a traceback (a wrong PIN is not a bug). Ctrl-C anywhere, or Ctrl-C /
+Ctrl-D at a prompt, is "Interrupted." and exit 130 (128 + SIGINT, the shell's convention). Anything
+else is a bug: one line on stderr, exit 1, and the traceback only with ``-v``. Under ``--json`` these
+have error objects too (codes ``interrupted``, ``usage``, ``internal``); the card watchdog's exit
+(terminal/cli/watchdog.py) leaves the process from its own thread with its line on stderr only.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import click
 
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
+from terminal.cli.output import json_asked, json_printed, print_json
 
 log = logging.getLogger("sscard")
 
@@ -34,22 +38,30 @@ class SSCardGroup(click.Group):
             return super().invoke(ctx)
         except SSCardError as err:  # expected: the message says it all, no traceback
             log.debug("%s (exit %d)", type(err).__name__, err.exit_code)
-            click.echo(f"Error: {err}", err=True)
-            ctx.exit(err.exit_code)
+            fail(ctx, err.to_dict(), f"Error: {err}")
         except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C/Ctrl-D at a prompt into Abort
-            click.echo("Interrupted.", err=True)
-            ctx.exit(130)
+            fail(ctx, {"code": "interrupted", "exit_code": 130, "message": "Interrupted."}, "Interrupted.")
+        except click.UsageError as err:  # click prints it; under --json the error object too
+            if json_asked(ctx):
+                print_json({"error": {"code": "usage", "exit_code": err.exit_code, "message": err.format_message()}})
+            raise
         except (click.exceptions.Exit, click.ClickException):
             raise
-        except OSError as err:
-            log.debug("error", exc_info=True)
-            click.echo(f"Error: {err.strerror or err}", err=True)
-            ctx.exit(1)
         except Exception as err:  # a bug: say so, without a traceback unless -v
             log.debug("internal error", exc_info=True)
-            click.echo(f"Internal error ({type(err).__name__}): {err}. Run with -v for details.", err=True)
-            ctx.exit(1)
+            message = (f"{err.strerror or err}" if isinstance(err, OSError)
+                       else f"Internal error ({type(err).__name__}): {err}. Run with -v for details.")
+            fail(ctx, {"code": "internal", "exit_code": 1, "message": message}, f"Error: {message}")
 
+
+def fail(ctx: click.Context, error: dict[str, Any], line: str) -> None:
+    """Report a failure: ``line`` on stderr, the error object on stdout under ``--json`` (unless the
+    command printed it beside its result), and exit with the error's code."""
+    with watchdog.OUTPUT:  # never beside the card watchdog's report
+        if json_asked(ctx) and not json_printed(ctx):  # a program reads stdout: the error in the result's place
+            print_json({"error": error})
+        click.echo(line, err=True)
+    ctx.exit(error["exit_code"])
 
 def setup_logging(verbosity: int) -> None:
     """``-v``: APDU trace and info on stderr; ``-vv``: everything at DEBUG.

@@ -17,10 +17,10 @@ from terminal.cli.counter import (
     central_option,
     config_option,
     finish,
-    json_option,
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.output import Asked, json_option
 from terminal.flows.common import Site
 from terminal.flows.pharmacy import (
     DualCardActivation,
@@ -69,7 +69,7 @@ def pharmacy() -> None:
 @click.option("--wait", "wait_s", type=click.FloatRange(1), default=SWAP_TIMEOUT, show_default=True,
               help="With one reader: seconds to wait for the clerk to swap the cards.")
 @pin_stdin_option
-@json_option
+@json_option()
 def activate(old_reader: str | None, reader: str | None, config_path: Path | None, central_url: str | None,
              wait_s: float, pin_stdin: bool, as_json: bool) -> None:
     """Dual-card insert: move the old medical insurance card's account to the social security card.
@@ -131,11 +131,11 @@ def dual_card_two_readers(old_connection: Connection, connection: Connection, si
 @reader_option
 @config_option
 @central_option
-@click.option("--sale", "sale_no", prompt="Sale number", help="The till's sale number: a sale is paid once only.")
+@click.option("--sale", "sale_no", cls=Asked, prompt="Sale number", help="The till's sale number: a sale is paid once only.")
 @click.option("--item", "item_specs", multiple=True, metavar="NAME:QTY:PRICE",
               help="An item, its quantity and unit price in yuan (repeat for each item); asked when absent.")
 @pin_stdin_option
-@json_option
+@json_option()
 def purchase_command(reader: str | None, config_path: Path | None, central_url: str | None, sale_no: str,
                      item_specs: tuple[str, ...], pin_stdin: bool, as_json: bool) -> None:
     """Settle a sale online: the platform shows the split (fund, medical personal account, cash), the
@@ -158,8 +158,8 @@ def purchase_command(reader: str | None, config_path: Path | None, central_url: 
 @pharmacy.command("refund")
 @config_option
 @central_option
-@click.option("--sale", "sale_no", prompt="Sale number", help="The till's sale number of the sale to refund.")
-@json_option
+@click.option("--sale", "sale_no", cls=Asked, prompt="Sale number", help="The till's sale number of the sale to refund.")
+@json_option()
 def refund_command(config_path: Path | None, central_url: str | None, sale_no: str, as_json: bool) -> None:
     """Refund a sale paid at this terminal (2103): the platform gives back exactly what it took.
 

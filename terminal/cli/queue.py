@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import signal
-import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from typing import Any
 
 import click
 
+from terminal.cli.output import json_option, print_json
 from terminal.config import TerminalConfig, default_config_path, load_config
 from terminal.queue import ALL_STATES, Outbox
 
@@ -73,14 +72,6 @@ def queue_options(command: Any) -> Any:
     )(command)
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-
-
-def echo_json(data: Any) -> None:
-    """JSON on stdout, Chinese unescaped."""
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
-
-
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
     """An event set by Ctrl-C (SIGINT) or SIGTERM instead of killing the process, so a loop can end
@@ -104,14 +95,14 @@ def queue() -> None:
 
 @queue.command()
 @queue_options
-@json_option
+@json_option("Print JSON on stdout.")
 def status(path: Path | None, config_path: Path | None, as_json: bool) -> None:
     """How many records are in each state, and how long the oldest unsent one has waited."""
     with Outbox(queue_path(path, config_path), create=False) as outbox:
         counts, oldest, now = outbox.counts(), outbox.oldest_pending(), outbox.clock()
     age = int((now - oldest).total_seconds()) if oldest else None
     if as_json:
-        echo_json({**counts, "oldest_pending": oldest.isoformat(sep=" ") if oldest else None,
+        print_json({**counts, "oldest_pending": oldest.isoformat(sep=" ") if oldest else None,
                    "oldest_pending_age_s": age})
         return
     click.echo("  ".join(f"{name} {count}" for name, count in counts.items()))
@@ -138,14 +129,14 @@ def format_age(seconds: int) -> str:
               help="Only records in this state (held: queued before its card change is done, not uploaded yet).")
 @click.option("--card", "card_sn", default=None, metavar="CODE", help="Only the records of this card identification code.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@json_option
+@json_option("Print JSON on stdout.")
 def list_records(path: Path | None, config_path: Path | None, state: str | None, card_sn: str | None, limit: int,
                  as_json: bool) -> None:
     """The newest records (card codes masked, no personal data)."""
     with Outbox(queue_path(path, config_path), create=False) as outbox:
         rows = [r.summary() for r in outbox.records(state, limit, card_sn)]
     if as_json:
-        echo_json(rows)
+        print_json(rows)
         return
     for row in rows:
         flag = " cross-region" if row["cross_region"] else ""
@@ -157,13 +148,13 @@ def list_records(path: Path | None, config_path: Path | None, state: str | None,
 @queue_options
 @click.option("--msgid", "msgids", multiple=True, metavar="MSGID",
               help="Only this dead record (repeat the option for more); default: every dead record.")
-@json_option
+@json_option("Print JSON on stdout.")
 def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, ...], as_json: bool) -> None:
     """Put dead records back to pending (after the cause was fixed), to be sent by the next upload."""
     with Outbox(queue_path(path, config_path), create=False) as outbox:
         revived = outbox.retry_dead(msgids or None)
     if as_json:
-        echo_json({"revived": revived})
+        print_json({"revived": revived})
     else:
         click.echo(f"{revived} dead records put back to pending")
 
@@ -184,12 +175,16 @@ def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, .
               help="Try every pending record now, even those waiting for their retry time.")
 @click.option("--progress/--no-progress", default=None,
               help=f"Progress bar on stderr [default: on a terminal, for more than {PROGRESS_OVER} records].")
-@json_option
+@json_option("Print JSON on stdout.")
 def upload(path: Path | None, config_path: Path | None, url: str | None, batch_size: int | None,
            timeout: float | None, follow: bool, interval: float | None, ignore_schedule: bool,
            progress: bool | None, as_json: bool) -> None:
     """Send the due records to the central service (exit 14 if it cannot be reached)."""
-    from terminal.upload import DEFAULT_INTERVAL, CentralError, Uploader  # here: httpx slows start-up
+    from terminal.upload import (  # here: httpx slows start-up
+        DEFAULT_INTERVAL,
+        CentralError,
+        Uploader,
+    )
 
     config = terminal_config(config_path) if path is None or url is None else None
     path = path if path is not None else config.queue_path if config else default_queue()
@@ -216,8 +211,10 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
                 uploader.follow(stop, interval or DEFAULT_INTERVAL, on_report)
                 counts = outbox.counts()
             summary = {**totals, "pending": counts["pending"] + counts["sending"]}
-            click.echo(json.dumps(summary) if as_json else
-                       f"stopped: sent {summary['sent']}  dead {summary['dead']}  pending {summary['pending']}")
+            if as_json:
+                print_json(summary)
+            else:
+                click.echo(f"stopped: sent {summary['sent']}  dead {summary['dead']}  pending {summary['pending']}")
             return
         due = outbox.counts()["pending"]
         show = progress if progress is not None else (sys.stderr.isatty() and due > PROGRESS_OVER)
@@ -227,14 +224,16 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
                 report = uploader.drain(ignore_schedule=ignore_schedule, progress=bar.update)
         else:
             report = uploader.drain(ignore_schedule=ignore_schedule)
-    if as_json:
-        click.echo(json.dumps(asdict(report)))
+    error = CentralError(f"{report.error} ({report.pending} pending, next attempt {report.next_attempt})"
+                         ) if report.error else None
+    if as_json:  # the report's words about the failure become the error object
+        print_json({key: value for key, value in asdict(report).items() if key != "error"}, error=error)
     else:
         click.echo(f"sent {report.sent}  dead {report.dead}  pending {report.pending}")
     if report.dead:
         click.echo(f"{report.dead} records went dead: see 'sscard queue list --state dead'", err=True)
-    if report.error:
-        raise CentralError(f"{report.error} ({report.pending} pending, next attempt {report.next_attempt})")
+    if error:
+        raise error
     if report.pending and report.next_attempt and not as_json:
         click.echo(f"{report.pending} records wait for their retry time (next {report.next_attempt}); "
                    "'--now' sends them at once", err=True)
@@ -257,7 +256,7 @@ def gateway_credentials(config: TerminalConfig | None, outbox: Outbox) -> Any:
 @click.option("--central", "url", envvar="SSCARD_CENTRAL", default=None,
               show_default=f"$SSCARD_CENTRAL, else the terminal configuration's [central] url, else {DEFAULT_CENTRAL}",
               help="The platform's URL.")
-@json_option
+@json_option("Print JSON on stdout.")
 def resolve(path: Path | None, config_path: Path | None, url: str | None, as_json: bool) -> None:
     """Resolve the journal's unknown entries: calls whose answer was lost (a timeout, a kill).
 
@@ -281,17 +280,17 @@ def resolve(path: Path | None, config_path: Path | None, url: str | None, as_jso
                 done, error = [], err
             left = outbox.unknown_calls()
     rows = [{"msgid": r.record.msgid, "infno": r.record.infno, "state": r.state, "text": r.text} for r in done]
+    still = OutcomeUnknownError(f"{len(left)} journal entries are still unknown{f' ({error})' if error else ''}: run "
+                                "'sscard queue resolve' again when the platform answers.") if left else None
     if as_json:
-        echo_json({"resolved": rows, "unknown": [r.msgid for r in left]})
+        print_json({"resolved": rows, "unknown": [r.msgid for r in left]}, error=still)
     else:
         for row in rows:
             click.echo(row["text"])
         if not rows and not left:
             click.echo("Nothing unknown in the journal.")
-    if left:
-        raise OutcomeUnknownError(f"{len(left)} journal entries are still unknown"
-                                  f"{f' ({error})' if error else ''}: run 'sscard queue resolve' again when the "
-                                  "platform answers.")
+    if still:
+        raise still
 
 
 @click.group()
@@ -317,13 +316,11 @@ def serve(db: Path, host: str, port: int, faults: bool) -> None:
     sign their requests with the TEST gateway credentials of their institution by default.
     """
     from central import CentralService
-    from terminal.queue import sqlite_reason
-    from terminal.upload import CentralError
+    from terminal.upload import CentralError, ledger_errors
 
     try:
-        service = CentralService(db, host, port, faults=faults)
-    except sqlite3.Error as err:
-        raise CentralError(f"The virtual platform's ledger {db} cannot be used: {sqlite_reason(err)}") from None
+        with ledger_errors(db):
+            service = CentralService(db, host, port, faults=faults)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--host") from None
     except OSError as err:
@@ -336,26 +333,23 @@ def serve(db: Path, host: str, port: int, faults: bool) -> None:
 @central.command()
 @db_option
 @click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows of each kind.")
-@json_option
+@json_option("Print JSON on stdout.")
 def show(db: Path, limit: int | None, as_json: bool) -> None:
     """What the virtual platform holds: messages by msgid, settlements, accounts, old cards, visits."""
     from central import Ledger
     from message.envelope import yuan
-    from terminal.queue import sqlite_reason
-    from terminal.upload import CentralError
+    from terminal.upload import CentralError, ledger_errors
 
     if not db.is_file():
         raise CentralError(f"No virtual platform ledger at {db}")
-    try:
+    with ledger_errors(db):
         ledger = Ledger(db, read_only=True)
-    except sqlite3.Error as err:
-        raise CentralError(f"The virtual platform's ledger {db} cannot be used: {sqlite_reason(err)}") from None
     try:
         held = ledger.show(limit)
     finally:
         ledger.close()
     if as_json:
-        echo_json(held)
+        print_json(held)
         return
     click.echo(f"messages {len(held['messages'])}")
     for m in held["messages"]:

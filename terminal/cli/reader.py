@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import signal
 import sys
 import threading
@@ -12,6 +11,7 @@ from types import FrameType
 import click
 
 from apdu.errors import NoReaderError, ProfileError
+from terminal.cli.output import json_option, print_json
 
 DEFAULT_PORT = 35963
 
@@ -21,7 +21,7 @@ def _atr_hex(atr: bytes | None) -> str:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@json_option("Print JSON on stdout.")
 def readers(as_json: bool) -> None:
     """List the PC/SC readers, whether a card is in each, and its ATR.
 
@@ -39,7 +39,7 @@ def readers(as_json: bool) -> None:
              "mute": s.mute, "in_use": s.in_use, "exclusive": s.exclusive}
             for i, s in enumerate(statuses)
         ]
-        click.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     width = max(len(s.name) for s in statuses)
     for i, s in enumerate(statuses):
@@ -136,7 +136,7 @@ def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_a
               help="Stop after N insertions/removals.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
               help="Stop after S seconds.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per event on stdout.")
+@json_option("One JSON object per event on stdout.")
 def watch(spec: str | None, count: int | None, timeout: float | None, as_json: bool) -> None:
     """Print card insertions and removals as they happen, per reader, with the ATR.
 
@@ -164,8 +164,8 @@ def watch(spec: str | None, count: int | None, timeout: float | None, as_json: b
             continue
         stamp = dt.datetime.now().isoformat(timespec="milliseconds")
         if as_json:
-            click.echo(json.dumps({"time": stamp, "event": event.kind, "reader": event.reader,
-                                   "atr": event.atr.hex().upper() if event.atr else None}))
+            print_json({"time": stamp, "event": event.kind, "reader": event.reader,
+                        "atr": event.atr.hex().upper() if event.atr else None}, line=True)
         else:
             click.echo(f"{stamp}  {event.kind:<8}  {event.reader}  {_atr_hex(event.atr)}".rstrip())
         sys.stdout.flush()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 from pathlib import Path
 
 import click
@@ -11,6 +10,7 @@ import click
 from apdu.errors import SSCardError
 from message.envelope import CST, INSUTYPES
 from terminal.cli.counter import central_option, config_option, say_on_stderr
+from terminal.cli.output import json_option, print_json
 from terminal.config import load_config
 from terminal.flows.common import open_platform
 from terminal.queue import Outbox
@@ -29,7 +29,7 @@ class UnbalancedError(SSCardError):
               help="The day to reconcile (yyyy-mm-dd) [default: today, Beijing time].")
 @click.option("--queue", "-q", "extra", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Another terminal's journal of this institution to count too (repeat for each).")
-@click.option("--json", "as_json", is_flag=True, help="Print the reconciliation as JSON on stdout.")
+@json_option("Print the reconciliation as JSON on stdout.")
 def reconcile(config_path: Path | None, central_url: str | None, day: dt.datetime | None, extra: tuple[Path, ...],
               as_json: bool) -> None:
     """Day-end reconciliation (3201): this terminal's settlements against the platform's.
@@ -49,8 +49,11 @@ def reconcile(config_path: Path | None, central_url: str | None, day: dt.datetim
         others = [stack.enter_context(Outbox(path, create=False)) for path in extra]
         platform = stack.enter_context(open_platform(config, outbox, central_url, say_on_stderr))
         result = run(platform, [outbox, *others], when)
+    error = None if result.balanced else UnbalancedError(
+        f"The day {when} does not balance: {sum(len(line.differences) for line in result.lines)} settlements "
+        "differ (listed above); ask the platform's help desk with them.")
     if as_json:
-        click.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        print_json(result.to_dict(), error=error)
     else:
         click.echo(f"Reconciliation of {when} with the platform: {'balanced' if result.balanced else 'NOT BALANCED'}")
         for line in result.lines:
@@ -61,10 +64,7 @@ def reconcile(config_path: Path | None, central_url: str | None, day: dt.datetim
                        f"{line.totals.count} settlements, {line.to_dict()['medfee_sumamt']} yuan  {state}")
             for difference in line.differences:
                 click.echo(f"    {difference.text()}")
-    if not result.balanced:
-        raise UnbalancedError(f"The day {when} does not balance: "
-                              f"{sum(len(line.differences) for line in result.lines)} settlements differ "
-                              "(listed above); ask the platform's help desk with them.")
-
+    if error:
+        raise error
 
 COMMANDS = [reconcile]

@@ -6,7 +6,6 @@ they only fit the simulator's cards. Protocols: docs/card-profile.md, "Keys and 
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,16 @@ from typing import Any
 import click
 
 from apdu.errors import IdentityMismatchError
-from terminal.card import SocialSecurityCard
+from terminal.card import SocialSecurityCard, holder
 from terminal.cli.card import id_number_option, read_pin, reader_option
-from terminal.crypto import KeyStore, authenticate_terminal, check_genuine, open_key_store, reload_pin
+from terminal.cli.output import Asked, json_option, print_json
+from terminal.crypto import (
+    KeyStore,
+    authenticate_terminal,
+    check_genuine,
+    open_key_store,
+    reload_pin,
+)
 from terminal.readers import open_connection
 
 TEST_KEYS_WARNING = (
@@ -49,7 +55,7 @@ def announce_key_store(store: KeyStore) -> None:
 @key_store_options
 @click.option("--terminal", "also_terminal", is_flag=True,
               help="Also prove this terminal to the card (EXTERNAL AUTHENTICATE).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@json_option("Print JSON on stdout.")
 def auth(reader: str | None, psam: str | None, key_file: Path | None, also_terminal: bool, as_json: bool) -> None:
     """Check that the card is genuine (internal authentication with a fresh random).
 
@@ -67,8 +73,8 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, also_termi
         if also_terminal:
             authenticate_terminal(card, store, ref)
     if as_json:
-        click.echo(json.dumps({"genuine": True, "algorithm": ref.algorithm.value, "terminal_authenticated": also_terminal,
-                               "key_store": store.description, "test_keys": store.test_only}))
+        print_json({"genuine": True, "algorithm": ref.algorithm.value, "terminal_authenticated": also_terminal,
+                    "key_store": store.description, "test_keys": store.test_only})
         return
     click.echo(f"Genuine card: internal authentication passed ({ref.algorithm.value}, {store.description}).")
     if also_terminal:
@@ -78,7 +84,8 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, also_termi
 @click.command("change-pin")
 @reader_option
 @click.option("--pin-stdin", is_flag=True, help="Read the current PIN, then the new PIN, one a line, from standard input.")
-def change_pin(reader: str | None, pin_stdin: bool) -> None:
+@json_option()
+def change_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
     """Change the holder's PIN (the holder types the current PIN, then the new one twice).
 
     Weak PINs (one digit repeated, consecutive digits such as 123456) are refused (exit 11).
@@ -90,6 +97,9 @@ def change_pin(reader: str | None, pin_stdin: bool) -> None:
         old = read_pin("Current PIN", pin_stdin)
         new = read_pin("New PIN", pin_stdin, confirm=True)
         card.change_pin(old, new)
+    if as_json:
+        print_json({"reader": connection.name, "changed": True})
+        return
     click.echo("PIN changed.")
 
 
@@ -100,10 +110,12 @@ def _same_person(typed: str, on_card: str) -> bool:
 @click.command("reset-pin")
 @reader_option
 @key_store_options
-@click.option("--id-number", prompt="ID document number (身份证号码)", metavar="ID", callback=id_number_option,
+@click.option("--id-number", cls=Asked, prompt="ID document number (身份证号码)", metavar="ID", callback=id_number_option,
               help="The holder's ID document number, as the clerk reads it from the document.")
 @click.option("--pin-stdin", is_flag=True, help="Read the new PIN from the first line of standard input.")
-def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, id_number: str, pin_stdin: bool) -> None:
+@json_option()
+def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, id_number: str, pin_stdin: bool,
+              as_json: bool) -> None:
     """Bank counter: set a new PIN and unblock it, after checking the holder's ID document.
 
     The card must be genuine and its social security number must match the ID document; the new
@@ -121,6 +133,9 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, id_nu
         new = read_pin("New PIN", pin_stdin, confirm=True)
         reload_pin(card, store, ref, new)
         tries = card.pin_tries_left()
+    if as_json:
+        print_json({"reader": connection.name, "holder": holder(identity), "pin_reset": True, "pin_tries_left": tries})
+        return
     click.echo(f"PIN reset for {identity.name[:1]}{'*' * (len(identity.name) - 1)}: "
                f"the holder can use the new PIN now ({tries} tries).")
 

@@ -1,0 +1,73 @@
+"""How commands print a result as JSON (docs/json.md).
+
+One ``--json`` option for every command (:func:`json_option`): the flag is remembered in the click
+context, so that an error of a command run with ``--json`` is printed on stdout as
+``{"error": {"code", "exit_code", "message"}}`` (:meth:`apdu.errors.SSCardError.to_dict`, the
+service's error schema too) as well as in words on stderr. :func:`print_json` is the one way a
+result is printed: UTF-8 as is (names stay readable), indented, or one object per line for streams.
+Prompts go to stderr (:class:`Asked`), so stdout holds the result alone.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from apdu.errors import SSCardError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: the key in ``click.Context.meta`` (shared by a command's context and its group's) set by ``--json``
+JSON_ASKED = "sscard.json"
+#: set when a result was printed with the error beside it
+JSON_PRINTED = "sscard.json-printed"
+
+
+def _remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_ASKED] = True
+    return value
+
+
+def json_option(help: str = "Print the result as JSON on stdout.") -> Callable[[F], F]:
+    """The ``--json`` flag (passed to the command as ``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, callback=_remember, help=help)
+
+
+def json_asked(ctx: click.Context) -> bool:
+    """Whether the command being run was given ``--json``."""
+    return bool(ctx.meta.get(JSON_ASKED))
+
+
+def print_json(data: Any, *, line: bool = False, error: SSCardError | None = None) -> None:
+    """``data`` as JSON on stdout: indented, or on one line (``line``, for a stream of objects).
+
+    ``error``: the command did its work and then fails (a day that does not balance, records left
+    unsent): one document, the result with the error object beside it under ``"error"``, which the
+    command then raises; the error handler (terminal/cli/main.py) does not print it a second time.
+    """
+    if error is not None:
+        data = {**data, "error": error.to_dict()}
+        click.get_current_context().meta[JSON_PRINTED] = True
+    click.echo(json.dumps(data, ensure_ascii=False, indent=None if line else 2))
+
+
+def json_printed(ctx: click.Context) -> bool:
+    """Whether the command already printed its error inside its result (:func:`print_json`)."""
+    return bool(ctx.meta.get(JSON_PRINTED))
+
+class Asked(click.Option):
+    """An option asked at a prompt when it is not given, the prompt on stderr (``cls=Asked``).
+
+    Click prompts on stdout; a program reading a command's ``--json`` result from stdout would get
+    the prompt in front of it. The prompted options here have string defaults or none.
+    """
+
+    def prompt_for_value(self, ctx: click.Context) -> Any:
+        assert self.prompt is not None
+        default = self.get_default(ctx)
+        return click.prompt(self.prompt, default=default if isinstance(default, str) else None, type=self.type,
+                            hide_input=self.hide_input, show_choices=self.show_choices,
+                            value_proc=lambda text: self.process_value(ctx, text), err=True)

@@ -1,0 +1,150 @@
+"""One JSON schema (docs/json.md): every command that prints a result has ``--json``, and every
+command run with ``--json`` that fails prints ``{"error": {"code", "exit_code", "message"}}`` on stdout,
+its exit code the process's, as well as the error in words on stderr; the service's errors are the
+same objects."""
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from apdu.errors import SSCardError, WrongPINError
+from terminal.cli import main
+from terminal.cli.output import Asked
+
+#: commands that run until stopped (a server, a virtual card): they print no result
+SERVERS = {"simulate", "central serve", "serve"}
+#: commands that list what there is, or wait for readers and the PC/SC service to come, and so refuse
+#: nothing a caller gives them
+NOTHING_TO_REFUSE = {"readers", "watch"}
+
+
+def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from commands(command, (*path, name))
+        else:
+            yield " ".join((*path, name)), command
+
+
+def options(command: click.Command) -> set[str]:
+    return {opt for param in command.params for opt in getattr(param, "opts", [])}
+
+
+def test_every_command_that_prints_a_result_has_json():
+    assert {path for path, command in commands() if "--json" not in options(command)} == SERVERS
+
+
+#: values for the options asked at a prompt when not given (a valid ID number, any other text)
+ANSWERS = {"--id-number": "330302198506151239", "--type": "outpatient"}
+
+
+def answered(command: click.Command) -> list[str]:
+    """The options the command would ask for at a prompt, given."""
+    return [arg for param in command.params if isinstance(param, Asked)
+            for arg in (param.opts[0], ANSWERS.get(param.opts[0], "X1"))]
+
+
+def failing(path: str, command: click.Command, tmp: Path) -> list[str]:
+    """Arguments that make the command fail with one of our errors before it does anything."""
+    given = options(command)
+    if path == "config init":  # no number for this terminal, and no one at a prompt to ask: a usage error
+        return ["--config", str(tmp / "t.toml")]
+    if "--config" in given:
+        return [*answered(command), "--config", str(tmp / "no-such-terminal.toml")]
+    if "--reader" in given:
+        return [*answered(command), "--reader", "sim:no-such-card"]
+    damaged = tmp / "damaged.sqlite"
+    damaged.write_bytes(b"this is not an SQLite file, it was damaged" * 50)
+    if "--db" in given:
+        return ["--db", str(damaged)]
+    if path == "demo":
+        (tmp / "day").mkdir()
+        damaged.rename(tmp / "day" / "platform.sqlite")
+        return ["--dir", str(tmp / "day")]
+    raise AssertionError(f"no failing case for {path}: add one")
+
+
+CASES = [path for path, command in commands() if path not in SERVERS | NOTHING_TO_REFUSE]
+
+
+@pytest.mark.parametrize("path", CASES)
+def test_an_error_under_json_is_the_error_object_on_stdout(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("SSCARD_CONFIG", raising=False)
+    monkeypatch.delenv("SSCARD_QUEUE", raising=False)
+    command = dict(commands())[path]
+    result = CliRunner().invoke(main, [*path.split(), *failing(path, command, tmp_path), "--json"], input="")
+    assert result.exit_code not in (0, 1), result.output  # one of ours, not a bug
+    body = json.loads(result.stdout)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "exit_code", "message"}
+    error = body["error"]
+    assert error["exit_code"] == result.exit_code and error["code"].islower() and " " not in error["code"]
+    assert error["message"] in result.stderr
+
+
+def test_a_prompt_answered_by_ctrl_d_under_json_is_the_interrupted_error(tmp_path):
+    result = CliRunner().invoke(main, ["desk", "cancel", "--config", str(tmp_path / "t.toml"), "--json"], input="")
+    assert result.exit_code == 130 and "Visit number" in result.stderr  # the prompt is not on stdout
+    assert json.loads(result.stdout) == {"error": {"code": "interrupted", "exit_code": 130, "message": "Interrupted."}}
+
+
+def test_without_json_stdout_stays_empty_on_an_error(tmp_path):
+    result = CliRunner().invoke(main, ["read", "--reader", "sim:no-such-card"])
+    assert result.exit_code == 12 and result.stdout == "" and "no-such-card" in result.stderr
+
+
+def test_the_code_is_the_class_name_in_snake_case():
+    assert WrongPINError(0x63C2, 2).to_dict() == {
+        "code": "wrong_pin", "exit_code": 6, "message": "Wrong PIN: 2 tries left before the PIN is blocked (SW 63C2)"}
+    assert SSCardError("x").code == "ss_card"
+
+
+def test_the_pin_commands_answer_json(tmp_path):
+    runner = CliRunner()
+    verified = runner.invoke(main, ["verify-pin", "-r", "sim:adult", "--pin-stdin", "--json"], input="246810\n")
+    assert verified.exit_code == 0 and json.loads(verified.stdout) == {"reader": "sim:adult", "verified": True}
+    wrong = runner.invoke(main, ["verify-pin", "-r", "sim:adult", "--pin-stdin", "--json"], input="000000\n")
+    assert wrong.exit_code == 6 and json.loads(wrong.stdout)["error"]["code"] == "wrong_pin"
+    changed = runner.invoke(main, ["change-pin", "-r", "sim:adult", "--pin-stdin", "--json"], input="246810\n902468\n")
+    assert changed.exit_code == 0 and json.loads(changed.stdout) == {"reader": "sim:adult", "changed": True}
+    reset = runner.invoke(main, ["reset-pin", "-r", "sim:adult", "--id-number", "330302198506151239", "--pin-stdin",
+                                 "--json"], input="902468\n")
+    assert reset.exit_code == 0, reset.output
+    body = json.loads(reset.stdout)
+    assert body["pin_reset"] is True and body["pin_tries_left"] == 3
+    assert body["holder"] == {"name": "张伟", "id_number": "330302********1239", "card_number": body["holder"][
+        "card_number"], "issuing_region": "330300"} and "330302198506151239" not in reset.stdout
+
+
+def test_config_init_answers_json(tmp_path):
+    result = CliRunner().invoke(main, ["config", "init", "--config", str(tmp_path / "t.toml"), "--terminal-number",
+                                       "4", "--json"])
+    body = json.loads(result.stdout)
+    assert result.exit_code == 0 and body["terminal_no"] == 4 and body["path"] == str(tmp_path / "t.toml")
+    assert body["device"].startswith("DEV-")
+
+
+def error_classes(root: type[SSCardError] = SSCardError) -> Iterator[type[SSCardError]]:
+    for sub in root.__subclasses__():
+        yield sub
+        yield from error_classes(sub)
+
+
+def test_docs_json_lists_every_error_code_under_its_exit_code():
+    for package in ("apdu", "drivers", "message", "terminal", "central"):  # every module: every error class
+        for module in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            importlib.import_module(module.name)
+    rows = {int(line.split("|")[1]): line for line in Path("docs/json.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()}
+    classes = set(error_classes())
+    assert len(classes) > 50
+    for error in classes:
+        code = error.__new__(error).code
+        assert f"`{code}`" in rows.get(error.exit_code, ""), f"{error.__name__}: `{code}` (exit {error.exit_code})"
