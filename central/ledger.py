@@ -23,6 +23,7 @@ Persons, cards and institutions are seeded from ``fixtures/platform/`` (TEST dat
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.resources
@@ -52,6 +53,7 @@ from message.envelope import (
     MessageError,
     ascii_digits,
     clr_type,
+    iso_time,
     msgid_terminal,
     msgid_time,
     parse_yuan,
@@ -1129,8 +1131,15 @@ class Ledger:
             for a in accounts:
                 a["balc"] = yuan(a["balc_fen"])
             old_cards = rows("SELECT card_no, psn_no, balc AS balc_fen, moved_msgid, moved_at FROM old_cards ORDER BY card_no")
+            for c in old_cards:
+                c["balc"] = yuan(c["balc_fen"])
             visits = rows("SELECT mdtrt_id, fixmedins_code, psn_no, insutype, med_type, infno, msgid, begntime, "
                           "dept_name, state FROM visits ORDER BY id")
+        for row, key in [*((m, "received_at") for m in messages), *((s, "setl_time") for s in settlements),
+                         *((c, "moved_at") for c in old_cards), *((v, "begntime") for v in visits)]:
+            with contextlib.suppress(ValueError):  # the seed's rows say "seed"
+                if row[key] is not None:  # the interface's text, Beijing time -> ISO 8601 (docs/json.md)
+                    row[key] = iso_time(row[key])
         return {"messages": messages, "settlements": settlements, "accounts": accounts, "old_cards": old_cards,
                 "visits": visits}
 

@@ -120,6 +120,14 @@ class Fen(int):
     """An amount in fen (1/100 yuan). Encoded on the wire as yuan with two decimals (:func:`yuan`)."""
 
 
+def iso_time(value: dt.datetime | str, timespec: str = "seconds") -> str:
+    """A time as every JSON result gives it (docs/json.md): ISO 8601 in Beijing time with +08:00
+    (``2026-03-01T09:30:00+08:00``). A naive time, or text in the interface's format (``INF_TIME``),
+    is Beijing time already."""
+    when = dt.datetime.strptime(value, INF_TIME) if isinstance(value, str) else value
+    return (when.replace(tzinfo=CST) if when.tzinfo is None else when.astimezone(CST)).isoformat(timespec=timespec)
+
+
 def yuan(fen: int) -> str:
     """``1234`` -> ``"12.34"``; ``-5`` -> ``"-0.05"`` (docs/platform.md, "Amounts")."""
     sign = "-" if fen < 0 else ""

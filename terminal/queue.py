@@ -50,6 +50,7 @@ from message.envelope import (
     Station,
     check_amounts,
     encode,
+    iso_time,
 )
 
 try:
@@ -281,14 +282,14 @@ class QueuedRecord:
         return {
             "msgid": self.msgid,
             "infno": self.infno,
-            "created_at": self.created_at.isoformat(sep=" "),
+            "created_at": iso_time(self.created_at),
             "card_sn": mask(self.card_sn, 6, 4) if self.card_sn else None,
             "cross_region": self.cross_region,
             "insured_region": self.insured_region,
             "treatment_region": self.treatment_region,
             "state": self.state,
             "attempts": self.attempts,
-            "next_attempt": self.next_attempt.isoformat(sep=" ", timespec="seconds") if self.state in UNSENT else None,
+            "next_attempt": iso_time(self.next_attempt) if self.state in UNSENT else None,
             "last_error": self.last_error,
         }
 

@@ -20,6 +20,12 @@ DEFAULT_READER = "sim:adult"
 SIM_PREFIX = "sim:"
 
 
+def atr_text(atr: bytes | None) -> str | None:
+    """An ATR as every output shows it (docs/json.md): hex bytes in capitals with spaces, as pcsc_scan
+    and opensc-tool print it (``3B 6D 00 ...``); None for no card."""
+    return atr.hex(" ").upper() if atr else None
+
+
 def default_reader() -> str:
     """The reader used when none is given: ``$SSCARD_READER`` or the built-in virtual card."""
     return os.environ.get("SSCARD_READER") or DEFAULT_READER

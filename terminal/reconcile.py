@@ -38,7 +38,28 @@ class Settled:
 
     def to_dict(self) -> dict[str, Any]:
         return {"setl_id": self.setl_id, "msgid": self.msgid, "chrg_bchno": self.chrg_bchno,
-                "medfee_sumamt": yuan(self.total), "fund_pay_sumamt": yuan(self.fund), "acct_pay": yuan(self.account)}
+                **amounts(self.total, self.fund, self.account)}
+
+
+#: a settlement's amounts in the interface's names (docs/platform.md, 3201)
+AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
+
+
+def amounts(total: int, fund: int, account: int) -> dict[str, Any]:
+    """The three amounts as JSON results give money (docs/json.md): ``NAME_fen``, and ``NAME`` in yuan."""
+    return {key: value for name, fen in zip(AMOUNTS, (total, fund, account))
+            for key, value in ((f"{name}_fen", fen), (name, yuan(fen)))}
+
+
+def _fen_beside(said: dict[str, Any]) -> dict[str, Any]:
+    """The platform's settlement as it said it, with ``NAME_fen`` beside each amount that is yuan."""
+    out = dict(said)
+    for name in AMOUNTS:
+        try:
+            out[f"{name}_fen"] = yuan_field(said, name)
+        except (KeyError, ValueError):
+            pass  # missing or not yuan: shown as the platform said it
+    return out
 
 
 @dataclass
@@ -122,7 +143,7 @@ class Difference:
 
     def to_dict(self) -> dict[str, Any]:
         return {"side": self.side, "journal": self.journal.to_dict() if self.journal else None,
-                "platform": self.platform, "text": self.text()}
+                "platform": _fen_beside(self.platform) if self.platform is not None else None, "text": self.text()}
 
 
 @dataclass(frozen=True)
@@ -137,9 +158,9 @@ class Line:
     differences: list[Difference]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"insutype": self.insutype, "clr_type": self.clr_type, "medfee_sumamt_fen": self.totals.total,
-                "medfee_sumamt": yuan(self.totals.total), "fund_pay_sumamt": yuan(self.totals.fund),
-                "acct_pay": yuan(self.totals.account), "fixmedins_setl_cnt": self.totals.count,
+        return {"insutype": self.insutype, "clr_type": self.clr_type,
+                **amounts(self.totals.total, self.totals.fund, self.totals.account),
+                "fixmedins_setl_cnt": self.totals.count,
                 "agreed": self.agreed, "description": self.description,
                 "differences": [d.to_dict() for d in self.differences]}
 

@@ -63,7 +63,7 @@ from terminal.convention import (
 )
 from terminal.crypto import KeyStore, check_genuine
 from terminal.private import read_private_file
-from terminal.readers import SIM_PREFIX, open_connection
+from terminal.readers import SIM_PREFIX, atr_text, open_connection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -465,7 +465,7 @@ class ReaderService:
             try:
                 for status in pcsc.reader_status():
                     found.append({"reader": status.name, "kind": "pc/sc", "card": status.present,
-                                  "atr": status.atr.hex(" ").upper() if status.atr else None})
+                                  "atr": atr_text(status.atr)})
             except SSCardError:
                 pass  # no PC/SC service: the virtual reader alone
             return found
@@ -674,8 +674,7 @@ class ReaderService:
                 return
             if event.kind == pcsc.TICK:
                 continue
-            body = {"event": event.kind, "reader": event.reader,
-                    "atr": event.atr.hex(" ").upper() if event.atr else None}
+            body = {"event": event.kind, "reader": event.reader, "atr": atr_text(event.atr)}
             with contextlib.suppress(RuntimeError):  # the loop closed: the service is stopping
                 loop.call_soon_threadsafe(self._publish, body)
 

@@ -33,7 +33,7 @@ import httpcore
 import httpx
 
 from apdu.errors import ConfigError, SSCardError
-from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, with_sign_no
+from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, iso_time, with_sign_no
 from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
@@ -615,7 +615,7 @@ class Uploader:
             if progress:
                 progress(batch_sent + batch_dead)
         due = self.outbox.next_due()
-        when = cst_time(due).isoformat(sep=" ", timespec="seconds") if due else None
+        when = iso_time(cst_time(due)) if due else None
         counts = self.outbox.counts()
         return UploadReport(sent, dead, counts["pending"] + counts["sending"], batches, error, when)
 

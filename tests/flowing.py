@@ -100,3 +100,19 @@ require_pin = {str(require_pin).lower()}
         encoding="utf-8",
     )
     return path
+
+
+@pytest.fixture
+def configs(tmp_path, platform):
+    """The clinic's configuration and the bank's, each with its own journal, keys from the virtual PSAM,
+    the virtual platform on a loopback port (its TEST credentials in private files)."""
+    clinic = write_config(tmp_path / "clinic", central=platform.url)
+    bank = write_config(tmp_path / "bank", central=platform.url)
+    bank_credentials = write_credentials(tmp_path / "bank", "B33030000007")
+    bank.write_text(bank.read_text(encoding="utf-8").replace("H33030200001", "B33030000007")
+                    .replace("credentials-B33030000007.json", bank_credentials.name), encoding="utf-8")
+    for config in (clinic, bank):
+        text = config.read_text(encoding="utf-8")
+        assert 'store = "test"' in text
+        config.write_text(text.replace('store = "test"', 'store = "psam:sim:psam"'), encoding="utf-8")
+    return {"clinic": clinic, "bank": bank}

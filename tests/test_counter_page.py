@@ -119,12 +119,12 @@ def test_a_clerk_reads_registers_settles_sells_refunds_and_reconciles_from_the_p
     assert visit.startswith("MD") and platform.ledger.show()["visits"][0]["mdtrt_id"] == visit
 
     fill(browser, "#settle-form", visit=visit, bill="B1", items="诊查费:1:20.00\n血常规:1:35.00", pin="246810")
-    assert "合计 total 55.00" in wait_for(browser, "结算成功")
+    assert "Settled bill B1: 合计 total 55.00" in wait_for(browser, "结算成功")
     fill(browser, "#purchase-form", sale="T1", items="阿莫西林胶囊:2:12.50", pin="246810")
     paid = wait_for(browser, "支付成功")
     assert "个人账户 account 25.00" in paid
     fill(browser, "#refund-form", sale="T1")
-    wait_for(browser, "退费成功")
+    assert "Refunded T1:" in wait_for(browser, "退费成功")
     assert platform.ledger.balance("3303000000000001") == 235000 - 5500
     fill(browser, "#reconcile-form")
     wait_for(browser, "对账平衡 Balanced")

@@ -670,18 +670,18 @@ def test_kiosk_shows_masked_holder_the_platforms_balance_and_the_cards_records(l
     before = count(site)
     view = inquiry(sim("not-activated"), site, clerk(PINS["not-activated"]))
     assert count(site) == before  # a 1101 is asked: a query, nothing journaled
-    assert view.active and view.balance_fen == 124570 == platform.ledger.balance(LINA)
+    assert view.activated and view.balance_fen == 124570 == platform.ledger.balance(LINA)
     assert [r["infno"] for r in view.records] == ["2102", "2201", "SS02"]
     assert view.records[0]["amount"] == "40.80" and view.records[1]["department"] == "内科"
     text = json.dumps(view.to_dict(), ensure_ascii=False)
     assert "330302199203081020" not in text and "李娜" not in text and "330300D15600000507654321FFFFFFFF" not in text
-    assert view.holder["full_name"] == "李*"
+    assert view.shown["full_name"] == "李*" and view.holder["id_number"] == "330302********1020"
 
 
 def test_kiosk_with_the_platform_unreachable_shows_the_rest(site):
     site.platform.central.url = "http://127.0.0.1:9"
     view = inquiry(sim("adult"), site, clerk(PINS["adult"]))
-    assert view.balance_fen is None and "cannot say now" in view.balance_note and view.active
+    assert view.balance_fen is None and "cannot say now" in view.balance_note and view.activated
 
 
 def test_kiosk_wrong_pin(site):

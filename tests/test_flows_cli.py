@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from flowing import platform, write_config, write_credentials  # noqa: F401  (fixture)
+from flowing import configs, platform, write_config  # noqa: F401  (fixtures)
 from terminal.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "flows.md"
@@ -23,22 +23,6 @@ TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
 
 def normal(text: str) -> list[str]:
     return [TIME.sub("<time>", SETL_ID.sub(r"\1<id>", MSGID.sub("<msgid>", line))).rstrip() for line in text.splitlines()]
-
-
-@pytest.fixture
-def configs(tmp_path, platform):
-    """The clinic's configuration and the bank's, each with its own journal, keys from the virtual PSAM,
-    the virtual platform on a loopback port (its TEST credentials in private files)."""
-    clinic = write_config(tmp_path / "clinic", central=platform.url)
-    bank = write_config(tmp_path / "bank", central=platform.url)
-    bank_credentials = write_credentials(tmp_path / "bank", "B33030000007")
-    bank.write_text(bank.read_text(encoding="utf-8").replace("H33030200001", "B33030000007")
-                    .replace("credentials-B33030000007.json", bank_credentials.name), encoding="utf-8")
-    for config in (clinic, bank):
-        text = config.read_text(encoding="utf-8")
-        assert 'store = "test"' in text
-        config.write_text(text.replace('store = "test"', 'store = "psam:sim:psam"'), encoding="utf-8")
-    return {"clinic": clinic, "bank": bank}
 
 
 def run(config: Path, args: list[str], input: str | None = None):
@@ -120,7 +104,7 @@ def test_dual_card_purchase_and_refund_json_agree_with_the_journal_and_the_platf
                          "--pin-stdin", "--json"], "246810\n")
     assert moved.exit_code == 0, moved.output
     out = json.loads(moved.stdout)
-    assert out["moved_fen"] == 53620 and out["old_card_marked_replaced"] is False and not out["activated_now"]
+    assert out["moved_fen"] == 53620 and out["old_card_marked_replaced"] is False and out["activation"] is None
     assert out["online"] is True and out["balance_fen"] == 235000 + 53620
     paid = run(clinic, ["pharmacy", "purchase", "-r", "sim:adult", "--sale", "T1", "--item", "维生素C片:3:4.20",
                         "--pin-stdin", "--json"], "246810\n")

@@ -39,7 +39,7 @@ def test_desk_over_pcscd_first_registration_and_cross_region(vpcd_card, tmp_path
     result = run(config, ["desk", "register", "-r", SLOT0, "--type", "outpatient", "--department", "内科",
                           "--pin-stdin", "--json"], "123456\n")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["activated_by_this_registration"] is True
+    assert json.loads(result.stdout)["activation"]["infno"] == "SS01"
     handle.stop()
     vpcd_card("other-region", slot=1)
     result = run(config, ["desk", "register", "-r", SLOT1, "--type", "hospitalisation", "--department", "外科",

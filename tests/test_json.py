@@ -9,10 +9,13 @@ import json
 import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner
+from flowing import configs, platform  # noqa: F401  (fixtures)
+from jsonschema_rules import violations
 
 from apdu.errors import SSCardError, WrongPINError
 from terminal.cli import main
@@ -148,3 +151,63 @@ def test_docs_json_lists_every_error_code_under_its_exit_code():
     for error in classes:
         code = error.__new__(error).code
         assert f"`{code}`" in rows.get(error.exit_code, ""), f"{error.__name__}: `{code}` (exit {error.exit_code})"
+
+
+# --- one vocabulary (docs/json.md): every command's result, on a day at the virtual platform -------
+
+def day_results(configs: dict[str, Path], tmp: Path) -> dict[str, Any]:
+    """Each command with ``--json`` run once as a clerk would on one day: its path -> what it printed."""
+    printed: dict[str, Any] = {}
+
+    def run(config: str, args: str, input: str = "", exit_code: int = 0) -> Any:
+        words = args.split()
+        path = " ".join(w for w in words[:2] if not w.startswith("-"))
+        path = path if path in dict(commands()) else words[0]
+        result = CliRunner().invoke(main, [*words, "--json"], input=input, env={"SSCARD_CONFIG": str(configs[config])})
+        assert result.exit_code == exit_code, (args, result.output)
+        printed[path] = body = json.loads(result.stdout)
+        return body
+
+    run("clinic", "read -r sim:adult")
+    run("clinic", "auth -r sim:adult")
+    run("clinic", "verify-pin -r sim:adult --pin-stdin", "246810\n")
+    run("clinic", "change-pin -r sim:adult --pin-stdin", "246810\n902468\n")
+    run("bank", "reset-pin -r sim:adult --id-number 330302198506151239 --pin-stdin", "902468\n")
+    run("bank", "bank activate -r sim:not-activated-zhou --id-number 330303196811052226 --pin-stdin",
+        "386152\n386152\n")
+    visit = run("clinic", "desk register -r sim:not-activated --type outpatient --department 内科 --pin-stdin",
+                "123456\n")["mdtrt_id"]
+    run("clinic", f"desk settle -r sim:not-activated --visit {visit} --bill B0001 --item 诊查费:1:20.00 "
+                  "--item 血常规:1:35.00 --pin-stdin", "123456\n")
+    run("clinic", "desk refund --bill B0001")
+    run("clinic", f"desk cancel --visit {visit}")
+    run("clinic", "pharmacy activate --old-reader sim:old-medical-lina -r sim:not-activated --pin-stdin", "123456\n")
+    run("clinic", "pharmacy purchase -r sim:not-activated --sale T0001 --item 阿莫西林胶囊:2:12.50 --pin-stdin",
+        "123456\n")
+    run("clinic", "pharmacy refund --sale T0001")
+    run("clinic", "kiosk -r sim:not-activated --pin-stdin", "123456\n")
+    run("clinic", "reconcile")
+    run("clinic", "queue status")
+    run("clinic", "queue list")
+    run("clinic", "queue upload")
+    run("clinic", "queue retry-dead")
+    run("clinic", "queue resolve")
+    run("clinic", "config show")
+    run("clinic", f"config init --config {tmp / 'new.toml'} --terminal-number 5")
+    run("clinic", f"central show --db {configs['clinic'].parent.parent / 'platform.sqlite'}")
+    run("clinic", f"demo --dir {tmp / 'demo'}")
+    return printed
+
+
+#: checked where a reader of pcscd's is at hand (tests/test_pcsc.py): they list and watch PC/SC readers
+PCSC_ONLY = {"readers", "watch"}
+#: commands meant to show the whole ID number (the card's data, as read)
+FULL_ID = {"read"}
+
+
+def test_every_json_result_speaks_one_vocabulary(configs, tmp_path):
+    printed = day_results(configs, tmp_path)
+    assert set(printed) == {path for path, command in commands() if "--json" in options(command)} - PCSC_ONLY
+    problems = {path: violations(body, full_id=path in FULL_ID) for path, body in printed.items()}
+    wrong = {path: found for path, found in problems.items() if found}
+    assert not wrong, json.dumps(wrong, ensure_ascii=False, indent=1)

@@ -25,6 +25,7 @@ from apdu.errors import (
 )
 from drivers import pcsc
 from drivers.memory import MemoryConnection
+from jsonschema_rules import violations
 from pcscd import MiniCard, Pcscd, wait_card
 from terminal.cli import main
 
@@ -299,8 +300,9 @@ def test_cli_readers_shows_card_and_atr(vpcd_card):
     assert line0.startswith(f"0  {READER0}") and "3B 68 00 00 00 73 C8 40 13 00 90 00" in line0
     assert line1.startswith(f"1  {READER1}") and "no card" in line1
     rows = json.loads(CliRunner().invoke(main, ["readers", "--json"]).output)
-    assert rows[0] == {"index": 0, "reader": READER0, "card": True, "atr": "3B6800000073C84013009000",
+    assert rows[0] == {"index": 0, "reader": READER0, "card": True, "atr": "3B 68 00 00 00 73 C8 40 13 00 90 00",
                        "mute": False, "in_use": False, "exclusive": False}
+    assert violations(rows) == []  # docs/json.md
 
 
 def start_watch(*args: str) -> subprocess.Popen:
@@ -322,9 +324,10 @@ def test_watch_sees_insertion_then_removal(vpcd_card):
         watch.kill()
     events = [json.loads(line) for line in out.splitlines()]
     assert [(e["event"], e["reader"], e["atr"]) for e in events] == [
-        ("inserted", READER0, "3B6800000073C84013009000"),
-        ("removed", READER0, "3B6800000073C84013009000"),
+        ("inserted", READER0, "3B 68 00 00 00 73 C8 40 13 00 90 00"),
+        ("removed", READER0, "3B 68 00 00 00 73 C8 40 13 00 90 00"),
     ]
+    assert violations(events) == []  # docs/json.md: the time ISO 8601 with +08:00
     assert watch.returncode == 0, err
 
 

@@ -33,7 +33,7 @@ def test_status_counts_each_state_and_the_oldest_pending(outbox):
     assert result.exit_code == 0, result.output
     status = json.loads(result.stdout)
     assert {k: v for k, v in status.items() if k != "oldest_pending_age_s"} == {
-        "pending": 2, "sending": 0, "sent": 0, "dead": 0, "oldest_pending": "2026-03-01 09:30:00+08:00"}
+        "pending": 2, "sending": 0, "sent": 0, "dead": 0, "oldest_pending": "2026-03-01T09:30:00+08:00"}
     assert status["oldest_pending_age_s"] > 0  # the fixture's records are from 2026-03-01, read with the real clock
     text = run("queue", "status", "--queue", str(outbox.path)).stdout
     assert "pending 2  sending 0  sent 0  dead 0" in text and "2026-03-01 09:30:00" in text and " ago" in text
@@ -220,7 +220,7 @@ def test_list_and_upload_read_a_retry_time_of_years_without_an_internal_error(ou
     outbox.db.execute("UPDATE records SET next_attempt_at = 1e12")
     listed = run("queue", "list", "-q", str(outbox.path), "--json")
     assert listed.exit_code == 0, listed.output
-    assert json.loads(listed.stdout)[0]["next_attempt"] == "9999-12-31 23:59:59+08:00"
+    assert json.loads(listed.stdout)[0]["next_attempt"] == "9999-12-31T23:59:59+08:00"
     waiting = run("queue", "upload", "-q", str(outbox.path), "--central", central.url)
     assert waiting.exit_code == 0, waiting.output
     assert "sent 0  dead 0  pending 1" in waiting.stdout and "next 9999-12-31" in waiting.stderr

@@ -19,6 +19,7 @@ import pytest
 import websockets
 from click.testing import CliRunner
 
+from jsonschema_rules import violations
 from terminal.cli import main
 from terminal.crypto import SoftwareKeyStore
 from terminal.service import ReaderService, load_token
@@ -339,6 +340,8 @@ def test_register_settle_refund_and_reconcile_through_the_api(counter, token):
     assert reconciled["balanced"] is True
     queue = post(service, "/api/queue", {}, token).json()
     assert queue["counts"]["answered"] >= 3 and queue["unknown"] == 0
+    for answer in (registered.json(), settled, refunded, reconciled, queue):  # the CLI's vocabulary (docs/json.md)
+        assert violations(answer) == [], answer
 
 
 def test_a_purchase_through_the_api_and_its_refusals(counter, token):

@@ -327,11 +327,11 @@ def test_a_service_asking_to_wait_for_years_does_not_park_the_queue_or_break_the
     central.set_fault("fail", count=1, retry_after="999999999999")
     report = drain(outbox, central.url)
     assert "HTTP 503" in report.error and report.pending == 2
-    assert report.next_attempt is not None and report.next_attempt.startswith("2026-03-01 10:30")  # an hour
+    assert report.next_attempt is not None and report.next_attempt.startswith("2026-03-01T10:30")  # an hour
     for record in (outbox.get(m) for m in ids):
         assert record.state == "pending"
         assert record.next_attempt_at - clock().timestamp() == MAX_RETRY_AFTER
-        assert record.summary()["next_attempt"] == "2026-03-01 10:30:00+08:00"
+        assert record.summary()["next_attempt"] == "2026-03-01T10:30:00+08:00"
     clock.tick(MAX_RETRY_AFTER)
     assert drain(outbox, central.url).sent == 2
 
@@ -340,10 +340,10 @@ def test_a_service_asking_to_wait_for_years_does_not_park_the_queue_or_break_the
 def test_an_absurd_retry_time_already_in_the_file_is_read_without_crashing(outbox, central, stored):
     record = registration(outbox)
     outbox.db.execute(f"UPDATE records SET next_attempt_at = {stored}")
-    assert outbox.get(record.msgid).summary()["next_attempt"] == "9999-12-31 23:59:59+08:00"
+    assert outbox.get(record.msgid).summary()["next_attempt"] == "9999-12-31T23:59:59+08:00"
     report = drain(outbox, central.url)
     assert (report.sent, report.pending, report.error) == (0, 1, None)
-    assert report.next_attempt == "9999-12-31 23:59:59+08:00"
+    assert report.next_attempt == "9999-12-31T23:59:59+08:00"
     with Uploader(outbox, central.url) as uploader:
         assert uploader.drain(ignore_schedule=True).sent == 1  # --now still sends it
 

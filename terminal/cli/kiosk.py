@@ -1,6 +1,7 @@
 """``sscard kiosk``: the self-service inquiry (terminal/flows/kiosk.py, docs/flows.md)."""
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import click
@@ -26,15 +27,16 @@ LABELS = (("full_name", "Name"), ("social_security_number", "ID number"), ("card
 
 def kiosk_text(view: KioskView) -> list[str]:
     """The kiosk screen as text lines."""
-    lines = [f"{label + ':':16}{view.holder[key] or '-'}" for key, label in LABELS]
-    lines.append(f"{'Card state:':16}{'active' if view.active else 'NOT ACTIVATED'}")
+    lines = [f"{label + ':':16}{view.shown[key] or '-'}" for key, label in LABELS]
+    lines.append(f"{'Card state:':16}{'active' if view.activated else 'NOT ACTIVATED'}")
     balance = f"{yuan(view.balance_fen)} yuan" if view.balance_fen is not None else "not known"
     lines.append(f"{'Account:':16}{balance} ({view.balance_note})")
     lines.append(f"Records at this terminal: {len(view.records)}")
     for r in view.records:
         extra = "".join(f"  {r[k]}" for k in ("department", "amount") if k in r)
         flag = "  cross-region" if r["cross_region"] else ""
-        lines.append(f"  {r['time']}  {r['what']}{extra}{flag}  ({r['state']})")
+        when = dt.datetime.fromisoformat(r["time"])
+        lines.append(f"  {when:%Y-%m-%d %H:%M}  {r['what']}{extra}{flag}  ({r['state']})")
     return lines
 
 

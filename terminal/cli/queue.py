@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from message.envelope import iso_time
 from terminal.cli.output import json_option, print_json
 from terminal.config import TerminalConfig, default_config_path, load_config
 from terminal.queue import ALL_STATES, Outbox
@@ -102,7 +103,7 @@ def status(path: Path | None, config_path: Path | None, as_json: bool) -> None:
         counts, oldest, now = outbox.counts(), outbox.oldest_pending(), outbox.clock()
     age = int((now - oldest).total_seconds()) if oldest else None
     if as_json:
-        print_json({**counts, "oldest_pending": oldest.isoformat(sep=" ") if oldest else None,
+        print_json({**counts, "oldest_pending": iso_time(oldest) if oldest else None,
                    "oldest_pending_age_s": age})
         return
     click.echo("  ".join(f"{name} {count}" for name, count in counts.items()))
@@ -337,7 +338,6 @@ def serve(db: Path, host: str, port: int, faults: bool) -> None:
 def show(db: Path, limit: int | None, as_json: bool) -> None:
     """What the virtual platform holds: messages by msgid, settlements, accounts, old cards, visits."""
     from central import Ledger
-    from message.envelope import yuan
     from terminal.upload import CentralError, ledger_errors
 
     if not db.is_file():
@@ -365,7 +365,7 @@ def show(db: Path, limit: int | None, as_json: bool) -> None:
         click.echo(f"  {a['psn_no']}  {a['psn_name']}  {a['balc']}")
     click.echo("old cards")
     for o in held["old_cards"]:
-        click.echo(f"  {o['card_no']}  {o['psn_no']}  {yuan(o['balc_fen'])}  "
+        click.echo(f"  {o['card_no']}  {o['psn_no']}  {o['balc']}  "
                    f"{'moved ' + str(o['moved_msgid']) if o['moved_msgid'] else 'not moved'}")
     click.echo(f"visits {len(held['visits'])}")
     for v in held["visits"]:

@@ -11,13 +11,11 @@ from types import FrameType
 import click
 
 from apdu.errors import NoReaderError, ProfileError
+from message.envelope import CST, iso_time
 from terminal.cli.output import json_option, print_json
+from terminal.readers import atr_text
 
 DEFAULT_PORT = 35963
-
-
-def _atr_hex(atr: bytes | None) -> str:
-    return atr.hex(" ").upper() if atr else ""
 
 
 @click.command()
@@ -35,7 +33,7 @@ def readers(as_json: bool) -> None:
         raise NoReaderError()
     if as_json:
         rows = [
-            {"index": i, "reader": s.name, "card": s.present, "atr": s.atr.hex().upper() if s.atr else None,
+            {"index": i, "reader": s.name, "card": s.present, "atr": atr_text(s.atr),
              "mute": s.mute, "in_use": s.in_use, "exclusive": s.exclusive}
             for i, s in enumerate(statuses)
         ]
@@ -48,7 +46,7 @@ def readers(as_json: bool) -> None:
         elif s.mute:
             state = "card not responding (wrong way round?)"
         else:
-            state = f"card  ATR {_atr_hex(s.atr)}"
+            state = f"card  ATR {atr_text(s.atr)}"
             if s.exclusive:
                 state += "  (in exclusive use by another program)"
         click.echo(f"{i}  {s.name:<{width}}  {state}")
@@ -162,12 +160,12 @@ def watch(spec: str | None, count: int | None, timeout: float | None, as_json: b
             continue
         if not wanted(event.reader):
             continue
-        stamp = dt.datetime.now().isoformat(timespec="milliseconds")
+        stamp = iso_time(dt.datetime.now(CST), "milliseconds")
         if as_json:
-            print_json({"time": stamp, "event": event.kind, "reader": event.reader,
-                        "atr": event.atr.hex().upper() if event.atr else None}, line=True)
+            print_json({"time": stamp, "event": event.kind, "reader": event.reader, "atr": atr_text(event.atr)},
+                       line=True)
         else:
-            click.echo(f"{stamp}  {event.kind:<8}  {event.reader}  {_atr_hex(event.atr)}".rstrip())
+            click.echo(f"{stamp}  {event.kind:<8}  {event.reader}  {atr_text(event.atr) or ''}".rstrip())
         sys.stdout.flush()
         if event.kind != pcsc.PRESENT:
             seen += 1

@@ -30,14 +30,15 @@ from typing import Any
 from apdu.crypto import PINFormatError, check_new_pin
 from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
-from terminal.card import Identity, SocialSecurityCard
+from terminal.card import Identity, SocialSecurityCard, holder
 from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application
 from terminal.flows.common import (
     Clerk,
     RefusedError,
     Site,
-    holder_line,
+    activation,
     check_id_number,
+    holder_line,
     person_fields,
     same_person,
     timestamp,
@@ -53,13 +54,13 @@ ACTIVATION = "SS01"
 class BankActivation:
     """What the bank counter did: the SS01 record; ``resumed`` when an interrupted run is finished."""
 
-    holder: str
+    holder: dict[str, object]
     record: QueuedRecord
     resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"holder": self.holder, "msgid": self.record.msgid, "infno": self.record.infno,
-                "activated": True, "pin_set": True, "medical_account": "normal",
+                "activation": activation(self.record), "pin_set": True, "medical_account": "normal",
                 "resumed_interrupted_activation": self.resumed}
 
 
@@ -105,7 +106,7 @@ def _resume(card: SocialSecurityCard, site: Site, id_number: str, clerk: Clerk) 
         site.outbox.withdraw(extra.msgid)
     clerk.say("This card's activation here was interrupted after the card was changed: the card is active.")
     clerk.say(f"Activation recorded ({record.msgid}).")
-    return BankActivation(holder_line(identity), record, resumed=True)
+    return BankActivation(holder(identity), record, resumed=True)
 
 
 def _withdraw_stale(site: Site, identity: Identity, clerk: Clerk) -> None:
@@ -184,4 +185,4 @@ def bank_activate(connection: Connection, site: Site, id_number: str, clerk: Cle
     clerk.say("PIN set; card activated; medical account back to normal.")
     record = _release(site, held)
     clerk.say(f"Activation recorded ({record.msgid}).")
-    return BankActivation(holder_line(identity), record)
+    return BankActivation(holder(identity), record)

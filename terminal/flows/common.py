@@ -177,6 +177,12 @@ def verify_holder_pin(at: CardAtCounter, clerk: Clerk) -> None:
             tries = err.tries_left
 
 
+def activation(record: QueuedRecord | None) -> dict[str, str] | None:
+    """The ``activation`` of JSON results (docs/json.md): the record by which this command activated
+    the card, or None when it did not (the card was active already)."""
+    return {"msgid": record.msgid, "infno": record.infno} if record else None
+
+
 def holder_line(identity: Identity) -> str:
     """How the terminal names the holder on screen: name, masked ID number, issuing region."""
     return (f"{identity.full_name}  {mask(identity.social_security_number, 6, 4)}  "

@@ -22,11 +22,13 @@ from typing import Any
 
 from drivers.connection import Connection
 from message.envelope import yuan
+from terminal.card import holder
 from terminal.flows.common import (
     Clerk,
     PaymentRefusedError,
     RefusedError,
     Site,
+    activation,
     holder_line,
     insurances_line,
     is_active,
@@ -103,7 +105,7 @@ class Registration:
 
     kind: RegistrationKind
     department: str
-    holder: str
+    holder: dict[str, object]
     record: QueuedRecord
     activation: QueuedRecord | None
     mdtrt_id: str | None = None
@@ -113,7 +115,7 @@ class Registration:
         return self.record.cross_region
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready result (the holder line is masked)."""
+        """JSON-ready result (docs/json.md; the holder's ID number masked)."""
         return {
             "registration": self.kind.name,
             "department": self.department,
@@ -125,8 +127,7 @@ class Registration:
             "cross_region": self.cross_region,
             "insured_region": self.record.insured_region,
             "treatment_region": self.record.treatment_region,
-            "activated_by_this_registration": self.activation is not None,
-            "activation_msgid": self.activation.msgid if self.activation else None,
+            "activation": activation(self.activation),
         }
 
 
@@ -177,15 +178,15 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
                                f"({insurances_line(person)}). Nothing was recorded.")
         insutype = insurance.insutype
     now = timestamp(site)
-    activation = None
+    activated = None
     if not is_active(identity, site.outbox):
-        activation = site.outbox.add(
+        activated = site.outbox.add(
             "SS01",
             {"data": {**person_fields(identity), "actv_way": "first-registration", "actv_time": now,
                       "medical_account": "normal"}},
             insured_region=person.insured_region if person else identity.issuing_region, card_sn=at.card_sn,
         )
-        clerk.say(f"Card activated by this first registration ({activation.msgid}).")
+        clerk.say(f"Card activated by this first registration ({activated.msgid}).")
     cross_region = (person.insured_region if person else identity.issuing_region) != site.station.region
     fields = {**person_fields(identity), "cross_region": cross_region}
     record, mdtrt_id = None, None
@@ -208,7 +209,7 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
         clerk.say(f"Cross-region: insured in {record.insured_region}, treated in {site.station.region}.")
     where = f"visit {mdtrt_id}, {record.msgid}" if mdtrt_id else f"{record.msgid}, to be sent to the platform"
     clerk.say(f"Registered: {chosen.label}, {department} ({where}).")
-    return Registration(chosen, department, holder_line(identity), record, activation, mdtrt_id)
+    return Registration(chosen, department, holder(identity), record, activated, mdtrt_id)
 
 
 # --- the visit: cancellation, the bill, its refund -----------------------------------------------------
@@ -278,13 +279,13 @@ class OutpatientBill:
 
     bill: str
     mdtrt_id: str
-    holder: str
+    holder: dict[str, object]
     split: Split
     record: QueuedRecord
     already_paid: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bill": self.bill, "mdtrt_id": self.mdtrt_id, "holder": self.holder, "msgid": self.record.msgid,
+        return {"bill_no": self.bill, "mdtrt_id": self.mdtrt_id, "holder": self.holder, "msgid": self.record.msgid,
                 **self.split.to_dict(), "cross_region": self.record.cross_region, "already_paid": self.already_paid}
 
 
@@ -313,7 +314,7 @@ def settle_visit(connection: Connection, site: Site, mdtrt_id: str, bill_no: str
             raise PaymentRefusedError(f"Bill {bill} was already paid with another visit or total ({paid.msgid}). "
                                       "Nothing was paid.")
         clerk.say(f"Bill {bill} is already paid ({paid.msgid}): nothing new paid.")
-        return OutpatientBill(bill, mdtrt_id, holder_line(identity), Split.of(paid, total), paid, True)
+        return OutpatientBill(bill, mdtrt_id, holder(identity), Split.of(paid, total), paid, True)
     unpaid = "The bill was not paid: take another way to pay, or try again when the platform answers."
     platform = site.online()
     with platform_errors("bill", unpaid):
@@ -336,7 +337,7 @@ def settle_visit(connection: Connection, site: Site, mdtrt_id: str, bill_no: str
                      "acct_used_flag": "1"}}
     record, split = settle(site, person, OUTPATIENT_SETTLEMENT, body, total, clerk, card_sn=at.card_sn,
                            verify_pin=lambda: verify_holder_pin(at, clerk), not_done=unpaid)
-    return OutpatientBill(bill, mdtrt_id, holder_line(identity), split, record, False)
+    return OutpatientBill(bill, mdtrt_id, holder(identity), split, record, False)
 
 
 def refund(site: Site, bill_no: str, clerk: Clerk) -> Refund:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.connection import Connection
-from message.envelope import INFNO, yuan
+from message.envelope import INFNO, iso_time, parse_yuan, yuan
+from terminal.card import holder
 from terminal.flows.common import Clerk, Site, is_active, look_up, present_card, verify_holder_pin
 from terminal.online import LABELS, PlatformRefusedError
 from terminal.queue import QueuedRecord, record_data
@@ -22,8 +23,8 @@ from terminal.upload import CentralError
 def record_line(record: QueuedRecord) -> dict[str, Any]:
     """One record for the holder: when, what, where, amount, state (no personal data)."""
     data = record_data(record)
-    line = {
-        "time": record.created_at.strftime("%Y-%m-%d %H:%M"),
+    line: dict[str, Any] = {
+        "time": iso_time(record.created_at),
         "what": LABELS.get(record.infno, INFNO.get(record.infno, record.infno)),
         "infno": record.infno,
         "msgid": record.msgid,
@@ -34,23 +35,27 @@ def record_line(record: QueuedRecord) -> dict[str, Any]:
         line["department"] = data["dept_name"]
     for key in ("medfee_sumamt", "acct_balc"):
         if key in data:
-            line["amount"] = data[key]
+            line["amount_fen"] = fen = int(parse_yuan(data[key]))
+            line["amount"] = yuan(fen)
     return line
 
 
 @dataclass(frozen=True)
 class KioskView:
-    """What the kiosk shows: masked holder fields, activation, the platform's balance (None with
+    """What the kiosk shows: the holder, the card's fields as the screen shows them (``shown``: masked,
+    the name too, docs/flows.md "Kiosk"), activation, the platform's balance (None with
     ``balance_note`` saying why when it could not be asked), the records."""
 
     holder: dict[str, Any]
-    active: bool
+    shown: dict[str, Any]
+    activated: bool
     balance_fen: int | None
     balance_note: str
     records: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"holder": self.holder, "active": self.active, "balance_fen": self.balance_fen,
+        return {"holder": self.holder, "expiry_date": self.shown["expiry_date"], "activated": self.activated,
+                "balance_fen": self.balance_fen,
                 "balance": None if self.balance_fen is None else yuan(self.balance_fen),
                 "balance_note": self.balance_note, "records": self.records}
 
@@ -61,8 +66,8 @@ def inquiry(connection: Connection, site: Site, clerk: Clerk) -> KioskView:
     verify_holder_pin(at, clerk)
     identity = at.identity
     fields = identity.to_dict(redact=True)
-    holder = {key: fields[key] for key in ("full_name", "social_security_number", "card_number", "sex_name",
-                                            "birth_date", "issuing_region", "expiry_date")}
+    shown = {key: fields[key] for key in ("full_name", "social_security_number", "card_number", "sex_name",
+                                           "birth_date", "issuing_region", "expiry_date")}
     balance, note = None, "no platform configured"
     if site.platform is not None:
         try:
@@ -71,4 +76,5 @@ def inquiry(connection: Connection, site: Site, clerk: Clerk) -> KioskView:
         except (CentralError, PlatformRefusedError) as err:
             note = f"the platform cannot say now ({err})"
     records = [record_line(r) for r in site.outbox.for_card(at.card_sn) if r.infno != "2601"]
-    return KioskView(holder, is_active(identity, site.outbox), balance, note, records)
+    masked = {**holder(identity), "name": shown["full_name"]}  # a public screen: the name masked too
+    return KioskView(masked, shown, is_active(identity, site.outbox), balance, note, records)

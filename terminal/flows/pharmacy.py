@@ -35,12 +35,14 @@ from apdu.errors import (
 )
 from drivers.connection import Connection
 from message.envelope import Fen, yuan
+from terminal.card import holder
 from terminal.flows.common import (
     CardAtCounter,
     Clerk,
     PaymentRefusedError,
     RefusedError,
     Site,
+    activation,
     holder_line,
     insurances_line,
     is_active,
@@ -87,7 +89,7 @@ class DualCardActivation:
     platform answered (None when queued), and whether the old card was marked replaced."""
 
     old: OldCard
-    holder: str
+    holder: dict[str, object]
     record: QueuedRecord
     activated_now: bool
     old_card_marked: bool
@@ -109,7 +111,7 @@ class DualCardActivation:
             "online": self.online,
             "balance_fen": None if self.balance is None else int(self.balance),
             "balance": None if self.balance is None else yuan(self.balance),
-            "activated_now": self.activated_now,
+            "activation": activation(self.record if self.activated_now else None),
             "old_card_marked_replaced": self.old_card_marked,
             "old_card_note": self.old_card_note,
         }
@@ -207,11 +209,11 @@ def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, cle
         clerk.say(f"Account moved to the new card: {yuan(old.balance)} yuan; balance {yuan(balance or 0)} yuan "
                   f"({record.msgid}).")
     if recorded is not None and old_connection is not None:
-        recorded(DualCardActivation(old, holder_line(identity), record, activated_now, False,
+        recorded(DualCardActivation(old, holder(identity), record, activated_now, False,
                                     not_answering_note("it did not answer"), balance))
     marked, note = _mark_old_card(old_connection)
     clerk.say(note)
-    return DualCardActivation(old, holder_line(identity), record, activated_now, marked, note, balance)
+    return DualCardActivation(old, holder(identity), record, activated_now, marked, note, balance)
 
 
 def not_answering_note(reason: str) -> str:
@@ -250,7 +252,7 @@ class Purchase:
     """A sale settled online; ``already_paid`` when this terminal's journal had paid it before."""
 
     sale_no: str
-    holder: str
+    holder: dict[str, object]
     split: Split
     record: QueuedRecord
     already_paid: bool
@@ -286,7 +288,7 @@ def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item]
             raise PaymentRefusedError(f"Sale {sale} was already paid with other items ({paid.msgid}). "
                                       "Nothing was paid.")
         clerk.say(f"Sale {sale} is already paid ({paid.msgid}): nothing new paid.")
-        return Purchase(sale, holder_line(identity), Split.of(paid, total), paid, True)
+        return Purchase(sale, holder(identity), Split.of(paid, total), paid, True)
     if not is_active(identity, site.outbox):
         raise RefusedError("This card is not activated: activate it at a bank counter, by a first registration "
                            "or by a dual-card insert. Nothing was paid.")
@@ -303,7 +305,7 @@ def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item]
             "drugdetail": [{"feedetl_sn": f"{n:04d}", **item.to_body()} for n, item in enumerate(items, 1)]}
     record, split = settle(site, person, SETTLEMENT, body, total, clerk, card_sn=at.card_sn,
                            verify_pin=lambda: verify_holder_pin(at, clerk), not_done=unpaid)
-    return Purchase(sale, holder_line(identity), split, record, False)
+    return Purchase(sale, holder(identity), split, record, False)
 
 
 def refund(site: Site, sale_no: str, clerk: Clerk) -> Refund:

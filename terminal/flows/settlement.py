@@ -225,7 +225,8 @@ class Refund:
     already_refunded: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sale_no": self.bill, "msgid": self.record.msgid, "settlement_msgid": self.settlement.msgid,
+        number = "bill_no" if self.settlement.infno == "2207" else "sale_no"  # as the desk and the till name it
+        return {number: self.bill, "msgid": self.record.msgid, "settlement_msgid": self.settlement.msgid,
                 "init_setl_id": setl_id(self.settlement), **self.split.to_dict(),
                 "already_refunded": self.already_refunded}
 

@@ -73,7 +73,7 @@ form("#register-form", async (fields) => {
 
 form("#settle-form", async (fields) => {
   const json = await api("/api/settle", {visit: fields.visit, bill: fields.bill, items: items(fields.items), pin: fields.pin});
-  if (json) show(`结算成功 Settled bill ${json.bill}: ${split(json)}`, "ok");
+  if (json) show(`结算成功 Settled bill ${json.bill_no}: ${split(json)}`, "ok");
 });
 
 form("#purchase-form", async (fields) => {
@@ -84,7 +84,7 @@ form("#purchase-form", async (fields) => {
 form("#refund-form", async (fields) => {
   const body = fields.bill ? {bill: fields.bill} : {sale: fields.sale};
   const json = await api("/api/refund", body);
-  if (json) show(`退费成功 Refunded ${json.sale_no}: 个人账户 account ${json.account}, 现金 cash ${json.cash}; 余额 balance ${json.balance}`, "ok");
+  if (json) show(`退费成功 Refunded ${json.sale_no ?? json.bill_no}: 个人账户 account ${json.account}, 现金 cash ${json.cash}; 余额 balance ${json.balance}`, "ok");
 });
 
 form("#reconcile-form", async (fields) => {
