@@ -199,6 +199,11 @@ class CardUnresponsiveError(SSCardError):
 
     exit_code = 4
 
+    @classmethod
+    def after(cls, where: str, seconds: float) -> CardUnresponsiveError:
+        """The card in ``where`` has waited ``seconds`` for an answer to one command: given up on."""
+        return cls(f"The card in {where} has not answered for {seconds:.0f} s: take it out and insert it again")
+
 
 class TransportError(SSCardError):
     """Communication with the card failed."""

@@ -8,11 +8,12 @@ a driver implements only :meth:`Connection._exchange` (raw bytes in, raw bytes o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 
 from apdu.command import Command
-from apdu.errors import APDUFormatError, TransportError
+from apdu.errors import APDUFormatError, CardUnresponsiveError, TransportError
 from apdu.response import Response
 
 trace = logging.getLogger("sscard.apdu")
@@ -24,16 +25,19 @@ MAX_RESPONSE_BYTES = 65536
 #: what every driver's ``_exchange`` raises (as :class:`TransportError`) once ``disconnect()`` ran
 CLOSED_MESSAGE = "The connection to the card is closed"
 
-#: commands on their way to a card now: connection name -> when it was sent (time.monotonic()).
-#: A card that stalls blocks the PC/SC call for good (pcscd + vpcd have no timeout; a real reader's
-#: is the card's work waiting time), so a watchdog thread reads this (terminal.cli.main).
-IN_FLIGHT: dict[int, tuple[str, float]] = {}
+#: commands on their way to a card now: id(connection) -> (the connection, when it was sent
+#: (time.monotonic()), the thread that sent it). A card that stalls blocks the PC/SC call for good
+#: (pcscd + vpcd have no timeout; a real reader's is the card's work waiting time), so the CLI's
+#: watchdog (terminal/cli/watchdog.py) and the service (terminal/service.py) read this.
+IN_FLIGHT: dict[int, tuple[Connection, float, int]] = {}
 
 
-def longest_wait() -> tuple[str, float] | None:
-    """The connection that has waited longest for its card's answer, and for how many seconds."""
+def longest_wait(thread: int | None = None) -> tuple[Connection, float] | None:
+    """The connection that has waited longest for its card's answer, and for how many seconds; only
+    among the commands ``thread`` sent, when given."""
     now = time.monotonic()
-    waits = [(name, now - sent) for name, sent in list(IN_FLIGHT.values())]
+    waits = [(connection, now - sent) for connection, sent, sender in list(IN_FLIGHT.values())
+             if thread is None or sender == thread]
     return max(waits, key=lambda wait: wait[1]) if waits else None
 
 
@@ -54,6 +58,16 @@ class Connection(ABC):
     def atr(self) -> bytes:
         """The card's answer to reset."""
 
+    #: why this connection was given up on (:meth:`abandon`); None while it is in use
+    abandoned: str | None = None
+
+    def abandon(self, why: str) -> None:
+        """Give up on the card: the command waiting for it now and every later one raise
+        :class:`CardUnresponsiveError` with ``why``, whenever the card answers. What a flow does after
+        its card command never happens then: a caller that stopped waiting (the service answers its
+        client) cannot be overtaken by a late answer."""
+        self.abandoned = why
+
     @abstractmethod
     def _exchange(self, apdu: bytes) -> bytes:
         """Send one command APDU, return the raw response (data || SW1 SW2). Raise our errors only."""
@@ -67,11 +81,15 @@ class Connection(ABC):
         if tracing:
             trace.debug("%s > %s", self.name, command.trace())
         self.apdu_count += 1
-        IN_FLIGHT[id(self)] = (self.name, time.monotonic())
+        if self.abandoned:
+            raise CardUnresponsiveError(self.abandoned)
+        IN_FLIGHT[id(self)] = (self, time.monotonic(), threading.get_ident())
         try:
             raw = self._exchange(command.to_bytes())
         finally:
             del IN_FLIGHT[id(self)]
+        if self.abandoned:  # given up on while it waited: its late answer is not used
+            raise CardUnresponsiveError(self.abandoned)
         try:
             response = Response.from_bytes(raw)
         except APDUFormatError as err:

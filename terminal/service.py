@@ -45,7 +45,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from apdu.errors import ConfigError, ReaderError, SSCardError
+from apdu.errors import CardUnresponsiveError, ConfigError, ReaderError, SSCardError
+from drivers.connection import longest_wait
 from message.envelope import CST
 from terminal.card import Identity, SocialSecurityCard
 from terminal.config import TerminalConfig
@@ -79,6 +80,11 @@ STATIC = Path(__file__).resolve().parent / "static"
 PUBLIC = ("/", "/static/")
 #: seconds a request waits for a reader busy with another one
 BUSY_WAIT = 10.0
+#: seconds one card command may take before the request is answered "not answering" (the CLI's
+#: default card timeout, terminal/cli/watchdog.py; the slowest SSC command takes a few seconds)
+CARD_TIMEOUT = 20.0
+#: how often a request's card wait is looked at
+CARD_POLL_S = 0.1
 
 
 class ReaderBusyError(ReaderError):
@@ -247,8 +253,8 @@ class ReaderService:
 
     def __init__(self, *, reader: str, keys: KeyStore, token: str, origins: tuple[str, ...] = (),
                  contactless: str | None = None, terminal_no: int = 0, device: str = "", host: str = "127.0.0.1",
-                 port: int = 0, busy_wait: float = BUSY_WAIT, config: TerminalConfig | None = None,
-                 central_url: str | None = None) -> None:
+                 port: int = 0, busy_wait: float = BUSY_WAIT, card_timeout: float = CARD_TIMEOUT,
+                 config: TerminalConfig | None = None, central_url: str | None = None) -> None:
         if host not in LOOPBACK:
             raise ServiceError(f"the service listens on this computer only (127.0.0.1 or ::1), not {host!r}")
         self.reader, self.contactless = reader, contactless
@@ -257,8 +263,11 @@ class ReaderService:
         #: the terminal the counter functions record for (journal, platform); None: card functions only
         self.config = config
         self.central_url = central_url
-        self.busy_wait = busy_wait
+        self.busy_wait, self.card_timeout = busy_wait, card_timeout
         self._locks: dict[str, asyncio.Lock] = {}
+        #: reader -> why: a card given up on, its command still stuck on a worker thread (the reader
+        #: stays locked until the thread is back: nothing is sent to the card meanwhile)
+        self._stuck: dict[str, str] = {}
         self._keys_lock = threading.Lock()  # a PSAM answers one command at a time, whichever reader asks
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._cards: dict[str, str | None] = {}  # reader -> ATR of the card in it, as the events tell
@@ -339,16 +348,54 @@ class ReaderService:
 
     async def _with_reader(self, spec: str, work: Callable[[], T]) -> T:
         """``work()`` on a worker thread while no other request uses reader ``spec``; waits up to
-        ``busy_wait`` seconds for it, then :class:`ReaderBusyError`."""
+        ``busy_wait`` seconds for it, then :class:`ReaderBusyError`.
+
+        A card that leaves one command unanswered for ``card_timeout`` seconds is given up on
+        (:meth:`drivers.connection.Connection.abandon`): the request is answered
+        :class:`CardUnresponsiveError` at once, and the work cannot go on past that command even if
+        the card answers later (a flow records nothing after it: no money moves behind the client's
+        back). The reader stays locked until the stuck thread is back; meanwhile its requests are
+        told the card does not answer. The service itself goes on (the CLI's watchdog, which ends
+        the process, is off under ``sscard serve``)."""
+        if spec in self._stuck:
+            raise CardUnresponsiveError(self._stuck[spec])
         lock = self._locks.setdefault(spec, asyncio.Lock())
         try:
             await asyncio.wait_for(lock.acquire(), self.busy_wait)
         except TimeoutError:
             raise ReaderBusyError(f"The reader {spec} is busy with another request: try again") from None
+        sender: list[int] = []
+
+        def run() -> T:
+            sender.append(threading.get_ident())
+            return work()
+
+        job = asyncio.ensure_future(anyio.to_thread.run_sync(run))
         try:
-            return await anyio.to_thread.run_sync(work)
+            while not job.done():
+                await asyncio.wait({job}, timeout=CARD_POLL_S)
+                wait = longest_wait(sender[0]) if sender and not job.done() else None
+                if wait is not None and wait[1] > self.card_timeout:
+                    connection, seconds = wait
+                    err = CardUnresponsiveError.after(connection.name, seconds)
+                    connection.abandon(str(err))
+                    self._stuck[spec] = str(err)
+                    log.warning("gave up on the card in %s after %.0f s; its request answered", connection.name,
+                                seconds)
+                    raise err
+            return job.result()
         finally:
-            lock.release()
+            if job.done():
+                lock.release()
+            else:  # stuck in a card command, or the client went away: the reader is free when it is back
+
+                def back(done: asyncio.Future[T]) -> None:
+                    if not done.cancelled():
+                        done.exception()  # retrieved: its error went to the client already, or nowhere
+                    self._stuck.pop(spec, None)
+                    lock.release()
+
+                job.add_done_callback(back)
 
     def _present(self, spec: str) -> tuple[SocialSecurityCard, Any]:
         """The card in ``spec``, selected (not yet checked): its session and connection."""

@@ -372,3 +372,50 @@ def test_the_page_is_served_to_this_computer_without_a_token_and_its_own_origin_
     own = httpx.post(f"{service.url}/api/read", json={"redact": True}, headers={"Origin": service.url})
     assert own.status_code == 200 and own.json()["identity"]["full_name"] == "张*"
     assert httpx.post(f"{service.url}/api/read", json={}).status_code == 403  # not a page: the token
+
+
+# --- a card that stops answering: the request is answered, the service goes on -------------------
+
+STALLING = "sim:hostile:stall:adult:3"  # answers 3 commands, then each after 10 s (drivers/simulator/hostile.py)
+
+
+def test_a_stalled_card_is_given_up_on_and_the_service_goes_on(token):
+    with served(token, reader=STALLING, card_timeout=0.5) as service:
+        started = time.monotonic()
+        first = post(service, "/api/read", {}, token)
+        assert first.status_code == 422 and first.json()["error"]["code"] == "card_unresponsive"
+        assert "take it out and insert it again" in first.json()["error"]["message"]
+        assert time.monotonic() - started < 5  # not the card's 10 s: a bound, not a speed figure
+        again = post(service, "/api/read", {}, token)  # its command still stuck: told at once, nothing sent
+        assert again.json()["error"]["code"] == "card_unresponsive"
+        call = post(service, "/api/convention", {"function": "iReadCardBas", "iType": 1}, token).json()
+        assert call["success"] is False and call["code"] < 0
+        other = post(service, "/api/read", {"reader": "sim:adult"}, token)  # the other readers go on
+        assert other.status_code == 200 and other.json()["identity"]["name"] == "张伟"
+        deadline = time.monotonic() + 20
+        while True:  # once the stuck command is back, the reader is free: a new read reaches the card
+            time.sleep(0.5)
+            started = time.monotonic()
+            later = post(service, "/api/read", {}, token)
+            if time.monotonic() - started >= 0.5 or time.monotonic() > deadline:
+                break
+        assert later.json()["error"]["code"] == "card_unresponsive" and time.monotonic() < deadline
+
+
+def test_a_purchase_whose_card_stalls_moves_no_money_even_when_the_card_answers_late(tmp_path, token):
+    from central import CentralService
+    from flowing import write_config
+    from terminal.config import load_config
+    from terminal.queue import Outbox
+
+    with CentralService(tmp_path / "platform.sqlite", faults=True) as platform:
+        config = load_config(write_config(tmp_path / "clinic", central=platform.url))
+        with served(token, reader="sim:hostile:pause:adult:3", config=config, card_timeout=0.5) as service:
+            items = [{"name": "阿莫西林胶囊", "quantity": 2, "price": "12.50"}]
+            paid = post(service, "/api/purchase", {"sale": "T1", "items": items, "pin": "246810"}, token)
+            assert paid.status_code == 422 and paid.json()["error"]["code"] == "card_unresponsive"
+            time.sleep(11)  # the card answers its stuck command, and every later one: the flow must not go on
+            assert platform.ledger.balance("3303000000000001") == 235000
+            assert platform.ledger.show()["settlements"] == []
+    with Outbox(config.queue_path, create=False) as journal:
+        assert journal.counts().get("answered", 0) == 0 and journal.unknown_calls() == []

@@ -12,6 +12,8 @@ mode                      answer
 ``out-of-sequence``       a status word that does not belong to the command (9000 to a wrong PIN,
                           63C2 to a READ RECORD, 6100 to a SELECT, ...), data dropped
 ``stall``                 nothing for ``stall_s`` seconds (10 by default), then the genuine answer
+``pause``                 as ``stall`` for one command only, then genuine answers (a loose contact):
+                          what a flow does after a card it gave up on answers late
 ``random``                random bytes of random length, sometimes fewer than the 2 of a status word
 ========================  ============================================================================
 
@@ -26,7 +28,7 @@ import time
 from apdu.errors import ProfileError
 from drivers.simulator.base import SimulatedCard, WrappedCard
 
-MODES = ("wrong-length", "endless-61", "out-of-sequence", "stall", "random")
+MODES = ("wrong-length", "endless-61", "out-of-sequence", "stall", "pause", "random")
 
 #: status words a confused card sends at the wrong moment
 STRAY_SWS = (0x9000, 0x63C2, 0x6100, 0x6283, 0x6983, 0x6A82, 0x6D00, 0x6F00, 0x6C05, 0x6B00)
@@ -53,8 +55,10 @@ class HostileCard(WrappedCard):
             return bytes(self.rng.randrange(256) for _ in range(16)) + b"\x61\x10"
         if self.mode == "random":
             return bytes(self.rng.randrange(256) for _ in range(self.rng.choice((0, 1, 2, 5, 40, 300))))
-        if self.mode == "stall":
+        if self.mode == "stall" or (self.mode == "pause" and self.commands == self.after + 1):
             time.sleep(self.stall_s)
+            return self.inner.execute(apdu)
+        if self.mode == "pause":
             return self.inner.execute(apdu)
         genuine = self.inner.execute(apdu)
         data, sw = genuine[:-2], genuine[-2:]

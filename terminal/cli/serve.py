@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from terminal.cli import watchdog
 from terminal.cli.card import reader_option
 from terminal.cli.counter import central_option, config_option
 
@@ -60,7 +61,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
             service = ReaderService(reader=reader or default_reader(), contactless=contactless_reader, keys=keys,
                                     token=token, origins=origins, terminal_no=config.terminal_no if config else 0,
                                     device=config.device if config else "", host=host, port=port, config=config,
-                                    central_url=central_url)
+                                    central_url=central_url, card_timeout=watchdog.disarm())
         except OSError as err:
             raise click.ClickException(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         allowed = ", ".join(origins) or "none (token clients only)"

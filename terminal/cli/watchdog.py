@@ -26,13 +26,14 @@ it reports and exits: the flow's thread never prints half a result beside the wa
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
 from collections.abc import Callable
 
 from apdu.errors import CardUnresponsiveError
-from drivers.connection import longest_wait
+from drivers.connection import Connection, longest_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,17 @@ def on_timeout(handler: Callable[[str], int] | None) -> None:
         _handler = handler
 
 
-def _stalled() -> tuple[str, float] | None:
+def disarm() -> float:
+    """Leave stalled cards to the caller from now on, and return the card timeout in force: ``sscard
+    serve`` gives up on one request's card itself (terminal/service.py), since one stalled card must
+    not end the service and every other reader's request with it."""
+    global _timeout_s
+    with _lock:
+        timeout, _timeout_s = _timeout_s, math.inf
+    return timeout
+
+
+def _stalled() -> tuple[Connection, float] | None:
     wait = longest_wait()
     return wait if wait is not None and wait[1] > _timeout_s else None
 
@@ -93,10 +104,8 @@ def _watch() -> None:
             wait = _stalled()  # again under the lock: the answer may have come meanwhile
             if wait is None:
                 continue
-            name, seconds = wait
-            err = CardUnresponsiveError(
-                f"The card in {name} has not answered for {seconds:.0f} s: take it out and insert it again"
-            )
+            connection, seconds = wait
+            err = CardUnresponsiveError.after(connection.name, seconds)
             log.debug("watchdog: %s", err)
             code = err.exit_code
             try:
