@@ -30,6 +30,11 @@ CLOSED_MESSAGE = "The connection to the card is closed"
 #: (pcscd + vpcd have no timeout; a real reader's is the card's work waiting time), so the CLI's
 #: watchdog (terminal/cli/watchdog.py) and the service (terminal/service.py) read this.
 IN_FLIGHT: dict[int, tuple[Connection, float, int]] = {}
+#: threads whose card work was given up on (:func:`give_up`) -> why: each card command they send, or
+#: were waiting on, raises CardUnresponsiveError, whenever the card answers
+ABANDONED: dict[int, str] = {}
+#: guards IN_FLIGHT and ABANDONED together: a command's answer and a give-up never cross
+_FLIGHT_LOCK = threading.Lock()
 
 
 def longest_wait(thread: int | None = None) -> tuple[Connection, float] | None:
@@ -39,6 +44,28 @@ def longest_wait(thread: int | None = None) -> tuple[Connection, float] | None:
     waits = [(connection, now - sent) for connection, sent, sender in list(IN_FLIGHT.values())
              if thread is None or sender == thread]
     return max(waits, key=lambda wait: wait[1]) if waits else None
+
+
+def give_up(thread: int, timeout_s: float) -> CardUnresponsiveError | None:
+    """When a command ``thread`` sent has waited more than ``timeout_s`` seconds: give up on that
+    thread's card work and return the error to report; else None (the answer came first: the work
+    goes on). Given up on, the thread's waiting command and every later one raise the error, whatever
+    the card (or PSAM) answers: what the work would do after that command never happens, so a caller
+    that stopped waiting (``sscard serve`` answering its client) is not overtaken by a late answer.
+    :func:`forgive` ends it when the thread's work is over."""
+    with _FLIGHT_LOCK:
+        wait = longest_wait(thread)
+        if wait is None or wait[1] <= timeout_s:
+            return None
+        err = CardUnresponsiveError.after(wait[0].name, wait[1])
+        ABANDONED[thread] = str(err)
+        return err
+
+
+def forgive(thread: int) -> None:
+    """The given-up work of ``thread`` is over: its next work's card commands go through again."""
+    with _FLIGHT_LOCK:
+        ABANDONED.pop(thread, None)
 
 
 class Connection(ABC):
@@ -58,16 +85,6 @@ class Connection(ABC):
     def atr(self) -> bytes:
         """The card's answer to reset."""
 
-    #: why this connection was given up on (:meth:`abandon`); None while it is in use
-    abandoned: str | None = None
-
-    def abandon(self, why: str) -> None:
-        """Give up on the card: the command waiting for it now and every later one raise
-        :class:`CardUnresponsiveError` with ``why``, whenever the card answers. What a flow does after
-        its card command never happens then: a caller that stopped waiting (the service answers its
-        client) cannot be overtaken by a late answer."""
-        self.abandoned = why
-
     @abstractmethod
     def _exchange(self, apdu: bytes) -> bytes:
         """Send one command APDU, return the raw response (data || SW1 SW2). Raise our errors only."""
@@ -81,15 +98,21 @@ class Connection(ABC):
         if tracing:
             trace.debug("%s > %s", self.name, command.trace())
         self.apdu_count += 1
-        if self.abandoned:
-            raise CardUnresponsiveError(self.abandoned)
-        IN_FLIGHT[id(self)] = (self, time.monotonic(), threading.get_ident())
+        thread = threading.get_ident()
+        with _FLIGHT_LOCK:
+            why = ABANDONED.get(thread)
+            if why is None:
+                IN_FLIGHT[id(self)] = (self, time.monotonic(), thread)
+        if why is not None:
+            raise CardUnresponsiveError(why)
         try:
             raw = self._exchange(command.to_bytes())
         finally:
-            del IN_FLIGHT[id(self)]
-        if self.abandoned:  # given up on while it waited: its late answer is not used
-            raise CardUnresponsiveError(self.abandoned)
+            with _FLIGHT_LOCK:
+                del IN_FLIGHT[id(self)]
+                why = ABANDONED.get(thread)
+        if why is not None:  # given up on while it waited: its late answer is not used
+            raise CardUnresponsiveError(why)
         try:
             response = Response.from_bytes(raw)
         except APDUFormatError as err:

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -179,13 +180,20 @@ class SoftwareKeyStore(KeyStore):
         return cls(keys, description, test_only)
 
 
+#: seconds a PSAM command waits for another thread's (the CLI's card timeout, terminal/cli/watchdog.py)
+PSAM_WAIT_S = 20.0
+
+
 class PSAMKeyStore(KeyStore):
     """A PSAM in another reader slot computes for the terminal (DES INIT, DES CRYPT; docs/card-profile.md
     "PSAM commands"). The PSAM's refusals become KeyStoreError; a removed PSAM stays CardRemovedError."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, wait_s: float = PSAM_WAIT_S) -> None:
         self.connection = connection
         self.description = f"PSAM in {connection.name}"
+        self.wait_s = wait_s
+        #: a PSAM answers one command pair at a time, whichever thread (the service's readers) asks
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PSAMKeyStore({self.connection.name})"
@@ -194,16 +202,22 @@ class PSAMKeyStore(KeyStore):
         init = commands.psam_des_init(usage.code, psam_key_version(card.algorithm), card.diversification, challenge)
         # the MAC input of RELOAD PIN holds the new PIN: that DES CRYPT is kept out of traces
         crypt = commands.psam_des_crypt(mode, data, secret=usage is KeyUsage.PIN_RELOAD)
-        for command, what in ((init, "DES INIT"), (crypt, "DES CRYPT")):
-            response = self.connection.transmit(command)
-            try:
-                response.check()
-            except CardStatusError as err:
-                raise KeyStoreError(
-                    f"The PSAM refused {what} for the {card.algorithm.value} {usage.label} key (SW {err.sw:04X}): "
-                    "is it the right PSAM?"
-                ) from None
-        return response.data
+        if not self._lock.acquire(timeout=self.wait_s):
+            raise KeyStoreError(f"The PSAM in {self.connection.name} is still busy with a command it has not "
+                                "answered: take it out and insert it again")
+        try:
+            for command, what in ((init, "DES INIT"), (crypt, "DES CRYPT")):
+                response = self.connection.transmit(command)
+                try:
+                    response.check()
+                except CardStatusError as err:
+                    raise KeyStoreError(
+                        f"The PSAM refused {what} for the {card.algorithm.value} {usage.label} key "
+                        f"(SW {err.sw:04X}): is it the right PSAM?"
+                    ) from None
+            return response.data
+        finally:
+            self._lock.release()
 
     def encrypt(self, usage: KeyUsage, card: CardKeyRef, data: bytes) -> bytes:
         self._check_use(usage, for_mac=False)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -262,17 +261,10 @@ def print_holdings(held: dict[str, Any], out: TextIO) -> None:
     print(f"  reconciliation: {'balanced' if held['reconciliation']['balanced'] else 'NOT BALANCED'}", file=out)
 
 
-def main(folder: Path | None = None, as_json: bool = False, out: TextIO | None = None) -> int:
-    """Run the demo day in ``folder`` (a fresh temporary folder by default); print the platform's holdings."""
-    import json
-
-    out = out or sys.stdout
+def walk(folder: Path | None, out: TextIO) -> dict[str, Any]:
+    """Run the demo day in ``folder`` (a fresh temporary folder by default), telling it on ``out``;
+    return what the platform holds and the reconciliation (:func:`run_day`)."""
     with tempfile.TemporaryDirectory(prefix="sscard-demo-") as tmp:
         where = folder or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
-        held = run_day(where, out if not as_json else sys.stderr)
-    if as_json:
-        print(json.dumps(held, ensure_ascii=False, indent=2), file=out)
-    else:
-        print_holdings(held, out)
-    return 0 if held["reconciliation"]["balanced"] else 18
+        return run_day(where, out)

@@ -13,7 +13,7 @@ from apdu import commands, oldmedical
 from apdu.errors import CardDataError, NotSocialSecurityCardError, SSCardError, mask
 from apdu.tlv import decode_simple
 from drivers.connection import Connection
-from message.envelope import Fen
+from message.envelope import Fen, yuan
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class OldCard:
             "name": self.name,
             "issuing_region": self.issuing_region,
             "balance_fen": int(self.balance),
+            "balance": yuan(self.balance),
             "replaced": self.replaced,
         }
 

@@ -12,12 +12,13 @@ several terminals agrees only when every terminal's journal is counted (``--queu
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from message.envelope import CLR_TYPES, DATE, INSUTYPES, SETTLEMENTS, Fen, clr_type, yuan
+from message.envelope import CLR_TYPES, DATE, INSUTYPES, SETTLEMENTS, Fen, clr_type, iso_time, yuan
 from terminal.online import Platform, yuan_field
 from terminal.queue import ANSWERED, Outbox
 from terminal.upload import CentralProtocolError
@@ -52,13 +53,17 @@ def amounts(total: int, fund: int, account: int) -> dict[str, Any]:
 
 
 def _fen_beside(said: dict[str, Any]) -> dict[str, Any]:
-    """The platform's settlement as it said it, with ``NAME_fen`` beside each amount that is yuan."""
+    """The platform's settlement as it said it, with ``NAME_fen`` beside each amount that is yuan and
+    its settlement time in ISO 8601 (docs/json.md); what is not as the interface says stays as said."""
     out = dict(said)
-    for name in AMOUNTS:
+    for name in (*AMOUNTS, "psn_cash_pay"):
         try:
             out[f"{name}_fen"] = yuan_field(said, name)
         except (KeyError, ValueError):
             pass  # missing or not yuan: shown as the platform said it
+    if isinstance(said.get("setl_time"), str):
+        with contextlib.suppress(ValueError):
+            out["setl_time"] = iso_time(said["setl_time"])
     return out
 
 

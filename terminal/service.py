@@ -46,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from apdu.errors import CardUnresponsiveError, ConfigError, ReaderError, SSCardError
-from drivers.connection import longest_wait
+from drivers.connection import forgive, give_up
 from message.envelope import CST
 from terminal.card import Identity, SocialSecurityCard
 from terminal.config import TerminalConfig
@@ -85,10 +85,17 @@ BUSY_WAIT = 10.0
 CARD_TIMEOUT = 20.0
 #: how often a request's card wait is looked at
 CARD_POLL_S = 0.1
+#: seconds a request's body may take to arrive once its headers have: a client that sends its
+#: headers and then dribbles or stops would hold a connection (on loopback 64 KiB take well under 1 ms)
+BODY_TIME_S = 10.0
 
 
 class ReaderBusyError(ReaderError):
     """The reader is busy with another request."""
+
+
+class SlowRequestError(ConventionError):
+    """The request's body did not arrive in time."""
 
 
 class ServiceError(ConfigError):
@@ -145,6 +152,8 @@ def error_body(err: SSCardError) -> dict[str, Any]:
 def _status(err: SSCardError) -> int:
     if isinstance(err, ReaderBusyError):
         return 409
+    if isinstance(err, SlowRequestError):
+        return 408
     if isinstance(err, ConventionError):
         return 400
     return 422
@@ -254,7 +263,8 @@ class ReaderService:
     def __init__(self, *, reader: str, keys: KeyStore, token: str, origins: tuple[str, ...] = (),
                  contactless: str | None = None, terminal_no: int = 0, device: str = "", host: str = "127.0.0.1",
                  port: int = 0, busy_wait: float = BUSY_WAIT, card_timeout: float = CARD_TIMEOUT,
-                 config: TerminalConfig | None = None, central_url: str | None = None) -> None:
+                 body_time: float = BODY_TIME_S, config: TerminalConfig | None = None,
+                 central_url: str | None = None) -> None:
         if host not in LOOPBACK:
             raise ServiceError(f"the service listens on this computer only (127.0.0.1 or ::1), not {host!r}")
         self.reader, self.contactless = reader, contactless
@@ -263,12 +273,13 @@ class ReaderService:
         #: the terminal the counter functions record for (journal, platform); None: card functions only
         self.config = config
         self.central_url = central_url
-        self.busy_wait, self.card_timeout = busy_wait, card_timeout
+        self.busy_wait, self.card_timeout, self.body_time = busy_wait, card_timeout, body_time
         self._locks: dict[str, asyncio.Lock] = {}
         #: reader -> why: a card given up on, its command still stuck on a worker thread (the reader
         #: stays locked until the thread is back: nothing is sent to the card meanwhile)
         self._stuck: dict[str, str] = {}
-        self._keys_lock = threading.Lock()  # a PSAM answers one command at a time, whichever reader asks
+        #: one counter transaction at a time, whichever reader (the terminal's journal and sign-in are one)
+        self._flow_lock = threading.Lock()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._cards: dict[str, str | None] = {}  # reader -> ATR of the card in it, as the events tell
         self._watcher: threading.Thread | None = None
@@ -317,6 +328,11 @@ class ReaderService:
             self._stopping.set()
             self.socket.close()
 
+    @property
+    def stuck(self) -> list[str]:
+        """Why each reader whose card command is still unanswered was given up on (empty: none)."""
+        return list(self._stuck.values())
+
     def start(self) -> ReaderService:
         """Serve in a background thread; returns once it accepts requests."""
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, name="serve",
@@ -350,8 +366,8 @@ class ReaderService:
         """``work()`` on a worker thread while no other request uses reader ``spec``; waits up to
         ``busy_wait`` seconds for it, then :class:`ReaderBusyError`.
 
-        A card that leaves one command unanswered for ``card_timeout`` seconds is given up on
-        (:meth:`drivers.connection.Connection.abandon`): the request is answered
+        A card (or PSAM) that leaves one command unanswered for ``card_timeout`` seconds is given up
+        on (:func:`drivers.connection.give_up`): the request is answered
         :class:`CardUnresponsiveError` at once, and the work cannot go on past that command even if
         the card answers later (a flow records nothing after it: no money moves behind the client's
         back). The reader stays locked until the stuck thread is back; meanwhile its requests are
@@ -364,24 +380,26 @@ class ReaderService:
             await asyncio.wait_for(lock.acquire(), self.busy_wait)
         except TimeoutError:
             raise ReaderBusyError(f"The reader {spec} is busy with another request: try again") from None
-        sender: list[int] = []
+        sender: list[int] = []  # the worker thread, while it does this work
 
         def run() -> T:
             sender.append(threading.get_ident())
-            return work()
+            try:
+                return work()
+            finally:
+                sender.clear()
+                forgive(threading.get_ident())
 
-        job = asyncio.ensure_future(anyio.to_thread.run_sync(run))
+        # abandon_on_cancel: the service stopping does not wait for a thread stuck on a card
+        job = asyncio.ensure_future(anyio.to_thread.run_sync(run, abandon_on_cancel=True))
         try:
             while not job.done():
                 await asyncio.wait({job}, timeout=CARD_POLL_S)
-                wait = longest_wait(sender[0]) if sender and not job.done() else None
-                if wait is not None and wait[1] > self.card_timeout:
-                    connection, seconds = wait
-                    err = CardUnresponsiveError.after(connection.name, seconds)
-                    connection.abandon(str(err))
+                thread = next(iter(sender), None)  # the worker may be clearing it right now
+                err = give_up(thread, self.card_timeout) if thread is not None and not job.done() else None
+                if err is not None:
                     self._stuck[spec] = str(err)
-                    log.warning("gave up on the card in %s after %.0f s; its request answered", connection.name,
-                                seconds)
+                    log.warning("%s: its request answered, the reader held until the command is back", err)
                     raise err
             return job.result()
         finally:
@@ -390,8 +408,9 @@ class ReaderService:
             else:  # stuck in a card command, or the client went away: the reader is free when it is back
 
                 def back(done: asyncio.Future[T]) -> None:
-                    if not done.cancelled():
-                        done.exception()  # retrieved: its error went to the client already, or nowhere
+                    if done.cancelled():  # the service is stopping: the thread may be stuck still
+                        return
+                    done.exception()  # retrieved: its error went to the client already, or nowhere
                     self._stuck.pop(spec, None)
                     lock.release()
 
@@ -413,8 +432,7 @@ class ReaderService:
         with connection:
             algorithm = ""
             if genuine:
-                with self._keys_lock:
-                    algorithm = check_genuine(card, self.keys).algorithm.value
+                algorithm = check_genuine(card, self.keys).algorithm.value
             return card.read_identity(), algorithm
 
     def _order(self, itype: int) -> list[str]:
@@ -473,10 +491,14 @@ class ReaderService:
 
     async def _body(self, request: Request) -> Any:
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                raise ConventionError(f"a request is at most {MAX_BODY} bytes")
+        try:
+            with anyio.fail_after(self.body_time):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise ConventionError(f"a request is at most {MAX_BODY} bytes")
+        except TimeoutError:
+            raise SlowRequestError(f"the request's body did not arrive within {self.body_time:g} s") from None
         try:
             return json.loads(body or b"{}")
         except (ValueError, RecursionError):
@@ -490,6 +512,10 @@ class ReaderService:
             return _json(await work(payload))
         except SSCardError as err:
             return _json(error_body(err), _status(err))
+        except Exception as err:  # a bug: the error schema all the same, the details in the log
+            log.error("%s failed", request.url.path, exc_info=True)
+            return _json({"error": {"code": "internal", "exit_code": 1,
+                                    "message": f"internal error ({type(err).__name__}): see the service's log"}}, 500)
 
     def _spec(self, payload: dict[str, Any]) -> str:
         spec = payload.get("reader", self.reader)
@@ -501,7 +527,7 @@ class ReaderService:
         try:
             payload = await self._body(request)
         except ConventionError as err:
-            return _json(reply("", code_of(err), str(err)), 400)
+            return _json(reply("", code_of(err), str(err)), _status(err))
         return _json(await self.call(payload))
 
     async def _readers(self, request: Request) -> Response:
@@ -534,7 +560,7 @@ class ReaderService:
 
             def check() -> str:
                 card, connection = self._present(spec)
-                with connection, self._keys_lock:
+                with connection:
                     return check_genuine(card, self.keys).algorithm.value
 
             return {"reader": spec, "genuine": True, "algorithm": await self._with_reader(spec, check),
@@ -590,8 +616,13 @@ class ReaderService:
         if pin is not None and not isinstance(pin, str):
             raise ConventionError("pin must be text")
         clerk = ScriptedClerk([pin] if pin else [])
-        with self._keys_lock, open_site(config, self.keys, self.central_url, say=clerk.say) as site:
-            result = run(site, clerk, payload, spec)
+        if not self._flow_lock.acquire(timeout=self.busy_wait):
+            raise ReaderBusyError("The counter is busy with another transaction (its card may not answer): try again")
+        try:
+            with open_site(config, self.keys, self.central_url, say=clerk.say) as site:
+                result = run(site, clerk, payload, spec)
+        finally:
+            self._flow_lock.release()
         body = result.to_dict() if hasattr(result, "to_dict") else result
         return {**body, "messages": clerk.said}
 

@@ -211,3 +211,15 @@ def test_every_json_result_speaks_one_vocabulary(configs, tmp_path):
     problems = {path: violations(body, full_id=path in FULL_ID) for path, body in printed.items()}
     wrong = {path: found for path, found in problems.items() if found}
     assert not wrong, json.dumps(wrong, ensure_ascii=False, indent=1)
+
+
+def test_json_is_read_first_wherever_it_stands():
+    for args in (["queue", "list", "--limit", "0", "--json"], ["queue", "list", "--json", "--limit", "0"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and json.loads(result.stdout)["error"]["code"] == "usage", args
+
+
+def test_a_stream_command_prints_its_error_on_one_line_too():
+    result = CliRunner().invoke(main, ["watch", "--count", "0", "--json"])
+    assert result.exit_code == 2 and len(result.stdout.splitlines()) == 1
+    assert json.loads(result.stdout)["error"]["code"] == "usage"

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from flowing import PINS, WINDOW2, clerk, open_site, platform, sim, site, write_config  # noqa: F401  (fixtures)
+from jsonschema_rules import violations
 from message.envelope import CST, Fen
 from terminal.cli import main
 from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
@@ -103,3 +104,4 @@ def test_sscard_reconcile_prints_balanced_or_names_the_difference_with_exit_18(d
     as_json = runner.invoke(main, ["reconcile", "--json"], env={"SSCARD_CONFIG": str(config)})
     body = json.loads(as_json.stdout)  # one document: the reconciliation, and the error beside it
     assert as_json.exit_code == 18 and body["balanced"] is False and body["error"]["code"] == "unbalanced"
+    assert violations(body) == []  # docs/json.md: the platform's differing settlement too

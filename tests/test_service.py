@@ -34,8 +34,8 @@ def token(tmp_path):
 
 
 def served(token: str, reader: str = "sim:adult", **options) -> ReaderService:
-    return ReaderService(reader=reader, keys=SoftwareKeyStore.bundled_test_keys(), token=token, origins=(HIS,),
-                         terminal_no=3, device="DEV-TEST", **options)
+    options.setdefault("keys", SoftwareKeyStore.bundled_test_keys())
+    return ReaderService(reader=reader, token=token, origins=(HIS,), terminal_no=3, device="DEV-TEST", **options)
 
 
 @pytest.fixture
@@ -390,8 +390,10 @@ def test_a_stalled_card_is_given_up_on_and_the_service_goes_on(token):
         assert again.json()["error"]["code"] == "card_unresponsive"
         call = post(service, "/api/convention", {"function": "iReadCardBas", "iType": 1}, token).json()
         assert call["success"] is False and call["code"] < 0
+        started = time.monotonic()
         other = post(service, "/api/read", {"reader": "sim:adult"}, token)  # the other readers go on
         assert other.status_code == 200 and other.json()["identity"]["name"] == "张伟"
+        assert time.monotonic() - started < 3  # not after the stuck card's 10 s
         deadline = time.monotonic() + 20
         while True:  # once the stuck command is back, the reader is free: a new read reaches the card
             time.sleep(0.5)
@@ -419,3 +421,71 @@ def test_a_purchase_whose_card_stalls_moves_no_money_even_when_the_card_answers_
             assert platform.ledger.show()["settlements"] == []
     with Outbox(config.queue_path, create=False) as journal:
         assert journal.counts().get("answered", 0) == 0 and journal.unknown_calls() == []
+
+
+def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_the_connection(token):
+    import socket
+
+    with served(token, body_time=0.5) as service:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as client:
+            client.sendall(f"POST /api/read HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\n"
+                           f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                           "Content-Length: 100\r\n\r\n{".encode())  # 1 byte of 100, then nothing
+            started = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = client.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b'"code": "slow_request"' in answer, answer
+        assert time.monotonic() - started < 5  # the bound, not the client's patience
+        assert post(service, "/api/read", {}, token).status_code == 200  # the service goes on
+
+
+def test_a_psam_that_stalls_once_fails_that_request_only(token):
+    from terminal.crypto import PSAMKeyStore
+    from terminal.readers import open_connection
+
+    psam = PSAMKeyStore(open_connection("sim:hostile:pause:psam:2"))  # its 3rd command answered after 10 s
+    with served(token, keys=psam, card_timeout=0.5) as service:
+        first = post(service, "/api/auth", {}, token)
+        assert first.status_code == 422 and first.json()["error"]["code"] == "card_unresponsive"
+        deadline = time.monotonic() + 20
+        while True:  # once the PSAM has answered, the card and the PSAM serve again
+            time.sleep(0.5)
+            later = post(service, "/api/auth", {}, token)
+            if later.status_code == 200 or time.monotonic() > deadline:
+                break
+        assert later.status_code == 200 and later.json()["genuine"] is True
+
+
+def test_sscard_serve_stops_on_sigterm_with_a_card_still_stuck(tmp_path):
+    from queueing import free_port
+
+    port = free_port()
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    token = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", "serve", "--print-token"],
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    service = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "--card-timeout", "1",
+                                "serve", "--reader", STALLING, "--port", str(port)],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                stuck = httpx.post(f"{url}/api/read", json={}, headers=bearer(token), timeout=20)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the service did not start"
+                time.sleep(0.2)
+        assert stuck.json()["error"]["code"] == "card_unresponsive"
+        assert service.poll() is None  # the service goes on (the CLI's watchdog would have ended it)
+        service.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = service.communicate(timeout=20)
+        assert time.monotonic() - started < 5  # not after the card's 10 s: a bound
+        assert service.returncode == 0 and "does not answer" in err and "Traceback" not in err
+    finally:
+        service.kill()

@@ -35,7 +35,7 @@ def init(config_path: Path | None, terminal_no: int | None, force: bool, as_json
             raise click.UsageError("give this terminal its own number with --terminal-number N (1-99), "
                                    "different from every other terminal of the institution")
         terminal_no = click.prompt("This terminal's number within the institution (1-99, one per terminal)",
-                                   type=click.IntRange(1, 99))
+                                   type=click.IntRange(1, 99), err=True)
     path = write_default(config_path or default_config_path(), force=force, terminal_no=terminal_no)
     if as_json:
         print_json({"path": str(path), "terminal_no": terminal_no, "device": load_config(path).device})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from terminal.cli.output import json_option
+from terminal.cli.output import json_option, print_json
 
 
 @click.command()
@@ -16,9 +16,20 @@ def demo(folder: Path | None, as_json: bool) -> None:
     """Walk a day at a small clinic online: bank activation, registrations, dual-card insert,
     purchases, a refund, a lost answer reversed, the day-end reconciliation; then print what the
     virtual platform holds (exit 18 if the day does not balance)."""
-    from terminal.demo import main  # here: the demo pulls in the platform and httpx
+    import sys
 
-    raise SystemExit(main(folder, as_json))
+    from terminal.cli.reconcile import UnbalancedError
+    from terminal.demo import print_holdings, walk  # here: the demo pulls in the platform and httpx
+
+    held = walk(folder, sys.stderr if as_json else sys.stdout)
+    error = None if held["reconciliation"]["balanced"] else UnbalancedError(
+        "The demo day does not balance: the journals and the virtual platform differ (see the reconciliation).")
+    if as_json:
+        print_json(held, error=error)
+    else:
+        print_holdings(held, sys.stdout)
+    if error:
+        raise error
 
 
 COMMANDS = [demo]

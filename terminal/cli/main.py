@@ -21,7 +21,7 @@ import click
 
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
-from terminal.cli.output import json_asked, json_printed, print_json
+from terminal.cli.output import json_asked, json_lines, json_printed, print_json
 
 log = logging.getLogger("sscard")
 
@@ -43,7 +43,8 @@ class SSCardGroup(click.Group):
             fail(ctx, {"code": "interrupted", "exit_code": 130, "message": "Interrupted."}, "Interrupted.")
         except click.UsageError as err:  # click prints it; under --json the error object too
             if json_asked(ctx):
-                print_json({"error": {"code": "usage", "exit_code": err.exit_code, "message": err.format_message()}})
+                print_json({"error": {"code": "usage", "exit_code": err.exit_code, "message": err.format_message()}},
+                           line=json_lines(ctx))
             raise
         except (click.exceptions.Exit, click.ClickException):
             raise
@@ -59,7 +60,7 @@ def fail(ctx: click.Context, error: dict[str, Any], line: str) -> None:
     command printed it beside its result), and exit with the error's code."""
     with watchdog.OUTPUT:  # never beside the card watchdog's report
         if json_asked(ctx) and not json_printed(ctx):  # a program reads stdout: the error in the result's place
-            print_json({"error": error})
+            print_json({"error": error}, line=json_lines(ctx))
         click.echo(line, err=True)
     ctx.exit(error["exit_code"])
 

@@ -23,6 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 JSON_ASKED = "sscard.json"
 #: set when a result was printed with the error beside it
 JSON_PRINTED = "sscard.json-printed"
+#: set by a command that prints one object per line
+JSON_LINES = "sscard.json-lines"
 
 
 def _remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
@@ -31,9 +33,18 @@ def _remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
     return value
 
 
-def json_option(help: str = "Print the result as JSON on stdout.") -> Callable[[F], F]:
-    """The ``--json`` flag (passed to the command as ``as_json``)."""
-    return click.option("--json", "as_json", is_flag=True, callback=_remember, help=help)
+def _remember_stream(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_LINES] = True
+    return _remember(ctx, param, value)
+
+
+def json_option(help: str = "Print the result as JSON on stdout.", *, stream: bool = False) -> Callable[[F], F]:
+    """The ``--json`` flag (passed to the command as ``as_json``), read before the other options so
+    that their errors are JSON too wherever it stands. ``stream``: the command prints one object per
+    line (``watch``), and so does its error."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True,
+                        callback=_remember_stream if stream else _remember, help=help)
 
 
 def json_asked(ctx: click.Context) -> bool:
@@ -52,6 +63,11 @@ def print_json(data: Any, *, line: bool = False, error: SSCardError | None = Non
         data = {**data, "error": error.to_dict()}
         click.get_current_context().meta[JSON_PRINTED] = True
     click.echo(json.dumps(data, ensure_ascii=False, indent=None if line else 2))
+
+
+def json_lines(ctx: click.Context) -> bool:
+    """Whether the command prints one JSON object per line (its error too)."""
+    return bool(ctx.meta.get(JSON_LINES))
 
 
 def json_printed(ctx: click.Context) -> bool:

@@ -134,7 +134,7 @@ def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_a
               help="Stop after N insertions/removals.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
               help="Stop after S seconds.")
-@json_option("One JSON object per event on stdout.")
+@json_option("One JSON object per event on stdout, one per line.", stream=True)
 def watch(spec: str | None, count: int | None, timeout: float | None, as_json: bool) -> None:
     """Print card insertions and removals as they happen, per reader, with the ATR.
 

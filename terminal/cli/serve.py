@@ -1,6 +1,8 @@
 """``sscard serve``: the local service for hospital software (terminal/service.py, docs/service.md)."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -68,6 +70,11 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
         click.echo(f"sscard service on {service.url} for the card in {service.reader}; pages allowed: {allowed}",
                    err=True)
         service.serve()
+        if service.stuck:  # its worker thread waits on the card for good: the process would never end
+            click.echo(f"sscard service stopped, without waiting for a card that does not answer ({service.stuck[0]})",
+                       err=True)
+            sys.stderr.flush()
+            os._exit(0)
     click.echo("sscard service stopped", err=True)
 
 

@@ -76,5 +76,7 @@ def inquiry(connection: Connection, site: Site, clerk: Clerk) -> KioskView:
         except (CentralError, PlatformRefusedError) as err:
             note = f"the platform cannot say now ({err})"
     records = [record_line(r) for r in site.outbox.for_card(at.card_sn) if r.infno != "2601"]
-    masked = {**holder(identity), "name": shown["full_name"]}  # a public screen: the name masked too
+    # a public screen: the holder masked as the screen shows it (the name, the card number too)
+    masked = {**holder(identity), "name": shown["full_name"], "id_number": shown["social_security_number"],
+              "card_number": shown["card_number"]}
     return KioskView(masked, shown, is_active(identity, site.outbox), balance, note, records)
