@@ -532,13 +532,24 @@ class ReaderService:
 
     async def _readers(self, request: Request) -> Response:
         def look() -> list[dict[str, Any]]:
+            """The configured virtual reader (its card always in), then the PC/SC readers; ``configured``
+            marks the one requests use when they name none."""
             from drivers import pcsc
 
-            found: list[dict[str, Any]] = [{"reader": self.reader, "kind": "virtual" if self.reader.startswith(SIM_PREFIX) else "pc/sc"}]
+            found: list[dict[str, Any]] = []
+            if self.reader.startswith(SIM_PREFIX):
+                with open_connection(self.reader) as virtual:
+                    found.append({"reader": self.reader, "kind": "virtual", "card": True,
+                                  "atr": atr_text(virtual.atr), "configured": True})
             try:
-                for status in pcsc.reader_status():
-                    found.append({"reader": status.name, "kind": "pc/sc", "card": status.present,
-                                  "atr": atr_text(status.atr)})
+                with pcsc.Context() as context:
+                    configured = None
+                    if not found:
+                        with contextlib.suppress(SSCardError):  # not there now: none is marked
+                            configured = pcsc.resolve(self.reader, context)
+                    found += [{"reader": status.name, "kind": "pc/sc", "card": status.present,
+                               "atr": atr_text(status.atr), "configured": status.name == configured}
+                              for status in context.status(context.readers())]
             except SSCardError:
                 pass  # no PC/SC service: the virtual reader alone
             return found

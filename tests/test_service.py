@@ -489,3 +489,11 @@ def test_sscard_serve_stops_on_sigterm_with_a_card_still_stuck(tmp_path):
         assert service.returncode == 0 and "does not answer" in err and "Traceback" not in err
     finally:
         service.kill()
+
+
+def test_the_readers_list_starts_with_the_configured_virtual_reader_and_its_card(service, token):
+    readers = httpx.get(f"{service.url}/api/readers", headers=bearer(token), timeout=10).json()["readers"]
+    assert readers[0] == {"reader": "sim:adult", "kind": "virtual", "card": True, "configured": True,
+                          "atr": readers[0]["atr"]} and readers[0]["atr"].startswith("3B ")
+    assert [r["configured"] for r in readers[1:]] == [False] * (len(readers) - 1)  # a PC/SC one is not it
+    assert violations(readers) == []
