@@ -15,20 +15,28 @@ from apdu.errors import TLVError
 PADDING = (0x00, 0xFF)
 
 
+#: ISO 7816-4 s5.2.1: a simple-TLV length byte FF says the length is in the next two bytes
+LONG_LENGTH = 0xFF
+
+
 def encode_simple(tag: int, value: bytes) -> bytes:
-    """Encode one simple TLV (value at most 255 bytes; tags 00 and FF are invalid, ISO 7816-4 s5.2.1)."""
+    """Encode one simple TLV (ISO 7816-4 s5.2.1): tags 01-FE (00 and FF are invalid); the length in
+    one byte up to 254, else FF and two bytes (at most 65,535)."""
     if not 0 < tag < 0xFF:
         raise TLVError(f"tag {tag!r} is not a valid one-byte tag (01-FE)")
-    if len(value) > 0xFF:
-        raise TLVError(f"value of tag {tag:02X} is {len(value)} bytes, over 255")
-    return bytes((tag, len(value))) + bytes(value)
+    n = len(value)
+    if n > 0xFFFF:
+        raise TLVError(f"value of tag {tag:02X} is {n} bytes, over 65,535")
+    length = bytes((n,)) if n < LONG_LENGTH else bytes((LONG_LENGTH,)) + n.to_bytes(2, "big")
+    return bytes((tag,)) + length + bytes(value)
 
 
 def decode_simple(data: bytes, allow_padding: bool = True) -> dict[int, bytes]:
     """Decode a sequence of simple TLVs into ``{tag: value}``.
 
-    Raises :class:`TLVError` on a truncated header, a length running past the data, or a duplicate
-    tag. Trailing 00/FF padding after the last TLV is skipped when ``allow_padding``.
+    Raises :class:`TLVError` on a truncated header, a tag 00 or FF (invalid, ISO 7816-4 s5.2.1), a
+    length running past the data, or a duplicate tag. Trailing 00/FF padding after the last TLV is
+    skipped when ``allow_padding``. A length byte FF is followed by the length in two bytes.
     """
     out: dict[int, bytes] = {}
     i, n = 0, len(data)
@@ -37,13 +45,19 @@ def decode_simple(data: bytes, allow_padding: bool = True) -> dict[int, bytes]:
             break
         if i + 2 > n:
             raise TLVError(f"truncated TLV header at offset {i}")
-        tag, length = data[i], data[i + 1]
-        end = i + 2 + length
+        tag, length, start = data[i], data[i + 1], i + 2
+        if tag in PADDING:
+            raise TLVError(f"tag {tag:02X} at offset {i} is not a valid tag (01-FE)")
+        if length == LONG_LENGTH:
+            if i + 4 > n:
+                raise TLVError(f"truncated TLV length at offset {i}")
+            length, start = int.from_bytes(data[i + 2:i + 4], "big"), i + 4
+        end = start + length
         if end > n:
-            raise TLVError(f"TLV {tag:02X} claims {length} bytes but only {n - i - 2} follow")
+            raise TLVError(f"TLV {tag:02X} claims {length} bytes but only {n - start} follow")
         if tag in out:
             raise TLVError(f"duplicate tag {tag:02X}")
-        out[tag] = bytes(data[i + 2:end])
+        out[tag] = bytes(data[start:end])
         i = end
     return out
 
@@ -70,6 +84,8 @@ def _ber_tag_bytes(tag: int) -> bytes:
     if tag < 0:
         raise TLVError(f"negative tag {tag}")
     raw = tag.to_bytes(max(1, (tag.bit_length() + 7) // 8), "big")
+    if raw[0] in PADDING:  # 00 and FF before a tag are padding (ISO 7816-4 s5.2.2.1): never a tag's first byte
+        raise TLVError(f"{raw.hex().upper()} is not a valid BER tag (first byte {raw[0]:02X})")
     multi = raw[0] & 0x1F == 0x1F
     if multi != (len(raw) > 1) or any(b & 0x80 == 0 for b in raw[1:-1]) or (len(raw) > 1 and raw[-1] & 0x80):
         raise TLVError(f"{raw.hex().upper()} is not a valid BER tag")

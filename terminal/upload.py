@@ -26,8 +26,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import httpcore
 import httpx
@@ -179,6 +179,15 @@ class Backoff:
         return max(jittered, min(retry_after, self.max_retry_after))
 
 
+class Stop(Protocol):
+    """What stops :meth:`Uploader.follow`: a :class:`threading.Event` from another thread, or, in a
+    command stopped by a signal, terminal/cli/signals.py's flag (an Event is not safe there)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 @dataclass(frozen=True)
 class UploadReport:
     """What one :meth:`Uploader.drain` did: records sent and dead, records still unconfirmed."""
@@ -190,6 +199,13 @@ class UploadReport:
     error: str | None = None
     #: when the next unconfirmed record is due (ISO, Beijing time), None when nothing waits
     next_attempt: str | None = None
+    #: the error that stopped the drain (``error`` is its text), for its kind (docs/json.md codes)
+    failure: CentralError | None = field(default=None, repr=False, compare=False)
+
+    def counts(self) -> dict[str, Any]:
+        """What was done and what waits, for a ``--json`` result (the failure is its error object)."""
+        return {"sent": self.sent, "dead": self.dead, "pending": self.pending, "batches": self.batches,
+                "next_attempt": self.next_attempt}
 
 
 #: the monotonic time by which the HTTP call in progress in this thread must be complete (None: no limit)
@@ -601,13 +617,13 @@ class Uploader:
         :class:`CentralError`: the report carries it (records stay pending, due after their backoff).
         """
         sent = dead = batches = 0
-        error = None
+        failure = None
         while max_batches is None or batches < max_batches:
             rekeyed = self.rekeyed
             try:
                 batch_sent, batch_dead = self.upload_batch(ignore_schedule=ignore_schedule)
             except CentralError as err:
-                error = str(err)
+                failure = err
                 break
             if not batch_sent + batch_dead + (self.rekeyed - rekeyed):
                 break
@@ -617,11 +633,12 @@ class Uploader:
         due = self.outbox.next_due()
         when = iso_time(cst_time(due)) if due else None
         counts = self.outbox.counts()
-        return UploadReport(sent, dead, counts["pending"] + counts["sending"], batches, error, when)
+        return UploadReport(sent, dead, counts["pending"] + counts["sending"], batches,
+                            str(failure) if failure else None, when, failure)
 
     def follow(
         self,
-        stop: threading.Event,
+        stop: Stop,
         interval: float = DEFAULT_INTERVAL,
         on_report: Callable[[UploadReport], None] | None = None,
     ) -> None:

@@ -5,6 +5,7 @@ same objects."""
 from __future__ import annotations
 
 import importlib
+import os
 import json
 import pkgutil
 from collections.abc import Iterator
@@ -223,3 +224,19 @@ def test_a_stream_command_prints_its_error_on_one_line_too():
     result = CliRunner().invoke(main, ["watch", "--count", "0", "--json"])
     assert result.exit_code == 2 and len(result.stdout.splitlines()) == 1
     assert json.loads(result.stdout)["error"]["code"] == "usage"
+
+
+def test_a_stdout_closed_by_its_reader_is_a_quiet_end():
+    import subprocess
+    import sys
+
+    for args in (["read", "--json"], ["central", "show", "--help"]):
+        reader, writer = os.pipe()
+        os.close(reader)  # `| head` gone before the command writes
+        try:
+            done = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+                                  stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(writer)
+        assert done.returncode == 0 and done.stderr.count("Error") == 0, (args, done.stderr)
+        assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr

@@ -39,11 +39,15 @@ def test_status_counts_each_state_and_the_oldest_pending(outbox):
     assert "pending 2  sending 0  sent 0  dead 0" in text and "2026-03-01 09:30:00" in text and " ago" in text
 
 
-def test_status_of_a_missing_queue_is_exit_13_without_creating_it(tmp_path):
+def test_a_fresh_install_has_an_empty_queue_not_a_damaged_one(tmp_path):
     path = tmp_path / "none.sqlite"
-    result = run("queue", "status", "--queue", str(path))
-    assert result.exit_code == 13
-    assert "No record queue" in result.stderr and not path.exists()
+    status = run("queue", "status", "--queue", str(path), "--json")
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout) == {"pending": 0, "sending": 0, "sent": 0, "dead": 0, "oldest_pending": None,
+                                         "oldest_pending_age_s": None}
+    listed = run("queue", "list", "--queue", str(path), "--json")
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == [] and not path.exists()  # nothing created
+    assert run("queue", "retry-dead", "--queue", str(path)).exit_code == 13  # a change needs the queue
 
 
 def test_list_masks_the_card_and_filters_by_card_and_state(outbox):
@@ -76,7 +80,7 @@ def test_upload_to_an_unreachable_service_is_exit_14_and_keeps_the_records(outbo
                     "--timeout", "2", "--now", "--json")
     report = json.loads(with_json.stdout)  # one document: what was done, and the error beside it
     assert with_json.exit_code == 14 and (report["sent"], report["pending"]) == (0, 1)
-    assert report["error"]["code"] == "central" and "unreachable" in report["error"]["message"]
+    assert report["error"]["code"] == "central_unavailable" and "unreachable" in report["error"]["message"]
 
 
 def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_path):
@@ -310,8 +314,9 @@ def test_explicit_options_and_the_environment_still_win_over_the_configuration(t
 
 def test_without_a_configuration_the_built_in_defaults_apply(tmp_path):
     env = {"SSCARD_CONFIG": str(tmp_path / "none.toml"), "SSCARD_QUEUE": None, "XDG_DATA_HOME": str(tmp_path)}
-    result = run_env(env, "queue", "status")
+    result = run_env(env, "queue", "retry-dead")  # a change needs the queue: its absence names the path
     assert result.exit_code == 13 and str(tmp_path / "sscard" / "queue.sqlite") in result.stderr
+    assert run_env(env, "queue", "status").exit_code == 0  # none yet: an empty queue
 
 
 def run_env(env: dict, *args: str):

@@ -53,7 +53,8 @@ def test_padding_not_allowed_is_a_truncated_header():
     ("01", "header of 1 byte"),
     ("0A013102", "second header truncated"),
     ("0105AABB", "length runs past the data"),
-    ("01FF" + "00" * 254, "255 claimed, 254 present"),
+    ("01FF00FF" + "00" * 254, "255 claimed in the three-byte length, 254 present"),
+    ("01FF00", "three-byte length truncated"),
     ("0A01310A0132", "duplicate tag"),
     ("0A0131" "0001" "0A0132", "duplicate tag after another"),
 ])
@@ -71,7 +72,7 @@ def test_malformed_messages_say_where():
         decode_simple(H("0105AABB"))
 
 
-@pytest.mark.parametrize("tag, value", [(0x100, b""), (-1, b""), (0x01, bytes(256))])
+@pytest.mark.parametrize("tag, value", [(0x100, b""), (-1, b""), (0x01, bytes(65536))])
 def test_encode_simple_rejects(tag, value):
     with pytest.raises(TLVError):
         encode_simple(tag, value)
@@ -264,3 +265,27 @@ def test_ber_find_on_arbitrary_bytes_raises_only_tlv_error(raw, tag):
     except TLVError:
         return
     assert found is None or isinstance(found, bytes)
+
+
+# --- edge cases found by differential tests (issue: defects found by outside eyes) ------------------
+
+@pytest.mark.parametrize("tag", [0x00, 0xFF, 0xFF01, 0x00FF])
+def test_ber_encode_refuses_a_tag_whose_first_byte_is_padding(tag):
+    with pytest.raises(TLVError, match="not a valid BER tag"):
+        ber_encode(tag, b"\x01")
+
+
+@pytest.mark.parametrize("record", [bytes.fromhex("0101AA" "0001BB"), bytes.fromhex("FF01BB" "0101AA")])
+def test_decode_simple_refuses_tag_00_or_ff_inside_a_record(record):
+    with pytest.raises(TLVError, match="not a valid tag"):
+        decode_simple(record)
+
+
+@pytest.mark.parametrize("size", [254, 255, 256, 65535])
+def test_a_simple_tlv_of_255_bytes_or_more_has_the_three_byte_length(size):
+    encoded = encode_simple(0x5A, bytes(size))
+    header = encoded[:4] if size >= 255 else encoded[:2]
+    assert header == (bytes((0x5A, 0xFF)) + size.to_bytes(2, "big") if size >= 255 else bytes((0x5A, size)))
+    assert decode_simple(encoded, allow_padding=False) == {0x5A: bytes(size)}
+    with pytest.raises(TLVError):
+        encode_simple(0x5A, bytes(65536))

@@ -5,7 +5,8 @@ Every expected failure is an :class:`apdu.errors.SSCardError`: it is printed as 
 stdout: docs/json.md) and the process exits with its ``exit_code`` (README, "Exit codes"); ``-v``
 adds the error's class, never a traceback (a wrong PIN is not a bug). Ctrl-C anywhere, or Ctrl-C /
 Ctrl-D at a prompt, is "Interrupted." and exit 130 (128 + SIGINT, the shell's convention). Anything
-else is a bug: one line on stderr, exit 1, and the traceback only with ``-v``. Under ``--json`` these
+else is a bug: one line on stderr, exit 1, and the traceback only with ``-v``. A stdout its reader
+closed (``sscard ... | head``) ends the command quietly, exit 0. Under ``--json`` these
 have error objects too (codes ``interrupted``, ``usage``, ``internal``); the card watchdog's exit
 (terminal/cli/watchdog.py) leaves the process from its own thread with its line on stderr only.
 """
@@ -48,6 +49,9 @@ class SSCardGroup(click.Group):
             raise
         except (click.exceptions.Exit, click.ClickException):
             raise
+        except BrokenPipeError:  # stdout closed by its reader (`sscard ... | head`): a quiet end
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+            ctx.exit(0)
         except Exception as err:  # a bug: say so, without a traceback unless -v
             log.debug("internal error", exc_info=True)
             message = (f"{err.strerror or err}" if isinstance(err, OSError)

@@ -9,23 +9,19 @@ else the built-in defaults.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
 from message.envelope import iso_time
+from terminal.cli import signals
 from terminal.cli.output import json_option, print_json
 from terminal.config import TerminalConfig, default_config_path, load_config
-from terminal.queue import ALL_STATES, Outbox
+from terminal.queue import ALL_STATES, STATES, Outbox
 
 DEFAULT_CENTRAL = "http://127.0.0.1:8930"
 #: show the progress bar on a terminal when more records than this are to be sent
@@ -73,22 +69,6 @@ def queue_options(command: Any) -> Any:
     )(command)
 
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by Ctrl-C (SIGINT) or SIGTERM instead of killing the process, so a loop can end
-    cleanly after the work in hand; the previous handlers come back afterwards."""
-    stop = threading.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.getsignal(s) for s in signals}
-    for s in signals:
-        signal.signal(s, lambda *_: stop.set())
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 @click.group()
 def queue() -> None:
     """The local record queue: registrations and purchases waiting for the central service."""
@@ -98,10 +78,15 @@ def queue() -> None:
 @queue_options
 @json_option("Print JSON on stdout.")
 def status(path: Path | None, config_path: Path | None, as_json: bool) -> None:
-    """How many records are in each state, and how long the oldest unsent one has waited."""
-    with Outbox(queue_path(path, config_path), create=False) as outbox:
-        counts, oldest, now = outbox.counts(), outbox.oldest_pending(), outbox.clock()
-    age = int((now - oldest).total_seconds()) if oldest else None
+    """How many records are in each state, and how long the oldest unsent one has waited (no queue
+    file yet, on a fresh install: all zero)."""
+    where = queue_path(path, config_path)
+    counts: dict[str, int] = {state: 0 for state in STATES}
+    oldest = age = None
+    if where.exists():  # else nothing was ever queued here: an empty queue, not a damaged one (exit 13)
+        with Outbox(where, create=False) as outbox:
+            counts, oldest, now = outbox.counts(), outbox.oldest_pending(), outbox.clock()
+        age = int((now - oldest).total_seconds()) if oldest else None
     if as_json:
         print_json({**counts, "oldest_pending": iso_time(oldest) if oldest else None,
                    "oldest_pending_age_s": age})
@@ -129,13 +114,16 @@ def format_age(seconds: int) -> str:
 @click.option("--state", "--status", "state", type=click.Choice(ALL_STATES), default=None,
               help="Only records in this state (held: queued before its card change is done, not uploaded yet).")
 @click.option("--card", "card_sn", default=None, metavar="CODE", help="Only the records of this card identification code.")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="At most this many records.")
 @json_option("Print JSON on stdout.")
 def list_records(path: Path | None, config_path: Path | None, state: str | None, card_sn: str | None, limit: int,
                  as_json: bool) -> None:
-    """The newest records (card codes masked, no personal data)."""
-    with Outbox(queue_path(path, config_path), create=False) as outbox:
-        rows = [r.summary() for r in outbox.records(state, limit, card_sn)]
+    """The newest records (card codes masked, no personal data; none when there is no queue file yet)."""
+    where = queue_path(path, config_path)
+    rows = []
+    if where.exists():
+        with Outbox(where, create=False) as outbox:
+            rows = [r.summary() for r in outbox.records(state, limit, card_sn)]
     if as_json:
         print_json(rows)
         return
@@ -198,7 +186,7 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
     with Outbox(path, station, create=False) as outbox, \
             Uploader(outbox, url, credentials=gateway_credentials(config, outbox), **options) as uploader:
         if follow:
-            with stop_on_signals() as stop:
+            with signals.stop_on_signals() as stop:
                 click.echo(f"uploading to {url} until Ctrl-C or SIGTERM", err=True)
                 totals = {"sent": 0, "dead": 0}
 
@@ -227,8 +215,8 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
             report = uploader.drain(ignore_schedule=ignore_schedule)
     error = CentralError(f"{report.error} ({report.pending} pending, next attempt {report.next_attempt})"
                          ) if report.error else None
-    if as_json:  # the report's words about the failure become the error object
-        print_json({key: value for key, value in asdict(report).items() if key != "error"}, error=error)
+    if as_json:  # the failure itself as the error object: its code says which (docs/json.md)
+        print_json(report.counts(), error=report.failure)
     else:
         click.echo(f"sent {report.sent}  dead {report.dead}  pending {report.pending}")
     if report.dead:

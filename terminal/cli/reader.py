@@ -4,14 +4,14 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import sys
-import threading
 import time
-from types import FrameType
+from typing import Any
 
 import click
 
 from apdu.errors import NoReaderError, ProfileError
 from message.envelope import CST, iso_time
+from terminal.cli import signals
 from terminal.cli.output import json_option, print_json
 from terminal.readers import atr_text
 
@@ -93,17 +93,14 @@ def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_a
         VpcdClient(_load(spec), host=host, port=port, remove_after=remove_after, name=f"{spec} @ {reader_name(port)}")
         for spec, port in zip(cards, ports)
     ]
-    stop = threading.Event()
-    toggle = threading.Event()
+    stop, toggle = signals.Flag(), signals.Flag()  # set by signal handlers: no threading.Event
+    with signals.on_signals({signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGUSR1: toggle}):
+        _simulate(clients, host, stop, toggle)
+    click.echo("cards removed, simulator stopped", err=True)
 
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
 
-    def on_toggle(signum: int, frame: FrameType | None) -> None:
-        toggle.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig, handler in
-                ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop), (signal.SIGUSR1, on_toggle))}
+def _simulate(clients: list[Any], host: str, stop: signals.Flag, toggle: signals.Flag) -> None:
+    """Run the vpcd clients until ``stop``; ``toggle`` takes the cards out or puts them back."""
     try:
         for client in clients:
             client.start()
@@ -122,9 +119,6 @@ def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_a
     finally:
         for client in clients:
             client.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    click.echo("cards removed, simulator stopped", err=True)
 
 
 @click.command()

@@ -1,0 +1,55 @@
+"""Stopping on signals (terminal/cli/signals.py): a handler only sets a flag, so a signal at any
+moment of a wait ends it, and never deadlocks as ``threading.Event.set`` in a handler can."""
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from queueing import central, clock, outbox, registration  # noqa: F401  (fixtures)
+
+from terminal.cli.signals import Flag, on_signals
+
+
+def test_a_flag_set_by_a_signal_during_its_wait_ends_the_wait_at_once():
+    rng = random.Random(7)
+    for _ in range(200):
+        flag = Flag()
+        with on_signals({signal.SIGALRM: flag}):
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.0005, 0.01))  # any moment of the wait
+            started = time.monotonic()
+            assert flag.wait(5) is True
+            assert time.monotonic() - started < 0.5
+    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)  # the previous handler is back
+
+
+def test_a_flag_wait_times_out_unset():
+    started = time.monotonic()
+    assert Flag().wait(0.2) is False and 0.15 < time.monotonic() - started < 1
+
+
+def test_upload_follow_stops_within_seconds_on_sigterm_at_any_moment(outbox, central):  # noqa: F811
+    """50 followers, SIGTERM (sometimes twice) at random moments: from start-up to the wait between
+    passes; every one ends within 5 s (the handler never blocks on a lock the loop holds)."""
+    registration(outbox)
+    rng = random.Random(2026)
+    command = [sys.executable, "-c", "from terminal.cli import main; main()", "queue", "upload", "-q", str(outbox.path),
+               "--central", central.url, "--follow", "--interval", "0.05"]
+    for _ in range(10):
+        followers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                     for _ in range(5)]
+        try:
+            for follower in followers:
+                time.sleep(rng.uniform(0.0, 0.3))
+                follower.send_signal(signal.SIGTERM)
+                if rng.random() < 0.3:
+                    follower.send_signal(signal.SIGTERM)
+            for follower in followers:
+                _, err = follower.communicate(timeout=5)  # TimeoutExpired: a hang
+                assert follower.returncode in (0, -signal.SIGTERM), err  # -15: before the handler was set
+                assert "Traceback" not in err
+        finally:
+            for follower in followers:
+                follower.kill()
