@@ -32,6 +32,7 @@ class DataItem:
     tag: int
     length: int
     encoding: str  # an | gbk | cn | date | binary
+    #: kept out of APDU traces (personal data: identifiers, the name; docs/security.md)
     sensitive: bool = False
 
     @property
@@ -121,7 +122,8 @@ ENCODERS = {
 
 #: EF05, card data: record n holds tag n
 CARD_ITEMS: tuple[DataItem, ...] = (
-    DataItem("card_identification_code", "卡的识别码", "card identification code", EF05, 1, 0x01, 16, "binary"),
+    DataItem("card_identification_code", "卡的识别码", "card identification code", EF05, 1, 0x01, 16, "binary",
+             sensitive=True),
     DataItem("card_type", "卡的类别", "card type", EF05, 2, 0x02, 1, "an"),
     DataItem("spec_version", "规范版本", "specification version", EF05, 3, 0x03, 4, "an"),
     DataItem("initialising_institution", "初始化机构编号", "initialising institution", EF05, 4, 0x04, 12, "cn"),
@@ -134,8 +136,8 @@ CARD_ITEMS: tuple[DataItem, ...] = (
 HOLDER_ITEMS: tuple[DataItem, ...] = (
     DataItem("social_security_number", "社会保障号码", "social security number", EF06, 1, 0x08, 18, "an",
              sensitive=True),
-    DataItem("name", "姓名", "name", EF06, 2, 0x09, 30, "gbk"),
-    DataItem("name_extension", "姓名扩展", "name extension", EF06, 3, 0x4E, 20, "gbk"),
+    DataItem("name", "姓名", "name", EF06, 2, 0x09, 30, "gbk", sensitive=True),
+    DataItem("name_extension", "姓名扩展", "name extension", EF06, 3, 0x4E, 20, "gbk", sensitive=True),
     DataItem("sex", "性别", "sex", EF06, 4, 0x0A, 1, "an"),
     DataItem("ethnicity", "民族", "ethnicity", EF06, 5, 0x0B, 1, "cn"),
     # sensitive: the ID number's own pieces (GB 11643: address code, birth date), which beside the

@@ -34,7 +34,7 @@ OLD_ITEMS: tuple[DataItem, ...] = (
     DataItem("card_number", "医保卡号", "medical insurance card number", EF15, 1, 0x01, 20, "an", sensitive=True),
     DataItem("social_security_number", "社会保障号码", "social security number", EF15, 2, 0x02, 18, "an",
              sensitive=True),
-    DataItem("name", "姓名", "name", EF15, 3, 0x03, 30, "gbk"),
+    DataItem("name", "姓名", "name", EF15, 3, 0x03, 30, "gbk", sensitive=True),
     DataItem("issuing_region", "发卡地区", "issuing region", EF15, 4, 0x04, 3, "cn"),
     DataItem("status", "卡状态", "card status", EF15, 5, 0x05, 1, "binary"),
 )

@@ -42,7 +42,8 @@ def test_the_id_number_its_pieces_and_the_card_number_are_sensitive():
     """Birthplace and birth date are the ID number's address code and birth date (GB 11643): traced in
     clear beside the masked number (330302********1239) they give it back whole."""
     assert {i.key for i in ITEMS if i.sensitive} == {"card_number", "social_security_number", "birthplace",
-                                                     "birth_date"}
+                                                     "birth_date", "name", "name_extension",
+                                                     "card_identification_code"}
 
 
 def test_sfi_is_low_five_bits_of_fid():

@@ -114,6 +114,10 @@ def test_trace_masks_pin_and_id_number(caplog):
     assert " ".join(pin[i:i + 2] for i in range(0, 6, 2)) not in text
     assert id_leaks(text, [holder["social_security_number"]]) == []  # nor its birth date, in any form
     assert "< [6 bytes] 9000" in text  # the birth date record (0D 04 YYYYMMDD) went by, masked
+    name = holder["name"].encode("gbk").hex(" ").upper()  # 张伟: D5 C5 CE B0, in its record 09 04 D5 C5 CE B0
+    assert name not in text and text.count("< [6 bytes] 9000") >= 2  # the name record (09 04 + 4 bytes) too
+    code = profile("adult")["card"]["card_identification_code"].upper()
+    assert " ".join(code[i:i + 2] for i in range(0, 8, 2)) + " " + code[8:10] not in text  # nor the card's code
 
 
 def test_help_teaches():

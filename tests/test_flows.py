@@ -671,7 +671,9 @@ def test_kiosk_shows_masked_holder_the_platforms_balance_and_the_cards_records(l
     view = inquiry(sim("not-activated"), site, clerk(PINS["not-activated"]))
     assert count(site) == before  # a 1101 is asked: a query, nothing journaled
     assert view.activated and view.balance_fen == 124570 == platform.ledger.balance(LINA)
-    assert [r["infno"] for r in view.records] == ["2102", "2201", "SS02"]
+    assert [r["infno"] for r in view.records] == ["2102", "2201", "SS02"] and view.records_total == 3
+    newest = inquiry(sim("not-activated"), site, clerk(PINS["not-activated"]), limit=2)
+    assert [r["infno"] for r in newest.records] == ["2102", "2201"] and newest.records_total == 3
     assert view.records[0]["amount"] == "40.80" and view.records[1]["department"] == "内科"
     text = json.dumps(view.to_dict(), ensure_ascii=False)
     assert "330302199203081020" not in text and "李娜" not in text and "330300D15600000507654321FFFFFFFF" not in text

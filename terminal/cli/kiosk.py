@@ -17,7 +17,7 @@ from terminal.cli.counter import (
     pin_stdin_option,
 )
 from terminal.cli.output import json_option
-from terminal.flows.kiosk import KioskView, inquiry
+from terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
 from terminal.readers import open_connection
 
 LABELS = (("full_name", "Name"), ("social_security_number", "ID number"), ("card_number", "Card number"),
@@ -31,7 +31,8 @@ def kiosk_text(view: KioskView) -> list[str]:
     lines.append(f"{'Card state:':16}{'active' if view.activated else 'NOT ACTIVATED'}")
     balance = f"{yuan(view.balance_fen)} yuan" if view.balance_fen is not None else "not known"
     lines.append(f"{'Account:':16}{balance} ({view.balance_note})")
-    lines.append(f"Records at this terminal: {len(view.records)}")
+    lines.append(f"Records at this terminal: {view.records_total}" +
+                 (f" (the newest {len(view.records)}; --limit shows more)" if view.records_total > len(view.records) else ""))
     for r in view.records:
         extra = "".join(f"  {r[k]}" for k in ("department", "amount") if k in r)
         flag = "  cross-region" if r["cross_region"] else ""
@@ -45,13 +46,15 @@ def kiosk_text(view: KioskView) -> list[str]:
 @config_option
 @central_option
 @pin_stdin_option
+@click.option("--limit", type=click.IntRange(1), default=RECORDS_SHOWN, show_default=True,
+              help="Show at most this many records, the newest first.")
 @json_option()
-def kiosk(reader: str | None, config_path: Path | None, central_url: str | None, pin_stdin: bool,
+def kiosk(reader: str | None, config_path: Path | None, central_url: str | None, pin_stdin: bool, limit: int,
           as_json: bool) -> None:
     """Self-service inquiry: the holder's information and records (PIN required; data masked)."""
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
     with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
-        view = inquiry(connection, site, clerk)
+        view = inquiry(connection, site, clerk, limit)
     finish(view.to_dict(), as_json, kiosk_text(view))
 
 

@@ -52,16 +52,22 @@ class KioskView:
     balance_fen: int | None
     balance_note: str
     records: list[dict[str, Any]]
+    #: how many records the terminal holds for the card (``records`` is the newest of them)
+    records_total: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"holder": self.holder, "expiry_date": self.shown["expiry_date"], "activated": self.activated,
                 "balance_fen": self.balance_fen,
                 "balance": None if self.balance_fen is None else yuan(self.balance_fen),
-                "balance_note": self.balance_note, "records": self.records}
+                "balance_note": self.balance_note, "records": self.records, "records_total": self.records_total}
 
 
-def inquiry(connection: Connection, site: Site, clerk: Clerk) -> KioskView:
-    """Show the holder's information and records (module docstring)."""
+#: records a kiosk screen shows at once, newest first
+RECORDS_SHOWN = 20
+
+
+def inquiry(connection: Connection, site: Site, clerk: Clerk, limit: int = RECORDS_SHOWN) -> KioskView:
+    """Show the holder's information and its ``limit`` newest records (module docstring)."""
     at = present_card(connection, site)
     verify_holder_pin(at, clerk)
     identity = at.identity
@@ -75,8 +81,9 @@ def inquiry(connection: Connection, site: Site, clerk: Clerk) -> KioskView:
             balance, note = person.balance, "as the platform answers it"
         except (CentralError, PlatformRefusedError) as err:
             note = f"the platform cannot say now ({err})"
-    records = [record_line(r) for r in site.outbox.for_card(at.card_sn) if r.infno != "2601"]
+    held = [r for r in site.outbox.for_card(at.card_sn) if r.infno != "2601"]  # newest first
+    records = [record_line(r) for r in held[:limit]]
     # a public screen: the holder masked as the screen shows it (the name, the card number too)
     masked = {**holder(identity), "name": shown["full_name"], "id_number": shown["social_security_number"],
               "card_number": shown["card_number"]}
-    return KioskView(masked, shown, is_active(identity, site.outbox), balance, note, records)
+    return KioskView(masked, shown, is_active(identity, site.outbox), balance, note, records, len(held))
