@@ -163,6 +163,23 @@ def test_a_counter_command_on_the_test_keys_says_so(tmp_path):
                           "--department", "内科", "--pin-stdin"], "246810\n")
     assert result.exit_code == 0, result.output
     assert "Warning: using the TEST keys" in result.stderr and "real reader is refused" in result.stderr
+    assert "[keys] store" in result.stderr and "--psam" not in result.stderr  # what this command can be told
+
+
+def test_auth_and_reset_pin_take_the_configured_key_store(tmp_path):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8").replace('store = "test"', 'store = "psam:sim:psam"'),
+                      encoding="utf-8")
+    auth = run(config, ["auth", "--reader", "sim:adult"])
+    assert auth.exit_code == 0 and "PSAM in sim:psam" in auth.stdout and "TEST keys" not in auth.stderr
+    reset = run(config, ["reset-pin", "--reader", "sim:adult", "--id-number", "330302198506151239", "--pin-stdin"],
+                "902468\n")
+    assert reset.exit_code == 0 and "TEST keys" not in reset.stderr, reset.output
+    keys = tmp_path / "keys.json"  # the bundled TEST keys as a private key file
+    keys.write_bytes((Path(__file__).resolve().parents[1] / "fixtures/keys/test-keys.json").read_bytes())
+    keys.chmod(0o600)
+    given = run(config, ["auth", "--reader", "sim:adult", "--key-file", str(keys)])
+    assert "--psam READER or --key-file PATH" in given.stderr  # an option given wins over the configuration
 
 
 def test_one_till_sale_paid_once_whatever_the_card(configs):

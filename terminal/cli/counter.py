@@ -22,7 +22,6 @@ import click
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
 from terminal.cli.output import print_json
-from terminal.cli.security import announce_key_store
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
 from terminal.flows import common
@@ -91,6 +90,8 @@ def say_on_stderr(text: str) -> None:
 def open_site(config_path: Path | None, central_url: str | None = None) -> Iterator[tuple[TerminalConfig, Site]]:
     """The configuration, and the site it names (:func:`terminal.flows.common.open_site`), its warnings
     and what it resolved said on stderr."""
+    from terminal.cli.security import announce_key_store  # here: security's commands use this module's options
+
     config = load_config(config_path)
     with open_key_store(**config.key_store_args()) as keys:
         announce_key_store(keys)

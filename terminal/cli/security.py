@@ -15,6 +15,7 @@ import click
 from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard, holder
 from terminal.cli.card import id_number_option, read_pin, reader_option
+from terminal.cli.counter import config_option
 from terminal.cli.output import Asked, json_option, print_json
 from terminal.crypto import (
     KeyStore,
@@ -23,12 +24,16 @@ from terminal.crypto import (
     open_key_store,
     reload_pin,
 )
+from terminal.config import KeyStoreArgs
 from terminal.readers import open_connection
 
 TEST_KEYS_WARNING = (
     "Warning: using the TEST keys (public, for the simulator's virtual cards only): a card in a real reader "
-    "is refused. Use --psam READER or --key-file PATH."
+    "is refused."
 )
+#: how the key store is chosen, said after the warning: by a command's options, or by the configuration
+CHOOSE_WITH_OPTIONS = " Use --psam READER or --key-file PATH, or set [keys] store in the terminal configuration."
+CHOOSE_IN_CONFIG = ' Set [keys] store in the terminal configuration ("psam:READER" or "file:PATH").'
 
 
 def key_store_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,19 +49,33 @@ def key_store_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def announce_key_store(store: KeyStore) -> None:
-    """Warn on stderr when the key store is the bundled TEST keys."""
+def announce_key_store(store: KeyStore, *, options: bool = False) -> None:
+    """Warn on stderr when the key store is the bundled TEST keys, and say how to choose another: with
+    the command's ``--psam``/``--key-file`` (``options``) or the configuration's ``[keys] store``."""
     if store.test_only:
-        click.echo(TEST_KEYS_WARNING, err=True)
+        click.echo(TEST_KEYS_WARNING + (CHOOSE_WITH_OPTIONS if options else CHOOSE_IN_CONFIG), err=True)
+
+
+def chosen_key_store(psam: str | None, key_file: Path | None, config_path: Path | None) -> KeyStoreArgs:
+    """The one way every command chooses its key store: ``--psam`` / ``--key-file`` when given, else
+    the terminal configuration's ``[keys] store`` (when there is a configuration), else the TEST keys."""
+    from terminal.cli.queue import terminal_config
+
+    if psam is not None or key_file is not None:
+        return {"psam": psam, "key_file": key_file}
+    config = terminal_config(config_path)
+    return config.key_store_args() if config else {"psam": None, "key_file": None}
 
 
 @click.command()
 @reader_option
 @key_store_options
+@config_option
 @click.option("--terminal", "also_terminal", is_flag=True,
               help="Also prove this terminal to the card (EXTERNAL AUTHENTICATE).")
 @json_option("Print JSON on stdout.")
-def auth(reader: str | None, psam: str | None, key_file: Path | None, also_terminal: bool, as_json: bool) -> None:
+def auth(reader: str | None, psam: str | None, key_file: Path | None, config_path: Path | None, also_terminal: bool,
+         as_json: bool) -> None:
     """Check that the card is genuine (internal authentication with a fresh random).
 
     \b
@@ -65,8 +84,9 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, also_termi
       sscard auth --reader sim:counterfeit
       sscard auth --reader "Virtual PCD 00 00" --psam "Virtual PCD 00 01"
     """
-    with open_key_store(psam, key_file) as store, open_connection(reader) as connection:
-        announce_key_store(store)
+    with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
+            open_connection(reader) as connection:
+        announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)
         card.select()
         ref = check_genuine(card, store)
@@ -110,20 +130,22 @@ def _same_person(typed: str, on_card: str) -> bool:
 @click.command("reset-pin")
 @reader_option
 @key_store_options
+@config_option
 @click.option("--id-number", cls=Asked, prompt="ID document number (身份证号码)", metavar="ID", callback=id_number_option,
               help="The holder's ID document number, as the clerk reads it from the document.")
 @click.option("--pin-stdin", is_flag=True, help="Read the new PIN from the first line of standard input.")
 @json_option()
-def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, id_number: str, pin_stdin: bool,
-              as_json: bool) -> None:
+def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, config_path: Path | None, id_number: str,
+              pin_stdin: bool, as_json: bool) -> None:
     """Bank counter: set a new PIN and unblock it, after checking the holder's ID document.
 
     The card must be genuine and its social security number must match the ID document; the new
     PIN (typed twice, weak PINs refused) is loaded with a MAC from the key store (RELOAD PIN).
     Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
     """
-    with open_key_store(psam, key_file) as store, open_connection(reader) as connection:
-        announce_key_store(store)
+    with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
+            open_connection(reader) as connection:
+        announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)
         card.select()
         ref = check_genuine(card, store)
