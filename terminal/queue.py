@@ -330,6 +330,23 @@ def now_cst() -> dt.datetime:
     return dt.datetime.now(CST)
 
 
+def _wal(conn: sqlite3.Connection, wait_s: float) -> str:
+    """``PRAGMA journal_mode=WAL``, tried again while another process holds the file busy.
+
+    Switching a new file to WAL needs it alone for an instant, and SQLite answers SQLITE_BUSY at once
+    there, without its busy handler: two terminals opening a fresh journal together failed one time
+    in three (3 processes, 150 tries). The journal mode it answers is returned.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 class Outbox:
     """The queue file at ``path``; ``station`` (this terminal) is saved in it for later openers.
 
@@ -384,7 +401,7 @@ class Outbox:
         conn = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = _wal(conn, busy_timeout_ms / 1000)
             if mode != "wal":
                 log.warning("the record queue %s cannot use WAL (journal mode %s)", self.path, mode)
             conn.execute("PRAGMA synchronous=FULL")

@@ -614,3 +614,31 @@ def test_without_a_limit_a_burst_borrows_the_seconds_it_needs(tmp_path, clock):
     with Outbox(tmp_path / "burst.sqlite", STATION, clock=clock, max_ahead=None) as box:
         made = [registration(box).msgid for _ in range(1000)]
     assert (msgid_time(made[-1]) - clock()).total_seconds() == 9 and len(set(made)) == 1000
+
+
+def _open_fresh(path: str, barrier, results) -> None:
+    barrier.wait(timeout=30)
+    try:
+        Outbox(path).close()
+        results.put("opened")
+    except QueueError as err:
+        results.put(str(err))
+
+
+def test_terminals_opening_a_fresh_journal_together_all_open_it(tmp_path):
+    """Switching a new file to WAL needs it alone for an instant; SQLite says busy at once there, and
+    one of three processes failed in about a third of the rounds before the switch was tried again."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failed = []
+    for round_no in range(20):
+        barrier, results = context.Barrier(3), context.Queue()
+        path = str(tmp_path / f"fresh-{round_no}.sqlite")
+        workers = [context.Process(target=_open_fresh, args=(path, barrier, results)) for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        failed += [answer for answer in (results.get(timeout=60) for _ in workers) if answer != "opened"]
+        for worker in workers:
+            worker.join(timeout=30)
+    assert failed == []
