@@ -25,6 +25,10 @@ MAX_RESPONSE_BYTES = 65536
 #: what every driver's ``_exchange`` raises (as :class:`TransportError`) once ``disconnect()`` ran
 CLOSED_MESSAGE = "The connection to the card is closed"
 
+#: seconds one card command may take before it is given up on (the CLI's watchdog, the service, a
+#: PSAM shared between threads); the slowest SSC command (RSA, key generation) takes a few seconds
+CARD_TIMEOUT_S = 20.0
+
 #: commands on their way to a card now: id(connection) -> (the connection, when it was sent
 #: (time.monotonic()), the thread that sent it). A card that stalls blocks the PC/SC call for good
 #: (pcscd + vpcd have no timeout; a real reader's is the card's work waiting time), so the CLI's

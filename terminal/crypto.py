@@ -48,7 +48,7 @@ from apdu.errors import (
     TransportError,
 )
 from apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys, psam_key_version
-from drivers.connection import Connection
+from drivers.connection import CARD_TIMEOUT_S, Connection
 from terminal.card import SocialSecurityCard
 from terminal.private import read_private_file
 
@@ -180,15 +180,11 @@ class SoftwareKeyStore(KeyStore):
         return cls(keys, description, test_only)
 
 
-#: seconds a PSAM command waits for another thread's (the CLI's card timeout, terminal/cli/watchdog.py)
-PSAM_WAIT_S = 20.0
-
-
 class PSAMKeyStore(KeyStore):
     """A PSAM in another reader slot computes for the terminal (DES INIT, DES CRYPT; docs/card-profile.md
     "PSAM commands"). The PSAM's refusals become KeyStoreError; a removed PSAM stays CardRemovedError."""
 
-    def __init__(self, connection: Connection, wait_s: float = PSAM_WAIT_S) -> None:
+    def __init__(self, connection: Connection, wait_s: float = CARD_TIMEOUT_S) -> None:
         self.connection = connection
         self.description = f"PSAM in {connection.name}"
         self.wait_s = wait_s

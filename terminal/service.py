@@ -46,7 +46,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from apdu.errors import CardUnresponsiveError, ConfigError, ReaderError, SSCardError
-from drivers.connection import forgive, give_up
+from drivers.connection import CARD_TIMEOUT_S, forgive, give_up
 from message.envelope import CST
 from terminal.card import Identity, SocialSecurityCard
 from terminal.config import TerminalConfig
@@ -80,9 +80,6 @@ STATIC = Path(__file__).resolve().parent / "static"
 PUBLIC = ("/", "/static/")
 #: seconds a request waits for a reader busy with another one
 BUSY_WAIT = 10.0
-#: seconds one card command may take before the request is answered "not answering" (the CLI's
-#: default card timeout, terminal/cli/watchdog.py; the slowest SSC command takes a few seconds)
-CARD_TIMEOUT = 20.0
 #: how often a request's card wait is looked at
 CARD_POLL_S = 0.1
 #: seconds a request's body may take to arrive once its headers have: a client that sends its
@@ -262,7 +259,7 @@ class ReaderService:
 
     def __init__(self, *, reader: str, keys: KeyStore, token: str, origins: tuple[str, ...] = (),
                  contactless: str | None = None, terminal_no: int = 0, device: str = "", host: str = "127.0.0.1",
-                 port: int = 0, busy_wait: float = BUSY_WAIT, card_timeout: float = CARD_TIMEOUT,
+                 port: int = 0, busy_wait: float = BUSY_WAIT, card_timeout: float = CARD_TIMEOUT_S,
                  body_time: float = BODY_TIME_S, config: TerminalConfig | None = None,
                  central_url: str | None = None) -> None:
         if host not in LOOPBACK:

@@ -43,9 +43,7 @@ class SSCardGroup(click.Group):
         except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C/Ctrl-D at a prompt into Abort
             fail(ctx, {"code": "interrupted", "exit_code": 130, "message": "Interrupted."}, "Interrupted.")
         except click.UsageError as err:  # click prints it; under --json the error object too
-            if json_asked(ctx):
-                print_json({"error": {"code": "usage", "exit_code": err.exit_code, "message": err.format_message()}},
-                           line=json_lines(ctx))
+            json_error(ctx, {"code": "usage", "exit_code": err.exit_code, "message": err.format_message()})
             raise
         except (click.exceptions.Exit, click.ClickException):
             raise
@@ -63,10 +61,16 @@ def fail(ctx: click.Context, error: dict[str, Any], line: str) -> None:
     """Report a failure: ``line`` on stderr, the error object on stdout under ``--json`` (unless the
     command printed it beside its result), and exit with the error's code."""
     with watchdog.OUTPUT:  # never beside the card watchdog's report
-        if json_asked(ctx) and not json_printed(ctx):  # a program reads stdout: the error in the result's place
-            print_json({"error": error}, line=json_lines(ctx))
+        json_error(ctx, error)
         click.echo(line, err=True)
     ctx.exit(error["exit_code"])
+
+
+def json_error(ctx: click.Context, error: dict[str, Any]) -> None:
+    """Under ``--json``, the error object on stdout in the result's place (a program reads stdout),
+    unless the command printed it beside its result; on one line for a stream command."""
+    if json_asked(ctx) and not json_printed(ctx):
+        print_json({"error": error}, line=json_lines(ctx))
 
 def setup_logging(verbosity: int) -> None:
     """``-v``: APDU trace and info on stderr; ``-vv``: everything at DEBUG.

@@ -33,12 +33,12 @@ import threading
 from collections.abc import Callable
 
 from apdu.errors import CardUnresponsiveError
-from drivers.connection import Connection, longest_wait
+from drivers.connection import CARD_TIMEOUT_S, Connection, longest_wait
 
 log = logging.getLogger(__name__)
 
-#: seconds one command may take; the slowest SSC command (RSA, key generation) takes a few seconds
-DEFAULT_TIMEOUT_S = 20.0
+#: seconds one command may take (drivers.connection.CARD_TIMEOUT_S), unless told otherwise
+DEFAULT_TIMEOUT_S = CARD_TIMEOUT_S
 #: how often the watchdog looks
 POLL_S = 0.2
 
