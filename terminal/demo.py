@@ -68,6 +68,10 @@ class DemoClerk:
     def can_ask_again(self) -> bool:
         return bool(self.pins)
 
+    def confirm(self, question: str) -> bool:
+        print(f"    {question} no", file=self.out)  # the demo's day asks nothing it would agree to
+        return False
+
 
 def _sim(name: str) -> MemoryConnection:
     card = load_old_card(name) if name.startswith("old-medical") else load_card(name)

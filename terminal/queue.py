@@ -974,13 +974,27 @@ class Outbox:
         """Records not yet confirmed (``pending`` or ``sending``), oldest first."""
         return self._select(f"state IN ('{PENDING}', '{SENDING}')", [], limit)
 
-    def records(self, state: str | None = None, limit: int | None = None, card_sn: str | None = None) -> list[QueuedRecord]:
-        """Records newest first: all, or in one state, or of one card, or both."""
+    def records(self, state: str | None = None, limit: int | None = None, card_sn: str | None = None,
+                card_number: str | None = None) -> list[QueuedRecord]:
+        """Records newest first: all, or in one state, or of one card (by its identification code
+        ``card_sn``, or by the ``card_number`` printed on it), or both."""
         if state is not None and state not in ALL_STATES:
             raise QueueError(f"Unknown record state {state!r}: use one of {', '.join(ALL_STATES)}")
-        filters = {"state": state, "card_sn": card_sn}
-        where = " AND ".join(f"{column} = ?" for column, value in filters.items() if value is not None)
-        return self._select(where or "1", [v for v in filters.values() if v is not None], limit, newest_first=True)
+        clauses, params = [], []
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        if card_sn is not None:
+            clauses.append("card_sn = ?")
+            params.append(card_sn)
+        if card_number is not None:
+            # the card's codes: those of the records whose credential names the number (person_fields
+            # in terminal/flows/common.py writes it as mdtrt_cert_no, under data or mdtrtinfo)
+            clauses.append("card_sn IN (SELECT card_sn FROM records WHERE card_sn IS NOT NULL AND instr(envelope, ?) "
+                           "AND EXISTS (SELECT 1 FROM json_tree(envelope, '$.input') "
+                           "WHERE key = 'mdtrt_cert_no' AND atom = ?))")
+            params += [card_number, card_number]
+        return self._select(" AND ".join(clauses) or "1", params, limit, newest_first=True)
 
     def with_data(self, infno: str, key: str, value: str) -> list[QueuedRecord]:
         """The recorded (not held) ``infno`` transactions whose ``input.data[key]`` is ``value``, oldest

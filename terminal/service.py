@@ -623,7 +623,10 @@ class ReaderService:
         pin = payload.get("pin")
         if pin is not None and not isinstance(pin, str):
             raise ConventionError("pin must be text")
-        clerk = ScriptedClerk([pin] if pin else [])
+        confirm = payload.get("confirm", False)
+        if not isinstance(confirm, bool):
+            raise ConventionError("confirm must be true or false")
+        clerk = ScriptedClerk([pin] if pin else [], agrees=confirm)
         if not self._flow_lock.acquire(timeout=self.busy_wait):
             raise ReaderBusyError("The counter is busy with another transaction (its card may not answer): try again")
         try:

@@ -22,8 +22,8 @@ from flowing import PINS, STATION, WINDOW2, clerk, open_site, platform, sim, sit
 from message.envelope import Fen
 from terminal.card import SocialSecurityCard
 from terminal.flows.bank import bank_activate
-from terminal.flows.common import IDNumberFormatError, PaymentRefusedError, RefusedError, is_active
-from terminal.flows.desk import register
+from terminal.flows.common import IDNumberFormatError, PaymentRefusedError, RefusedError, ScriptedClerk, is_active
+from terminal.flows.desk import MALE_MATERNITY, register
 from terminal.flows.kiosk import inquiry
 from terminal.flows.pharmacy import Item, dual_card_activate, parse_money, purchase, read_old_card, refund
 from terminal.oldcard import WrongCardOrderError
@@ -82,9 +82,35 @@ def test_desk_registration_kinds(site, platform, card, kind, infno, med_type, in
 
 
 def test_a_registration_the_holder_is_not_insured_for_is_refused(site, platform):
+    confirming = ScriptedClerk([PINS["adult"]], agrees=True)  # 张伟 is male: the clerk confirms, the platform refuses
     with pytest.raises(RefusedError, match="no insurance in force for a maternity registration") as refused:
-        register(sim("adult"), site, "maternity", "妇产科", clerk(PINS["adult"]))
+        register(sim("adult"), site, "maternity", "妇产科", confirming)
     assert refused.value.exit_code == 15 and count(site) == 0 and visits(platform) == []
+
+
+def test_maternity_for_a_male_holder_is_asked_refused_unless_confirmed_and_the_confirmation_recorded(tmp_path, site):
+    asked = clerk(PINS["adult"])
+    with pytest.raises(RefusedError, match="male holder not confirmed. Nothing was recorded") as refused:
+        register(sim("adult"), site, "maternity", "妇产科", asked)
+    assert refused.value.exit_code == 15 and count(site) == 0
+    assert asked.said[-1].startswith("The holder is male") and asked.said[-1].endswith(" no")
+    assert asked.pins == [PINS["adult"]]  # asked before the PIN: the holder typed nothing
+    # confirmed, with the platform unreachable: queued, the confirmation in the record the platform will get
+    offline = open_site(tmp_path / "offline.sqlite", "http://127.0.0.1:9")
+    try:
+        result = register(sim("adult"), offline, "maternity", "妇产科", ScriptedClerk([PINS["adult"]], agrees=True))
+        data = wire(result.record)["input"]["data"]
+        assert data["med_type"] == "51" and data["exp_content"] == {"clerk_confirmed": [MALE_MATERNITY]}
+        assert result.to_dict()["confirmed"] == [MALE_MATERNITY]
+    finally:
+        offline.platform.close()
+        offline.outbox.close()
+    # a female holder is not asked; nothing else is either
+    female = clerk(PINS["not-activated"])
+    assert register(sim("not-activated"), site, "maternity", "妇产科", female).to_dict()["confirmed"] == []
+    assert not any("male" in line for line in female.said)
+    outpatient = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
+    assert "exp_content" not in wire(outpatient.record)["input"]["data"]
 
 
 def test_first_registration_activates_a_not_activated_card_once(site):

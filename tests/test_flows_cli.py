@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from terminal.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "flows.md"
 BLOCK = re.compile(r'<!-- transcript config=(\w+) input="([^"]*)" exit=(\d+) -->\n```console\n\$ (.*?)\n(.*?)```', re.S)
+PIPED = re.compile(r"echo (.*?) \| (sscard .*)")
 MSGID = re.compile(r"\b[HB]3303\d{7}\d{18}\b")
 SETL_ID = re.compile(r"\b(ST|CX|MD)\d{18}\b")
 VISIT = re.compile(r"\bMD\d{18}\b")
@@ -29,12 +33,19 @@ def run(config: Path, args: list[str], input: str | None = None):
     return CliRunner().invoke(main, args, input=input, env={"SSCARD_CONFIG": str(config)})
 
 
-def test_docs_transcripts_match_what_the_cli_prints(configs):
+def test_docs_transcripts_match_what_the_cli_prints(configs, monkeypatch):
     blocks = BLOCK.findall(DOC.read_text(encoding="utf-8"))
     assert len(blocks) >= 12
     seen = set()
     visits: dict[str, str] = {}  # a visit number the doc shows -> the one the platform gave in this run
+    piped_runs = 0
     for config, answers, exit_code, command, expected in blocks:
+        # a clerk at a terminal (questions with defaults asked, PINs at hidden prompts), or `echo ... | sscard`
+        piped = PIPED.match(command)
+        if piped:
+            assert piped.group(1).split(" ") == answers.split("|"), command
+            command, piped_runs = piped.group(2), piped_runs + 1
+        monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda: not piped)
         args = [visits.get(arg, arg) for arg in shlex.split(command)]
         assert args[0] == "sscard"
         seen.add(tuple(args[1:3]))
@@ -45,6 +56,7 @@ def test_docs_transcripts_match_what_the_cli_prints(configs):
         visits.update(zip(VISIT.findall(expected), VISIT.findall(result.output)))
     assert {("desk", "register"), ("pharmacy", "activate"), ("pharmacy", "purchase"),
             ("bank", "activate")} <= seen and any(s[0] == "kiosk" for s in seen)
+    assert piped_runs >= 1
 
 
 def records(config: Path) -> list[tuple[str, str]]:
@@ -243,3 +255,54 @@ def test_an_item_typed_with_a_mistake_is_asked_again_and_the_items_before_it_kep
     assert paid.exit_code == 0, paid.output
     assert "is not an item" in paid.stderr or "is not an amount" in paid.stderr
     assert json.loads(paid.stdout)["total_fen"] == 3 * 420 + 2 * 1500
+
+
+def sscard(config: Path, *args: str, input: str) -> subprocess.CompletedProcess:
+    """The CLI in its own process, its standard input a pipe (not a terminal), as a script runs it."""
+    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", *args],
+                          input=input, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SSCARD_CONFIG": str(config)})
+
+
+def test_piped_lines_answer_only_the_questions_without_defaults_and_pins_need_no_terminal(configs):
+    clinic = configs["clinic"]
+    # the registration type has a default: not asked, so the PIN line is the PIN (it was taken as the type)
+    piped = sscard(clinic, "desk", "register", "-r", "sim:adult", "--department", "内科", "--pin-stdin", "--json",
+                   input="246810\n")
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["registration"] == "outpatient" and "Registration type" not in piped.stderr
+    # without --pin-stdin: the PIN is still read from the pipe, without Python's getpass warning
+    for args, code in ((["desk", "register", "-r", "sim:adult", "--department", "外科"], 0),
+                       (["verify-pin", "-r", "sim:adult"], 6)):
+        run_ = sscard(clinic, *args, input="246810\n" if code == 0 else "000000\n")
+        assert run_.returncode == code, run_.stderr
+        assert "Warning" not in run_.stderr and "Traceback" not in run_.stderr
+    empty = sscard(clinic, "verify-pin", "-r", "sim:adult", input="")
+    assert empty.returncode == 2 and "no PIN on standard input" in empty.stderr
+
+
+def test_maternity_for_a_male_holder_needs_the_clerks_yes(configs):
+    clinic = configs["clinic"]
+    asked = sscard(clinic, "desk", "register", "-r", "sim:adult", "--type", "maternity", "--department", "妇产科",
+                   input="246810\n")
+    assert asked.returncode == 15 and "give --yes to confirm" in asked.stdout
+    assert "male holder not confirmed" in asked.stderr and records(clinic) == []
+    yes = sscard(clinic, "desk", "register", "-r", "sim:adult", "--type", "maternity", "--department", "妇产科",
+                 "--yes", input="246810\n")
+    # confirmed: then the platform decides (张伟 has no maternity insurance)
+    assert "? yes (--yes)" in yes.stdout and yes.returncode == 15 and "no insurance in force" in yes.stderr
+
+
+def test_queue_list_finds_a_cards_records_by_the_number_printed_on_it(configs):
+    clinic = configs["clinic"]
+    assert run(clinic, ["desk", "register", "-r", "sim:adult", "--department", "内科", "--pin-stdin"], "246810\n").exit_code == 0
+    assert run(clinic, ["desk", "register", "-r", "sim:other-region", "--department", "内科", "--pin-stdin"],
+               "802613\n").exit_code == 0
+
+    def listed(card: str) -> list[str]:
+        result = run(clinic, ["queue", "list", "--config", str(clinic), "--card", card, "--json"])
+        assert result.exit_code == 0, result.output
+        return [row["infno"] for row in json.loads(result.stdout)]
+
+    assert listed("A01234567") == ["2201"] == listed("330300d15600000501234567ffffffff")
+    assert listed("A0123456") == [] and listed("A01234568") == []  # a number, not a part of one

@@ -20,7 +20,7 @@ from jsonschema_rules import violations
 
 from apdu.errors import SSCardError, WrongPINError
 from terminal.cli import main
-from terminal.cli.output import Asked
+from terminal.cli.prompts import Asked
 
 #: commands that run until stopped (a server, a virtual card): they print no result
 SERVERS = {"simulate", "central serve", "serve"}

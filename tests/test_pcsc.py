@@ -331,6 +331,17 @@ def test_watch_sees_insertion_then_removal(vpcd_card):
     assert watch.returncode == 0, err
 
 
+def test_watch_of_an_unknown_reader_is_exit_3_naming_the_readers(vpcd_card):
+    for as_json in (False, True):
+        result = CliRunner().invoke(main, ["watch", "--reader", "nosuch", "--timeout", "1", *(["--json"] if as_json else [])])
+        assert result.exit_code == 3, result.output
+        assert "Reader 'nosuch' not found" in result.output and READER0 in result.output
+    assert json.loads(result.stdout.splitlines()[-1])["error"]["code"] == "reader_not_found"
+    # a part of a name, and an index, are watched as in every command
+    assert CliRunner().invoke(main, ["watch", "--reader", "PCD", "--timeout", "0.5"]).exit_code == 0
+    assert CliRunner().invoke(main, ["watch", "--reader", "1", "--timeout", "0.5"]).exit_code == 0
+
+
 def test_watch_survives_a_pcscd_restart(pcscd, vpcd_card):
     if not pcscd.started_here:
         pytest.skip("pcscd was already running: the tests restart only their own")

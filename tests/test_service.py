@@ -497,3 +497,14 @@ def test_the_readers_list_starts_with_the_configured_virtual_reader_and_its_card
                           "atr": readers[0]["atr"]} and readers[0]["atr"].startswith("3B ")
     assert [r["configured"] for r in readers[1:]] == [False] * (len(readers) - 1)  # a PC/SC one is not it
     assert violations(readers) == []
+
+
+def test_maternity_for_a_male_holder_through_the_api_needs_confirm(counter, token):
+    service, platform = counter
+    body = {"type": "maternity", "department": "妇产科", "pin": "246810"}
+    unasked = post(service, "/api/register", body, token)
+    assert unasked.json()["error"]["code"] == "refused" and "male holder not confirmed" in unasked.text
+    confirmed = post(service, "/api/register", {**body, "confirm": True}, token)
+    assert "no insurance in force" in confirmed.json()["error"]["message"]  # confirmed: the platform decides
+    malformed = post(service, "/api/register", {**body, "confirm": "yes"}, token)
+    assert malformed.status_code == 400 and "confirm" in malformed.json()["error"]["message"]

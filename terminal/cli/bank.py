@@ -16,7 +16,8 @@ from terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.output import Asked, json_option
+from terminal.cli.output import json_option
+from terminal.cli.prompts import Asked
 from terminal.flows.bank import bank_activate
 from terminal.queue import QueuedRecord
 from terminal.readers import open_connection

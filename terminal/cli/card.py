@@ -1,12 +1,12 @@
 """Card commands: ``sscard read`` and ``sscard verify-pin``."""
 from __future__ import annotations
 
-import sys
 
 import click
 
 from terminal.card import Identity, SocialSecurityCard
 from terminal.cli.output import json_option, print_json
+from terminal.cli.prompts import read_pin
 from terminal.flows.common import IDNumberFormatError, check_id_number
 from terminal.readers import open_connection
 
@@ -77,20 +77,6 @@ def read(reader: str | None, as_json: bool, redact: bool) -> None:
         click.echo(format_identity(fields, identity.activated))
 
 
-def read_pin(prompt: str, from_stdin: bool, confirm: bool = False) -> str:
-    """A PIN from a hidden prompt, or one line of stdin (never a command-line option: it would show in ps).
-
-    ``confirm`` asks twice at the prompt (a new PIN); from stdin the line is taken once. The prompt is
-    on stderr, so that stdout holds only the result (``--json``).
-    """
-    if from_stdin or not sys.stdin.isatty():
-        line = sys.stdin.readline()
-        if not line:
-            raise click.UsageError("no PIN on standard input")
-        return line.strip()
-    return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
-
-
 @click.command("verify-pin")
 @reader_option
 @click.option("--pin-stdin", is_flag=True, help="Read the PIN from the first line of standard input.")
@@ -113,4 +99,4 @@ def verify_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
 
 
 COMMANDS = [read, verify_pin]
-__all__ = ["COMMANDS", "Identity", "reader_option", "read_pin"]
+__all__ = ["COMMANDS", "Identity", "reader_option"]

@@ -1,8 +1,7 @@
 """What the counter commands share: the configuration option, the site, the clerk at the screen.
 
 Progress lines go to stdout, or to stderr under ``--json`` (stdout then holds the JSON result only).
-PINs are asked at hidden prompts, or read one per line from stdin with ``--pin-stdin`` (never an
-option: it would show in ``ps``). docs/flows.md has a clerk's transcript of every command.
+PINs are asked at hidden prompts, or read one per line from stdin (terminal/cli/prompts.py). docs/flows.md has a clerk's transcript of every command.
 
 Every counter command talks to the platform at ``--central`` (else ``$SSCARD_CENTRAL``, else the
 configuration's ``[central] url``) and first resolves what its journal left unknown (a lost answer
@@ -11,7 +10,6 @@ of an earlier run: docs/platform.md, "The journal"), saying so on stderr.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import click
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
 from terminal.cli.output import print_json
+from terminal.cli import prompts
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
 from terminal.flows import common
@@ -33,7 +32,9 @@ config_option = click.option(
     help="The terminal's configuration file [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml].",
 )
 pin_stdin_option = click.option("--pin-stdin", is_flag=True,
-                                help="Read PINs from standard input, one per line (for scripts).")
+                                help="Read PINs from standard input, one per line (so they are read whenever it is not a terminal).")
+yes_option = click.option("--yes", "agrees", is_flag=True,
+                          help="Answer yes to the clerk's confirmations (a maternity registration for a male holder).")
 central_option = click.option(
     "--central", "central_url", envvar="SSCARD_CENTRAL", default=None, metavar="URL",
     help="The platform's URL [default: $SSCARD_CENTRAL, else the configuration's [central] url].",
@@ -46,22 +47,28 @@ class ScreenClerk:
 
     pin_stdin: bool = False
     to_stderr: bool = False
+    #: ``--yes``: the clerk confirmed in advance
+    agrees: bool = False
 
     def say(self, text: str) -> None:
         with watchdog.OUTPUT:  # never beside the card watchdog's report (terminal/cli/watchdog.py)
             click.echo(text, err=self.to_stderr)
 
     def ask_pin(self, prompt: str) -> str:
-        if self.pin_stdin:
-            line = sys.stdin.readline()
-            if not line:
-                raise click.UsageError("no PIN on standard input")
-            return line.strip()
-        return click.prompt(prompt, hide_input=True, err=self.to_stderr)
+        return prompts.read_pin(prompt, self.pin_stdin)
 
     def can_ask_again(self) -> bool:
-        """A person at the terminal may type a wrong PIN again; a script's ``--pin-stdin`` line is one try."""
-        return not self.pin_stdin and sys.stdin.isatty()
+        """A person at the terminal may type a wrong PIN again; a piped line is one try."""
+        return prompts.can_ask_again(self.pin_stdin)
+
+    def confirm(self, question: str) -> bool:
+        if self.agrees:
+            self.say(f"{question} yes (--yes)")
+            return True
+        if prompts.at_terminal():
+            return click.confirm(question, default=False, err=self.to_stderr)
+        self.say(f"{question} no: there is no terminal to ask at (give --yes to confirm)")
+        return False
 
 
 def bill_items(specs: tuple[str, ...], label: str, to_stderr: bool = False) -> list[Item]:

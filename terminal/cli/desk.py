@@ -14,8 +14,10 @@ from terminal.cli.counter import (
     finish,
     open_site,
     pin_stdin_option,
+    yes_option,
 )
-from terminal.cli.output import Asked, json_option
+from terminal.cli.output import json_option
+from terminal.cli.prompts import Asked
 from terminal.flows.desk import KINDS, cancel, refund, register, settle_visit
 from terminal.readers import open_connection
 
@@ -35,19 +37,21 @@ def desk() -> None:
 @click.option("--pin/--no-pin", "require_pin", default=None,
               help="Ask the holder's PIN [default: the configuration's desk.require_pin].")
 @pin_stdin_option
+@yes_option
 @json_option()
 def register_command(reader: str | None, config_path: Path | None, central_url: str | None, kind: str,
-                     department: str, require_pin: bool | None, pin_stdin: bool, as_json: bool) -> None:
+                     department: str, require_pin: bool | None, pin_stdin: bool, agrees: bool, as_json: bool) -> None:
     """Register the card holder online: genuine-card check, PIN, 1101, then 2201 or 2401, answered with
     the visit number (mdtrt_id). With the platform unreachable the registration waits in the queue.
 
     \b
     A card not yet activated is activated by its first registration; a card from another region is
-    flagged cross-region. Exit 8: counterfeit card; 6/7: wrong/blocked PIN; 4: card removed; 15: the
+    flagged cross-region; maternity care for a male holder is registered only when the clerk confirms it
+    (at the prompt, or --yes), and the confirmation is recorded with it. Exit 8: counterfeit card; 6/7: wrong/blocked PIN; 4: card removed; 15: the
     platform refused (not insured for this kind of visit...); 14/17: its answer was lost and reversed
     (nothing done) or not reversed yet.
     """
-    clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
+    clerk = ScreenClerk(pin_stdin, to_stderr=as_json, agrees=agrees)
     with open_site(config_path, central_url) as (config, site), open_connection(reader) as connection:
         pin = config.desk_requires_pin if require_pin is None else require_pin
         result = register(connection, site, kind, department, clerk, require_pin=pin)

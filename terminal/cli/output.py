@@ -5,7 +5,7 @@ context, so that an error of a command run with ``--json`` is printed on stdout 
 ``{"error": {"code", "exit_code", "message"}}`` (:meth:`apdu.errors.SSCardError.to_dict`, the
 service's error schema too) as well as in words on stderr. :func:`print_json` is the one way a
 result is printed: UTF-8 as is (names stay readable), indented, or one object per line for streams.
-Prompts go to stderr (:class:`Asked`), so stdout holds the result alone.
+Prompts go to stderr (terminal/cli/prompts.py), so stdout holds the result alone.
 """
 from __future__ import annotations
 
@@ -73,17 +73,3 @@ def json_lines(ctx: click.Context) -> bool:
 def json_printed(ctx: click.Context) -> bool:
     """Whether the command already printed its error inside its result (:func:`print_json`)."""
     return bool(ctx.meta.get(JSON_PRINTED))
-
-class Asked(click.Option):
-    """An option asked at a prompt when it is not given, the prompt on stderr (``cls=Asked``).
-
-    Click prompts on stdout; a program reading a command's ``--json`` result from stdout would get
-    the prompt in front of it. The prompted options here have string defaults or none.
-    """
-
-    def prompt_for_value(self, ctx: click.Context) -> Any:
-        assert self.prompt is not None
-        default = self.get_default(ctx)
-        return click.prompt(self.prompt, default=default if isinstance(default, str) else None, type=self.type,
-                            hide_input=self.hide_input, show_choices=self.show_choices,
-                            value_proc=lambda text: self.process_value(ctx, text), err=True)

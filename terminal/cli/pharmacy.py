@@ -20,7 +20,8 @@ from terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.output import Asked, json_option
+from terminal.cli.output import json_option
+from terminal.cli.prompts import Asked
 from terminal.flows.common import Site
 from terminal.flows.pharmacy import (
     DualCardActivation,

@@ -17,11 +17,15 @@ from typing import Any
 
 import click
 
+from apdu.catalogue import CARD_ITEMS
 from message.envelope import iso_time
 from terminal.cli import signals
 from terminal.cli.output import json_option, print_json
 from terminal.config import TerminalConfig, default_config_path, load_config
 from terminal.queue import ALL_STATES, STATES, Outbox
+
+#: the card identification code in hex (16 bytes on the card): what ``--card`` takes besides the card number
+CARD_SN_LENGTH = 2 * next(item.length for item in CARD_ITEMS if item.key == "card_identification_code")
 
 DEFAULT_CENTRAL = "http://127.0.0.1:8930"
 #: show the progress bar on a terminal when more records than this are to be sent
@@ -113,17 +117,20 @@ def format_age(seconds: int) -> str:
 @queue_options
 @click.option("--state", "--status", "state", type=click.Choice(ALL_STATES), default=None,
               help="Only records in this state (held: queued before its card change is done, not uploaded yet).")
-@click.option("--card", "card_sn", default=None, metavar="CODE", help="Only the records of this card identification code.")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="At most this many records.")
+@click.option("--card", default=None, metavar="CARD",
+              help="Only the records of this card: its card number (as printed on it) or its identification code.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="At most this many records, newest first.")
 @json_option("Print JSON on stdout.")
-def list_records(path: Path | None, config_path: Path | None, state: str | None, card_sn: str | None, limit: int,
+def list_records(path: Path | None, config_path: Path | None, state: str | None, card: str | None, limit: int,
                  as_json: bool) -> None:
     """The newest records (card codes masked, no personal data; none when there is no queue file yet)."""
     where = queue_path(path, config_path)
     rows = []
     if where.exists():
         with Outbox(where, create=False) as outbox:
-            rows = [r.summary() for r in outbox.records(state, limit, card_sn)]
+            by_code = card is not None and len(card.strip()) == CARD_SN_LENGTH
+            code, number = (card.strip().upper(), None) if by_code else (None, card.strip() if card else None)
+            rows = [r.summary() for r in outbox.records(state, limit, card_sn=code, card_number=number)]
     if as_json:
         print_json(rows)
         return

@@ -5,11 +5,12 @@ import datetime as dt
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from apdu.errors import NoReaderError, ProfileError
+from apdu.errors import NoReaderError, ProfileError, ServiceNotRunningError
 from message.envelope import CST, iso_time
 from terminal.cli import signals
 from terminal.cli.output import json_option, print_json
@@ -123,7 +124,7 @@ def _simulate(clients: list[Any], host: str, stop: signals.Flag, toggle: signals
 
 @click.command()
 @click.option("--reader", "-r", "spec", default=None, metavar="SPEC",
-              help="Only this reader (index, name or a unique part of it).")
+              help="Only the readers it names (index, name or part of one, or the ATR of the card in it); exit 3 if none.")
 @click.option("--count", type=click.IntRange(1), default=None, metavar="N",
               help="Stop after N insertions/removals.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
@@ -167,21 +168,27 @@ def watch(spec: str | None, count: int | None, timeout: float | None, as_json: b
                 break
 
 
-def _reader_filter(spec: str | None):
-    """A predicate on reader names for ``watch --reader``: index or (part of a) name, resolved lazily
-    so a reader plugged in later still matches."""
+def _reader_filter(spec: str | None) -> Callable[[str], bool]:
+    """A predicate on reader names for ``watch --reader``: an index, a name or a part of one (every
+    reader it names is watched), or the ATR of the card in a reader. What it names must be plugged in
+    when the watch starts (else the error every command gives, exit 3, listing the readers); a part
+    of a name then matches by name, so a reader unplugged and plugged in again is still watched. With
+    the PC/SC service not running yet, a part of a name is matched as readers appear."""
     if spec is None:
         return lambda name: True
     from drivers import pcsc
 
-    if spec.isdigit():
-        names = pcsc.list_readers()
-        index = int(spec)
-        if index >= len(names):
-            raise click.BadParameter(f"no reader number {index} (readers: {', '.join(names) or 'none'})")
-        target = names[index]
-        return lambda name: name == target
-    return lambda name: name == spec or spec.lower() in name.lower()
+    exact = spec.strip().isdigit() or pcsc.parse_atr(spec) is not None  # an index, or the ATR of the card in it
+    try:
+        with pcsc.Context() as context:
+            if not exact and any(spec.lower() in name.lower() for name in context.readers()):
+                return lambda name: spec.lower() in name.lower()  # each reader it names is watched
+            target = pcsc.resolve(spec, context)  # else the error every command gives
+    except ServiceNotRunningError:
+        if exact:
+            raise
+        return lambda name: spec.lower() in name.lower()
+    return lambda name: name == target
 
 
 COMMANDS: list[click.Command] = [readers, simulate, watch]

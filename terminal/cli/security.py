@@ -14,9 +14,10 @@ import click
 
 from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard, holder
-from terminal.cli.card import id_number_option, read_pin, reader_option
+from terminal.cli.card import id_number_option, reader_option
 from terminal.cli.counter import config_option
-from terminal.cli.output import Asked, json_option, print_json
+from terminal.cli.output import json_option, print_json
+from terminal.cli.prompts import Asked, read_pin
 from terminal.crypto import (
     KeyStore,
     authenticate_terminal,

@@ -55,6 +55,9 @@ class Clerk(Protocol):
     def can_ask_again(self) -> bool:
         """Whether a wrong PIN may be asked again (a person at the screen; not a script's one line)."""
 
+    def confirm(self, question: str) -> bool:
+        """Ask the clerk a yes/no question (no unless the clerk says yes); the answer is said too."""
+
 
 @dataclass
 class ScriptedClerk:
@@ -63,6 +66,8 @@ class ScriptedClerk:
 
     pins: list[str] = field(default_factory=list)
     said: list[str] = field(default_factory=list)
+    #: the answer to every confirmation asked
+    agrees: bool = False
 
     def say(self, text: str) -> None:
         self.said.append(text)
@@ -74,6 +79,10 @@ class ScriptedClerk:
 
     def can_ask_again(self) -> bool:
         return bool(self.pins)
+
+    def confirm(self, question: str) -> bool:
+        self.say(f"{question} {'yes' if self.agrees else 'no'}")
+        return self.agrees
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 from drivers.connection import Connection
 from message.envelope import yuan
-from terminal.card import holder
+from terminal.card import Identity, holder
 from terminal.flows.common import (
     Clerk,
     PaymentRefusedError,
@@ -58,6 +58,8 @@ OUTPATIENT_SETTLEMENT = "2207"
 VISIT_PATHS = ("$.output.data.mdtrt_id", "$.output.result.mdtrt_id")
 #: each registration and its cancellation
 CANCELS = {"2201": "2202", "2401": "2404"}
+#: the confirmation a maternity registration for a male holder records
+MALE_MATERNITY = "maternity registration for a male holder"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class Registration:
     record: QueuedRecord
     activation: QueuedRecord | None
     mdtrt_id: str | None = None
+    #: what the clerk confirmed to let it through (:func:`_confirmations`)
+    confirmed: tuple[str, ...] = ()
 
     @property
     def cross_region(self) -> bool:
@@ -128,13 +132,28 @@ class Registration:
             "insured_region": self.record.insured_region,
             "treatment_region": self.record.treatment_region,
             "activation": activation(self.activation),
+            "confirmed": list(self.confirmed),
         }
 
 
+def _confirmations(kind: RegistrationKind, identity: Identity, clerk: Clerk) -> tuple[str, ...]:
+    """What the clerk confirmed before this registration: a maternity registration for a male holder
+    (GB/T 2261.1 sex 1), which some regions allow for a spouse's care, is asked, and refused unless
+    confirmed (nothing recorded)."""
+    if kind.name != "maternity" or identity.sex != "1":
+        return ()
+    if not clerk.confirm("The holder is male: register maternity care (for a spouse's care, where the region allows it)?"):
+        raise RefusedError("Maternity registration for a male holder not confirmed. Nothing was recorded.")
+    return (MALE_MATERNITY,)
+
+
 def _body(kind: RegistrationKind, person: Person | None, insutype: str, fields: dict[str, Any], now: str,
-          department: str) -> dict[str, Any]:
-    """The registration's input: 2201 ``data``, 2401 ``mdtrtinfo`` (docs/platform.md)."""
+          department: str, confirmed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The registration's input: 2201 ``data``, 2401 ``mdtrtinfo`` (docs/platform.md); what the clerk
+    confirmed in its extension field ``exp_content``, so that the journal and the platform keep it."""
     who = {"psn_no": person.psn_no} if person else {}
+    if confirmed:
+        fields = {**fields, "exp_content": {"clerk_confirmed": list(confirmed)}}
     if kind.infno == "2401":
         return {"mdtrtinfo": {**who, **fields, "insutype": insutype, "med_type": kind.med_type, "ipt_no": "",
                               "adm_time": now, "adm_dept_codg": "", "adm_dept_name": department,
@@ -159,6 +178,7 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
     at = present_card(connection, site)
     identity = at.identity
     clerk.say(f"Card genuine: {holder_line(identity)}")
+    confirmed = _confirmations(chosen, identity, clerk)
     if require_pin:
         verify_holder_pin(at, clerk)
         clerk.say("PIN correct.")
@@ -193,7 +213,7 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
     if person is not None:
         try:
             record, output = site.online().transact(
-                chosen.infno, _body(chosen, person, insutype, fields, now, department),
+                chosen.infno, _body(chosen, person, insutype, fields, now, department, confirmed),
                 insured_region=person.insured_region, card_sn=at.card_sn, check=visit_id)
             mdtrt_id = visit_id(output)
         except PlatformRefusedError as err:
@@ -203,13 +223,13 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
                 raise
             clerk.say(f"The platform cannot be reached ({err}): the registration will wait in the queue.")
     if record is None:
-        record = site.outbox.add(chosen.infno, _body(chosen, None, insutype, fields, now, department),
+        record = site.outbox.add(chosen.infno, _body(chosen, None, insutype, fields, now, department, confirmed),
                                  insured_region=identity.issuing_region, card_sn=at.card_sn)
     if cross_region:
         clerk.say(f"Cross-region: insured in {record.insured_region}, treated in {site.station.region}.")
     where = f"visit {mdtrt_id}, {record.msgid}" if mdtrt_id else f"{record.msgid}, to be sent to the platform"
     clerk.say(f"Registered: {chosen.label}, {department} ({where}).")
-    return Registration(chosen, department, holder(identity), record, activated, mdtrt_id)
+    return Registration(chosen, department, holder(identity), record, activated, mdtrt_id, confirmed)
 
 
 # --- the visit: cancellation, the bill, its refund -----------------------------------------------------
