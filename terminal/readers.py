@@ -3,7 +3,9 @@
 - none given: ``$SSCARD_READER``, else the built-in virtual card ``sim:adult`` (in memory), so every
   command works on a machine with no reader;
 - ``sim:PROFILE``: the in-memory simulator with a bundled profile name or a profile file path (an
-  old medical insurance card for an ``"kind": "old-medical"`` profile, docs/old-medical-card.md);
+  old medical insurance card for an ``"kind": "old-medical"`` profile, docs/old-medical-card.md),
+  which remembers its PIN, tries, activation and records from command to command
+  (drivers/simulator/state.py);
 - anything else: a PC/SC reader by index ("0"), name (or a unique part of it) or the card's ATR in hex,
   as ``opensc-tool -r`` takes them.
 
@@ -38,12 +40,9 @@ def open_connection(spec: str | None = None, exclusive: bool | None = None) -> C
         exclusive = os.environ.get("SSCARD_EXCLUSIVE", "") not in ("", "0")
     if spec.startswith(SIM_PREFIX):
         from drivers.memory import MemoryConnection
-        from drivers.simulator import load_card
-        from drivers.simulator.oldmedical import load_old_card, old_profile_path
+        from drivers.simulator.state import remembered_card
 
-        name = spec[len(SIM_PREFIX):]
-        card = load_old_card(name) if old_profile_path(name) else load_card(name)
-        return MemoryConnection(card, name=spec)
+        return MemoryConnection(remembered_card(spec[len(SIM_PREFIX):]), name=spec)
     from drivers import pcsc
 
     return pcsc.connect(spec, exclusive=exclusive)

@@ -8,6 +8,9 @@ inserts a simulated card in "Virtual PCD 00 0<slot>" and waits until pcscd sees 
 removed at the end of the test. Pass a SimulatedCard object or a profile name (needs
 ``drivers.simulator.load_card``); ``process=True`` runs ``sscard simulate`` as a subprocess instead
 of a thread in this process.
+
+``fresh_virtual_cards`` (every test): the virtual cards' state folder (drivers/simulator/state.py)
+is the test's own, so each test meets the factory cards and leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -61,3 +64,11 @@ def vpcd_card(pcscd):
     yield insert
     for handle in reversed(cards):
         handle.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_virtual_cards(tmp_path_factory, monkeypatch):
+    """Every test starts from the factory virtual cards: ``sim:`` cards remember in a folder of its own."""
+    from drivers.simulator.state import STATE_ENV
+
+    monkeypatch.setenv(STATE_ENV, str(tmp_path_factory.mktemp("sim-state")))

@@ -32,6 +32,8 @@ NOTHING_TO_REFUSE = {"readers", "watch"}
 def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:
     for name, command in sorted(group.commands.items()):
         if isinstance(command, click.Group):
+            if command.invoke_without_command:  # a command of its own as well (simulate)
+                yield " ".join((*path, name)), command
             yield from commands(command, (*path, name))
         else:
             yield " ".join((*path, name)), command
@@ -58,6 +60,8 @@ def answered(command: click.Command) -> list[str]:
 def failing(path: str, command: click.Command, tmp: Path) -> list[str]:
     """Arguments that make the command fail with one of our errors before it does anything."""
     given = options(command)
+    if path == "simulate reset":
+        return ["no-such-card"]
     if path == "config init":  # no number for this terminal, and no one at a prompt to ask: a usage error
         return ["--config", str(tmp / "t.toml")]
     if "--config" in given:
@@ -197,6 +201,7 @@ def day_results(configs: dict[str, Path], tmp: Path) -> dict[str, Any]:
     run("clinic", f"config init --config {tmp / 'new.toml'} --terminal-number 5")
     run("clinic", f"central show --db {configs['clinic'].parent.parent / 'platform.sqlite'}")
     run("clinic", f"demo --dir {tmp / 'demo'}")
+    run("clinic", "simulate reset adult")
     return printed
 
 

@@ -151,6 +151,19 @@ class OldMedicalCard(CardOS):
             0x5C: (CLA_PROPRIETARY, self._get_balance),
         })
 
+    # --- what survives power-down (drivers/simulator/state.py) ---------------------------------------
+
+    def persistent_state(self) -> dict[str, Any]:
+        """The records of EF15 (record 5 says whether the card was replaced)."""
+        return {"records": [record.hex() for record in self.ef15.records]}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take back a :meth:`persistent_state` (ValueError/TypeError/KeyError when it is not one)."""
+        records = state["records"]
+        if not isinstance(records, list) or len(records) != len(self.ef15.records):
+            raise ValueError("records")
+        self.ef15.records[:] = [bytes.fromhex(record) for record in records]
+
     @property
     def replaced(self) -> bool:
         """Whether record 5 says "replaced by a social security card"."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from typing import Any
 
 from apdu.command import Command
 from apdu.commands import SSC_DF_NAME
@@ -89,6 +90,38 @@ class SSCCard(SecurityHandlers, CardOS):
     def activate(self) -> None:
         """Put the SSC application in the active state: SELECT answers 9000 from now on."""
         self.activated = True
+
+    # --- what survives power-down (drivers/simulator/state.py) ---------------------------------------
+
+    def persistent_state(self) -> dict[str, Any]:
+        """The PIN, its try counter, the lifecycle, the external authentication try counter and the
+        records, as JSON values."""
+        return {
+            "pin": self._pin,
+            "pin_tries_left": self.pin_tries_left,
+            "activated": self.activated,
+            "external_auth_tries_left": self.external_auth_tries_left,
+            "records": {f"{fid:04X}": [record.hex() for record in ef.records] for fid, ef in self.app.files.items()},
+        }
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take back a :meth:`persistent_state` (ValueError/TypeError/KeyError when it is not one)."""
+        pin, tries, auth_tries = state["pin"], state["pin_tries_left"], state["external_auth_tries_left"]
+        if not isinstance(pin, str) or not pin.isdigit() or not isinstance(state["activated"], bool):
+            raise ValueError("PIN or lifecycle")
+        if not all(type(n) is int and 0 <= n <= limit for n, limit in
+                   ((tries, self.pin_max_tries), (auth_tries, self.external_auth_max_tries))):
+            raise ValueError("try counter")
+        records = state["records"]
+        files = {f"{fid:04X}": ef for fid, ef in self.app.files.items()}
+        if not isinstance(records, dict) or set(records) != set(files) or any(
+                not isinstance(saved, list) or len(saved) != len(files[fid].records) for fid, saved in records.items()):
+            raise ValueError("records")
+        restored = {fid: [bytes.fromhex(record) for record in saved] for fid, saved in records.items()}
+        self._pin, self.pin_tries_left, self.activated = pin, tries, state["activated"]
+        self.external_auth_tries_left = auth_tries
+        for fid, saved_records in restored.items():
+            files[fid].records[:] = saved_records
 
     @property
     def pin_verified(self) -> bool:

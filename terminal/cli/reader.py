@@ -53,23 +53,25 @@ def readers(as_json: bool) -> None:
         click.echo(f"{i}  {s.name:<{width}}  {state}")
 
 
-def _load(spec: str):
+def _load(spec: str) -> Any:
     try:
-        from drivers.simulator import load_card
+        from drivers.simulator.state import remembered_card
     except ImportError as err:
         raise ProfileError("The card simulator is not available in this installation") from err
-    return load_card(spec)
+    return remembered_card(spec)
 
 
-@click.command()
-@click.option("--card", "cards", multiple=True, required=True, metavar="PROFILE",
+@click.group(invoke_without_command=True)
+@click.option("--card", "cards", multiple=True, metavar="PROFILE",
               help="Card profile: a bundled name (adult, minority, ...) or a JSON file. Repeat for several slots.")
 @click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
               help=f"vpcd port of each card, in order (default {DEFAULT_PORT}, {DEFAULT_PORT + 1}, ...).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where pcscd's vpcd driver listens.")
 @click.option("--remove-after", type=click.IntRange(0), default=None, metavar="N",
               help="Pull each card out when its command after N APDUs arrives (tests removal mid-read).")
-def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_after: int | None) -> None:
+@click.pass_context
+def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...], host: str,
+             remove_after: int | None) -> None:
     """Insert virtual social security cards into pcscd's virtual readers (vsmartcard-vpcd).
 
     Each card connects to vpcd (port 35963 is "Virtual PCD 00 00", 35964 "Virtual PCD 00 01") and
@@ -77,12 +79,22 @@ def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_a
     cards keep trying. Runs until Ctrl-C or SIGTERM, which remove the cards cleanly; SIGUSR1 pulls
     the cards out, the next SIGUSR1 puts them back in.
 
+    A virtual card remembers, as a chip does: its PIN, tries, activation and records carry over from
+    command to command, over vpcd and with --reader sim:NAME alike, until 'sscard simulate reset'.
+
     \b
     Examples:
       sscard simulate --card adult
       sscard simulate --card adult --card fixtures/cards/minority.json
       kill -USR1 <pid>      # remove / re-insert
+      sscard simulate reset adult   # the factory card again
     """
+    if ctx.invoked_subcommand is not None:
+        if cards or ports or remove_after is not None:
+            raise click.UsageError(f"'simulate {ctx.invoked_subcommand}' takes no --card, --port or --remove-after")
+        return
+    if not cards:
+        raise click.UsageError("Missing option '--card': which card profile to insert")
     from drivers.vpcd import VpcdClient, reader_name
 
     if len(ports) > len(cards):
@@ -98,6 +110,25 @@ def simulate(cards: tuple[str, ...], ports: tuple[int, ...], host: str, remove_a
     with signals.on_signals({signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGUSR1: toggle}):
         _simulate(clients, host, stop, toggle)
     click.echo("cards removed, simulator stopped", err=True)
+
+
+@simulate.command("reset")
+@click.argument("profile", required=False)
+@json_option()
+def simulate_reset(profile: str | None, as_json: bool) -> None:
+    """Restore the factory card: forget what the virtual card PROFILE (a bundled name or a profile
+    file) remembers (PIN, tries, activation, records); every virtual card without PROFILE."""
+    from drivers.simulator.state import reset, state_folder
+
+    try:
+        removed = reset(profile)
+    except OSError as err:
+        raise ProfileError(f"The saved state in {state_folder()} cannot be removed: {err.strerror or err}") from None
+    if as_json:
+        print_json({"profile": profile, "reset": [path.name for path in removed], "folder": str(state_folder())})
+        return
+    which = f"the virtual card {profile!r}" if profile else "every virtual card"
+    click.echo(f"{which}: factory state{'' if removed else ' (it had remembered nothing)'}")
 
 
 def _simulate(clients: list[Any], host: str, stop: signals.Flag, toggle: signals.Flag) -> None:
