@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from smartcard import scard
 
@@ -33,6 +34,7 @@ from apdu.errors import (
     SSCardError,
     TransportError,
 )
+from drivers import readerstate
 from drivers.connection import CLOSED_MESSAGE, Connection
 
 log = logging.getLogger(__name__)
@@ -124,11 +126,15 @@ class Context:
         """The current state of each reader (SCardGetStatusChange with timeout 0)."""
         if not names:
             return []
-        hresult, states = scard.SCardGetStatusChange(
-            self.handle, 0, [(name, scard.SCARD_STATE_UNAWARE) for name in names]
-        )
+        hresult, states = self.get_status_change(0, [(name, scard.SCARD_STATE_UNAWARE) for name in names])
         _check(hresult, "get reader status")
         return [ReaderStatus.from_state(name, event, atr) for name, event, atr in states]
+
+    def get_status_change(self, timeout_ms: int, readers: list[tuple[str, int]]) -> tuple[int, list[Any]]:
+        """SCardGetStatusChange, for reader names of any characters (drivers/readerstate.py)."""
+        if readerstate.needs_native([name for name, _ in readers]):
+            return readerstate.get_status_change(self.handle, timeout_ms, readers)
+        return scard.SCardGetStatusChange(self.handle, timeout_ms, readers)
 
     def release(self) -> None:
         try:
@@ -439,7 +445,7 @@ def _watch_context(context: Context, names: list[str], known: dict[str, ReaderSt
     timeout_ms = max(1, int(poll_s * 1000))
     while True:
         query = [(n, scard.SCARD_STATE_UNAWARE) for n in names + [PNP_NOTIFICATION]]
-        hresult, states = scard.SCardGetStatusChange(context.handle, 0, query)
+        hresult, states = context.get_status_change(0, query)
         code = _code(hresult)
         if code in _CONTEXT_LOST:
             return
@@ -452,7 +458,7 @@ def _watch_context(context: Context, names: list[str], known: dict[str, ReaderSt
             # block until something changes, from the states just read
             current = [(n, ev & ~scard.SCARD_STATE_CHANGED) for n, ev, _atr in states]
             while True:
-                hresult, _ = scard.SCardGetStatusChange(context.handle, timeout_ms, current)
+                hresult, _ = context.get_status_change(timeout_ms, current)
                 code = _code(hresult)
                 if code != _code(scard.SCARD_E_TIMEOUT):
                     break

@@ -49,6 +49,10 @@ def _status(names: list[str] | None = None) -> dict[str, tuple[bool, bytes | Non
         hresult, readers = scard.SCardListReaders(context, [])
         if hresult != scard.SCARD_S_SUCCESS:
             return {}
+        # pyscard passes reader names as ASCII: it cannot ask about others (drivers/readerstate.py does)
+        readers = [r for r in readers if r.isascii()]
+        if not readers:
+            return {}
         hresult, states = scard.SCardGetStatusChange(context, 0, [(r, scard.SCARD_STATE_UNAWARE) for r in readers])
         if hresult != scard.SCARD_S_SUCCESS:
             return {}

@@ -1,6 +1,7 @@
 """The PC/SC driver over a real pcscd with simulated cards in vsmartcard-vpcd's virtual readers."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from apdu.command import Command
 from apdu.errors import (
     CardRemovedError,
     NoCardError,
+    ReaderError,
     ReaderNotFoundError,
     SharingViolationError,
     TransportError,
@@ -26,7 +28,8 @@ from apdu.errors import (
 from drivers import pcsc
 from drivers.memory import MemoryConnection
 from jsonschema_rules import violations
-from pcscd import MiniCard, Pcscd, wait_card
+from drivers.vpcd import DEFAULT_PORT, VpcdClient
+from pcscd import MiniCard, Pcscd, wait_card, wait_until
 from terminal.cli import main
 
 pytestmark = pytest.mark.pcsc
@@ -382,6 +385,46 @@ def test_watch_with_no_reader_at_all_ticks_and_times_out(pcscd, tmp_path):
     assert cpu < 1.5, f"watch used {cpu:.1f} s of CPU in 2 s: a busy loop"
 
 
+def opensc_tool_sees_a_card(reader: str) -> bool:
+    """What ``opensc-tool --list-readers`` (a third-party PC/SC client) says of the reader."""
+    listed = subprocess.run(["opensc-tool", "--list-readers"], capture_output=True, text=True, timeout=10).stdout
+    return any(line.split()[1] == "Yes" for line in listed.splitlines() if line.endswith(reader) and line[:1].isdigit())
+
+
+def test_a_reader_named_in_chinese_is_listed_read_and_watched(pcscd, tmp_path):
+    """A reader configured as pcscd's FRIENDLYNAME "德卡 T10 [社保卡]" (pyscard passes reader names to
+    SCardGetStatusChange as ASCII: readers and watch failed with an internal error)."""
+    if not pcscd.started_here:
+        pytest.skip("pcscd was already running: the tests replace only their own")
+    config = tmp_path / "reader.conf.d"
+    config.mkdir()
+    vpcd = Path("/etc/reader.conf.d/vpcd").read_text(encoding="utf-8")
+    assert 'FRIENDLYNAME "Virtual PCD"' in vpcd
+    (config / "vpcd").write_text(vpcd.replace('"Virtual PCD"', '"德卡 T10 [社保卡]"'), encoding="utf-8")
+    reader = "德卡 T10 [社保卡] 00 00"
+    with pcscd.replaced_by(Pcscd(tmp_path / "pcscd.log", config_dir=config)):
+        watch = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "watch", "--json",
+                                  "--count", "2", "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = VpcdClient(load_profile("adult"), port=DEFAULT_PORT)
+        try:
+            assert watch.stderr.readline().startswith("watching readers")
+            time.sleep(0.5)
+            client.start()
+            wait_until(lambda: opensc_tool_sees_a_card(reader), 10, f"a card in {reader}")
+            listed = json.loads(sscard("readers", "--json").stdout)
+            assert [(row["reader"], row["card"]) for row in listed] == [(reader, True), ("德卡 T10 [社保卡] 00 01", False)]
+            read = sscard("read", "--json", "--reader", "社保卡] 00 00")
+            assert read.returncode == 0, read.stderr
+            assert json.loads(read.stdout)["name"] == "张伟"
+            client.remove()
+            out, err = watch.communicate(timeout=25)
+        finally:
+            watch.kill()
+            client.stop()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["event"], e["reader"]) for e in events] == [("inserted", reader), ("removed", reader)], err
+
+
 # --- interop with a third-party PC/SC client --------------------------------------------------
 
 def opensc_tool_responses(reader: str, apdus: list[Command]) -> list[bytes]:
@@ -528,3 +571,19 @@ def test_diff_unplugged_reader_with_card_is_removed_and_mute_card_waits():
                                        ("00 01", None), ("00 00", None), ("0001", None), ("8F 80", None)])
 def test_parse_atr(spec, atr):
     assert pcsc.parse_atr(spec) == atr
+
+
+def test_the_reader_state_layouts_are_the_platforms():
+    """drivers/readerstate.py: pcsc-lite's SCARD_READERSTATE (checked against pcscd above) and the
+    Windows SDK's SCARD_READERSTATEW on a 64-bit build (offsets from winscard.h; the call on paper)."""
+    from drivers.readerstate import needs_native, reader_state_type
+
+    windows = reader_state_type("win32")
+    assert [(name, getattr(windows, name).offset) for name, _ in windows._fields_] == [
+        ("szReader", 0), ("pvUserData", 8), ("dwCurrentState", 16), ("dwEventState", 20), ("cbAtr", 24), ("rgbAtr", 28)]
+    assert ctypes.sizeof(windows) == 64
+    linux = reader_state_type("linux")
+    assert linux.rgbAtr.size == 33 and linux.dwEventState.offset == 24
+    with pytest.raises(ReaderError, match="not supported on macOS"):
+        reader_state_type("darwin")
+    assert needs_native(["Virtual PCD 00 00", "德卡 T10 [社保卡] 00 00"]) and not needs_native(["Virtual PCD 00 00"])
