@@ -200,8 +200,12 @@ class CardUnresponsiveError(SSCardError):
     exit_code = 4
 
     @classmethod
-    def after(cls, where: str, seconds: float) -> CardUnresponsiveError:
-        """The card in ``where`` has waited ``seconds`` for an answer to one command: given up on."""
+    def after(cls, where: str, seconds: float, held: bool = False) -> CardUnresponsiveError:
+        """The card in ``where`` has waited ``seconds`` for an answer to one command, or (``held``)
+        for the reader to let us at it (a connect, another program's transaction): given up on."""
+        if held:
+            return cls(f"The reader {where} has not let this terminal at the card for {seconds:.0f} s: another "
+                       "program may be holding it (close that program, or take the card out and insert it again)")
         return cls(f"The card in {where} has not answered for {seconds:.0f} s: take it out and insert it again")
 
 
@@ -209,6 +213,14 @@ class TransportError(SSCardError):
     """Communication with the card failed."""
 
     exit_code = 4
+
+
+class CardResetError(TransportError):
+    """Another program reset the card (or powered it down) since our last command: what the card had
+    selected or verified for us is gone. Nothing was sent; the connection must be renewed first."""
+
+    def __init__(self, message: str = "Another program reset the card: repeat the operation") -> None:
+        super().__init__(message)
 
 
 # --- simulator profiles ---------------------------------------------------------------------

@@ -7,10 +7,12 @@ a driver implements only :meth:`Connection._exchange` (raw bytes in, raw bytes o
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 from apdu.command import Command
 from apdu.errors import APDUFormatError, CardUnresponsiveError, TransportError
@@ -61,7 +63,7 @@ def give_up(thread: int, timeout_s: float) -> CardUnresponsiveError | None:
         wait = longest_wait(thread)
         if wait is None or wait[1] <= timeout_s:
             return None
-        err = CardUnresponsiveError.after(wait[0].name, wait[1])
+        err = CardUnresponsiveError.after(wait[0].name, wait[1], wait[0].waiting_held)
         ABANDONED[thread] = str(err)
         return err
 
@@ -83,6 +85,14 @@ class Connection(ABC):
 
     def __init__(self) -> None:
         self.apdu_count = 0
+        #: set once the card raised its security status for this session (a PIN verified, the terminal
+        #: authenticated): a shared PC/SC connection then resets the card when it lets go, so that
+        #: no other program inherits that status (drivers/pcsc.py)
+        self.security_raised = False
+        #: what the connection waits for now (:meth:`waiting_for_card`): the card's answer (False), or
+        #: the reader letting us at the card (True: a connect, another program's transaction)
+        self.waiting_held = False
+        self._transactions = 0
 
     @property
     @abstractmethod
@@ -97,11 +107,49 @@ class Connection(ABC):
     def disconnect(self) -> None:
         """Release the card (and power it down where the driver can)."""
 
-    def _send(self, command: Command) -> Response:
-        tracing = trace.isEnabledFor(logging.DEBUG)  # the hex is built only when someone reads it
-        if tracing:
-            trace.debug("%s > %s", self.name, command.trace())
-        self.apdu_count += 1
+    # --- sharing the card with other programs (PC/SC part 5: SCardBeginTransaction) ----------------
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether an operation of ours holds the card now (:meth:`transaction`)."""
+        return self._transactions > 0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the card for one multi-command operation: no other program's command comes between
+        ours (a SELECT of theirs between our SELECT and READ, a GET RESPONSE answered to them).
+        Nested operations share the outermost one. Raises :class:`CardResetError` (nothing sent)
+        when another program reset the card since our last command: :meth:`reconnect`, then start
+        the operation again."""
+        if self._transactions == 0:
+            with self.waiting_for_card(held=True):
+                self._begin_transaction()
+        self._transactions += 1
+        try:
+            yield
+        finally:
+            self._transactions -= 1
+            if self._transactions == 0:
+                self._end_transaction()
+
+    def _begin_transaction(self) -> None:
+        """Take the card for our operation (a card of our own in memory: nothing to take)."""
+
+    def _end_transaction(self) -> None:
+        """Let other programs at the card again. Never raises."""
+
+    def reconnect(self) -> None:
+        """Renew the session after :class:`CardResetError`: the card's volatile state (selected
+        application, PIN verified) is gone, and the caller selects again."""
+        self.security_raised = False
+
+    @contextlib.contextmanager
+    def waiting_for_card(self, held: bool = False) -> Iterator[None]:
+        """Around every call that waits on the card (a command) or on its reader (``held``: a connect,
+        a transaction another program holds): in :data:`IN_FLIGHT` meanwhile, so the CLI's watchdog
+        and the service bound it by :data:`CARD_TIMEOUT_S`; and not made at all for a thread given
+        up on."""
+        self.waiting_held = held
         thread = threading.get_ident()
         with _FLIGHT_LOCK:
             why = ABANDONED.get(thread)
@@ -110,13 +158,21 @@ class Connection(ABC):
         if why is not None:
             raise CardUnresponsiveError(why)
         try:
-            raw = self._exchange(command.to_bytes())
+            yield
         finally:
             with _FLIGHT_LOCK:
                 del IN_FLIGHT[id(self)]
                 why = ABANDONED.get(thread)
         if why is not None:  # given up on while it waited: its late answer is not used
             raise CardUnresponsiveError(why)
+
+    def _send(self, command: Command) -> Response:
+        tracing = trace.isEnabledFor(logging.DEBUG)  # the hex is built only when someone reads it
+        if tracing:
+            trace.debug("%s > %s", self.name, command.trace())
+        self.apdu_count += 1
+        with self.waiting_for_card():
+            raw = self._exchange(command.to_bytes())
         try:
             response = Response.from_bytes(raw)
         except APDUFormatError as err:

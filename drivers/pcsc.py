@@ -23,6 +23,7 @@ from typing import Any
 from smartcard import scard
 
 from apdu.errors import (
+    CardResetError,
     CardRemovedError,
     CardUnresponsiveError,
     NoCardError,
@@ -80,7 +81,7 @@ HRESULT_ERRORS: dict[int, tuple[type[SSCardError], str | None]] = {
     _code(scard.SCARD_E_SHARING_VIOLATION): (SharingViolationError, None),
     _code(scard.SCARD_E_NO_SMARTCARD): (NoCardError, None),
     _code(scard.SCARD_W_REMOVED_CARD): (CardRemovedError, None),
-    _code(scard.SCARD_W_RESET_CARD): (TransportError, "Another program reset the card: repeat the operation"),
+    _code(scard.SCARD_W_RESET_CARD): (CardResetError, None),
     _code(scard.SCARD_W_UNRESPONSIVE_CARD): (CardUnresponsiveError, None),
     _code(scard.SCARD_W_UNPOWERED_CARD): (CardUnresponsiveError, None),
     _code(scard.SCARD_E_PROTO_MISMATCH): (TransportError, "The card does not speak the requested protocol (T=0/T=1)"),
@@ -239,30 +240,40 @@ def resolve(spec: str, context: Context) -> str:
 
 
 class PCSCConnection(Connection):
-    """A card in a PC/SC reader. ``disconnect`` powers the card down (``disposition="unpower"``), so
-    nothing volatile (PIN verified, security status) survives the session; ``"reset"`` and ``"leave"``
-    are there for programs that share the card."""
+    """A card in a PC/SC reader, shared with other programs unless ``exclusive``.
+
+    Each multi-command operation of ours is a PC/SC transaction (:meth:`Connection.transaction`).
+    ``disconnect`` (``disposition=None``) leaves a shared card powered, so another program's session
+    on it goes on, unless the card's security status was raised in this session (a PIN verified,
+    the terminal authenticated): then it resets the card, so that no other program inherits it; an
+    exclusive connection powers the card down. ``"unpower"``, ``"reset"`` and ``"leave"`` force one.
+    Connecting, and waiting for another program's transaction, count as waiting for the card
+    (:meth:`Connection.waiting_for_card`): bounded by the card timeout like a command.
+    """
 
     def __init__(self, context: Context, reader: str, exclusive: bool = False,
-                 protocol: str | None = None, disposition: str = "unpower") -> None:
+                 protocol: str | None = None, disposition: str | None = None) -> None:
         super().__init__()
         if protocol not in PROTOCOLS:
             raise TransportError(f"Unknown protocol {protocol!r}: use T0, T1 or any")
-        if disposition not in DISPOSITIONS:
+        if disposition is not None and disposition not in DISPOSITIONS:
             raise TransportError(f"Unknown disposition {disposition!r}: use {', '.join(DISPOSITIONS)}")
         self.name = reader
         self.virtual = reader.startswith(VIRTUAL_READER)
         self.exclusive = exclusive
         self._context: Context | None = None
         self._card: int | None = None
-        self._disposition = DISPOSITIONS[disposition]
-        share = scard.SCARD_SHARE_EXCLUSIVE if exclusive else scard.SCARD_SHARE_SHARED
-        hresult, card, self._protocol = scard.SCardConnect(context.handle, reader, share, PROTOCOLS[protocol])
+        self._disposition = None if disposition is None else DISPOSITIONS[disposition]
+        self._share = scard.SCARD_SHARE_EXCLUSIVE if exclusive else scard.SCARD_SHARE_SHARED
+        self._protocols = PROTOCOLS[protocol]
+        with self.waiting_for_card(held=True):
+            hresult, card, self._protocol = scard.SCardConnect(context.handle, reader, self._share, self._protocols)
         if _code(hresult) != scard.SCARD_S_SUCCESS:
             raise self._connect_error(hresult)
         self._card = card
         try:
-            self._atr = self._read_atr()
+            with self.waiting_for_card():
+                self._atr = self._read_atr()
         except BaseException:
             self.disconnect()
             raise
@@ -279,6 +290,35 @@ class PCSCConnection(Connection):
         hresult, _reader, _state, _protocol, atr = scard.SCardStatus(self._card)
         _check(hresult, "read the ATR")
         return bytes(atr)
+
+    def _begin_transaction(self) -> None:
+        if self._card is None:
+            raise TransportError(CLOSED_MESSAGE)
+        _check(scard.SCardBeginTransaction(self._card), "begin a transaction")
+
+    def _end_transaction(self) -> None:
+        if self._card is None:
+            return
+        try:
+            hresult = scard.SCardEndTransaction(self._card, scard.SCARD_LEAVE_CARD)
+            if _code(hresult) != scard.SCARD_S_SUCCESS:  # the card left meanwhile: nothing to end
+                log.debug("end transaction: %s", scard.SCardGetErrorMessage(hresult))
+        except Exception:
+            log.debug("end transaction failed", exc_info=True)
+
+    def reconnect(self) -> None:
+        """SCardReconnect after another program reset the card (PC/SC part 5), the card left as it is."""
+        if self._card is None:
+            raise TransportError(CLOSED_MESSAGE)
+        with self.waiting_for_card(held=True):
+            hresult, protocol = scard.SCardReconnect(self._card, self._share, self._protocols, scard.SCARD_LEAVE_CARD)
+        if _code(hresult) != scard.SCARD_S_SUCCESS:
+            raise self._connect_error(hresult)
+        self._protocol = protocol
+        with self.waiting_for_card():
+            self._atr = self._read_atr()
+        super().reconnect()
+        log.info("reconnected to %s after another program reset the card", self.name)
 
     @property
     def protocol(self) -> str:
@@ -321,12 +361,23 @@ class PCSCConnection(Connection):
                 return False
             time.sleep(0.1)
 
+    @property
+    def disposition(self) -> int:
+        """What :meth:`disconnect` does to the card (class docstring)."""
+        if self._disposition is not None:
+            return self._disposition
+        if self.exclusive:
+            return scard.SCARD_UNPOWER_CARD
+        return scard.SCARD_RESET_CARD if self.security_raised else scard.SCARD_LEAVE_CARD
+
     def disconnect(self) -> None:
-        """Release the card (power it down by default) and the PC/SC context. Never raises."""
+        """Release the card (class docstring: left, reset or powered down) and the PC/SC context.
+        Never raises."""
         if self._card is not None:
+            disposition = self.disposition
             card, self._card = self._card, None
             try:
-                hresult = scard.SCardDisconnect(card, self._disposition)
+                hresult = scard.SCardDisconnect(card, disposition)
                 if _code(hresult) != scard.SCARD_S_SUCCESS:
                     log.debug("disconnect: %s", scard.SCardGetErrorMessage(hresult))
             except Exception:
@@ -341,7 +392,7 @@ class PCSCConnection(Connection):
 
 
 def connect(spec: str, exclusive: bool = False, protocol: str | None = None,
-            disposition: str = "unpower") -> PCSCConnection:
+            disposition: str | None = None) -> PCSCConnection:
     """Connect to the card in the reader ``spec`` designates (module docstring).
 
     Shared mode unless ``exclusive``; ``protocol`` ``"T0"``, ``"T1"`` or None/``"any"``. Raises

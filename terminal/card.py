@@ -4,12 +4,22 @@ The read follows the public HIS readers (shared/reference/ssc-card.md, "Selectio
 the SSC application by DF name, SELECT EF05 and EF06 by FID, READ RECORD ``00 B2 n 04 00`` for each
 item of apdu.catalogue. A not-yet-activated card answers the SELECT with 6283 (docs/card-profile.md,
 "Application lifecycle").
+
+**Sharing the reader.** Every method that sends commands is one operation (:func:`operation`): a PC/SC
+transaction, so another program's commands never come between a SELECT and its READ; when another
+program reset the card since our last command, the session is renewed and the operation runs again
+from its SELECT, once (the reset answer means our command was not sent). A VERIFY or an
+authentication that passes marks the session (``Connection.security_raised``), so that letting the
+card go resets it for the next program.
 """
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 from apdu import commands
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
@@ -17,6 +27,7 @@ from apdu.crypto import PINFormatError, check_new_pin, pin_to_bcd, wipe
 from apdu.errors import (
     AuthenticationMethodBlockedError,
     CardDataError,
+    CardResetError,
     CardStatusError,
     NotSocialSecurityCardError,
     TerminalAuthenticationError,
@@ -118,6 +129,19 @@ def redacted(identity: Identity) -> dict[str, object]:
     }
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def operation(method: Callable[Concatenate[SocialSecurityCard, P], T]) -> Callable[Concatenate[SocialSecurityCard, P], T]:
+    """A method of :class:`SocialSecurityCard` that is one operation on the card (module docstring)."""
+    @functools.wraps(method)
+    def run(card: SocialSecurityCard, *args: P.args, **kwargs: P.kwargs) -> T:
+        return card.atomically(lambda: method(card, *args, **kwargs))
+
+    return run
+
+
 class SocialSecurityCard:
     """The SSC application on one card, reached through ``connection``."""
 
@@ -125,6 +149,23 @@ class SocialSecurityCard:
         self.connection = connection
         self.activated: bool | None = None
 
+    def atomically(self, work: Callable[[], T]) -> T:
+        """``work`` (several commands) as one operation: a PC/SC transaction; after a reset by another
+        program, the connection renewed and ``work`` run again from the SELECT, once. Within an
+        operation already, ``work`` is part of it."""
+        if self.connection.in_transaction:
+            return work()
+        try:
+            with self.connection.transaction():
+                return work()
+        except CardResetError:
+            log.info("another program reset the card: reconnecting, selecting again")
+            self.connection.reconnect()
+            self.activated = None
+        with self.connection.transaction():
+            return work()
+
+    @operation
     def select(self) -> bool:
         """SELECT the SSC application; return whether it is activated.
 
@@ -143,6 +184,7 @@ class SocialSecurityCard:
         if self.activated is None:
             self.select()
 
+    @operation
     def read_file(self, items: tuple[DataItem, ...]) -> dict[str, object]:
         """SELECT the items' EF by FID and READ RECORD each item; decode per apdu.catalogue."""
         self._ensure_selected()
@@ -165,6 +207,7 @@ class SocialSecurityCard:
             values[item.key] = item.decode(raw) if raw else (None if item.encoding == "date" else "")
         return values
 
+    @operation
     def read_identity(self) -> Identity:
         """Read and decode EF05 and EF06 (17 APDUs on a T=1 card)."""
         values = self.read_file(CARD_ITEMS) | self.read_file(HOLDER_ITEMS)
@@ -174,6 +217,7 @@ class SocialSecurityCard:
             card_reset_info=historical_bytes(self.connection.atr).hex().upper(),
         )
 
+    @operation
     def pin_tries_left(self) -> int | None:
         """Tries left before the PIN blocks (VERIFY with no data, ISO 7816-4 s7.5.6); None if already verified."""
         self._ensure_selected()
@@ -186,6 +230,7 @@ class SocialSecurityCard:
         response.check()
         raise CardStatusError(response.sw, "Unexpected answer to the PIN status query")
 
+    @operation
     def verify_pin(self, pin: str) -> None:
         """VERIFY the holder's PIN (BCD). Raises WrongPINError (tries left) or PINBlockedError."""
         self._ensure_selected()
@@ -194,7 +239,9 @@ class SocialSecurityCard:
             check_no_data(self.connection.transmit(commands.verify(block)), "VERIFY")
         finally:
             wipe(block)
+        self.connection.security_raised = True
 
+    @operation
     def change_pin(self, old_pin: str, new_pin: str) -> None:
         """CHANGE PIN ``80 5E 01 00 old FF new`` (PBOC; docs/card-profile.md "PIN").
 
@@ -211,13 +258,16 @@ class SocialSecurityCard:
         finally:
             wipe(old)
             wipe(new)
+        self.connection.security_raised = True  # the current PIN was verified on the way
         log.info("PIN changed")
 
+    @operation
     def reload_pin(self, new_bcd: bytes, mac: bytes) -> None:
         """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.crypto)."""
         self._ensure_selected()
         self.connection.transmit(commands.reload_pin(new_bcd, mac)).check()
 
+    @operation
     def application_unblock(self, mac: bytes) -> None:
         """APPLICATION UNBLOCK ``84 18 00 00 04 MAC``: the application becomes active (convention)."""
         self._ensure_selected()
@@ -226,6 +276,7 @@ class SocialSecurityCard:
 
     # --- authentication (docs/card-profile.md, "Keys and security") ---------------------------------
 
+    @operation
     def card_key_data(self) -> tuple[str, str]:
         """The card identification code (hex) and the spec version: what picks the card's keys.
         Reads EF05 records 1 and 3 only."""
@@ -233,6 +284,7 @@ class SocialSecurityCard:
         values = self.read_file(items)
         return str(values["card_identification_code"]), str(values["spec_version"])
 
+    @operation
     def get_challenge(self, length: int) -> bytes:
         """GET CHALLENGE (ISO 7816-4 s7.5.3): ``length`` random bytes the card keeps for the next
         EXTERNAL AUTHENTICATE or MAC-protected command."""
@@ -242,11 +294,13 @@ class SocialSecurityCard:
             raise CardDataError(f"The card answered GET CHALLENGE with {len(challenge)} bytes, not {length}")
         return challenge
 
+    @operation
     def internal_authenticate(self, key_id: int, random: bytes) -> bytes:
         """INTERNAL AUTHENTICATE ``00 88 00 key random`` (ISO 7816-4 s7.5.2): the card's cryptogram."""
         self._ensure_selected()
         return self.connection.transmit(commands.internal_authenticate(key_id, random)).check().data
 
+    @operation
     def external_authenticate(self, key_id: int, cryptogram: bytes) -> None:
         """EXTERNAL AUTHENTICATE ``00 82 00 key cryptogram`` (ISO 7816-4 s7.5.4) after GET CHALLENGE.
 
@@ -265,6 +319,7 @@ class SocialSecurityCard:
             raise AuthenticationMethodBlockedError(
                 response.sw, "The card has blocked this terminal's authentication key after too many failures")
         response.check()
+        self.connection.security_raised = True
 
 
 def check_no_data(response: Response, command: str) -> Response:

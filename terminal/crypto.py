@@ -272,7 +272,11 @@ def check_genuine(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef | N
             f"({card.connection.name}): anyone can make a card that passes them. Configure the PSAM "
             '([keys] store = "psam:READER", --psam) or a key file ("file:PATH", --key-file).'
         )
-    ref = ref or CardKeyRef.read(card)
+    return card.atomically(lambda: _internal_authentication(card, store, ref or CardKeyRef.read(card), random))
+
+
+def _internal_authentication(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef,
+                             random: Callable[[int], bytes]) -> CardKeyRef:
     challenge = random(ref.algorithm.block_size)
     try:
         answer = card.internal_authenticate(KeyUsage.INTERNAL_AUTH.key_id, challenge)
@@ -295,9 +299,12 @@ def check_genuine(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef | N
 def authenticate_terminal(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef) -> None:
     """External authentication: GET CHALLENGE, then EXTERNAL AUTHENTICATE with the challenge encrypted
     by the card's external-authentication key. The card then allows UPDATE RECORD until power down."""
-    challenge = card.get_challenge(ref.algorithm.block_size)
-    cryptogram = store.encrypt(KeyUsage.EXTERNAL_AUTH, ref, challenge)
-    card.external_authenticate(KeyUsage.EXTERNAL_AUTH.key_id, cryptogram)
+    def authenticate() -> None:
+        challenge = card.get_challenge(ref.algorithm.block_size)
+        cryptogram = store.encrypt(KeyUsage.EXTERNAL_AUTH, ref, challenge)
+        card.external_authenticate(KeyUsage.EXTERNAL_AUTH.key_id, cryptogram)
+
+    card.atomically(authenticate)  # the challenge is ours until it is used
     log.info("external authentication passed")
 
 
@@ -305,10 +312,12 @@ def _mac_protected(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, u
                    message: bytes, send: Callable[[bytes], None]) -> None:
     """GET CHALLENGE, MAC ``message`` with the key store, ``send(mac)``; a ``69 88`` answer (MAC
     refused) becomes TerminalAuthenticationError: the terminal's keys are not the card's."""
-    challenge = card.get_challenge(ref.algorithm.block_size)
-    mac = store.mac(usage, ref, challenge, message)
+    def protected() -> None:  # one operation: the challenge is ours until the MAC'd command uses it
+        challenge = card.get_challenge(ref.algorithm.block_size)
+        send(store.mac(usage, ref, challenge, message))
+
     try:
-        send(mac)
+        card.atomically(protected)
     except CardStatusError as err:
         if err.sw == SW_MAC_WRONG:
             raise TerminalAuthenticationError(

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from smartcard import scard
+
 from apdu import commands
 from apdu.command import Command
 from apdu.errors import (
@@ -27,9 +29,10 @@ from apdu.errors import (
 )
 from drivers import pcsc
 from drivers.memory import MemoryConnection
-from jsonschema_rules import violations
 from drivers.vpcd import DEFAULT_PORT, VpcdClient
+from jsonschema_rules import violations
 from pcscd import MiniCard, Pcscd, wait_card, wait_until
+from terminal.card import SocialSecurityCard
 from terminal.cli import main
 
 pytestmark = pytest.mark.pcsc
@@ -491,6 +494,88 @@ def test_opensc_tool_sees_our_simulated_card_and_gets_the_same_bytes(vpcd_card, 
 def sscard(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
                           input=input, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_another_program_reading_in_a_loop_and_sscard_read_share_the_reader(vpcd_card, tmp_path):
+    """The hospital's software and this terminal on one counter PC: a second PC/SC client reads the
+    card in a tight loop (each read a transaction) while `sscard read` runs 20 times. Every read of
+    ours is right, and the other client's session is never reset under it."""
+    vpcd_card("adult", process=True)
+    expected = json.loads(sscard("read", "--json", "--reader", "sim:adult").stdout)
+    stop = tmp_path / "stop"
+    other = subprocess.Popen([sys.executable, str(ROOT / "tests" / "sharing_client.py"), READER0, str(stop),
+                              expected["social_security_number"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        ours = [sscard("read", "--json", "--reader", READER0) for _ in range(20)]
+    finally:
+        stop.touch()
+        out, err = other.communicate(timeout=30)
+    wrong = [(r.returncode, r.stderr.strip()) for r in ours if r.returncode != 0 or json.loads(r.stdout) != expected]
+    assert wrong == [], wrong
+    theirs = json.loads(out)
+    assert theirs["resets"] == 0 and theirs["wrong"] == 0 and theirs["errors"] == [], (theirs, err)
+    assert theirs["correct"] >= 20  # it read all along
+
+
+class OtherProgram:
+    """Another program's shared PC/SC session on a reader (pyscard's raw calls)."""
+
+    def __init__(self, reader: str) -> None:
+        _, self.context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        hresult, self.card, self.protocol = scard.SCardConnect(
+            self.context, reader, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
+        assert hresult == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hresult)
+
+    def get_challenge(self) -> int:
+        """The PC/SC result of one command on its session (SCARD_W_RESET_CARD once the card was reset)."""
+        hresult, _ = scard.SCardTransmit(self.card, self.protocol, [0x00, 0x84, 0x00, 0x00, 0x08])
+        return hresult & 0xFFFFFFFF
+
+    def close(self, disposition: int = scard.SCARD_LEAVE_CARD) -> None:
+        scard.SCardDisconnect(self.card, disposition)
+        scard.SCardReleaseContext(self.context)
+
+
+def test_a_card_reset_by_another_program_between_two_operations_is_selected_again(vpcd_card):
+    vpcd_card("adult")
+    with pcsc.connect(READER0) as connection:
+        card = SocialSecurityCard(connection)
+        first = card.read_identity()
+        OtherProgram(READER0).close(scard.SCARD_RESET_CARD)  # resets the card as it lets go
+        assert card.read_identity() == first  # reconnected, the application selected again
+        assert card.pin_tries_left() == 3
+
+
+def test_letting_go_leaves_the_card_to_others_unless_a_pin_was_verified(vpcd_card):
+    vpcd_card("adult", process=True)
+    pin = json.loads((ROOT / "fixtures/cards/adult.json").read_text(encoding="utf-8"))["pin"]["value"]
+    other = OtherProgram(READER0)
+    try:
+        assert sscard("read", "--reader", READER0).returncode == 0
+        assert other.get_challenge() == scard.SCARD_S_SUCCESS  # its session went on under ours
+        assert sscard("verify-pin", "--reader", READER0, "--pin-stdin", input="000000\n").returncode == 6
+        assert other.get_challenge() == scard.SCARD_S_SUCCESS  # a wrong PIN raised nothing
+        assert sscard("verify-pin", "--reader", READER0, "--pin-stdin", input=f"{pin}\n").returncode == 0
+        # the verified PIN is not left to the next program: the card was reset as we let go
+        assert other.get_challenge() == scard.SCARD_W_RESET_CARD & 0xFFFFFFFF
+    finally:
+        other.close()
+
+
+def test_a_card_held_by_another_program_ends_within_the_card_timeout_with_a_message(vpcd_card):
+    vpcd_card("adult")
+    other = OtherProgram(READER0)
+    assert scard.SCardBeginTransaction(other.card) == scard.SCARD_S_SUCCESS
+    try:
+        started = time.monotonic()
+        result = sscard("--card-timeout", "2", "read", "--reader", READER0)
+        took = time.monotonic() - started
+    finally:
+        scard.SCardEndTransaction(other.card, scard.SCARD_LEAVE_CARD)
+        other.close()
+    assert result.returncode == 4, result.stderr
+    assert "another program may be holding it" in result.stderr and took < 10, (took, result.stderr)
 
 
 @pytest.mark.parametrize("profile", ["adult", "minority"])

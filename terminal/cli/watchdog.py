@@ -105,7 +105,7 @@ def _watch() -> None:
             if wait is None:
                 continue
             connection, seconds = wait
-            err = CardUnresponsiveError.after(connection.name, seconds)
+            err = CardUnresponsiveError.after(connection.name, seconds, connection.waiting_held)
             log.debug("watchdog: %s", err)
             code = err.exit_code
             try:
