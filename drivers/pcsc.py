@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,8 +64,17 @@ DISPOSITIONS = {
 REMOVAL_GRACE_S = 1.2
 
 _U32 = 0xFFFFFFFF
-#: SCardStatus card state "absent" (pcsc-lite reader.h; pyscard does not export it)
+#: SCardStatus card state "absent": pcsc-lite's is one bit of a bitmask (reader.h: SCARD_ABSENT 0x0002,
+#: SCARD_PRESENT 0x0004, SCARD_SWALLOWED 0x0008, ...); Windows's is one value of an enumeration
+#: (winscard.h: SCARD_ABSENT 1, SCARD_PRESENT 2, SCARD_SWALLOWED 3, SCARD_POWERED 4, SCARD_NEGOTIABLE 5,
+#: SCARD_SPECIFIC 6), where a bit test would read 3 and 5 as absent. pyscard exports neither.
 SCARD_ABSENT = 0x0002
+WINDOWS_SCARD_ABSENT = 1
+
+
+def card_absent(state: int, platform: str = sys.platform) -> bool:
+    """Whether SCardStatus's card state says the card is gone, read the platform's way."""
+    return state == WINDOWS_SCARD_ABSENT if platform == "win32" else bool(state & SCARD_ABSENT)
 
 
 def _code(hresult: int) -> int:
@@ -355,7 +365,7 @@ class PCSCConnection(Connection):
             code = _code(hresult)
             if code in (_code(scard.SCARD_W_REMOVED_CARD), _code(scard.SCARD_E_NO_SMARTCARD)):
                 return True
-            if code == scard.SCARD_S_SUCCESS and state & SCARD_ABSENT:
+            if code == scard.SCARD_S_SUCCESS and card_absent(state):
                 return True
             if code not in (scard.SCARD_S_SUCCESS, _code(scard.SCARD_W_RESET_CARD)) or time.monotonic() > deadline:
                 return False

@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from apdu import commands
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
@@ -37,6 +37,9 @@ from apdu.errors import (
 from apdu.response import Response
 from apdu.tlv import decode_simple
 from drivers.connection import Connection
+
+if TYPE_CHECKING:
+    from terminal.bankaccount import BankAccount
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +276,15 @@ class SocialSecurityCard:
         self._ensure_selected()
         self.connection.transmit(commands.application_unblock(mac)).check()
         self.activated = True
+
+    @operation
+    def read_bank_account(self) -> BankAccount:
+        """The card's bank account (terminal/bankaccount.py, needs no PIN); the social security
+        application is selected again by the next operation."""
+        from terminal.bankaccount import read_bank_account  # here: only --bank reads it
+
+        self.activated = None  # the bank application is the selected one from here on
+        return read_bank_account(self.connection)
 
     # --- authentication (docs/card-profile.md, "Keys and security") ---------------------------------
 

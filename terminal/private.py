@@ -8,14 +8,21 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from pathlib import Path
 
 from apdu.errors import SSCardError
 
 
+def windows() -> bool:
+    """Whether the terminal runs on Windows, where files have no owner and mode bits to check."""
+    return sys.platform == "win32"
+
+
 def read_private_file(path: Path, what: str, limit: int, error: type[SSCardError]) -> bytes:
     """The bytes of the ``what`` (e.g. "key file") at ``path``, at most ``limit`` + 1 of them (the caller
-    refuses a longer file). Raises ``error`` unless all of these hold:
+    refuses a longer file). On Windows: :func:`read_private_file_windows`. Elsewhere raises ``error``
+    unless all of these hold:
 
     - the file is a regular file (not a symbolic link, FIFO, device or folder), opened without
       blocking and without following a link;
@@ -26,6 +33,8 @@ def read_private_file(path: Path, what: str, limit: int, error: type[SSCardError
       allowed: there, nobody can rename what they do not own). A folder reached through a
       symbolic link is checked where it really is, and so is the folder that holds the link.
     """
+    if windows():
+        return read_private_file_windows(path, what, limit, error)
     try:
         folder = _real_folder(path)
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -70,6 +79,33 @@ def read_private_file(path: Path, what: str, limit: int, error: type[SSCardError
         raise error(f"Cannot read the {what} {path}: {err.strerror}") from None
     finally:
         os.close(fd)
+
+
+def read_private_file_windows(path: Path, what: str, limit: int, error: type[SSCardError]) -> bytes:
+    """The Windows way (docs/security.md, "Windows"; written from Microsoft's documentation, not run
+    on Windows here): a file's access is its ACL, which the standard library cannot read. A user's
+    profile folder (``%USERPROFILE%``) is created with an ACL that lets in that user, SYSTEM and the
+    Administrators only, and the files made in it inherit it; so the file must be a regular file, not
+    a link, whose real path is inside the profile folder of the user running the terminal. Anything
+    else is refused with where to put it."""
+    profile = os.environ.get("USERPROFILE")
+    if not profile:
+        raise error(f"Cannot check who may read the {what} {path}: %USERPROFILE% is not set")
+    home = Path(os.path.realpath(profile))
+    real = Path(os.path.realpath(path))
+    if os.path.islink(path):
+        raise error(f"The {what} {path} is a symbolic link: refused. Give the path of the {what} itself.")
+    if home not in real.parents:
+        raise error(f"The {what} {path} is outside your user folder {home}, where only you can read it: "
+                    f"refused. Move it to {home / 'AppData' / 'Local' / 'sscard'} and try again.")
+    try:
+        info = os.stat(real)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"The {what} {path} is not a regular file")
+        with open(real, "rb") as handle:
+            return handle.read(limit + 1)
+    except OSError as err:
+        raise error(f"Cannot read the {what} {path}: {err.strerror}") from None
 
 
 def _real_folder(path: Path) -> str:

@@ -587,6 +587,39 @@ def test_e2e_read_over_pcscd_equals_in_memory(vpcd_card, profile):
     assert json.loads(over_pcscd.stdout) == json.loads(in_memory.stdout)
 
 
+def test_e2e_read_bank_over_pcscd_equals_in_memory(vpcd_card):
+    """The bank application over T=0 through pcscd: GET RESPONSE after SELECT and GET PROCESSING
+    OPTIONS, READ RECORD by SFI; the same masked account as in memory."""
+    vpcd_card("adult", process=True)
+    over_pcscd = sscard("read", "--bank", "--json", "--reader", READER0)
+    assert over_pcscd.returncode == 0, over_pcscd.stderr
+    account = json.loads(over_pcscd.stdout)
+    assert account == json.loads(sscard("read", "--bank", "--json", "--reader", "sim:adult").stdout)
+    assert account["account_number"].startswith("621700*") and account["expiry"] == "2029-03"
+
+
+def test_simulate_pulls_and_inserts_its_card_on_commands_from_standard_input(pcscd):
+    """Windows has no SIGUSR1: the simulator takes 'pull', Enter (toggle) and 'quit' on stdin too."""
+    wait_card(READER0, present=False)
+    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "simulate", "--card",
+                             "adult", "--port", str(DEFAULT_PORT)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_card(READER0, present=True, timeout=15)
+        for line, present in (("pull", False), ("", True), ("insert", True), ("toggle", False), ("insert", True)):
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            time.sleep(0.3)
+            wait_card(READER0, present=present)
+        proc.stdin.write("quit\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=10) == 0
+        assert "cards removed, simulator stopped" in proc.stderr.read()
+    finally:
+        proc.kill()
+    wait_card(READER0, present=False)
+
+
 def test_e2e_read_removed_mid_read_exit_4(vpcd_card):
     vpcd_card("adult", process=True, remove_after=5)
     result = sscard("read", "--reader", "0")

@@ -12,17 +12,20 @@ authentication try counter, records, application lifecycle) lives as long as the
 """
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 import os
 from typing import Any
 
 from apdu.command import Command
-from apdu.commands import SSC_DF_NAME
+from apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
 from apdu.crypto import Algorithm, PINFormatError, bcd_to_pin
+from drivers.simulator import pboc
 from drivers.simulator.cardos import (
     CLA_ISO,
     CLA_PROPRIETARY,
+    SW_CONDITIONS,
     SW_OK,
     SW_WRONG_LENGTH,
     SW_WRONG_P1P2,
@@ -73,6 +76,13 @@ class SSCCard(SecurityHandlers, CardOS):
         self.pin_tries_left = profile.pin.tries_left
         self.pin_max_tries = profile.pin.max_tries
         self.activated = profile.state == "active"
+        #: the bank application's DFs by name, when the profile has an account (drivers/simulator/pboc.py)
+        self.bank: dict[bytes, DF] = {}
+        if profile.bank_pan:
+            expiry, issued = profile.card["expiry_date"], profile.card["issue_date"]
+            assert isinstance(expiry, dt.date) and isinstance(issued, dt.date)
+            pse, debit = pboc.bank_files(profile.bank_pan, expiry, issued)
+            self.bank = {pse.name: pse, debit.name: debit}  # type: ignore[dict-item]
         self._init_security(profile.keys, bytes.fromhex(str(profile.card["card_identification_code"])))
         super().__init__(profile.atr, profile.protocol, random)
         self.handlers.update({
@@ -82,6 +92,7 @@ class SSCCard(SecurityHandlers, CardOS):
             0x20: (CLA_ISO, self._verify),
             0x5E: (CLA_PROPRIETARY, self._change_pin),
             0x84: (CLA_ISO, self._get_challenge),
+            0xA8: (CLA_PROPRIETARY, self._get_processing_options),
         })
         self.handlers.update(self._security_handlers())
 
@@ -160,6 +171,10 @@ class SSCCard(SecurityHandlers, CardOS):
                 raise CardStatus(SW_WRONG_P1P2)
             if not command.data:
                 raise CardStatus(SW_WRONG_LENGTH)
+            bank = self.bank.get(bytes(command.data))
+            if bank is not None:  # the PSE or the debit application: active whatever the SSC's state
+                self._df, self._ef = bank, None
+                return (bank.fci if SELECT_P2_RESPONSE[p2] else b""), SW_OK
             if command.data != SSC_DF_NAME:
                 raise CardStatus(SW_FILE_NOT_FOUND)
             self._df, self._ef = self.app, None
@@ -207,13 +222,26 @@ class SSCCard(SecurityHandlers, CardOS):
             if self._ef is None:
                 raise CardStatus(SW_NO_CURRENT_EF)
             return self._ef
-        if self._df is not self.app:  # convention: nothing is readable before the application is selected
+        if self._df is self.mf:  # convention: nothing is readable before an application is selected
             raise CardStatus(SW_NO_CURRENT_EF)
-        ef = self.app.by_sfi(sfi)
+        ef = self._df.by_sfi(sfi)
         if ef is None:
             raise CardStatus(SW_FILE_NOT_FOUND)
         self._ef = ef
         return ef
+
+    def _get_processing_options(self, command: Command) -> Reply:
+        """GET PROCESSING OPTIONS ``80 A8 00 00 Lc 83 len PDOL-data 00`` of the bank application
+        (EMV Book 3 s6.5.8; drivers/simulator/pboc.py): ``69 85`` unless it is selected, ``67 00``
+        unless the data is the PDOL's."""
+        if command.p1 != 0x00 or command.p2 != 0x00:
+            raise CardStatus(SW_WRONG_P1P2)
+        if self._df is not self.bank.get(AID_PBOC_DEBIT):
+            raise CardStatus(SW_CONDITIONS)
+        data = command.data
+        if command.le is None or len(data) != 2 + pboc.PDOL_DATA_LENGTH or data[:2] != bytes((0x83, pboc.PDOL_DATA_LENGTH)):
+            raise CardStatus(SW_WRONG_LENGTH)
+        return pboc.processing_options(), SW_OK
 
     def _read_binary(self, command: Command) -> Reply:
         """READ BINARY (ISO 7816-4 s7.2.3): the card has record EFs only, so 6981 (6986 with no EF)."""

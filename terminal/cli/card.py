@@ -59,15 +59,36 @@ def format_identity(fields: dict[str, object], activated: bool) -> str:
 @reader_option
 @json_option("Print JSON on stdout (every field decoded).")
 @click.option("--redact", is_flag=True, help="Mask the ID number, card number, name and birth date.")
-def read(reader: str | None, as_json: bool, redact: bool) -> None:
+@click.option("--bank", is_flag=True,
+              help="Read the card's bank account instead (its bank application; no PIN): number masked 6+4.")
+@click.option("--show-account", is_flag=True, help="With --bank: the whole account number.")
+def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_account: bool) -> None:
     """Read the holder's and the card's data from the social security card.
+
+    One card, two accounts: --bank reads the bank application's account number and expiry
+    (docs/bank-application.md); exit 5 when the card has none.
 
     \b
     Examples:
       sscard read                          # the built-in virtual card
       sscard read --reader 0 --json        # first PC/SC reader, JSON
       sscard read --reader "Virtual PCD 00 00" --redact
+      sscard read --bank                   # 银行账户 621700*********4565
     """
+    if show_account and not bank:
+        raise click.UsageError("--show-account goes with --bank")
+    if bank and redact:
+        raise click.UsageError("--bank masks the account number already: --redact is for the holder's data")
+    if bank:
+        with open_connection(reader) as connection:
+            account = SocialSecurityCard(connection).read_bank_account()
+        if as_json:
+            print_json(account.to_dict(full_number=show_account))
+        else:
+            shown = account.to_dict(full_number=show_account)
+            click.echo(f"银行账户 Bank account  {shown['account_number']}  ({account.label}, {account.kind}, "
+                       f"expires {account.expiry})")
+        return
     with open_connection(reader) as connection:
         identity = SocialSecurityCard(connection).read_identity()
     fields = identity.to_dict(redact=redact)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -76,8 +77,9 @@ def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...],
 
     Each card connects to vpcd (port 35963 is "Virtual PCD 00 00", 35964 "Virtual PCD 00 01") and
     every PC/SC program sees it: sscard, opensc-tool, pcsc_scan. Start pcscd before or after: the
-    cards keep trying. Runs until Ctrl-C or SIGTERM, which remove the cards cleanly; SIGUSR1 pulls
-    the cards out, the next SIGUSR1 puts them back in.
+    cards keep trying. Runs until Ctrl-C, SIGTERM or 'quit' on standard input, which remove the cards
+    cleanly. Enter (or 'toggle') on standard input pulls the cards out and puts them back in, 'pull'
+    and 'insert' do one of them; SIGUSR1 toggles as Enter does (not on Windows).
 
     A virtual card remembers, as a chip does: its PIN, tries, activation and records carry over from
     command to command, over vpcd and with --reader sim:NAME alike, until 'sscard simulate reset'.
@@ -86,7 +88,7 @@ def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...],
     Examples:
       sscard simulate --card adult
       sscard simulate --card adult --card fixtures/cards/minority.json
-      kill -USR1 <pid>      # remove / re-insert
+      kill -USR1 <pid>      # remove / re-insert (or Enter in its terminal)
       sscard simulate reset adult   # the factory card again
     """
     if ctx.invoked_subcommand is not None:
@@ -107,9 +109,39 @@ def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...],
         for spec, port in zip(cards, ports)
     ]
     stop, toggle = signals.Flag(), signals.Flag()  # set by signal handlers: no threading.Event
-    with signals.on_signals({signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGUSR1: toggle}):
+    handled = {signal.SIGINT: stop, signal.SIGTERM: stop}
+    pull_signal = getattr(signal, "SIGUSR1", None)  # POSIX only: Windows has the commands on stdin
+    if pull_signal is not None:
+        handled[pull_signal] = toggle
+    inserted = lambda: all(client.inserted for client in clients)  # noqa: E731
+    threading.Thread(target=_commands, args=(sys.stdin, stop, toggle, inserted), name="simulate-commands",
+                     daemon=True).start()
+    with signals.on_signals(handled):
         _simulate(clients, host, stop, toggle)
     click.echo("cards removed, simulator stopped", err=True)
+
+
+#: what ``sscard simulate`` reads on standard input, one command a line
+STDIN_COMMANDS = {"": "toggle", "toggle": "toggle", "pull": "pull", "remove": "pull", "insert": "insert",
+                  "quit": "quit", "stop": "quit"}
+
+
+def _commands(stdin: Any, stop: signals.Flag, toggle: signals.Flag, inserted: Callable[[], bool]) -> None:
+    """The simulator's commands on standard input, for every platform (Windows has no SIGUSR1): an
+    empty line (Enter) or ``toggle`` pulls the cards out or puts them back, ``pull`` / ``insert`` do
+    only that, ``quit`` stops. Standard input at its end (``< /dev/null``, a closed pipe): no commands."""
+    try:
+        for line in stdin:
+            command = STDIN_COMMANDS.get(line.strip().lower())
+            if command is None:
+                click.echo(f"unknown command {line.strip()[:40]!r}: Enter or 'toggle', 'pull', 'insert', 'quit'", err=True)
+            elif command == "quit":
+                stop.set()
+                return
+            elif command == "toggle" or (command == "pull") == inserted():
+                toggle.set()
+    except (OSError, ValueError):  # standard input closed under us
+        return
 
 
 @simulate.command("reset")
@@ -142,7 +174,7 @@ def _simulate(clients: list[Any], host: str, stop: signals.Flag, toggle: signals
             if toggle.is_set():
                 toggle.clear()
                 for client in clients:
-                    state = "inserted" if client.toggle() else "removed (SIGUSR1 to re-insert)"
+                    state = "inserted" if client.toggle() else "removed (Enter or SIGUSR1 to re-insert)"
                     click.echo(f"{client.name}: {state}", err=True)
             for i, client in enumerate(clients):
                 if client.connected.is_set() != shown[i]:
