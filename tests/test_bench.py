@@ -32,3 +32,19 @@ def test_the_service_bench_runs_and_prints_its_figures():
     assert {"service_http_added_ms", "service_ws_added_ms", "service_http_ratio", "service_ws_ratio",
             "inprocess_read_ms", "service_4_clients_calls_per_s", "service_4_clients_p99_ms"} <= figures
     assert "answers: " in result.stdout and "WRONG" not in result.stdout
+
+
+def test_the_startup_bench_runs_and_a_read_imports_only_what_it_uses():
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "startup.py"), "-n", "1"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("figure ")}
+    assert {"startup_python_pass_ms", "startup_help_ms", "startup_read_json_ms", "startup_read_json_ratio"} <= figures
+    # what keeps `sscard read` fast: the platform's client, SQLite, the service and the flows stay unimported
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from terminal.cli import main\n"
+                             "try:\n    main(['read', '--json'])\nexcept SystemExit:\n    pass\n"
+                             "print(' '.join(sorted(sys.modules)), file=sys.stderr)"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    modules = set(loaded.stderr.split())
+    assert "terminal.card" in modules
+    assert not modules & {"httpx", "sqlite3", "sqlite_utils", "starlette", "uvicorn", "terminal.flows", "terminal.online"}

@@ -30,7 +30,9 @@ NOTHING_TO_REFUSE = {"readers", "watch"}
 
 
 def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:
-    for name, command in sorted(group.commands.items()):
+    for name in group.list_commands(click.Context(group)):
+        command = group.get_command(click.Context(group), name)
+        assert command is not None, name
         if isinstance(command, click.Group):
             if command.invoke_without_command:  # a command of its own as well (simulate)
                 yield " ".join((*path, name)), command

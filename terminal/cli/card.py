@@ -7,7 +7,6 @@ import click
 from terminal.card import Identity, SocialSecurityCard
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
-from terminal.flows.common import IDNumberFormatError, check_id_number
 from terminal.readers import open_connection
 
 reader_option = click.option(
@@ -41,6 +40,8 @@ def id_number_option(_ctx: click.Context, _param: click.Parameter, value: str | 
     exit 2 as an option), not a person other than the card's."""
     if value is None:
         return None
+    from terminal.flows.common import IDNumberFormatError, check_id_number  # here: `sscard read` starts faster
+
     try:
         return check_id_number(value)
     except IDNumberFormatError as err:

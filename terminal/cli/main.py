@@ -26,13 +26,30 @@ from terminal.cli.output import json_asked, json_lines, json_printed, print_json
 
 log = logging.getLogger("sscard")
 
-#: modules of terminal.cli that contribute commands through a ``COMMANDS`` list
-COMMAND_MODULES = ("card", "reader", "queue", "security", "config", "desk", "pharmacy", "bank", "kiosk", "reconcile",
-                   "serve", "demo")
+#: each command -> the module of terminal.cli that defines it (in its ``COMMANDS`` list), imported
+#: when the command is run or listed: ``sscard read`` does not import the platform's client, SQLite
+#: or the service (bench/startup.py measures it)
+COMMAND_MODULES = {
+    "read": "card", "verify-pin": "card", "readers": "reader", "simulate": "reader", "watch": "reader",
+    "queue": "queue", "central": "queue", "auth": "security", "change-pin": "security", "reset-pin": "security",
+    "config": "config", "desk": "desk", "pharmacy": "pharmacy", "bank": "bank", "kiosk": "kiosk",
+    "reconcile": "reconcile", "serve": "serve", "demo": "demo",
+}
 
 
 class SSCardGroup(click.Group):
-    """A click group that turns our errors into a clear line and a distinct exit code."""
+    """A click group that turns our errors into a clear line and a distinct exit code, and imports a
+    command's module only when that command is wanted (:data:`COMMAND_MODULES`)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            for command in importlib.import_module(f"terminal.cli.{module}").COMMANDS:
+                self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -108,7 +125,3 @@ def main(verbose: int, exclusive: bool, card_timeout: float | None) -> None:
     if exclusive:
         os.environ["SSCARD_EXCLUSIVE"] = "1"  # read by terminal.readers.open_connection
 
-
-for _name in COMMAND_MODULES:
-    for _command in importlib.import_module(f"terminal.cli.{_name}").COMMANDS:
-        main.add_command(_command)
