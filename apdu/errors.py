@@ -148,6 +148,13 @@ class TerminalAuthenticationError(SSCardError):
     exit_code = 8
 
 
+class ExternalAuthenticationRequiredError(SSCardError):
+    """A third-generation card (spec 3.00) shows the holder's data only to a terminal that has
+    authenticated itself (EXTERNAL AUTHENTICATE; the reader libraries' -2203)."""
+
+    exit_code = 8
+
+
 class IdentityMismatchError(SSCardError):
     """The ID document does not match the card: the card does not belong to this person."""
 

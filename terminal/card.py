@@ -29,6 +29,7 @@ from apdu.errors import (
     CardDataError,
     CardResetError,
     CardStatusError,
+    ExternalAuthenticationRequiredError,
     NotSocialSecurityCardError,
     TerminalAuthenticationError,
     TLVError,
@@ -134,6 +135,17 @@ def redacted(identity: Identity) -> dict[str, object]:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+#: what authenticates the terminal to a card (terminal.crypto.unlocker: EXTERNAL AUTHENTICATE)
+Unlock = Callable[["SocialSecurityCard"], None]
+#: the first spec version whose cards want the terminal authenticated before EF06 (3.00, SM4)
+THIRD_GENERATION = 3
+
+
+def needs_terminal_authentication(spec_version: str) -> bool:
+    """Whether a card of this spec version (EF05 tag 03, ``2.00``, ``3.00``) shows EF06 only after
+    external authentication."""
+    major = spec_version.split(".")[0]
+    return major.isdigit() and int(major) >= THIRD_GENERATION
 
 
 def operation(method: Callable[Concatenate[SocialSecurityCard, P], T]) -> Callable[Concatenate[SocialSecurityCard, P], T]:
@@ -211,9 +223,21 @@ class SocialSecurityCard:
         return values
 
     @operation
-    def read_identity(self) -> Identity:
-        """Read and decode EF05 and EF06 (17 APDUs on a T=1 card)."""
-        values = self.read_file(CARD_ITEMS) | self.read_file(HOLDER_ITEMS)
+    def read_identity(self, unlock: Unlock | None = None) -> Identity:
+        """Read and decode EF05 and EF06 (17 APDUs on a T=1 card).
+
+        A third-generation card (spec version 3.00 in EF05) shows EF06 only to a terminal that has
+        authenticated itself: ``unlock(card)`` does that between the two files (in the same
+        operation); without it such a card is ExternalAuthenticationRequiredError (exit 8), before
+        the holder's data is asked for."""
+        values = self.read_file(CARD_ITEMS)
+        if needs_terminal_authentication(str(values["spec_version"])):
+            if unlock is None:
+                raise ExternalAuthenticationRequiredError(
+                    f"This third-generation card (spec {values['spec_version']}) shows the holder's data only to a "
+                    "terminal that authenticates itself first, and no key store was given for it")
+            unlock(self)
+        values |= self.read_file(HOLDER_ITEMS)
         return Identity(
             **values,  # type: ignore[arg-type]
             activated=bool(self.activated),

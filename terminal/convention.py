@@ -14,7 +14,8 @@ session, so such code drops in unchanged:
 
 Codes (the convention's, as vendors' code shows them): -1 not a social security card, -2 no card,
 -4 the card does not answer, -11 reader (none, not found, busy, service not running), -20 bad card
-data, -21 internal authentication failed (a counterfeit), -31 no PIN given, -33 a PIN of the wrong
+data, -21 internal authentication failed (a counterfeit), -2203 a third-generation card whose holder's data
+needs the terminal authenticated and no key store to do it, -31 no PIN given, -33 a PIN of the wrong
 length or a weak new PIN, -51 wrong PIN, -52 PIN blocked, any other status word its negative decimal
 (6A82 -> -27266), -99 anything else (**convention**). iType 1 contact, 2 contactless, 3 automatic
 contact first, 4 automatic contactless first: this terminal's readers are contact readers, and a
@@ -32,6 +33,7 @@ from apdu.errors import (
     CardDataError,
     CardStatusError,
     CardUnresponsiveError,
+    ExternalAuthenticationRequiredError,
     MalformedError,
     NoCardError,
     NotSocialSecurityCardError,
@@ -49,6 +51,8 @@ ITYPES = (CONTACT, CONTACTLESS, AUTO_CONTACT_FIRST, AUTO_CONTACTLESS_FIRST)
 #: the codes of the convention (negative; 0 is success)
 NOT_SSC, NO_CARD, MUTE, READER, BAD_DATA, COUNTERFEIT = -1, -2, -4, -11, -20, -21
 NO_PIN, PIN_LENGTH, WRONG_PIN, PIN_BLOCKED, OTHER = -31, -33, -51, -52, -99
+#: a third-generation card wants the terminal authenticated before the holder's data (no key store)
+EXTERNAL_AUTH_NEEDED = -2203
 
 
 class ConventionError(SSCardError):
@@ -73,6 +77,8 @@ def code_of(err: BaseException) -> int:
         return PIN_LENGTH
     if isinstance(err, CardAuthenticationError):
         return COUNTERFEIT
+    if isinstance(err, ExternalAuthenticationRequiredError):
+        return EXTERNAL_AUTH_NEEDED
     if isinstance(err, NotSocialSecurityCardError):
         return NOT_SSC
     if isinstance(err, NoCardError):

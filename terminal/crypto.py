@@ -308,6 +308,12 @@ def authenticate_terminal(card: SocialSecurityCard, store: KeyStore, ref: CardKe
     log.info("external authentication passed")
 
 
+def unlocker(store: KeyStore) -> Callable[[SocialSecurityCard], None]:
+    """What ``SocialSecurityCard.read_identity`` calls for a third-generation card: external
+    authentication with ``store`` (the card's keys from its EF05, read again inside the operation)."""
+    return lambda card: authenticate_terminal(card, store, CardKeyRef.read(card))
+
+
 def _mac_protected(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, usage: KeyUsage,
                    message: bytes, send: Callable[[bytes], None]) -> None:
     """GET CHALLENGE, MAC ``message`` with the key store, ``send(mac)``; a ``69 88`` answer (MAC
@@ -350,5 +356,5 @@ def unblock_application(card: SocialSecurityCard, store: KeyStore, ref: CardKeyR
 
 __all__ = [
     "CardKeyRef", "KeyStore", "PSAMKeyStore", "SoftwareKeyStore",
-    "authenticate_terminal", "check_genuine", "open_key_store", "reload_pin", "unblock_application",
+    "authenticate_terminal", "check_genuine", "open_key_store", "reload_pin", "unblock_application", "unlocker",
 ]

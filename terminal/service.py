@@ -62,7 +62,7 @@ from terminal.convention import (
     code_of,
     reply,
 )
-from terminal.crypto import KeyStore, check_genuine
+from terminal.crypto import KeyStore, check_genuine, unlocker
 from terminal.private import read_private_file
 from terminal.readers import SIM_PREFIX, atr_text, open_connection
 
@@ -430,7 +430,7 @@ class ReaderService:
             algorithm = ""
             if genuine:
                 algorithm = check_genuine(card, self.keys).algorithm.value
-            return card.read_identity(), algorithm
+            return card.read_identity(unlocker(self.keys)), algorithm
 
     def _order(self, itype: int) -> list[str]:
         """The readers to try for an iType, in order (module :mod:`terminal.convention`)."""

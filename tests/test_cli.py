@@ -140,7 +140,7 @@ def test_expected_errors_under_v_carry_no_traceback():
 def test_a_bug_under_v_still_shows_its_traceback(monkeypatch):
     from terminal.card import SocialSecurityCard
 
-    def bug(self):
+    def bug(self, *_):
         raise ZeroDivisionError("a stand-in for a bug")
 
     monkeypatch.setattr(SocialSecurityCard, "read_identity", bug)

@@ -34,6 +34,7 @@ from jsonschema_rules import violations
 from pcscd import MiniCard, Pcscd, wait_card, wait_until
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
+from terminal.crypto import SoftwareKeyStore, unlocker
 
 pytestmark = pytest.mark.pcsc
 
@@ -161,11 +162,12 @@ def test_profile_identity_bytes_identical_to_memory(vpcd_card, profile):
     vpcd_card(load_profile(profile))
     with pcsc.connect(READER0) as connection:
         over_pcscd = exchange_all(connection, identity_apdus())
-    with pcsc.connect(READER0) as connection:  # disconnect powered it down: a fresh session
-        identity = SocialSecurityCard(connection).read_identity()
+    unlock = unlocker(SoftwareKeyStore.bundled_test_keys())  # other-region (3.00): EF06 after authentication
+    with pcsc.connect(READER0) as connection:  # a fresh session
+        identity = SocialSecurityCard(connection).read_identity(unlock)
     memory = MemoryConnection(load_profile(profile))
-    assert over_pcscd == exchange_all(memory, identity_apdus())
-    assert identity == SocialSecurityCard(MemoryConnection(load_profile(profile))).read_identity()
+    assert over_pcscd == exchange_all(memory, identity_apdus())  # without it, the same 69 82 for EF06 on both
+    assert identity == SocialSecurityCard(MemoryConnection(load_profile(profile))).read_identity(unlock)
 
 
 def test_disconnect_powers_the_card_down(vpcd_card):
@@ -486,7 +488,14 @@ def test_opensc_tool_sees_our_simulated_card_and_gets_the_same_bytes(vpcd_card, 
     assert theirs == exchange_all(MemoryConnection(load_profile(profile)), apdus)  # the simulator's own bytes
     holder = json.loads((ROOT / f"fixtures/cards/{profile}.json").read_text(encoding="utf-8"))["holder"]
     assert len(theirs) == 17 and theirs[0][:1] == b"\x6f" and theirs[0][-2:] == b"\x90\x00"  # the FCI
-    assert theirs[10] == b"\x08\x12" + holder["social_security_number"].encode() + b"\x90\x00"  # EF06 record 1
+    if holder_needs_authentication(profile):  # a third-generation card keeps EF06 from opensc-tool too
+        assert theirs[10] == b"\x69\x82"
+    else:
+        assert theirs[10] == b"\x08\x12" + holder["social_security_number"].encode() + b"\x90\x00"  # EF06 record 1
+
+
+def holder_needs_authentication(profile: str) -> bool:
+    return json.loads((ROOT / f"fixtures/cards/{profile}.json").read_text(encoding="utf-8"))["algorithm"] == "SM4"
 
 
 # --- end to end: the sscard CLI over pcscd, the card in an `sscard simulate` process -----------
@@ -578,7 +587,7 @@ def test_a_card_held_by_another_program_ends_within_the_card_timeout_with_a_mess
     assert "another program may be holding it" in result.stderr and took < 10, (took, result.stderr)
 
 
-@pytest.mark.parametrize("profile", ["adult", "minority"])
+@pytest.mark.parametrize("profile", ["adult", "minority", "other-region"])  # other-region: spec 3.00, SM4
 def test_e2e_read_over_pcscd_equals_in_memory(vpcd_card, profile):
     vpcd_card(profile, process=True)
     over_pcscd = sscard("read", "--json", "--reader", READER0)

@@ -60,12 +60,38 @@ def selected(card: SSCCard, fid: int | None = EF05) -> SSCCard:
 
 # --- reading the card ---------------------------------------------------------------------------
 
+def authenticate(conn: MemoryConnection) -> None:
+    """EXTERNAL AUTHENTICATE with the TEST keys (terminal/crypto.py)."""
+    from terminal.card import SocialSecurityCard
+    from terminal.crypto import CardKeyRef, SoftwareKeyStore, authenticate_terminal
+
+    card = SocialSecurityCard(conn)
+    authenticate_terminal(card, SoftwareKeyStore.bundled_test_keys(), CardKeyRef.read(card))
+
+
+def test_a_third_generation_card_shows_ef06_only_to_an_authenticated_terminal():
+    conn = MemoryConnection(load_card("other-region"))  # spec 3.00, SM4
+    assert conn.transmit(commands.select_ssc()).sw == 0x9000
+    assert conn.transmit(commands.read_record(1, sfi=5)).sw == 0x9000  # EF05: the card's data, open
+    assert conn.transmit(commands.read_record(1, sfi=6)).sw == 0x6982  # EF06: the holder's, not yet
+    authenticate(conn)
+    assert conn.transmit(commands.read_record(1, sfi=6)).sw == 0x9000
+    conn.card.power_down()
+    conn.card.power_up()  # the authentication is volatile
+    conn.transmit(commands.select_ssc())
+    assert conn.transmit(commands.read_record(1, sfi=6)).sw == 0x6982
+    adult = MemoryConnection(load_card("adult"))  # a second-generation card asks no authentication
+    adult.transmit(commands.select_ssc())
+    assert adult.transmit(commands.read_record(1, sfi=6)).sw == 0x9000
+
 @pytest.mark.parametrize("name", bundled_names())
 def test_every_record_decodes_to_the_profile_values(name):
     profile = load_profile(name)
     conn = MemoryConnection(SSCCard(profile))
     assert conn.transmit(commands.select_ssc()).sw in (0x9000, 0x6283)
     for items, values in ((CARD_ITEMS, profile.card), (HOLDER_ITEMS, profile.holder)):
+        if items is HOLDER_ITEMS and profile.algorithm == "SM4":  # a third-generation card: EF06 after
+            authenticate(conn)                                     # the terminal authenticated itself
         assert conn.transmit(commands.select_fid(items[0].fid)).sw == 0x9000
         for item in items:
             response = conn.transmit(commands.read_record(item.record)).check()

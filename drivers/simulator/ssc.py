@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any
 
+from apdu.catalogue import EF06
 from apdu.command import Command
 from apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
 from apdu.crypto import Algorithm, PINFormatError, bcd_to_pin
@@ -36,7 +37,7 @@ from drivers.simulator.cardos import (
 )
 from drivers.simulator.filesystem import MF_FID, DF, RecordEF, build_filesystem
 from drivers.simulator.profile import Profile
-from drivers.simulator.ssc_security import SecurityHandlers
+from drivers.simulator.ssc_security import SW_SECURITY_STATUS, SecurityHandlers
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class SSCCard(SecurityHandlers, CardOS):
     def __init__(self, profile: Profile, random: RandomSource = os.urandom) -> None:
         self.profile = profile
         generation = 3 if profile.algorithm == "SM4" else 2
+        #: 2 (3DES) or 3 (SM4, spec 3.00): a third-generation card shows EF06 (the holder's personal
+        #: data) only after EXTERNAL AUTHENTICATE (the reader libraries' -2203; docs/card-profile.md)
+        self.generation = generation
         self.algorithm = Algorithm(profile.algorithm)
         self.mf, self.app = build_filesystem(profile.card, profile.holder, generation)
         # persistent
@@ -211,6 +215,8 @@ class SSCCard(SecurityHandlers, CardOS):
         if p2 & 0x07 != 0x04 or number in (0x00, 0xFF) or sfi == 0x1F:
             raise CardStatus(SW_WRONG_P1P2)
         ef = self._ef_for(sfi)
+        if ef.fid == EF06 and self.generation >= 3 and not self.external_authenticated:
+            raise CardStatus(SW_SECURITY_STATUS)
         record = ef.record(number)
         if record is None:
             raise CardStatus(SW_RECORD_NOT_FOUND)

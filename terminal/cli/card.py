@@ -48,6 +48,18 @@ def id_number_option(_ctx: click.Context, _param: click.Parameter, value: str | 
         raise click.BadParameter(str(err)) from None
 
 
+def unlock_with_configured_keys(card: SocialSecurityCard) -> None:
+    """A third-generation card's external authentication before its holder's data, with the key
+    store every command chooses (terminal/cli/security.py: the configuration's ``[keys] store``, else
+    the TEST keys, which vouch for virtual cards only); opened only for such a card."""
+    from terminal.cli.security import announce_key_store, chosen_key_store
+    from terminal.crypto import open_key_store, unlocker
+
+    with open_key_store(**chosen_key_store(None, None, None)) as store:
+        announce_key_store(store)
+        unlocker(store)(card)
+
+
 def format_identity(fields: dict[str, object], activated: bool) -> str:
     """Aligned text, one labelled field per line."""
     width = max(len(label.encode("gbk")) for _, label in LABELS)
@@ -91,7 +103,7 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
                        f"expires {account.expiry})")
         return
     with open_connection(reader) as connection:
-        identity = SocialSecurityCard(connection).read_identity()
+        identity = SocialSecurityCard(connection).read_identity(unlock_with_configured_keys)
     fields = identity.to_dict(redact=redact)
     if as_json:
         print_json(fields)

@@ -24,6 +24,7 @@ from terminal.crypto import (
     check_genuine,
     open_key_store,
     reload_pin,
+    unlocker,
 )
 from terminal.config import KeyStoreArgs
 from terminal.readers import open_connection
@@ -150,7 +151,7 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, confi
         card = SocialSecurityCard(connection)
         card.select()
         ref = check_genuine(card, store)
-        identity = card.read_identity()
+        identity = card.read_identity(unlocker(store))
         if not _same_person(id_number, identity.social_security_number):
             raise IdentityMismatchError()
         new = read_pin("New PIN", pin_stdin, confirm=True)

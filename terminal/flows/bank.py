@@ -31,7 +31,7 @@ from apdu.crypto import PINFormatError, check_new_pin
 from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
 from terminal.card import Identity, SocialSecurityCard, holder
-from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application
+from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application, unlocker
 from terminal.flows.common import (
     Clerk,
     RefusedError,
@@ -92,7 +92,7 @@ def _resume(card: SocialSecurityCard, site: Site, id_number: str, clerk: Clerk) 
     change) is released and reported; else None (the card was activated elsewhere or before)."""
     if not site.outbox.held():  # the usual case: nothing held at all, so nothing more to read
         return None
-    identity = card.read_identity()
+    identity = card.read_identity(unlocker(site.keys))
     held = _held_activations(site, identity.card_identification_code)
     if not held:
         return None
@@ -165,7 +165,7 @@ def bank_activate(connection: Connection, site: Site, id_number: str, clerk: Cle
             return resumed
         raise RefusedError("This card is already activated: nothing to do (to set a new PIN use 'sscard reset-pin').")
     ref = check_genuine(card, site.keys)
-    identity = card.read_identity()
+    identity = card.read_identity(unlocker(site.keys))
     clerk.say(f"Card genuine: {holder_line(identity)}")
     if not same_person(id_number, identity.social_security_number):
         raise IdentityMismatchError("The ID document number does not match the card: the card does not belong to "

@@ -19,7 +19,7 @@ from drivers.connection import Connection
 from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
 from terminal.card import Identity, SocialSecurityCard
 from terminal.config import TerminalConfig
-from terminal.crypto import CardKeyRef, KeyStore, check_genuine
+from terminal.crypto import CardKeyRef, KeyStore, check_genuine, unlocker
 from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
 from terminal.online import Person, Platform, PlatformRefusedError
 from terminal.queue import STANDING, Outbox, QueuedRecord
@@ -166,7 +166,7 @@ def present_card(connection: Connection, site: Site) -> CardAtCounter:
     card = SocialSecurityCard(connection)
     card.select()
     ref = check_genuine(card, site.keys)
-    return CardAtCounter(card, card.read_identity(), ref)
+    return CardAtCounter(card, card.read_identity(unlocker(site.keys)), ref)
 
 
 def verify_holder_pin(at: CardAtCounter, clerk: Clerk) -> None:
