@@ -10,6 +10,8 @@ handed to the :class:`~central.ledger.Ledger` on the ledger's own thread, one re
   (nothing processed) when a message's ``sign_no`` is not a sign-in of the signing institution, 422
   when a message has no msgid.
 - ``POST /api/ec/query``: ``{"qrcode": ...}`` -> an e-voucher token for 1101 (the virtual e-voucher).
+- ``POST /api/keys/info``, ``/api/keys/encrypt``: the key service, a remote security module for
+  counters without a PSAM (central/keyservice.py).
 - ``POST /_control``: ``{"mode": "ok|fail|stall|garbage|drop", "count": n, "seconds": s,
   "retry_after": ...}``: fault switches, only when the service was started with faults enabled
   (``sscard central serve --faults``; development only), and signed like any request.
@@ -39,6 +41,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from central.keyservice import KeyRequestError, KeyService
 from central.ledger import Forbidden, Ledger, Rejected, Unanswerable, Unsigned, now_cst
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,8 @@ class CentralService:
         if host not in LOOPBACK:
             raise ValueError(f"the virtual platform listens on this computer only (127.0.0.1, ::1), not {host!r}")
         self.ledger = Ledger(db_path, clock=clock)
+        #: the remote security module (central/keyservice.py)
+        self.keys = KeyService()
         self.faults = faults
         #: the faults set, by the transaction they aim at (None: any request)
         self.fault_plan: dict[str | None, Fault] = {}
@@ -199,6 +204,8 @@ class CentralService:
             Route("/api/call", _Endpoint(self._call), methods=["POST"]),
             Route("/api/batch", _Endpoint(self._call), methods=["POST"]),
             Route("/api/ec/query", _Endpoint(self._voucher), methods=["POST"]),
+            Route("/api/keys/info", _Endpoint(self._keys_info), methods=["POST"]),
+            Route("/api/keys/encrypt", _Endpoint(self._keys_encrypt), methods=["POST"]),
             Route("/_control", _Endpoint(self._control), methods=["POST"]),
             Route("/_stats", _Endpoint(self._stats), methods=["GET"]),
         ])
@@ -386,6 +393,19 @@ class CentralService:
         except Rejected as err:
             return _json({"infcode": -1, "err_msg": str(err), "output": {}})
         return _json({"infcode": 0, "err_msg": "", "output": output})
+
+    async def _keys_info(self, request: Request) -> Response | None:
+        payload = await self._signed_json(request)
+        return payload if isinstance(payload, Response) else _json(self.keys.info())
+
+    async def _keys_encrypt(self, request: Request) -> Response | None:
+        payload = await self._signed_json(request)
+        if isinstance(payload, Response):
+            return payload
+        try:
+            return _json(self.keys.encrypt(payload))
+        except KeyRequestError as err:
+            return _error(HTTPStatus.BAD_REQUEST, str(err))
 
     async def _control(self, request: Request) -> Response | None:
         if not self.faults:

@@ -49,8 +49,9 @@ name = "李收费"
 
 [keys]
 # where the card keys come from: "psam:READER" (the PSAM in that PC/SC reader: production),
-# "file:PATH" (a software master-key file, chmod 600) or "test" (the bundled public TEST keys:
-# the simulator and development only)
+# "file:PATH" (a software master-key file, chmod 600), "remote" (the platform's key service at
+# [central] url: genuine-card checks and third-generation reads without a PSAM, no PIN reload or
+# activation) or "test" (the bundled public TEST keys: the simulator and development only)
 store = "test"
 
 [queue]
@@ -95,11 +96,23 @@ def default_config_path() -> Path:
     return Path(base) / "sscard" / CONFIG_NAME
 
 
-class KeyStoreArgs(TypedDict):
+class KeyStoreArgs(TypedDict, total=False):
     """The keyword arguments of :func:`terminal.crypto.open_key_store`."""
 
     psam: str | None
     key_file: str | None
+    #: the platform's key service (``[keys] store = "remote"``: terminal/remotekeys.py)
+    remote: RemoteKeys | None
+
+
+@dataclass(frozen=True)
+class RemoteKeys:
+    """Where the remote security module is: the platform's URL, this institution's gateway
+    credentials (``[central] credentials``) and its code (for the TEST credentials)."""
+
+    url: str
+    credentials: str
+    institution: str
 
 
 @dataclass(frozen=True)
@@ -127,7 +140,10 @@ class TerminalConfig:
     def key_store_args(self) -> KeyStoreArgs:
         """Arguments of :func:`terminal.crypto.open_key_store` for ``key_store``."""
         kind, _, value = self.key_store.partition(":")
-        return {"psam": value if kind == "psam" else None, "key_file": value if kind == "file" else None}
+        args: KeyStoreArgs = {"psam": value if kind == "psam" else None, "key_file": value if kind == "file" else None}
+        if kind == "remote":
+            args["remote"] = RemoteKeys(self.central_url, self.central_credentials, self.institution_code)
+        return args
 
     @property
     def station(self) -> Station:
@@ -165,8 +181,9 @@ def parse_config(text: str, path: Path | None = None) -> TerminalConfig:
     store = _get(data, "keys", "store", str, where)
     if store.startswith("file:"):
         store = "file:" + str(_resolve(base, store[5:]))
-    elif store != "test" and not (store.startswith("psam:") and len(store) > 5):
-        raise ConfigError(f'{where}: [keys] store must be "psam:READER", "file:PATH" or "test", not {store!r}')
+    elif store not in ("test", "remote") and not (store.startswith("psam:") and len(store) > 5):
+        raise ConfigError(f'{where}: [keys] store must be "psam:READER", "file:PATH", "remote" or "test", '
+                          f'not {store!r}')
     credentials = _get(data, "central", "credentials", str, where, "test")
     if credentials.startswith("file:") and len(credentials) > 5:
         credentials = "file:" + str(_resolve(base, credentials[5:]))

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apdu import commands
 from apdu.crypto import (
@@ -51,6 +52,9 @@ from apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys,
 from drivers.connection import CARD_TIMEOUT_S, Connection
 from terminal.card import SocialSecurityCard
 from terminal.private import read_private_file
+
+if TYPE_CHECKING:
+    from terminal.config import RemoteKeys
 
 log = logging.getLogger(__name__)
 
@@ -234,16 +238,22 @@ class PSAMKeyStore(KeyStore):
 
 
 @contextlib.contextmanager
-def open_key_store(psam: str | None = None, key_file: str | Path | None = None,
+def open_key_store(psam: str | None = None, key_file: str | Path | None = None, remote: RemoteKeys | None = None,
                    connect: Callable[[str], Connection] | None = None) -> Iterator[KeyStore]:
     """The key store a terminal is configured with: a PSAM reader spec (``sim:psam``, ``1``,
-    ``"Virtual PCD 00 01"``), a key file, or, with neither, the bundled TEST keys (``test_only``)."""
-    if psam and key_file:
-        raise KeyStoreError("Choose one key store: a PSAM or a key file, not both")
-    if psam:
+    ``"Virtual PCD 00 01"``), a key file, the platform's key service (``remote``:
+    terminal/remotekeys.py), or, with none, the bundled TEST keys (``test_only``)."""
+    if sum(bool(choice) for choice in (psam, key_file, remote)) > 1:
+        raise KeyStoreError("Choose one key store: a PSAM, a key file or the remote security module")
+    if remote:
+        from terminal.gateway import load_credentials
+        from terminal.remotekeys import RemoteKeyStore
+
+        store: KeyStore = RemoteKeyStore(remote.url, load_credentials(remote.credentials, remote.institution)[0])
+    elif psam:
         if connect is None:
             from terminal.readers import open_connection as connect
-        store: KeyStore = PSAMKeyStore(connect(psam))
+        store = PSAMKeyStore(connect(psam))
     elif key_file:
         store = SoftwareKeyStore.from_file(key_file)
     else:

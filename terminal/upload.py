@@ -309,7 +309,8 @@ class CentralClient:
         """Close the HTTP connections."""
         self.http.close()
 
-    def _post(self, path: str, payload: dict[str, Any] | str) -> Any:
+    def post(self, path: str, payload: dict[str, Any] | str) -> Any:
+        """One signed request to ``path`` (``/api/call``, ``/api/batch``, ``/api/keys/...``): its JSON answer."""
         start = time.monotonic()
         limit = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
         within = f"within {self.timeout:g} s" if limit == start + self.timeout else "before its batch's deadline"
@@ -351,14 +352,14 @@ class CentralClient:
     def call(self, message: dict[str, Any] | str) -> dict[str, Any]:
         """One message (a dict, or its wire text), one platform response (``infcode``, ``err_msg``,
         ``output``...)."""
-        response = self._post("/api/call", message)
+        response = self.post("/api/call", message)
         if not isinstance(response, dict) or type(response.get("infcode")) is not int:
             raise CentralProtocolError()
         return response
 
     def batch(self, messages: list[dict[str, Any]]) -> list[Outcome]:
         """Send messages as one batch; the answers for the messages sent (others are ignored)."""
-        response = self._post("/api/batch", {"messages": messages})
+        response = self.post("/api/batch", {"messages": messages})
         return batch_outcomes(response, {m.get("msgid") for m in messages})
 
 

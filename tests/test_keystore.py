@@ -275,7 +275,7 @@ def test_open_key_store_chooses(tmp_path):
     with open_key_store(psam="sim:psam") as store:
         assert isinstance(store, PSAMKeyStore) and store.description == "PSAM in sim:psam"
     assert not store.connection.card.powered  # closed: the PSAM is powered down
-    with pytest.raises(KeyStoreError, match="not both"):
+    with pytest.raises(KeyStoreError, match="Choose one key store"):
         with open_key_store(psam="sim:psam", key_file=tmp_path / "k.json"):
             pass
 

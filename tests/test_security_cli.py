@@ -79,7 +79,7 @@ def test_auth_refuses_a_key_file_others_can_read(key_file):
 
 def test_auth_psam_and_key_file_together_is_refused(key_file):
     result = run("auth", "--psam", "sim:psam", "--key-file", str(key_file))
-    assert result.exit_code == 12 and "not both" in result.stderr
+    assert result.exit_code == 12 and "Choose one key store" in result.stderr
 
 
 def test_auth_with_an_ssc_in_the_psam_slot():
