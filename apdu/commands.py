@@ -26,9 +26,11 @@ def select_df_name(name: bytes, first_or_only: bool = True) -> Command:
     return Command(0x00, 0xA4, 0x04, 0x00 if first_or_only else 0x02, name, le=256)
 
 
-def select_ssc() -> Command:
-    """SELECT the social security application, as public readers send it (no Le: case 3)."""
-    return Command(0x00, 0xA4, 0x04, 0x00, SSC_DF_NAME)
+def select_ssc(fci: bool = True) -> Command:
+    """SELECT the social security application (no Le: case 3): as public readers send it (P2 00, the
+    FCI returned), or with P2 0C, "no response data" (ISO 7816-4 s7.1.1 table 40), which spares a T=0
+    card's GET RESPONSE when the FCI is not wanted."""
+    return Command(0x00, 0xA4, 0x04, 0x00 if fci else 0x0C, SSC_DF_NAME)
 
 
 def select_fid(fid: int) -> Command:

@@ -150,6 +150,15 @@ class Connection(ABC):
         and the service bound it by :data:`CARD_TIMEOUT_S`; and not made at all for a thread given
         up on."""
         self.waiting_held = held
+        self._wait_begins()
+        try:
+            yield
+        finally:
+            why = self._wait_ends()
+        if why is not None:  # given up on while it waited: its late answer is not used
+            raise CardUnresponsiveError(why)
+
+    def _wait_begins(self) -> None:
         thread = threading.get_ident()
         with _FLIGHT_LOCK:
             why = ABANDONED.get(thread)
@@ -157,22 +166,26 @@ class Connection(ABC):
                 IN_FLIGHT[id(self)] = (self, time.monotonic(), thread)
         if why is not None:
             raise CardUnresponsiveError(why)
-        try:
-            yield
-        finally:
-            with _FLIGHT_LOCK:
-                del IN_FLIGHT[id(self)]
-                why = ABANDONED.get(thread)
-        if why is not None:  # given up on while it waited: its late answer is not used
-            raise CardUnresponsiveError(why)
+
+    def _wait_ends(self) -> str | None:
+        """Out of :data:`IN_FLIGHT`; why the thread was given up on meanwhile, if it was."""
+        with _FLIGHT_LOCK:
+            del IN_FLIGHT[id(self)]
+            return ABANDONED.get(threading.get_ident())
 
     def _send(self, command: Command) -> Response:
         tracing = trace.isEnabledFor(logging.DEBUG)  # the hex is built only when someone reads it
         if tracing:
             trace.debug("%s > %s", self.name, command.trace())
         self.apdu_count += 1
-        with self.waiting_for_card():
+        self.waiting_held = False
+        self._wait_begins()  # waiting_for_card() inline: a command is the hot path
+        try:
             raw = self._exchange(command.to_bytes())
+        finally:
+            why = self._wait_ends()
+        if why is not None:
+            raise CardUnresponsiveError(why)
         try:
             response = Response.from_bytes(raw)
         except APDUFormatError as err:

@@ -1,9 +1,13 @@
 """A social security card session over any Connection (real reader, pcscd's virtual reader, memory).
 
-The read follows the public HIS readers (shared/reference/ssc-card.md, "Selection and files"): SELECT
-the SSC application by DF name, SELECT EF05 and EF06 by FID, READ RECORD ``00 B2 n 04 00`` for each
-item of apdu.catalogue. A not-yet-activated card answers the SELECT with 6283 (docs/card-profile.md,
-"Application lifecycle").
+**The identity read** (docs/card-profile.md, "Reading the card"): SELECT the SSC application by DF
+name with P2 0C (no FCI: on T=0 no GET RESPONSE follows), then READ RECORD ``00 B2 n (SFI<<3)|04 00``
+for each item of apdu.catalogue, EF05 by SFI 5 and EF06 by SFI 6: 15 commands. A card that answers
+a short form's first try with anything but success (``6A 86`` wrong P1-P2, ``6A 81``, ``6A 83``...)
+is read the way public HIS readers do instead, for the rest of the session, and it is their answer
+that counts (an error is reported from it): SELECT with P2 00, SELECT EF05
+and EF06 by FID, READ RECORD ``00 B2 n 04 00`` in each (17 commands, 18 on T=0). A not-yet-activated
+card answers the SELECT with 6283 ("Application lifecycle").
 
 **Sharing the reader.** Every method that sends commands is one operation (:func:`operation`): a PC/SC
 transaction, so another program's commands never come between a SELECT and its READ; when another
@@ -163,6 +167,10 @@ class SocialSecurityCard:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.activated: bool | None = None
+        #: whether the card took the short forms of the read (SELECT P2 0C, READ RECORD by SFI): None
+        #: until tried, then the answer (module docstring, "The identity read")
+        self.short_select: bool | None = None
+        self.by_sfi: bool | None = None
 
     def atomically(self, work: Callable[[], T]) -> T:
         """``work`` (several commands) as one operation: a PC/SC transaction; after a reset by another
@@ -186,7 +194,13 @@ class SocialSecurityCard:
 
         Raises :class:`NotSocialSecurityCardError` when the card has no SSC application.
         """
-        response = self.connection.transmit(commands.select_ssc())
+        response = None
+        if self.short_select is not False:
+            response = self.connection.transmit(commands.select_ssc(fci=False))
+            self.short_select = response.sw in (SW_OK, SW_NOT_ACTIVATED)
+        if not self.short_select:
+            response = self.connection.transmit(commands.select_ssc())
+        assert response is not None
         if response.sw in (SW_OK, SW_NOT_ACTIVATED):
             self.activated = response.sw == SW_OK
             return self.activated
@@ -201,12 +215,24 @@ class SocialSecurityCard:
 
     @operation
     def read_file(self, items: tuple[DataItem, ...]) -> dict[str, object]:
-        """SELECT the items' EF by FID and READ RECORD each item; decode per apdu.catalogue."""
+        """READ RECORD each item of one EF by its SFI, or, on a card that refuses that, SELECT the EF
+        by FID and READ RECORD in it (module docstring, "The identity read"); decode per apdu.catalogue."""
         self._ensure_selected()
-        check_read(self.connection.transmit(commands.select_fid(items[0].fid)))
         values: dict[str, object] = {}
+        selected = False
         for item in items:
-            response = check_read(self.connection.transmit(commands.read_record(item.record, secret=item.sensitive)))
+            response = None
+            if self.by_sfi is not False:
+                response = self.connection.transmit(commands.read_record(item.record, sfi=item.sfi, secret=item.sensitive))
+                if self.by_sfi is None:  # the first read on this card tells
+                    self.by_sfi = response.sw == SW_OK
+            if not self.by_sfi:
+                if not selected:
+                    check_read(self.connection.transmit(commands.select_fid(item.fid)))
+                    selected = True
+                response = self.connection.transmit(commands.read_record(item.record, secret=item.sensitive))
+            assert response is not None
+            check_read(response)
             try:
                 record = decode_simple(response.data)
             except TLVError as err:
@@ -224,7 +250,7 @@ class SocialSecurityCard:
 
     @operation
     def read_identity(self, unlock: Unlock | None = None) -> Identity:
-        """Read and decode EF05 and EF06 (17 APDUs on a T=1 card).
+        """Read and decode EF05 and EF06 (15 commands: module docstring, "The identity read").
 
         A third-generation card (spec version 3.00 in EF05) shows EF06 only to a terminal that has
         authenticated itself: ``unlock(card)`` does that between the two files (in the same

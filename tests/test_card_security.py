@@ -254,7 +254,7 @@ def test_weak_new_pin_is_refused_before_anything_is_sent(weak):
     assert err.value.exit_code == 11 and weak not in str(err.value)
     with pytest.raises(WeakPINError):
         reload_pin(card, software(), CardKeyRef.read(card), weak)
-    assert card.connection.apdu_count == sent + 3  # only CardKeyRef.read's SELECT + 2 READ RECORD
+    assert card.connection.apdu_count == sent + 2  # only CardKeyRef.read's 2 READ RECORD (by SFI)
 
 
 def test_new_pin_same_as_old_or_malformed_is_refused():
@@ -275,7 +275,7 @@ def test_a_new_pin_not_6_digits_is_refused_before_anything_is_sent(length):
     assert not isinstance(err.value, WeakPINError) and err.value.exit_code == 11 and new not in str(err.value)
     with pytest.raises(PINFormatError, match="must be 6 digits"):
         reload_pin(card, software(), CardKeyRef.read(card), new)
-    assert card.connection.apdu_count == sent + 3  # only CardKeyRef.read's SELECT + 2 READ RECORD
+    assert card.connection.apdu_count == sent + 2  # only CardKeyRef.read's 2 READ RECORD (by SFI)
 
 
 def test_a_card_whose_pin_is_4_digits_still_verifies_and_changes_to_6():

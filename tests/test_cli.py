@@ -108,7 +108,7 @@ def test_trace_masks_pin_and_id_number(caplog):
         run("-v", "read", "--reader", "sim:adult")
         run("-v", "verify-pin", "--reader", "sim:adult", "--pin-stdin", input=pin + "\n")
     text = caplog.text
-    assert "00 A4 04 00" in text  # the trace is there
+    assert "00 A4 04 0C" in text  # the trace is there
     assert "secret bytes" in text
     assert holder["social_security_number"].encode().hex(" ").upper() not in text
     assert " ".join(pin[i:i + 2] for i in range(0, 6, 2)) not in text

@@ -587,7 +587,7 @@ def test_a_card_held_by_another_program_ends_within_the_card_timeout_with_a_mess
     assert "another program may be holding it" in result.stderr and took < 10, (took, result.stderr)
 
 
-@pytest.mark.parametrize("profile", ["adult", "minority", "other-region"])  # other-region: spec 3.00, SM4
+@pytest.mark.parametrize("profile", ["adult", "minority", "other-region", "strict:adult"])  # 3.00 SM4; a strict T=0 chip
 def test_e2e_read_over_pcscd_equals_in_memory(vpcd_card, profile):
     vpcd_card(profile, process=True)
     over_pcscd = sscard("read", "--json", "--reader", READER0)

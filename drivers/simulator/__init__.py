@@ -19,13 +19,31 @@ __all__ = [
 ]
 
 
+#: the prefix of a strict T=0 chip's spec (``strict:adult``)
+STRICT = "strict:"
+
+
+def strict(card: SimulatedCard) -> SimulatedCard:
+    """``card`` made a strict T=0 chip (``CardOS.strict_t0``); ProfileError for a T=1 one."""
+    from apdu.errors import ProfileError
+    from drivers.simulator.cardos import CardOS
+
+    if not isinstance(card, CardOS) or card.protocol != "T=0":
+        raise ProfileError("strict: is for T=0 cards (the profile's protocol is not T=0)")
+    card.strict_t0 = True
+    return card
+
+
 def load_card(name_or_path: str | Path) -> SimulatedCard:
     """A fresh virtual chip from a bundled profile name (``adult``, ``psam``) or a profile path.
 
     The profile's ``kind`` decides: ``psam`` gives a :class:`PSAMCard`, anything else an
     :class:`SSCCard` (whose loader refuses a wrong kind); ``hostile:MODE[:PROFILE[:AFTER]]`` a
-    :class:`~drivers.simulator.hostile.HostileCard`. ProfileError on any problem.
+    :class:`~drivers.simulator.hostile.HostileCard`; ``strict:PROFILE`` a strict T=0 chip
+    (:func:`strict`). ProfileError on any problem.
     """
+    if str(name_or_path).startswith(STRICT):  # a T=0 chip as strict as a real one (docs/simulator.md)
+        return strict(load_card(str(name_or_path)[len(STRICT):]))
     if str(name_or_path).startswith("hostile:"):  # a spoiled chip: drivers/simulator/hostile.py
         from drivers.simulator.hostile import HostileCard, parse_spec
 

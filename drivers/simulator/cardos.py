@@ -61,6 +61,9 @@ class CardOS:
         self.protocol = protocol
         self.random = random
         self.powered = False
+        #: a T=0 chip as strict as the standard lets it be (``strict:PROFILE``, docs/simulator.md):
+        #: Le 00 with fewer than 256 bytes to send answers ``6Cxx``; powered down, it is mute
+        self.strict_t0 = False
         #: INS -> (accepted CLA bytes, handler)
         self.handlers: dict[int, tuple[frozenset[int], Handler]] = {0xC0: (CLA_ISO, self._get_response)}
         self._clear_volatile()
@@ -88,7 +91,10 @@ class CardOS:
         self._clear_volatile()
 
     def execute(self, apdu: bytes) -> bytes:
-        """Execute one command APDU and return ``data || SW1 SW2``. Never raises."""
+        """Execute one command APDU and return ``data || SW1 SW2`` (nothing from a strict chip that is
+        powered down). Never raises."""
+        if self.strict_t0 and not self.powered:
+            return b""
         try:
             reply = self._execute(bytes(apdu))
         except Exception:  # a simulator bug answers like a card with an internal error
@@ -141,6 +147,8 @@ class CardOS:
         - No Le (case 1/3 on T=1, case 1 on T=0): no data expected, the status word alone.
         - Case 2 with Le not 00: Le shorter than the data -> ``6Cxx``; on T=0 also Le longer.
         - Case 4 on T=1 with Le shorter than the data: Le bytes and ``61xx`` for the rest.
+        - A strict T=0 chip (:attr:`strict_t0`): case 2 with Le 00 (P3 00, 256 bytes) and fewer bytes
+          to send: ``6Cxx``, as a real T=0 card answers; the terminal sends the command again.
         """
         if sw >> 8 == 0x61:  # GET RESPONSE chunking already done
             return data + _sw(sw)
@@ -153,6 +161,8 @@ class CardOS:
             return _sw(sw)
         if not command.data and le != 256 and (le < len(data) or (self.protocol == "T=0" and le > len(data))):
             return _sw(0x6C00 | (len(data) & 0xFF))
+        if self.strict_t0 and self.protocol == "T=0" and not command.data and le == 256 and len(data) < 256:
+            return _sw(0x6C00 | len(data))  # P3 00 asks for 256 bytes exactly (ISO 7816-3 s12.2.2)
         if le < len(data):
             return data[:le] + self._more(data[le:])
         return data + _sw(sw)

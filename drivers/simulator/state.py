@@ -183,6 +183,12 @@ def remembered_card(spec: str) -> SimulatedCard:
     from drivers.simulator.oldmedical import load_old_card, old_profile_path
     from drivers.simulator.profile import locate
 
+    from drivers.simulator import STRICT, strict
+
+    if spec.startswith(STRICT):  # the same card, strict: it remembers as the card does
+        remembered = remembered_card(spec[len(STRICT):])
+        strict(remembered.inner if isinstance(remembered, RememberedCard) else remembered)
+        return remembered
     old = old_profile_path(spec)
     card = load_old_card(spec) if old else load_card(spec)
     if spec.startswith("hostile:") or not isinstance(card, Remembering):

@@ -119,10 +119,13 @@ def _withdraw_stale(site: Site, identity: Identity, clerk: Clerk) -> None:
                   "it is withdrawn.")
 
 
-def _active_now(connection: Connection) -> bool:
-    """Asked again after a failed change: does the card say it is active? False when it cannot say."""
+def _active_now(connection: Connection, card_sn: str) -> bool:
+    """Asked again after a failed change: does the card say it is active, and is it still the card
+    ``card_sn`` answering sanely (its identification code read back)? False when it cannot say: a
+    card whose answers went wrong may say 9000 to anything, and its word alone records nothing."""
     try:
-        return SocialSecurityCard(connection).select()
+        again = SocialSecurityCard(connection)
+        return again.select() and again.card_key_data()[0] == card_sn
     except SSCardError:
         return False
 
@@ -136,7 +139,7 @@ def _change_card(card: SocialSecurityCard, site: Site, ref: CardKeyRef, pin: str
         reload_pin(card, site.keys, ref, pin)
         unblock_application(card, site.keys, ref)
     except BaseException as err:
-        if isinstance(err, SSCardError) and _active_now(card.connection):
+        if isinstance(err, SSCardError) and _active_now(card.connection, held.card_sn or ""):
             log.info("the card's answer to the change failed (%s) but it is active now", type(err).__name__)
             clerk.say("The card's answer to the change went wrong, but the card says it is activated now.")
             return
