@@ -76,6 +76,12 @@ class WrongPINError(CardStatusError):
         super().__init__(sw, f"Wrong PIN: {tries_left} {plural} left before the PIN is blocked")
 
 
+class PINEntryError(SSCardError):
+    """No PIN came from the reader's keypad: the holder pressed cancel, or typed nothing in time."""
+
+    exit_code = 6
+
+
 class PINBlockedError(CardStatusError):
     """The PIN is blocked: the holder must have it reset at a bank counter."""
 

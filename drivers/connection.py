@@ -107,6 +107,18 @@ class Connection(ABC):
     def disconnect(self) -> None:
         """Release the card (and power it down where the driver can)."""
 
+    # --- the reader's own functions (PC/SC part 10: apdu/part10.py) ---------------------------------
+
+    def features(self) -> dict[int, int]:
+        """The reader's part 10 features: tag -> control code (a PIN pad's VERIFY PIN DIRECT...);
+        none for a reader without (the default)."""
+        return {}
+
+    def control(self, code: int, data: bytes) -> bytes:
+        """SCardControl: ``data`` to the reader's control ``code``; its answer. Not bounded by the
+        card timeout: a PIN pad waits for the holder as long as its own timer says."""
+        raise TransportError(f"The reader {self.name} takes no control commands")
+
     # --- sharing the card with other programs (PC/SC part 5: SCardBeginTransaction) ----------------
 
     @property

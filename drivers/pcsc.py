@@ -23,8 +23,10 @@ from typing import Any
 
 from smartcard import scard
 
+from apdu import part10
 from apdu.errors import (
     CardResetError,
+    MalformedError,
     CardRemovedError,
     CardUnresponsiveError,
     NoCardError,
@@ -273,6 +275,7 @@ class PCSCConnection(Connection):
         self.exclusive = exclusive
         self._context: Context | None = None
         self._card: int | None = None
+        self._features: dict[int, int] | None = None
         self._disposition = None if disposition is None else DISPOSITIONS[disposition]
         self._share = scard.SCARD_SHARE_EXCLUSIVE if exclusive else scard.SCARD_SHARE_SHARED
         self._protocols = PROTOCOLS[protocol]
@@ -315,6 +318,27 @@ class PCSCConnection(Connection):
                 log.debug("end transaction: %s", scard.SCardGetErrorMessage(hresult))
         except Exception:
             log.debug("end transaction failed", exc_info=True)
+
+    def features(self) -> dict[int, int]:
+        """CM_IOCTL_GET_FEATURE_REQUEST (PC/SC part 10 s2.3), asked once a session; a reader that does
+        not answer it (vpcd's virtual readers) has none."""
+        if self._features is None:
+            self._features = {}
+            if self._card is not None:
+                try:
+                    hresult, answer = scard.SCardControl(self._card, scard.SCARD_CTL_CODE(3400), [])
+                    if _code(hresult) == scard.SCARD_S_SUCCESS:
+                        self._features = part10.parse_features(bytes(answer))
+                except (MalformedError, TypeError, ValueError, OverflowError):
+                    log.debug("the reader's feature list is not part 10's", exc_info=True)
+        return self._features
+
+    def control(self, code: int, data: bytes) -> bytes:
+        if self._card is None:
+            raise TransportError(CLOSED_MESSAGE)
+        hresult, answer = scard.SCardControl(self._card, code, list(data))
+        _check(hresult, "control the reader")
+        return bytes(answer)
 
     def reconnect(self) -> None:
         """SCardReconnect after another program reset the card (PC/SC part 5), the card left as it is."""

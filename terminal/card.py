@@ -25,18 +25,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from apdu import commands
+from apdu import commands, part10
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
 from apdu.crypto import PINFormatError, check_new_pin, pin_to_bcd, wipe
 from apdu.errors import (
+    APDUFormatError,
     AuthenticationMethodBlockedError,
     CardDataError,
     CardResetError,
     CardStatusError,
     ExternalAuthenticationRequiredError,
     NotSocialSecurityCardError,
+    PINEntryError,
+    ReaderError,
     TerminalAuthenticationError,
     TLVError,
+    TransportError,
     mask,
 )
 from apdu.response import Response
@@ -292,6 +296,33 @@ class SocialSecurityCard:
             check_no_data(self.connection.transmit(commands.verify(block)), "VERIFY")
         finally:
             wipe(block)
+        self.connection.security_raised = True
+
+    def has_pin_pad(self) -> bool:
+        """Whether the reader has a keypad the holder types the PIN on (PC/SC part 10 VERIFY PIN DIRECT)."""
+        return part10.FEATURE_VERIFY_PIN_DIRECT in self.connection.features()
+
+    @operation
+    def verify_pin_on_pad(self) -> None:
+        """VERIFY with the PIN the holder types on the reader's keypad (apdu/part10.py): the PIN never
+        passes through the terminal, only the card's status word comes back. WrongPINError and
+        PINBlockedError as :meth:`verify_pin`; PINEntryError (exit 6) when the holder cancelled or
+        typed nothing in time (no try spent)."""
+        self._ensure_selected()
+        code = self.connection.features().get(part10.FEATURE_VERIFY_PIN_DIRECT)
+        if code is None:
+            raise ReaderError(f"The reader {self.connection.name} has no PIN pad")
+        header = commands.verify(b"\x00")
+        answer = self.connection.control(code, part10.verify_pin_structure(header.cla, header.ins, header.p1, header.p2))
+        try:
+            response = Response.from_bytes(answer)
+        except APDUFormatError:
+            raise TransportError(f"The PIN pad answered {len(answer)} bytes, not a status word") from None
+        if response.sw == part10.SW_PIN_CANCELLED:
+            raise PINEntryError("The holder cancelled the PIN entry on the reader's keypad")
+        if response.sw == part10.SW_PIN_TIMEOUT:
+            raise PINEntryError("No PIN was typed on the reader's keypad in time")
+        check_no_data(response, "VERIFY")
         self.connection.security_raised = True
 
     @operation

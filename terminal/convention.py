@@ -10,7 +10,10 @@ session, so such code drops in unchanged:
   | spec version | issue date (YYYYMMDD) | expiry date (YYYYMMDD) | terminal number | terminal device
   number |, after the genuine-card check (internal authentication);
 - ``iVerifyPIN`` (``pin``), ``iChangePIN`` (``oldPin``, ``newPin``): **convention**, the PINs come in
-  the request (no PIN pad on a virtual reader); ``pOutInfo`` is empty on success.
+  the request (no PIN pad on a virtual reader); ``pOutInfo`` is empty on success;
+- ``iReadBankNumber``: the card's bank account number (its bank application, docs/bank-application.md),
+  whole, followed by '|' (**convention**: the vendors' field layout is not public); a card without a
+  bank application answers -27266 (6A82, "not found").
 
 Codes (the convention's, as vendors' code shows them): -1 not a social security card, -2 no card,
 -4 the card does not answer, -11 reader (none, not found, busy, service not running), -20 bad card
@@ -44,7 +47,7 @@ from apdu.errors import (
     WrongPINError,
 )
 
-FUNCTIONS = ("iReadCardBas", "iVerifyPIN", "iChangePIN")
+FUNCTIONS = ("iReadCardBas", "iVerifyPIN", "iChangePIN", "iReadBankNumber")
 #: iType: which reader first (docs/service.md)
 CONTACT, CONTACTLESS, AUTO_CONTACT_FIRST, AUTO_CONTACTLESS_FIRST = 1, 2, 3, 4
 ITYPES = (CONTACT, CONTACTLESS, AUTO_CONTACT_FIRST, AUTO_CONTACTLESS_FIRST)

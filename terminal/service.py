@@ -475,6 +475,8 @@ class ReaderService:
             return card_bas(identity, self.terminal_no, self.device)
         card, connection = self._present(spec)
         with connection:
+            if request.function == "iReadBankNumber":
+                return f"{card.read_bank_account().pan}|"
             if request.function == "iVerifyPIN":
                 card.verify_pin(request.pin or "")
             else:

@@ -546,6 +546,13 @@ class OtherProgram:
         scard.SCardReleaseContext(self.context)
 
 
+def test_a_reader_without_a_pin_pad_lists_no_feature_and_the_pin_is_asked_on_screen(vpcd_card):
+    vpcd_card("adult")
+    with pcsc.connect(READER0) as connection:
+        assert connection.features() == {}  # vpcd's reader answers no part 10 feature request
+        assert not SocialSecurityCard(connection).has_pin_pad()
+
+
 def test_a_card_reset_by_another_program_between_two_operations_is_selected_again(vpcd_card):
     vpcd_card("adult")
     with pcsc.connect(READER0) as connection:

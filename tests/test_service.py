@@ -89,12 +89,19 @@ def test_the_same_call_over_the_websocket_from_the_hospitals_page(service):
     ("sim:adult", {"function": "iVerifyPIN", "iType": 1}, -31),  # no PIN given
     ("sim:adult", {"function": "iChangePIN", "iType": 1, "oldPin": "246810", "newPin": "111111"}, -33),
     ("sim:adult", {"function": "iFormatDisk", "iType": 1}, -99),
+    ("sim:minority", {"function": "iReadBankNumber", "iType": 1}, -0x6A82),  # no bank application
 ])
 def test_refusals_answer_the_conventions_negative_codes(token, reader, message, code):
     with served(token, reader=reader) as running:
         answer = convention(running, message, bearer(token)).json()
     assert answer["success"] is False and answer["code"] == code and answer["pOutInfo"]
     assert "111111" not in json.dumps(answer) and "135790" not in json.dumps(answer)
+
+
+def test_the_bank_account_number_through_the_convention(token):
+    with served(token, reader="sim:adult") as running:
+        answer = convention(running, {"function": "iReadBankNumber", "iType": 1}, bearer(token)).json()
+    assert answer == {"function": "iReadBankNumber", "success": True, "code": 0, "pOutInfo": "6217003303001234565|"}
 
 
 def test_verify_and_change_pin(service, token):

@@ -30,50 +30,42 @@ def test_a_flag_wait_times_out_unset():
     assert Flag().wait(0.2) is False and 0.15 < time.monotonic() - started < 1
 
 
-def test_upload_follow_stops_within_seconds_on_sigterm_at_any_moment(outbox, central):  # noqa: F811
-    """50 followers, SIGTERM (sometimes twice) at random moments: from start-up to the wait between
-    passes; every one ends within 5 s (the handler never blocks on a lock the loop holds)."""
-    registration(outbox)
-    rng = random.Random(2026)
-    command = [sys.executable, "-c", "from terminal.cli import main; main()", "queue", "upload", "-q", str(outbox.path),
-               "--central", central.url, "--follow", "--interval", "0.05"]
-    for _ in range(10):
-        followers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                     for _ in range(5)]
+def sigterm_storm(start, seed: int, latest_s: float) -> None:
+    """10 rounds of 5 processes from ``start(n)``, each sent SIGTERM (sometimes twice) at a random
+    moment up to ``latest_s`` after the previous one: every one must end within 5 s, cleanly."""
+    rng = random.Random(seed)
+    for round_ in range(10):
+        processes = [start(5 * round_ + i) for i in range(5)]
         try:
-            for follower in followers:
-                time.sleep(rng.uniform(0.0, 0.3))
-                follower.send_signal(signal.SIGTERM)
+            for process in processes:
+                time.sleep(rng.uniform(0.0, latest_s))
+                process.send_signal(signal.SIGTERM)
                 if rng.random() < 0.3:
-                    follower.send_signal(signal.SIGTERM)
-            for follower in followers:
-                _, err = follower.communicate(timeout=5)  # TimeoutExpired: a hang
-                assert follower.returncode in (0, -signal.SIGTERM), err  # -15: before the handler was set
+                    process.send_signal(signal.SIGTERM)
+            for process in processes:
+                _, err = process.communicate(timeout=5)  # TimeoutExpired: a hang
+                assert process.returncode in (0, -signal.SIGTERM), err  # -15: before the handler was set
                 assert "Traceback" not in err
         finally:
-            for follower in followers:
-                follower.kill()
+            for process in processes:
+                process.kill()
+
+
+def sscard(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_upload_follow_stops_within_seconds_on_sigterm_at_any_moment(outbox, central):  # noqa: F811
+    """50 followers, SIGTERM at random moments from start-up to the wait between passes: every one
+    ends within 5 s (the handler never blocks on a lock the loop holds)."""
+    registration(outbox)
+    sigterm_storm(lambda _n: sscard("queue", "upload", "-q", str(outbox.path), "--central", central.url, "--follow",
+                                    "--interval", "0.05"), seed=2026, latest_s=0.3)
 
 
 def test_central_serve_stops_within_seconds_on_sigterm_at_any_moment(tmp_path):
-    """50 virtual platforms, SIGTERM (sometimes twice) at random moments from start-up to serving:
-    every one ends within 5 s (uvicorn's handlers set a flag its loop reads), its ledger closed."""
-    rng = random.Random(2027)
-    for round_ in range(10):
-        platforms = [subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "central", "serve",
-                                       "--db", str(tmp_path / f"ledger-{round_}-{i}.sqlite"), "--port", "0"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                     for i in range(5)]
-        try:
-            for platform in platforms:
-                time.sleep(rng.uniform(0.0, 0.4))
-                platform.send_signal(signal.SIGTERM)
-                if rng.random() < 0.3:
-                    platform.send_signal(signal.SIGTERM)
-            for platform in platforms:
-                _, err = platform.communicate(timeout=5)  # TimeoutExpired: a hang
-                assert platform.returncode in (0, -signal.SIGTERM), err  # -15: before the handler was set
-                assert "Traceback" not in err
-        finally:
-            for platform in platforms:
-                platform.kill()
+    """50 virtual platforms, SIGTERM at random moments from start-up to serving: every one ends within
+    5 s (uvicorn's handlers set a flag its loop reads), its ledger closed."""
+    sigterm_storm(lambda n: sscard("central", "serve", "--db", str(tmp_path / f"ledger-{n}.sqlite"), "--port", "0"),
+                  seed=2027, latest_s=0.4)

@@ -174,6 +174,9 @@ def verify_holder_pin(at: CardAtCounter, clerk: Clerk) -> None:
     the clerk can ask (a person at the screen), what was typed before it kept. WrongPINError (exit 6,
     tries left) when it cannot be asked again, PINBlockedError (7) once blocked."""
     tries = at.card.pin_tries_left()  # a blocked PIN is refused here, before the holder types anything
+    if at.card.has_pin_pad():
+        verify_on_pin_pad(at, clerk)
+        return
     while True:
         prompt = "PIN" if tries is None or tries >= FULL_TRIES else f"PIN ({tries} {'try' if tries == 1 else 'tries'} left)"
         try:
@@ -184,6 +187,21 @@ def verify_holder_pin(at: CardAtCounter, clerk: Clerk) -> None:
                 raise
             clerk.say(f"{err}. Type it again.")
             tries = err.tries_left
+
+
+def verify_on_pin_pad(at: CardAtCounter, clerk: Clerk) -> None:
+    """The holder types the PIN on the reader's keypad (PC/SC part 10; the terminal never sees it),
+    again after a wrong one while tries are left: the holder is at the keypad. PINEntryError (exit 6)
+    when the holder cancels or types nothing in time; WrongPINError / PINBlockedError as at the screen."""
+    clerk.say("The holder types the PIN on the reader's keypad.")
+    while True:
+        try:
+            at.card.verify_pin_on_pad()
+            return
+        except WrongPINError as err:
+            if err.tries_left <= 0:
+                raise
+            clerk.say(f"{err}. The holder types it again on the keypad.")
 
 
 def activation(record: QueuedRecord | None) -> dict[str, str] | None:
