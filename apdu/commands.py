@@ -140,9 +140,10 @@ def external_authenticate(key_id: int, cryptogram: bytes) -> Command:
     return Command(0x00, 0x82, 0x00, key_id, cryptogram)
 
 
-def get_processing_options(pdol_data: bytes = b"") -> Command:
-    """GET PROCESSING OPTIONS ``80 A8 00 00 Lc 83 len PDOL-data 00`` (EMV 4.3 Book 3 s6.5.8)."""
-    return Command(0x80, 0xA8, 0x00, 0x00, bytes((0x83, len(pdol_data))) + pdol_data, le=256)
+def get_processing_options(pdol_data: bytes = b"", secret: bool = False) -> Command:
+    """GET PROCESSING OPTIONS ``80 A8 00 00 Lc 83 len PDOL-data 00`` (EMV 4.3 Book 3 s6.5.8); ``secret``:
+    its answer may carry the account number (a format-2 template with 57 or 5A), kept out of traces."""
+    return Command(0x80, 0xA8, 0x00, 0x00, bytes((0x83, len(pdol_data))) + pdol_data, le=256, secret=secret)
 
 
 #: PSAM DES CRYPT modes (P1): ECB-encrypt, or the 4-byte MAC (convention, docs/card-profile.md)

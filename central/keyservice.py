@@ -16,7 +16,11 @@ of fixtures/keys/test-keys.json (so it vouches for the virtual cards only, and s
 
 Signed like every platform request (gateway credentials, a nonce used once). Only the authentication
 keys are served: a MAC for a PIN reload or an activation stays with a PSAM or a key file at the
-counter, so the service cannot be asked to change a card. Bad requests answer 400 with what is wrong.
+counter. Not less powerful for that: whoever holds an institution's gateway credentials can have any
+card's challenge encrypted with its external-authentication key, which opens the card's records to
+UPDATE RECORD, and can relay a forged card's internal authentication. A real key service binds each
+request to a card session, limits and logs them per institution; this virtual one does not (TEST keys,
+virtual cards only). Bad requests answer 400 with what is wrong.
 """
 from __future__ import annotations
 

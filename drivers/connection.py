@@ -134,8 +134,12 @@ class Connection(ABC):
         when another program reset the card since our last command: :meth:`reconnect`, then start
         the operation again."""
         if self._transactions == 0:
-            with self.waiting_for_card(held=True):
-                self._begin_transaction()
+            try:
+                with self.waiting_for_card(held=True):
+                    self._begin_transaction()
+            except CardUnresponsiveError:  # given up on while it waited: if the card came, let it go
+                self._end_transaction()
+                raise
         self._transactions += 1
         try:
             yield

@@ -80,7 +80,7 @@ def read_bank_account(connection: Connection, today: dt.date | None = None) -> B
             data = dol_data(pdol, pdol_values(today or dt.date.today(), os.urandom(4)))
         except TLVError as err:
             raise CardDataError(f"The bank application's FCI is malformed ({err})") from None
-        options = connection.transmit(commands.get_processing_options(data)).check()
+        options = connection.transmit(commands.get_processing_options(data, secret=True)).check()
         pan, expiry = _account(connection, afl_from_processing_options(options.data))
         return BankAccount(aid, label, pan, f"20{expiry[:2]}-{expiry[2:4]}")
     raise NoBankApplicationError()

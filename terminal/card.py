@@ -18,10 +18,11 @@ card go resets it for the next program.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
@@ -36,11 +37,13 @@ from apdu.errors import (
     CardStatusError,
     ExternalAuthenticationRequiredError,
     NotSocialSecurityCardError,
+    PINBlockedError,
     PINEntryError,
     ReaderError,
     TerminalAuthenticationError,
     TLVError,
     TransportError,
+    WrongPINError,
     mask,
 )
 from apdu.response import Response
@@ -213,6 +216,20 @@ class SocialSecurityCard:
             f"This is not a social security card: it has no social security application (SW {response.sw:04X})"
         )
 
+    @contextlib.contextmanager
+    def _raising_security(self) -> Iterator[None]:
+        """Around a command that may raise the card's security status (a PIN, the terminal's
+        authentication): the session is marked before it is sent (an answer lost may hide a success;
+        ``Connection.security_raised``), and unmarked again when the card said no."""
+        before = self.connection.security_raised
+        self.connection.security_raised = True
+        try:
+            yield
+        except (WrongPINError, PINBlockedError, PINEntryError, TerminalAuthenticationError,
+                AuthenticationMethodBlockedError):
+            self.connection.security_raised = before
+            raise
+
     def _ensure_selected(self) -> None:
         if self.activated is None:
             self.select()
@@ -293,10 +310,10 @@ class SocialSecurityCard:
         self._ensure_selected()
         block = bytearray(pin_to_bcd(pin))
         try:
-            check_no_data(self.connection.transmit(commands.verify(block)), "VERIFY")
+            with self._raising_security():
+                check_no_data(self.connection.transmit(commands.verify(block)), "VERIFY")
         finally:
             wipe(block)
-        self.connection.security_raised = True
 
     def has_pin_pad(self) -> bool:
         """Whether the reader has a keypad the holder types the PIN on (PC/SC part 10 VERIFY PIN DIRECT)."""
@@ -313,17 +330,18 @@ class SocialSecurityCard:
         if code is None:
             raise ReaderError(f"The reader {self.connection.name} has no PIN pad")
         header = commands.verify(b"\x00")
-        answer = self.connection.control(code, part10.verify_pin_structure(header.cla, header.ins, header.p1, header.p2))
-        try:
-            response = Response.from_bytes(answer)
-        except APDUFormatError:
-            raise TransportError(f"The PIN pad answered {len(answer)} bytes, not a status word") from None
-        if response.sw == part10.SW_PIN_CANCELLED:
-            raise PINEntryError("The holder cancelled the PIN entry on the reader's keypad")
-        if response.sw == part10.SW_PIN_TIMEOUT:
-            raise PINEntryError("No PIN was typed on the reader's keypad in time")
-        check_no_data(response, "VERIFY")
-        self.connection.security_raised = True
+        with self._raising_security():
+            answer = self.connection.control(code, part10.verify_pin_structure(header.cla, header.ins, header.p1,
+                                                                               header.p2))
+            try:
+                response = Response.from_bytes(answer)
+            except APDUFormatError:
+                raise TransportError(f"The PIN pad answered {len(answer)} bytes, not a status word") from None
+            if response.sw == part10.SW_PIN_CANCELLED:
+                raise PINEntryError("The holder cancelled the PIN entry on the reader's keypad")
+            if response.sw == part10.SW_PIN_TIMEOUT:
+                raise PINEntryError("No PIN was typed on the reader's keypad in time")
+            check_no_data(response, "VERIFY")
 
     @operation
     def change_pin(self, old_pin: str, new_pin: str) -> None:
@@ -338,11 +356,11 @@ class SocialSecurityCard:
         self._ensure_selected()
         old, new = bytearray(pin_to_bcd(old_pin)), bytearray(pin_to_bcd(new_pin))
         try:
-            self.connection.transmit(commands.change_pin(old, new)).check()
+            with self._raising_security():  # the current PIN is verified on the way
+                self.connection.transmit(commands.change_pin(old, new)).check()
         finally:
             wipe(old)
             wipe(new)
-        self.connection.security_raised = True  # the current PIN was verified on the way
         log.info("PIN changed")
 
     @operation
@@ -401,18 +419,18 @@ class SocialSecurityCard:
         AuthenticationMethodBlockedError (the card's own counter, not the PIN's).
         """
         self._ensure_selected()
-        response = self.connection.transmit(commands.external_authenticate(key_id, cryptogram))
-        if response.sw & 0xFFF0 == 0x63C0 and response.sw != 0x63C0:
-            tries = response.sw & 0x0F
-            raise TerminalAuthenticationError(
-                f"The card refused this terminal's authentication ({tries} {'try' if tries == 1 else 'tries'} "
-                f"left before the card blocks it): check the key store or PSAM"
-            )
-        if response.sw in (0x6983, 0x63C0):
-            raise AuthenticationMethodBlockedError(
-                response.sw, "The card has blocked this terminal's authentication key after too many failures")
-        response.check()
-        self.connection.security_raised = True
+        with self._raising_security():
+            response = self.connection.transmit(commands.external_authenticate(key_id, cryptogram))
+            if response.sw & 0xFFF0 == 0x63C0 and response.sw != 0x63C0:
+                tries = response.sw & 0x0F
+                raise TerminalAuthenticationError(
+                    f"The card refused this terminal's authentication ({tries} {'try' if tries == 1 else 'tries'} "
+                    f"left before the card blocks it): check the key store or PSAM"
+                )
+            if response.sw in (0x6983, 0x63C0):
+                raise AuthenticationMethodBlockedError(
+                    response.sw, "The card has blocked this terminal's authentication key after too many failures")
+            response.check()
 
 
 def check_no_data(response: Response, command: str) -> Response:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apdu import commands
+from apdu.command import Command
 from apdu.crypto import (
     Algorithm,
     check_new_pin,
@@ -42,6 +43,7 @@ from apdu.crypto import (
 from apdu.errors import (
     CardAuthenticationError,
     CardRemovedError,
+    CardResetError,
     CardStatusError,
     KeyStoreError,
     NoCardError,
@@ -206,6 +208,21 @@ class PSAMKeyStore(KeyStore):
             raise KeyStoreError(f"The PSAM in {self.connection.name} is still busy with a command it has not "
                                 "answered: take it out and insert it again")
         try:
+            try:
+                return self._pair(init, crypt, usage, card)
+            except CardResetError:  # another program reset the PSAM: DES INIT again, once, is harmless
+                self.connection.reconnect()
+                try:
+                    return self._pair(init, crypt, usage, card)
+                except CardResetError as err:
+                    raise KeyStoreError(f"The PSAM in {self.connection.name} keeps being reset by another "
+                                        "program") from err
+        finally:
+            self._lock.release()
+
+    def _pair(self, init: Command, crypt: Command, usage: KeyUsage, card: CardKeyRef) -> bytes:
+        """DES INIT and DES CRYPT as one PC/SC transaction: no other program's DES INIT between them."""
+        with self.connection.transaction():
             for command, what in ((init, "DES INIT"), (crypt, "DES CRYPT")):
                 response = self.connection.transmit(command)
                 try:
@@ -216,8 +233,6 @@ class PSAMKeyStore(KeyStore):
                         f"(SW {err.sw:04X}): is it the right PSAM?"
                     ) from None
             return response.data
-        finally:
-            self._lock.release()
 
     def encrypt(self, usage: KeyUsage, card: CardKeyRef, data: bytes) -> bytes:
         self._check_use(usage, for_mac=False)
@@ -276,12 +291,7 @@ def check_genuine(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef | N
     bundled TEST keys, a card that is not virtual (``Connection.virtual``) is refused first
     (KeyStoreError, exit 12): those keys are public, so a forged card would pass them.
     """
-    if store.test_only and not card.connection.virtual:
-        raise KeyStoreError(
-            f"This terminal uses the public TEST keys, which prove nothing about a card in a real reader "
-            f"({card.connection.name}): anyone can make a card that passes them. Configure the PSAM "
-            '([keys] store = "psam:READER", --psam) or a key file ("file:PATH", --key-file).'
-        )
+    refuse_test_keys_for_real_cards(card, store)
     return card.atomically(lambda: _internal_authentication(card, store, ref or CardKeyRef.read(card), random))
 
 
@@ -306,9 +316,25 @@ def _internal_authentication(card: SocialSecurityCard, store: KeyStore, ref: Car
     return ref
 
 
+def refuse_test_keys_for_real_cards(card: SocialSecurityCard, store: KeyStore) -> None:
+    """Public TEST keys (bundled, or a key service that says it has them) vouch for virtual cards only:
+    with a card in a real reader they prove nothing (a forged card passes them) and a real card's
+    EXTERNAL AUTHENTICATE would spend one of its tries for good on their wrong cryptogram.
+    KeyStoreError (exit 12) before anything is sent."""
+    if store.test_only and not card.connection.virtual:
+        raise KeyStoreError(
+            f"This terminal uses TEST keys ({store.description}), which prove nothing about a card in a real "
+            f"reader ({card.connection.name}): anyone can make a card that passes them. Configure the PSAM "
+            '([keys] store = "psam:READER", --psam) or a key file ("file:PATH", --key-file).'
+        )
+
+
 def authenticate_terminal(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef) -> None:
     """External authentication: GET CHALLENGE, then EXTERNAL AUTHENTICATE with the challenge encrypted
-    by the card's external-authentication key. The card then allows UPDATE RECORD until power down."""
+    by the card's external-authentication key. The card then allows UPDATE RECORD until power down.
+    Never with TEST keys on a real card (:func:`refuse_test_keys_for_real_cards`)."""
+    refuse_test_keys_for_real_cards(card, store)
+
     def authenticate() -> None:
         challenge = card.get_challenge(ref.algorithm.block_size)
         cryptogram = store.encrypt(KeyUsage.EXTERNAL_AUTH, ref, challenge)

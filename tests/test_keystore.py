@@ -286,3 +286,33 @@ def test_card_key_ref_hides_the_identification_code():
     assert "3303000501234567" not in repr(ref).upper()
     sm4 = CardKeyRef.for_card(CARDS[1], "3.00")  # the same 8-byte D for SM4 (docs/crypto.md)
     assert sm4.algorithm is Algorithm.SM4 and sm4.diversification == bytes.fromhex("4403000576543210")
+
+
+def test_a_psam_reset_by_another_program_is_reconnected_and_asked_again_once():
+    from apdu.errors import CardResetError
+
+    class SharedPSAM(MemoryConnection):
+        """A PSAM another program resets (once, or always)."""
+
+        def __init__(self, resets: int) -> None:
+            super().__init__(load_card("psam"))
+            self.resets, self.reconnects, self.transactions = resets, 0, 0
+
+        def _begin_transaction(self) -> None:
+            self.transactions += 1
+            if self.resets:
+                self.resets -= 1
+                raise CardResetError()
+
+        def reconnect(self) -> None:
+            self.reconnects += 1
+            super().reconnect()
+
+    ref = CardKeyRef.for_card(CARDS[0], "2.00")
+    expected = SoftwareKeyStore.bundled_test_keys().encrypt(KeyUsage.INTERNAL_AUTH, ref, bytes(8))
+    once = SharedPSAM(resets=1)
+    assert PSAMKeyStore(once).encrypt(KeyUsage.INTERNAL_AUTH, ref, bytes(8)) == expected
+    assert (once.reconnects, once.transactions) == (1, 2)  # DES INIT and DES CRYPT in one transaction
+    always = SharedPSAM(resets=10)
+    with pytest.raises(KeyStoreError, match="keeps being reset"):
+        PSAMKeyStore(always).encrypt(KeyUsage.INTERNAL_AUTH, ref, bytes(8))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from apdu.commands import SSC_DF_NAME
 from drivers.simulator import load_card
 from drivers.simulator.state import STATE_ENV, state_folder
 from flowing import configs, platform  # noqa: F401  (fixtures)
@@ -120,6 +121,13 @@ def test_a_state_that_cannot_be_written_is_a_memory_failure_and_nothing_changes(
     remembered.power_up()
     assert remembered.execute(bytes.fromhex("00200000") + bytes([3]) + bytes.fromhex("000000")) == bytes.fromhex("6581")
     assert card.pin_tries_left == 3  # the wrong PIN's try was undone with the write that failed
+    select = bytes.fromhex("00A4040C0F") + SSC_DF_NAME
+    assert remembered.execute(select)[-2:] == b"\x90\x00"
+    card.pin_tries_left = 2  # as after a wrong PIN that was written: the right one now resets the count
+    remembered._saved = card.persistent_state()
+    pin_block = bytes.fromhex(PIN)
+    assert remembered.execute(bytes.fromhex("00200000") + bytes([3]) + pin_block) == bytes.fromhex("6581")
+    assert not card.pin_verified and card.pin_tries_left == 2  # not written: neither verified nor reset
 
 
 def test_a_full_disk_under_the_state_is_a_memory_failure_and_the_pin_unchanged():

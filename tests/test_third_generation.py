@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import ExternalAuthenticationRequiredError, TerminalAuthenticationError
+from apdu.errors import ExternalAuthenticationRequiredError, KeyStoreError, TerminalAuthenticationError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from terminal.card import SocialSecurityCard
@@ -72,3 +72,16 @@ def test_sscard_read_of_a_second_generation_card_opens_no_key_store(monkeypatch)
     monkeypatch.setenv("SSCARD_CONFIG", "/nonexistent/terminal.toml")
     result = CliRunner().invoke(main, ["read", "--reader", "sim:adult"])
     assert result.exit_code == 0 and "TEST keys" not in result.stderr
+
+
+def test_test_keys_never_authenticate_to_a_card_in_a_real_reader():
+    """Their cryptogram would be wrong: a real card would spend one of its tries for good."""
+    class RealReader(MemoryConnection):
+        virtual = False  # as a card in a PC/SC reader that is not the simulator's
+
+    chip = load_card("other-region")
+    session = SocialSecurityCard(RealReader(chip))
+    with pytest.raises(KeyStoreError, match="TEST keys") as refused:
+        session.read_identity(unlocker(SoftwareKeyStore.bundled_test_keys()))
+    assert refused.value.exit_code == 12
+    assert chip.external_auth_tries_left == chip.external_auth_max_tries and chip.last_challenge is None

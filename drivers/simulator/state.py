@@ -171,6 +171,7 @@ class RememberedCard(WrappedCard):
                 log.warning("virtual card %s: its state could not be written to %s (%s): the command is undone",
                             self.store.profile_name, self.store.path, err.strerror or err)
                 self.chip.restore_state(self._saved)
+                self.inner.reset()  # and what it made volatile (a PIN verified): nothing of it stays
                 return SW_MEMORY_FAILURE
             self._saved = state
         return reply

@@ -78,8 +78,9 @@ def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...],
     Each card connects to vpcd (port 35963 is "Virtual PCD 00 00", 35964 "Virtual PCD 00 01") and
     every PC/SC program sees it: sscard, opensc-tool, pcsc_scan. Start pcscd before or after: the
     cards keep trying. Runs until Ctrl-C, SIGTERM or 'quit' on standard input, which remove the cards
-    cleanly. Enter (or 'toggle') on standard input pulls the cards out and puts them back in, 'pull'
-    and 'insert' do one of them; SIGUSR1 toggles as Enter does (not on Windows).
+    cleanly. SIGUSR1 pulls the cards out and puts them back in. Where there is no SIGUSR1 (Windows), or
+    standard input is a pipe, commands on standard input do it: Enter (or 'toggle'), 'pull', 'insert',
+    'quit'.
 
     A virtual card remembers, as a chip does: its PIN, tries, activation and records carry over from
     command to command, over vpcd and with --reader sim:NAME alike, until 'sscard simulate reset'.
@@ -88,7 +89,7 @@ def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...],
     Examples:
       sscard simulate --card adult
       sscard simulate --card adult --card fixtures/cards/minority.json
-      kill -USR1 <pid>      # remove / re-insert (or Enter in its terminal)
+      kill -USR1 <pid>      # remove / re-insert
       sscard simulate reset adult   # the factory card again
     """
     if ctx.invoked_subcommand is not None:
@@ -114,8 +115,9 @@ def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...],
     if pull_signal is not None:
         handled[pull_signal] = toggle
     inserted = lambda: all(client.inserted for client in clients)  # noqa: E731
-    threading.Thread(target=_commands, args=(sys.stdin, stop, toggle, inserted), name="simulate-commands",
-                     daemon=True).start()
+    if pull_signal is None or not sys.stdin.isatty():  # a background job reading its terminal is stopped (SIGTTIN)
+        threading.Thread(target=_commands, args=(sys.stdin, stop, toggle, inserted), name="simulate-commands",
+                         daemon=True).start()
     with signals.on_signals(handled):
         _simulate(clients, host, stop, toggle)
     click.echo("cards removed, simulator stopped", err=True)
@@ -174,7 +176,7 @@ def _simulate(clients: list[Any], host: str, stop: signals.Flag, toggle: signals
             if toggle.is_set():
                 toggle.clear()
                 for client in clients:
-                    state = "inserted" if client.toggle() else "removed (Enter or SIGUSR1 to re-insert)"
+                    state = "inserted" if client.toggle() else "removed (SIGUSR1 or Enter to re-insert)"
                     click.echo(f"{client.name}: {state}", err=True)
             for i, client in enumerate(clients):
                 if client.connected.is_set() != shown[i]:
