@@ -193,3 +193,18 @@ def test_over_vpcd_a_pin_change_holds_across_simulator_runs_and_in_memory(vpcd_c
 def test_simulate_options_and_reset_do_not_mix(args):
     result = run(*args)
     assert result.exit_code == 2 and ("takes no --card" in result.output or "Missing option '--card'" in result.output)
+
+
+def test_over_vpcd_an_activation_holds_across_simulator_runs(vpcd_card, configs):
+    env = {**os.environ, "SSCARD_CONFIG": str(configs["bank"])}
+    args = [sys.executable, "-c", "from terminal.cli import main; main()", "bank", "activate", "--reader", READER0,
+            "--id-number", "330303196811052226", "--pin-stdin"]
+    card = vpcd_card("not-activated-zhou", process=True)
+    first = subprocess.run(args, input="386152\n386152\n", capture_output=True, text=True, timeout=60, env=env)
+    assert first.returncode == 0, first.stderr
+    card.stop()
+    vpcd_card("not-activated-zhou", process=True)  # the simulator started again: the same card
+    second = subprocess.run(args, input="386152\n386152\n", capture_output=True, text=True, timeout=60, env=env)
+    assert second.returncode == 15 and "already activated" in second.stderr
+    in_memory = sscard("read", "--reader", "sim:not-activated-zhou", "--json")
+    assert json.loads(in_memory.stdout)["activated"] is True
