@@ -55,15 +55,8 @@ def identity_apdus():
 def read_costs() -> list[tuple[str, int, int, float]]:
     """(card, commands, bytes both ways, modelled ms at 9600 baud) of one identity read, in memory."""
     from drivers.simulator import load_card
-    from drivers.simulator.base import WrappedCard
     from terminal.card import SocialSecurityCard
     from terminal.crypto import SoftwareKeyStore, unlocker
-
-    class LongFormOnly(WrappedCard):  # SELECT P2 0C and READ RECORD by SFI refused: the long read
-        def execute(self, apdu: bytes) -> bytes:
-            if apdu[1] == 0xA4 and apdu[3] == 0x0C or apdu[1] == 0xB2 and apdu[3] >> 3:
-                return b"\x6a\x86"
-            return super().execute(apdu)
 
     class Counting(MemoryConnection):
         bytes_moved = 0
@@ -76,7 +69,7 @@ def read_costs() -> list[tuple[str, int, int, float]]:
     out = []
     for label, card in (("T=0 (adult)", load_card("adult")), ("T=0 strict (strict:adult)", load_card("strict:adult")),
                         ("T=1, 3.00 (other-region)", load_card("other-region")),
-                        ("T=0, long form only", LongFormOnly(load_card("adult")))):
+                        ("T=0, long form only", stack.LongFormOnly(load_card("adult")))):
         connection = Counting(card)
         SocialSecurityCard(connection).read_identity(unlocker(SoftwareKeyStore.bundled_test_keys()))
         moved = connection.bytes_moved

@@ -146,8 +146,9 @@ def redacted(identity: Identity) -> dict[str, object]:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-#: what authenticates the terminal to a card (terminal.crypto.unlocker: EXTERNAL AUTHENTICATE)
-Unlock = Callable[["SocialSecurityCard"], None]
+#: what authenticates the terminal to a card (terminal.crypto.unlocker: EXTERNAL AUTHENTICATE), given
+#: the card and what picks its keys, read from its EF05: the identification code and spec version
+Unlock = Callable[["SocialSecurityCard", str, str], None]
 #: the first spec version whose cards want the terminal authenticated before EF06 (3.00, SM4)
 THIRD_GENERATION = 3
 
@@ -274,7 +275,7 @@ class SocialSecurityCard:
         """Read and decode EF05 and EF06 (15 commands: module docstring, "The identity read").
 
         A third-generation card (spec version 3.00 in EF05) shows EF06 only to a terminal that has
-        authenticated itself: ``unlock(card)`` does that between the two files (in the same
+        authenticated itself: ``unlock(card, code, spec_version)`` does that between the two files (in the same
         operation); without it such a card is ExternalAuthenticationRequiredError (exit 8), before
         the holder's data is asked for."""
         values = self.read_file(CARD_ITEMS)
@@ -283,7 +284,7 @@ class SocialSecurityCard:
                 raise ExternalAuthenticationRequiredError(
                     f"This third-generation card (spec {values['spec_version']}) shows the holder's data only to a "
                     "terminal that authenticates itself first, and no key store was given for it")
-            unlock(self)
+            unlock(self, str(values["card_identification_code"]), str(values["spec_version"]))
         values |= self.read_file(HOLDER_ITEMS)
         return Identity(
             **values,  # type: ignore[arg-type]

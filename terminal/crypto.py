@@ -344,10 +344,10 @@ def authenticate_terminal(card: SocialSecurityCard, store: KeyStore, ref: CardKe
     log.info("external authentication passed")
 
 
-def unlocker(store: KeyStore) -> Callable[[SocialSecurityCard], None]:
+def unlocker(store: KeyStore) -> Callable[[SocialSecurityCard, str, str], None]:
     """What ``SocialSecurityCard.read_identity`` calls for a third-generation card: external
-    authentication with ``store`` (the card's keys from its EF05, read again inside the operation)."""
-    return lambda card: authenticate_terminal(card, store, CardKeyRef.read(card))
+    authentication with ``store``, the card's keys picked by the EF05 values the read has already."""
+    return lambda card, code, spec_version: authenticate_terminal(card, store, CardKeyRef.for_card(code, spec_version))
 
 
 def _mac_protected(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, usage: KeyUsage,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from smartcard import scard
 
-from drivers.simulator.base import SimulatedCard
+from drivers.simulator.base import SimulatedCard, WrappedCard
 from drivers.vpcd import DEFAULT_PORT, VpcdClient, reader_name
 
 VPCD_CONFIG = Path("/etc/reader.conf.d/vpcd")
@@ -253,6 +253,16 @@ class ProcessCard:
         except StackError:
             pass
         return err.decode(errors="replace")
+
+
+class LongFormOnly(WrappedCard):
+    """A card that takes neither SELECT P2 0C nor READ RECORD by SFI (6A 86), as some cards do: it is
+    read the public readers' long way (terminal/card.py, "The identity read")."""
+
+    def execute(self, apdu: bytes) -> bytes:
+        if apdu[1] == 0xA4 and apdu[3] == 0x0C or apdu[1] == 0xB2 and apdu[3] >> 3:
+            return b"\x6a\x86"
+        return super().execute(apdu)
 
 
 class MiniCard:

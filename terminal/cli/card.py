@@ -48,7 +48,7 @@ def id_number_option(_ctx: click.Context, _param: click.Parameter, value: str | 
         raise click.BadParameter(str(err)) from None
 
 
-def unlock_with_configured_keys(card: SocialSecurityCard) -> None:
+def unlock_with_configured_keys(card: SocialSecurityCard, code: str, spec_version: str) -> None:
     """A third-generation card's external authentication before its holder's data, with the key
     store every command chooses (terminal/cli/security.py: the configuration's ``[keys] store``, else
     the TEST keys, which vouch for virtual cards only); opened only for such a card."""
@@ -57,7 +57,7 @@ def unlock_with_configured_keys(card: SocialSecurityCard) -> None:
 
     with open_key_store(**chosen_key_store(None, None, None)) as store:
         announce_key_store(store)
-        unlocker(store)(card)
+        unlocker(store)(card, code, spec_version)
 
 
 def format_identity(fields: dict[str, object], activated: bool) -> str:

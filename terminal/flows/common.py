@@ -172,36 +172,28 @@ def present_card(connection: Connection, site: Site) -> CardAtCounter:
 def verify_holder_pin(at: CardAtCounter, clerk: Clerk) -> None:
     """Ask the holder's PIN and VERIFY it; a wrong PIN is said with the tries left and asked again while
     the clerk can ask (a person at the screen), what was typed before it kept. WrongPINError (exit 6,
-    tries left) when it cannot be asked again, PINBlockedError (7) once blocked."""
+    tries left) when it cannot be asked again, PINBlockedError (7) once blocked.
+
+    On a reader with a PIN pad (PC/SC part 10) the holder types it on the keypad instead, where the
+    terminal never sees it, and again after a wrong one while tries are left (the holder is at the
+    keypad); PINEntryError (exit 6) when the holder cancels or types nothing in time."""
     tries = at.card.pin_tries_left()  # a blocked PIN is refused here, before the holder types anything
-    if at.card.has_pin_pad():
-        verify_on_pin_pad(at, clerk)
-        return
+    on_pad = at.card.has_pin_pad()
+    if on_pad:
+        clerk.say("The holder types the PIN on the reader's keypad.")
     while True:
         prompt = "PIN" if tries is None or tries >= FULL_TRIES else f"PIN ({tries} {'try' if tries == 1 else 'tries'} left)"
         try:
-            at.card.verify_pin(clerk.ask_pin(prompt))
+            if on_pad:
+                at.card.verify_pin_on_pad()
+            else:
+                at.card.verify_pin(clerk.ask_pin(prompt))
             return
         except WrongPINError as err:
-            if err.tries_left <= 0 or not clerk.can_ask_again():
+            if err.tries_left <= 0 or not (on_pad or clerk.can_ask_again()):
                 raise
-            clerk.say(f"{err}. Type it again.")
+            clerk.say(f"{err}. {'The holder types it again on the keypad.' if on_pad else 'Type it again.'}")
             tries = err.tries_left
-
-
-def verify_on_pin_pad(at: CardAtCounter, clerk: Clerk) -> None:
-    """The holder types the PIN on the reader's keypad (PC/SC part 10; the terminal never sees it),
-    again after a wrong one while tries are left: the holder is at the keypad. PINEntryError (exit 6)
-    when the holder cancels or types nothing in time; WrongPINError / PINBlockedError as at the screen."""
-    clerk.say("The holder types the PIN on the reader's keypad.")
-    while True:
-        try:
-            at.card.verify_pin_on_pad()
-            return
-        except WrongPINError as err:
-            if err.tries_left <= 0:
-                raise
-            clerk.say(f"{err}. The holder types it again on the keypad.")
 
 
 def activation(record: QueuedRecord | None) -> dict[str, str] | None:
