@@ -13,7 +13,9 @@ session, so such code drops in unchanged:
   the request (no PIN pad on a virtual reader); ``pOutInfo`` is empty on success;
 - ``iReadBankNumber``: the card's bank account number (its bank application, docs/bank-application.md),
   whole, followed by '|' (**convention**: the vendors' field layout is not public); a card without a
-  bank application answers -27266 (6A82, "not found").
+  bank application answers -27266 (6A82, "not found");
+- ``iReadCardBas_HSM_Step1`` and ``iReadCardBas_HSM_Step2`` (``pKey``): the same read in two steps
+  with the hospital's remote security module (terminal/hsmread.py).
 
 Codes (the convention's, as vendors' code shows them): -1 not a social security card, -2 no card,
 -4 the card does not answer, -11 reader (none, not found, busy, service not running), -20 bad card
@@ -47,7 +49,9 @@ from apdu.errors import (
     WrongPINError,
 )
 
-FUNCTIONS = ("iReadCardBas", "iVerifyPIN", "iChangePIN", "iReadBankNumber")
+#: the two-step read with the hospital's remote security module (terminal/hsmread.py)
+STEP1, STEP2 = "iReadCardBas_HSM_Step1", "iReadCardBas_HSM_Step2"
+FUNCTIONS = ("iReadCardBas", "iVerifyPIN", "iChangePIN", "iReadBankNumber", STEP1, STEP2)
 #: iType: which reader first (docs/service.md)
 CONTACT, CONTACTLESS, AUTO_CONTACT_FIRST, AUTO_CONTACTLESS_FIRST = 1, 2, 3, 4
 ITYPES = (CONTACT, CONTACTLESS, AUTO_CONTACT_FIRST, AUTO_CONTACTLESS_FIRST)
@@ -110,10 +114,11 @@ class Request:
     pin: str | None = None
     old_pin: str | None = None
     new_pin: str | None = None
+    p_key: str | None = None
 
     @classmethod
     def parse(cls, message: Any) -> Request:
-        """``{"function": ..., "iType": ..., "pin" | "oldPin", "newPin"}``; :class:`ConventionError`."""
+        """``{"function": ..., "iType": ..., "pin" | "oldPin", "newPin" | "pKey"}``; :class:`ConventionError`."""
         if not isinstance(message, dict):
             raise ConventionError("a call is a JSON object {\"function\": ..., \"iType\": ...}")
         function = message.get("function")
@@ -124,15 +129,17 @@ class Request:
             itype = int(itype)
         if isinstance(itype, bool) or itype not in ITYPES:
             raise ConventionError("iType must be 1 (contact), 2 (contactless), 3 or 4 (automatic)", READER)
-        pins = {key: message.get(key) for key in ("pin", "oldPin", "newPin")}
-        for key, value in pins.items():
+        texts = {key: message.get(key) for key in ("pin", "oldPin", "newPin", "pKey")}
+        for key, value in texts.items():
             if value is not None and not isinstance(value, str):
                 raise ConventionError(f"{key} must be text")
-        if function == "iVerifyPIN" and not pins["pin"]:
+        if function == "iVerifyPIN" and not texts["pin"]:
             raise ConventionError("iVerifyPIN needs the holder's PIN (\"pin\")", NO_PIN)
-        if function == "iChangePIN" and not (pins["oldPin"] and pins["newPin"]):
+        if function == "iChangePIN" and not (texts["oldPin"] and texts["newPin"]):
             raise ConventionError("iChangePIN needs \"oldPin\" and \"newPin\"", NO_PIN)
-        return cls(function, int(itype), pins["pin"], pins["oldPin"], pins["newPin"])
+        if function == STEP2 and not texts["pKey"]:
+            raise ConventionError(f"{STEP2} needs the key service's answers (\"pKey\")")
+        return cls(function, int(itype), texts["pin"], texts["oldPin"], texts["newPin"], texts["pKey"])
 
 
 def reply(function: str, code: int, out: str) -> dict[str, Any]:

@@ -298,8 +298,17 @@ def check_genuine(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef | N
 def _internal_authentication(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef,
                              random: Callable[[int], bytes]) -> CardKeyRef:
     challenge = random(ref.algorithm.block_size)
+    answer = card_cryptogram(card, challenge)
+    compare_cryptograms(answer, store.encrypt(KeyUsage.INTERNAL_AUTH, ref, challenge))
+    log.info("internal authentication passed (%s, %s)", ref.algorithm.value, store.description)
+    return ref
+
+
+def card_cryptogram(card: SocialSecurityCard, challenge: bytes) -> bytes:
+    """The card's INTERNAL AUTHENTICATE answer to ``challenge``; a card that refuses the command is
+    CardAuthenticationError (exit 8), a removed one stays CardRemovedError."""
     try:
-        answer = card.internal_authenticate(KeyUsage.INTERNAL_AUTH.key_id, challenge)
+        return card.internal_authenticate(KeyUsage.INTERNAL_AUTH.key_id, challenge)
     except (CardRemovedError, NoCardError, TransportError):
         raise
     except CardStatusError as err:
@@ -308,12 +317,14 @@ def _internal_authentication(card: SocialSecurityCard, store: KeyStore, ref: Car
             f"The card failed authentication: it refused the internal authentication (SW {err.sw:04X}). "
             "It may be counterfeit. Do not accept it."
         ) from None
-    expected = store.encrypt(KeyUsage.INTERNAL_AUTH, ref, challenge)
+
+
+def compare_cryptograms(answer: bytes, expected: bytes) -> None:
+    """The genuine-card check's verdict: CardAuthenticationError unless the card's cryptogram is the
+    key store's (compared in constant time)."""
     if not constant_time_equal(answer, expected):
         log.info("internal authentication: the card's cryptogram is wrong")
         raise CardAuthenticationError()
-    log.info("internal authentication passed (%s, %s)", ref.algorithm.value, store.description)
-    return ref
 
 
 def refuse_test_keys_for_real_cards(card: SocialSecurityCard, store: KeyStore) -> None:

@@ -56,6 +56,8 @@ from terminal.convention import (
     CONTACT,
     CONTACTLESS,
     READER,
+    STEP1,
+    STEP2,
     ConventionError,
     Request as Call,
     card_bas,
@@ -63,6 +65,7 @@ from terminal.convention import (
     reply,
 )
 from terminal.crypto import KeyStore, check_genuine, unlocker
+from terminal.hsmread import HeldRead, step1, step2
 from terminal.private import read_private_file
 from terminal.readers import SIM_PREFIX, atr_text, open_connection
 
@@ -275,6 +278,9 @@ class ReaderService:
         #: reader -> why: a card given up on, its command still stuck on a worker thread (the reader
         #: stays locked until the thread is back: nothing is sent to the card meanwhile)
         self._stuck: dict[str, str] = {}
+        #: reader -> the card session an iReadCardBas_HSM_Step1 left for its Step2 (terminal/hsmread.py);
+        #: touched only under the reader's lock
+        self._held: dict[str, HeldRead] = {}
         #: one counter transaction at a time, whichever reader (the terminal's journal and sign-in are one)
         self._flow_lock = threading.Lock()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -324,6 +330,7 @@ class ReaderService:
         finally:
             self._stopping.set()
             self.socket.close()
+            self._let_go_held()
 
     @property
     def stuck(self) -> list[str]:
@@ -350,6 +357,21 @@ class ReaderService:
         self.socket.close()
         if self._watcher:
             self._watcher.join(timeout=5)
+        self._let_go_held()
+
+    def _let_go_held(self) -> None:
+        """Disconnect the card sessions still waiting for a Step2 (the service stops)."""
+        for spec in list(self._held):
+            self._drop_held(spec)
+
+    def _drop_held(self, spec: str) -> HeldRead | None:
+        held = self._held.pop(spec, None)
+        if held is not None:
+            try:
+                held.close()
+            except SSCardError as err:  # a card pulled meanwhile: nothing is left to let go
+                log.info("the card session held for Step2 on %s: %s", spec, err)
+        return held
 
     def __enter__(self) -> ReaderService:
         return self.start()
@@ -359,9 +381,10 @@ class ReaderService:
 
     # --- one card session at a time per reader ---
 
-    async def _with_reader(self, spec: str, work: Callable[[], T]) -> T:
+    async def _with_reader(self, spec: str, work: Callable[[], T], *, keep_held: bool = False) -> T:
         """``work()`` on a worker thread while no other request uses reader ``spec``; waits up to
-        ``busy_wait`` seconds for it, then :class:`ReaderBusyError`.
+        ``busy_wait`` seconds for it, then :class:`ReaderBusyError`. A card session held for an
+        iReadCardBas_HSM_Step2 is let go first, unless ``keep_held`` (the Step2 itself).
 
         A card (or PSAM) that leaves one command unanswered for ``card_timeout`` seconds is given up
         on (:func:`drivers.connection.give_up`): the request is answered
@@ -382,6 +405,8 @@ class ReaderService:
         def run() -> T:
             sender.append(threading.get_ident())
             try:
+                if not keep_held:
+                    self._drop_held(spec)
                 return work()
             finally:
                 sender.clear()
@@ -454,10 +479,14 @@ class ReaderService:
         try:
             request = Call.parse(message)
             readers = self._order(request.itype)
+            step2 = request.function == STEP2
+            if step2:  # the reader whose card Step1 holds
+                readers = [spec for spec in readers if spec in self._held] or readers[:1]
             error: SSCardError | None = None
             for spec in readers:  # automatic: the next reader when there is no card in this one
                 try:
-                    return reply(request.function, 0, await self._with_reader(spec, functools.partial(self._run, request, spec)))
+                    work = functools.partial(self._run, request, spec)
+                    return reply(request.function, 0, await self._with_reader(spec, work, keep_held=step2))
                 except SSCardError as err:
                     error = err
                     if code_of(err) != -2:
@@ -473,7 +502,20 @@ class ReaderService:
         if request.function == "iReadCardBas":
             identity, _algorithm = self._identity(spec)
             return card_bas(identity, self.terminal_no, self.device)
+        if request.function == STEP2:
+            held = self._held.pop(spec, None)
+            if held is None:
+                raise ConventionError(f"{STEP2} finishes an {STEP1} on this reader: call {STEP1} first")
+            with held:
+                return card_bas(step2(held, request.p_key or ""), self.terminal_no, self.device)
         card, connection = self._present(spec)
+        if request.function == STEP1:
+            try:
+                self._held[spec] = held = step1(card)
+            except BaseException:
+                connection.disconnect()
+                raise
+            return held.out
         with connection:
             if request.function == "iReadBankNumber":
                 return f"{card.read_bank_account().pan}|"
