@@ -57,6 +57,18 @@ def test_auth_with_the_psam_json_and_terminal():
     assert "TEST keys" not in result.stderr
 
 
+@pytest.mark.parametrize("store", ["psam", "key-file"])
+def test_read_a_third_generation_card_with_the_psam_or_a_key_file(store, key_file):
+    chosen = ["--psam", "sim:psam"] if store == "psam" else ["--key-file", str(key_file)]
+    result = run("read", "--reader", "sim:other-region", *chosen, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["social_security_number"] == "440304199007123447"
+    assert ("TEST keys" in result.stderr) is (store == "key-file")  # the copied file is the TEST key file
+    wrong = run("read", "--reader", "sim:other-region", "--psam", "sim:adult")  # no PSAM in that reader
+    assert wrong.exit_code not in (0, 1) and "440304199007123447" not in wrong.output
+    assert run("read", "--bank", "--psam", "sim:psam").exit_code == 2
+
+
 def test_auth_psam_from_the_environment(monkeypatch):
     monkeypatch.setenv("SSCARD_PSAM", "sim:psam")
     result = run("auth", "--reader", "sim:counterfeit", "--json")

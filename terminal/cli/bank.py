@@ -7,15 +7,15 @@ import click
 
 from apdu.errors import CardUnresponsiveError
 from terminal.cli import watchdog
-from terminal.cli.card import id_number_option, reader_option
+from terminal.cli.card import id_number_option
 from terminal.cli.counter import (
     ScreenClerk,
     central_option,
-    config_option,
     finish,
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.options import config_option, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.bank import bank_activate

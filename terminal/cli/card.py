@@ -1,19 +1,15 @@
 """Card commands: ``sscard read`` and ``sscard verify-pin``."""
 from __future__ import annotations
 
+from pathlib import Path
 
 import click
 
-from terminal.card import Identity, SocialSecurityCard
+from terminal.card import Identity, SocialSecurityCard, Unlock
+from terminal.cli.options import config_option, key_store_options, reader_option
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
 from terminal.readers import open_connection
-
-reader_option = click.option(
-    "--reader", "-r", metavar="SPEC", default=None,
-    help="Reader: index, name or ATR of a PC/SC reader, or sim:PROFILE for a virtual card "
-         "(default: $SSCARD_READER, else the built-in virtual card sim:adult).",
-)
 
 #: text labels, in the order a clerk reads them
 LABELS = (
@@ -48,16 +44,21 @@ def id_number_option(_ctx: click.Context, _param: click.Parameter, value: str | 
         raise click.BadParameter(str(err)) from None
 
 
-def unlock_with_configured_keys(card: SocialSecurityCard, code: str, spec_version: str) -> None:
-    """A third-generation card's external authentication before its holder's data, with the key
-    store every command chooses (terminal/cli/security.py: the configuration's ``[keys] store``, else
-    the TEST keys, which vouch for virtual cards only); opened only for such a card."""
-    from terminal.cli.security import announce_key_store, chosen_key_store
-    from terminal.crypto import open_key_store, unlocker
+def unlock_with(psam: str | None, key_file: Path | None, config_path: Path | None) -> Unlock:
+    """A third-generation card's external authentication before its holder's data, with the key store
+    the command's options or configuration choose (terminal/cli/security.py: ``--psam``/``--key-file``,
+    else the configuration's ``[keys] store``, else the TEST keys, which vouch for virtual cards only);
+    opened only for such a card."""
 
-    with open_key_store(**chosen_key_store(None, None, None)) as store:
-        announce_key_store(store)
-        unlocker(store)(card, code, spec_version)
+    def unlock(card: SocialSecurityCard, code: str, spec_version: str) -> None:
+        from terminal.cli.security import announce_key_store, chosen_key_store
+        from terminal.crypto import open_key_store, unlocker
+
+        with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store:
+            announce_key_store(store, options=True)
+            unlocker(store)(card, code, spec_version)
+
+    return unlock
 
 
 def format_identity(fields: dict[str, object], activated: bool) -> str:
@@ -75,11 +76,16 @@ def format_identity(fields: dict[str, object], activated: bool) -> str:
 @click.option("--bank", is_flag=True,
               help="Read the card's bank account instead (its bank application; no PIN): number masked 6+4.")
 @click.option("--show-account", is_flag=True, help="With --bank: the whole account number.")
-def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_account: bool) -> None:
+@key_store_options
+@config_option
+def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_account: bool, psam: str | None,
+         key_file: Path | None, config_path: Path | None) -> None:
     """Read the holder's and the card's data from the social security card.
 
-    One card, two accounts: --bank reads the bank application's account number and expiry
-    (docs/bank-application.md); exit 5 when the card has none.
+    A third-generation card (spec 3.00) shows the holder's data only after this terminal has
+    authenticated itself: with --psam or --key-file, else the configuration's [keys] store, else the
+    TEST keys (virtual cards only). One card, two accounts: --bank reads the bank application's account
+    number and expiry (docs/bank-application.md); exit 5 when the card has none.
 
     \b
     Examples:
@@ -87,11 +93,15 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
       sscard read --reader 0 --json        # first PC/SC reader, JSON
       sscard read --reader "Virtual PCD 00 00" --redact
       sscard read --bank                   # 银行账户 621700*********4565
+      sscard read --reader 0 --psam 1      # a 3.00 card, the PSAM in the second reader
     """
     if show_account and not bank:
         raise click.UsageError("--show-account goes with --bank")
     if bank and redact:
         raise click.UsageError("--bank masks the account number already: --redact is for the holder's data")
+    if bank and (psam or key_file):
+        raise click.UsageError("--bank reads the bank application, which needs no key store: --psam and --key-file "
+                               "are for a third-generation card's holder data")
     if bank:
         with open_connection(reader) as connection:
             account = SocialSecurityCard(connection).read_bank_account()
@@ -103,7 +113,7 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
                        f"expires {account.expiry})")
         return
     with open_connection(reader) as connection:
-        identity = SocialSecurityCard(connection).read_identity(unlock_with_configured_keys)
+        identity = SocialSecurityCard(connection).read_identity(unlock_with(psam, key_file, config_path))
     fields = identity.to_dict(redact=redact)
     if as_json:
         print_json(fields)
@@ -133,4 +143,4 @@ def verify_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
 
 
 COMMANDS = [read, verify_pin]
-__all__ = ["COMMANDS", "Identity", "reader_option"]
+__all__ = ["COMMANDS", "Identity"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from terminal.cli.counter import config_option
+from terminal.cli.options import config_option
 from terminal.cli.output import json_option, print_json
 from terminal.config import default_config_path, load_config, write_default
 

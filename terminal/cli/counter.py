@@ -18,19 +18,14 @@ from typing import Any
 import click
 
 from apdu.errors import SSCardError
-from terminal.cli import watchdog
+from terminal.cli import prompts, watchdog
 from terminal.cli.output import print_json
-from terminal.cli import prompts
 from terminal.config import TerminalConfig, load_config
 from terminal.crypto import open_key_store
 from terminal.flows import common
 from terminal.flows.common import Site
 from terminal.flows.settlement import Item
 
-config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="The terminal's configuration file [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml].",
-)
 pin_stdin_option = click.option("--pin-stdin", is_flag=True,
                                 help="Read PINs from standard input, one per line (so they are read whenever it is not a terminal).")
 yes_option = click.option("--yes", "agrees", is_flag=True,

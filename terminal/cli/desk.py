@@ -5,17 +5,16 @@ from pathlib import Path
 
 import click
 
-from terminal.cli.card import reader_option
 from terminal.cli.counter import (
     ScreenClerk,
     bill_items,
     central_option,
-    config_option,
     finish,
     open_site,
     pin_stdin_option,
     yes_option,
 )
+from terminal.cli.options import config_option, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.desk import KINDS, cancel, refund, register, settle_visit

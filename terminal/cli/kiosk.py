@@ -7,15 +7,14 @@ from pathlib import Path
 import click
 
 from message.envelope import yuan
-from terminal.cli.card import reader_option
 from terminal.cli.counter import (
     ScreenClerk,
     central_option,
-    config_option,
     finish,
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.options import config_option, reader_option
 from terminal.cli.output import json_option
 from terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
 from terminal.readers import open_connection

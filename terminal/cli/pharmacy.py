@@ -10,16 +10,15 @@ import click
 from apdu.errors import NoCardError
 from drivers.connection import Connection
 from terminal.cli import watchdog
-from terminal.cli.card import reader_option
 from terminal.cli.counter import (
     ScreenClerk,
     bill_items,
     central_option,
-    config_option,
     finish,
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.options import config_option, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.common import Site

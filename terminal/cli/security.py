@@ -6,18 +6,17 @@ they only fit the simulator's cards. Protocols: docs/card-profile.md, "Keys and 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard, holder
-from terminal.cli.card import id_number_option, reader_option
-from terminal.cli.counter import config_option
+from terminal.cli.card import id_number_option
+from terminal.cli.options import config_option, key_store_options, reader_option
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import Asked, read_pin
+from terminal.config import KeyStoreArgs
 from terminal.crypto import (
     KeyStore,
     authenticate_terminal,
@@ -26,7 +25,6 @@ from terminal.crypto import (
     reload_pin,
     unlocker,
 )
-from terminal.config import KeyStoreArgs
 from terminal.readers import open_connection
 
 TEST_KEYS_WARNING = (
@@ -36,19 +34,6 @@ TEST_KEYS_WARNING = (
 #: how the key store is chosen, said after the warning: by a command's options, or by the configuration
 CHOOSE_WITH_OPTIONS = " Use --psam READER or --key-file PATH, or set [keys] store in the terminal configuration."
 CHOOSE_IN_CONFIG = ' Set [keys] store in the terminal configuration ("psam:READER" or "file:PATH").'
-
-
-def key_store_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``--psam`` and ``--key-file``: where the master keys are."""
-    command = click.option(
-        "--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="SSCARD_KEY_FILE", default=None,
-        help="Master key file (JSON, mode 600: refused if others can read it) [env SSCARD_KEY_FILE].",
-    )(command)
-    return click.option(
-        "--psam", metavar="READER", envvar="SSCARD_PSAM", default=None,
-        help="Reader holding the PSAM (index, name, ATR, or sim:psam) [env SSCARD_PSAM]. "
-             "Default without --key-file: the bundled TEST keys.",
-    )(command)
 
 
 def announce_key_store(store: KeyStore, *, options: bool = False) -> None:

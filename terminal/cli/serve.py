@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from terminal.cli import watchdog
-from terminal.cli.card import reader_option
-from terminal.cli.counter import central_option, config_option
+from terminal.cli.counter import central_option
+from terminal.cli.options import config_option, reader_option
 
 
 @click.command()
