@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import importlib.resources
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -60,6 +61,9 @@ from message.envelope import (
     signature_matches,
     yuan,
 )
+from terminal.private import create_private_file, warn_if_shared
+
+log = logging.getLogger(__name__)
 
 #: envelope fields every message must carry (docs/platform.md, "Envelope")
 REQUIRED = (
@@ -236,6 +240,10 @@ class Ledger:
             self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
                                         isolation_level=None)
         else:
+            if create_private_file(self.path):  # 0600 in a 0700 folder: holders' data and credentials
+                log.info("ledger %s: created", self.path)
+            else:
+                warn_if_shared(self.path, "platform ledger")
             self.conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         try:
             self.conn.execute("PRAGMA busy_timeout=5000")

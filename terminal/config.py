@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ from typing import Any, TypedDict
 
 from apdu.errors import ConfigError
 from message.envelope import MessageError, Operator, Station
+from terminal.private import warn_if_shared
+
+#: the longest configuration file read (the documented one is about 2 KB)
+MAX_CONFIG_BYTES = 64 * 1024
 
 #: the commented file ``sscard config init`` writes (:func:`render_default`); every key is read by
 #: :func:`parse_config`
@@ -177,6 +182,8 @@ def parse_config(text: str, path: Path | None = None) -> TerminalConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where} is not valid TOML: {err}") from None
+    except RecursionError:  # tables or arrays nested thousands deep
+        raise ConfigError(f"{where} is nested too deeply to be a configuration") from None
     base = path.resolve().parent if path else None
     store = _get(data, "keys", "store", str, where)
     if store.startswith("file:"):
@@ -215,11 +222,24 @@ def load_config(path: str | Path | None = None) -> TerminalConfig:
     """
     path = Path(path) if path is not None else default_config_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO named as the configuration is refused below, not waited on for ever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise ConfigError(f"No terminal configuration at {path}: create one with 'sscard config init'") from None
+    except OSError as err:
+        raise ConfigError(f"The terminal configuration {path} cannot be read: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"The terminal configuration {path} is not a regular file (a device, FIFO or folder)")
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"The terminal configuration {path} is longer than {MAX_CONFIG_BYTES} bytes: "
+                              "it is not a configuration")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"The terminal configuration {path} cannot be read: {getattr(err, 'strerror', None) or err}") from None
+    warn_if_shared(path, "terminal configuration")
     return parse_config(text, path)
 
 

@@ -36,9 +36,16 @@ from terminal.crypto import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Clerk, Site
 from terminal.flows.desk import register, settle_visit, visit_id
-from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
+from terminal.flows.pharmacy import (
+    Item,
+    dual_card_activate,
+    purchase,
+    read_old_card,
+    refund,
+)
 from terminal.gateway import test_credentials
 from terminal.online import Platform, ReversedError
+from terminal.private import private_folder
 from terminal.queue import Outbox
 from terminal.reconcile import Reconciliation, reconcile
 from terminal.upload import Uploader, ledger_errors
@@ -270,5 +277,5 @@ def walk(folder: Path | None, out: TextIO) -> dict[str, Any]:
     return what the platform holds and the reconciliation (:func:`run_day`)."""
     with tempfile.TemporaryDirectory(prefix="sscard-demo-") as tmp:
         where = folder or Path(tmp)
-        where.mkdir(parents=True, exist_ok=True)
+        private_folder(where)  # the day's journal and ledger hold the demo holders' data
         return run_day(where, out)

@@ -1,11 +1,17 @@
-"""Files only their owner may read: the master-key file and the platform's gateway credentials.
+"""Files only their owner may read: the master-key file and the platform's gateway credentials are
+refused otherwise; the files this terminal writes that hold personal data or secrets (the record
+journal, the configuration, the platform's ledger, the service token) are made that way.
 
 docs/security.md, "Stolen keys": a file holding a secret is refused unless no other user can read it
 or put a file of their own in its place. :func:`read_private_file` is the one check, for every such file.
+docs/security.md, "Other users of the counter PC": :func:`private_folder` and :func:`create_private_file`
+make folders 0700 and files 0600 whatever the umask; :func:`warn_if_shared` says when an existing
+one is open to others.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import sys
@@ -13,10 +19,58 @@ from pathlib import Path
 
 from apdu.errors import SSCardError
 
+log = logging.getLogger(__name__)
+
 
 def windows() -> bool:
     """Whether the terminal runs on Windows, where files have no owner and mode bits to check."""
     return sys.platform == "win32"
+
+
+def private_folder(folder: Path) -> None:
+    """Make ``folder`` and each missing folder above it with mode 0700 (the umask can only take bits
+    away); folders that exist are left as they are. OSError when one cannot be made."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for each in reversed(missing):
+        try:
+            each.mkdir(mode=0o700)
+        except FileExistsError:  # made by another process meanwhile
+            pass
+
+
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 in a folder made 0700 (:func:`private_folder`); False when it
+    exists already (left untouched). OSError when it cannot be made."""
+    private_folder(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def warn_if_shared(path: Path, what: str) -> bool:
+    """Warn (log, shown on stderr) when other users of this computer may read or write the ``what`` at
+    ``path``, which holds personal data or secrets: it was made before this check, or by hand. True
+    when it was warned about. Not on Windows (access there is the folder's ACL:
+    :func:`read_private_file_windows`)."""
+    if windows():
+        return False
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return False
+    if not mode & 0o077:
+        return False
+    log.warning("the %s %s can be read by other users of this computer (mode %04o): run 'chmod 600 %s'",
+                what, path, mode, path)
+    return True
 
 
 def read_private_file(path: Path, what: str, limit: int, error: type[SSCardError]) -> bytes:

@@ -26,7 +26,9 @@ import datetime as dt
 import json
 import logging
 import os
+import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ from message.envelope import (
     encode,
     iso_time,
 )
+from terminal.private import create_private_file, warn_if_shared
 
 try:
     import fcntl
@@ -225,6 +228,46 @@ class RecordError(SSCardError, ValueError):
     exit_code = 13
 
 
+#: the first 16 bytes of every SQLite database file (sqlite.org/fileformat.html s1.3)
+SQLITE_MAGIC = b"SQLite format 3\x00"
+#: how long an open waits for a checkpoint of another process to finish writing the file (header first)
+TRUNCATED_WAIT_S = 1.0
+#: what is said after a refused journal: the one remedy that loses nothing
+KEEP_IT = (" It is not re-initialised (the records in it, and what they guard against, would be lost): "
+           "keep it, restore it from a backup, or move it aside to start an empty one.")
+
+
+def check_journal_file(path: Path) -> None:
+    """Refuse (QueueError, exit 13, naming the file and what is wrong) a record queue file that is not
+    a regular file, is empty, does not start as a SQLite database, has schema 0 (no record tables;
+    header bytes 60-63, ``PRAGMA user_version``), or is shorter than its header says
+    (cut off: the header's page count x page size, sqlite.org/fileformat.html s1.3.2, when bytes 92-95
+    say that count is valid). An open never makes a new journal out of such a file."""
+    deadline = time.monotonic() + TRUNCATED_WAIT_S
+    while True:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise QueueError(f"The record queue {path} is not a regular file.{KEEP_IT}")
+        if info.st_size == 0:
+            raise QueueError(f"The record queue {path} is empty (0 bytes): it was cut off or emptied.{KEEP_IT}")
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+        if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
+            raise QueueError(f"The record queue {path} is damaged: it does not begin as a record queue does.{KEEP_IT}")
+        if int.from_bytes(header[60:64], "big") == 0:  # the schema version (PRAGMA user_version)
+            raise QueueError(f"The record queue {path} is damaged: it has no record tables.{KEEP_IT}")
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        expected = pages * page_size if header[92:96] == header[24:28] else 0
+        if expected <= info.st_size:
+            return
+        if time.monotonic() > deadline:  # not another process's checkpoint under way: cut off
+            raise QueueError(f"The record queue {path} is truncated: {info.st_size} bytes where it should have "
+                             f"{expected}.{KEEP_IT}")
+        time.sleep(0.05)
+
+
 def sqlite_reason(err: sqlite3.Error) -> str:
     """Clerk-level words for a SQLite failure (no data from the record is ever part of it)."""
     name = getattr(err, "sqlite_errorname", "") or ""
@@ -347,6 +390,13 @@ def _wal(conn: sqlite3.Connection, wait_s: float) -> str:
             time.sleep(0.005)
 
 
+def _migrate_one(conn: sqlite3.Connection, version: int) -> None:
+    """Schema ``version`` -> ``version + 1`` (:data:`MIGRATIONS`), inside the caller's transaction."""
+    for statement in filter(str.strip, MIGRATIONS[version].split(";")):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version={version + 1}")
+
+
 class Outbox:
     """The queue file at ``path``; ``station`` (this terminal) is saved in it for later openers.
 
@@ -381,7 +431,10 @@ class Outbox:
         if not create and not self.path.is_file():
             raise QueueError(f"No record queue at {self.path}")
         with self._errors("be opened"):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.path.lexists(self.path):
+                self._create()
+            check_journal_file(self.path)
+            warn_if_shared(self.path, "record queue")
             self.db = sqlite_utils.Database(self._connect(busy_timeout_ms))
         try:
             with self._errors("be opened"):
@@ -392,6 +445,36 @@ class Outbox:
             raise
 
     # --- set-up ---------------------------------------------------------------------------------
+
+    def _create(self) -> None:
+        """A new journal, 0600 in a folder made 0700 (terminal/private.py): made whole under a
+        temporary name (every migration, no WAL), then linked into place in one step, so the path
+        never holds an unfinished journal, and a file found empty there is damage, not a new one
+        (:func:`check_journal_file`). Two windows creating at once: the first link wins, the other
+        opens it."""
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+        create_private_file(temporary)
+        try:
+            conn = sqlite3.connect(temporary, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for version in range(SCHEMA_VERSION):
+                    _migrate_one(conn, version)
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            try:
+                os.link(temporary, self.path)
+            except FileExistsError:
+                pass  # another process made it first: that one is opened
+            except OSError:  # a file system without hard links
+                if not os.path.lexists(self.path):
+                    os.rename(temporary, self.path)
+            log.info("record queue %s: created (schema %d)", self.path, SCHEMA_VERSION)
+        finally:
+            for leftover in (temporary, Path(f"{temporary}-journal")):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
 
     def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
         """A connection set up explicitly, whatever the library defaults (docs/central-api.md).
@@ -437,7 +520,8 @@ class Outbox:
                 raise
 
     def _migrate(self) -> None:
-        """Bring the file to :data:`SCHEMA_VERSION`, one migration per transaction, in order."""
+        """Bring the file to :data:`SCHEMA_VERSION`, one migration per transaction, in order (a new
+        journal is made whole by :meth:`_create`; one of schema 0 is refused before it is opened)."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise QueueError(f"The record queue {self.path} was written by a newer version (schema {version})")
@@ -446,9 +530,7 @@ class Outbox:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have done it
                 if version >= SCHEMA_VERSION:
                     break
-                for statement in filter(str.strip, MIGRATIONS[version].split(";")):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={version + 1}")
+                _migrate_one(conn, version)
             log.info("record queue %s: schema %d -> %d", self.path, version, version + 1)
             version += 1
 

@@ -99,6 +99,7 @@ require_pin = {str(require_pin).lower()}
 """,
         encoding="utf-8",
     )
+    path.chmod(0o600)  # as 'sscard config init' makes it (a wider one is warned about)
     return path
 
 

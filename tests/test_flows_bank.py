@@ -96,8 +96,8 @@ def test_a_queue_that_cannot_take_the_record_stops_the_flow_before_the_card_chan
 
 def test_queue_failure_after_the_card_change_then_retry_records_exactly_one_activation(tmp_path):
     path = tmp_path / "queue.sqlite"
-    locker = sqlite3.connect(path, isolation_level=None)
     with Outbox(path, STATION, clock=Clock(), busy_timeout_ms=200) as outbox:
+        locker = sqlite3.connect(path, isolation_level=None)  # once the journal exists: a 0-byte file is refused
         site = Site(outbox, SoftwareKeyStore.bundled_test_keys())
         # another program holds the queue's write lock from the moment the card took the UNBLOCK
         card = Watched(load_card("not-activated"), UNBLOCK, lambda: locker.execute("BEGIN IMMEDIATE"))

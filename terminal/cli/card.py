@@ -99,6 +99,10 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
         raise click.UsageError("--show-account goes with --bank")
     if bank and redact:
         raise click.UsageError("--bank masks the account number already: --redact is for the holder's data")
+    if config_path is not None:  # named: it must be one, even when this card needs no key store from it
+        from terminal.config import load_config
+
+        load_config(config_path)
     if bank and (psam or key_file):
         raise click.UsageError("--bank reads the bank application, which needs no key store: --psam and --key-file "
                                "are for a third-generation card's holder data")

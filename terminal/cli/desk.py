@@ -14,7 +14,7 @@ from terminal.cli.counter import (
     pin_stdin_option,
     yes_option,
 )
-from terminal.cli.options import config_option, reader_option
+from terminal.cli.options import Text, config_option, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.desk import KINDS, cancel, refund, register, settle_visit
@@ -32,7 +32,7 @@ def desk() -> None:
 @central_option
 @click.option("--type", "kind", type=click.Choice(list(KINDS)), cls=Asked, prompt="Registration type", default="outpatient",
               show_default=True, help="Outpatient, hospitalisation or maternity registration.")
-@click.option("--department", cls=Asked, prompt="Department", help="The department the patient is registered with.")
+@click.option("--department", cls=Asked, prompt="Department", type=Text(64), help="The department the patient is registered with.")
 @click.option("--pin/--no-pin", "require_pin", default=None,
               help="Ask the holder's PIN [default: the configuration's desk.require_pin].")
 @pin_stdin_option

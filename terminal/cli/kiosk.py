@@ -14,7 +14,7 @@ from terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import config_option, reader_option
+from terminal.cli.options import LIMIT, config_option, reader_option
 from terminal.cli.output import json_option
 from terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
 from terminal.readers import open_connection
@@ -45,7 +45,7 @@ def kiosk_text(view: KioskView) -> list[str]:
 @config_option
 @central_option
 @pin_stdin_option
-@click.option("--limit", type=click.IntRange(1), default=RECORDS_SHOWN, show_default=True,
+@click.option("--limit", type=LIMIT, default=RECORDS_SHOWN, show_default=True,
               help="Show at most this many records, the newest first.")
 @json_option()
 def kiosk(reader: str | None, config_path: Path | None, central_url: str | None, pin_stdin: bool, limit: int,

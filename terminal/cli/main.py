@@ -22,6 +22,7 @@ import click
 
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
+from terminal.cli.options import Seconds
 from terminal.cli.output import json_asked, json_lines, json_printed, print_json
 
 log = logging.getLogger("sscard")
@@ -110,18 +111,18 @@ def setup_logging(verbosity: int) -> None:
 @click.option("-v", "--verbose", count=True, help="Trace APDUs (PIN data masked) and details on stderr.")
 @click.option("--exclusive", is_flag=True,
               help="Hold PC/SC readers exclusively (no other program can use them meanwhile).")
-@click.option("--card-timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
-              help="Give up on a card that does not answer a command within SECONDS "
-                   f"(default $SSCARD_CARD_TIMEOUT or {watchdog.DEFAULT_TIMEOUT_S:g}).")
+@click.option("--card-timeout", type=Seconds(0, 600), envvar="SSCARD_CARD_TIMEOUT", default=watchdog.DEFAULT_TIMEOUT_S,
+              metavar="SECONDS", help="Give up on a card that does not answer a command within SECONDS "
+                                      f"[env SSCARD_CARD_TIMEOUT; default {watchdog.DEFAULT_TIMEOUT_S:g}].")
 @click.version_option(package_name="sscard-terminal")
-def main(verbose: int, exclusive: bool, card_timeout: float | None) -> None:
+def main(verbose: int, exclusive: bool, card_timeout: float) -> None:
     """Terminal software for the social security card (社会保障卡).
 
     With no reader given, commands use the built-in virtual card (an in-memory simulator), so they
     work on a machine with no reader. Use --reader to pick a real or pcscd virtual reader.
     """
     setup_logging(verbose)
-    watchdog.arm(card_timeout or watchdog.configured_timeout())
+    watchdog.arm(card_timeout)
     if exclusive:
         os.environ["SSCARD_EXCLUSIVE"] = "1"  # read by terminal.readers.open_connection
 

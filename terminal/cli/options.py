@@ -1,17 +1,86 @@
-"""Options several commands share: the reader, the terminal's configuration, the key store.
+"""Options several commands share (the reader, the terminal's configuration, the key store) and the
+types that check a value at the edge: a number is finite and in range, written in ASCII digits; a
+text is bounded and has no control characters. A bad value is exit 2 with what is wrong, before
+anything is done (docs/security.md, "Hostile input").
 
 Kept apart from the commands (and light: click only) so that a command imports only what it uses
 (bench/startup.py)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+#: the longest reader spec taken (a PC/SC reader name is at most a few dozen characters)
+MAX_READER_SPEC = 256
+
+
+class Checked(click.ParamType):
+    """A parameter type whose refusals name the environment variable when the value came from one
+    (an invalid ``$SSCARD_...`` is an error, not ignored)."""
+
+    def fail(self, message: str, param: click.Parameter | None = None, ctx: click.Context | None = None) -> Any:
+        source = ctx.get_parameter_source(param.name) if ctx and param and param.name else None
+        envvar = getattr(param, "envvar", None)
+        if source is click.core.ParameterSource.ENVIRONMENT and isinstance(envvar, str):
+            message = f"{message} (from ${envvar})"
+        super().fail(message, param, ctx)
+
+
+class Seconds(Checked):
+    """A duration in seconds: a finite decimal number (ASCII) with ``low < value <= high`` (``low``
+    included when ``low_included``). ``nan``, ``inf`` and ``1e400`` are not durations."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float, *, low_included: bool = False) -> None:
+        self.low, self.high, self.low_included = low, high, low_included
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not text.isascii() or not text or any(c not in "0123456789.eE+-" for c in text):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+            try:
+                number = float(text)
+            except ValueError:
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        above = number >= self.low if self.low_included else number > self.low
+        if not math.isfinite(number) or not above or number > self.high:
+            low = f"{self.low:g} {'<=' if self.low_included else '<'}"
+            self.fail(f"{value!r} is not in the range {low} seconds <= {self.high:g}", param, ctx)
+        return number
+
+
+class Text(Checked):
+    """A text of 1 to ``longest`` characters with no control characters (a name, a department)."""
+
+    name = "text"
+
+    def __init__(self, longest: int) -> None:
+        self.longest = longest
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not text:
+            self.fail("must not be empty", param, ctx)
+        if len(text) > self.longest:
+            self.fail(f"is {len(text)} characters long: at most {self.longest}", param, ctx)
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            self.fail("must not hold control characters", param, ctx)
+        return text
+
+
+#: how many records a listing shows at most
+LIMIT = click.IntRange(1, 100_000)
+
 reader_option = click.option(
-    "--reader", "-r", metavar="SPEC", default=None,
+    "--reader", "-r", metavar="SPEC", default=None, type=Text(MAX_READER_SPEC),
     help="Reader: index, name or ATR of a PC/SC reader, or sim:PROFILE for a virtual card "
          "(default: $SSCARD_READER, else the built-in virtual card sim:adult).",
 )

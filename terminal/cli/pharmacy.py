@@ -18,7 +18,7 @@ from terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import config_option, reader_option
+from terminal.cli.options import Seconds, config_option, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.common import Site
@@ -66,7 +66,7 @@ def pharmacy() -> None:
 @reader_option
 @config_option
 @central_option
-@click.option("--wait", "wait_s", type=click.FloatRange(1), default=SWAP_TIMEOUT, show_default=True,
+@click.option("--wait", "wait_s", type=Seconds(1, 3600, low_included=True), default=SWAP_TIMEOUT, show_default=True,
               help="With one reader: seconds to wait for the clerk to swap the cards.")
 @pin_stdin_option
 @json_option()

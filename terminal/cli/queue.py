@@ -18,8 +18,9 @@ from typing import Any
 import click
 
 from apdu.catalogue import CARD_ITEMS
-from message.envelope import iso_time
+from message.envelope import MSGID_RE, iso_time
 from terminal.cli import signals
+from terminal.cli.options import LIMIT, Seconds
 from terminal.cli.output import json_option, print_json
 from terminal.config import TerminalConfig, default_config_path, load_config
 from terminal.queue import ALL_STATES, STATES, Outbox
@@ -73,6 +74,15 @@ def queue_options(command: Any) -> Any:
     )(command)
 
 
+def msgid_value(value: str) -> str:
+    """A record's msgid as ``--msgid`` takes it: 12 institution characters, 14 time digits and 4 sequence
+    digits (docs/platform.md, "msgid"); anything else is exit 2, not "no such record"."""
+    if not (value.isascii() and MSGID_RE.fullmatch(value)):
+        raise click.BadParameter(f"{value[:40]!r} is not a msgid (30 characters: institution code, time, sequence, "
+                                 "as 'sscard queue list' shows them)", param_hint="'--msgid'")
+    return value
+
+
 @click.group()
 def queue() -> None:
     """The local record queue: registrations and purchases waiting for the central service."""
@@ -119,7 +129,7 @@ def format_age(seconds: int) -> str:
               help="Only records in this state (held: queued before its card change is done, not uploaded yet).")
 @click.option("--card", default=None, metavar="CARD",
               help="Only the records of this card: its card number (as printed on it) or its identification code.")
-@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="At most this many records, newest first.")
+@click.option("--limit", type=LIMIT, default=50, show_default=True, help="At most this many records, newest first.")
 @json_option("Print JSON on stdout.")
 def list_records(path: Path | None, config_path: Path | None, state: str | None, card: str | None, limit: int,
                  as_json: bool) -> None:
@@ -142,7 +152,7 @@ def list_records(path: Path | None, config_path: Path | None, state: str | None,
 
 @queue.command("retry-dead")
 @queue_options
-@click.option("--msgid", "msgids", multiple=True, metavar="MSGID",
+@click.option("--msgid", "msgids", multiple=True, metavar="MSGID", callback=lambda _c, _p, v: tuple(map(msgid_value, v)),
               help="Only this dead record (repeat the option for more); default: every dead record.")
 @json_option("Print JSON on stdout.")
 def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, ...], as_json: bool) -> None:
@@ -161,11 +171,11 @@ def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, .
               show_default=f"$SSCARD_CENTRAL, else the terminal configuration's [central] url, else {DEFAULT_CENTRAL}",
               help="The central service's URL.")
 @click.option("--batch-size", type=click.IntRange(1, 500), default=None, help="Records per batch [default: 100].")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--timeout", type=Seconds(0, 600), default=None,
               help="Seconds each call to the service may take, the whole answer included [default: 10].")
 @click.option("--follow", is_flag=True,
               help="Keep running: send records as they become due, until Ctrl-C or SIGTERM.")
-@click.option("--interval", type=click.FloatRange(0.05), default=None,
+@click.option("--interval", type=Seconds(0.05, 86400, low_included=True), default=None,
               help="With --follow: longest sleep between looks for new records [default: 5].")
 @click.option("--now", "ignore_schedule", is_flag=True,
               help="Try every pending record now, even those waiting for their retry time.")
@@ -328,7 +338,7 @@ def serve(db: Path, host: str, port: int, faults: bool) -> None:
 
 @central.command()
 @db_option
-@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many rows of each kind.")
+@click.option("--limit", type=LIMIT, default=None, help="At most this many rows of each kind.")
 @json_option("Print JSON on stdout.")
 def show(db: Path, limit: int | None, as_json: bool) -> None:
     """What the virtual platform holds: messages by msgid, settlements, accounts, old cards, visits."""

@@ -14,6 +14,7 @@ import click
 from apdu.errors import NoReaderError, ProfileError, ServiceNotRunningError
 from message.envelope import CST, iso_time
 from terminal.cli import signals
+from terminal.cli.options import MAX_READER_SPEC, Seconds, Text
 from terminal.cli.output import json_option, print_json
 from terminal.readers import atr_text
 
@@ -188,11 +189,11 @@ def _simulate(clients: list[Any], host: str, stop: signals.Flag, toggle: signals
 
 
 @click.command()
-@click.option("--reader", "-r", "spec", default=None, metavar="SPEC",
+@click.option("--reader", "-r", "spec", default=None, metavar="SPEC", type=Text(MAX_READER_SPEC),
               help="Only the readers it names (index, name or part of one, or the ATR of the card in it); exit 3 if none.")
 @click.option("--count", type=click.IntRange(1), default=None, metavar="N",
               help="Stop after N insertions/removals.")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+@click.option("--timeout", type=Seconds(0, 86400 * 366), default=None, metavar="S",
               help="Stop after S seconds.")
 @json_option("One JSON object per event on stdout, one per line.", stream=True)
 def watch(spec: str | None, count: int | None, timeout: float | None, as_json: bool) -> None:

@@ -53,15 +53,6 @@ _thread: threading.Thread | None = None
 _handler: Callable[[str], int] | None = None
 
 
-def configured_timeout() -> float:
-    """``$SSCARD_CARD_TIMEOUT`` in seconds when set to a positive number, else the default."""
-    try:
-        value = float(os.environ.get("SSCARD_CARD_TIMEOUT", ""))
-    except ValueError:
-        return DEFAULT_TIMEOUT_S
-    return value if value > 0 else DEFAULT_TIMEOUT_S
-
-
 def arm(timeout_s: float) -> None:
     """Start the watchdog (once per process) or change its timeout."""
     global _timeout_s, _thread
