@@ -253,8 +253,8 @@ def test_a_card_stalling_in_the_change_leaves_the_record_held_and_says_how_to_fi
     reader = f"sim:hostile:stall:not-activated:{probe.apdu_count - 1}"
     result = subprocess.run(
         [sys.executable, "-c", "from terminal.cli import main; main()", "--card-timeout", "1", "bank", "activate",
-         "--reader", reader, "--id-number", ID_NUMBER, "--pin-stdin", "--config", str(config)],
-        input=f"{PIN}\n{PIN}\n", capture_output=True, text=True, timeout=30)
+         "--reader", reader, "--pin-stdin", "--config", str(config)],
+        input=f"{ID_NUMBER}\n{PIN}\n{PIN}\n", capture_output=True, text=True, timeout=30)
     assert result.returncode == 4, result.stderr
     assert "has not answered for" in result.stderr and "Traceback" not in result.stderr
     with Outbox(tmp_path / "bank" / "queue.sqlite") as outbox:

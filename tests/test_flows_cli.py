@@ -88,9 +88,8 @@ def test_desk_no_pin_site(tmp_path):
     (["desk", "register", "-r", "sim:blocked-pin", "--type", "outpatient", "--department", "内科", "--pin-stdin"],
      "135790\n", 7),
     (["desk", "register", "-r", "sim:counterfeit", "--type", "outpatient", "--department", "内科"], None, 8),
-    (["bank", "activate", "-r", "sim:adult", "--id-number", "330302198506151239", "--pin-stdin"], "135792\n135792\n", 15),
-    (["bank", "activate", "-r", "sim:not-activated", "--id-number", "330302199203081020", "--pin-stdin"],
-     "135792\n135793\n", 11),
+    (["bank", "activate", "-r", "sim:adult", "--pin-stdin"], "330302198506151239\n135792\n135792\n", 15),
+    (["bank", "activate", "-r", "sim:not-activated", "--pin-stdin"], "330302199203081020\n135792\n135793\n", 11),
     (["pharmacy", "purchase", "-r", "sim:blocked-pin", "--sale", "T9", "--item", "x:1:1.00", "--pin-stdin"],
      "135790\n", 7),
     (["pharmacy", "refund", "--sale", "T9"], None, 16),
@@ -184,8 +183,7 @@ def test_auth_and_reset_pin_take_the_configured_key_store(tmp_path):
                       encoding="utf-8")
     auth = run(config, ["auth", "--reader", "sim:adult"])
     assert auth.exit_code == 0 and "PSAM in sim:psam" in auth.stdout and "TEST keys" not in auth.stderr
-    reset = run(config, ["reset-pin", "--reader", "sim:adult", "--id-number", "330302198506151239", "--pin-stdin"],
-                "902468\n")
+    reset = run(config, ["reset-pin", "--reader", "sim:adult", "--pin-stdin"], "330302198506151239\n902468\n")
     assert reset.exit_code == 0 and "TEST keys" not in reset.stderr, reset.output
     keys = tmp_path / "keys.json"  # the bundled TEST keys as a private key file
     keys.write_bytes((Path(__file__).resolve().parents[1] / "fixtures/keys/test-keys.json").read_bytes())

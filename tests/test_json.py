@@ -54,9 +54,15 @@ ANSWERS = {"--id-number": "330302198506151239", "--type": "outpatient"}
 
 
 def answered(command: click.Command) -> list[str]:
-    """The options the command would ask for at a prompt, given."""
-    return [arg for param in command.params if isinstance(param, Asked)
+    """The options the command would ask for at a prompt, given (those taken only at the prompt, such
+    as the ID number, come on standard input: :func:`piped`)."""
+    return [arg for param in command.params if isinstance(param, Asked) and not param.hidden
             for arg in (param.opts[0], ANSWERS.get(param.opts[0], "X1"))]
+
+
+def piped(command: click.Command) -> str:
+    """Standard input answering the questions that are never options on the command line."""
+    return "".join(f"{ANSWERS[param.opts[0]]}\n" for param in command.params if isinstance(param, Asked) and param.hidden)
 
 
 def failing(path: str, command: click.Command, tmp: Path) -> list[str]:
@@ -90,7 +96,7 @@ def test_an_error_under_json_is_the_error_object_on_stdout(path, tmp_path, monke
     monkeypatch.delenv("SSCARD_CONFIG", raising=False)
     monkeypatch.delenv("SSCARD_QUEUE", raising=False)
     command = dict(commands())[path]
-    result = CliRunner().invoke(main, [*path.split(), *failing(path, command, tmp_path), "--json"], input="")
+    result = CliRunner().invoke(main, [*path.split(), *failing(path, command, tmp_path), "--json"], input=piped(command))
     assert result.exit_code not in (0, 1), result.output  # one of ours, not a bug
     body = json.loads(result.stdout)
     assert set(body) == {"error"} and set(body["error"]) == {"code", "exit_code", "message"}
@@ -99,10 +105,14 @@ def test_an_error_under_json_is_the_error_object_on_stdout(path, tmp_path, monke
     assert error["message"] in result.stderr
 
 
-def test_a_prompt_answered_by_ctrl_d_under_json_is_the_interrupted_error(tmp_path):
+def test_a_prompt_answered_by_ctrl_d_under_json_is_the_interrupted_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda: True)  # a clerk at a terminal
     result = CliRunner().invoke(main, ["desk", "cancel", "--config", str(tmp_path / "t.toml"), "--json"], input="")
     assert result.exit_code == 130 and "Visit number" in result.stderr  # the prompt is not on stdout
     assert json.loads(result.stdout) == {"error": {"code": "interrupted", "exit_code": 130, "message": "Interrupted."}}
+    monkeypatch.undo()  # no one at a terminal: the pipe's end is no answer, a usage error
+    piped = CliRunner().invoke(main, ["desk", "cancel", "--config", str(tmp_path / "t.toml"), "--json"], input="")
+    assert piped.exit_code == 2 and "no Visit number (mdtrt_id) on standard input" in json.loads(piped.stdout)["error"]["message"]
 
 
 def test_without_json_stdout_stays_empty_on_an_error(tmp_path):
@@ -124,8 +134,8 @@ def test_the_pin_commands_answer_json(tmp_path):
     assert wrong.exit_code == 6 and json.loads(wrong.stdout)["error"]["code"] == "wrong_pin"
     changed = runner.invoke(main, ["change-pin", "-r", "sim:adult", "--pin-stdin", "--json"], input="246810\n902468\n")
     assert changed.exit_code == 0 and json.loads(changed.stdout) == {"reader": "sim:adult", "changed": True}
-    reset = runner.invoke(main, ["reset-pin", "-r", "sim:adult", "--id-number", "330302198506151239", "--pin-stdin",
-                                 "--json"], input="902468\n")
+    reset = runner.invoke(main, ["reset-pin", "-r", "sim:adult", "--pin-stdin", "--json"],
+                          input="330302198506151239\n902468\n")
     assert reset.exit_code == 0, reset.output
     body = json.loads(reset.stdout)
     assert body["pin_reset"] is True and body["pin_tries_left"] == 3
@@ -179,9 +189,8 @@ def day_results(configs: dict[str, Path], tmp: Path) -> dict[str, Any]:
     run("clinic", "auth -r sim:adult")
     run("clinic", "verify-pin -r sim:adult --pin-stdin", "246810\n")
     run("clinic", "change-pin -r sim:adult --pin-stdin", "246810\n902468\n")
-    run("bank", "reset-pin -r sim:adult --id-number 330302198506151239 --pin-stdin", "902468\n")
-    run("bank", "bank activate -r sim:not-activated-zhou --id-number 330303196811052226 --pin-stdin",
-        "386152\n386152\n")
+    run("bank", "reset-pin -r sim:adult --pin-stdin", "330302198506151239\n902468\n")
+    run("bank", "bank activate -r sim:not-activated-zhou --pin-stdin", "330303196811052226\n386152\n386152\n")
     visit = run("clinic", "desk register -r sim:not-activated --type outpatient --department 内科 --pin-stdin",
                 "123456\n")["mdtrt_id"]
     run("clinic", f"desk settle -r sim:not-activated --visit {visit} --bill B0001 --item 诊查费:1:20.00 "

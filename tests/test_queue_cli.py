@@ -283,8 +283,8 @@ def test_the_queue_commands_find_the_counters_records_through_the_terminal_confi
     env = {"SSCARD_CONFIG": str(config), "SSCARD_QUEUE": None, "SSCARD_CENTRAL": None}
     runner = CliRunner()
     # the bank activation's SS01 is an agency record: it waits in the queue (the desk now asks online)
-    desk = runner.invoke(main, ["bank", "activate", "-r", "sim:not-activated", "--id-number", "330302199203081020",
-                                "--pin-stdin", "--json"], input="135792\n135792\n", env=env)
+    desk = runner.invoke(main, ["bank", "activate", "-r", "sim:not-activated", "--pin-stdin", "--json"],
+                         input="330302199203081020\n135792\n135792\n", env=env)
     assert desk.exit_code == 0, desk.output
     msgid = json.loads(desk.stdout)["msgid"]
     status = runner.invoke(main, ["queue", "status", "--json"], env=env)  # no -q

@@ -95,8 +95,8 @@ def test_a_counter_configured_with_the_remote_store_reads_and_registers_a_third_
     assert registered.exit_code == 0, registered.output
     assert json.loads(registered.stdout)["cross_region"] is True
     # a bank counter's MAC'd commands are not the key service's: said before the card is changed
-    refused = CliRunner().invoke(main, ["reset-pin", "-r", "sim:blocked-pin", "--id-number", "33030419780921256X",
-                                        "--pin-stdin"], input="135790\n", env=env)
+    refused = CliRunner().invoke(main, ["reset-pin", "-r", "sim:blocked-pin", "--pin-stdin"],
+                                 input="33030419780921256X\n135790\n", env=env)
     assert refused.exit_code == 12 and "needs the PSAM or a key file" in refused.output
     tries = CliRunner().invoke(main, ["verify-pin", "-r", "sim:blocked-pin", "--pin-stdin"], input="135790\n")
     assert tries.exit_code == 7  # the card was not changed: still blocked

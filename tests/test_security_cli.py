@@ -128,35 +128,39 @@ def test_change_pin_blocked_card():
 
 @pytest.mark.parametrize("store", [[], ["--psam", "sim:psam"]], ids=["test-keys", "psam"])
 def test_reset_pin_unblocks_a_blocked_pin(store):
-    result = run("reset-pin", "--reader", "sim:blocked-pin", *store, "--id-number", BLOCKED_ID.lower(),
-                 "--pin-stdin", input=NEW_PIN + "\n")
+    result = run("reset-pin", "--reader", "sim:blocked-pin", *store, "--pin-stdin",
+                 input=f"{BLOCKED_ID.lower()}\n{NEW_PIN}\n")
     assert result.exit_code == 0, result.output
     assert "PIN reset" in result.stdout and "(3 tries)" in result.stdout
     assert "王" in result.stdout and "王芳" not in result.stdout  # the name masked
 
 
 def test_reset_pin_refuses_another_persons_id():
-    result = run("reset-pin", "--reader", "sim:blocked-pin", "--id-number", "330302198506151239",
-                 "--pin-stdin", input=NEW_PIN + "\n")
+    result = run("reset-pin", "--reader", "sim:blocked-pin", "--pin-stdin", input=f"330302198506151239\n{NEW_PIN}\n")
     assert result.exit_code == 9 and "does not match" in result.stderr
 
 
 def test_reset_pin_refuses_a_counterfeit_before_the_id_check():
-    result = run("reset-pin", "--reader", "sim:counterfeit", "--id-number", "330302198506151239",
-                 "--pin-stdin", input=NEW_PIN + "\n")
+    result = run("reset-pin", "--reader", "sim:counterfeit", "--pin-stdin", input=f"330302198506151239\n{NEW_PIN}\n")
     assert result.exit_code == 8 and "card failed authentication" in result.stderr
 
 
 def test_reset_pin_refuses_a_weak_pin():
-    result = run("reset-pin", "--reader", "sim:blocked-pin", "--id-number", BLOCKED_ID, "--pin-stdin",
-                 input="000000\n")
+    result = run("reset-pin", "--reader", "sim:blocked-pin", "--pin-stdin", input=f"{BLOCKED_ID}\n000000\n")
     assert result.exit_code == 11 and "too easy" in result.stderr
 
 
-def test_reset_pin_prompts_for_the_id_number():
+def test_reset_pin_prompts_for_the_id_number_and_never_takes_it_from_the_command_line():
     result = run("reset-pin", "--reader", "sim:blocked-pin", "--pin-stdin", input=f"{BLOCKED_ID}\n{NEW_PIN}\n")
     assert result.exit_code == 0, result.output
-    assert "ID document number" in result.output
+    for command in (["reset-pin", "--reader", "sim:blocked-pin"], ["bank", "activate", "-r", "sim:not-activated"]):
+        refused = run(*command, "--id-number", BLOCKED_ID, "--pin-stdin", input=f"{NEW_PIN}\n{NEW_PIN}\n")
+        assert refused.exit_code == 2 and "not taken on the command line" in refused.stderr
+        assert BLOCKED_ID not in refused.output and "--id-number" not in run(*command, "--help").stdout
+    empty = run("reset-pin", "--reader", "sim:blocked-pin", "--pin-stdin", input="")
+    assert empty.exit_code == 2 and "no ID document number" in empty.stderr
+    mistyped = run("reset-pin", "--reader", "sim:blocked-pin", "--pin-stdin", input=f"33030419780921256\n{NEW_PIN}\n")
+    assert mistyped.exit_code == 2 and "The ID number on standard input: 330304*******1256 is not an ID number" in mistyped.stderr
 
 
 # --- nothing secret in any output or log ----------------------------------------------------------
@@ -173,13 +177,11 @@ def test_no_pin_key_or_id_number_in_output_traces_or_logs(caplog, key_file):
         (["change-pin", "--reader", "sim:adult", "--pin-stdin"], f"{ADULT_PIN}\n{NEW_PIN}\n"),
         (["change-pin", "--reader", "sim:adult", "--pin-stdin"], f"{NEW_PIN}\n{ADULT_PIN}\n"),  # wrong old
         (["change-pin", "--reader", "sim:adult", "--pin-stdin"], f"{ADULT_PIN}\n111111\n"),  # weak
-        (["reset-pin", "--reader", "sim:blocked-pin", "--id-number", BLOCKED_ID, "--pin-stdin"], NEW_PIN + "\n"),
-        (["reset-pin", "--reader", "sim:blocked-pin", "--psam", "sim:psam", "--id-number", BLOCKED_ID,
-          "--pin-stdin"], NEW_PIN + "\n"),
-        (["reset-pin", "--reader", "sim:other-region", "--psam", "sim:psam", "--id-number", "440304199007123447",
-          "--pin-stdin"], NEW_PIN + "\n"),
-        (["reset-pin", "--reader", "sim:blocked-pin", "--id-number", "330302198506151239", "--pin-stdin"],
-         NEW_PIN + "\n"),  # wrong person
+        (["reset-pin", "--reader", "sim:blocked-pin", "--pin-stdin"], f"{BLOCKED_ID}\n{NEW_PIN}\n"),
+        (["reset-pin", "--reader", "sim:blocked-pin", "--psam", "sim:psam", "--pin-stdin"], f"{BLOCKED_ID}\n{NEW_PIN}\n"),
+        (["reset-pin", "--reader", "sim:other-region", "--psam", "sim:psam", "--pin-stdin"],
+         f"440304199007123447\n{NEW_PIN}\n"),
+        (["reset-pin", "--reader", "sim:blocked-pin", "--pin-stdin"], f"330302198506151239\n{NEW_PIN}\n"),  # wrong person
     ]
     captured = []
     with caplog.at_level(logging.DEBUG):

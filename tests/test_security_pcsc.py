@@ -65,8 +65,8 @@ def test_cli_auth_and_reset_pin_over_two_vpcd_slots_leak_nothing(vpcd_card, capl
     vpcd_card("psam", slot=1)
     with caplog.at_level(logging.DEBUG):
         auth = run("-v", "auth", "--reader", READER0, "--psam", READER1, "--terminal")
-        reset = run("-v", "reset-pin", "--reader", READER0, "--psam", READER1, "--id-number", "33030419780921256X",
-                    "--pin-stdin", input=NEW_PIN + "\n")
+        reset = run("-v", "reset-pin", "--reader", READER0, "--psam", READER1, "--pin-stdin",
+                    input=f"33030419780921256X\n{NEW_PIN}\n")
         verify = run("-v", "verify-pin", "--reader", READER0, "--pin-stdin", input=NEW_PIN + "\n")
     assert auth.exit_code == 0, auth.output
     assert f"PSAM in {READER1}" in auth.stdout

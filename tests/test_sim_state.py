@@ -63,10 +63,10 @@ def test_three_wrong_pins_in_three_commands_block_the_card():
 
 def test_an_activation_holds_and_a_second_one_is_refused(configs):
     env = {"SSCARD_CONFIG": str(configs["bank"])}
-    args = ["bank", "activate", "-r", "sim:not-activated-zhou", "--id-number", "330303196811052226", "--pin-stdin"]
-    first = CliRunner().invoke(main, args, input="386152\n386152\n", env=env)
+    args = ["bank", "activate", "-r", "sim:not-activated-zhou", "--pin-stdin"]
+    first = CliRunner().invoke(main, args, input="330303196811052226\n386152\n386152\n", env=env)
     assert first.exit_code == 0, first.output
-    second = CliRunner().invoke(main, args, input="386152\n386152\n", env=env)
+    second = CliRunner().invoke(main, args, input="330303196811052226\n386152\n386152\n", env=env)
     assert second.exit_code == 15 and "already activated" in second.output
     with open_connection("sim:not-activated-zhou") as connection:
         identity = SocialSecurityCard(connection).read_identity()
@@ -198,13 +198,13 @@ def test_simulate_options_and_reset_do_not_mix(args):
 def test_over_vpcd_an_activation_holds_across_simulator_runs(vpcd_card, configs):
     env = {**os.environ, "SSCARD_CONFIG": str(configs["bank"])}
     args = [sys.executable, "-c", "from terminal.cli import main; main()", "bank", "activate", "--reader", READER0,
-            "--id-number", "330303196811052226", "--pin-stdin"]
+            "--pin-stdin"]
     card = vpcd_card("not-activated-zhou", process=True)
-    first = subprocess.run(args, input="386152\n386152\n", capture_output=True, text=True, timeout=60, env=env)
+    first = subprocess.run(args, input="330303196811052226\n386152\n386152\n", capture_output=True, text=True, timeout=60, env=env)
     assert first.returncode == 0, first.stderr
     card.stop()
     vpcd_card("not-activated-zhou", process=True)  # the simulator started again: the same card
-    second = subprocess.run(args, input="386152\n386152\n", capture_output=True, text=True, timeout=60, env=env)
+    second = subprocess.run(args, input="330303196811052226\n386152\n386152\n", capture_output=True, text=True, timeout=60, env=env)
     assert second.returncode == 15 and "already activated" in second.stderr
     in_memory = sscard("read", "--reader", "sim:not-activated-zhou", "--json")
     assert json.loads(in_memory.stdout)["activated"] is True

@@ -7,7 +7,6 @@ import click
 
 from apdu.errors import CardUnresponsiveError
 from terminal.cli import watchdog
-from terminal.cli.card import id_number_option
 from terminal.cli.counter import (
     ScreenClerk,
     central_option,
@@ -15,9 +14,8 @@ from terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import config_option, reader_option
+from terminal.cli.options import config_option, id_number_asked, reader_option
 from terminal.cli.output import json_option
-from terminal.cli.prompts import Asked
 from terminal.flows.bank import bank_activate
 from terminal.queue import QueuedRecord
 from terminal.readers import open_connection
@@ -32,13 +30,15 @@ def bank() -> None:
 @reader_option
 @config_option
 @central_option
-@click.option("--id-number", cls=Asked, prompt="ID document number", callback=id_number_option,
-              help="The number on the holder's original ID document (asked again at a prompt when mistyped).")
+@id_number_asked
 @pin_stdin_option
 @json_option()
 def activate(reader: str | None, config_path: Path | None, central_url: str | None, id_number: str, pin_stdin: bool,
              as_json: bool) -> None:
     """Activate a card: the ID document must match the card, the holder sets a PIN (typed twice).
+
+    The ID document number is typed at the prompt (asked again when mistyped), or read as the first
+    line of standard input, never from the command line.
 
     Exit 9: the ID document does not match; 11: weak or mismatched PIN; 15: already activated;
     8: counterfeit card or wrong keys. A run interrupted after the card was changed is finished by

@@ -31,19 +31,6 @@ LABELS = (
 )
 
 
-def id_number_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: an ID number typed with a mistake is "not an ID number" (asked again at a prompt;
-    exit 2 as an option), not a person other than the card's."""
-    if value is None:
-        return None
-    from terminal.flows.common import IDNumberFormatError, check_id_number  # here: `sscard read` starts faster
-
-    try:
-        return check_id_number(value)
-    except IDNumberFormatError as err:
-        raise click.BadParameter(str(err)) from None
-
-
 def unlock_with(psam: str | None, key_file: Path | None, config_path: Path | None) -> Unlock:
     """A third-generation card's external authentication before its holder's data, with the key store
     the command's options or configuration choose (terminal/cli/security.py: ``--psam``/``--key-file``,

@@ -78,6 +78,9 @@ class Text(Checked):
 
 #: how many records a listing shows at most
 LIMIT = click.IntRange(1, 100_000)
+#: what is said to whoever puts the ID number on the command line
+ID_NUMBER_NOT_IN_ARGV = ("The holder's ID number is not taken on the command line, where 'ps' and the shell history "
+                         "keep it: type it at the prompt, or give it as the first line of standard input")
 
 reader_option = click.option(
     "--reader", "-r", metavar="SPEC", default=None, type=Text(MAX_READER_SPEC),
@@ -89,6 +92,35 @@ config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="The terminal's configuration file [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml].",
 )
+
+
+def _id_number(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The ID number typed at the prompt or read from standard input (never from argv: exit 2). One
+    typed with a mistake is "not an ID number" (asked again at a prompt; exit 2 from a pipe), not a
+    person other than the card's."""
+    if value is None:
+        return None
+    if param.name and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError(ID_NUMBER_NOT_IN_ARGV)
+    from terminal.cli.prompts import at_terminal
+    from terminal.flows.common import IDNumberFormatError, check_id_number  # here: `sscard read` starts faster
+
+    try:
+        return check_id_number(value)
+    except IDNumberFormatError as err:
+        if at_terminal():  # the prompt says why and asks again
+            raise click.BadParameter(str(err)) from None
+        raise click.UsageError(f"The ID number on standard input: {str(err).removesuffix(' Type it again.')}") from None
+
+
+def id_number_asked(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The holder's ID document number, asked at a prompt on stderr, or the first line of standard
+    input when it is not a terminal (before any PIN). Hidden: ``--id-number`` on the command line is
+    refused (docs/security.md, "Hostile input")."""
+    from terminal.cli.prompts import Asked
+
+    return click.option("--id-number", cls=Asked, prompt="ID document number (身份证号码)", hidden=True,
+                        callback=_id_number)(command)
 
 
 def key_store_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -33,8 +33,14 @@ class Asked(click.Option):
         assert self.prompt is not None
         default = self.get_default(ctx)
         default = default if isinstance(default, str) else None
-        if default is not None and not at_terminal():
-            return self.process_value(ctx, default)
+        if not at_terminal():  # no one to ask: the default, else one line of the pipe, one try
+            if default is not None:
+                return self.process_value(ctx, default)
+            line = sys.stdin.readline()
+            if not line:
+                raise click.UsageError(f"no {self.prompt} on standard input: pipe one line for it, or run the "
+                                       "command at a terminal to type it")
+            return self.process_value(ctx, line.strip())
         return click.prompt(self.prompt, default=default, type=self.type,
                             hide_input=self.hide_input, show_choices=self.show_choices,
                             value_proc=lambda text: self.process_value(ctx, text), err=True)

@@ -12,10 +12,9 @@ import click
 
 from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard, holder
-from terminal.cli.card import id_number_option
-from terminal.cli.options import config_option, key_store_options, reader_option
+from terminal.cli.options import config_option, id_number_asked, key_store_options, reader_option
 from terminal.cli.output import json_option, print_json
-from terminal.cli.prompts import Asked, read_pin
+from terminal.cli.prompts import read_pin
 from terminal.config import KeyStoreArgs
 from terminal.crypto import (
     KeyStore,
@@ -118,16 +117,17 @@ def _same_person(typed: str, on_card: str) -> bool:
 @reader_option
 @key_store_options
 @config_option
-@click.option("--id-number", cls=Asked, prompt="ID document number (身份证号码)", metavar="ID", callback=id_number_option,
-              help="The holder's ID document number, as the clerk reads it from the document.")
+@id_number_asked
 @click.option("--pin-stdin", is_flag=True, help="Read the new PIN from the first line of standard input.")
 @json_option()
 def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, config_path: Path | None, id_number: str,
               pin_stdin: bool, as_json: bool) -> None:
     """Bank counter: set a new PIN and unblock it, after checking the holder's ID document.
 
-    The card must be genuine and its social security number must match the ID document; the new
-    PIN (typed twice, weak PINs refused) is loaded with a MAC from the key store (RELOAD PIN).
+    The card must be genuine and its social security number must match the ID document, whose
+    number the clerk types at the prompt (or the first line of standard input; never on the command
+    line); the new PIN (typed twice, weak PINs refused) is loaded with a MAC from the key store
+    (RELOAD PIN).
     Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
     """
     with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
