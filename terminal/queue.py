@@ -55,6 +55,7 @@ from message.envelope import (
     iso_time,
 )
 from terminal.private import create_private_file, warn_if_shared
+from terminal.seal import SEALED, Seal
 
 try:
     import fcntl
@@ -189,6 +190,10 @@ ALTER TABLE records_v5 RENAME TO records;
 CREATE INDEX records_due ON records (state, next_attempt_at);
 CREATE INDEX records_card ON records (card_sn)
 """
+_RECORDS_V6 = """
+ALTER TABLE records ADD COLUMN mac TEXT;
+ALTER TABLE records ADD COLUMN answer_mac TEXT
+"""
 #: ``MIGRATIONS[n]`` takes a file from schema ``n`` to ``n + 1`` (``PRAGMA user_version``); a new
 #: file runs them all. v1: states pending/sent/rejected. v2: states pending/sending/sent/dead and
 #: ``next_attempt_at`` (epoch seconds: when a pending record is due, when a sending lease ends).
@@ -199,7 +204,11 @@ CREATE INDEX records_card ON records (card_sn)
 #: v4: the state ``held`` (a record queued before its card change is done; the bank activation).
 #: v5: the journal's states of online calls (``CALL_STATES``) and ``owner``, the process id of the
 #: caller of a ``calling`` record (a dead owner's call is unknown at once, without waiting for its lease).
-MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2, _RECORDS_V3, _RECORDS_V4, _RECORDS_V5)
+#: v6: each record sealed (``mac``, ``answer_mac``: terminal/seal.py); the records of an older file are
+#: sealed as they are when it is migrated (the one moment they are taken on trust).
+MIGRATIONS: tuple[str, ...] = (_RECORDS_V1, _RECORDS_V2, _RECORDS_V3, _RECORDS_V4, _RECORDS_V5, _RECORDS_V6)
+#: the schema whose migration seals the records already there
+SEALED_FROM = 6
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: SQLite result codes -> what a clerk reads (docs/central-api.md, "The local queue")
@@ -220,6 +229,18 @@ class QueueError(SSCardError):
     """The local record queue cannot be used (disk full, read-only, file damaged or locked)."""
 
     exit_code = 13
+
+
+class DamagedRecordError(QueueError):
+    """Records whose seal does not verify (terminal/seal.py): edited or damaged since they were written."""
+
+    def __init__(self, path: Path, msgids: list[str]) -> None:
+        shown = ", ".join(msgids[:3]) + (f" and {len(msgids) - 3} more" if len(msgids) > 3 else "")
+        super().__init__(
+            f"The record queue {path} holds records that fail their integrity check: {shown}. They were edited or "
+            "damaged after they were written (or the journal was made on another terminal, with another journal "
+            "key) and are refused; the other records are unaffected. 'sscard queue list' marks them DAMAGED.")
+        self.msgids = msgids
 
 
 class RecordError(SSCardError, ValueError):
@@ -304,6 +325,8 @@ class QueuedRecord:
     done_at: dt.datetime | None
     infcode: int | None
     reply: dict[str, Any] | None
+    #: its seal does not verify (terminal/seal.py): listed, never acted on
+    damaged: bool = False
 
     @property
     def cross_region(self) -> bool:
@@ -334,19 +357,31 @@ class QueuedRecord:
             "attempts": self.attempts,
             "next_attempt": iso_time(self.next_attempt) if self.state in UNSENT else None,
             "last_error": self.last_error,
+            **({"damaged": True} if self.damaged else {}),
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> QueuedRecord:
-        """A record from a ``records`` row (column names as keys)."""
+        """A record from a sealed ``records`` row (column names as keys; the seals are not kept)."""
+        fields = {name: value for name, value in row.items() if name not in ("id", "mac", "answer_mac")}
         return cls(
             **{
-                **row,
+                **fields,
                 "created_at": dt.datetime.fromisoformat(row["created_at"]),
                 "done_at": dt.datetime.fromisoformat(row["done_at"]) if row["done_at"] else None,
                 "reply": json.loads(row["reply"]) if row["reply"] else None,
             }
         )
+
+    @classmethod
+    def damaged_row(cls, row: dict[str, Any]) -> QueuedRecord:
+        """A row that failed its seal, for listing: what can be shown without trusting any of it."""
+        def text(name: str) -> str:
+            return str(row.get(name) or "")[:40]
+
+        return cls(text("msgid"), text("infno"), cst_time(0), None, text("insured_region"), text("treatment_region"),
+                   "", str(row.get("state") or "?")[:12], 0, 0.0, "integrity check failed", None, None, None,
+                   damaged=True)
 
 
 @dataclass(frozen=True)
@@ -414,6 +449,7 @@ class Outbox:
         clock: Callable[[], dt.datetime] = now_cst,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
         max_ahead: float | None = MAX_AHEAD,
+        seal: Seal | None = None,
     ) -> None:
         self.path = Path(path)
         self.clock = clock
@@ -430,6 +466,8 @@ class Outbox:
         self.max_ahead = max_ahead
         if not create and not self.path.is_file():
             raise QueueError(f"No record queue at {self.path}")
+        #: the journal key's seal of every record (terminal/seal.py)
+        self.seal = seal or Seal.of_terminal()
         with self._errors("be opened"):
             if not os.path.lexists(self.path):
                 self._create()
@@ -531,8 +569,16 @@ class Outbox:
                 if version >= SCHEMA_VERSION:
                     break
                 _migrate_one(conn, version)
+                if version + 1 == SEALED_FROM:
+                    self._seal_all(conn)
             log.info("record queue %s: schema %d -> %d", self.path, version, version + 1)
             version += 1
+
+    def _seal_all(self, conn: sqlite3.Connection) -> None:
+        """Seal every record of a file from before seals (its migration to :data:`SEALED_FROM`)."""
+        rows = conn.execute(f"SELECT {', '.join(SEALED)}, reply FROM records").fetchall()
+        conn.executemany("UPDATE records SET mac = ?, answer_mac = ? WHERE id = ?",
+                         [(self.seal.record(row[:-1]), self.seal.answer(row[0], row[-1]), row[0]) for row in rows])
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -767,8 +813,9 @@ class Outbox:
                         key = paced
                         msgid = f"{station.fixmedins_code}{key}"
                         envelope = f"{head}{msgid}{middle}{inf_time}{end}{body}}}"
-                        execute(_INSERT, (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope,
-                                          ts, state, os.getpid() if state == CALLING else None))
+                        sealed = (key, msgid, infno, created_at, card_sn, insured_region, treatment, envelope)
+                        execute(_INSERT, (*sealed, ts, state, os.getpid() if state == CALLING else None,
+                                          self.seal.record(sealed)))
                         execute("COMMIT")
                         break
                     execute("ROLLBACK")
@@ -797,11 +844,12 @@ class Outbox:
         done_at = self.clock().astimezone(CST)
         code = infcode if isinstance(infcode, int) else -1
         error = None if state == ANSWERED else str(response.get("err_msg") or "refused")[:500]
+        reply = json.dumps(response, ensure_ascii=False)
         with self._write("record the platform's answer", " The answer is NOT in the journal.") as conn:
             changed = conn.execute(
-                "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, last_error = ?, attempts = attempts + 1"
-                f" WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
-                [state, done_at.isoformat(), code, json.dumps(response, ensure_ascii=False), error, _id(msgid), msgid,
+                "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, answer_mac = ?, last_error = ?,"
+                f" attempts = attempts + 1 WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
+                [state, done_at.isoformat(), code, reply, self.seal.answer(_id(msgid), reply), error, _id(msgid), msgid,
                  os.getpid()],
             ).rowcount
         if not changed:
@@ -817,13 +865,13 @@ class Outbox:
         ``note`` as its last error. Returns whether it was still calling and this process's."""
         if state not in (REVERSED, VOID):
             raise ValueError(f"a call ends reversed or void, not {state}")
+        stored = json.dumps(reply, ensure_ascii=False) if reply is not None else None
         with self._write("record the reversal", " The journal still says the call is unknown.") as conn:
             return bool(conn.execute(
-                "UPDATE records SET state = ?, done_at = ?, reply = ?, last_error = ?"
+                "UPDATE records SET state = ?, done_at = ?, reply = ?, answer_mac = ?, last_error = ?"
                 f" WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
-                [state, self.clock().astimezone(CST).isoformat(),
-                 json.dumps(reply, ensure_ascii=False) if reply is not None else None, note[:500], _id(msgid), msgid,
-                 os.getpid()],
+                [state, self.clock().astimezone(CST).isoformat(), stored, self.seal.answer(_id(msgid), stored),
+                 note[:500], _id(msgid), msgid, os.getpid()],
             ).rowcount)
 
     def note_call(self, msgid: str, error: str, lease: float | None = None) -> None:
@@ -942,7 +990,15 @@ class Outbox:
                 f"UPDATE records SET state = '{SENDING}', next_attempt_at = ?, attempts = attempts + 1 WHERE id = ?",
                 [(now + lease, rowid) for (rowid,) in rows],
             )
-        return self._select(f"id IN ({', '.join(str(r) for (r,) in rows)})", []) if rows else []
+        claimed = self._select(f"id IN ({', '.join(str(r) for (r,) in rows)})", [], damaged=True) if rows else []
+        damaged = [record.msgid for record in claimed if record.damaged]
+        if damaged:  # never sent: a forged amount would reach the platform; dead, named, the rest goes on
+            log.warning("records failing their integrity check are not sent: %s", ", ".join(damaged))
+            with self._write("set aside damaged records") as conn:
+                conn.executemany(f"UPDATE records SET state = '{DEAD}', last_error = ? WHERE msgid = ? AND state = "
+                                 f"'{SENDING}'", [("integrity check failed: edited or damaged, not sent", m)
+                                                  for m in damaged])
+        return [record for record in claimed if not record.damaged]
 
     def settle(self, outcomes: Iterable[Outcome]) -> tuple[int, int]:
         """Apply the service's answers: infcode 0 -> sent, negative -> dead (with ``err_msg``).
@@ -954,14 +1010,16 @@ class Outbox:
         with self._write("record the upload") as conn:
             for outcome in outcomes:
                 state = SENT if outcome.infcode == 0 else DEAD
+                reply = json.dumps(outcome.reply, ensure_ascii=False) if outcome.reply is not None else None
                 changed = conn.execute(
-                    "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, last_error = ?"
+                    "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, answer_mac = ?, last_error = ?"
                     f" WHERE id = ? AND msgid = ? AND state IN ('{PENDING}', '{SENDING}')",
                     [
                         state,
                         done_at,
                         outcome.infcode,
-                        json.dumps(outcome.reply, ensure_ascii=False) if outcome.reply is not None else None,
+                        reply,
+                        self.seal.answer(_id(outcome.msgid), reply),
                         (outcome.err_msg or "refused") if state == DEAD else None,
                         _id(outcome.msgid),
                         outcome.msgid,
@@ -995,8 +1053,8 @@ class Outbox:
             new = f"{station.fixmedins_code}{key}"
             envelope = row[5].replace(f'"msgid":"{msgid}"', f'"msgid":"{new}"', 1)
             conn.execute("DELETE FROM records WHERE id = ?", [_id(msgid)])
-            conn.execute(_INSERT, (key, new, row[0], row[1], row[2], row[3], row[4], envelope, self.now(), PENDING,
-                                   None))
+            sealed = (key, new, row[0], row[1], row[2], row[3], row[4], envelope)
+            conn.execute(_INSERT, (*sealed, self.now(), PENDING, None, self.seal.record(sealed)))
             conn.execute("UPDATE records SET last_error = ? WHERE id = ?", [f"{reason} (was {msgid})"[:500], key])
             data_version = conn.execute("PRAGMA data_version").fetchone()[0]
         self._last, self._data_version = key, data_version
@@ -1022,7 +1080,7 @@ class Outbox:
         wanted = None if msgids is None else list(dict.fromkeys(msgids))
         now = self.now()
         revive = (f"UPDATE records SET state = '{PENDING}', next_attempt_at = ?, attempts = 0, done_at = NULL,"
-                  f" infcode = NULL, reply = NULL WHERE state = '{DEAD}'")
+                  f" infcode = NULL, reply = NULL, answer_mac = NULL WHERE state = '{DEAD}'")
         with self._write("put dead records back") as conn:
             if wanted is None:
                 return conn.execute(revive, [now]).rowcount
@@ -1038,12 +1096,21 @@ class Outbox:
 
     # --- reading ------------------------------------------------------------------------------------
 
-    def _select(self, where: str, params: list[Any], limit: int | None = None, newest_first: bool = False) -> list[QueuedRecord]:
+    def _select(self, where: str, params: list[Any], limit: int | None = None, newest_first: bool = False,
+                damaged: bool = False) -> list[QueuedRecord]:
+        """The records ``where`` says, each checked against its seal: one that fails is
+        :class:`DamagedRecordError` (naming them all), or with ``damaged`` listed as such."""
         sql = f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY id{' DESC' if newest_first else ''}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._errors("be read"):
-            return [QueuedRecord.from_row(row) for row in self.db.query(sql, params)]
+            rows = list(self.db.query(sql, params))
+        intact = self.seal.intact
+        if all(intact(row) for row in rows):
+            return [QueuedRecord.from_row(row) for row in rows]
+        if not damaged:
+            raise DamagedRecordError(self.path, [str(row["msgid"])[:40] for row in rows if not intact(row)])
+        return [QueuedRecord.from_row(row) if intact(row) else QueuedRecord.damaged_row(row) for row in rows]
 
     def get(self, msgid: str) -> QueuedRecord:
         """The record ``msgid``; :class:`QueueError` if there is none."""
@@ -1057,9 +1124,10 @@ class Outbox:
         return self._select(f"state IN ('{PENDING}', '{SENDING}')", [], limit)
 
     def records(self, state: str | None = None, limit: int | None = None, card_sn: str | None = None,
-                card_number: str | None = None) -> list[QueuedRecord]:
+                card_number: str | None = None, *, listing: bool = False) -> list[QueuedRecord]:
         """Records newest first: all, or in one state, or of one card (by its identification code
-        ``card_sn``, or by the ``card_number`` printed on it), or both."""
+        ``card_sn``, or by the ``card_number`` printed on it), or both. ``listing``: records that fail
+        their seal are listed as damaged (for ``sscard queue list``), else :class:`DamagedRecordError`."""
         if state is not None and state not in ALL_STATES:
             raise QueueError(f"Unknown record state {state!r}: use one of {', '.join(ALL_STATES)}")
         clauses, params = [], []
@@ -1076,7 +1144,7 @@ class Outbox:
                            "AND EXISTS (SELECT 1 FROM json_tree(envelope, '$.input') "
                            "WHERE key = 'mdtrt_cert_no' AND atom = ?))")
             params += [card_number, card_number]
-        return self._select(" AND ".join(clauses) or "1", params, limit, newest_first=True)
+        return self._select(" AND ".join(clauses) or "1", params, limit, newest_first=True, damaged=listing)
 
     def with_data(self, infno: str, key: str, value: str) -> list[QueuedRecord]:
         """The recorded (not held) ``infno`` transactions whose ``input.data[key]`` is ``value``, oldest
@@ -1106,14 +1174,21 @@ class Outbox:
         picks = ", ".join(f"json_extract({source}, ?)" for source, _path in columns.values())
         params: list[Any] = [path for _source, path in columns.values()]
         marks = ", ".join("?" * len(infnos))
-        sql = f"SELECT msgid, infno, {picks} FROM records WHERE state = ? AND infno IN ({marks})"
+        # the seals' fields beside the values, so that no value is summed from a record that fails its seal
+        checked = f"{', '.join(SEALED)}, reply, mac, answer_mac"
+        sql = f"SELECT {checked}, {picks} FROM records WHERE state = ? AND infno IN ({marks})"
         params += [state, *infnos]
         if where is not None:
             sql += f" AND substr(json_extract({where[0]}, ?), 1, ?) = ?"
             params += [where[1], len(where[2]), where[2]]
+        names = (*SEALED, "reply", "mac", "answer_mac")
         with self._errors("be read"):
-            rows = self.db.execute(sql + " ORDER BY id", params).fetchall()
-        return [dict(zip(("msgid", "infno", *columns), row)) for row in rows]
+            rows = [(dict(zip(names, row)), row[len(names):]) for row in self.db.execute(sql + " ORDER BY id", params)]
+        damaged = [str(sealed["msgid"])[:40] for sealed, _values in rows if not self.seal.intact(sealed)]
+        if damaged:
+            raise DamagedRecordError(self.path, damaged)
+        return [{"msgid": sealed["msgid"], "infno": sealed["infno"], **dict(zip(columns, values))}
+                for sealed, values in rows]
 
     def state_of(self, msgid: str) -> str | None:
         """The state of record ``msgid`` now (None when there is none)."""
@@ -1146,11 +1221,11 @@ class Outbox:
             ).fetchone()[0]
 
 
-_COLUMNS = ("msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope, state, attempts,"
-            " next_attempt_at, last_error, done_at, infcode, reply")
+_COLUMNS = ("id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope, state, attempts,"
+            " next_attempt_at, last_error, done_at, infcode, reply, mac, answer_mac")
 _INSERT = (
     "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope,"
-    " next_attempt_at, state, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    " next_attempt_at, state, owner, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
 )
 #: the highest id used: records, and msgids issued without a record (``next_msgid``); 0 when none
 _HIGH = (

@@ -72,3 +72,11 @@ def fresh_virtual_cards(tmp_path_factory, monkeypatch):
     from drivers.simulator.state import STATE_ENV
 
     monkeypatch.setenv(STATE_ENV, str(tmp_path_factory.mktemp("sim-state")))
+
+
+@pytest.fixture(autouse=True)
+def journal_key(tmp_path_factory, monkeypatch):
+    """Every test's journals are sealed with a key of its own (terminal/seal.py), never the user's."""
+    path = tmp_path_factory.mktemp("journal-key") / "journal.key"
+    monkeypatch.setenv("SSCARD_JOURNAL_KEY", str(path))
+    return path

@@ -212,7 +212,7 @@ def _killed_at_release(site) -> Outbox:
 
 
 def test_a_version_3_queue_is_migrated_to_admit_held_records(tmp_path):
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     path = tmp_path / "v3.sqlite"
     with Outbox(tmp_path / "donor.sqlite", STATION, clock=Clock()) as donor:
         made = [donor.add("2201", {"data": {"n": i}}, insured_region="330300") for i in range(3)]

@@ -309,7 +309,7 @@ def test_a_version_1_queue_is_migrated_and_keeps_every_record(tmp_path, clock):
     conn.close()
 
     with Outbox(path, clock=clock) as box:
-        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         old = [box.get(r.msgid) for r in envelopes]
         assert [(r.state, r.attempts) for r in old] == [("pending", 2), ("sent", 2), ("dead", 2)]
         assert old[2].last_error == "bad insutype"
@@ -356,7 +356,7 @@ def test_a_version_2_queue_is_migrated_keeps_every_record_and_never_reuses_a_msg
     conn.close()
 
     with Outbox(path, clock=clock) as box:
-        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert box.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         assert [box.get(r.msgid).envelope for r in made] == [r.envelope for r in made]
         assert [r.state for r in box.records()] == ["pending", "dead", "sent"]  # newest first, as before
         assert box.get(made[1].msgid).last_error == "bad insutype"

@@ -13,6 +13,7 @@ from jsonschema_rules import violations
 from message.envelope import CST, Fen
 from terminal.cli import main
 from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
+from terminal.queue import DamagedRecordError
 from terminal.reconcile import reconcile
 
 TODAY = dt.datetime.now(CST).date()
@@ -63,6 +64,14 @@ def test_a_settlement_altered_in_the_journal_is_named(day):
                   and json.loads(r.envelope)["input"]["data"]["chrg_bchno"] == "D2")
     day.outbox.db.execute("UPDATE records SET reply = replace(reply, '\"medfee_sumamt\": \"8.60\"', "
                           "'\"medfee_sumamt\": \"18.60\"') WHERE msgid = ?", [record.msgid])
+    with pytest.raises(DamagedRecordError) as refused:  # edited without the journal key: its seal fails
+        reconcile(day.platform, [day.outbox], TODAY)
+    assert refused.value.msgids == [record.msgid] and refused.value.exit_code == 13
+    # edited by someone holding the key (the terminal's own account): the platform's figures name it
+    key, reply = int(record.msgid[12:]), day.outbox.db.execute("SELECT reply FROM records WHERE msgid = ?",
+                                                               [record.msgid]).fetchone()[0]
+    day.outbox.db.execute("UPDATE records SET answer_mac = ? WHERE msgid = ?", [day.outbox.seal.answer(key, reply),
+                                                                                 record.msgid])
     result = reconcile(day.platform, [day.outbox], TODAY)
     [difference] = line(result).differences
     assert not result.balanced and difference.side == "both" and difference.journal.msgid == record.msgid

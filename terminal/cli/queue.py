@@ -140,12 +140,12 @@ def list_records(path: Path | None, config_path: Path | None, state: str | None,
         with Outbox(where, create=False) as outbox:
             by_code = card is not None and len(card.strip()) == CARD_SN_LENGTH
             code, number = (card.strip().upper(), None) if by_code else (None, card.strip() if card else None)
-            rows = [r.summary() for r in outbox.records(state, limit, card_sn=code, card_number=number)]
+            rows = [r.summary() for r in outbox.records(state, limit, card_sn=code, card_number=number, listing=True)]
     if as_json:
         print_json(rows)
         return
     for row in rows:
-        flag = " cross-region" if row["cross_region"] else ""
+        flag = (" cross-region" if row["cross_region"] else "") + (" DAMAGED" if row.get("damaged") else "")
         error = f"  ({row['last_error']})" if row["last_error"] else ""
         click.echo(f"{row['msgid']}  {row['infno']}  {row['created_at']}  {row['state']}{flag}{error}")
 

@@ -1,0 +1,108 @@
+"""The journal's integrity check: every record sealed with a key of this terminal kept outside the file
+(docs/security.md, "Tampered or stolen queue file").
+
+A record's seal (``mac``) is HMAC-SHA256 (RFC 2104, FIPS 180-4) under the journal key of what never
+changes once it is written: its id and msgid, transaction number, time, card, regions and the envelope
+(every amount in it). The platform's answer, once stored, has its own seal (``answer_mac``) over the
+id and the answer as stored. A record whose seal does not verify when it is read (an edited amount, a
+flipped bit, a forged row) is refused and named; the others are read as before. Its state (pending,
+sent, ...) is not sealed: a row forged to ``sent`` is found by reconciliation with the platform.
+
+The key is 32 random bytes (hex) in ``$SSCARD_JOURNAL_KEY``, else ``journal.key`` beside the terminal's
+configuration (``~/.config/sscard/journal.key``): made 0600 in a 0700 folder the first time a journal is
+opened, refused like a key file when other users can read it (terminal/private.py). It belongs to
+the terminal, not to the journal file: a journal copied to another computer reads as damaged there
+unless its key goes with it. It stops edits by anyone without the key; whoever runs as the
+terminal's own account can read the key, so the file permissions stay necessary.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from apdu.errors import ConfigError
+from terminal.private import create_private_file, read_private_file
+
+KEY_BYTES = 32
+#: the fields of a ``records`` row the record's seal covers, in order
+SEALED = ("id", "msgid", "infno", "created_at", "card_sn", "insured_region", "treatment_region", "envelope")
+
+
+class JournalKeyError(ConfigError):
+    """The journal key cannot be read or made (exit 12)."""
+
+
+def journal_key_path() -> Path:
+    """``$SSCARD_JOURNAL_KEY``, else ``journal.key`` in the configuration's folder (module docstring)."""
+    from terminal.config import default_config_path
+
+    named = os.environ.get("SSCARD_JOURNAL_KEY")
+    return Path(named) if named else default_config_path().parent / "journal.key"
+
+
+class Seal:
+    """Seals and checks records with one journal key (module docstring)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise ValueError("a journal key is 32 bytes")
+        self._key = key
+
+    @classmethod
+    def of_terminal(cls, path: Path | None = None) -> Seal:
+        """The seal with this terminal's key at ``path`` (:func:`journal_key_path`), made when there is none."""
+        path = path or journal_key_path()
+        if not os.path.lexists(path):
+            _make_key(path)
+        raw = read_private_file(path, "journal key", 2 * KEY_BYTES + 2, JournalKeyError).strip()
+        try:
+            return cls(bytes.fromhex(raw.decode("ascii")))
+        except (UnicodeDecodeError, ValueError):
+            raise JournalKeyError(f"The journal key {path} is damaged: it is not {KEY_BYTES} bytes in hex. "
+                                  "Restore it from a backup: the journal's records cannot be checked without it") from None
+
+    def _mac(self, parts: list[Any]) -> str:
+        text = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+        return hmac.new(self._key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def record(self, row: dict[str, Any] | tuple[Any, ...]) -> str:
+        """The seal of a record: ``row`` maps :data:`SEALED` to their values, or holds them in that order."""
+        values = [row[name] for name in SEALED] if isinstance(row, dict) else list(row)
+        return self._mac(["record", *values])
+
+    def answer(self, key: int, reply: str | None) -> str | None:
+        """The seal of the answer stored for record ``key`` (None for no answer: nothing to protect)."""
+        return None if reply is None else self._mac(["answer", key, reply])
+
+    def intact(self, row: dict[str, Any]) -> bool:
+        """Whether a row (its :data:`SEALED` fields, ``mac``, ``reply``, ``answer_mac``) is as sealed."""
+        mac, answer_mac = row.get("mac"), row.get("answer_mac")
+        if not isinstance(mac, str) or not hmac.compare_digest(mac, self.record(row)):
+            return False
+        expected = self.answer(row["id"], row.get("reply"))
+        if expected is None:
+            return answer_mac is None
+        return isinstance(answer_mac, str) and hmac.compare_digest(answer_mac, expected)
+
+
+def _make_key(path: Path) -> None:
+    """A new key, written whole under a temporary name and linked into place (two processes making
+    one at once: the first link wins, the other reads it)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    try:
+        create_private_file(temporary)
+        with open(temporary, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_hex(KEY_BYTES) + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    except OSError as err:
+        raise JournalKeyError(f"Cannot make the journal key {path}: {err.strerror or err}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()

@@ -1,0 +1,150 @@
+"""Each journal record sealed with the terminal's journal key (terminal/seal.py): an edited amount, a
+forged row or a flipped bit is refused and named, the rest of the journal goes on working, and a
+damaged record is never uploaded."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sqlite3
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from queueing import CARD, STATION, Clock, central, purchase, registration  # noqa: F401  (fixture)
+from terminal.cli import main
+from terminal.queue import MIGRATIONS, DamagedRecordError, Outbox, QueueError
+from terminal.seal import JournalKeyError, Seal
+from terminal.upload import Uploader
+
+
+def _journal(path, count: int = 3) -> list:
+    with Outbox(path, STATION, clock=Clock()) as outbox:
+        made = [registration(outbox, card_sn=f"{CARD[:-2]}{n:02d}") for n in range(count)]
+        made.append(purchase(outbox))
+    return made
+
+
+def _edit(path, sql: str, params: list) -> None:
+    with sqlite3.connect(path) as conn:  # as anyone with the file but not the key would
+        conn.execute(sql, params)
+
+
+def test_an_edited_amount_is_refused_and_named_and_the_rest_reads(tmp_path):
+    path = tmp_path / "queue.sqlite"
+    made = _journal(path)
+    sale = made[-1]
+    assert '"medfee_sumamt":"23.50"' in sale.envelope
+    _edit(path, "UPDATE records SET envelope = replace(envelope, '23.50', '93.50') WHERE msgid = ?", [sale.msgid])
+    with Outbox(path) as outbox:
+        with pytest.raises(DamagedRecordError) as refused:
+            outbox.get(sale.msgid)
+        assert refused.value.msgids == [sale.msgid] and "fail their integrity check" in str(refused.value)
+        with pytest.raises(DamagedRecordError):
+            outbox.for_card(CARD)  # the card whose records hold it: refused, not summed
+        assert outbox.get(made[0].msgid).envelope == made[0].envelope  # the others read as written
+        listed = outbox.records(listing=True)
+        assert [r.msgid for r in listed if r.damaged] == [sale.msgid]
+    result = CliRunner().invoke(main, ["queue", "list", "-q", str(path)])
+    assert result.exit_code == 0 and f"{sale.msgid}  2102" in result.stdout and "DAMAGED" in result.stdout
+    kiosk = CliRunner().invoke(main, ["queue", "list", "-q", str(path), "--json"])
+    assert [row.get("damaged", False) for row in json.loads(kiosk.stdout)] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("forgery", ["forged row", "seal removed", "answer edited"])
+def test_forged_rows_and_removed_seals_are_refused(tmp_path, forgery):
+    path = tmp_path / "queue.sqlite"
+    made = _journal(path)
+    first = made[0]
+    if forgery == "forged row":
+        forged = first.msgid[:-4] + "0999"
+        _edit(path, "INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region, "
+                    "envelope, state) SELECT ?, ?, infno, created_at, card_sn, insured_region, treatment_region, "
+                    "replace(envelope, msgid, ?), 'sent' FROM records WHERE msgid = ?",
+              [int(forged[12:]), forged, forged, first.msgid])
+        victim = forged
+    elif forgery == "seal removed":
+        _edit(path, "UPDATE records SET mac = NULL WHERE msgid = ?", [first.msgid])
+        victim = first.msgid
+    else:
+        _edit(path, "UPDATE records SET reply = '{\"infcode\": 0}' WHERE msgid = ?", [first.msgid])
+        victim = first.msgid
+    with Outbox(path) as outbox:
+        with pytest.raises(DamagedRecordError) as refused:
+            outbox.records()
+        assert refused.value.msgids == [victim]
+
+
+def test_a_damaged_record_is_never_uploaded_and_the_others_are(tmp_path, central):
+    path = tmp_path / "queue.sqlite"
+    made = _journal(path)
+    _edit(path, "UPDATE records SET envelope = replace(envelope, '\"insutype\":\"310\"', '\"insutype\":\"390\"') "
+                "WHERE msgid = ?", [made[1].msgid])
+    with Outbox(path, clock=Clock()) as outbox, Uploader(outbox, central.url) as uploader:
+        report = uploader.drain()
+        assert report.sent == 2
+        assert central.ledger.message(made[1].msgid) is None  # never reached the platform
+        assert {r.msgid: r.state for r in outbox.records(listing=True) if r.infno == "2201"} == {
+            made[0].msgid: "sent", made[1].msgid: "dead", made[2].msgid: "sent"}
+        assert "integrity check failed" in outbox.db.execute(
+            "SELECT last_error FROM records WHERE msgid = ?", [made[1].msgid]).fetchone()[0]
+
+
+def test_a_journal_from_before_seals_is_sealed_when_migrated(tmp_path):
+    path = tmp_path / "v5.sqlite"
+    made = _journal(tmp_path / "donor.sqlite")
+    with sqlite3.connect(path) as conn:
+        for script in MIGRATIONS[:5]:
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version=5")
+        conn.execute("ATTACH ? AS donor", [str(tmp_path / "donor.sqlite")])
+        conn.execute("INSERT INTO records SELECT id, msgid, infno, created_at, card_sn, insured_region, treatment_region,"
+                     " envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply, owner"
+                     " FROM donor.records")
+        conn.execute("INSERT INTO meta SELECT * FROM donor.meta")
+    with Outbox(path) as outbox:
+        assert [r.msgid for r in outbox.records()][::-1] == [r.msgid for r in made]
+    _edit(path, "UPDATE records SET insured_region = '110106' WHERE msgid = ?", [made[0].msgid])
+    with Outbox(path) as outbox, pytest.raises(DamagedRecordError):
+        outbox.get(made[0].msgid)
+
+
+def test_random_byte_flips_end_in_a_named_refusal_or_a_good_read_never_a_crash(tmp_path):
+    """Flipped bytes anywhere in the file (seeded, 60 copies): every queue command ends with exit 0 or
+    13, without a traceback."""
+    original = tmp_path / "queue.sqlite"
+    _journal(original, count=6)
+    raw = original.read_bytes()
+    chance = random.Random(20261203)
+    outcomes = {}
+    for n in range(60):
+        copy = tmp_path / f"flip{n}.sqlite"
+        flipped = bytearray(raw)
+        at = chance.randrange(100, len(raw))  # past the header, which has its own checks
+        flipped[at] ^= 1 << chance.randrange(8)
+        copy.write_bytes(bytes(flipped))
+        copy.chmod(0o600)
+        for command in (["queue", "list", "--json"], ["queue", "status", "--json"]):
+            result = CliRunner().invoke(main, [*command, "-q", str(copy)])
+            assert result.exit_code in (0, 13) and "Traceback" not in result.output, (n, at, result.output)
+            outcomes[result.exit_code] = outcomes.get(result.exit_code, 0) + 1
+    assert outcomes.get(0) and outcomes.get(13), outcomes  # most flips land in free space; some are refused
+
+
+def test_the_journal_key_is_private_and_a_shared_one_refused(tmp_path, journal_key):
+    _journal(tmp_path / "queue.sqlite")
+    assert stat.S_IMODE(os.stat(journal_key).st_mode) == 0o600 and len(journal_key.read_text().strip()) == 64
+    journal_key.chmod(0o644)
+    with pytest.raises(JournalKeyError, match="can be read or written by other users"):
+        Outbox(tmp_path / "queue.sqlite")
+    journal_key.chmod(0o600)
+    other = tmp_path / "other.key"
+    shutil.copyfile(journal_key, other)
+    other.write_text("00" * 32 + "\n")
+    other.chmod(0o600)
+    with Outbox(tmp_path / "queue.sqlite", seal=Seal.of_terminal(other)) as elsewhere:  # another terminal's key
+        with pytest.raises(QueueError, match="another journal key"):
+            elsewhere.records()
