@@ -754,12 +754,14 @@ def build_reconcile(root: Path, count: int, day: dt.date) -> tuple[Path, Path, i
                       "drugdetail": [{**sample["input"]["drugdetail"][0], "pric": Fen(500),
                                       "det_item_fee_sumamt": Fen(500)}]}).to_wire()
     assert again == rows[0][7], "the journal template does not write what Envelope.to_wire writes"
-    conn = Outbox(journal).db.conn
+    outbox = Outbox(journal)
+    conn = outbox.db.conn
+    sealed = [(*row, outbox.seal.record(row[:8]), outbox.seal.answer(row[0], row[14])) for row in rows]
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region,"
-                         " envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply, owner)"
-                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                         " envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply, owner, mac,"
+                         " answer_mac) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", sealed)
         conn.execute("COMMIT")
     finally:
         conn.close()

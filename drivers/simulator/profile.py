@@ -186,18 +186,26 @@ def profile_kind(path: Path) -> str | None:
     return data.get("kind") if isinstance(data, dict) else None
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False for a path no file can have (too long, a NUL in it)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def locate(name_or_path: str | Path) -> Path:
     """The file of a bundled profile name (``adult``) or a path (anything with a / or ending .json)."""
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or "/" in text or "\\" in text or text.endswith(".json"):
         path = Path(text)
-        if not path.is_file():
+        if not _is_file(path):
             raise ProfileError(f"Card profile file {text} not found")
         return path
     if not _NAME.match(text):
         raise ProfileError(f"'{text}' is not a card profile name or a .json path")
     path = Path(str(resources.files("fixtures") / "cards" / f"{text}.json"))
-    if not path.is_file():
+    if not _is_file(path):
         raise ProfileError(
             f"No bundled card profile '{text}' (bundled: {', '.join(bundled_names()) or 'none'})"
         )

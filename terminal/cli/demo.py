@@ -5,11 +5,12 @@ from pathlib import Path
 
 import click
 
+from terminal.cli.options import FilePath
 from terminal.cli.output import json_option, print_json
 
 
 @click.command()
-@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--dir", "folder", type=FilePath(file_okay=False, path_type=Path), default=None,
               help="Keep the journals and the platform's ledger in this folder [default: a temporary one].")
 @json_option("Print what the platform holds as JSON on stdout.")
 def demo(folder: Path | None, as_json: bool) -> None:

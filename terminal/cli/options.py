@@ -8,6 +8,7 @@ Kept apart from the commands (and light: click only) so that a command imports o
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,22 @@ class Text(Checked):
         return text
 
 
+class FilePath(Checked, click.Path):
+    """``click.Path`` for a file or folder this terminal reads or writes: no NUL or control
+    characters, at most 4,096 characters and 255 bytes a component (what file systems take), so a
+    path no file can have is exit 2 here, not an operating-system error later."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            self.fail("a path must not hold control characters", param, ctx)
+        if len(text) > 4096 or any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in text.split("/")):
+            self.fail("is too long to be a path (at most 4,096 characters, 255 bytes a name)", param, ctx)
+        if not self.file_okay and os.path.exists(text) and not os.path.isdir(text):
+            self.fail(f"{text!r} is not a folder", param, ctx)  # a device or a FIFO as much as a file
+        return super().convert(value, param, ctx)
+
+
 #: how many records a listing shows at most
 LIMIT = click.IntRange(1, 100_000)
 #: what is said to whoever puts the ID number on the command line
@@ -89,7 +106,7 @@ reader_option = click.option(
 )
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--config", "config_path", type=FilePath(dir_okay=False, path_type=Path), default=None,
     help="The terminal's configuration file [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml].",
 )
 
@@ -126,11 +143,11 @@ def id_number_asked(command: Callable[..., Any]) -> Callable[..., Any]:
 def key_store_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--psam`` and ``--key-file``: where the master keys are."""
     command = click.option(
-        "--key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="SSCARD_KEY_FILE", default=None,
+        "--key-file", type=FilePath(dir_okay=False, path_type=Path), envvar="SSCARD_KEY_FILE", default=None,
         help="Master key file (JSON, mode 600: refused if others can read it) [env SSCARD_KEY_FILE].",
     )(command)
     return click.option(
-        "--psam", metavar="READER", envvar="SSCARD_PSAM", default=None,
+        "--psam", metavar="READER", envvar="SSCARD_PSAM", default=None, type=Text(MAX_READER_SPEC),
         help="Reader holding the PSAM (index, name, ATR, or sim:psam) [env SSCARD_PSAM]. "
              "Default without --key-file: the bundled TEST keys.",
     )(command)

@@ -10,7 +10,7 @@ import click
 from apdu.errors import SSCardError
 from message.envelope import CST, INSUTYPES
 from terminal.cli.counter import central_option, say_on_stderr
-from terminal.cli.options import config_option
+from terminal.cli.options import FilePath, config_option
 from terminal.cli.output import json_option, print_json
 from terminal.config import load_config
 from terminal.flows.common import open_platform
@@ -28,7 +28,7 @@ class UnbalancedError(SSCardError):
 @central_option
 @click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None,
               help="The day to reconcile (yyyy-mm-dd) [default: today, Beijing time].")
-@click.option("--queue", "-q", "extra", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+@click.option("--queue", "-q", "extra", multiple=True, type=FilePath(dir_okay=False, exists=True, path_type=Path),
               help="Another terminal's journal of this institution to count too (repeat for each).")
 @json_option("Print the reconciliation as JSON on stdout.")
 def reconcile(config_path: Path | None, central_url: str | None, day: dt.datetime | None, extra: tuple[Path, ...],

@@ -9,7 +9,7 @@ import click
 
 from terminal.cli import watchdog
 from terminal.cli.counter import central_option
-from terminal.cli.options import config_option, reader_option
+from terminal.cli.options import FilePath, config_option, reader_option
 
 
 @click.command()
@@ -23,7 +23,7 @@ from terminal.cli.options import config_option, reader_option
                    "system's page is served (repeat for each). Pages from anywhere else are refused.")
 @config_option
 @central_option
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--token-file", type=FilePath(dir_okay=False, path_type=Path), default=None,
               help="The per-install token non-browser clients send [default: ~/.config/sscard/service.token].")
 @click.option("--print-token", is_flag=True, help="Print the token (made when there is none) and exit.")
 def serve(reader: str | None, contactless_reader: str | None, port: int, host: str, origins: tuple[str, ...],
