@@ -10,6 +10,13 @@ from __future__ import annotations
 import re
 
 
+def one_line(text: str) -> str:
+    """``text`` as one line for a clerk's screen: control characters (newlines, the ESC of terminal
+    escape sequences) as spaces, runs of white space as one. For text from outside (a platform's
+    ``err_msg``, an error page) before it is printed."""
+    return " ".join("".join(" " if not c.isprintable() else c for c in text).split())
+
+
 def mask(text: str, keep_start: int = 4, keep_end: int = 2) -> str:
     """Mask the middle of an identifier (ID number, card number): ``110101********1234`` style."""
     if len(text) <= keep_start + keep_end:

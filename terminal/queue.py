@@ -37,7 +37,7 @@ from typing import Any
 
 import sqlite_utils
 
-from apdu.errors import ConfigError, SSCardError, mask
+from apdu.errors import ConfigError, SSCardError, mask, one_line
 from message.envelope import (
     CST,
     INF_TIME,
@@ -356,7 +356,7 @@ class QueuedRecord:
             "state": self.state,
             "attempts": self.attempts,
             "next_attempt": iso_time(self.next_attempt) if self.state in UNSENT else None,
-            "last_error": self.last_error,
+            "last_error": one_line(self.last_error) if self.last_error else None,
             **({"damaged": True} if self.damaged else {}),
         }
 

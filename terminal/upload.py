@@ -3,12 +3,15 @@
 DESIGN.md item 5 and "The central service"; the HTTP API and the retry rules are in docs/central-api.md
 ("Delivery"). A batch is the oldest due records, claimed (``sending``) in one short transaction that
 commits before the HTTP call. Each answer settles its record: infcode 0 sent, negative dead with the
-reason. A batch the service refuses as invalid (HTTP 400/413/422) is split in halves until the one bad
-record is found and goes dead alone, so a poison record never blocks the rest. Anything short of an
-answer (refused connection, timeout, 5xx, 429, a reply that is not the documented JSON) puts every
-record of the batch back to pending, due after a capped exponential backoff with full jitter (stored
-in the row, so it survives restarts), never before the service's Retry-After. A repeat is sent
-unchanged and the service answers it as the first time.
+reason. A batch the service refuses as invalid (HTTP 400/413/422 with the platform's own JSON error) is
+split in halves until the one bad record is found and goes dead alone, so a poison record never blocks
+the rest. Anything short of an answer (refused connection, timeout, 5xx, 429, an error page that is not
+the platform's JSON, a reply that is not the documented JSON, larger than an answer can be, or whose
+per-record answers do not match the records sent one for one) puts every record of the batch back to
+pending, due after a capped exponential backoff with full jitter (stored in the row, so it survives
+restarts), never before the service's Retry-After. A repeat is sent unchanged and the service answers
+it as the first time. docs/security.md, "Hostile platform answers", has what a lying platform or proxy
+can and cannot do.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import re
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -32,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 import httpcore
 import httpx
 
-from apdu.errors import ConfigError, SSCardError
+from apdu.errors import ConfigError, SSCardError, one_line
 from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, iso_time, with_sign_no
 from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
@@ -46,27 +50,68 @@ DEFAULT_TIMEOUT = 10.0
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+#: what :func:`shown_url` cuts from a URL httpx cannot parse: from ``//`` to the last ``@`` before any
+#: query or fragment (more than the user name and password, never less)
+_USERINFO = re.compile(r"//[^?#]*@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its user name and password (``http://user:secret@host/`` -> ``http://host/``):
+    the only form in which a central service URL is printed, logged or put in an error message
+    (convention: docs/security.md, "Hostile platform answers"). A URL that does not parse loses
+    everything from ``//`` to its last ``@``."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return _USERINFO.sub("//", str(url), count=1)
+    return str(parsed.copy_with(userinfo=b"")) if parsed.userinfo else url
+
+
 def check_central_url(url: str) -> str:
     """The central service URL, or :class:`ConfigError`: records carry ID numbers and health data,
     so they travel over https (certificates checked); plain http only to this computer, unless
-    ``$SSCARD_ALLOW_PLAIN_HTTP=1`` (a site's own encrypted network, its decision: docs/security.md)."""
+    ``$SSCARD_ALLOW_PLAIN_HTTP=1`` (a site's own encrypted network, its decision: docs/security.md).
+    Errors show the URL without its user name and password (:func:`shown_url`)."""
+    shown = shown_url(url)
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as err:
-        raise ConfigError(f"The central service URL {url!r} is not a valid URL ({err})") from None
+        # httpx's reason quotes the part it could not read, which may be a piece of the password
+        reason = f" ({err})" if shown == url else ""
+        raise ConfigError(f"The central service URL {shown!r} is not a valid URL{reason}") from None
     if parsed.scheme == "https" and parsed.host:
         return url
     if parsed.scheme == "http" and parsed.host:
         if parsed.host in LOOPBACK or os.environ.get("SSCARD_ALLOW_PLAIN_HTTP") == "1":
             return url
         raise ConfigError(
-            f"The central service URL must start with https:// (plain http is allowed only to this computer): {url}"
+            f"The central service URL must start with https:// (plain http is allowed only to this computer): {shown}"
         )
-    raise ConfigError(f"The central service URL must be https://HOST[:PORT] : {url!r}")
+    raise ConfigError(f"The central service URL must be https://HOST[:PORT] : {shown!r}")
 #: how often ``follow`` looks for new records when nothing is due sooner (seconds)
 DEFAULT_INTERVAL = 5.0
-#: HTTP statuses that mean "this batch is invalid": bisect to find the record (docs/central-api.md)
+#: HTTP statuses that mean "this batch is invalid": bisect to find the record (docs/central-api.md), when
+#: the body is the platform's own JSON error (:func:`platform_error`); any other body is a service error
 INVALID_BATCH = frozenset({400, 413, 422})
+#: **convention** the largest answer to a batch read, counted after decompression: a batch is at most 500
+#: records (the platform's MAX_BATCH, ``--batch-size`` 1-500), and one record's answer is ~330 bytes on the
+#: virtual platform (infcode, inf_refmsgid, two times, err_msg, a registration's mdtrt_id); 8 KiB an item
+#: leaves room for 25 times that, e.g. an err_msg of 1,000 Chinese characters as \uXXXX escapes (6 KB).
+#: 500 x 8 KiB = 3.9 MiB, taken as 4 MiB. A longer answer is not read on: a protocol error, the batch waits.
+MAX_BATCH_ANSWER = 4 * 1024 * 1024
+#: **convention** the largest answer to one call (``/api/call``, the key service), after decompression:
+#: the longest is a 3201 reconciliation listing a day's settlements (``setl_list``, ~260 bytes each on the
+#: virtual platform); 16 MiB holds 64,000 of them for one insurance and clearing type, and any batch answer
+MAX_CALL_ANSWER = 16 * 1024 * 1024
+#: the most of an error answer (any HTTP status but 200) read: only its first 200 characters are shown,
+#: and the platform's own JSON error is a few hundred bytes; the rest of a longer page is not read
+MAX_ERROR_PAGE = 64 * 1024
+#: what the uploader asks for and undoes (RFC 9110 s8.4.1): each step of the undoing yields at most
+#: :data:`_INFLATE_STEP` bytes, so a compressed answer is never inflated whole (a gzip bomb is cut off)
+ACCEPT_ENCODING = "gzip, deflate"
+_INFLATE_STEP = 64 * 1024
+#: zlib's ``wbits`` for each Content-Encoding read (deflate is zlib's format, RFC 9110 s8.4.1.2)
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
 #: the longest wait a service's Retry-After can impose (seconds): a longer one is taken as this much,
 #: so a wrong header cannot park the queue for years (docs/central-api.md, "Delivery")
 MAX_RETRY_AFTER = 3600.0
@@ -291,12 +336,19 @@ class CentralClient:
 
     Each call must be over (connected, sent, the whole answer read) within ``timeout`` seconds, and
     before ``deadline`` (a :func:`time.monotonic` time, e.g. the end of a batch's delivery) when set;
-    otherwise it is :class:`CentralUnavailableError`, as for a service that does not answer.
+    otherwise it is :class:`CentralUnavailableError`, as for a service that does not answer. An answer
+    is read at most :data:`MAX_CALL_ANSWER` (a batch's :data:`MAX_BATCH_ANSWER`) bytes far, counted
+    after decompression. ``url`` is the URL without its user name and password (:func:`shown_url`):
+    those go as HTTP Basic auth only.
     """
 
     def __init__(self, url: str, *, credentials: Credentials, timeout: float = DEFAULT_TIMEOUT,
                  client: httpx.Client | None = None) -> None:
-        self.url = check_central_url(url).rstrip("/")
+        parsed = httpx.URL(check_central_url(url))
+        #: a user name and password in the URL (a proxy's), sent as HTTP Basic auth as httpx would, and
+        #: kept out of ``url``, so that no message, log line or httpx log of a request shows them
+        self.auth = httpx.BasicAuth(parsed.username, parsed.password) if parsed.userinfo else None
+        self.url = shown_url(url).rstrip("/")
         self.credentials = credentials
         self.timeout = timeout
         self.http = client or httpx.Client(timeout=timeout)
@@ -309,22 +361,25 @@ class CentralClient:
         """Close the HTTP connections."""
         self.http.close()
 
-    def post(self, path: str, payload: dict[str, Any] | str) -> Any:
-        """One signed request to ``path`` (``/api/call``, ``/api/batch``, ``/api/keys/...``): its JSON answer."""
+    def post(self, path: str, payload: dict[str, Any] | str, *, max_answer: int = MAX_CALL_ANSWER) -> Any:
+        """One signed request to ``path`` (``/api/call``, ``/api/batch``, ``/api/keys/...``): its JSON answer.
+
+        The answer is read at most ``max_answer`` bytes far, decompressed (:func:`read_answer`): a longer
+        one is :class:`CentralProtocolError`. An error status other than the platform's own is
+        :class:`CentralUnavailableError`, never a refusal of what was sent (:func:`platform_error`).
+        """
         start = time.monotonic()
         limit = start + self.timeout if self.deadline is None else min(start + self.timeout, self.deadline)
         within = f"within {self.timeout:g} s" if limit == start + self.timeout else "before its batch's deadline"
         token = _DEADLINE.set(limit)
         try:
-            headers = {"Content-Type": "application/json", **gateway_headers(self.credentials)}
+            headers = {"Content-Type": "application/json", "Accept-Encoding": ACCEPT_ENCODING,
+                       **gateway_headers(self.credentials)}
             content = (payload if isinstance(payload, str) else encode(payload)).encode()
-            with self.http.stream("POST", self.url + path, content=content, headers=headers) as answer:
+            with self.http.stream("POST", self.url + path, content=content, headers=headers,
+                                  auth=self.auth or httpx.USE_CLIENT_DEFAULT) as answer:
                 status, retry_after = answer.status_code, answer.headers.get("Retry-After")
-                body = bytearray()
-                for chunk in answer.iter_bytes():
-                    body += chunk
-                    if time.monotonic() > limit:
-                        raise httpx.ReadTimeout("the call's deadline has passed", request=answer.request)
+                body, whole = read_answer(answer, max_answer if status == 200 else MAX_ERROR_PAGE, limit)
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:  # no byte of the request went out
             raise CentralUnavailableError(
                 f"The platform at {self.url} is unreachable ({type(err).__name__})", maybe_processed=False
@@ -339,15 +394,24 @@ class CentralClient:
             ) from None
         finally:
             _DEADLINE.reset(token)
+        if status == 200 and not whole:
+            raise CentralProtocolError(
+                f"The platform at {self.url} answered more than {max_answer / 2**20:g} MB, more than any "
+                "answer it gives: the rest was not read and none of it was used")
         if status == 401:
             raise NotSignedInError()
         if status == 403:
-            raise CentralAuthError(_err_msg(bytes(body)))
-        if status in INVALID_BATCH:
-            raise CentralRefusedError(status, _err_msg(bytes(body)))
+            raise CentralAuthError(_err_msg(body))
+        refusal = platform_error(body) if status in INVALID_BATCH and whole else None
+        if refusal is not None:
+            raise CentralRefusedError(status, refusal)
+        if status in INVALID_BATCH:  # a proxy's or gateway's page: it says nothing about what was sent
+            raise CentralUnavailableError(
+                f"The platform at {self.url} answered HTTP {status} without the platform's own error answer "
+                f"(a proxy or gateway on the way?): {_err_msg(body)}", parse_retry_after(retry_after))
         if status != 200:
             raise CentralUnavailableError(f"The platform answered HTTP {status}", parse_retry_after(retry_after))
-        return parse_reply(bytes(body))
+        return parse_reply(body)
 
     def call(self, message: dict[str, Any] | str) -> dict[str, Any]:
         """One message (a dict, or its wire text), one platform response (``infcode``, ``err_msg``,
@@ -358,12 +422,83 @@ class CentralClient:
         return response
 
     def batch(self, messages: list[dict[str, Any]]) -> list[Outcome]:
-        """Send messages as one batch; the answers for the messages sent (others are ignored)."""
-        response = self.post("/api/batch", {"messages": messages})
+        """Send messages as one batch; one answer for each message sent (:func:`batch_outcomes`), the
+        answer read at most :data:`MAX_BATCH_ANSWER` bytes far."""
+        response = self.post("/api/batch", {"messages": messages}, max_answer=MAX_BATCH_ANSWER)
         return batch_outcomes(response, {m.get("msgid") for m in messages})
 
 
-def parse_reply(body: bytes) -> Any:
+class _Inflater:
+    """A Content-Encoding undone (gzip, or deflate: zlib's format, RFC 9110 s8.4.1) a bounded step at a
+    time: :meth:`feed` yields pieces of at most :data:`_INFLATE_STEP` bytes, so the caller can stop a
+    gzip bomb after its first megabytes instead of holding what it inflates to (httpx's own decoders
+    inflate each network read whole: 64 KiB of gzipped zeros are 64 MiB)."""
+
+    def __init__(self, wbits: int) -> None:
+        self._zlib = zlib.decompressobj(wbits)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The bytes ``data`` inflates to, in pieces; nothing after the end of the compressed stream."""
+        while not self._zlib.eof:
+            piece = self._zlib.decompress(data, _INFLATE_STEP)
+            data = self._zlib.unconsumed_tail
+            if piece:
+                yield piece
+            if not data and len(piece) < _INFLATE_STEP:  # a full piece may leave output pending in zlib
+                return
+
+
+def _identity(data: bytes) -> Iterator[bytes]:
+    """An answer without Content-Encoding: its bytes as read."""
+    yield data
+
+
+def read_answer(answer: httpx.Response, limit: int, deadline: float) -> tuple[bytearray, bool]:
+    """The body of a streamed ``answer``, decompressed as its Content-Encoding says, and whether that is
+    all of it: reading stops as soon as it passes ``limit`` bytes (counted after decompression), and
+    then its first ``limit`` bytes come with False (never copied: a bytearray). Raw bytes are read
+    (``iter_raw``: httpx would inflate each network read whole) and inflated a step at a time by
+    :class:`_Inflater`; :class:`httpx.ReadTimeout` once the ``deadline`` (:func:`time.monotonic`) has
+    passed; :class:`CentralProtocolError` for an encoding other than :data:`ACCEPT_ENCODING`'s or a
+    compressed stream that is not one."""
+    codings = [c.strip().lower() for c in answer.headers.get("Content-Encoding", "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if len(codings) > 1 or (codings and codings[0] not in _WBITS):
+        raise CentralProtocolError(f"The platform answered in an encoding this terminal did not ask for "
+                                   f"({one_line(', '.join(codings))[:60]}): none of it was used")
+    pieces = _Inflater(_WBITS[codings[0]]).feed if codings else _identity
+    body = bytearray()
+    try:
+        for raw in answer.iter_raw():
+            for piece in pieces(raw):
+                body += piece
+                if len(body) > limit:
+                    del body[limit:]
+                    return body, False
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the call's deadline has passed", request=answer.request)
+    except zlib.error:
+        raise CentralProtocolError(f"The platform's answer is not the {codings[0]} it says it is: "
+                                   "none of it was used") from None
+    return body, True
+
+
+def platform_error(body: bytes | bytearray) -> str | None:
+    """The reason of the platform's own error answer (``{"infcode": <negative>, "err_msg": "..."}``,
+    docs/central-api.md, "HTTP"), None for any other body: an error page of a proxy or gateway says
+    nothing about the records sent, so it never makes one dead (docs/security.md)."""
+    try:
+        answer = parse_reply(body)
+    except CentralProtocolError:
+        return None
+    if not isinstance(answer, dict) or type(answer.get("infcode")) is not int or answer["infcode"] >= 0:
+        return None
+    reason = answer.get("err_msg")
+    shown = one_line(reason)[:200] if isinstance(reason, str) else ""
+    return shown or None
+
+
+def parse_reply(body: bytes | bytearray) -> Any:
     """A reply body as JSON; :class:`CentralProtocolError` when it is not (bad UTF-8, bad JSON, nested
     too deep for the parser)."""
     try:
@@ -375,21 +510,35 @@ def parse_reply(body: bytes) -> Any:
 def batch_outcomes(response: Any, sent: set[Any]) -> list[Outcome]:
     """The per-item answers of a batch reply (docs/central-api.md, "HTTP") for the msgids ``sent``.
 
-    An item counts only with a string msgid that was sent and an integer infcode (not a boolean);
-    anything else in the reply is ignored. :class:`CentralProtocolError` when no item counts.
+    **convention** the reply is taken whole or not at all: exactly one item for each msgid sent, each
+    an object with that text msgid and an integer infcode (not a boolean) of 0 or below. Anything else
+    (an item twice, say -1 then 0; a msgid that was not sent; one missing; more items than sent; an
+    item of another shape) is :class:`CentralProtocolError`, raised before any record is marked, so
+    every record of the batch stays pending (docs/security.md, "Hostile platform answers").
     """
+    def unusable(what: str) -> CentralProtocolError:
+        return CentralProtocolError(f"The platform's answer to the batch of {len(sent)} messages {what}: none of "
+                                    "it was used, the records stay in the queue")
+
     results = response.get("results") if isinstance(response, dict) else None
     if not isinstance(results, list):
-        raise CentralProtocolError()
-    outcomes = [
-        Outcome(r["msgid"], r["infcode"], str(r.get("err_msg") or "")[:500], r)
-        for r in results
-        if isinstance(r, dict) and isinstance(r.get("msgid"), str) and r["msgid"] in sent
-        and type(r.get("infcode")) is int
-    ]
-    if not outcomes:
-        raise CentralProtocolError("The central service answered none of the messages sent")
-    return outcomes
+        raise unusable("is not its documented JSON (no list of results)")
+    outcomes: dict[str, Outcome] = {}
+    for item in results:
+        msgid = item.get("msgid") if isinstance(item, dict) else None
+        infcode = item.get("infcode") if isinstance(item, dict) else None
+        if not isinstance(msgid, str) or type(infcode) is not int or infcode > 0:
+            raise unusable("is not its documented JSON (an item without a text msgid and an integer infcode "
+                           "of 0 or below)")
+        if msgid not in sent:
+            raise unusable(f"contradicts what was sent (it answers {msgid[:40]!r}, not in the batch)")
+        if msgid in outcomes:
+            raise unusable(f"contradicts itself (it answers {msgid} twice: infcode {outcomes[msgid].infcode}, "
+                           f"then {infcode})")
+        outcomes[msgid] = Outcome(msgid, infcode, str(item.get("err_msg") or "")[:500], item)
+    if len(outcomes) < len(sent):
+        raise unusable(f"answers only {len(outcomes)} of them")
+    return list(outcomes.values())
 
 
 def signin_number(response: dict[str, Any]) -> str | None:
@@ -401,13 +550,14 @@ def signin_number(response: dict[str, Any]) -> str | None:
     return sign_no if isinstance(sign_no, str) and sign_no else None
 
 
-def _err_msg(content: bytes) -> str:
-    """The service's ``err_msg`` from an error answer's body, else the start of the body."""
+def _err_msg(content: bytes | bytearray) -> str:
+    """The service's ``err_msg`` from an error answer's body, else the start of the body, on one line
+    (:func:`apdu.errors.one_line`: an error page's markup and escape sequences are not the clerk's screen's)."""
     try:
         body = parse_reply(content)
     except CentralProtocolError:
-        return content[:200].decode("utf-8", "replace") or "no reason given"
-    return str(body.get("err_msg") if isinstance(body, dict) and body.get("err_msg") else body)[:200]
+        return one_line(content[:200].decode("utf-8", "replace")) or "no reason given"
+    return one_line(str(body.get("err_msg") if isinstance(body, dict) and body.get("err_msg") else body)[:200])
 
 
 def fresh_msgid(attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -445,7 +595,10 @@ def sign_in(central: CentralClient, outbox: Outbox) -> str:
         )
         return central.call(envelope.to_dict())
 
-    response = fresh_msgid(attempt)
+    try:
+        response = fresh_msgid(attempt)
+    except CentralRefusedError as err:  # a refused sign-in says nothing of the records: never a bisection
+        raise SignInRefusedError(f"The platform refused the sign-in ({err.reason})") from None
     if response["infcode"] != 0:
         raise SignInRefusedError(f"The platform refused the sign-in: "
                                  f"{str(response.get('err_msg') or 'no reason given')[:300]}")

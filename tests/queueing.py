@@ -192,3 +192,12 @@ class ScriptedService:
                     conn.sendall(reply[i:i + 1])
             except OSError:  # the client gave up and hung up: that is what some tests want
                 return
+
+
+def reseal(outbox: Outbox, msgid: str) -> None:
+    """Seal a row a test has edited in SQLite, as if the terminal had written it so (terminal/seal.py):
+    the test is about what the platform or the uploader does with such a record, not about the seal."""
+    from terminal.seal import SEALED
+
+    row = outbox.db.execute(f"SELECT {', '.join(SEALED)} FROM records WHERE msgid = ?", [msgid]).fetchone()
+    outbox.db.execute("UPDATE records SET mac = ? WHERE msgid = ?", [outbox.seal.record(row), msgid])

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 from queueing import (  # noqa: F401
-    OTHER_CARD, PERSONS, STATION, ScriptedService, central, central_client, clock, free_port, http_reply, outbox, registration,
+    OTHER_CARD, PERSONS, STATION, ScriptedService, central, central_client, clock, free_port, http_reply, outbox, registration, reseal,
     signed,
 )
 
@@ -283,6 +283,7 @@ def test_a_record_the_service_cannot_even_name_goes_dead_alone_and_the_rest_uplo
     poison = ids[5]
     broken = {k: v for k, v in json.loads(outbox.get(poison).envelope).items() if k != "msgid"}
     outbox.db.execute("UPDATE records SET envelope = ? WHERE msgid = ?", [json.dumps(broken), poison])
+    reseal(outbox, poison)
     report = drain(outbox, central.url, batch_size=9)
     assert (report.sent, report.dead, report.pending, report.error) == (8, 1, 0, None)
     dead = outbox.get(poison)
@@ -540,6 +541,7 @@ def test_a_rejected_record_revived_with_retry_dead_is_judged_again_and_accepted(
         outbox.retry_dead([other.msgid])
         outbox.db.execute("UPDATE records SET envelope = replace(envelope, '09:30:00\"', '09:31:00\"') WHERE msgid = ?",
                           [other.msgid])  # corrected before it was revived: another message, same msgid
+        reseal(outbox, other.msgid)
         assert drain(outbox, service.url).sent == 1  # a refused msgid is not "used"
         client = central_client(service.url)
         sign_no = client.call(signin(outbox))["output"]["signinoutb"]["sign_no"]

@@ -48,12 +48,14 @@ def init(config_path: Path | None, terminal_no: int | None, force: bool, as_json
 @json_option()
 def show(config_path: Path | None, as_json: bool) -> None:
     """Print the configuration as the terminal reads it (exit 12 when it is invalid)."""
+    from terminal.upload import shown_url  # here: the other config commands need no HTTP
+
     config = load_config(config_path)
     fields = {
         "path": str(config.path), "institution_code": config.institution_code,
         "institution_name": config.institution_name, "region": config.region, "terminal_no": config.terminal_no,
         "operator": f"{config.operator_id} {config.operator_name}", "key_store": config.key_store,
-        "queue": str(config.queue_path), "central": config.central_url, "credentials": config.central_credentials,
+        "queue": str(config.queue_path), "central": shown_url(config.central_url), "credentials": config.central_credentials,
         "device": config.device, "desk_requires_pin": config.desk_requires_pin,
     }
     if as_json:
