@@ -756,7 +756,7 @@ def build_reconcile(root: Path, count: int, day: dt.date) -> tuple[Path, Path, i
     assert again == rows[0][7], "the journal template does not write what Envelope.to_wire writes"
     outbox = Outbox(journal)
     conn = outbox.db.conn
-    sealed = [(*row, outbox.seal.record(row[:8]), outbox.seal.answer(row[0], row[14])) for row in rows]
+    sealed = [(*row, outbox.seal.record(row[:8]), outbox.seal.answer(row[0], row[14], True)) for row in rows]
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO records (id, msgid, infno, created_at, card_sn, insured_region, treatment_region,"

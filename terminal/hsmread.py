@@ -38,12 +38,7 @@ from dataclasses import dataclass
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError
 from apdu.keyset import KeyUsage
-from terminal.card import (
-    Identity,
-    SocialSecurityCard,
-    historical_bytes,
-    needs_terminal_authentication,
-)
+from terminal.card import Identity, SocialSecurityCard, historical_bytes, needs_terminal_authentication
 from terminal.convention import STEP1, STEP2, ConventionError
 from terminal.crypto import CardKeyRef, card_cryptogram, compare_cryptograms
 

@@ -85,6 +85,8 @@ STANDING = (PENDING, SENDING, SENT, CALLING, ANSWERED)
 ALL_STATES = (*STATES, HELD, *CALL_STATES)
 #: states of records not yet confirmed by the central service
 UNSENT = (PENDING, SENDING)
+#: states that stand on the platform's acceptance, sealed with it (terminal/seal.py)
+ACCEPTED = (SENT, ANSWERED)
 BUSY_TIMEOUT_MS = 5000
 #: seconds a msgid may run ahead of the clock (docs/central-api.md, "msgid")
 MAX_AHEAD = 5.0
@@ -576,9 +578,23 @@ class Outbox:
 
     def _seal_all(self, conn: sqlite3.Connection) -> None:
         """Seal every record of a file from before seals (its migration to :data:`SEALED_FROM`)."""
-        rows = conn.execute(f"SELECT {', '.join(SEALED)}, reply FROM records").fetchall()
+        rows = conn.execute(f"SELECT {', '.join(SEALED)}, reply, state FROM records").fetchall()
         conn.executemany("UPDATE records SET mac = ?, answer_mac = ? WHERE id = ?",
-                         [(self.seal.record(row[:-1]), self.seal.answer(row[0], row[-1]), row[0]) for row in rows])
+                         [(self.seal.record(row[:-2]), self.seal.answer(row[0], row[-2], row[-1] in ACCEPTED), row[0])
+                          for row in rows])
+
+    def _trusted(self, row: dict[str, Any]) -> bool:
+        """A row as sealed (terminal/seal.py), ``sent`` and ``answered`` only on a sealed acceptance: a
+        row edited to ``sent`` (never uploaded: the platform never saw it) reads as damaged."""
+        return self.seal.intact(row, accepted=row.get("state") in ACCEPTED)
+
+    def verify(self, since: dt.datetime | None = None) -> list[str]:
+        """The msgids of the records (made ``since``, else all) that fail their seal (:meth:`_trusted`):
+        reconciliation's check of the journal itself."""
+        where, params = ("created_at >= ?", [since.isoformat()]) if since else ("1", [])
+        with self._errors("be read"):
+            rows = list(self.db.query(f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY id", params))
+        return [str(row["msgid"])[:40] for row in rows if not self._trusted(row)]
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -849,7 +865,8 @@ class Outbox:
             changed = conn.execute(
                 "UPDATE records SET state = ?, done_at = ?, infcode = ?, reply = ?, answer_mac = ?, last_error = ?,"
                 f" attempts = attempts + 1 WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
-                [state, done_at.isoformat(), code, reply, self.seal.answer(_id(msgid), reply), error, _id(msgid), msgid,
+                [state, done_at.isoformat(), code, reply, self.seal.answer(_id(msgid), reply, state in ACCEPTED), error,
+                 _id(msgid), msgid,
                  os.getpid()],
             ).rowcount
         if not changed:
@@ -870,7 +887,7 @@ class Outbox:
             return bool(conn.execute(
                 "UPDATE records SET state = ?, done_at = ?, reply = ?, answer_mac = ?, last_error = ?"
                 f" WHERE id = ? AND msgid = ? AND state = '{CALLING}' AND owner = ?",
-                [state, self.clock().astimezone(CST).isoformat(), stored, self.seal.answer(_id(msgid), stored),
+                [state, self.clock().astimezone(CST).isoformat(), stored, self.seal.answer(_id(msgid), stored, False),
                  note[:500], _id(msgid), msgid, os.getpid()],
             ).rowcount)
 
@@ -1019,7 +1036,7 @@ class Outbox:
                         done_at,
                         outcome.infcode,
                         reply,
-                        self.seal.answer(_id(outcome.msgid), reply),
+                        self.seal.answer(_id(outcome.msgid), reply, state == SENT),
                         (outcome.err_msg or "refused") if state == DEAD else None,
                         _id(outcome.msgid),
                         outcome.msgid,
@@ -1105,7 +1122,7 @@ class Outbox:
             sql += f" LIMIT {int(limit)}"
         with self._errors("be read"):
             rows = list(self.db.query(sql, params))
-        intact = self.seal.intact
+        intact = self._trusted
         if all(intact(row) for row in rows):
             return [QueuedRecord.from_row(row) for row in rows]
         if not damaged:
@@ -1175,16 +1192,16 @@ class Outbox:
         params: list[Any] = [path for _source, path in columns.values()]
         marks = ", ".join("?" * len(infnos))
         # the seals' fields beside the values, so that no value is summed from a record that fails its seal
-        checked = f"{', '.join(SEALED)}, reply, mac, answer_mac"
+        checked = f"{', '.join(SEALED)}, reply, mac, answer_mac, state"
         sql = f"SELECT {checked}, {picks} FROM records WHERE state = ? AND infno IN ({marks})"
         params += [state, *infnos]
         if where is not None:
             sql += f" AND substr(json_extract({where[0]}, ?), 1, ?) = ?"
             params += [where[1], len(where[2]), where[2]]
-        names = (*SEALED, "reply", "mac", "answer_mac")
+        names = (*SEALED, "reply", "mac", "answer_mac", "state")
         with self._errors("be read"):
             rows = [(dict(zip(names, row)), row[len(names):]) for row in self.db.execute(sql + " ORDER BY id", params)]
-        damaged = [str(sealed["msgid"])[:40] for sealed, _values in rows if not self.seal.intact(sealed)]
+        damaged = [str(sealed["msgid"])[:40] for sealed, _values in rows if not self._trusted(sealed)]
         if damaged:
             raise DamagedRecordError(self.path, damaged)
         return [{"msgid": sealed["msgid"], "infno": sealed["infno"], **dict(zip(columns, values))}

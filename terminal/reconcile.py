@@ -20,7 +20,7 @@ from typing import Any
 
 from message.envelope import CLR_TYPES, DATE, INSUTYPES, SETTLEMENTS, Fen, clr_type, iso_time, yuan
 from terminal.online import Platform, yuan_field
-from terminal.queue import ANSWERED, Outbox
+from terminal.queue import ANSWERED, DamagedRecordError, Outbox
 from terminal.upload import CentralProtocolError
 
 
@@ -187,7 +187,13 @@ class Reconciliation:
 
 def reconcile(platform: Platform, outboxes: list[Outbox], day: dt.date) -> Reconciliation:
     """Send one 3201 per insurance type and clearing type (every pair, so what only the platform holds
-    shows too) and name the records that differ (module docstring)."""
+    shows too) and name the records that differ (module docstring). First each journal is checked
+    whole (:meth:`Outbox.verify`): a record edited or forged, or marked sent without the platform's
+    sealed acceptance, is :class:`DamagedRecordError` (exit 13) naming it, before any total is made."""
+    for outbox in outboxes:
+        damaged = outbox.verify()
+        if damaged:
+            raise DamagedRecordError(outbox.path, damaged)
     settled = journal_settlements(outboxes, day)
     lines = []
     station = platform.outbox.require_station()

@@ -4,9 +4,10 @@
 A record's seal (``mac``) is HMAC-SHA256 (RFC 2104, FIPS 180-4) under the journal key of what never
 changes once it is written: its id and msgid, transaction number, time, card, regions and the envelope
 (every amount in it). The platform's answer, once stored, has its own seal (``answer_mac``) over the
-id and the answer as stored. A record whose seal does not verify when it is read (an edited amount, a
-flipped bit, a forged row) is refused and named; the others are read as before. Its state (pending,
-sent, ...) is not sealed: a row forged to ``sent`` is found by reconciliation with the platform.
+id, the answer as stored and whether it was an acceptance. A record whose seal does not verify when it
+is read (an edited amount, a flipped bit, a forged row, a state of ``sent`` or ``answered`` without a
+sealed acceptance) is refused and named; the others are read as before. The other states (pending,
+sending, dead, ...) are our own bookkeeping and not sealed.
 
 The key is 32 random bytes (hex) in ``$SSCARD_JOURNAL_KEY``, else ``journal.key`` beside the terminal's
 configuration (``~/.config/sscard/journal.key``): made 0600 in a 0700 folder the first time a journal is
@@ -76,16 +77,19 @@ class Seal:
         values = [row[name] for name in SEALED] if isinstance(row, dict) else list(row)
         return self._mac(["record", *values])
 
-    def answer(self, key: int, reply: str | None) -> str | None:
-        """The seal of the answer stored for record ``key`` (None for no answer: nothing to protect)."""
-        return None if reply is None else self._mac(["answer", key, reply])
+    def answer(self, key: int, reply: str | None, accepted: bool) -> str | None:
+        """The seal of what the platform answered record ``key``: the answer as stored, and whether it
+        was an acceptance (the journal's ``sent`` and ``answered`` rest on one). None for no answer and
+        no acceptance: nothing to protect."""
+        return None if reply is None and not accepted else self._mac(["answer", key, reply, accepted])
 
-    def intact(self, row: dict[str, Any]) -> bool:
-        """Whether a row (its :data:`SEALED` fields, ``mac``, ``reply``, ``answer_mac``) is as sealed."""
+    def intact(self, row: dict[str, Any], accepted: bool) -> bool:
+        """Whether a row (its :data:`SEALED` fields, ``mac``, ``reply``, ``answer_mac``) is as sealed, an
+        ``accepted`` one (its state says the platform accepted it) with a sealed acceptance."""
         mac, answer_mac = row.get("mac"), row.get("answer_mac")
         if not isinstance(mac, str) or not hmac.compare_digest(mac, self.record(row)):
             return False
-        expected = self.answer(row["id"], row.get("reply"))
+        expected = self.answer(row["id"], row.get("reply"), accepted)
         if expected is None:
             return answer_mac is None
         return isinstance(answer_mac, str) and hmac.compare_digest(answer_mac, expected)

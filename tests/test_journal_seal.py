@@ -92,6 +92,23 @@ def test_a_damaged_record_is_never_uploaded_and_the_others_are(tmp_path, central
             "SELECT last_error FROM records WHERE msgid = ?", [made[1].msgid]).fetchone()[0]
 
 
+def test_a_record_edited_to_sent_is_named_by_the_check_reconciliation_makes(tmp_path, central):
+    path = tmp_path / "queue.sqlite"
+    made = _journal(path)
+    with Outbox(path, clock=Clock()) as outbox, Uploader(outbox, central.url) as uploader:
+        assert uploader.drain().sent == 3 and outbox.verify() == []  # uploaded: each stands on the platform's answer
+    forged = _journal(tmp_path / "other.sqlite", count=1)[0]  # never uploaded
+    with Outbox(tmp_path / "other.sqlite") as other:
+        assert other.verify() == []
+        other.db.execute("UPDATE records SET state = 'sent' WHERE msgid = ?", [forged.msgid])  # so it never goes
+        assert other.verify() == [forged.msgid]
+        with pytest.raises(DamagedRecordError):
+            other.get(forged.msgid)
+    with Outbox(path) as outbox:  # a dead record's refusal made to look like an acceptance
+        outbox.db.execute("UPDATE records SET state = 'sent' WHERE msgid = ?", [made[-1].msgid])  # the unanswered call
+        assert outbox.verify() == [made[-1].msgid]
+
+
 def test_a_journal_from_before_seals_is_sealed_when_migrated(tmp_path):
     path = tmp_path / "v5.sqlite"
     made = _journal(tmp_path / "donor.sqlite")

@@ -70,7 +70,7 @@ def test_a_settlement_altered_in_the_journal_is_named(day):
     # edited by someone holding the key (the terminal's own account): the platform's figures name it
     key, reply = int(record.msgid[12:]), day.outbox.db.execute("SELECT reply FROM records WHERE msgid = ?",
                                                                [record.msgid]).fetchone()[0]
-    day.outbox.db.execute("UPDATE records SET answer_mac = ? WHERE msgid = ?", [day.outbox.seal.answer(key, reply),
+    day.outbox.db.execute("UPDATE records SET answer_mac = ? WHERE msgid = ?", [day.outbox.seal.answer(key, reply, True),
                                                                                  record.msgid])
     result = reconcile(day.platform, [day.outbox], TODAY)
     [difference] = line(result).differences
@@ -114,3 +114,13 @@ def test_sscard_reconcile_prints_balanced_or_names_the_difference_with_exit_18(d
     body = json.loads(as_json.stdout)  # one document: the reconciliation, and the error beside it
     assert as_json.exit_code == 18 and body["balanced"] is False and body["error"]["code"] == "unbalanced"
     assert violations(body) == []  # docs/json.md: the platform's differing settlement too
+
+
+def test_a_record_marked_sent_without_the_platforms_acceptance_stops_the_reconciliation(day):
+    unanswered = day.outbox.begin_call("2102", {"data": {"psn_no": "3303000000000001", "chrg_bchno": "D9",
+                                                         "medfee_sumamt": Fen(100)}},
+                                       insured_region="330300")  # a call whose answer never came
+    day.outbox.db.execute("UPDATE records SET state = 'answered' WHERE msgid = ?", [unanswered.msgid])
+    with pytest.raises(DamagedRecordError) as stopped:
+        reconcile(day.platform, [day.outbox], TODAY)
+    assert stopped.value.msgids == [unanswered.msgid]
