@@ -240,7 +240,11 @@ class Ledger:
             self.conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False,
                                         isolation_level=None)
         else:
-            if create_private_file(self.path):  # 0600 in a 0700 folder: holders' data and credentials
+            try:
+                created = create_private_file(self.path)  # 0600 in a 0700 folder: holders' data and credentials
+            except OSError as err:  # as SQLite would say it: the callers' one error for a ledger not to be had
+                raise sqlite3.OperationalError(f"cannot make the file: {err.strerror or err}") from None
+            if created:
                 log.info("ledger %s: created", self.path)
             else:
                 warn_if_shared(self.path, "platform ledger")
@@ -1102,6 +1106,14 @@ class Ledger:
     def count(self) -> int:
         with self.lock:
             return int(self.conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    def size(self) -> int:
+        """The bytes the ledger's pages take (page count x page size, committed WAL pages included): the
+        server charges what a request grew it by to the request's institution (docs/platform.md,
+        "Strangers and oversize requests")."""
+        with self.lock:
+            return int(self.conn.execute("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")
+                       .fetchone()[0])
 
     def message(self, msgid: str) -> dict[str, Any] | None:
         """The envelope last received under ``msgid``, or None."""

@@ -20,7 +20,7 @@ import click
 from apdu.catalogue import CARD_ITEMS
 from message.envelope import MSGID_RE, iso_time
 from terminal.cli import signals
-from terminal.cli.options import LIMIT, Seconds
+from terminal.cli.options import LIMIT, FilePath, Seconds
 from terminal.cli.output import json_option, print_json
 from terminal.config import TerminalConfig, default_config_path, load_config
 from terminal.queue import ALL_STATES, STATES, Outbox
@@ -46,7 +46,11 @@ def terminal_config(config_path: Path | None) -> TerminalConfig | None:
     if config_path is not None:
         return load_config(config_path)
     path = default_config_path()
-    return load_config(path) if path.is_file() else None
+    try:
+        present = path.is_file()
+    except (OSError, ValueError):  # a path no file can have ($SSCARD_CONFIG): load_config says what is wrong
+        present = True
+    return load_config(path) if present else None
 
 
 def queue_path(path: Path | None, config_path: Path | None) -> Path:
@@ -61,12 +65,12 @@ def queue_path(path: Path | None, config_path: Path | None) -> Path:
 def queue_options(command: Any) -> Any:
     """``-q`` and ``--config`` for a queue command (the order is in the module's docstring)."""
     command = click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        "--config", "config_path", type=FilePath(dir_okay=False, path_type=Path), default=None,
         help="The terminal's configuration file, for the defaults of -q and --central"
              " [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml, when it exists].",
     )(command)
     return click.option(
-        "--queue", "-q", "path", type=click.Path(dir_okay=False, path_type=Path), envvar="SSCARD_QUEUE",
+        "--queue", "-q", "path", type=FilePath(dir_okay=False, path_type=Path), envvar="SSCARD_QUEUE",
         default=None,
         show_default="$SSCARD_QUEUE, else the terminal configuration's [queue] path,"
                      " else ~/.local/share/sscard/queue.sqlite",
@@ -190,6 +194,7 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
         DEFAULT_INTERVAL,
         CentralError,
         Uploader,
+        shown_url,
     )
 
     config = terminal_config(config_path) if path is None or url is None else None
@@ -204,7 +209,7 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
             Uploader(outbox, url, credentials=gateway_credentials(config, outbox), **options) as uploader:
         if follow:
             with signals.stop_on_signals() as stop:
-                click.echo(f"uploading to {url} until Ctrl-C or SIGTERM", err=True)
+                click.echo(f"uploading to {shown_url(url)} until Ctrl-C or SIGTERM", err=True)
                 totals = {"sent": 0, "dead": 0}
 
                 def on_report(report: Any) -> None:
@@ -304,33 +309,43 @@ def central() -> None:
     """The virtual national medical insurance platform, for development and tests (docs/platform.md)."""
 
 
-db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=Path("central.sqlite"),
+db_option = click.option("--db", type=FilePath(dir_okay=False, path_type=Path), default=Path("central.sqlite"),
                          show_default=True, help="The platform's ledger: persons, accounts, settlements, messages.")
 
 
 @central.command()
 @db_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="127.0.0.1 or ::1: this computer only.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on: 127.0.0.1 or ::1 (this computer only); another only with --allow-remote.")
+@click.option("--allow-remote", is_flag=True,
+              help="Allow a --host other computers reach (0.0.0.0, ::, a LAN address): anyone reaching it may use the"
+                   " public TEST credentials. Development only.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8930, show_default=True)
 @click.option("--faults", is_flag=True,
               help="Allow the fault switches (POST /_control, signed): fail, stall, drop, garbage. Development only.")
-def serve(db: Path, host: str, port: int, faults: bool) -> None:
+def serve(db: Path, host: str, allow_remote: bool, port: int, faults: bool) -> None:
     """Run the virtual platform until Ctrl-C or SIGTERM.
 
     \b
     A new ledger is seeded with the TEST persons and institutions of fixtures/platform/; terminals
     sign their requests with the TEST gateway credentials of their institution by default.
+    It listens on this computer only unless --allow-remote; its bounds (body sizes, requests and
+    ledger bytes per institution, connections) are in docs/platform.md, "Strangers and oversize requests".
     """
     from central import CentralService
+    from central.server import HostRefused, is_loopback
     from terminal.upload import CentralError, ledger_errors
 
     try:
         with ledger_errors(db):
-            service = CentralService(db, host, port, faults=faults)
-    except ValueError as err:
+            service = CentralService(db, host, port, faults=faults, allow_remote=allow_remote)
+    except HostRefused as err:
         raise click.BadParameter(str(err), param_hint="--host") from None
     except OSError as err:
         raise CentralError(f"The virtual platform cannot listen on {host}:{port}: {err.strerror or err}") from None
+    if not is_loopback(host):
+        click.echo(f"warning: the virtual platform listens beyond this computer ({host}, --allow-remote): anyone who"
+                   " reaches it may use the public TEST credentials", err=True)
     click.echo(f"virtual platform on {service.url}, ledger {db}{', fault switches on' if faults else ''}", err=True)
     service.serve()
     click.echo("virtual platform stopped", err=True)
