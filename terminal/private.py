@@ -55,6 +55,26 @@ def create_private_file(path: Path) -> bool:
     return True
 
 
+def publish(temporary: Path, path: Path) -> bool:
+    """Put the finished file ``temporary`` in place at ``path`` in one step, never over a file there:
+    a hard link (atomic, fails when ``path`` exists), else, on a file system without hard links, a
+    rename after a look (a second process could slip in between: the last one's file stays). True when
+    ours is the one at ``path``; ``temporary`` is left for the caller to remove."""
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (FAT, some network shares)
+        if os.path.lexists(path):
+            return False
+        try:
+            os.rename(temporary, path)
+        except FileExistsError:  # Windows: another process's file came first
+            return False
+        return True
+
+
 def warn_if_shared(path: Path, what: str) -> bool:
     """Warn (log, shown on stderr) when other users of this computer may read or write the ``what`` at
     ``path``, which holds personal data or secrets: it was made before this check, or by hand. True

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from message.envelope import CLR_TYPES, DATE, INSUTYPES, SETTLEMENTS, Fen, clr_type, iso_time, yuan
+from message.envelope import CLR_TYPES, CST, DATE, INSUTYPES, SETTLEMENTS, Fen, clr_type, iso_time, yuan
 from terminal.online import Platform, yuan_field
 from terminal.queue import ANSWERED, DamagedRecordError, Outbox
 from terminal.upload import CentralProtocolError
@@ -187,11 +187,12 @@ class Reconciliation:
 
 def reconcile(platform: Platform, outboxes: list[Outbox], day: dt.date) -> Reconciliation:
     """Send one 3201 per insurance type and clearing type (every pair, so what only the platform holds
-    shows too) and name the records that differ (module docstring). First each journal is checked
-    whole (:meth:`Outbox.verify`): a record edited or forged, or marked sent without the platform's
-    sealed acceptance, is :class:`DamagedRecordError` (exit 13) naming it, before any total is made."""
+    shows too) and name the records that differ (module docstring). First each journal's records of
+    the day are checked (:meth:`Outbox.verify`): one edited or forged, or marked sent without the
+    platform's sealed acceptance, is :class:`DamagedRecordError` (exit 13) naming it, before any total."""
+    start = dt.datetime.combine(day, dt.time(), CST)
     for outbox in outboxes:
-        damaged = outbox.verify()
+        damaged = outbox.verify(since=start)  # the day's records (an older damaged one is not today's sum)
         if damaged:
             raise DamagedRecordError(outbox.path, damaged)
     settled = journal_settlements(outboxes, day)

@@ -9,12 +9,13 @@ is read (an edited amount, a flipped bit, a forged row, a state of ``sent`` or `
 sealed acceptance) is refused and named; the others are read as before. The other states (pending,
 sending, dead, ...) are our own bookkeeping and not sealed.
 
-The key is 32 random bytes (hex) in ``$SSCARD_JOURNAL_KEY``, else ``journal.key`` beside the terminal's
-configuration (``~/.config/sscard/journal.key``): made 0600 in a 0700 folder the first time a journal is
-opened, refused like a key file when other users can read it (terminal/private.py). It belongs to
-the terminal, not to the journal file: a journal copied to another computer reads as damaged there
-unless its key goes with it. It stops edits by anyone without the key; whoever runs as the
-terminal's own account can read the key, so the file permissions stay necessary.
+The key is 32 random bytes (hex) in a file of its own beside the journal (``queue.sqlite.key``), or
+where ``$SSCARD_JOURNAL_KEY`` names: made 0600 with the journal (or when a journal from before seals
+is sealed), refused like a key file when other users can read it (terminal/private.py), and never
+made again for a journal that has one: a missing key is an error naming it (exit 12), not a new key
+under which every record would read as damaged. The key goes with its journal (backups, another
+window's journal given to ``sscard reconcile --queue``). It stops edits by anyone without the key;
+whoever runs as the terminal's own account can read the key, so the file permissions stay necessary.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from apdu.errors import ConfigError
-from terminal.private import create_private_file, read_private_file
+from terminal.private import create_private_file, publish, read_private_file
 
 KEY_BYTES = 32
 #: the fields of a ``records`` row the record's seal covers, in order
@@ -39,12 +40,10 @@ class JournalKeyError(ConfigError):
     """The journal key cannot be read or made (exit 12)."""
 
 
-def journal_key_path() -> Path:
-    """``$SSCARD_JOURNAL_KEY``, else ``journal.key`` in the configuration's folder (module docstring)."""
-    from terminal.config import default_config_path
-
+def journal_key_path(journal: Path) -> Path:
+    """``$SSCARD_JOURNAL_KEY``, else the file beside ``journal`` (module docstring)."""
     named = os.environ.get("SSCARD_JOURNAL_KEY")
-    return Path(named) if named else default_config_path().parent / "journal.key"
+    return Path(named) if named else journal.with_name(journal.name + ".key")
 
 
 class Seal:
@@ -56,10 +55,17 @@ class Seal:
         self._key = key
 
     @classmethod
-    def of_terminal(cls, path: Path | None = None) -> Seal:
-        """The seal with this terminal's key at ``path`` (:func:`journal_key_path`), made when there is none."""
-        path = path or journal_key_path()
+    def of_journal(cls, journal: Path, *, make: bool = False, path: Path | None = None) -> Seal:
+        """The seal of ``journal`` with its key (``path``, else :func:`journal_key_path`); ``make``: a
+        new key when there is none (a new journal, or one from before seals), else a missing key is
+        :class:`JournalKeyError`."""
+        path = path or journal_key_path(journal)
         if not os.path.lexists(path):
+            if not make:
+                raise JournalKeyError(
+                    f"The journal key {path} of the record queue {journal} is missing: its records cannot be "
+                    "checked without it. Restore it from a backup (it is kept beside the journal, or where "
+                    "$SSCARD_JOURNAL_KEY names)")
             _make_key(path)
         raw = read_private_file(path, "journal key", 2 * KEY_BYTES + 2, JournalKeyError).strip()
         try:
@@ -96,15 +102,14 @@ class Seal:
 
 
 def _make_key(path: Path) -> None:
-    """A new key, written whole under a temporary name and linked into place (two processes making
-    one at once: the first link wins, the other reads it)."""
+    """A new key, written whole under a temporary name and put in place in one step
+    (:func:`terminal.private.publish`: two processes making one at once, the other's is read)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
     try:
         create_private_file(temporary)
         with open(temporary, "w", encoding="ascii") as handle:
             handle.write(secrets.token_hex(KEY_BYTES) + "\n")
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
+        publish(temporary, path)
     except OSError as err:
         raise JournalKeyError(f"Cannot make the journal key {path}: {err.strerror or err}") from None
     finally:

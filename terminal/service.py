@@ -65,6 +65,7 @@ from terminal.convention import (
     reply,
 )
 from terminal.crypto import KeyStore, check_genuine, unlocker
+from terminal import hsmread
 from terminal.hsmread import HeldRead, step1, step2
 from terminal.private import read_private_file
 from terminal.readers import SIM_PREFIX, atr_text, open_connection
@@ -207,7 +208,7 @@ class Guard:
             body = {"error": {"code": "forbidden", "exit_code": 2, "message": refusal}}
             return await _json(body, 403)(scope, receive, send)
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
             body = {"error": {"code": "too_large", "exit_code": 2, "message": f"a request is at most {MAX_BODY} bytes"}}
             return await _json(body, 413)(scope, receive, send)
         if origin is None or scope["type"] != "http":
@@ -278,9 +279,11 @@ class ReaderService:
         #: reader -> why: a card given up on, its command still stuck on a worker thread (the reader
         #: stays locked until the thread is back: nothing is sent to the card meanwhile)
         self._stuck: dict[str, str] = {}
-        #: reader -> the card session an iReadCardBas_HSM_Step1 left for its Step2 (terminal/hsmread.py);
-        #: touched only under the reader's lock
+        #: reader -> the card session an iReadCardBas_HSM_Step1 left for its Step2 (terminal/hsmread.py):
+        #: changed only under the reader's lock (looked at without it to route a Step2), let go of by the
+        #: next call on that reader, by :meth:`_expire` after HELD_S seconds, or when the service stops
         self._held: dict[str, HeldRead] = {}
+        self._expiring: set[asyncio.Task[None]] = set()
         #: one counter transaction at a time, whichever reader (the terminal's journal and sign-in are one)
         self._flow_lock = threading.Lock()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -363,6 +366,20 @@ class ReaderService:
         """Disconnect the card sessions still waiting for a Step2 (the service stops)."""
         for spec in list(self._held):
             self._drop_held(spec)
+
+    def _expire(self, spec: str, held: HeldRead | None) -> None:
+        """HELD_S seconds after a Step1: its card session let go of, if it is still the one held."""
+        if held is None or self._held.get(spec) is not held:
+            return
+
+        async def let_go() -> None:
+            async with self._locks.setdefault(spec, asyncio.Lock()):
+                if self._held.get(spec) is held:
+                    await anyio.to_thread.run_sync(self._drop_held, spec)
+
+        task = asyncio.ensure_future(let_go())
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
 
     def _drop_held(self, spec: str) -> HeldRead | None:
         held = self._held.pop(spec, None)
@@ -486,7 +503,10 @@ class ReaderService:
             for spec in readers:  # automatic: the next reader when there is no card in this one
                 try:
                     work = functools.partial(self._run, request, spec)
-                    return reply(request.function, 0, await self._with_reader(spec, work, keep_held=step2))
+                    out = await self._with_reader(spec, work, keep_held=step2)
+                    if request.function == STEP1:  # its card session is let go of when Step2 does not come
+                        asyncio.get_running_loop().call_later(hsmread.HELD_S, self._expire, spec, self._held.get(spec))
+                    return reply(request.function, 0, out)
                 except SSCardError as err:
                     error = err
                     if code_of(err) != -2:

@@ -500,11 +500,14 @@ def platform_error(body: bytes | bytearray) -> str | None:
 
 def parse_reply(body: bytes | bytearray) -> Any:
     """A reply body as JSON; :class:`CentralProtocolError` when it is not (bad UTF-8, bad JSON, nested
-    too deep for the parser)."""
+    too deep for the parser, text that is no Unicode, such as a lone surrogate escape)."""
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        reply = json.loads(body)
+        # a lone surrogate ("\ud800") parses, but no UTF-8 text (the journal, a seal) can hold it
+        json.dumps(reply, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeDecodeError and UnicodeEncodeError are ValueErrors
         raise CentralProtocolError() from None
+    return reply
 
 
 def batch_outcomes(response: Any, sent: set[Any]) -> list[Outcome]:

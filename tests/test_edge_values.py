@@ -37,9 +37,12 @@ def queue_file(tmp_path, monkeypatch):
     (["--card-timeout", "nan", "read"], "'nan' is not a number of seconds"),
     (["--card-timeout", "0", "read"], "not in the range 0 < seconds"),
     (["queue", "list", "--limit", str(2 ** 64)], "not in the range 1<=x<=100000"),
+    (["queue", "list", "--limit", "１２"], "is not a whole number (digits 0-9)"),
+    (["queue", "upload", "--central", "http://127.0.0.1:9", "--batch-size", "٥"], "is not a whole number"),
     (["queue", "retry-dead", "--msgid", ""], "is not a msgid"),
     (["read", "--reader", "sim:" + LONG], "at most 256"),
     (["read", "--reader", "sim:adult\x00"], "control characters"),
+    (["read", "--reader", "sim:adult\u202e"], "control characters"),  # a right-to-left override
     (["watch", "--reader", LONG, "--timeout", "1"], "at most 256"),
     (["watch", "--timeout", "-inf"], "not a number of seconds"),
     (["desk", "register", "--department", " ", "--pin-stdin"], "must not be empty"),

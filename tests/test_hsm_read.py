@@ -3,6 +3,8 @@ hospital software carries the card's randoms to its remote security module (here
 platform's key service on a loopback port, asked as HIS code would) and its answers back."""
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -116,7 +118,19 @@ def test_step2_needs_its_own_step1_in_time_and_answers_of_the_right_shape(token,
         monkeypatch.setattr(hsmread, "HELD_S", 0.0)
         out = call(service, token, {"function": STEP1, "iType": 1})["pOutInfo"]
         late = call(service, token, {"function": STEP2, "pKey": hsm.answers(out)})
-        assert late["code"] == -99 and "call iReadCardBas_HSM_Step1 again" in late["pOutInfo"]
+        assert late["code"] == -99 and ("call iReadCardBas_HSM_Step1 again" in late["pOutInfo"]
+                                        or "call iReadCardBas_HSM_Step1 first" in late["pOutInfo"])
+
+
+def test_a_held_card_session_is_let_go_of_when_step2_does_not_come(token, monkeypatch):
+    monkeypatch.setattr(hsmread, "HELD_S", 0.3)
+    with served(token, "sim:other-region") as service:
+        assert call(service, token, {"function": STEP1, "iType": 1})["success"]
+        assert service._held
+        deadline = time.monotonic() + 5
+        while service._held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not service._held  # let go of without any other call on the reader
 
 
 def test_step1_on_a_card_that_is_not_a_social_security_card_is_refused_and_holds_nothing(token):

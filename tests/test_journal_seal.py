@@ -162,6 +162,62 @@ def test_the_journal_key_is_private_and_a_shared_one_refused(tmp_path, journal_k
     shutil.copyfile(journal_key, other)
     other.write_text("00" * 32 + "\n")
     other.chmod(0o600)
-    with Outbox(tmp_path / "queue.sqlite", seal=Seal.of_terminal(other)) as elsewhere:  # another terminal's key
+    with Outbox(tmp_path / "queue.sqlite", seal=Seal.of_journal(tmp_path / "queue.sqlite", path=other)) as elsewhere:
         with pytest.raises(QueueError, match="another journal key"):
             elsewhere.records()
+
+
+def test_the_key_lives_beside_its_journal_and_a_missing_one_is_an_error_not_a_new_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("SSCARD_JOURNAL_KEY")
+    here, there = tmp_path / "window1.sqlite", tmp_path / "window2.sqlite"
+    _journal(here)
+    _journal(there)
+    keys = (tmp_path / "window1.sqlite.key", tmp_path / "window2.sqlite.key")
+    assert all(stat.S_IMODE(os.stat(k).st_mode) == 0o600 for k in keys) and keys[0].read_text() != keys[1].read_text()
+    with Outbox(here) as one, Outbox(there) as two:  # another window's journal read with its own key
+        assert one.verify() == [] and two.verify() == []
+    keys[0].unlink()
+    with pytest.raises(JournalKeyError, match="window1.sqlite.key of the record queue .* is missing") as missing:
+        Outbox(here)
+    assert missing.value.exit_code == 12 and not keys[0].exists()  # no new key made behind the clerk's back
+    result = CliRunner().invoke(main, ["queue", "status", "-q", str(here)])
+    assert result.exit_code == 12 and "is missing" in result.stderr
+
+
+def test_a_journal_an_older_version_left_with_its_wal_unmerged_is_opened_and_sealed(tmp_path, monkeypatch):
+    monkeypatch.delenv("SSCARD_JOURNAL_KEY")
+    path = tmp_path / "old.sqlite"
+    made = _journal(tmp_path / "donor.sqlite")
+    old = sqlite3.connect(path, isolation_level=None)  # as schema 5 made a journal: WAL first, then the tables
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("PRAGMA wal_autocheckpoint=0")
+    for script in MIGRATIONS[:5]:
+        for statement in filter(str.strip, script.split(";")):
+            old.execute(statement)
+    old.execute("PRAGMA user_version=5")
+    old.execute("ATTACH ? AS donor", [str(tmp_path / "donor.sqlite")])
+    old.execute("INSERT INTO records SELECT id, msgid, infno, created_at, card_sn, insured_region, treatment_region,"
+                " envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply, owner"
+                " FROM donor.records")
+    old.execute("INSERT INTO meta SELECT * FROM donor.meta")
+    old.execute("DETACH donor")
+    assert path.read_bytes()[60:64] == bytes(4)  # the main file's header still says schema 0: all is in the WAL
+    with Outbox(path) as outbox:
+        assert [r.msgid for r in outbox.records()][::-1] == [r.msgid for r in made]
+    old.close()
+
+
+def test_a_damaged_unknown_call_is_left_alone_and_a_damaged_record_is_not_resealed(tmp_path, caplog):
+    path = tmp_path / "queue.sqlite"
+    made = _journal(path)
+    call = made[-1]  # the purchase: a calling record of this (living) process
+    with Outbox(path, clock=Clock()) as outbox:
+        outbox.db.execute("UPDATE records SET owner = -1, next_attempt_at = 0 WHERE msgid = ?", [call.msgid])
+        assert [r.msgid for r in outbox.unknown_calls()] == [call.msgid]
+        _edit(path, "UPDATE records SET envelope = replace(envelope, '23.50', '93.50') WHERE msgid = ?", [call.msgid])
+        with caplog.at_level("WARNING"):
+            assert outbox.unknown_calls() == []
+        assert call.msgid in caplog.text
+        _edit(path, "UPDATE records SET card_sn = 'X' WHERE msgid = ?", [made[0].msgid])
+        with pytest.raises(DamagedRecordError):
+            outbox.rekey(made[0].msgid, "msgid taken")

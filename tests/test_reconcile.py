@@ -117,6 +117,7 @@ def test_sscard_reconcile_prints_balanced_or_names_the_difference_with_exit_18(d
 
 
 def test_a_record_marked_sent_without_the_platforms_acceptance_stops_the_reconciliation(day):
+    day.outbox.clock.now = dt.datetime.now(CST)  # a call of the day reconciled
     unanswered = day.outbox.begin_call("2102", {"data": {"psn_no": "3303000000000001", "chrg_bchno": "D9",
                                                          "medfee_sumamt": Fen(100)}},
                                        insured_region="330300")  # a call whose answer never came

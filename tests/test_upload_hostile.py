@@ -375,3 +375,11 @@ def test_a_password_in_the_url_reaches_the_proxy_and_never_the_screen_or_the_log
     for run in (sent, refused, unreachable, remote, broken):
         assert SECRET not in run.output and SECRET[3:] not in run.output and "Traceback" not in run.output
     assert caplog.records and SECRET not in caplog.text and SECRET[3:] not in caplog.text
+
+
+def test_an_answer_with_text_no_utf_8_can_hold_is_a_protocol_error_not_a_crash():
+    from terminal.upload import CentralProtocolError, parse_reply
+
+    with pytest.raises(CentralProtocolError):
+        parse_reply(b'{"results": [{"msgid": "x", "infcode": 0, "err_msg": "\\ud800"}]}')
+    assert parse_reply('{"err_msg": "\\u6b63\\u5e38"}'.encode()) == {"err_msg": "正常"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from terminal.cli.options import config_option
+from terminal.cli.options import Count, config_option
 from terminal.cli.output import json_option, print_json
 from terminal.config import default_config_path, load_config, write_default
 
@@ -18,7 +18,7 @@ def config_group() -> None:
 
 @config_group.command()
 @config_option
-@click.option("--terminal-number", "terminal_no", type=click.IntRange(1, 99), default=None,
+@click.option("--terminal-number", "terminal_no", type=Count(1, 99), default=None,
               help="This terminal's number within the institution (1-99), different for each terminal; "
                    "asked when absent at a terminal.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
@@ -35,7 +35,7 @@ def init(config_path: Path | None, terminal_no: int | None, force: bool, as_json
             raise click.UsageError("give this terminal its own number with --terminal-number N (1-99), "
                                    "different from every other terminal of the institution")
         terminal_no = click.prompt("This terminal's number within the institution (1-99, one per terminal)",
-                                   type=click.IntRange(1, 99), err=True)
+                                   type=Count(1, 99), err=True)
     path = write_default(config_path or default_config_path(), force=force, terminal_no=terminal_no)
     if as_json:
         print_json({"path": str(path), "terminal_no": terminal_no, "device": load_config(path).device})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ class Text(Checked):
             self.fail("must not be empty", param, ctx)
         if len(text) > self.longest:
             self.fail(f"is {len(text)} characters long: at most {self.longest}", param, ctx)
-        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):  # incl. C1 and bidi overrides
             self.fail("must not hold control characters", param, ctx)
         return text
 
@@ -84,17 +85,28 @@ class FilePath(Checked, click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value)
-        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):
             self.fail("a path must not hold control characters", param, ctx)
-        if len(text) > 4096 or any(len(part.encode("utf-8", "surrogateescape")) > 255 for part in text.split("/")):
+        names = text.replace("\\", "/").split("/")  # Windows separates with either
+        if len(text) > 4096 or any(len(name.encode("utf-8", "surrogateescape")) > 255 for name in names):
             self.fail("is too long to be a path (at most 4,096 characters, 255 bytes a name)", param, ctx)
         if not self.file_okay and os.path.exists(text) and not os.path.isdir(text):
             self.fail(f"{text!r} is not a folder", param, ctx)  # a device or a FIFO as much as a file
         return super().convert(value, param, ctx)
 
 
+class Count(Checked, click.IntRange):
+    """A whole number in a range (``click.IntRange``), written in ASCII digits: ``int()`` also takes
+    other scripts' digits ("１２", "١٢"), which are not what a clerk means to type."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not (value.strip().isascii() and value.strip().isdigit()):
+            self.fail(f"{value[:40]!r} is not a whole number (digits 0-9)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 #: how many records a listing shows at most
-LIMIT = click.IntRange(1, 100_000)
+LIMIT = Count(1, 100_000)
 #: what is said to whoever puts the ID number on the command line
 ID_NUMBER_NOT_IN_ARGV = ("The holder's ID number is not taken on the command line, where 'ps' and the shell history "
                          "keep it: type it at the prompt, or give it as the first line of standard input")

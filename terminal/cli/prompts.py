@@ -6,7 +6,8 @@ the lines piped in are answers to the questions that have none (``desk register 
 --pin-stdin`` reads the PIN, not the registration type, from its first line). A PIN comes from
 standard input, one line each, with ``--pin-stdin`` or when standard input is not a terminal; at a
 terminal it is typed at a hidden prompt. Prompts go to stderr, so stdout holds the result alone
-(``--json``). A PIN is never a command-line option: it would show in ``ps``.
+(``--json``). A PIN, like the holder's ID number, is never a command-line option: it would show in
+``ps``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import sys
 from typing import Any
 
 import click
+
+#: the longest line of standard input taken as an answer (an ID number, a PIN, a name)
+MAX_LINE = 1024
 
 
 def at_terminal() -> bool:
@@ -36,14 +40,21 @@ class Asked(click.Option):
         if not at_terminal():  # no one to ask: the default, else one line of the pipe, one try
             if default is not None:
                 return self.process_value(ctx, default)
-            line = sys.stdin.readline()
-            if not line:
-                raise click.UsageError(f"no {self.prompt} on standard input: pipe one line for it, or run the "
-                                       "command at a terminal to type it")
-            return self.process_value(ctx, line.strip())
+            return self.process_value(ctx, piped_line(self.prompt, "pipe one line for it"))
         return click.prompt(self.prompt, default=default, type=self.type,
                             hide_input=self.hide_input, show_choices=self.show_choices,
                             value_proc=lambda text: self.process_value(ctx, text), err=True)
+
+
+def piped_line(what: str, how: str) -> str:
+    """The next line of standard input (no one at a terminal to ask), trimmed: an empty pipe, or a line
+    longer than any answer (:data:`MAX_LINE`), is a usage error saying ``how`` to give ``what``."""
+    line = sys.stdin.readline(MAX_LINE + 1)
+    if not line:
+        raise click.UsageError(f"no {what} on standard input: {how}, or run the command at a terminal to type it")
+    if len(line) > MAX_LINE:
+        raise click.UsageError(f"the {what} on standard input is longer than {MAX_LINE} characters")
+    return line.strip()
 
 
 def read_pin(prompt: str, from_stdin: bool = False, confirm: bool = False) -> str:
@@ -53,11 +64,7 @@ def read_pin(prompt: str, from_stdin: bool = False, confirm: bool = False) -> st
     Never Python's getpass fallback, which warns and echoes when there is no terminal.
     """
     if from_stdin or not at_terminal():
-        line = sys.stdin.readline()
-        if not line:
-            raise click.UsageError("no PIN on standard input: pipe one line per PIN (with --pin-stdin), "
-                                   "or run the command at a terminal to type it")
-        return line.strip()
+        return piped_line("PIN", "pipe one line per PIN (with --pin-stdin)")
     return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
 
 

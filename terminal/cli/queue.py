@@ -20,7 +20,7 @@ import click
 from apdu.catalogue import CARD_ITEMS
 from message.envelope import MSGID_RE, iso_time
 from terminal.cli import signals
-from terminal.cli.options import LIMIT, FilePath, Seconds
+from terminal.cli.options import LIMIT, Count, FilePath, Seconds
 from terminal.cli.output import json_option, print_json
 from terminal.config import TerminalConfig, default_config_path, load_config
 from terminal.queue import ALL_STATES, STATES, Outbox
@@ -174,7 +174,7 @@ def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, .
 @click.option("--central", "url", envvar="SSCARD_CENTRAL", default=None,
               show_default=f"$SSCARD_CENTRAL, else the terminal configuration's [central] url, else {DEFAULT_CENTRAL}",
               help="The central service's URL.")
-@click.option("--batch-size", type=click.IntRange(1, 500), default=None, help="Records per batch [default: 100].")
+@click.option("--batch-size", type=Count(1, 500), default=None, help="Records per batch [default: 100].")
 @click.option("--timeout", type=Seconds(0, 600), default=None,
               help="Seconds each call to the service may take, the whole answer included [default: 10].")
 @click.option("--follow", is_flag=True,
@@ -320,7 +320,7 @@ db_option = click.option("--db", type=FilePath(dir_okay=False, path_type=Path), 
 @click.option("--allow-remote", is_flag=True,
               help="Allow a --host other computers reach (0.0.0.0, ::, a LAN address): anyone reaching it may use the"
                    " public TEST credentials. Development only.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8930, show_default=True)
+@click.option("--port", type=Count(0, 65535), default=8930, show_default=True)
 @click.option("--faults", is_flag=True,
               help="Allow the fault switches (POST /_control, signed): fail, stall, drop, garbage. Development only.")
 def serve(db: Path, host: str, allow_remote: bool, port: int, faults: bool) -> None:

@@ -14,7 +14,7 @@ import click
 from apdu.errors import NoReaderError, ProfileError, ServiceNotRunningError
 from message.envelope import CST, iso_time
 from terminal.cli import signals
-from terminal.cli.options import MAX_READER_SPEC, Seconds, Text
+from terminal.cli.options import MAX_READER_SPEC, Count, Seconds, Text
 from terminal.cli.output import json_option, print_json
 from terminal.readers import atr_text
 
@@ -66,10 +66,10 @@ def _load(spec: str) -> Any:
 @click.group(invoke_without_command=True)
 @click.option("--card", "cards", multiple=True, metavar="PROFILE",
               help="Card profile: a bundled name (adult, minority, ...) or a JSON file. Repeat for several slots.")
-@click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+@click.option("--port", "ports", multiple=True, type=Count(1, 65535), metavar="PORT",
               help=f"vpcd port of each card, in order (default {DEFAULT_PORT}, {DEFAULT_PORT + 1}, ...).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Where pcscd's vpcd driver listens.")
-@click.option("--remove-after", type=click.IntRange(0), default=None, metavar="N",
+@click.option("--remove-after", type=Count(0), default=None, metavar="N",
               help="Pull each card out when its command after N APDUs arrives (tests removal mid-read).")
 @click.pass_context
 def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...], host: str,
@@ -191,7 +191,7 @@ def _simulate(clients: list[Any], host: str, stop: signals.Flag, toggle: signals
 @click.command()
 @click.option("--reader", "-r", "spec", default=None, metavar="SPEC", type=Text(MAX_READER_SPEC),
               help="Only the readers it names (index, name or part of one, or the ATR of the card in it); exit 3 if none.")
-@click.option("--count", type=click.IntRange(1), default=None, metavar="N",
+@click.option("--count", type=Count(1), default=None, metavar="N",
               help="Stop after N insertions/removals.")
 @click.option("--timeout", type=Seconds(0, 86400 * 366), default=None, metavar="S",
               help="Stop after S seconds.")

@@ -9,14 +9,14 @@ import click
 
 from terminal.cli import watchdog
 from terminal.cli.counter import central_option
-from terminal.cli.options import FilePath, config_option, reader_option
+from terminal.cli.options import Count, FilePath, config_option, reader_option
 
 
 @click.command()
 @reader_option
 @click.option("--contactless-reader", metavar="SPEC", default=None,
               help="The contactless reader, when the counter has one (iType 2, 3 and 4 use it).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8940, show_default=True)
+@click.option("--port", type=Count(0, 65535), default=8940, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="127.0.0.1 or ::1: this computer only.")
 @click.option("--allow-origin", "origins", multiple=True, metavar="ORIGIN",
               help="A web page origin allowed to use the service, scheme://host[:port] exactly as the hospital "
