@@ -109,19 +109,25 @@ def test_a_record_edited_to_sent_is_named_by_the_check_reconciliation_makes(tmp_
         assert outbox.verify() == [made[-1].msgid]
 
 
+def _as_schema_5(conn: sqlite3.Connection, donor) -> None:
+    """The tables of schema 5 (before seals) on ``conn``, holding the records and settings of ``donor``."""
+    for script in MIGRATIONS[:5]:
+        for statement in filter(str.strip, script.split(";")):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version=5")
+    conn.execute("ATTACH ? AS donor", [str(donor)])
+    conn.execute("INSERT INTO records SELECT id, msgid, infno, created_at, card_sn, insured_region, treatment_region,"
+                 " envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply, owner"
+                 " FROM donor.records")
+    conn.execute("INSERT INTO meta SELECT * FROM donor.meta")
+    conn.execute("DETACH donor")
+
+
 def test_a_journal_from_before_seals_is_sealed_when_migrated(tmp_path):
     path = tmp_path / "v5.sqlite"
     made = _journal(tmp_path / "donor.sqlite")
-    with sqlite3.connect(path) as conn:
-        for script in MIGRATIONS[:5]:
-            for statement in filter(str.strip, script.split(";")):
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version=5")
-        conn.execute("ATTACH ? AS donor", [str(tmp_path / "donor.sqlite")])
-        conn.execute("INSERT INTO records SELECT id, msgid, infno, created_at, card_sn, insured_region, treatment_region,"
-                     " envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply, owner"
-                     " FROM donor.records")
-        conn.execute("INSERT INTO meta SELECT * FROM donor.meta")
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        _as_schema_5(conn, tmp_path / "donor.sqlite")
     with Outbox(path) as outbox:
         assert [r.msgid for r in outbox.records()][::-1] == [r.msgid for r in made]
     _edit(path, "UPDATE records SET insured_region = '110106' WHERE msgid = ?", [made[0].msgid])
@@ -191,16 +197,7 @@ def test_a_journal_an_older_version_left_with_its_wal_unmerged_is_opened_and_sea
     old = sqlite3.connect(path, isolation_level=None)  # as schema 5 made a journal: WAL first, then the tables
     old.execute("PRAGMA journal_mode=WAL")
     old.execute("PRAGMA wal_autocheckpoint=0")
-    for script in MIGRATIONS[:5]:
-        for statement in filter(str.strip, script.split(";")):
-            old.execute(statement)
-    old.execute("PRAGMA user_version=5")
-    old.execute("ATTACH ? AS donor", [str(tmp_path / "donor.sqlite")])
-    old.execute("INSERT INTO records SELECT id, msgid, infno, created_at, card_sn, insured_region, treatment_region,"
-                " envelope, state, attempts, next_attempt_at, last_error, done_at, infcode, reply, owner"
-                " FROM donor.records")
-    old.execute("INSERT INTO meta SELECT * FROM donor.meta")
-    old.execute("DETACH donor")
+    _as_schema_5(old, tmp_path / "donor.sqlite")
     assert path.read_bytes()[60:64] == bytes(4)  # the main file's header still says schema 0: all is in the WAL
     with Outbox(path) as outbox:
         assert [r.msgid for r in outbox.records()][::-1] == [r.msgid for r in made]
