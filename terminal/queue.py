@@ -604,9 +604,7 @@ class Outbox:
         """The msgids of the records (made ``since``, else all) that fail their seal (:meth:`_trusted`):
         reconciliation's check of the journal itself."""
         where, params = ("created_at >= ?", [since.isoformat()]) if since else ("1", [])
-        with self._errors("be read"):
-            rows = list(self.db.query(f"SELECT {_COLUMNS} FROM records WHERE {where} ORDER BY id", params))
-        return [str(row["msgid"])[:40] for row in rows if not self._trusted(row)]
+        return [record.msgid for record in self._select(where, params, damaged=True) if record.damaged]
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
@@ -1163,9 +1161,9 @@ class Outbox:
         return self._select(f"state IN ('{PENDING}', '{SENDING}')", [], limit)
 
     def records(self, state: str | None = None, limit: int | None = None, card_sn: str | None = None,
-                card_number: str | None = None, *, listing: bool = False) -> list[QueuedRecord]:
+                card_number: str | None = None, *, damaged: bool = False) -> list[QueuedRecord]:
         """Records newest first: all, or in one state, or of one card (by its identification code
-        ``card_sn``, or by the ``card_number`` printed on it), or both. ``listing``: records that fail
+        ``card_sn``, or by the ``card_number`` printed on it), or both. ``damaged``: records that fail
         their seal are listed as damaged (for ``sscard queue list``), else :class:`DamagedRecordError`."""
         if state is not None and state not in ALL_STATES:
             raise QueueError(f"Unknown record state {state!r}: use one of {', '.join(ALL_STATES)}")
@@ -1183,7 +1181,7 @@ class Outbox:
                            "AND EXISTS (SELECT 1 FROM json_tree(envelope, '$.input') "
                            "WHERE key = 'mdtrt_cert_no' AND atom = ?))")
             params += [card_number, card_number]
-        return self._select(" AND ".join(clauses) or "1", params, limit, newest_first=True, damaged=listing)
+        return self._select(" AND ".join(clauses) or "1", params, limit, newest_first=True, damaged=damaged)
 
     def with_data(self, infno: str, key: str, value: str) -> list[QueuedRecord]:
         """The recorded (not held) ``infno`` transactions whose ``input.data[key]`` is ``value``, oldest

@@ -10,10 +10,13 @@ import datetime as dt
 import json
 import os
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from central import CentralService
@@ -201,3 +204,19 @@ def reseal(outbox: Outbox, msgid: str) -> None:
 
     row = outbox.db.execute(f"SELECT {', '.join(SEALED)} FROM records WHERE msgid = ?", [msgid]).fetchone()
     outbox.db.execute("UPDATE records SET mac = ? WHERE msgid = ?", [outbox.seal.record(row), msgid])
+
+
+def wait_for_platform(url: str, proc: subprocess.Popen, seconds: float = 30) -> None:
+    """Return once the virtual platform that ``proc`` runs answers at ``url`` (``GET /_stats``); if the
+    process ends or ``seconds`` pass first, kill it and fail the test with what it said on stderr."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(f"{url}/_stats", timeout=1)
+            return
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                said = proc.stderr.read() if proc.stderr else ""
+                pytest.fail(f"the platform did not start: {said}")
+            time.sleep(0.05)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from queueing import free_port, wait_for_platform
 
 from apdu.errors import SSCardError
 from drivers.memory import MemoryConnection
@@ -141,26 +142,11 @@ def sscard(*args: str) -> list[str]:
     return [sys.executable, "-c", "from terminal.cli import main; main()", *args]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_service(db: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(sscard("central", "serve", "--db", str(db), "--port", str(port)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_stats", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the central service did not start")
+    wait_for_platform(f"http://127.0.0.1:{port}", proc, seconds=20)
+    return proc
 
 
 def run_the_day(folder: Path) -> None:

@@ -45,7 +45,7 @@ def test_an_edited_amount_is_refused_and_named_and_the_rest_reads(tmp_path):
         with pytest.raises(DamagedRecordError):
             outbox.for_card(CARD)  # the card whose records hold it: refused, not summed
         assert outbox.get(made[0].msgid).envelope == made[0].envelope  # the others read as written
-        listed = outbox.records(listing=True)
+        listed = outbox.records(damaged=True)
         assert [r.msgid for r in listed if r.damaged] == [sale.msgid]
     result = CliRunner().invoke(main, ["queue", "list", "-q", str(path)])
     assert result.exit_code == 0 and f"{sale.msgid}  2102" in result.stdout and "DAMAGED" in result.stdout
@@ -86,7 +86,7 @@ def test_a_damaged_record_is_never_uploaded_and_the_others_are(tmp_path, central
         report = uploader.drain()
         assert report.sent == 2
         assert central.ledger.message(made[1].msgid) is None  # never reached the platform
-        assert {r.msgid: r.state for r in outbox.records(listing=True) if r.infno == "2201"} == {
+        assert {r.msgid: r.state for r in outbox.records(damaged=True) if r.infno == "2201"} == {
             made[0].msgid: "sent", made[1].msgid: "dead", made[2].msgid: "sent"}
         assert "integrity check failed" in outbox.db.execute(
             "SELECT last_error FROM records WHERE msgid = ?", [made[1].msgid]).fetchone()[0]

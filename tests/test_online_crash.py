@@ -32,7 +32,7 @@ import pytest
 
 from central.ledger import Ledger
 from onlineworker import open_site, race
-from queueing import free_port
+from queueing import free_port, wait_for_platform
 
 HERE = Path(__file__).resolve().parent
 ZHANGWEI = "3303000000000001"
@@ -51,16 +51,7 @@ def platform_process(tmp_path):
     proc = subprocess.Popen(sscard("central", "serve", "--db", str(db), "--port", str(port), "--faults"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"{url}/_stats", timeout=1)
-            break
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"the platform did not start: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.05)
+    wait_for_platform(url, proc, seconds=20)
     try:
         yield url, db
     finally:

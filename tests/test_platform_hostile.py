@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from queueing import Clock, free_port
+from queueing import Clock, free_port, wait_for_platform
 from test_platform import CLINIC, PHARMACY, TODAY, Terminal, new_msgid
 
 from central import CentralService
@@ -145,24 +145,13 @@ def test_the_cli_serves_every_interface_with_allow_remote_and_says_so(tmp_path):
                              "central", "serve", "--db", str(tmp_path / "platform.sqlite"), "--host", "0.0.0.0",
                              "--allow-remote", "--port", str(port)], stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(f"http://127.0.0.1:{port}", proc)
+        wait_for_platform(f"http://127.0.0.1:{port}", proc)
         assert sign_in(f"http://127.0.0.1:{port}").json()["infcode"] == 0
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "warning: the virtual platform listens beyond this computer (0.0.0.0" in err
-
-
-def wait_for(url: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/_stats", timeout=1)
-            return
-        except httpx.TransportError:
-            assert proc.poll() is None and time.monotonic() < deadline, "the platform did not start"
-            time.sleep(0.05)
 
 
 # === 2. strangers and oversize bodies, in a process of its own: its memory =================================
@@ -181,7 +170,7 @@ def test_strangers_and_oversize_bodies_cost_the_service_no_memory_and_the_ledger
                              "central", "serve", "--db", str(db), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(url, proc)
+        wait_for_platform(url, proc)
         assert sign_in(url).json()["infcode"] == 0  # every code path warm before the baseline
         assert httpx.post(f"{url}/api/call", content=b"{}", timeout=5).status_code == 403
         baseline, ledger_before = peak_rss_kb(proc.pid), ledger_bytes(db)

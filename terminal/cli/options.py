@@ -20,6 +20,11 @@ import click
 MAX_READER_SPEC = 256
 
 
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control or format character (C0, C1, bidi overrides, zero widths)."""
+    return any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
 class Checked(click.ParamType):
     """A parameter type whose refusals name the environment variable when the value came from one
     (an invalid ``$SSCARD_...`` is an error, not ignored)."""
@@ -73,7 +78,7 @@ class Text(Checked):
             self.fail("must not be empty", param, ctx)
         if len(text) > self.longest:
             self.fail(f"is {len(text)} characters long: at most {self.longest}", param, ctx)
-        if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):  # incl. C1 and bidi overrides
+        if has_control(text):
             self.fail("must not hold control characters", param, ctx)
         return text
 
@@ -85,7 +90,7 @@ class FilePath(Checked, click.Path):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value)
-        if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):
+        if has_control(text):
             self.fail("a path must not hold control characters", param, ctx)
         names = text.replace("\\", "/").split("/")  # Windows separates with either
         if len(text) > 4096 or any(len(name.encode("utf-8", "surrogateescape")) > 255 for name in names):

@@ -144,7 +144,7 @@ def list_records(path: Path | None, config_path: Path | None, state: str | None,
         with Outbox(where, create=False) as outbox:
             by_code = card is not None and len(card.strip()) == CARD_SN_LENGTH
             code, number = (card.strip().upper(), None) if by_code else (None, card.strip() if card else None)
-            rows = [r.summary() for r in outbox.records(state, limit, card_sn=code, card_number=number, listing=True)]
+            rows = [r.summary() for r in outbox.records(state, limit, card_sn=code, card_number=number, damaged=True)]
     if as_json:
         print_json(rows)
         return
