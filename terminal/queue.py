@@ -41,10 +41,8 @@ from apdu.errors import ConfigError, SSCardError, mask, one_line
 from message.envelope import (
     CST,
     INF_TIME,
-    INFNO,
     MSGID_RE,
     MSGID_TIME,
-    QUEUEABLE,
     SEQ_PER_SECOND,
     Envelope,
     MessageError,
@@ -54,6 +52,7 @@ from message.envelope import (
     encode,
     iso_time,
 )
+from message.infno import QUEUEABLE, label
 from terminal.private import create_private_file, publish, warn_if_shared
 from terminal.seal import SEALED, Seal
 
@@ -776,7 +775,7 @@ class Outbox:
         held: bool = False,
     ) -> QueuedRecord:
         """Queue one transaction to upload later; when this returns, the record is on disk with its
-        final msgid. Only what the platform takes in a batch (:data:`message.envelope.QUEUEABLE`) can
+        final msgid. Only what the platform takes in a batch (:data:`message.infno.QUEUEABLE`) can
         be queued: every other transaction is an online call (:meth:`begin_call`).
 
         ``held``: the record is queued in the state ``held``, which no uploader claims, until
@@ -789,7 +788,7 @@ class Outbox:
         was saved.
         """
         if infno not in QUEUEABLE:
-            raise RecordError(f"{infno} ({INFNO.get(infno, 'unknown')}) is an online call: it cannot wait in "
+            raise RecordError(f"{infno} ({label(infno)}) is an online call: it cannot wait in "
                               "the queue")
         return self._insert(infno, input, insured_region, card_sn, operator, HELD if held else PENDING, 0.0)
 

@@ -38,6 +38,7 @@ import httpx
 
 from apdu.errors import ConfigError, SSCardError, one_line
 from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, iso_time, with_sign_no
+from message.infno import Infno
 from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
@@ -588,7 +589,7 @@ def sign_in(central: CentralClient, outbox: Outbox) -> str:
 
     def attempt() -> dict[str, Any]:
         envelope = Envelope(
-            infno="9001",
+            infno=Infno.SIGN_IN,
             msgid=outbox.next_msgid(),
             station=station,
             operator=station.operator,

@@ -34,7 +34,7 @@ from apdu.errors import SSCardError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
-from message.envelope import REVERSIBLE
+from message.infno import REVERSIBLE
 from terminal.demo import DAY, PLACES, PLATFORM_DB, Step, run_step
 
 QUEUES = sorted({name for name, _ in PLACES.values()})

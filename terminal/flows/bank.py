@@ -30,6 +30,7 @@ from typing import Any
 from apdu.crypto import PINFormatError, check_new_pin
 from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
+from message.infno import Infno
 from terminal.card import Identity, SocialSecurityCard, holder
 from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application, unlocker
 from terminal.flows.common import (
@@ -47,7 +48,6 @@ from terminal.queue import QueuedRecord, QueueError
 
 log = logging.getLogger(__name__)
 
-ACTIVATION = "SS01"
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def choose_pin(clerk: Clerk) -> str:
 
 
 def _held_activations(site: Site, card_sn: str) -> list[QueuedRecord]:
-    return [r for r in site.outbox.held(card_sn) if r.infno == ACTIVATION]
+    return [r for r in site.outbox.held(card_sn) if r.infno == Infno.ACTIVATION]
 
 
 def _release(site: Site, record: QueuedRecord) -> QueuedRecord:
@@ -177,7 +177,7 @@ def bank_activate(connection: Connection, site: Site, id_number: str, clerk: Cle
     pin = new_pin(clerk)
     _withdraw_stale(site, identity, clerk)
     held = site.outbox.add(
-        ACTIVATION,
+        Infno.ACTIVATION,
         {"data": {**person_fields(identity), "actv_way": "bank", "actv_time": timestamp(site),
                   "medical_account": "normal"}},
         insured_region=identity.issuing_region, card_sn=identity.card_identification_code, held=True,

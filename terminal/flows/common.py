@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from apdu.errors import SSCardError, WrongPINError, mask
 from drivers.connection import Connection
 from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
+from message.infno import ACTIVATIONS, Infno
 from terminal.card import Identity, SocialSecurityCard
 from terminal.config import TerminalConfig
 from terminal.crypto import CardKeyRef, KeyStore, check_genuine, unlocker
@@ -26,7 +27,6 @@ from terminal.queue import STANDING, Outbox, QueuedRecord
 from terminal.upload import CentralError
 
 #: project codes of the records that activate a card at this terminal (docs/flows.md, "Activation")
-ACTIVATION_INFNOS = ("SS01", "SS02")
 #: tries left at which the PIN prompt stops mentioning them
 FULL_TRIES = 3
 
@@ -243,7 +243,7 @@ def same_person(a: str, b: str) -> bool:
 def activation_record(outbox: Outbox, card_sn: str) -> QueuedRecord | None:
     """The first record that activated this card at this terminal (SS01 or SS02, queued or answered
     online; not one refused, reversed or dead), if any."""
-    records = [r for r in outbox.for_card(card_sn) if r.infno in ACTIVATION_INFNOS and r.state in STANDING]
+    records = [r for r in outbox.for_card(card_sn) if r.infno in ACTIVATIONS and r.state in STANDING]
     return records[-1] if records else None
 
 
@@ -277,7 +277,7 @@ def look_up(site: Site, at: CardAtCounter) -> Person:
     """1101 for the card at the counter: the platform's person (psn_no, insurances, insured region,
     balance). The platform must name the card's own holder (:class:`RefusedError` otherwise)."""
     identity = at.identity
-    output = site.online().query("1101", {"data": {**person_fields(identity), "begntime": timestamp(site)}},
+    output = site.online().query(Infno.PERSON, {"data": {**person_fields(identity), "begntime": timestamp(site)}},
                                  insured_region=identity.issuing_region)
     person = Person.from_1101(output)
     if not same_person(person.certno, identity.social_security_number):
