@@ -258,17 +258,18 @@ class _Server(uvicorn.Server):
 class ReaderService:
     """The service on ``host:port`` (port 0: any free port) for the card in ``reader`` (and
     ``contactless``, when configured), checking cards with ``keys``; ``terminal_no`` and ``device``
-    are what iReadCardBas reports; ``origins`` the allow-list; ``token`` the per-install token.
+    are what iReadCardBas reports; ``origins`` the allow-list; ``token`` the per-install token;
+    ``exclusive``: hold PC/SC readers exclusively while a call uses them (``sscard --exclusive serve``).
     :class:`ServiceError` for a host not on loopback; :class:`OSError` when the port is taken."""
 
     def __init__(self, *, reader: str, keys: KeyStore, token: str, origins: tuple[str, ...] = (),
                  contactless: str | None = None, terminal_no: int = 0, device: str = "", host: str = "127.0.0.1",
                  port: int = 0, busy_wait: float = BUSY_WAIT, card_timeout: float = CARD_TIMEOUT_S,
                  body_time: float = BODY_TIME_S, config: TerminalConfig | None = None,
-                 central_url: str | None = None) -> None:
+                 central_url: str | None = None, exclusive: bool = False) -> None:
         if host not in LOOPBACK:
             raise ServiceError(f"the service listens on this computer only (127.0.0.1 or ::1), not {host!r}")
-        self.reader, self.contactless = reader, contactless
+        self.reader, self.contactless, self.exclusive = reader, contactless, exclusive
         self.keys = keys
         self.terminal_no, self.device = terminal_no, device
         #: the terminal the counter functions record for (journal, platform); None: card functions only
@@ -457,7 +458,7 @@ class ReaderService:
 
     def _present(self, spec: str) -> tuple[SocialSecurityCard, Any]:
         """The card in ``spec``, selected (not yet checked): its session and connection."""
-        connection = open_connection(spec)
+        connection = open_connection(spec, exclusive=self.exclusive)
         card = SocialSecurityCard(connection)
         try:
             card.select()
@@ -599,7 +600,7 @@ class ReaderService:
 
             found: list[dict[str, Any]] = []
             if self.reader.startswith(SIM_PREFIX):
-                with open_connection(self.reader) as virtual:
+                with open_connection(self.reader, exclusive=self.exclusive) as virtual:
                     found.append({"reader": self.reader, "kind": "virtual", "card": True,
                                   "atr": atr_text(virtual.atr), "configured": True})
             try:
@@ -729,21 +730,21 @@ class ReaderService:
     def _register(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
         from terminal.flows.desk import register
 
-        with open_connection(spec) as connection:
+        with open_connection(spec, exclusive=self.exclusive) as connection:
             return register(connection, site, str(payload.get("type") or "outpatient"), self._text(payload, "department"),
                             clerk, require_pin=bool(payload.get("pin")) or bool(self.config and self.config.desk_requires_pin))
 
     def _settle(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
         from terminal.flows.desk import settle_visit
 
-        with open_connection(spec) as connection:
+        with open_connection(spec, exclusive=self.exclusive) as connection:
             return settle_visit(connection, site, self._text(payload, "visit"), self._text(payload, "bill"),
                                 self._items(payload), clerk)
 
     def _purchase(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
         from terminal.flows.pharmacy import purchase
 
-        with open_connection(spec) as connection:
+        with open_connection(spec, exclusive=self.exclusive) as connection:
             return purchase(connection, site, self._text(payload, "sale"), self._items(payload), clerk)
 
     def _refund(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:

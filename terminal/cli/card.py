@@ -6,10 +6,9 @@ from pathlib import Path
 import click
 
 from terminal.card import Identity, SocialSecurityCard, Unlock
-from terminal.cli.options import config_option, key_store_options, reader_option
+from terminal.cli.options import config_option, key_store_options, reader_option, connect
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
-from terminal.readers import open_connection
 
 #: text labels, in the order a clerk reads them
 LABELS = (
@@ -94,7 +93,7 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
         raise click.UsageError("--bank reads the bank application, which needs no key store: --psam and --key-file "
                                "are for a third-generation card's holder data")
     if bank:
-        with open_connection(reader) as connection:
+        with connect(reader) as connection:
             account = SocialSecurityCard(connection).read_bank_account()
         if as_json:
             print_json(account.to_dict(full_number=show_account))
@@ -103,7 +102,7 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
             click.echo(f"银行账户 Bank account  {shown['account_number']}  ({account.label}, {account.kind}, "
                        f"expires {account.expiry})")
         return
-    with open_connection(reader) as connection:
+    with connect(reader) as connection:
         identity = SocialSecurityCard(connection).read_identity(unlock_with(psam, key_file, config_path))
     fields = identity.to_dict(redact=redact)
     if as_json:
@@ -122,7 +121,7 @@ def verify_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
     The PIN is asked at a hidden prompt, or read from standard input when it is not a terminal.
     Exit code 6: wrong PIN; 7: PIN blocked.
     """
-    with open_connection(reader) as connection:
+    with connect(reader) as connection:
         card = SocialSecurityCard(connection)
         card.select()
         pin = read_pin("PIN", pin_stdin)

@@ -16,6 +16,9 @@ from typing import Any
 
 import click
 
+from drivers.connection import Connection
+from terminal.readers import open_connection
+
 #: the longest reader spec taken (a PC/SC reader name is at most a few dozen characters)
 MAX_READER_SPEC = 256
 
@@ -115,6 +118,22 @@ LIMIT = Count(1, 100_000)
 #: what is said to whoever puts the ID number on the command line
 ID_NUMBER_NOT_IN_ARGV = ("The holder's ID number is not taken on the command line, where 'ps' and the shell history "
                          "keep it: type it at the prompt, or give it as the first line of standard input")
+
+#: click's context key for ``sscard --exclusive`` (set by the group, read by :func:`connect`)
+EXCLUSIVE = "sscard.exclusive"
+
+
+def exclusive() -> bool:
+    """Whether this run holds PC/SC readers exclusively (``sscard --exclusive``)."""
+    context = click.get_current_context(silent=True)
+    return bool(context and context.meta.get(EXCLUSIVE))
+
+
+def connect(spec: str | None) -> Connection:
+    """The card in the reader ``--reader`` named (terminal/readers.py), shared with other programs
+    unless ``sscard --exclusive`` was given."""
+    return open_connection(spec, exclusive=exclusive())
+
 
 reader_option = click.option(
     "--reader", "-r", metavar="SPEC", default=None, type=Text(MAX_READER_SPEC),

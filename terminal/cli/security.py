@@ -12,7 +12,7 @@ import click
 
 from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard, holder
-from terminal.cli.options import config_option, id_number_asked, key_store_options, reader_option
+from terminal.cli.options import config_option, id_number_asked, key_store_options, reader_option, connect
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
 from terminal.config import KeyStoreArgs
@@ -24,7 +24,6 @@ from terminal.crypto import (
     reload_pin,
     unlocker,
 )
-from terminal.readers import open_connection
 
 TEST_KEYS_WARNING = (
     "Warning: using the TEST keys (public, for the simulator's virtual cards only): a card in a real reader "
@@ -71,7 +70,7 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, config_pat
       sscard auth --reader "Virtual PCD 00 00" --psam "Virtual PCD 00 01"
     """
     with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
-            open_connection(reader) as connection:
+            connect(reader) as connection:
         announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)
         card.select()
@@ -97,7 +96,7 @@ def change_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
     Weak PINs (one digit repeated, consecutive digits such as 123456) are refused (exit 11).
     Exit code 6: wrong current PIN; 7: PIN blocked.
     """
-    with open_connection(reader) as connection:
+    with connect(reader) as connection:
         card = SocialSecurityCard(connection)
         card.select()
         old = read_pin("Current PIN", pin_stdin)
@@ -131,7 +130,7 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, confi
     Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
     """
     with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
-            open_connection(reader) as connection:
+            connect(reader) as connection:
         announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)
         card.select()

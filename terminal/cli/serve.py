@@ -9,7 +9,7 @@ import click
 
 from terminal.cli import watchdog
 from terminal.cli.counter import central_option
-from terminal.cli.options import Count, FilePath, config_option, reader_option
+from terminal.cli.options import Count, FilePath, config_option, exclusive, reader_option
 
 
 @click.command()
@@ -63,7 +63,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
             service = ReaderService(reader=reader or default_reader(), contactless=contactless_reader, keys=keys,
                                     token=token, origins=origins, terminal_no=config.terminal_no if config else 0,
                                     device=config.device if config else "", host=host, port=port, config=config,
-                                    central_url=central_url, card_timeout=watchdog.disarm())
+                                    central_url=central_url, card_timeout=watchdog.disarm(), exclusive=exclusive())
         except OSError as err:
             raise click.ClickException(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         allowed = ", ".join(origins) or "none (token clients only)"
