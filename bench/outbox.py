@@ -94,7 +94,7 @@ def wal_frames(conn, count: int, frames: dict[str, float], side: str):
 def ours(path: Path, count: int, sync: str = "FULL", frames: dict | None = None) -> float:
     """Records per second through ``Outbox.add`` (each its own transaction, FULL unless ``sync``)."""
     with Outbox(path, STATION, **UNPACED) as outbox:
-        conn = outbox.db.conn
+        conn = outbox.db
         if sync != "FULL":
             conn.execute(f"PRAGMA synchronous={sync}")
         with wal_frames(conn, count, frames or {}, "ours"):
@@ -204,7 +204,7 @@ def free_port() -> int:
 def upload_bench(root: Path, count: int, batch: int) -> None:
     path = root / "upload.sqlite"
     with Outbox(path, STATION, **UNPACED) as outbox:
-        with outbox.db.conn:  # filling is not what is measured: keep it quick
+        with outbox.db:  # filling is not what is measured: keep it quick
             outbox.db.execute("PRAGMA synchronous=OFF")
         for _ in range(count):
             outbox.add("2201", BODY, insured_region="110105")

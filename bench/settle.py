@@ -755,7 +755,7 @@ def build_reconcile(root: Path, count: int, day: dt.date) -> tuple[Path, Path, i
                                       "det_item_fee_sumamt": Fen(500)}]}).to_wire()
     assert again == rows[0][7], "the journal template does not write what Envelope.to_wire writes"
     outbox = Outbox(journal)
-    conn = outbox.db.conn
+    conn = outbox.db
     sealed = [(*row, outbox.seal.record(row[:8]), outbox.seal.answer(row[0], row[14], True)) for row in rows]
     try:
         conn.execute("BEGIN IMMEDIATE")

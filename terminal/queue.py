@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 
 from apdu.errors import ConfigError, SSCardError, mask, one_line
 from message.envelope import (
@@ -480,7 +479,7 @@ class Outbox:
                 self._create()
             check_journal_file(self.path)
             warn_if_shared(self.path, "record queue")
-            self.db = sqlite_utils.Database(self._connect(busy_timeout_ms))
+            self.db = self._connect(busy_timeout_ms)
         try:
             with self._errors("be opened"):
                 if seal is None:  # the key is made with the journal, or when one from before seals is sealed
@@ -553,7 +552,7 @@ class Outbox:
     def _write(self, doing: str, consequence: str = "") -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: takes the write lock first, so read-then-write never deadlocks."""
         with self._errors(doing, consequence):
-            conn = self.db.conn
+            conn = self.db
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -744,7 +743,7 @@ class Outbox:
         commit makes it durable); after a power cut a query's msgid may come again, which the platform
         answers ``MSGID_TAKEN`` with nothing done, and the caller asks again (docs/central-api.md)."""
         station = self.require_station()
-        conn = self.db.conn
+        conn = self.db
         waited, key = 0.0, None
         with self._errors("allocate a message id"):
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -827,7 +826,7 @@ class Outbox:
             stamp, inf_time, created_at = self._stamp(now)
             ts = now.timestamp() + lease
             with self._errors("record the transaction", " The transaction was NOT saved."):
-                conn = self.db.conn
+                conn = self.db
                 execute = conn.execute
                 execute("BEGIN IMMEDIATE")
                 try:
@@ -1140,7 +1139,9 @@ class Outbox:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._errors("be read"):
-            rows = list(self.db.query(sql, params))
+            cursor = self.db.execute(sql, params)
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor]
         intact = self._trusted
         if all(intact(row) for row in rows):
             return [QueuedRecord.from_row(row) for row in rows]
