@@ -187,7 +187,8 @@ class Call:
 
     @property
     def input(self) -> dict[str, Any]:
-        return self.message["input"]
+        body: dict[str, Any] = self.message["input"]
+        return body
 
     def data(self, key: str = "data") -> dict[str, Any]:
         """``input[key]`` (an object), or :class:`Rejected`."""
@@ -421,7 +422,8 @@ class Ledger:
                 return self._response(inst, msgid, -1, f"message {msgid} was reversed by {row[3]}: make a new message")
             if row[0] == digest(message):
                 self.repeats += 1
-                return json.loads(row[1])  # a repeat: the same answer as the first time
+                first: dict[str, Any] = json.loads(row[1])  # a repeat: the same answer as the first time
+                return first
             return self._response(inst, msgid, MSGID_TAKEN, "msgid already used for a different message")
         reversal = conn.execute("SELECT by_msgid FROM reversals WHERE omsgid = ?", [msgid]).fetchone()
         if reversal is not None:

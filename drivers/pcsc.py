@@ -147,7 +147,8 @@ class Context:
         """SCardGetStatusChange, for reader names of any characters (drivers/readerstate.py)."""
         if readerstate.needs_native([name for name, _ in readers]):
             return readerstate.get_status_change(self.handle, timeout_ms, readers)
-        return scard.SCardGetStatusChange(self.handle, timeout_ms, readers)
+        result: tuple[int, list[Any]] = scard.SCardGetStatusChange(self.handle, timeout_ms, readers)
+        return result
 
     def release(self) -> None:
         try:
@@ -276,7 +277,7 @@ class PCSCConnection(Connection):
         self._context: Context | None = None
         self._card: int | None = None
         self._features: dict[int, int] | None = None
-        self._disposition = None if disposition is None else DISPOSITIONS[disposition]
+        self._disposition: int | None = None if disposition is None else DISPOSITIONS[disposition]
         self._share = scard.SCARD_SHARE_EXCLUSIVE if exclusive else scard.SCARD_SHARE_SHARED
         self._protocols = PROTOCOLS[protocol]
         with self.waiting_for_card(held=True):
@@ -401,8 +402,8 @@ class PCSCConnection(Connection):
         if self._disposition is not None:
             return self._disposition
         if self.exclusive:
-            return scard.SCARD_UNPOWER_CARD
-        return scard.SCARD_RESET_CARD if self.security_raised else scard.SCARD_LEAVE_CARD
+            return int(scard.SCARD_UNPOWER_CARD)
+        return int(scard.SCARD_RESET_CARD if self.security_raised else scard.SCARD_LEAVE_CARD)
 
     def disconnect(self) -> None:
         """Release the card (class docstring: left, reset or powered down) and the PC/SC context.
@@ -475,10 +476,11 @@ def _diff(known: dict[str, ReaderStatus], now: list[ReaderStatus], first: bool,
     for status in now:
         old = known.get(status.name)
         was = old is not None and old.present
-        if was and status.present and (old.atr != status.atr or (trust_counter and old.events != status.events)):
+        if old is not None and was and status.present and (old.atr != status.atr
+                                                           or (trust_counter and old.events != status.events)):
             events.append(ReaderEvent(REMOVED, status.name, old.atr))  # swapped between two looks
             was = False
-        if was and not status.present:
+        if old is not None and was and not status.present:
             events.append(ReaderEvent(REMOVED, status.name, old.atr))
         elif not was and status.present and not status.mute:
             events.append(ReaderEvent(PRESENT if first else INSERTED, status.name, status.atr))

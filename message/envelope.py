@@ -282,7 +282,7 @@ def encode(message: dict[str, Any]) -> str:
 
 def with_sign_no(wire: str, sign_no: str) -> dict[str, Any]:
     """A stored envelope (wire JSON) with the session's ``sign_no`` filled in, ready to send."""
-    message = json.loads(wire)
+    message: dict[str, Any] = json.loads(wire)
     message["sign_no"] = sign_no
     return message
 

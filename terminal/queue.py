@@ -343,7 +343,8 @@ class QueuedRecord:
     @property
     def input(self) -> dict[str, Any]:
         """The transaction body as sent (amounts as yuan strings)."""
-        return json.loads(self.envelope)["input"]
+        body: dict[str, Any] = json.loads(self.envelope)["input"]
+        return body
 
     @property
     def next_attempt(self) -> dt.datetime:
@@ -714,7 +715,8 @@ class Outbox:
 
     def _high(self, conn: sqlite3.Connection) -> int | None:
         """The highest id used in this file: records, and msgids issued without a record (sign-ins)."""
-        return conn.execute(_HIGH).fetchone()[0]
+        high: int | None = conn.execute(_HIGH).fetchone()[0]
+        return high
 
     def _paced_id(self, stamp: int, high: int | None) -> int | None:
         """The next id for second ``stamp`` after ``high`` (:meth:`_next_id`), or None when it would run
@@ -1253,9 +1255,10 @@ class Outbox:
     def next_due(self) -> float | None:
         """When the next unconfirmed record is due (epoch seconds), or None when none is waiting."""
         with self._errors("be read"):
-            return self.db.execute(
+            due: float | None = self.db.execute(
                 f"SELECT min(next_attempt_at) FROM records WHERE state IN ('{PENDING}', '{SENDING}')"
             ).fetchone()[0]
+            return due
 
 
 _COLUMNS = ("id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope, state, attempts,"

@@ -194,11 +194,13 @@ class Guard:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         origin = headers.get("origin")
         if scope["type"] == "http" and scope["method"] == "OPTIONS" and origin in self.origins:
-            return await _preflight(origin)(scope, receive, send)
+            await _preflight(origin)(scope, receive, send)
+            return
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             log.info("refused %s %s: %s", scope["type"], scope.get("path"), refusal)
@@ -206,13 +208,16 @@ class Guard:
                 await send({"type": "websocket.close", "code": 1008})  # the handshake gets HTTP 403
                 return
             body = {"error": {"code": "forbidden", "exit_code": 2, "message": refusal}}
-            return await _json(body, 403)(scope, receive, send)
+            await _json(body, 403)(scope, receive, send)
+            return
         length = headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
             body = {"error": {"code": "too_large", "exit_code": 2, "message": f"a request is at most {MAX_BODY} bytes"}}
-            return await _json(body, 413)(scope, receive, send)
+            await _json(body, 413)(scope, receive, send)
+            return
         if origin is None or scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
 
         async def with_cors(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -221,7 +226,7 @@ class Guard:
                                                   (b"vary", b"Origin")]}
             await send(message)
 
-        return await self.app(scope, receive, with_cors)
+        await self.app(scope, receive, with_cors)
 
 
 def _preflight(origin: str) -> Response:

@@ -28,7 +28,7 @@ def has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
-class Checked(click.ParamType):
+class Checked(click.ParamType[Any, Any]):
     """A parameter type whose refusals name the environment variable when the value came from one
     (an invalid ``$SSCARD_...`` is an error, not ignored)."""
 

@@ -142,8 +142,9 @@ def list_records(path: Path | None, config_path: Path | None, state: str | None,
     rows = []
     if where.exists():
         with Outbox(where, create=False) as outbox:
-            by_code = card is not None and len(card.strip()) == CARD_SN_LENGTH
-            code, number = (card.strip().upper(), None) if by_code else (None, card.strip() if card else None)
+            given = card.strip() if card else None
+            by_code = given is not None and len(given) == CARD_SN_LENGTH
+            code, number = (given.upper(), None) if given and by_code else (None, given)
             rows = [r.summary() for r in outbox.records(state, limit, card_sn=code, card_number=number, damaged=True)]
     if as_json:
         print_json(rows)
@@ -191,7 +192,9 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
            progress: bool | None, as_json: bool) -> None:
     """Send the due records to the central service (exit 14 if it cannot be reached)."""
     from terminal.upload import (  # here: httpx slows start-up
+        DEFAULT_BATCH,
         DEFAULT_INTERVAL,
+        DEFAULT_TIMEOUT,
         CentralError,
         Uploader,
         shown_url,
@@ -201,12 +204,12 @@ def upload(path: Path | None, config_path: Path | None, url: str | None, batch_s
     path = path if path is not None else config.queue_path if config else default_queue()
     url = url if url is not None else config.central_url if config else DEFAULT_CENTRAL
 
-    given = {"batch_size": batch_size, "timeout": timeout}
-    options = {name: value for name, value in given.items() if value is not None}
     # the configuration's station (a terminal number corrected there applies to the next sign-in)
     station = config.station if config and config.queue_path == path else None
     with Outbox(path, station, create=False) as outbox, \
-            Uploader(outbox, url, credentials=gateway_credentials(config, outbox), **options) as uploader:
+            Uploader(outbox, url, credentials=gateway_credentials(config, outbox),
+                     batch_size=DEFAULT_BATCH if batch_size is None else batch_size,
+                     timeout=DEFAULT_TIMEOUT if timeout is None else timeout) as uploader:
         if follow:
             with signals.stop_on_signals() as stop:
                 click.echo(f"uploading to {shown_url(url)} until Ctrl-C or SIGTERM", err=True)
