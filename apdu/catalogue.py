@@ -1,7 +1,7 @@
 """The card's data items: where each lives, its tag, length and encoding (docs/card-profile.md).
 
 EF05 holds the card's data, EF06 the holder's; record n of EF05 holds tag n, EF06's records hold the
-tags in the order of ``EF06`` below (shared/reference/ssc-card.md, "Selection and files"). Encodings:
+tags in the order of ``EF06`` below (docs/reference/card.md, "Files and records"). Encodings:
 
 - ``an``: ASCII letters and digits; ``gbk``: Chinese text in GBK; trailing 00, FF and spaces are padding.
 - ``cn``: BCD digits, right-padded with F (``33 03 00`` -> "330300").

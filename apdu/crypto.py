@@ -161,7 +161,7 @@ def diversification_data(card_identification_code: bytes) -> bytes:
     the same for 3DES and SM4 keys.
 
     Project convention (docs/crypto.md, "Key diversification"), from the code's layout
-    (shared/reference/ssc-card.md: ``330300 D156000005 99110145 FFFFFFFF``, that is, the issuing
+    (docs/reference/card.md, "Data formats": ``330300 D156000005 99110145 FFFFFFFF``, that is, the issuing
     region code in 3 BCD bytes, the RID ``D1 56 00 00 05`` common to all cards, the card's serial,
     ``FF`` padding): D = the region code (first 3 bytes) || the rightmost 5 bytes before the ``FF``
     padding (the serial and the byte before it): ``330300`` || ``05 99110145`` ->
@@ -312,7 +312,7 @@ def session_mac(key: bytes, challenge: bytes, message: bytes, algorithm: Algorit
     """The 4-byte MAC of a MAC-protected card command (RELOAD PIN, APPLICATION UNBLOCK).
 
     Project convention (docs/card-profile.md, "MAC-protected commands"), the PBOC form of
-    shared/reference/ssc-card.md: SK = ``session_key(DK, challenge, terminal_data)``, then
+    docs/reference/commands.md, "Authentication": SK = ``session_key(DK, challenge, terminal_data)``, then
     ``pboc_mac(SK, message, iv=challenge)``. ``challenge`` is the card's last GET CHALLENGE answer,
     ``message`` the command header, Lc and data without the MAC; the commands of this project send
     no terminal data, so ``terminal_data`` is empty.
@@ -382,7 +382,7 @@ def check_new_pin(pin: str, length: int = PIN_DEFAULT_LENGTH) -> None:
     """Refuse a PIN the holder wants to set (CHANGE PIN, RELOAD PIN, bank activation): malformed or
     not ``length`` digits (PINFormatError), or weak (WeakPINError, :func:`is_weak_pin`). Project
     policy, docs/crypto.md: the card's PIN is 6 digits by default (``PIN_DEFAULT_LENGTH``; the
-    issue PIN 123456, shared/reference/ssc-card.md), so a new PIN is 6 digits unless a site
+    issue PIN 123456, docs/reference/card.md, "PIN"), so a new PIN is 6 digits unless a site
     chooses another length; VERIFY still takes the 4 to 12 digits a card may hold. Messages never
     contain the PIN."""
     if not PIN_MIN_LENGTH <= length <= PIN_MAX_LENGTH:

@@ -337,7 +337,7 @@ class QueuedRecord:
 
     @property
     def cross_region(self) -> bool:
-        """Insured region differs from the treatment region (DESIGN.md item 6)."""
+        """Insured region differs from the treatment region (docs/design.md item 6)."""
         return self.insured_region != self.treatment_region
 
     @property
@@ -1236,7 +1236,7 @@ class Outbox:
         return row[0] if row else None
 
     def for_card(self, card_sn: str, limit: int | None = None) -> list[QueuedRecord]:
-        """The records this terminal holds for one card (kiosk inquiry, DESIGN.md item 7, the balance,
+        """The records this terminal holds for one card (kiosk inquiry, docs/design.md item 7, the balance,
         the activation), newest first; ``held`` ones are not recorded yet and not among them."""
         return self._select(f"card_sn = ? AND state != '{HELD}'", [card_sn], limit, newest_first=True)
 

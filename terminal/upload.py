@@ -1,6 +1,6 @@
 """The uploader: sends the outbox to the central service in batches, at-least-once, deduped by msgid.
 
-DESIGN.md item 5 and "The central service"; the HTTP API and the retry rules are in docs/central-api.md
+docs/design.md item 5, docs/reference/platform.md; the HTTP API and the retry rules are in docs/central-api.md
 ("Delivery"). A batch is the oldest due records, claimed (``sending``) in one short transaction that
 commits before the HTTP call. Each answer settles its record: infcode 0 sent, negative dead with the
 reason. A batch the service refuses as invalid (HTTP 400/413/422 with the platform's own JSON error) is

@@ -14,7 +14,7 @@ H = bytes.fromhex
 # --- simple TLV ---------------------------------------------------------------------------------
 
 def test_decode_card_identification_record():
-    """ssc-card.md: ``00 B2 01 04 00`` -> ``01 10 330300D15600000599110145FFFFFFFF``."""
+    """docs/reference/card.md: ``00 B2 01 04 00`` -> ``01 10 330300D15600000599110145FFFFFFFF``."""
     assert decode_simple(H("0110330300D15600000599110145FFFFFFFF")) == {
         0x01: H("330300D15600000599110145FFFFFFFF")}
 

@@ -1,7 +1,7 @@
 """The virtual PSAM: the terminal's secure access module, a card in its own reader slot that holds the
 master keys and computes card cryptograms and MACs for the terminal without ever giving a key out.
 
-Commands (PBOC PSAM form, shared/reference/ssc-card.md; details are the project convention of
+Commands (PBOC PSAM form, docs/reference/commands.md, "PSAM"; details are the project convention of
 docs/card-profile.md, "PSAM commands"):
 
 - DES INIT ``80 1A <key usage> <key version> Lc D [|| challenge]``: pick a master key by usage

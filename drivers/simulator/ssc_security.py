@@ -3,7 +3,7 @@
 INTERNAL AUTHENTICATE (the genuine-card check), EXTERNAL AUTHENTICATE (the terminal proves itself;
 its own try counter) which grants UPDATE RECORD, and the MAC-protected RELOAD PIN and APPLICATION
 UNBLOCK. Keys, key ids, MAC inputs: docs/card-profile.md, "Keys and security" (project convention
-where shared/reference/ssc-card.md is silent). Every cryptogram and MAC is compared in constant time.
+where docs/reference/commands.md is silent). Every cryptogram and MAC is compared in constant time.
 
 The host class provides ``algorithm``, ``_challenge`` (GET CHALLENGE), ``_ef_for(sfi)``,
 ``_pin_from(block)``, the PIN state (``_pin``, ``pin_tries_left``, ``pin_max_tries``, ``_verified``)

@@ -1,4 +1,4 @@
-"""The bank counter activation (DESIGN.md item 4, first way).
+"""The bank counter activation (docs/design.md item 4, first way).
 
 The holder brings the card and the original ID document; the clerk types the document's number, which
 must match the card's social security number; the holder sets a PIN (weak PINs refused); the terminal

@@ -161,7 +161,7 @@ class CardAtCounter:
 
 
 def present_card(connection: Connection, site: Site) -> CardAtCounter:
-    """SELECT the SSC application, prove the card genuine (internal authentication, DESIGN.md item 2)
+    """SELECT the SSC application, prove the card genuine (internal authentication, docs/design.md item 2)
     and read its identity. A counterfeit is refused here, before anything is recorded (exit 8)."""
     card = SocialSecurityCard(connection)
     card.select()
