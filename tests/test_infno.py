@@ -12,9 +12,10 @@ TABLE = Path(__file__).resolve().parent.parent / "docs" / "platform.md"
 
 
 def rows() -> list[tuple[list[str], str, str]]:
-    text = TABLE.read_text(encoding="utf-8").split("## Transactions", 1)[1].strip().split("\n\n", 1)[0]
+    section = TABLE.read_text(encoding="utf-8").split("## Transactions", 1)[1].split("\n## ", 1)[0]
+    table = section[section.index("\n|"):].strip().split("\n\n", 1)[0]
     found = []
-    for line in text.splitlines()[2:]:
+    for line in table.splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
         found.append((re.findall(r"[0-9A-Z]{4}", cells[0]), cells[2], cells[3]))
     return found
