@@ -9,12 +9,11 @@ from apdu.errors import CardUnresponsiveError
 from terminal.cli import watchdog
 from terminal.cli.counter import (
     ScreenClerk,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import config_option, id_number_asked, reader_option, connect
+from terminal.cli.options import central_option, config_option, connect, id_number_asked, reader_option
 from terminal.cli.output import json_option
 from terminal.flows.bank import bank_activate
 from terminal.queue import QueuedRecord

@@ -30,10 +30,6 @@ pin_stdin_option = click.option("--pin-stdin", is_flag=True,
                                 help="Read PINs from standard input, one per line (so they are read whenever it is not a terminal).")
 yes_option = click.option("--yes", "agrees", is_flag=True,
                           help="Answer yes to the clerk's confirmations (a maternity registration for a male holder).")
-central_option = click.option(
-    "--central", "central_url", envvar="SSCARD_CENTRAL", default=None, metavar="URL",
-    help="The platform's URL [default: $SSCARD_CENTRAL, else the configuration's [central] url].",
-)
 
 
 @dataclass

@@ -8,13 +8,12 @@ import click
 from terminal.cli.counter import (
     ScreenClerk,
     bill_items,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
     yes_option,
 )
-from terminal.cli.options import Text, config_option, reader_option, connect
+from terminal.cli.options import Text, central_option, config_option, connect, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.desk import KINDS, cancel, refund, register, settle_visit

@@ -9,12 +9,11 @@ import click
 from message.envelope import yuan
 from terminal.cli.counter import (
     ScreenClerk,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import LIMIT, config_option, reader_option, connect
+from terminal.cli.options import LIMIT, central_option, config_option, connect, reader_option
 from terminal.cli.output import json_option
 from terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
 

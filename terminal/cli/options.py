@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from drivers.connection import Connection
+from terminal.config import DEFAULT_CENTRAL
 from terminal.readers import open_connection
 
 #: the longest reader spec taken (a PC/SC reader name is at most a few dozen characters)
@@ -144,6 +145,13 @@ reader_option = click.option(
 config_option = click.option(
     "--config", "config_path", type=FilePath(dir_okay=False, path_type=Path), default=None,
     help="The terminal's configuration file [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml].",
+)
+
+
+central_option = click.option(
+    "--central", "central_url", envvar="SSCARD_CENTRAL", default=None, metavar="URL",
+    help="The platform's URL [default: $SSCARD_CENTRAL, else the terminal configuration's [central] url,"
+         f" else {DEFAULT_CENTRAL}].",
 )
 
 

@@ -13,12 +13,11 @@ from terminal.cli import watchdog
 from terminal.cli.counter import (
     ScreenClerk,
     bill_items,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import Seconds, config_option, reader_option, connect
+from terminal.cli.options import Seconds, central_option, config_option, connect, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.common import Site

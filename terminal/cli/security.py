@@ -44,11 +44,11 @@ def announce_key_store(store: KeyStore, *, options: bool = False) -> None:
 def chosen_key_store(psam: str | None, key_file: Path | None, config_path: Path | None) -> KeyStoreArgs:
     """The one way every command chooses its key store: ``--psam`` / ``--key-file`` when given, else
     the terminal configuration's ``[keys] store`` (when there is a configuration), else the TEST keys."""
-    from terminal.cli.queue import terminal_config
+    from terminal.config import find_config
 
     if psam is not None or key_file is not None:
         return {"psam": psam, "key_file": key_file}
-    config = terminal_config(config_path)
+    config = find_config(config_path)
     return config.key_store_args() if config else {"psam": None, "key_file": None}
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from terminal.cli import watchdog
-from terminal.cli.counter import central_option
-from terminal.cli.options import Count, FilePath, config_option, exclusive, reader_option
+from terminal.cli.options import Count, FilePath, central_option, config_option, exclusive, reader_option
 
 
 @click.command()
@@ -41,7 +40,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
       sscard serve --allow-origin http://his.hospital.local:8080
       sscard serve --reader "Virtual PCD 00 00" --print-token
     """
-    from terminal.cli.queue import terminal_config
+    from terminal.config import find_config
     from terminal.cli.security import announce_key_store
     from terminal.crypto import open_key_store
     from terminal.readers import default_reader
@@ -51,7 +50,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
     if print_token:
         click.echo(token)
         return
-    config = terminal_config(config_path)
+    config = find_config(config_path)
     with open_key_store(**(config.key_store_args() if config else {"psam": None, "key_file": None})) as keys:
         announce_key_store(keys)
         if config is not None:
