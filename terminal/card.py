@@ -146,7 +146,7 @@ def redacted(identity: Identity) -> dict[str, object]:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-#: what authenticates the terminal to a card (terminal.crypto.unlocker: EXTERNAL AUTHENTICATE), given
+#: what authenticates the terminal to a card (terminal.cardsecurity.unlocker: EXTERNAL AUTHENTICATE), given
 #: the card and what picks its keys, read from its EF05: the identification code and spec version
 Unlock = Callable[["SocialSecurityCard", str, str], None]
 #: the first spec version whose cards want the terminal authenticated before EF06 (3.00, SM4)
@@ -366,7 +366,7 @@ class SocialSecurityCard:
 
     @operation
     def reload_pin(self, new_bcd: bytes, mac: bytes) -> None:
-        """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.crypto)."""
+        """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.cardsecurity)."""
         self._ensure_selected()
         self.connection.transmit(commands.reload_pin(new_bcd, mac)).check()
 

@@ -32,7 +32,7 @@ from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
 from message.envelope import CST, Fen, Operator, Station, yuan
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Clerk, Site
 from terminal.flows.desk import register, settle_visit, visit_id

@@ -40,7 +40,8 @@ from apdu.errors import CardDataError
 from apdu.keyset import KeyUsage
 from terminal.card import Identity, SocialSecurityCard, historical_bytes, needs_terminal_authentication
 from terminal.convention import STEP1, STEP2, ConventionError
-from terminal.crypto import CardKeyRef, card_cryptogram, compare_cryptograms
+from terminal.cardsecurity import card_cryptogram, compare_cryptograms
+from terminal.keystore import CardKeyRef
 
 #: how long Step1's card session waits for Step2
 HELD_S = 60.0

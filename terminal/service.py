@@ -64,7 +64,8 @@ from terminal.convention import (
     code_of,
     reply,
 )
-from terminal.crypto import KeyStore, check_genuine, unlocker
+from terminal.cardsecurity import check_genuine, unlocker
+from terminal.keystore import KeyStore
 from terminal import hsmread
 from terminal.hsmread import HeldRead, step1, step2
 from terminal.private import read_private_file

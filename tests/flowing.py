@@ -13,7 +13,7 @@ from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
 from message.envelope import Operator, Station
 from queueing import Clock
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.flows.common import ScriptedClerk, Site
 from terminal.gateway import test_credentials
 from terminal.online import Platform

@@ -61,9 +61,10 @@ def selected(card: SSCCard, fid: int | None = EF05) -> SSCCard:
 # --- reading the card ---------------------------------------------------------------------------
 
 def authenticate(conn: MemoryConnection) -> None:
-    """EXTERNAL AUTHENTICATE with the TEST keys (terminal/crypto.py)."""
+    """EXTERNAL AUTHENTICATE with the TEST keys (terminal/cardsecurity.py)."""
     from terminal.card import SocialSecurityCard
-    from terminal.crypto import CardKeyRef, SoftwareKeyStore, authenticate_terminal
+    from terminal.cardsecurity import authenticate_terminal
+    from terminal.keystore import CardKeyRef, SoftwareKeyStore
 
     card = SocialSecurityCard(conn)
     authenticate_terminal(card, SoftwareKeyStore.bundled_test_keys(), CardKeyRef.read(card))

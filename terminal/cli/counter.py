@@ -21,7 +21,7 @@ from apdu.errors import SSCardError
 from terminal.cli import prompts, watchdog
 from terminal.cli.output import print_json
 from terminal.config import TerminalConfig, load_config
-from terminal.crypto import open_key_store
+from terminal.keystore import open_key_store
 from terminal.flows import common
 from terminal.flows.common import Site
 from terminal.flows.settlement import Item

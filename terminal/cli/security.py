@@ -16,14 +16,8 @@ from terminal.cli.options import config_option, id_number_asked, key_store_optio
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
 from terminal.config import KeyStoreArgs
-from terminal.crypto import (
-    KeyStore,
-    authenticate_terminal,
-    check_genuine,
-    open_key_store,
-    reload_pin,
-    unlocker,
-)
+from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unlocker
+from terminal.keystore import KeyStore, open_key_store
 from terminal.readers import open_connection
 
 TEST_KEYS_WARNING = (

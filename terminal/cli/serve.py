@@ -43,7 +43,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
     """
     from terminal.cli.queue import terminal_config
     from terminal.cli.security import announce_key_store
-    from terminal.crypto import open_key_store
+    from terminal.keystore import open_key_store
     from terminal.readers import default_reader
     from terminal.service import ReaderService, default_token_path, load_token
 
