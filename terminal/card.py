@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from apdu import commands, part10
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
-from apdu.crypto import PINFormatError, check_new_pin, pin_to_bcd, wipe
+from apdu.crypto import wipe
+from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
 from apdu.errors import (
     APDUFormatError,
     AuthenticationMethodBlockedError,

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 
 from apdu import commands
-from apdu.crypto import check_new_pin, constant_time_equal, pin_to_bcd, wipe
+from apdu.crypto import constant_time_equal, wipe
+from apdu.pin import check_new_pin, pin_to_bcd
 from apdu.errors import (
     CardAuthenticationError,
     CardRemovedError,

@@ -32,7 +32,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.crypto import PINFormatError, WeakPINError
+from apdu.pin import PINFormatError, WeakPINError
 from apdu.errors import (
     CardAuthenticationError,
     CardDataError,

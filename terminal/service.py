@@ -543,7 +543,7 @@ class ReaderService:
             if request.function == "iVerifyPIN":
                 card.verify_pin(request.pin or "")
             else:
-                from apdu.crypto import check_new_pin
+                from apdu.pin import check_new_pin
 
                 check_new_pin(request.new_pin or "")
                 card.change_pin(request.old_pin or "", request.new_pin or "")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from apdu import commands
-from apdu.crypto import PINFormatError, WeakPINError
+from apdu.pin import PINFormatError, WeakPINError
 from apdu.errors import (
     AuthenticationMethodBlockedError,
     CardAuthenticationError,

@@ -9,7 +9,7 @@ from apdu import commands
 from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS
 from apdu.command import Command
 from apdu.commands import SSC_DF_NAME
-from apdu.crypto import pin_to_bcd
+from apdu.pin import pin_to_bcd
 from apdu.errors import PINBlockedError, WrongPINError
 from apdu.tlv import decode_simple
 from drivers.memory import MemoryConnection

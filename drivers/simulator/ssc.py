@@ -21,7 +21,8 @@ from typing import Any
 from apdu.catalogue import EF06
 from apdu.command import Command
 from apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
-from apdu.crypto import Algorithm, PINFormatError, bcd_to_pin
+from apdu.crypto import Algorithm
+from apdu.pin import PINFormatError, bcd_to_pin
 from drivers.simulator import pboc
 from drivers.simulator.cardos import (
     CLA_ISO,

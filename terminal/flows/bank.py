@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.crypto import PINFormatError, check_new_pin
+from apdu.pin import PINFormatError, check_new_pin
 from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
 from terminal.card import Identity, SocialSecurityCard, holder
