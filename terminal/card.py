@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from apdu import commands, part10
+from apdu.atr import historical_bytes
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
 from apdu.crypto import wipe
 from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
@@ -455,16 +456,3 @@ def check_read(response: Response) -> Response:
         raise CardStatusError(response.sw, "The card gave a PIN answer to a read: it is not working properly")
     return response.check()
 
-
-def historical_bytes(atr: bytes) -> bytes:
-    """The ATR's historical bytes (ISO/IEC 7816-3 s8.2): the HIS interface's "card reset info"."""
-    if len(atr) < 2:
-        return b""
-    k = atr[1] & 0x0F
-    i, y = 2, atr[1] >> 4
-    while True:
-        i += bin(y).count("1")
-        if not y & 0x8 or i > len(atr):
-            break
-        y = atr[i - 1] >> 4
-    return atr[i:i + k]

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError
 from apdu.keyset import KeyUsage
-from terminal.card import Identity, SocialSecurityCard, historical_bytes, needs_terminal_authentication
+from apdu.atr import historical_bytes
+from terminal.card import Identity, SocialSecurityCard, needs_terminal_authentication
 from terminal.convention import STEP1, STEP2, ConventionError
 from terminal.cardsecurity import card_cryptogram, compare_cryptograms
 from terminal.keystore import CardKeyRef

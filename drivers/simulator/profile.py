@@ -21,12 +21,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from apdu.atr import PROTOCOLS, parse_atr
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError, ProfileError, mask
 from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
 
-PROTOCOLS = ("T=0", "T=1")
 ALGORITHMS = ("3DES", "SM4")
 STATES = ("active", "not_activated")
 #: items a profile may leave out: their record is sent as an empty TLV (tag, 00)
@@ -96,77 +96,6 @@ def luhn_ok(digits: str) -> bool:
         n = int(ch) * (2 if i % 2 else 1)
         total += n - 9 if n > 9 else n
     return total % 10 == 0
-
-
-@dataclass(frozen=True)
-class AtrInfo:
-    """What an ATR says (ISO/IEC 7816-3 s8): protocols offered, the first one, historical bytes."""
-
-    protocols: tuple[int, ...]
-    historical: bytes
-
-    @property
-    def protocol(self) -> str:
-        return f"T={self.protocols[0]}"
-
-
-def parse_atr(atr: bytes) -> AtrInfo:
-    """Parse an ATR's interface bytes (ISO/IEC 7816-3 s8.2); check its length and TCK.
-
-    Raises ``ValueError`` with the reason. TCK is required, and must XOR T0..TCK to zero, when a
-    protocol other than T=0 is offered (s8.2.5).
-    """
-    if len(atr) < 2 or atr[0] not in (0x3B, 0x3F):
-        raise ValueError("must start with TS 3B or 3F and have T0")
-    if len(atr) > 33:
-        raise ValueError(f"{len(atr)} bytes, over the 33 an ATR may have")
-    k = atr[1] & 0x0F
-    y = atr[1] >> 4
-    i = 2
-    protocols: list[int] = []
-    while True:
-        i += bin(y & 0x7).count("1")  # TA, TB, TC
-        if not y & 0x8:
-            break
-        if i >= len(atr):
-            raise ValueError("truncated interface bytes")
-        td = atr[i]
-        i += 1
-        protocols.append(td & 0x0F)
-        y = td >> 4
-    if not protocols:
-        protocols = [0]
-    tck = any(p != 0 for p in protocols)
-    expected = i + k + (1 if tck else 0)
-    if len(atr) != expected:
-        raise ValueError(f"{len(atr)} bytes, but its T0/TDi bytes announce {expected}")
-    if tck:
-        check = 0
-        for b in atr[1:]:
-            check ^= b
-        if check:
-            raise ValueError("TCK is wrong (T0..TCK must XOR to 00)")
-    return AtrInfo(tuple(protocols), bytes(atr[i:i + k]))
-
-
-def build_atr(protocol: str, historical: bytes) -> bytes:
-    """A plausible ATR (project convention, docs/simulator.md).
-
-    T=0: ``3B 6K 00 00 hist`` (TB1 = 00 no VPP, TC1 = 00 no extra guard time; T=0 implicit).
-    T=1: ``3B EK 00 00 81 31 FE 45 hist TCK`` (TD1: T=1; TD2: TA3 IFSC 254, TB3 BWI 4 / CWI 5).
-    """
-    if not 0 <= len(historical) <= 15:
-        raise ValueError("0 to 15 historical bytes")
-    k = len(historical)
-    if protocol == "T=0":
-        return bytes((0x3B, 0x60 | k, 0x00, 0x00)) + historical
-    if protocol == "T=1":
-        body = bytes((0xE0 | k, 0x00, 0x00, 0x81, 0x31, 0xFE, 0x45)) + historical
-        tck = 0
-        for b in body:
-            tck ^= b
-        return b"\x3B" + body + bytes((tck,))
-    raise ValueError(f"protocol must be one of {PROTOCOLS}")
 
 
 # --- finding and loading -------------------------------------------------------------------------
