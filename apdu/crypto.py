@@ -71,15 +71,19 @@ class Algorithm(enum.Enum):
         """Key length in bytes: 16 for both (two-key 3DES; SM4)."""
         return 16
 
+    @property
+    def generation(self) -> int:
+        """The card generation that uses it (project convention, docs/card-profile.md): 2 (3DES), 3 (SM4)."""
+        return 2 if self is Algorithm.TDES else 3
+
     @classmethod
     def for_spec_version(cls, version: str) -> Algorithm:
         """The algorithm of a card by its EF05 spec version (project convention, docs/card-profile.md):
         ``2.xx`` -> TDES, ``3.xx`` -> SM4."""
         major = version.strip()[:1]
-        if major == "2":
-            return cls.TDES
-        if major == "3":
-            return cls.SM4
+        for algorithm in cls:
+            if major == str(algorithm.generation):
+                return algorithm
         raise CryptoError(f"Unknown card specification version {version!r}: expected 2.xx (3DES) or 3.xx (SM4)")
 
     def check_key(self, key: bytes) -> None:

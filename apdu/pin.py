@@ -12,6 +12,7 @@ from apdu.errors import SSCardError
 __all__ = [
     "PINFormatError",
     "WeakPINError",
+    "PIN_BLOCK_LENGTHS",
     "PIN_DEFAULT_LENGTH",
     "PIN_MAX_LENGTH",
     "PIN_MIN_LENGTH",
@@ -35,6 +36,8 @@ class WeakPINError(PINFormatError):
 PIN_MIN_LENGTH = 4
 PIN_MAX_LENGTH = 12
 PIN_DEFAULT_LENGTH = 6
+#: the lengths of a PIN block (:func:`pin_to_bcd`) of 4 to 12 digits: 2 to 6 bytes
+PIN_BLOCK_LENGTHS = range((PIN_MIN_LENGTH + 1) // 2, (PIN_MAX_LENGTH + 1) // 2 + 1)
 _DIGITS = frozenset("0123456789")
 
 

@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from apdu import commands, part10
 from apdu.atr import historical_bytes
-from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
+from apdu.catalogue import (
+    CARD_ITEMS,
+    ETHNICITY,
+    HOLDER_ITEMS,
+    SEX,
+    THIRD_GENERATION,
+    DataItem,
+    card_generation,
+    issuing_region,
+)
 from apdu.crypto import wipe
 from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
 from apdu.errors import (
@@ -89,7 +98,7 @@ class Identity:
     @property
     def issuing_region(self) -> str:
         """Administrative region code of the issuer: the first 6 digits of the card identification code."""
-        return self.card_identification_code[:6]
+        return issuing_region(self.card_identification_code)
 
     @property
     def full_name(self) -> str:
@@ -151,15 +160,13 @@ T = TypeVar("T")
 #: what authenticates the terminal to a card (terminal.cardsecurity.unlocker: EXTERNAL AUTHENTICATE), given
 #: the card and what picks its keys, read from its EF05: the identification code and spec version
 Unlock = Callable[["SocialSecurityCard", str, str], None]
-#: the first spec version whose cards want the terminal authenticated before EF06 (3.00, SM4)
-THIRD_GENERATION = 3
 
 
 def needs_terminal_authentication(spec_version: str) -> bool:
     """Whether a card of this spec version (EF05 tag 03, ``2.00``, ``3.00``) shows EF06 only after
     external authentication."""
-    major = spec_version.split(".")[0]
-    return major.isdigit() and int(major) >= THIRD_GENERATION
+    generation = card_generation(spec_version)
+    return generation is not None and generation >= THIRD_GENERATION
 
 
 def operation(method: Callable[Concatenate[SocialSecurityCard, P], T]) -> Callable[Concatenate[SocialSecurityCard, P], T]:

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from apdu.catalogue import issuing_region
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError
 from apdu.keyset import KeyUsage
@@ -88,7 +89,7 @@ def step1(card: SocialSecurityCard, *, random: Callable[[int], bytes] = os.urand
         return ours, answer, challenge
 
     ours, answer, challenge = card.atomically(ask)
-    fields = (code[:6], historical_bytes(card.connection.atr).hex().upper(), ALGORITHM_CODES[ref.algorithm], code,
+    fields = (issuing_region(code), historical_bytes(card.connection.atr).hex().upper(), ALGORITHM_CODES[ref.algorithm], code,
               *_halves(ours), *_halves(challenge))
     return HeldRead(card, code, ref, answer, challenge, "".join(f"{field}|" for field in fields), clock() + HELD_S)
 

@@ -22,18 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from apdu.atr import PROTOCOLS, parse_atr
-from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
+from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem, card_generation, issuing_region
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError, ProfileError, mask
 from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
+from apdu.pin import PIN_MAX_LENGTH, PIN_MIN_LENGTH
 
 ALGORITHMS = ("3DES", "SM4")
 STATES = ("active", "not_activated")
 #: items a profile may leave out: their record is sent as an empty TLV (tag, 00)
 OPTIONAL_ITEMS = frozenset({"initialising_institution", "name_extension", "birthplace"})
-#: spec version's major digit per algorithm (docs/card-profile.md: 2.00 for 3DES, 3.00 for SM4)
-GENERATION = {"3DES": "2", "SM4": "3"}
-PIN_MIN, PIN_MAX = 4, 12
 MAX_TRIES_LIMIT = 15  # the tries left travel in one nibble of 63Cx
 
 _TOP = {
@@ -76,7 +74,7 @@ class Profile:
     @property
     def issuing_region(self) -> str:
         """The first 6 digits of the card identification code."""
-        return str(self.card["card_identification_code"])[:6]
+        return issuing_region(str(self.card["card_identification_code"]))
 
 
 # --- helpers other modules and tests use --------------------------------------------------------
@@ -267,10 +265,11 @@ class _Validator:
         return value
 
     def cross_checks(self, card: dict[str, Any], holder: dict[str, Any], algorithm: str) -> None:
-        if not card["spec_version"].startswith(GENERATION[algorithm]):
+        generation = Algorithm(algorithm).generation  # docs/card-profile.md: 2.00 for 3DES, 3.00 for SM4
+        if card_generation(card["spec_version"]) != generation:
             raise self.fail("card.spec_version",
                             f"{card['spec_version']!r} does not match algorithm {algorithm} "
-                            f"(expected {GENERATION[algorithm]}.xx)")
+                            f"(expected {generation}.xx)")
         if card["expiry_date"] <= card["issue_date"]:
             raise self.fail("card.expiry_date", "must be after the issue date")
         number = holder["social_security_number"]
@@ -286,8 +285,8 @@ class _Validator:
         self.fields(obj, "pin", {"value", "tries_left", "max_tries"}, set())
         value = obj["value"]
         if not isinstance(value, str) or not value.isascii() or not value.isdigit() \
-                or not PIN_MIN <= len(value) <= PIN_MAX:
-            raise self.fail("pin.value", f"must be a string of {PIN_MIN} to {PIN_MAX} digits")
+                or not PIN_MIN_LENGTH <= len(value) <= PIN_MAX_LENGTH:
+            raise self.fail("pin.value", f"must be a string of {PIN_MIN_LENGTH} to {PIN_MAX_LENGTH} digits")
         max_tries = self.integer(obj["max_tries"], "pin.max_tries", 1, MAX_TRIES_LIMIT)
         tries = self.integer(obj["tries_left"], "pin.tries_left", 0, max_tries)
         return PinSettings(value, tries, max_tries)
@@ -311,8 +310,9 @@ def _join(where: str, key: str) -> str:
 def _check_cic(value: str) -> str | None:
     if not re.fullmatch(r"[0-9A-Fa-f]{32}", value):
         return "must be 32 hex characters (16 bytes)"
-    if not value[:6].isdigit() or value[:2] == "00":
-        return f"must start with the 6-digit issuing region code, got {value[:6]!r}"
+    region = issuing_region(value)
+    if not region.isdigit() or region[:2] == "00":
+        return f"must start with the 6-digit issuing region code, got {region!r}"
     return None
 
 

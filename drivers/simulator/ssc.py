@@ -18,11 +18,11 @@ import logging
 import os
 from typing import Any
 
-from apdu.catalogue import EF06
+from apdu.catalogue import EF06, THIRD_GENERATION
 from apdu.command import Command
 from apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
 from apdu.crypto import Algorithm
-from apdu.pin import PINFormatError, bcd_to_pin
+from apdu.pin import PIN_BLOCK_LENGTHS, PINFormatError, bcd_to_pin
 from drivers.simulator import pboc
 from drivers.simulator.cardos import (
     CLA_ISO,
@@ -50,8 +50,6 @@ SW_WRONG_DATA = 0x6A80
 SW_FILE_NOT_FOUND = 0x6A82
 SW_RECORD_NOT_FOUND = 0x6A83
 
-#: PIN block lengths accepted by VERIFY / CHANGE PIN: 4 to 12 digits in BCD
-PIN_BLOCK = range(2, 7)
 CHALLENGE_LENGTHS = (8, 16)
 #: SELECT P2 (ISO 7816-4 s7.1.1, table 40): response FCI (00), FCP (04, answered with the FCI), none (0C)
 SELECT_P2_RESPONSE = {0x00: True, 0x04: True, 0x0C: False}
@@ -70,12 +68,11 @@ class SSCCard(SecurityHandlers, CardOS):
 
     def __init__(self, profile: Profile, random: RandomSource = os.urandom) -> None:
         self.profile = profile
-        generation = 3 if profile.algorithm == "SM4" else 2
+        self.algorithm = Algorithm(profile.algorithm)
         #: 2 (3DES) or 3 (SM4, spec 3.00): a third-generation card shows EF06 (the holder's personal
         #: data) only after EXTERNAL AUTHENTICATE (the reader libraries' -2203; docs/card-profile.md)
-        self.generation = generation
-        self.algorithm = Algorithm(profile.algorithm)
-        self.mf, self.app = build_filesystem(profile.card, profile.holder, generation)
+        self.generation = self.algorithm.generation
+        self.mf, self.app = build_filesystem(profile.card, profile.holder, self.generation)
         # persistent
         self._pin = profile.pin.value
         self.pin_tries_left = profile.pin.tries_left
@@ -216,7 +213,7 @@ class SSCCard(SecurityHandlers, CardOS):
         if p2 & 0x07 != 0x04 or number in (0x00, 0xFF) or sfi == 0x1F:
             raise CardStatus(SW_WRONG_P1P2)
         ef = self._ef_for(sfi)
-        if ef.fid == EF06 and self.generation >= 3 and not self.external_authenticated:
+        if ef.fid == EF06 and self.generation >= THIRD_GENERATION and not self.external_authenticated:
             raise CardStatus(SW_SECURITY_STATUS)
         record = ef.record(number)
         if record is None:
@@ -290,7 +287,7 @@ class SSCCard(SecurityHandlers, CardOS):
             raise CardStatus(SW_WRONG_LENGTH)
         data = command.data
         split = data.find(0xFF)
-        if split not in PIN_BLOCK or len(data) - split - 1 not in PIN_BLOCK:
+        if split not in PIN_BLOCK_LENGTHS or len(data) - split - 1 not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW_WRONG_LENGTH)
         old, new = self._pin_from(data[:split]), self._pin_from(data[split + 1:])
         self._check_pin(old)
@@ -299,7 +296,7 @@ class SSCCard(SecurityHandlers, CardOS):
         return b"", SW_OK
 
     def _pin_from(self, block: bytes) -> str:
-        if len(block) not in PIN_BLOCK:
+        if len(block) not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW_WRONG_LENGTH)
         try:
             return bcd_to_pin(block)
