@@ -30,7 +30,6 @@ from central import CentralService
 from drivers.connection import Connection
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from drivers.simulator.oldmedical import load_old_card
 from message.envelope import CST, Fen, Operator, Station, yuan
 from terminal.keystore import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
@@ -81,8 +80,7 @@ class DemoClerk:
 
 
 def _sim(name: str) -> MemoryConnection:
-    card = load_old_card(name) if name.startswith("old-medical") else load_card(name)
-    return MemoryConnection(card, name=f"sim:{name}")
+    return MemoryConnection(load_card(name), name=f"sim:{name}")
 
 
 #: how a step gets the connection to a card by its profile name (the demo: a fresh in-memory card)

@@ -7,18 +7,18 @@ profile says the issuer did not allow it).
 
 Profiles are JSON files of ``"kind": "old-medical"`` in fixtures/cards/ (``old-medical-*.json``):
 
-``description``, ``atr`` (hex), ``protocol`` (``T=0``/``T=1``), ``card_number`` (up to 20 letters and
+``description``, ``atr`` (hex, a well-formed ATR offering ``protocol`` first), ``protocol`` (``T=0``/``T=1``), ``card_number`` (up to 20 letters and
 digits), ``social_security_number`` (18), ``name``, ``issuing_region`` (6 digits), ``balance_fen``
 (integer fen, never a float), ``status`` (``in-use`` or ``replaced``), ``replaceable`` (bool).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apdu.atr import PROTOCOLS
 from apdu.command import Command
 from apdu.errors import ProfileError
 from apdu.oldmedical import EF15, OLD_DF_NAME, OLD_ITEMS, STATUS_IN_USE, STATUS_RECORD, STATUS_REPLACED
@@ -35,6 +35,8 @@ from drivers.simulator.cardos import (
     Reply,
 )
 from drivers.simulator.filesystem import RecordEF
+from drivers.simulator.profile import locate, profile_kind
+from drivers.simulator.validator import ProfileValidator, read_profile_file
 
 KIND = "old-medical"
 SW_SECURITY_STATUS = 0x6982
@@ -48,7 +50,6 @@ FIELDS = ("kind", "description", "atr", "protocol", "card_number", "social_secur
 _CARD_NO = re.compile(r"[A-Z0-9]{1,20}")
 _SSN = re.compile(r"\d{17}[\dX]")
 _REGION = re.compile(r"\d{6}")
-_FOLDER = Path(__file__).resolve().parents[2] / "fixtures" / "cards"
 
 
 @dataclass(frozen=True)
@@ -68,62 +69,43 @@ class OldMedicalProfile:
 
     @classmethod
     def from_dict(cls, obj: Any, where: str) -> OldMedicalProfile:
-        """Validate a parsed profile; :class:`ProfileError` naming the field otherwise."""
-        def fail(field: str, why: str) -> ProfileError:
-            return ProfileError(f"{where}: {field} {why}")
-
-        if not isinstance(obj, dict) or obj.get("kind") != KIND:
-            raise fail("kind", f'must be "{KIND}"')
-        unknown = sorted(set(obj) - set(FIELDS))
-        if unknown:
-            raise fail(unknown[0], "is not a field of an old-medical profile")
-        missing = [f for f in FIELDS if f not in obj]
-        if missing:
-            raise fail(missing[0], "is missing")
-        checks = (
-            ("atr", isinstance(obj["atr"], str) and re.fullmatch(r"(?:[0-9A-Fa-f]{2}){2,33}", obj["atr"]), "must be hex"),
-            ("protocol", obj["protocol"] in ("T=0", "T=1"), 'must be "T=0" or "T=1"'),
-            ("card_number", isinstance(obj["card_number"], str) and _CARD_NO.fullmatch(obj["card_number"]),
-             "must be 1 to 20 capital letters or digits"),
-            ("social_security_number", isinstance(obj["social_security_number"], str)
-             and _SSN.fullmatch(obj["social_security_number"]), "must be 18 characters (17 digits and a digit or X)"),
-            ("name", isinstance(obj["name"], str) and 0 < len(obj["name"].encode("gbk", "replace")) <= 30,
-             "must be 1 to 30 bytes of GBK"),
-            ("issuing_region", isinstance(obj["issuing_region"], str) and _REGION.fullmatch(obj["issuing_region"]),
-             "must be 6 digits"),
-            ("balance_fen", type(obj["balance_fen"]) is int and 0 <= obj["balance_fen"] < 2**32,
-             "must be an integer number of fen (0 to 4294967295), never a float"),
-            ("status", obj["status"] in STATUSES, f"must be one of {', '.join(STATUSES)}"),
-            ("replaceable", isinstance(obj["replaceable"], bool), "must be true or false"),
-            ("description", isinstance(obj["description"], str), "must be text"),
-        )
-        for field, ok, why in checks:
-            if not ok:
-                raise fail(field, why)
-        return cls(**{**{k: obj[k] for k in FIELDS if k != "kind"}, "atr": bytes.fromhex(obj["atr"])})
+        """Validate a parsed profile (:class:`~drivers.simulator.validator.ProfileValidator`, the checks
+        of every profile); :class:`ProfileError` naming the field otherwise."""
+        check = ProfileValidator(where)
+        obj = check.fields(obj, "", set(FIELDS), set())
+        check.kind(obj, KIND)
+        protocol = check.choice(obj["protocol"], "protocol", PROTOCOLS)
+        atr = check.atr(obj["atr"], protocol)
+        check.matching(obj["card_number"], "card_number", _CARD_NO, "must be 1 to 20 capital letters or digits")
+        check.matching(obj["social_security_number"], "social_security_number", _SSN,
+                       "must be 18 characters (17 digits and a digit or X)")
+        check.require(isinstance(obj["name"], str) and 0 < len(obj["name"].encode("gbk", "replace")) <= 30, "name",
+                      "must be 1 to 30 bytes of GBK")
+        check.matching(obj["issuing_region"], "issuing_region", _REGION, "must be 6 digits")
+        check.require(type(obj["balance_fen"]) is int and 0 <= obj["balance_fen"] < 2**32, "balance_fen",
+                      "must be an integer number of fen (0 to 4294967295), never a float")
+        check.choice(obj["status"], "status", tuple(STATUSES))
+        check.flag(obj["replaceable"], "replaceable")
+        check.require(isinstance(obj["description"], str), "description", "must be text")
+        return cls(**{**{k: obj[k] for k in FIELDS if k != "kind"}, "atr": atr})
 
 
 def old_profile_path(name_or_path: str | Path) -> Path | None:
     """The file of a bundled old-card profile name (``old-medical-zhangwei``) or a path, if it is one."""
-    path = Path(name_or_path)
-    candidates = [path] if path.suffix == ".json" else [_FOLDER / f"{name_or_path}.json"]
-    for candidate in candidates:
-        try:
-            data = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("kind") == KIND:
-            return candidate
-    return None
+    try:
+        path = locate(name_or_path)
+    except ProfileError:
+        return None
+    return path if profile_kind(path) == KIND else None
 
 
 def load_old_card(name_or_path: str | Path) -> OldMedicalCard:
-    """A fresh virtual old card from a bundled profile name or a profile path."""
+    """A fresh virtual old card from a bundled profile name or a profile path; ProfileError for a
+    profile of another kind (``drivers.simulator.load_card`` loads every kind)."""
     path = old_profile_path(name_or_path)
     if path is None:
         raise ProfileError(f"No old medical insurance card profile {str(name_or_path)!r}")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return OldMedicalCard(OldMedicalProfile.from_dict(data, str(path)))
+    return OldMedicalCard(OldMedicalProfile.from_dict(read_profile_file(path), path.name))
 
 
 class OldMedicalCard(CardOS):

@@ -1,9 +1,9 @@
 """Card profiles: the JSON that personalises a virtual social security card (docs/simulator.md).
 
-A profile is read once, validated field by field, and turned into a frozen :class:`Profile`. Every
-problem raises :class:`apdu.errors.ProfileError` naming the file and the field
-(``adult.json: holder.birth_date: ...``); unknown fields are refused so a typo never passes silently.
-Identifiers in messages are masked (:func:`apdu.errors.mask`).
+A profile is read once, validated field by field with the checks every kind of profile goes through
+(:class:`drivers.simulator.validator.ProfileValidator`) and those of its own, and turned into a frozen
+:class:`Profile`. Every problem raises :class:`apdu.errors.ProfileError` naming the file and the field
+(``adult.json: holder.birth_date: ...``). Identifiers in messages are masked (:func:`apdu.errors.mask`).
 
 Checks beyond "the value encodes" (``DataItem.encode``): the ID number's GB 11643-1999 check digit and
 its agreement with the birth date and sex; the card identification code (32 hex characters, the first
@@ -21,12 +21,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from apdu.atr import PROTOCOLS, parse_atr
+from apdu.atr import PROTOCOLS
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem, card_generation, issuing_region
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError, ProfileError, mask
 from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
 from apdu.pin import PIN_MAX_LENGTH, PIN_MIN_LENGTH
+from drivers.simulator.validator import ProfileValidator, read_profile_file
 
 ALGORITHMS = ("3DES", "SM4")
 STATES = ("active", "not_activated")
@@ -142,67 +143,22 @@ def locate(name_or_path: str | Path) -> Path:
 def load_profile(name_or_path: str | Path) -> Profile:
     """Read and validate a profile by bundled name or path; :class:`ProfileError` on any problem."""
     path = locate(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ProfileError(f"{path.name}: cannot read the card profile: {err}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ProfileError(f"{path.name}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    return parse_profile(data, path.name)
+    return parse_profile(read_profile_file(path), path.name)
 
 
 def parse_profile(data: Any, source: str = "<profile>") -> Profile:
     """Validate the decoded JSON of a profile; ``source`` names it in error messages."""
-    return _Validator(source).profile(data)
+    return _SSCValidator(source).profile(data)
 
 
 # --- validation ----------------------------------------------------------------------------------
 
-class _Validator:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, where: str, why: str) -> ProfileError:
-        return ProfileError(f"{self.source}: {where}: {why}")
-
-    def fields(self, obj: Any, where: str, allowed: set[str], optional: set[str]) -> dict[str, Any]:
-        if not isinstance(obj, dict):
-            raise self.fail(where or "profile", "must be a JSON object")
-        for key in obj:
-            if key not in allowed:
-                raise self.fail(_join(where, key), f"unknown field (allowed: {', '.join(sorted(allowed))})")
-        for key in sorted(allowed - optional):
-            if key not in obj or obj[key] is None:
-                raise self.fail(_join(where, key), "missing field")
-        return obj
-
-    def string(self, value: Any, where: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, "must be a non-empty string")
-        return value
-
-    def choice(self, value: Any, where: str, options: tuple[str, ...]) -> str:
-        if value not in options:
-            raise self.fail(where, f"must be one of {', '.join(options)}, got {value!r}")
-        return value
-
-    def integer(self, value: Any, where: str, low: int, high: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise self.fail(where, f"must be an integer {low}..{high}, got {value!r}")
-        return value
-
-    def hexbytes(self, value: Any, where: str) -> bytes:
-        text = self.string(value, where).replace(" ", "")
-        if not re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", text):
-            raise self.fail(where, "must be hex digits, two per byte")
-        return bytes.fromhex(text)
+class _SSCValidator(ProfileValidator):
+    """The checks of a social security card's profile, on top of every profile's."""
 
     def profile(self, data: Any) -> Profile:
         obj = self.fields(data, "", _TOP, _TOP_OPTIONAL)
-        if obj["kind"] != "ssc":
-            raise self.fail("kind", f"must be \"ssc\", got {obj['kind']!r}")
+        self.kind(obj, "ssc")
         description = self.string(obj["description"], "description")
         protocol = self.choice(obj["protocol"], "protocol", PROTOCOLS)
         algorithm = self.choice(obj["algorithm"], "algorithm", ALGORITHMS)
@@ -218,16 +174,6 @@ class _Validator:
             raise ProfileError(f"{self.source}: {err}") from None
         pan = self.bank(obj["bank"]) if obj.get("bank") is not None else None
         return Profile(self.source, description, atr, protocol, algorithm, state, card, holder, pin, keys, pan)
-
-    def atr(self, value: Any, protocol: str) -> bytes:
-        atr = self.hexbytes(value, "atr")
-        try:
-            info = parse_atr(atr)
-        except ValueError as err:
-            raise self.fail("atr", str(err)) from None
-        if info.protocol != protocol:
-            raise self.fail("atr", f"offers {info.protocol} first but protocol is {protocol}")
-        return atr
 
     def items(self, obj: Any, where: str, items: tuple[DataItem, ...]) -> dict[str, str | dt.date]:
         keys = {item.key for item in items}
@@ -300,9 +246,6 @@ class _Validator:
             raise self.fail("bank.pan", "Luhn check digit is wrong")
         return pan
 
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
 
 
 # --- per-item checks: return the problem, or None ------------------------------------------------
