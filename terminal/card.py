@@ -39,7 +39,6 @@ from apdu.catalogue import (
     issuing_region,
 )
 from apdu.crypto import wipe
-from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
 from apdu.errors import (
     APDUFormatError,
     AuthenticationMethodBlockedError,
@@ -57,6 +56,7 @@ from apdu.errors import (
     WrongPINError,
     mask,
 )
+from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
 from apdu.response import Response
 from apdu.tlv import decode_simple
 from drivers.connection import Connection

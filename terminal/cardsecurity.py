@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 from apdu import commands
 from apdu.crypto import constant_time_equal, wipe
-from apdu.pin import check_new_pin, pin_to_bcd
 from apdu.errors import (
     CardAuthenticationError,
     CardRemovedError,
@@ -27,6 +26,7 @@ from apdu.errors import (
     TransportError,
 )
 from apdu.keyset import KeyUsage
+from apdu.pin import check_new_pin, pin_to_bcd
 from terminal.card import SocialSecurityCard
 from terminal.keystore import CardKeyRef, KeyStore
 

@@ -31,7 +31,6 @@ from drivers.connection import Connection
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from message.envelope import CST, Fen, Operator, Station, yuan
-from terminal.keystore import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Clerk, Site
 from terminal.flows.desk import register, settle_visit, visit_id
@@ -43,6 +42,7 @@ from terminal.flows.pharmacy import (
     refund,
 )
 from terminal.gateway import test_credentials
+from terminal.keystore import SoftwareKeyStore
 from terminal.online import Platform, ReversedError
 from terminal.private import private_folder
 from terminal.queue import Outbox

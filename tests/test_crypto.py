@@ -32,6 +32,7 @@ from apdu.crypto import (
     unpad_method2,
     wipe,
 )
+from apdu.errors import SSCardError
 from apdu.pin import (
     PIN_DEFAULT_LENGTH,
     PIN_MAX_LENGTH,
@@ -43,7 +44,6 @@ from apdu.pin import (
     is_weak_pin,
     pin_to_bcd,
 )
-from apdu.errors import SSCardError
 
 TDES, SM4 = Algorithm.TDES, Algorithm.SM4
 H = bytes.fromhex

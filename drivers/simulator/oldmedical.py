@@ -34,7 +34,7 @@ from drivers.simulator.cardos import (
     CardStatus,
     Reply,
 )
-from drivers.simulator.filesystem import RecordEF
+from drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, records_for
 from drivers.simulator.profile import locate, profile_kind
 from drivers.simulator.validator import ProfileValidator, read_profile_file
 
@@ -122,7 +122,10 @@ class OldMedicalCard(CardOS):
             "issuing_region": profile.issuing_region,
             "status": f"{STATUSES[profile.status]:02X}",
         }
-        self.ef15 = RecordEF(EF15, [encode_simple(item.tag, item.encode(values[item.key])) for item in OLD_ITEMS])
+        self.ef15 = RecordEF(EF15, records_for(OLD_ITEMS, values))
+        #: the medical application, selected by DF name only, holding EF15
+        self.app = DF(fid=None, name=OLD_DF_NAME, files={EF15: self.ef15})
+        self.files = FileSelection(DF(fid=MF_FID, name=None))
         self.balance_fen = profile.balance_fen
         self.replaceable = profile.replaceable
         super().__init__(profile.atr, profile.protocol)
@@ -153,44 +156,34 @@ class OldMedicalCard(CardOS):
 
     def _clear_volatile(self) -> None:
         super()._clear_volatile()
-        self._app_selected = False
-        self._ef: RecordEF | None = None
+        self.files.clear()
 
     def _select(self, command: Command) -> Reply:
         """SELECT by DF name (P1 04) of the medical application, or EF15 by FID (P1 00/02)."""
         if command.p1 == 0x04:
             if command.data != OLD_DF_NAME:
                 raise CardStatus(SW_FILE_NOT_FOUND)
-            self._app_selected, self._ef = True, None
+            self.files.select_df(self.app)
             return b"", SW_OK
         if command.p1 in (0x00, 0x02):
             if len(command.data) != 2:
                 raise CardStatus(SW_WRONG_LENGTH)
-            if not self._app_selected or int.from_bytes(command.data, "big") != EF15:
+            if self.files.df is not self.app or int.from_bytes(command.data, "big") != EF15:
                 raise CardStatus(SW_FILE_NOT_FOUND)
-            self._ef = self.ef15
+            self.files.ef = self.ef15
             return b"", SW_OK
         raise CardStatus(SW_WRONG_P1P2)
 
     def _current(self, p2: int) -> RecordEF:
         if p2 & 0x07 != 0x04:
             raise CardStatus(SW_WRONG_P1P2)
-        sfi = p2 >> 3
-        if sfi == 0 and self._ef is not None:
-            return self._ef
-        if sfi == EF15 & 0x1F and self._app_selected:
-            self._ef = self.ef15
-            return self._ef
-        raise CardStatus(SW_NO_CURRENT_EF if sfi == 0 else SW_FILE_NOT_FOUND)
+        return self.files.ef_for(p2 >> 3)
 
     def _read_record(self, command: Command) -> Reply:
         """READ RECORD ``00 B2 n 04 00`` (ISO 7816-4 s7.3.3), or by SFI 15."""
         if command.data or command.le is None:
             raise CardStatus(SW_WRONG_LENGTH)
-        record = self._current(command.p2).record(command.p1)
-        if record is None:
-            raise CardStatus(SW_RECORD_NOT_FOUND)
-        return record, SW_OK
+        return self._current(command.p2).read(command.p1), SW_OK
 
     def _update_record(self, command: Command) -> Reply:
         """UPDATE RECORD 5 (status) only, to ``05 01 01``; ``69 82`` unless the profile is replaceable."""
@@ -210,6 +203,6 @@ class OldMedicalCard(CardOS):
             raise CardStatus(SW_WRONG_P1P2)
         if command.data or command.le != 4:
             raise CardStatus(SW_WRONG_LENGTH)
-        if not self._app_selected:
+        if self.files.df is not self.app:
             raise CardStatus(SW_CONDITIONS)
         return self.balance_fen.to_bytes(4, "big"), SW_OK

@@ -36,7 +36,7 @@ from drivers.simulator.cardos import (
     RandomSource,
     Reply,
 )
-from drivers.simulator.filesystem import MF_FID, DF, RecordEF, build_filesystem
+from drivers.simulator.filesystem import MF_FID, DF, FileSelection, RecordEF, build_filesystem
 from drivers.simulator.profile import Profile
 from drivers.simulator.ssc_security import SW_SECURITY_STATUS, SecurityHandlers
 
@@ -73,6 +73,7 @@ class SSCCard(SecurityHandlers, CardOS):
         #: data) only after EXTERNAL AUTHENTICATE (the reader libraries' -2203; docs/card-profile.md)
         self.generation = self.algorithm.generation
         self.mf, self.app = build_filesystem(profile.card, profile.holder, self.generation)
+        self.files = FileSelection(self.mf)
         # persistent
         self._pin = profile.pin.value
         self.pin_tries_left = profile.pin.tries_left
@@ -142,11 +143,11 @@ class SSCCard(SecurityHandlers, CardOS):
 
     @property
     def current_ef(self) -> RecordEF | None:
-        return self._ef
+        return self.files.ef
 
     @property
     def application_selected(self) -> bool:
-        return self._df is self.app
+        return self.files.df is self.app
 
     @property
     def last_challenge(self) -> bytes | None:
@@ -155,8 +156,7 @@ class SSCCard(SecurityHandlers, CardOS):
 
     def _clear_volatile(self) -> None:
         super()._clear_volatile()
-        self._df: DF = self.mf
-        self._ef: RecordEF | None = None
+        self.files.clear()
         self._verified = False
         self._challenge: bytes | None = None
         self.external_authenticated = False
@@ -175,11 +175,11 @@ class SSCCard(SecurityHandlers, CardOS):
                 raise CardStatus(SW_WRONG_LENGTH)
             bank = self.bank.get(bytes(command.data))
             if bank is not None:  # the PSE or the debit application: active whatever the SSC's state
-                self._df, self._ef = bank, None
+                self.files.select_df(bank)
                 return (bank.fci if SELECT_P2_RESPONSE[p2] else b""), SW_OK
             if command.data != SSC_DF_NAME:
                 raise CardStatus(SW_FILE_NOT_FOUND)
-            self._df, self._ef = self.app, None
+            self.files.select_df(self.app)
             if not self.activated:
                 return b"", SW_NOT_ACTIVATED
             return (self.app.fci if SELECT_P2_RESPONSE[p2] else b""), SW_OK
@@ -187,7 +187,7 @@ class SSCCard(SecurityHandlers, CardOS):
             if p2 not in SELECT_P2_RESPONSE:
                 raise CardStatus(SW_WRONG_P1P2)
             if not command.data and p1 == 0x00:  # P1 00 without data selects the MF
-                self._df, self._ef = self.mf, None
+                self.files.select_df(self.mf)
                 return b"", SW_OK
             if len(command.data) != 2:
                 raise CardStatus(SW_WRONG_LENGTH)
@@ -195,12 +195,12 @@ class SSCCard(SecurityHandlers, CardOS):
             if fid == MF_FID:
                 if p1 == 0x02:  # the MF is not an EF
                     raise CardStatus(SW_FILE_NOT_FOUND)
-                self._df, self._ef = self.mf, None
+                self.files.select_df(self.mf)
                 return b"", SW_OK
-            ef = self._df.files.get(fid)
+            ef = self.files.df.files.get(fid)
             if ef is None:
                 raise CardStatus(SW_FILE_NOT_FOUND)
-            self._ef = ef
+            self.files.ef = ef
             return b"", SW_OK  # convention: SELECT by FID returns no FCP
         raise CardStatus(SW_WRONG_P1P2)
 
@@ -215,24 +215,13 @@ class SSCCard(SecurityHandlers, CardOS):
         ef = self._ef_for(sfi)
         if ef.fid == EF06 and self.generation >= THIRD_GENERATION and not self.external_authenticated:
             raise CardStatus(SW_SECURITY_STATUS)
-        record = ef.record(number)
-        if record is None:
-            raise CardStatus(SW_RECORD_NOT_FOUND)
-        return record, SW_OK
+        return ef.read(number), SW_OK
 
     def _ef_for(self, sfi: int) -> RecordEF:
         """The current EF (``sfi`` 0) or the EF with that SFI, which becomes current (s7.3.1)."""
-        if sfi == 0:
-            if self._ef is None:
-                raise CardStatus(SW_NO_CURRENT_EF)
-            return self._ef
-        if self._df is self.mf:  # convention: nothing is readable before an application is selected
+        if sfi and self.files.df is self.mf:  # convention: nothing is readable before an application is selected
             raise CardStatus(SW_NO_CURRENT_EF)
-        ef = self._df.by_sfi(sfi)
-        if ef is None:
-            raise CardStatus(SW_FILE_NOT_FOUND)
-        self._ef = ef
-        return ef
+        return self.files.ef_for(sfi)
 
     def _get_processing_options(self, command: Command) -> Reply:
         """GET PROCESSING OPTIONS ``80 A8 00 00 Lc 83 len PDOL-data 00`` of the bank application
@@ -240,7 +229,7 @@ class SSCCard(SecurityHandlers, CardOS):
         unless the data is the PDOL's."""
         if command.p1 != 0x00 or command.p2 != 0x00:
             raise CardStatus(SW_WRONG_P1P2)
-        if self._df is not self.bank.get(AID_PBOC_DEBIT):
+        if self.files.df is not self.bank.get(AID_PBOC_DEBIT):
             raise CardStatus(SW_CONDITIONS)
         data = command.data
         if command.le is None or len(data) != 2 + pboc.PDOL_DATA_LENGTH or data[:2] != bytes((0x83, pboc.PDOL_DATA_LENGTH)):
@@ -255,7 +244,7 @@ class SSCCard(SecurityHandlers, CardOS):
             if command.p1 & 0x60:
                 raise CardStatus(SW_WRONG_P1P2)
             self._ef_for(command.p1 & 0x1F)
-        elif self._ef is None:
+        elif self.files.ef is None:
             raise CardStatus(SW_NO_CURRENT_EF)
         raise CardStatus(SW_INCOMPATIBLE_FILE)
 

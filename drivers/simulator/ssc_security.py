@@ -120,9 +120,7 @@ class SecurityHandlers:
         if not self.external_authenticated:
             raise CardStatus(SW_SECURITY_STATUS)
         ef = self._ef_for(command.p2 >> 3)
-        old = ef.record(command.p1)
-        if old is None:
-            raise CardStatus(SW_RECORD_NOT_FOUND)
+        old = ef.read(command.p1)
         data = command.data
         if len(data) < 2 or data[0] != old[0] or data[1] != len(data) - 2:
             raise CardStatus(SW_WRONG_DATA)

@@ -38,8 +38,8 @@ def unlock_with(psam: str | None, key_file: Path | None, config_path: Path | Non
     opened only for such a card."""
 
     def unlock(card: SocialSecurityCard, code: str, spec_version: str) -> None:
-        from terminal.cli.security import announce_key_store, chosen_key_store
         from terminal.cardsecurity import unlocker
+        from terminal.cli.security import announce_key_store, chosen_key_store
         from terminal.keystore import open_key_store
 
         with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store:

@@ -18,10 +18,10 @@ from apdu.errors import SSCardError, WrongPINError, mask
 from drivers.connection import Connection
 from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
 from terminal.card import Identity, SocialSecurityCard
-from terminal.config import TerminalConfig
 from terminal.cardsecurity import check_genuine, unlocker
-from terminal.keystore import CardKeyRef, KeyStore
+from terminal.config import TerminalConfig
 from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+from terminal.keystore import CardKeyRef, KeyStore
 from terminal.online import Person, Platform, PlatformRefusedError
 from terminal.queue import STANDING, Outbox, QueuedRecord
 from terminal.upload import CentralError
