@@ -3,8 +3,9 @@ PIN and security commands.
 
 ``SSCCard(profile)`` has an ATR, is powered up, down and reset, and executes one command APDU at a
 time; :meth:`SSCCard.execute` never raises. The reading and PIN handlers are here, the
-authentication and MAC-protected ones in :mod:`drivers.simulator.ssc_security`. Behaviour and
-conventions: docs/simulator.md and docs/card-profile.md.
+authentication and MAC-protected ones in its :class:`~drivers.simulator.ssc_security.CardSecurity`
+(``security``), which holds the card's keys. Behaviour and conventions: docs/simulator.md and
+docs/card-profile.md.
 
 Volatile state (current DF/EF, PIN verified, external authentication, last challenge, pending
 response) is cleared by power down and reset; persistent state (PIN value and try counter, external
@@ -36,9 +37,9 @@ from drivers.simulator.cardos import (
     RandomSource,
     Reply,
 )
-from drivers.simulator.filesystem import MF_FID, DF, FileSelection, RecordEF, build_filesystem
+from drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, build_filesystem
 from drivers.simulator.profile import Profile
-from drivers.simulator.ssc_security import SW_SECURITY_STATUS, SecurityHandlers
+from drivers.simulator.ssc_security import EXTERNAL_AUTH_MAX_TRIES, SW_SECURITY_STATUS, CardSecurity
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ SELECT_P2_RESPONSE = {0x00: True, 0x04: True, 0x0C: False}
 SELECT_P2_NEXT = frozenset({0x02, 0x06, 0x0E})
 
 
-class SSCCard(SecurityHandlers, CardOS):
+class SSCCard(CardOS):
     """The SSC chip personalised from a :class:`Profile` (implements ``SimulatedCard``).
 
     ``random`` is where GET CHALLENGE takes its bytes (``os.urandom``; tests of worked examples
@@ -86,7 +87,10 @@ class SSCCard(SecurityHandlers, CardOS):
             assert isinstance(expiry, dt.date) and isinstance(issued, dt.date)
             pse, debit = pboc.bank_files(profile.bank_pan, expiry, issued)
             self.bank = {pse.name: pse, debit.name: debit}  # type: ignore[dict-item]
-        self._init_security(profile.keys, bytes.fromhex(str(profile.card["card_identification_code"])))
+        self.external_auth_max_tries = EXTERNAL_AUTH_MAX_TRIES
+        self.external_auth_tries_left = EXTERNAL_AUTH_MAX_TRIES
+        #: INTERNAL and EXTERNAL AUTHENTICATE, UPDATE RECORD and the MAC-protected commands, with the keys
+        self.security = CardSecurity(self, profile.keys)
         super().__init__(profile.atr, profile.protocol, random)
         self.handlers.update({
             0xA4: (CLA_ISO, self._select),
@@ -97,7 +101,7 @@ class SSCCard(SecurityHandlers, CardOS):
             0x84: (CLA_ISO, self._get_challenge),
             0xA8: (CLA_PROPRIETARY, self._get_processing_options),
         })
-        self.handlers.update(self._security_handlers())
+        self.handlers.update(self.security.handlers())
 
     # --- lifecycle (bank activation task) ----------------------------------------------------------
 
@@ -161,6 +165,17 @@ class SSCCard(SecurityHandlers, CardOS):
         self._challenge: bytes | None = None
         self.external_authenticated = False
 
+    def take_challenge(self) -> bytes | None:
+        """The last GET CHALLENGE answer, used up now (one try per challenge), or None."""
+        challenge, self._challenge = self._challenge, None
+        return challenge
+
+    def set_pin(self, pin: str) -> None:
+        """A new PIN (RELOAD PIN): its try counter reset (a blocked PIN unblocked), not verified."""
+        self._pin = pin
+        self.pin_tries_left = self.pin_max_tries
+        self._verified = False
+
     # --- handlers ----------------------------------------------------------------------------------
 
     def _select(self, command: Command) -> Reply:
@@ -212,12 +227,12 @@ class SSCCard(SecurityHandlers, CardOS):
         sfi = p2 >> 3
         if p2 & 0x07 != 0x04 or number in (0x00, 0xFF) or sfi == 0x1F:
             raise CardStatus(SW_WRONG_P1P2)
-        ef = self._ef_for(sfi)
+        ef = self.ef_for(sfi)
         if ef.fid == EF06 and self.generation >= THIRD_GENERATION and not self.external_authenticated:
             raise CardStatus(SW_SECURITY_STATUS)
         return ef.read(number), SW_OK
 
-    def _ef_for(self, sfi: int) -> RecordEF:
+    def ef_for(self, sfi: int) -> RecordEF:
         """The current EF (``sfi`` 0) or the EF with that SFI, which becomes current (s7.3.1)."""
         if sfi and self.files.df is self.mf:  # convention: nothing is readable before an application is selected
             raise CardStatus(SW_NO_CURRENT_EF)
@@ -243,7 +258,7 @@ class SSCCard(SecurityHandlers, CardOS):
         if command.p1 & 0x80:  # P1 = 100xxxxx: SFI in P1, offset in P2
             if command.p1 & 0x60:
                 raise CardStatus(SW_WRONG_P1P2)
-            self._ef_for(command.p1 & 0x1F)
+            self.ef_for(command.p1 & 0x1F)
         elif self.files.ef is None:
             raise CardStatus(SW_NO_CURRENT_EF)
         raise CardStatus(SW_INCOMPATIBLE_FILE)
@@ -260,31 +275,33 @@ class SSCCard(SecurityHandlers, CardOS):
             if self._verified:
                 return b"", SW_OK
             raise CardStatus(0x63C0 | self.pin_tries_left)
-        self._check_pin(self._pin_from(command.data))
+        self._check_pin(self.pin_from(command.data))
         return b"", SW_OK
 
     def _change_pin(self, command: Command) -> Reply:
         """CHANGE PIN ``80 5E 01 00 Lc old FF new`` (PBOC); the old PIN is checked as VERIFY does.
 
-        P1 00 is RELOAD PIN (MAC-protected, :meth:`SecurityHandlers._reload_pin`).
+        P1 00 is RELOAD PIN (MAC-protected, :meth:`CardSecurity.reload_pin`).
         """
         if command.p2 != 0x00 or command.p1 not in (0x00, 0x01):
             raise CardStatus(SW_WRONG_P1P2)
         if command.p1 == 0x00:
-            return self._reload_pin(command)
+            return self.security.reload_pin(command)
         if command.le is not None:
             raise CardStatus(SW_WRONG_LENGTH)
         data = command.data
         split = data.find(0xFF)
         if split not in PIN_BLOCK_LENGTHS or len(data) - split - 1 not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW_WRONG_LENGTH)
-        old, new = self._pin_from(data[:split]), self._pin_from(data[split + 1:])
+        old, new = self.pin_from(data[:split]), self.pin_from(data[split + 1:])
         self._check_pin(old)
         self._pin = new
         log.info("virtual SSC: PIN changed")
         return b"", SW_OK
 
-    def _pin_from(self, block: bytes) -> str:
+    def pin_from(self, block: bytes) -> str:
+        """The PIN a VERIFY, CHANGE PIN or RELOAD PIN block holds: ``67 00`` for a block of the wrong
+        length, ``6A 80`` when it is not BCD digits."""
         if len(block) not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW_WRONG_LENGTH)
         try:
