@@ -19,6 +19,7 @@ from apdu.command import Command
 from apdu.commands import MAC_LENGTH, mac_input
 from apdu.crypto import constant_time_equal, session_mac
 from apdu.keyset import KeyUsage
+from apdu.pin import PIN_BLOCK_LENGTHS
 from drivers.simulator.cardos import (
     CLA_ISO,
     CLA_SECURE,
@@ -151,7 +152,7 @@ class CardSecurity:
         The MAC is checked first (``69 88``, no PIN try spent); then the PIN is replaced, its try
         counter reset (a blocked PIN is unblocked) and the PIN is not verified.
         """
-        if command.le is not None or len(command.data) - MAC_LENGTH not in range(2, 7):
+        if command.le is not None or len(command.data) - MAC_LENGTH not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW_WRONG_LENGTH)
         block = self._check_mac(command, KeyUsage.PIN_RELOAD)
         self.card.set_pin(self.card.pin_from(block))
