@@ -165,3 +165,25 @@ ETHNICITY.update({97: "其他", 98: "外国血统"})
 
 #: Bank (PBOC debit) application data objects, BER-TLV tags (EMV 4.3 Book 3 Annex A)
 BANK_TAGS = {0x5A: "pan", 0x57: "track2", 0x5F20: "cardholder_name", 0x5F24: "expiry", 0x5F34: "pan_sequence"}
+
+
+# --- what EF05 says about the card ---------------------------------------------------------------
+
+#: the issuing region code: the first 6 digits of the card identification code (EF05 tag 01)
+REGION_DIGITS = 6
+#: the first card generation (spec version 3.00, SM4) whose cards show EF06 only to a terminal that
+#: has authenticated itself (docs/card-profile.md, "Keys and security")
+THIRD_GENERATION = 3
+
+
+def issuing_region(card_identification_code: str) -> str:
+    """The administrative region code of the card's issuer: the first 6 digits of its identification
+    code (``330300D156...`` -> ``330300``)."""
+    return card_identification_code[:REGION_DIGITS]
+
+
+def card_generation(spec_version: str) -> int | None:
+    """The card generation a spec version (EF05 tag 03) names: its major number, ``2.00`` -> 2,
+    ``3.00`` -> 3; None when it has none."""
+    major = spec_version.split(".")[0]
+    return int(major) if major.isdigit() else None

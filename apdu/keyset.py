@@ -1,6 +1,6 @@
 """Key sets: which keys a social security card and a PSAM hold, and the JSON that names them.
 
-Pure data, no I/O: the software key store (terminal/crypto.py), the simulated card
+Pure data, no I/O: the software key store (terminal/keystore.py), the simulated card
 (drivers/simulator/profile.py) and the simulated PSAM (drivers/simulator/psam.py) all parse their
 keys with :func:`parse_keys`, so one format and one set of checks serve all three.
 

@@ -90,7 +90,8 @@ from websockets.sync.client import connect as ws_connect
 
 from terminal.card import SocialSecurityCard
 from terminal.convention import card_bas
-from terminal.crypto import KeyStore, SoftwareKeyStore, check_genuine
+from terminal.cardsecurity import check_genuine
+from terminal.keystore import KeyStore, SoftwareKeyStore
 from terminal.readers import open_connection
 
 READER = "sim:adult"

@@ -24,6 +24,7 @@ from typing import Any
 from smartcard import scard
 
 from apdu import part10
+from apdu.atr import TS
 from apdu.errors import (
     CardResetError,
     MalformedError,
@@ -207,8 +208,6 @@ def reader_status() -> list[ReaderStatus]:
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2}[\s:]?)+$")
 
 
-#: TS, the ATR's first byte: 3B direct convention, 3F inverse (ISO/IEC 7816-3 s8.1)
-ATR_TS = (0x3B, 0x3F)
 
 
 def parse_atr(spec: str) -> bytes | None:
@@ -221,7 +220,7 @@ def parse_atr(spec: str) -> bytes | None:
     if not _HEX.match(spec):
         return None
     atr = bytes.fromhex(re.sub(r"[\s:]", "", spec))
-    return atr if len(atr) >= 2 and atr[0] in ATR_TS else None
+    return atr if len(atr) >= 2 and atr[0] in TS else None
 
 
 def resolve(spec: str, context: Context) -> str:

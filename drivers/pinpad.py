@@ -10,8 +10,8 @@ reaches the computer: the terminal sees only the status word, as with a real PIN
 from __future__ import annotations
 
 from apdu import part10
-from apdu.crypto import PINFormatError, pin_to_bcd
 from apdu.errors import TransportError
+from apdu.pin import PINFormatError, pin_to_bcd
 from drivers.memory import MemoryConnection
 from drivers.simulator.base import SimulatedCard
 

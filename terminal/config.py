@@ -135,7 +135,7 @@ def default_config_path() -> Path:
 
 
 class KeyStoreArgs(TypedDict, total=False):
-    """The keyword arguments of :func:`terminal.crypto.open_key_store`."""
+    """The keyword arguments of :func:`terminal.keystore.open_key_store`."""
 
     psam: str | None
     key_file: str | None
@@ -176,7 +176,7 @@ class TerminalConfig:
         return Operator(self.operator_id, self.operator_name)
 
     def key_store_args(self) -> KeyStoreArgs:
-        """Arguments of :func:`terminal.crypto.open_key_store` for ``key_store``."""
+        """Arguments of :func:`terminal.keystore.open_key_store` for ``key_store``."""
         kind, _, value = self.key_store.partition(":")
         args: KeyStoreArgs = {"psam": value if kind == "psam" else None, "key_file": value if kind == "file" else None}
         if kind == "remote":

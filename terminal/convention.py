@@ -32,7 +32,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.crypto import PINFormatError, WeakPINError
 from apdu.errors import (
     CardAuthenticationError,
     CardDataError,
@@ -48,6 +47,7 @@ from apdu.errors import (
     TransportError,
     WrongPINError,
 )
+from apdu.pin import PINFormatError, WeakPINError
 
 #: the two-step read with the hospital's remote security module (terminal/hsmread.py)
 STEP1, STEP2 = "iReadCardBas_HSM_Step1", "iReadCardBas_HSM_Step2"

@@ -30,10 +30,8 @@ from central import CentralService
 from drivers.connection import Connection
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from drivers.simulator.oldmedical import load_old_card
 from message.envelope import CST, Fen, Operator, Station, yuan
 from message.infno import Infno
-from terminal.crypto import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Clerk, Site
 from terminal.flows.desk import register, settle_visit, visit_id
@@ -45,6 +43,7 @@ from terminal.flows.pharmacy import (
     refund,
 )
 from terminal.gateway import test_credentials
+from terminal.keystore import SoftwareKeyStore
 from terminal.online import Platform, ReversedError
 from terminal.private import private_folder
 from terminal.queue import Outbox
@@ -82,8 +81,7 @@ class DemoClerk:
 
 
 def _sim(name: str) -> MemoryConnection:
-    card = load_old_card(name) if name.startswith("old-medical") else load_card(name)
-    return MemoryConnection(card, name=f"sim:{name}")
+    return MemoryConnection(load_card(name), name=f"sim:{name}")
 
 
 #: how a step gets the connection to a card by its profile name (the demo: a fresh in-memory card)

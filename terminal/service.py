@@ -64,7 +64,8 @@ from terminal.convention import (
     code_of,
     reply,
 )
-from terminal.crypto import KeyStore, check_genuine, unlocker
+from terminal.cardsecurity import check_genuine, unlocker
+from terminal.keystore import KeyStore
 from terminal import hsmread
 from terminal.hsmread import HeldRead, step1, step2
 from terminal.private import read_private_file
@@ -548,7 +549,7 @@ class ReaderService:
             if request.function == "iVerifyPIN":
                 card.verify_pin(request.pin or "")
             else:
-                from apdu.crypto import check_new_pin
+                from apdu.pin import check_new_pin
 
                 check_new_pin(request.new_pin or "")
                 card.change_pin(request.old_pin or "", request.new_pin or "")

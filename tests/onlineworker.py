@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flowing import PINS, clerk, sim  # noqa: E402
 from message.envelope import Fen, Operator, Station  # noqa: E402
-from terminal.crypto import SoftwareKeyStore  # noqa: E402
+from terminal.keystore import SoftwareKeyStore  # noqa: E402
 from terminal.flows.common import Site  # noqa: E402
 from terminal.gateway import test_credentials  # noqa: E402
 from terminal.online import Platform  # noqa: E402

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from apdu.crypto import PINFormatError, WeakPINError
+from apdu.pin import PINFormatError, WeakPINError
 from apdu.errors import (
     CardAuthenticationError,
     CardRemovedError,

@@ -17,7 +17,7 @@ from flowing import STATION, clerk, platform, site, write_config  # noqa: F401  
 from queueing import Clock, central  # noqa: F401  (fixture)
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Site
 from terminal.queue import MIGRATIONS, SCHEMA_VERSION, Outbox, QueueError

@@ -219,7 +219,7 @@ def test_old_card_pulled_while_marked_still_reports_the_recorded_move(tmp_path, 
     from flowing import STATION, sim
     from terminal.cli.counter import ScreenClerk
     from terminal.cli.pharmacy import dual_card_two_readers
-    from terminal.crypto import SoftwareKeyStore
+    from terminal.keystore import SoftwareKeyStore
     from terminal.flows.common import Site
     from terminal.queue import Outbox
 

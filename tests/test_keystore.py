@@ -1,4 +1,4 @@
-"""Key stores (terminal/crypto.py): the key file and its permissions, the bundled TEST keys, the PSAM;
+"""Key stores (terminal/keystore.py): the key file and its permissions, the bundled TEST keys, the PSAM;
 the software store and the PSAM compute the same bytes for every key, card and algorithm."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from apdu.errors import CardRemovedError, KeyStoreError
 from apdu.keyset import KeyUsage
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from terminal.crypto import CardKeyRef, PSAMKeyStore, SoftwareKeyStore, open_key_store
+from terminal.keystore import CardKeyRef, PSAMKeyStore, SoftwareKeyStore, open_key_store
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "fixtures" / "keys" / "test-keys.json"

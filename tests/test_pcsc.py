@@ -34,7 +34,8 @@ from jsonschema_rules import violations
 from pcscd import MiniCard, Pcscd, wait_card, wait_until
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
-from terminal.crypto import SoftwareKeyStore, unlocker
+from terminal.cardsecurity import unlocker
+from terminal.keystore import SoftwareKeyStore
 
 pytestmark = pytest.mark.pcsc
 

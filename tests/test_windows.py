@@ -16,7 +16,7 @@ from drivers import pcsc
 from terminal import private
 from terminal.cli.reader import _commands
 from terminal.cli.signals import Flag
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "fixtures" / "keys" / "test-keys.json"

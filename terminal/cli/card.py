@@ -37,10 +37,11 @@ def unlock_with(psam: str | None, key_file: Path | None, config_path: Path | Non
     opened only for such a card."""
 
     def unlock(card: SocialSecurityCard, code: str, spec_version: str) -> None:
+        from terminal.cardsecurity import unlocker
         from terminal.cli.security import announce_key_store, chosen_key_store
-        from terminal.crypto import open_key_store, unlocker
+        from terminal.keystore import open_key_store
 
-        with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store:
+        with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store:
             announce_key_store(store, options=True)
             unlocker(store)(card, code, spec_version)
 

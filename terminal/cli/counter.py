@@ -19,9 +19,10 @@ import click
 
 from apdu.errors import SSCardError
 from terminal.cli import prompts, watchdog
+from terminal.cli.options import connect
 from terminal.cli.output import print_json
 from terminal.config import TerminalConfig, load_config
-from terminal.crypto import open_key_store
+from terminal.keystore import open_key_store
 from terminal.flows import common
 from terminal.flows.common import Site
 from terminal.flows.settlement import Item
@@ -91,7 +92,7 @@ def open_site(config_path: Path | None, central_url: str | None = None) -> Itera
     from terminal.cli.security import announce_key_store  # here: security's commands use this module's options
 
     config = load_config(config_path)
-    with open_key_store(**config.key_store_args()) as keys:
+    with open_key_store(**config.key_store_args(), connect=connect) as keys:
         announce_key_store(keys)
         with common.open_site(config, keys, central_url, say=say_on_stderr) as site:
             yield config, site

@@ -16,14 +16,8 @@ from terminal.cli.options import config_option, id_number_asked, key_store_optio
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
 from terminal.config import KeyStoreArgs
-from terminal.crypto import (
-    KeyStore,
-    authenticate_terminal,
-    check_genuine,
-    open_key_store,
-    reload_pin,
-    unlocker,
-)
+from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unlocker
+from terminal.keystore import KeyStore, open_key_store
 
 TEST_KEYS_WARNING = (
     "Warning: using the TEST keys (public, for the simulator's virtual cards only): a card in a real reader "
@@ -69,7 +63,7 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, config_pat
       sscard auth --reader sim:counterfeit
       sscard auth --reader "Virtual PCD 00 00" --psam "Virtual PCD 00 01"
     """
-    with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
+    with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store, \
             connect(reader) as connection:
         announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)
@@ -129,7 +123,7 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, confi
     (RELOAD PIN).
     Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
     """
-    with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
+    with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store, \
             connect(reader) as connection:
         announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)

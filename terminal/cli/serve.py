@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from terminal.cli import watchdog
-from terminal.cli.options import Count, FilePath, central_option, config_option, exclusive, reader_option
+from terminal.cli.options import Count, FilePath, central_option, config_option, connect, exclusive, reader_option
 
 
 @click.command()
@@ -42,7 +42,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
     """
     from terminal.config import find_config
     from terminal.cli.security import announce_key_store
-    from terminal.crypto import open_key_store
+    from terminal.keystore import open_key_store
     from terminal.readers import default_reader
     from terminal.service import ReaderService, default_token_path, load_token
 
@@ -51,7 +51,8 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
         click.echo(token)
         return
     config = find_config(config_path)
-    with open_key_store(**(config.key_store_args() if config else {"psam": None, "key_file": None})) as keys:
+    with open_key_store(**(config.key_store_args() if config else {"psam": None, "key_file": None}),
+                        connect=connect) as keys:
         announce_key_store(keys)
         if config is not None:
             from terminal.gateway import TEST_CREDENTIALS_WARNING

@@ -3,7 +3,7 @@
 The holder brings the card and the original ID document; the clerk types the document's number, which
 must match the card's social security number; the holder sets a PIN (weak PINs refused); the terminal
 sets it with RELOAD PIN and activates the application with APPLICATION UNBLOCK, each with a MAC from
-the key store or PSAM (:mod:`terminal.crypto`; docs/card-profile.md, "MAC-protected commands"); the
+the key store or PSAM (:mod:`terminal.keystore`; docs/card-profile.md, "MAC-protected commands"); the
 medical account returns to normal; an ``SS01`` activation record is queued (docs/flows.md).
 
 Two phases, so the card is never changed without its record (docs/flows.md, "Bank counter"):
@@ -27,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.crypto import PINFormatError, check_new_pin
+from apdu.pin import PINFormatError, check_new_pin
 from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
 from message.infno import Infno
 from terminal.card import Identity, SocialSecurityCard, holder
-from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application, unlocker
+from terminal.cardsecurity import check_genuine, reload_pin, unblock_application, unlocker
+from terminal.keystore import CardKeyRef
 from terminal.flows.common import (
     Clerk,
     RefusedError,

@@ -19,9 +19,10 @@ from drivers.connection import Connection
 from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
 from message.infno import ACTIVATIONS, Infno
 from terminal.card import Identity, SocialSecurityCard
+from terminal.cardsecurity import check_genuine, unlocker
 from terminal.config import TerminalConfig
-from terminal.crypto import CardKeyRef, KeyStore, check_genuine, unlocker
 from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+from terminal.keystore import CardKeyRef, KeyStore
 from terminal.online import Person, Platform, PlatformRefusedError
 from terminal.queue import STANDING, Outbox, QueuedRecord
 from terminal.upload import CentralError
