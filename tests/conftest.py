@@ -33,6 +33,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (CHECKOUT, os.environ.get(
 import pcscd as stack  # noqa: E402  (tests/pcscd.py)
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that uses pcscd (itself, or through ``vpcd_card``) is marked ``pcsc``, so that
+    ``-m "not pcsc"`` leaves out every test that needs the shared readers, marked by hand or not."""
+    for item in items:
+        if "pcscd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pcsc)
+
+
 @pytest.fixture(scope="session")
 def pcscd(tmp_path_factory):
     """A running pcscd with the vpcd readers (a :class:`tests.pcscd.Pcscd`)."""
