@@ -51,6 +51,14 @@ class KeyUsage(enum.Enum):
         self.key_id = key_id
 
     @property
+    def reference(self) -> int:
+        """The card's reference to this authentication key (INTERNAL / EXTERNAL AUTHENTICATE P2);
+        ValueError for a key no authentication references."""
+        if self.key_id is None:
+            raise ValueError(f"the {self.label} key is not referenced by an authentication")
+        return self.key_id
+
+    @property
     def for_mac(self) -> bool:
         """True for keys that only compute MACs (PIN reload, application maintenance); the others
         only encrypt a challenge (authentication). A PSAM refuses the other use (convention)."""

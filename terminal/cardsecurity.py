@@ -62,7 +62,7 @@ def card_cryptogram(card: SocialSecurityCard, challenge: bytes) -> bytes:
     """The card's INTERNAL AUTHENTICATE answer to ``challenge``; a card that refuses the command is
     CardAuthenticationError (exit 8), a removed one stays CardRemovedError."""
     try:
-        return card.internal_authenticate(KeyUsage.INTERNAL_AUTH.key_id, challenge)
+        return card.internal_authenticate(KeyUsage.INTERNAL_AUTH.reference, challenge)
     except (CardRemovedError, NoCardError, TransportError):
         raise
     except CardStatusError as err:
@@ -103,7 +103,7 @@ def authenticate_terminal(card: SocialSecurityCard, store: KeyStore, ref: CardKe
     def authenticate() -> None:
         challenge = card.get_challenge(ref.algorithm.block_size)
         cryptogram = store.encrypt(KeyUsage.EXTERNAL_AUTH, ref, challenge)
-        card.external_authenticate(KeyUsage.EXTERNAL_AUTH.key_id, cryptogram)
+        card.external_authenticate(KeyUsage.EXTERNAL_AUTH.reference, cryptogram)
 
     card.atomically(authenticate)  # the challenge is ours until it is used
     log.info("external authentication passed")

@@ -138,7 +138,7 @@ class KeyStoreArgs(TypedDict, total=False):
     """The keyword arguments of :func:`terminal.keystore.open_key_store`."""
 
     psam: str | None
-    key_file: str | None
+    key_file: str | Path | None
     #: the platform's key service (``[keys] store = "remote"``: terminal/remotekeys.py)
     remote: RemoteKeys | None
 

@@ -104,7 +104,7 @@ def step2(held: HeldRead, p_key: str, *, clock: Callable[[], float] = time.monot
     compare_cryptograms(held.answer, internal)
 
     def unlock(card: SocialSecurityCard, code: str, spec_version: str) -> None:
-        card.external_authenticate(KeyUsage.EXTERNAL_AUTH.key_id, external)
+        card.external_authenticate(KeyUsage.EXTERNAL_AUTH.reference, external)
 
     identity = held.card.read_identity(unlock)
     if identity.card_identification_code != held.code:  # cannot be, on one card session: said, not assumed

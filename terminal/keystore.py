@@ -231,6 +231,13 @@ class PSAMKeyStore(KeyStore):
         self.connection.disconnect()
 
 
+def _open_reader(spec: str) -> Connection:
+    """The PSAM's reader, shared (the CLI passes its own ``connect``, which honours ``--exclusive``)."""
+    from terminal.readers import open_connection
+
+    return open_connection(spec)
+
+
 @contextlib.contextmanager
 def open_key_store(psam: str | None = None, key_file: str | Path | None = None, remote: RemoteKeys | None = None,
                    connect: Callable[[str], Connection] | None = None) -> Iterator[KeyStore]:
@@ -245,9 +252,7 @@ def open_key_store(psam: str | None = None, key_file: str | Path | None = None, 
 
         store: KeyStore = RemoteKeyStore(remote.url, load_credentials(remote.credentials, remote.institution)[0])
     elif psam:
-        if connect is None:
-            from terminal.readers import open_connection as connect
-        store = PSAMKeyStore(connect(psam))
+        store = PSAMKeyStore((connect or _open_reader)(psam))
     elif key_file:
         store = SoftwareKeyStore.from_file(key_file)
     else:

@@ -100,7 +100,8 @@ class StateFile:
             log.info("virtual card %s: its profile changed since %s was saved: factory state", self.profile_name,
                      self.path)
             return None
-        return saved["state"]
+        state: dict[str, Any] = saved["state"]
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the state whole (temporary file, then rename); OSError when it cannot be written."""
