@@ -182,8 +182,8 @@ def enqueue_bench(root: Path, count: int, rounds: int, breakdown: bool = False, 
     if breakdown:
         off_mine, off_theirs = [], []
         for n in range(rounds):
-            pair = [lambda: off_mine.append(ours(root / f"ours-off-{n}.sqlite", count, "OFF")),
-                    lambda: off_theirs.append(peer(root / f"peer-off-{n}", count, envelope, "OFF"))]
+            pair = [lambda n=n: off_mine.append(ours(root / f"ours-off-{n}.sqlite", count, "OFF")),
+                    lambda n=n: off_theirs.append(peer(root / f"peer-off-{n}", count, envelope, "OFF"))]
             order.shuffle(pair)
             for run in pair:
                 run()
@@ -223,7 +223,7 @@ def upload_bench(root: Path, count: int, batch: int) -> None:
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("bench: the central service did not start")
+                    raise SystemExit("bench: the central service did not start") from None
                 time.sleep(0.05)
         with Outbox(path) as outbox, Uploader(outbox, url, batch_size=batch) as uploader:
             start = time.perf_counter()

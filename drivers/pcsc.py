@@ -136,7 +136,7 @@ class Context:
         _check(hresult, "list readers")
         return list(names)
 
-    def status(self, names: list[str]) -> list["ReaderStatus"]:
+    def status(self, names: list[str]) -> list[ReaderStatus]:
         """The current state of each reader (SCardGetStatusChange with timeout 0)."""
         if not names:
             return []
@@ -157,7 +157,7 @@ class Context:
         except Exception:  # releasing a context of a daemon that went away: nothing to do
             log.debug("release context failed", exc_info=True)
 
-    def __enter__(self) -> "Context":
+    def __enter__(self) -> Context:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -180,7 +180,7 @@ class ReaderStatus:
     events: int = 0
 
     @classmethod
-    def from_state(cls, name: str, state: int, atr: list[int] | None) -> "ReaderStatus":
+    def from_state(cls, name: str, state: int, atr: list[int] | None) -> ReaderStatus:
         present = bool(state & scard.SCARD_STATE_PRESENT)
         return cls(
             name=name,

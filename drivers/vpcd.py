@@ -131,7 +131,7 @@ class VpcdClient:
 
     # --- control from other threads ---------------------------------------------------------
 
-    def start(self) -> "VpcdClient":
+    def start(self) -> VpcdClient:
         """Serve in a daemon thread; returns self."""
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
@@ -273,7 +273,7 @@ class VpcdClient:
             return SW_TECHNICAL_PROBLEM
         return reply
 
-    def __enter__(self) -> "VpcdClient":
+    def __enter__(self) -> VpcdClient:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

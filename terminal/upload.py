@@ -26,7 +26,6 @@ import os
 import random
 import re
 import sqlite3
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -199,7 +198,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     try:
         when = email.utils.parsedate_to_datetime(value)
         if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
+            when = when.replace(tzinfo=dt.UTC)
         wait = when.timestamp() - (time.time() if now is None else now)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None

@@ -247,7 +247,7 @@ def test_remove_raises_card_removed():
     assert isinstance(info.value, NoCardError)
     assert len(card.received) == 1  # nothing reached the card after removal
     with pytest.raises(NoCardError):
-        conn.atr
+        _ = conn.atr
 
 
 def test_remove_after_n_apdus():

@@ -182,7 +182,7 @@ def test_the_card_pulled_mid_change_leaves_nothing_held_or_pending(site):
     assert pulled_in_change == 4
 
 
-def test_the_uploader_never_sends_a_held_record(site, central):  # noqa: F811
+def test_the_uploader_never_sends_a_held_record(site, central):
     card = load_card("not-activated")
     with pytest.raises(Killed):
         bank_activate(MemoryConnection(card), Site(_killed_at_release(site), site.keys), ID_NUMBER, clerk(PIN, PIN))

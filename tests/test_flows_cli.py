@@ -45,7 +45,7 @@ def test_docs_transcripts_match_what_the_cli_prints(configs, monkeypatch):
         if piped:
             assert piped.group(1).split(" ") == answers.split("|"), command
             command, piped_runs = piped.group(2), piped_runs + 1
-        monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda: not piped)
+        monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda piped=piped: not piped)
         args = [visits.get(arg, arg) for arg in shlex.split(command)]
         assert args[0] == "sscard"
         seen.add(tuple(args[1:3]))

@@ -129,7 +129,7 @@ def test_key_file_in_a_folder_of_another_user_is_refused(tmp_path):
 def test_a_symlinked_folder_is_checked_where_it_really_is(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
-    path = private_copy(real)
+    private_copy(real)
     link = tmp_path / "via-link"
     link.symlink_to(real, target_is_directory=True)
     assert SoftwareKeyStore.from_file(link / "keys.json").test_only  # a private folder through a link
@@ -158,7 +158,7 @@ def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
     def load() -> None:
         try:
             SoftwareKeyStore.from_file(fifo)
-        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+        except BaseException as err:
             outcome.append(err)
 
     worker = threading.Thread(target=load, daemon=True)

@@ -50,7 +50,7 @@ def test_a_card_from_another_region_is_flagged_cross_region(outbox):
 
 
 def test_times_are_beijing_time_whatever_zone_the_clock_reports(tmp_path):
-    utc = Clock(dt.datetime(2026, 3, 1, 1, 30, 0, tzinfo=dt.timezone.utc))
+    utc = Clock(dt.datetime(2026, 3, 1, 1, 30, 0, tzinfo=dt.UTC))
     with Outbox(tmp_path / "q.sqlite", STATION, clock=utc) as box:
         record = registration(box)
     assert record.msgid[12:26] == "20260301093000"

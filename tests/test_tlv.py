@@ -198,7 +198,7 @@ def test_malformed_ber(raw, why):
     with pytest.raises(TLVError):
         objs = ber_decode(H(raw))
         for obj in objs:  # children are decoded on demand
-            obj.children
+            _ = obj.children
 
 
 def test_indefinite_length_message():
@@ -236,7 +236,7 @@ def test_ber_round_trip(objects):
     raw = b"".join(ber_encode(t, v) for t, v in objects)
     assert ber_decode(raw) == [BerTlv(t, v) for t, v in objects]
     inside = ber_encode(0x70, raw)
-    for t, v in objects:
+    for t, _v in objects:
         assert ber_find(inside, t) == next(val for tag, val in objects if tag == t)
 
 

@@ -20,7 +20,7 @@ from message.envelope import MSGID_TAKEN, Envelope, Fen, with_sign_no
 from terminal.queue import Outbox
 from apdu.errors import ConfigError
 from terminal.upload import (
-    MAX_RETRY_AFTER, Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after,
+    MAX_RETRY_AFTER, Backoff, CentralError, NotSignedInError, Uploader, parse_retry_after,
 )
 
 
