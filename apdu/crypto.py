@@ -54,13 +54,9 @@ __all__ = [
 class CryptoError(SSCardError, ValueError):
     """A cryptographic operation got a key, block or cryptogram of the wrong size or form."""
 
-    exit_code = 8
-
 
 class PINFormatError(SSCardError, ValueError):
     """The PIN must be 4 to 12 digits (0-9); a new PIN, 6 digits (``PIN_DEFAULT_LENGTH``)."""
-
-    exit_code = 11
 
 
 class WeakPINError(PINFormatError):

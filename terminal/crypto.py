@@ -40,19 +40,12 @@ from apdu.crypto import (
     session_mac,
     wipe,
 )
-from apdu.errors import (
-    CardAuthenticationError,
-    CardRemovedError,
-    CardResetError,
-    CardStatusError,
-    KeyStoreError,
-    NoCardError,
-    TerminalAuthenticationError,
-    TransportError,
-)
+from apdu.errors import CardStatusError
 from apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys, psam_key_version
 from drivers.connection import CARD_TIMEOUT_S, Connection
+from drivers.errors import CardRemovedError, CardResetError, NoCardError, TransportError
 from terminal.card import SocialSecurityCard
+from terminal.errors import CardAuthenticationError, KeyStoreError
 from terminal.private import read_private_file
 
 if TYPE_CHECKING:
@@ -64,7 +57,6 @@ log = logging.getLogger(__name__)
 TEST_KEYS = "keys/test-keys.json"
 KEY_FILE_KIND = "master-keys"
 MAX_KEY_FILE_BYTES = 65536
-SW_MAC_WRONG = 0x6988
 
 
 @dataclass(frozen=True)
@@ -363,21 +355,13 @@ def unlocker(store: KeyStore) -> Callable[[SocialSecurityCard, str, str], None]:
 
 def _mac_protected(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, usage: KeyUsage,
                    message: bytes, send: Callable[[bytes], None]) -> None:
-    """GET CHALLENGE, MAC ``message`` with the key store, ``send(mac)``; a ``69 88`` answer (MAC
-    refused) becomes TerminalAuthenticationError: the terminal's keys are not the card's."""
+    """GET CHALLENGE, MAC ``message`` with the key store, ``send(mac)``; the card refusing the MAC is
+    TerminalAuthenticationError (``commands.MAC_PROTECTED_SW``): the terminal's keys are not the card's."""
     def protected() -> None:  # one operation: the challenge is ours until the MAC'd command uses it
         challenge = card.get_challenge(ref.algorithm.block_size)
         send(store.mac(usage, ref, challenge, message))
 
-    try:
-        card.atomically(protected)
-    except CardStatusError as err:
-        if err.sw == SW_MAC_WRONG:
-            raise TerminalAuthenticationError(
-                f"The card refused the MAC (SW {err.sw:04X}): this terminal's keys ({store.description}) "
-                "are not the ones for this card"
-            ) from None
-        raise
+    card.atomically(protected)
 
 
 def reload_pin(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, new_pin: str) -> None:

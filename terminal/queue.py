@@ -37,7 +37,7 @@ from typing import Any
 
 import sqlite_utils
 
-from apdu.errors import ConfigError, SSCardError, mask, one_line
+from apdu.errors import SSCardError, mask, one_line
 from message.envelope import (
     CST,
     INF_TIME,
@@ -54,6 +54,7 @@ from message.envelope import (
     encode,
     iso_time,
 )
+from terminal.errors import ConfigError
 from terminal.private import create_private_file, publish, warn_if_shared
 from terminal.seal import SEALED, Seal
 
@@ -230,8 +231,6 @@ _SQLITE_REASONS = (
 class QueueError(SSCardError):
     """The local record queue cannot be used (disk full, read-only, file damaged or locked)."""
 
-    exit_code = 13
-
 
 class DamagedRecordError(QueueError):
     """Records whose seal does not verify (terminal/seal.py): edited or damaged since they were written."""
@@ -247,8 +246,6 @@ class DamagedRecordError(QueueError):
 
 class RecordError(SSCardError, ValueError):
     """The record cannot be kept: it is not a valid platform message."""
-
-    exit_code = 13
 
 
 #: the first 16 bytes of every SQLite database file (sqlite.org/fileformat.html s1.3)

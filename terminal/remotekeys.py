@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from apdu.errors import KeyStoreError
 from apdu.keyset import KeyUsage
 from message.envelope import Credentials
 from terminal.crypto import CardKeyRef, KeyStore
+from terminal.errors import KeyStoreError
 from terminal.upload import CentralClient, CentralError
 
 #: seconds one question to the key service may take

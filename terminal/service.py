@@ -45,10 +45,12 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from apdu.errors import CardUnresponsiveError, ConfigError, ReaderError, SSCardError
+from apdu.errors import SSCardError
 from drivers.connection import CARD_TIMEOUT_S, forgive, give_up
+from drivers.errors import CardUnresponsiveError, ReaderError
 from message.envelope import CST
 from terminal.card import Identity, SocialSecurityCard
+from terminal.cli.exits import INTERNAL, USAGE, error_object
 from terminal.config import TerminalConfig
 from terminal.convention import (
     AUTO_CONTACT_FIRST,
@@ -66,6 +68,7 @@ from terminal.convention import (
 )
 from terminal.crypto import KeyStore, check_genuine, unlocker
 from terminal import hsmread
+from terminal.errors import ConfigError
 from terminal.hsmread import HeldRead, step1, step2
 from terminal.private import read_private_file
 from terminal.readers import SIM_PREFIX, atr_text, open_connection
@@ -146,8 +149,8 @@ def check_origin(origin: str) -> str:
 
 def error_body(err: SSCardError) -> dict[str, Any]:
     """``{"error": {"code", "exit_code", "message"}}``: the error schema of every CLI ``--json``
-    (:meth:`apdu.errors.SSCardError.to_dict`)."""
-    return {"error": err.to_dict()}
+    (:func:`terminal.cli.exits.error_object`)."""
+    return {"error": error_object(err)}
 
 
 def _status(err: SSCardError) -> int:
@@ -205,11 +208,11 @@ class Guard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})  # the handshake gets HTTP 403
                 return
-            body = {"error": {"code": "forbidden", "exit_code": 2, "message": refusal}}
+            body = {"error": {"code": "forbidden", "exit_code": USAGE, "message": refusal}}
             return await _json(body, 403)(scope, receive, send)
         length = headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
-            body = {"error": {"code": "too_large", "exit_code": 2, "message": f"a request is at most {MAX_BODY} bytes"}}
+            body = {"error": {"code": "too_large", "exit_code": USAGE, "message": f"a request is at most {MAX_BODY} bytes"}}
             return await _json(body, 413)(scope, receive, send)
         if origin is None or scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -575,7 +578,7 @@ class ReaderService:
             return _json(error_body(err), _status(err))
         except Exception as err:  # a bug: the error schema all the same, the details in the log
             log.error("%s failed", request.url.path, exc_info=True)
-            return _json({"error": {"code": "internal", "exit_code": 1,
+            return _json({"error": {"code": "internal", "exit_code": INTERNAL,
                                     "message": f"internal error ({type(err).__name__}): see the service's log"}}, 500)
 
     def _spec(self, payload: dict[str, Any]) -> str:

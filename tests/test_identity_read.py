@@ -58,7 +58,7 @@ def test_a_strict_t0_chip_answers_6c_to_le_00_and_the_read_is_the_same():
 
 
 def test_strict_is_for_t0_cards():
-    from apdu.errors import ProfileError
+    from drivers.errors import ProfileError
 
     with pytest.raises(ProfileError, match="T=0"):
         load_card("strict:other-region")

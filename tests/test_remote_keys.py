@@ -8,7 +8,6 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import CardAuthenticationError, KeyStoreError
 from apdu.keyset import KeyUsage
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
@@ -17,6 +16,7 @@ from message.envelope import Credentials, gateway_headers
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
 from terminal.crypto import CardKeyRef, SoftwareKeyStore, check_genuine, unlocker
+from terminal.errors import CardAuthenticationError, KeyStoreError
 from terminal.gateway import test_credentials as credentials_of
 from terminal.remotekeys import RemoteKeyStore
 

@@ -8,12 +8,12 @@ import logging
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import CardAuthenticationError
 from drivers import pcsc
 from leakcheck import id_leaks, leaks
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
 from terminal.crypto import PSAMKeyStore, SoftwareKeyStore, check_genuine, reload_pin
+from terminal.errors import CardAuthenticationError
 
 pytestmark = pytest.mark.pcsc
 

@@ -15,8 +15,8 @@ import pytest
 from apdu import commands
 from apdu.command import Command
 from apdu.crypto import Algorithm, card_key, diversification_data, pin_to_bcd, session_mac
-from apdu.errors import ProfileError
 from apdu.keyset import KeyUsage, parse_master_keys, psam_key_version
+from drivers.errors import ProfileError
 from drivers.memory import MemoryConnection
 from drivers.simulator import PSAMCard, SSCCard, bundled_names, load_card, load_profile
 from drivers.simulator.psam import parse_psam_profile

@@ -298,7 +298,7 @@ def test_verify_counts_down_then_blocks_for_good(adult):
     assert conn.transmit(commands.verify(pin_to_bcd(PIN))).sw == 0x6983
     assert conn.transmit(commands.verify_status()).sw == 0x6983
     with pytest.raises(PINBlockedError):
-        conn.transmit(commands.verify(pin_to_bcd(PIN))).check()
+        conn.transmit(commands.verify(pin_to_bcd(PIN))).check(commands.VERIFY_SW)
     adult.power_down()
     adult.power_up()
     assert conn.transmit(commands.verify(pin_to_bcd(PIN))).sw == 0x6983  # the counter is persistent
@@ -307,7 +307,7 @@ def test_verify_counts_down_then_blocks_for_good(adult):
 def test_right_pin_resets_the_counter(adult):
     conn = MemoryConnection(adult)
     with pytest.raises(WrongPINError) as err:
-        conn.transmit(commands.verify(pin_to_bcd("999999"))).check()
+        conn.transmit(commands.verify(pin_to_bcd("999999"))).check(commands.VERIFY_SW)
     assert err.value.tries_left == 2
     assert conn.transmit(commands.verify_status()).sw == 0x63C2
     assert conn.transmit(commands.verify(pin_to_bcd(PIN))).sw == 0x9000

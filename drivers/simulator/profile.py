@@ -1,7 +1,7 @@
 """Card profiles: the JSON that personalises a virtual social security card (docs/simulator.md).
 
 A profile is read once, validated field by field, and turned into a frozen :class:`Profile`. Every
-problem raises :class:`apdu.errors.ProfileError` naming the file and the field
+problem raises :class:`drivers.errors.ProfileError` naming the file and the field
 (``adult.json: holder.birth_date: ...``); unknown fields are refused so a typo never passes silently.
 Identifiers in messages are masked (:func:`apdu.errors.mask`).
 
@@ -23,8 +23,9 @@ from typing import Any
 
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
 from apdu.crypto import Algorithm
-from apdu.errors import CardDataError, ProfileError, mask
+from apdu.errors import CardDataError, mask
 from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
+from drivers.errors import ProfileError
 
 PROTOCOLS = ("T=0", "T=1")
 ALGORITHMS = ("3DES", "SM4")

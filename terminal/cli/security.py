@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard, holder
 from terminal.cli.options import config_option, id_number_asked, key_store_options, reader_option
 from terminal.cli.output import json_option, print_json
@@ -24,6 +23,7 @@ from terminal.crypto import (
     reload_pin,
     unlocker,
 )
+from terminal.errors import IdentityMismatchError
 from terminal.readers import open_connection
 
 TEST_KEYS_WARNING = (

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from apdu.crypto import PINFormatError, check_new_pin
-from apdu.errors import IdentityMismatchError, SSCardError
+from apdu.errors import SSCardError
 from drivers.connection import Connection
 from terminal.card import Identity, SocialSecurityCard, holder
 from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application, unlocker
+from terminal.errors import IdentityMismatchError
 from terminal.flows.common import (
     Clerk,
     RefusedError,
