@@ -11,7 +11,9 @@ tags in the order of ``EF06`` below (docs/reference/card.md, "Files and records"
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from apdu.errors import CardDataError
 
@@ -104,7 +106,7 @@ def _encode_cn(value: str) -> bytes:
     return bytes.fromhex(value + "F" * (len(value) % 2))
 
 
-DECODERS = {
+DECODERS: dict[str, Callable[[bytes], str | dt.date]] = {
     "an": _decode_an,
     "gbk": _decode_gbk,
     "cn": _decode_cn,
@@ -112,7 +114,7 @@ DECODERS = {
     "binary": lambda raw: raw.hex().upper(),
 }
 
-ENCODERS = {
+ENCODERS: dict[str, Callable[[Any], bytes]] = {
     "an": _encode_an,
     "gbk": lambda v: v.encode("gbk"),
     "cn": _encode_cn,

@@ -1,4 +1,6 @@
-"""Builders for every command the terminal sends to the SSC, the bank application and the PSAM.
+"""Builders for every command the terminal sends to the SSC, the bank application and the PSAM, and
+beside a command the status words that mean something of their own to it (a :class:`Table`, looked
+at before the general one: apdu/status.py).
 
 ISO/IEC 7816-4 s7 (SELECT, READ RECORD, READ BINARY, VERIFY, GET CHALLENGE, GET RESPONSE, INTERNAL and
 EXTERNAL AUTHENTICATE); PBOC/JR/T 0025 for CHANGE/RELOAD PIN and GET PROCESSING OPTIONS; PBOC PSAM for
@@ -7,8 +9,10 @@ docs/card-profile.md.
 """
 from __future__ import annotations
 
+from apdu import errors as e
 from apdu.command import Command
 from apdu.errors import APDUFormatError
+from apdu.status import SW, Table
 
 #: DF name of the social security application: "sx1.sh." + "社会保障" (GBK)
 SSC_DF_NAME = b"sx1.sh." + "社会保障".encode("gbk")
@@ -45,6 +49,13 @@ def select_mf() -> Command:
     return select_fid(0x3F00)
 
 
+#: SELECT and READ RECORD: a PIN's status word (63Cx, 6983) answers a PIN command only (ISO 7816-4
+#: s7.5.6); to a SELECT or a read it means a confused or hostile card, not a wrong PIN
+_PIN_ANSWER_TO_A_READ = (e.CardStatusError, "The card gave a PIN answer to a read: it is not working properly")
+READ_SW = Table({SW.COUNTER: _PIN_ANSWER_TO_A_READ, SW.AUTH_BLOCKED: _PIN_ANSWER_TO_A_READ},
+                counter=_PIN_ANSWER_TO_A_READ)
+
+
 def read_record(record: int, sfi: int | None = None, le: int = 256, secret: bool = False) -> Command:
     """READ RECORD ``00 B2 record P2 Le``: P2 = 04 in the current EF, or SFI<<3|04 (ISO 7816-4 s7.3.3).
 
@@ -76,9 +87,26 @@ def verify_status() -> Command:
     return Command(0x00, 0x20, 0x00, 0x00)
 
 
+#: VERIFY (and CHANGE PIN, which verifies the current PIN on the way): ``63 Cx`` x tries left,
+#: ``63 C0`` and ``69 83`` blocked (PBOC)
+_PIN_BLOCKED = (e.PINBlockedError, "The PIN is blocked: the holder must have it reset at a bank counter")
+VERIFY_SW = Table({SW.COUNTER: _PIN_BLOCKED, SW.AUTH_BLOCKED: _PIN_BLOCKED},
+                  counter=(e.WrongPINError, "Wrong PIN: {tries} left before the PIN is blocked"))
+#: VERIFY done by a PIN pad (apdu/part10.py): the card's answer, or the reader's own
+VERIFY_ON_PAD_SW = Table({
+    **VERIFY_SW.words,
+    SW.PINPAD_CANCELLED: (e.PINEntryError, "The holder cancelled the PIN entry on the reader's keypad"),
+    SW.PINPAD_TIMEOUT: (e.PINEntryError, "No PIN was typed on the reader's keypad in time"),
+}, counter=VERIFY_SW.counter)
+
+
 def change_pin(old_bcd: bytes, new_bcd: bytes) -> Command:
     """CHANGE PIN ``80 5E 01 00 Lc old FF new`` (PBOC)."""
     return Command(0x80, 0x5E, 0x01, 0x00, old_bcd + b"\xff" + new_bcd, secret=True)
+
+
+#: CHANGE PIN verifies the current PIN on the way: VERIFY's words
+CHANGE_PIN_SW = VERIFY_SW
 
 
 #: length of the MAC that ends a MAC-protected command (PBOC)
@@ -88,6 +116,11 @@ MAC_LENGTH = 4
 #: CLA INS P1 P2 of the MAC-protected commands
 RELOAD_PIN_HEADER = (0x80, 0x5E, 0x00, 0x00)
 APPLICATION_UNBLOCK_HEADER = (0x84, 0x18, 0x00, 0x00)
+#: RELOAD PIN and APPLICATION UNBLOCK: ``69 88``, the MAC refused, means the terminal's keys are
+#: not the card's
+MAC_PROTECTED_SW = Table({SW.MAC_WRONG: (
+    e.TerminalAuthenticationError, "The card refused the MAC: this terminal's keys are not the ones for this card")})
+RELOAD_PIN_SW = APPLICATION_UNBLOCK_SW = MAC_PROTECTED_SW
 
 
 def mac_input(cla: int, ins: int, p1: int, p2: int, body: bytes) -> bytes:
@@ -138,6 +171,16 @@ def internal_authenticate(key_id: int, challenge: bytes) -> Command:
 def external_authenticate(key_id: int, cryptogram: bytes) -> Command:
     """EXTERNAL AUTHENTICATE ``00 82 00 key Lc cryptogram`` (ISO 7816-4 s7.5.4)."""
     return Command(0x00, 0x82, 0x00, key_id, cryptogram)
+
+
+#: EXTERNAL AUTHENTICATE: ``63 Cx`` x tries left for the terminal's key, ``63 C0`` and ``69 83`` the
+#: card's own counter has blocked it (not the PIN's)
+_KEY_BLOCKED = (e.AuthenticationMethodBlockedError,
+                "The card has blocked this terminal's authentication key after too many failures")
+EXTERNAL_AUTHENTICATE_SW = Table(
+    {SW.COUNTER: _KEY_BLOCKED, SW.AUTH_BLOCKED: _KEY_BLOCKED},
+    counter=(e.TerminalAuthenticationError, "The card refused this terminal's authentication ({tries} left before "
+                                            "the card blocks it): check the key store or PSAM"))
 
 
 def get_processing_options(pdol_data: bytes = b"", secret: bool = False) -> Command:

@@ -46,8 +46,6 @@ __all__ = [
 class CryptoError(SSCardError, ValueError):
     """A cryptographic operation got a key, block or cryptogram of the wrong size or form."""
 
-    exit_code = 8
-
 
 # --- block ciphers -----------------------------------------------------------------------------
 

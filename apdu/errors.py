@@ -1,9 +1,79 @@
-"""One exception hierarchy for the whole terminal.
+"""The root of every error the terminal raises on purpose, and the errors of the bytes themselves.
 
-Every error the terminal can meet derives from :class:`SSCardError`. Each class carries a message a
-clerk can read (``str(err)``) and the process exit code the CLI uses for it (README, "Exit codes").
-Lower layers raise these; the CLI prints ``str(err)`` and exits with ``err.exit_code``. Messages never
-hold a PIN, a key or a full ID number (see :func:`mask`).
+Every expected error derives from :class:`SSCardError` and carries a message a clerk can read
+(``str(err)``; never a PIN, a key or a full ID number: :func:`mask`). Each layer keeps its own
+errors (docs/architecture.md, "Where errors live"); what the CLI exits with for each is one table,
+terminal/cli/exits.py, not an attribute of the classes. The whole tree (tests/test_exit_codes.py
+checks it against the classes)::
+
+    SSCardError
+      MalformedError (ValueError)                       apdu/errors.py: bytes that do not parse
+        APDUFormatError
+        TLVError
+      CardDataError                                     the card's data is malformed or incomplete
+      CardStatusError                                   apdu/errors.py: what status words mean
+        WrongPINError
+        PINBlockedError
+        PINEntryError                                   the PIN pad's 6400 / 6401
+        AuthenticationMethodBlockedError
+        TerminalAuthenticationError
+        SecurityStatusError
+        FileNotFoundOnCardError
+        RecordNotFoundError
+        WrongLengthError
+        ConditionsNotSatisfiedError
+        WrongDataError
+        WrongParametersError
+        InstructionNotSupportedError
+        ClassNotSupportedError
+        UnknownStatusError
+        NoBankApplicationError                          terminal/bankaccount.py
+      CryptoError (ValueError)                          apdu/crypto.py
+      PINFormatError (ValueError)                       apdu/pin.py
+        WeakPINError
+      ReaderError                                       drivers/errors.py: readers and transport
+        ServiceNotRunningError
+        NoReaderError
+        ReaderNotFoundError
+        SharingViolationError
+        ReaderBusyError                                 terminal/service.py
+      NoCardError
+        CardRemovedError
+      CardUnresponsiveError
+      TransportError
+        CardResetError
+        FrameError                                      drivers/vpcd.py
+      ProfileError                                      drivers/errors.py: the simulator's profiles
+      NotSocialSecurityCardError                        terminal/errors.py: the card and the holder
+      CardAuthenticationError
+      ExternalAuthenticationRequiredError
+      IdentityMismatchError
+      NotOldMedicalCardError                            terminal/oldcard.py
+      WrongCardOrderError                               terminal/oldcard.py
+      ConfigError                                       terminal/errors.py: configuration and keys
+        KeyStoreError
+        CredentialsError                                terminal/gateway.py
+        JournalKeyError                                 terminal/seal.py
+        ServiceError                                    terminal/service.py
+      QueueError                                        terminal/queue.py: the journal
+        DamagedRecordError
+      RecordError (ValueError)                          terminal/queue.py
+      CentralError                                      terminal/upload.py: the platform's link
+        CentralUnavailableError
+        CentralProtocolError
+        NotSignedInError
+        CentralAuthError
+        CentralRefusedError
+        SignInRefusedError
+        ReversedError                                   terminal/online.py
+      PlatformRefusedError                              terminal/online.py
+      OutcomeUnknownError                               terminal/online.py
+      RefusedError                                      terminal/flows/common.py: the counter
+      PaymentRefusedError                               terminal/flows/common.py
+      IDNumberFormatError                               terminal/flows/common.py
+      ConventionError                                   terminal/convention.py: the HIS interface
+        SlowRequestError                                terminal/service.py
+      UnbalancedError                                   terminal/cli/reconcile.py
 """
 from __future__ import annotations
 
@@ -24,13 +94,16 @@ def mask(text: str, keep_start: int = 4, keep_end: int = 2) -> str:
     return text[:keep_start] + "*" * (len(text) - keep_start - keep_end) + text[len(text) - keep_end:]
 
 
+def first_line(doc: str | None) -> str:
+    """An error class's default message: the first line of its docstring."""
+    return (doc or "").strip().splitlines()[0] if doc and doc.strip() else "Error"
+
+
 class SSCardError(Exception):
     """Root of every error the terminal raises on purpose."""
 
-    exit_code = 1
-
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.__doc__.strip().splitlines()[0])
+        super().__init__(message or first_line(self.__doc__))
 
     @property
     def code(self) -> str:
@@ -39,17 +112,11 @@ class SSCardError(Exception):
         name = type(self).__name__.removesuffix("Error")
         return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
-    def to_dict(self) -> dict[str, object]:
-        """``{"code", "exit_code", "message"}``: the error as every ``--json`` and the service give it."""
-        return {"code": self.code, "exit_code": self.exit_code, "message": str(self)}
 
-
-# --- malformed bytes (apdu layer) -------------------------------------------------------------
+# --- malformed bytes --------------------------------------------------------------------------
 
 class MalformedError(SSCardError, ValueError):
     """Malformed data."""
-
-    exit_code = 5
 
 
 class APDUFormatError(MalformedError):
@@ -60,45 +127,43 @@ class TLVError(MalformedError):
     """A TLV record on the card is malformed."""
 
 
-# --- status words (ISO 7816-4 s5.1.3; PBOC PIN conventions) ------------------------------------
+class CardDataError(SSCardError):
+    """The card's data is malformed or incomplete."""
+
+
+# --- what status words mean (apdu/status.py; each command's own table in apdu/commands.py) ------
 
 class CardStatusError(SSCardError):
     """The card refused the command."""
 
-    exit_code = 5
-
     def __init__(self, sw: int, message: str | None = None) -> None:
         self.sw = sw
-        super().__init__(f"{message or self.__doc__.strip().splitlines()[0]} (SW {sw:04X})")
+        super().__init__(f"{message or first_line(self.__doc__)} (SW {sw:04X})")
 
 
 class WrongPINError(CardStatusError):
     """Wrong PIN."""
 
-    exit_code = 6
-
-    def __init__(self, sw: int, tries_left: int) -> None:
-        self.tries_left = tries_left
-        plural = "try" if tries_left == 1 else "tries"
-        super().__init__(sw, f"Wrong PIN: {tries_left} {plural} left before the PIN is blocked")
-
-
-class PINEntryError(SSCardError):
-    """No PIN came from the reader's keypad: the holder pressed cancel, or typed nothing in time."""
-
-    exit_code = 6
+    @property
+    def tries_left(self) -> int:
+        """The tries left before the PIN blocks: the x of ``63 Cx``."""
+        return self.sw & 0x0F
 
 
 class PINBlockedError(CardStatusError):
     """The PIN is blocked: the holder must have it reset at a bank counter."""
 
-    exit_code = 7
+
+class PINEntryError(CardStatusError):
+    """No PIN came from the reader's keypad: the holder pressed cancel, or typed nothing in time."""
 
 
 class AuthenticationMethodBlockedError(CardStatusError):
     """The card's authentication key is blocked after too many failed attempts."""
 
-    exit_code = 8
+
+class TerminalAuthenticationError(CardStatusError):
+    """The card refused this terminal's authentication: check the key store or PSAM (wrong keys?)."""
 
 
 class SecurityStatusError(CardStatusError):
@@ -139,123 +204,3 @@ class ClassNotSupportedError(CardStatusError):
 
 class UnknownStatusError(CardStatusError):
     """The card answered with an unknown status word."""
-
-
-# --- the card as a whole (terminal layer) -----------------------------------------------------
-
-class NotSocialSecurityCardError(SSCardError):
-    """This is not a social security card (the SSC application could not be selected)."""
-
-    exit_code = 5
-
-
-class CardAuthenticationError(SSCardError):
-    """The card failed authentication: it may be counterfeit. Do not accept it."""
-
-    exit_code = 8
-
-
-class TerminalAuthenticationError(SSCardError):
-    """The card refused this terminal's authentication: check the key store or PSAM (wrong keys?)."""
-
-    exit_code = 8
-
-
-class ExternalAuthenticationRequiredError(SSCardError):
-    """A third-generation card (spec 3.00) shows the holder's data only to a terminal that has
-    authenticated itself (EXTERNAL AUTHENTICATE; the reader libraries' -2203)."""
-
-    exit_code = 8
-
-
-class IdentityMismatchError(SSCardError):
-    """The ID document does not match the card: the card does not belong to this person."""
-
-    exit_code = 9
-
-
-class CardDataError(SSCardError):
-    """The card's data is malformed or incomplete."""
-
-    exit_code = 5
-
-
-# --- readers and transport (drivers layer) ----------------------------------------------------
-
-class ReaderError(SSCardError):
-    """Problem with the card reader."""
-
-    exit_code = 3
-
-
-class ServiceNotRunningError(ReaderError):
-    """The PC/SC service (pcscd) is not running: start it, or ask IT to."""
-
-
-class NoReaderError(ReaderError):
-    """No card reader found: check that the reader is plugged in."""
-
-
-class ReaderNotFoundError(ReaderError):
-    """The requested reader was not found."""
-
-
-class SharingViolationError(ReaderError):
-    """Another program is using the card reader: close it and try again."""
-
-
-class NoCardError(SSCardError):
-    """No card in the reader: insert the card."""
-
-    exit_code = 4
-
-
-class CardRemovedError(NoCardError):
-    """The card was removed during the operation: insert it again and repeat. Nothing was recorded."""
-
-
-class CardUnresponsiveError(SSCardError):
-    """The card does not respond: check it is inserted the right way round, or try another card."""
-
-    exit_code = 4
-
-    @classmethod
-    def after(cls, where: str, seconds: float, held: bool = False) -> CardUnresponsiveError:
-        """The card in ``where`` has waited ``seconds`` for an answer to one command, or (``held``)
-        for the reader to let us at it (a connect, another program's transaction): given up on."""
-        if held:
-            return cls(f"The reader {where} has not let this terminal at the card for {seconds:.0f} s: another "
-                       "program may be holding it (close that program, or take the card out and insert it again)")
-        return cls(f"The card in {where} has not answered for {seconds:.0f} s: take it out and insert it again")
-
-
-class TransportError(SSCardError):
-    """Communication with the card failed."""
-
-    exit_code = 4
-
-
-class CardResetError(TransportError):
-    """Another program reset the card (or powered it down) since our last command: what the card had
-    selected or verified for us is gone. Nothing was sent; the connection must be renewed first."""
-
-    def __init__(self, message: str = "Another program reset the card: repeat the operation") -> None:
-        super().__init__(message)
-
-
-# --- simulator profiles ---------------------------------------------------------------------
-
-class ProfileError(SSCardError):
-    """The card profile is invalid."""
-
-    exit_code = 12
-
-
-class ConfigError(SSCardError):
-    """The terminal's configuration is invalid."""
-
-    exit_code = 12
-
-
-class KeyStoreError(ConfigError):
-    """The key store cannot be used (key file or PSAM): ask IT to check the terminal's keys."""

@@ -6,8 +6,9 @@ A reader with a PIN pad lists its features when asked with ``CM_IOCTL_GET_FEATUR
 the feature's own control code, big-endian. ``FEATURE_VERIFY_PIN_DIRECT`` (tag 06) takes a
 ``PIN_VERIFY_STRUCTURE`` (little-endian fields, part 10 s2.5.2): the reader asks the holder for the
 PIN on its own keypad, puts it into the command template, sends the VERIFY and answers the card's
-status word, or ``64 00`` (the holder took too long) or ``64 01`` (the holder pressed cancel). The
-PIN never passes through the computer. Pure bytes, no I/O.
+status word, or ``64 00`` (the holder took too long) or ``64 01`` (the holder pressed cancel):
+``SW.PINPAD_TIMEOUT`` and ``SW.PINPAD_CANCELLED`` (apdu/status.py), which VERIFY's table on a PIN pad
+reads (``apdu.commands.VERIFY_ON_PAD_SW``). The PIN never passes through the computer. Pure bytes, no I/O.
 """
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from dataclasses import dataclass
 from apdu.errors import MalformedError
 
 FEATURE_VERIFY_PIN_DIRECT = 0x06
-#: status words of a PIN pad (part 10 s2.5.2): no key pressed in time, cancel pressed
-SW_PIN_TIMEOUT, SW_PIN_CANCELLED = 0x6400, 0x6401
 #: how the SSC's PIN goes into VERIFY (docs/card-profile.md, "PIN"): 6 digits, BCD, 3 bytes
 PIN_DIGITS = 6
 #: bmFormatString: system units are bytes (bit 7), the PIN at byte 0 of the data, left-justified,

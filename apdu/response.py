@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apdu.errors import APDUFormatError
-from apdu.status import SW_OK, error_for
+from apdu.status import SW, Table, error_for
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class Response:
 
     @property
     def ok(self) -> bool:
-        return self.sw == SW_OK
+        return self.sw == SW.OK
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Response:
@@ -47,9 +47,10 @@ class Response:
     def to_bytes(self) -> bytes:
         return self.data + bytes((self.sw1, self.sw2))
 
-    def check(self) -> Response:
-        """Return self on 9000; raise the typed error the status word means otherwise."""
-        err = error_for(self.sw)
+    def check(self, table: Table | None = None) -> Response:
+        """Return self on 9000; raise the typed error the status word means otherwise: to the command
+        whose ``table`` it is (apdu/commands.py), else to any command (apdu/status.py)."""
+        err = error_for(self.sw, table)
         if err is not None:
             raise err
         return self

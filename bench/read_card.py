@@ -31,12 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import pcscd as stack  # noqa: E402  (tests/pcscd.py)
 from smartcard import scard  # noqa: E402
 
 from apdu import commands  # noqa: E402
 from drivers import pcsc  # noqa: E402
 from drivers.memory import MemoryConnection  # noqa: E402
-import pcscd as stack  # noqa: E402  (tests/pcscd.py)
 
 READER = "Virtual PCD 00 00"
 BLOCK = 10

@@ -89,8 +89,8 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from terminal.card import SocialSecurityCard
-from terminal.convention import card_bas
 from terminal.cardsecurity import check_genuine
+from terminal.convention import card_bas
 from terminal.keystore import KeyStore, SoftwareKeyStore
 from terminal.readers import open_connection
 

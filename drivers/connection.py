@@ -15,8 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 from apdu.command import Command
-from apdu.errors import APDUFormatError, CardUnresponsiveError, TransportError
+from apdu.errors import APDUFormatError
 from apdu.response import Response
+from drivers.errors import CardUnresponsiveError, TransportError
 
 trace = logging.getLogger("sscard.apdu")
 

@@ -1,8 +1,8 @@
 """The in-memory driver: a simulated chip in this process, behind the same Connection as a reader."""
 from __future__ import annotations
 
-from apdu.errors import CardRemovedError, NoCardError, TransportError
 from drivers.connection import CLOSED_MESSAGE, Connection
+from drivers.errors import CardRemovedError, NoCardError, TransportError
 from drivers.simulator.base import SimulatedCard
 
 

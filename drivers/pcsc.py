@@ -25,10 +25,12 @@ from smartcard import scard
 
 from apdu import part10
 from apdu.atr import TS
-from apdu.errors import (
-    CardResetError,
-    MalformedError,
+from apdu.errors import MalformedError, SSCardError
+from drivers import readerstate
+from drivers.connection import CLOSED_MESSAGE, Connection
+from drivers.errors import (
     CardRemovedError,
+    CardResetError,
     CardUnresponsiveError,
     NoCardError,
     NoReaderError,
@@ -36,11 +38,8 @@ from apdu.errors import (
     ReaderNotFoundError,
     ServiceNotRunningError,
     SharingViolationError,
-    SSCardError,
     TransportError,
 )
-from drivers import readerstate
-from drivers.connection import CLOSED_MESSAGE, Connection
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ reaches the computer: the terminal sees only the status word, as with a real PIN
 from __future__ import annotations
 
 from apdu import part10
-from apdu.errors import TransportError
 from apdu.pin import PINFormatError, pin_to_bcd
+from apdu.status import SW
+from drivers.errors import TransportError
 from drivers.memory import MemoryConnection
 from drivers.simulator.base import SimulatedCard
 
@@ -40,10 +41,10 @@ class PinPadConnection(MemoryConnection):
         self.requests.append(request)
         if not self.typed or self.typed[0] == TIMEOUT:
             self.typed[:1] = []
-            return part10.SW_PIN_TIMEOUT.to_bytes(2, "big")
+            return SW.PINPAD_TIMEOUT.to_bytes(2, "big")
         pressed = self.typed.pop(0)
         if pressed == CANCEL:
-            return part10.SW_PIN_CANCELLED.to_bytes(2, "big")
+            return SW.PINPAD_CANCELLED.to_bytes(2, "big")
         if request.format_string & 0x03 != 0x01:  # only the BCD format is built by this reader
             return (0x6B80).to_bytes(2, "big")  # part 10: invalid parameter in the structure
         if not request.min_digits <= len(pressed) <= request.max_digits:

@@ -18,7 +18,8 @@ import socket
 import struct
 import threading
 
-from apdu.errors import TransportError
+from apdu.status import SW
+from drivers.errors import TransportError
 from drivers.simulator.base import SimulatedCard
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,6 @@ CTRL_GET_ATR = 0x04
 #: the largest payload we accept: an extended APDU (4 + 3 + 65535 + 2) fits; a 2-byte length
 #: cannot exceed 65535 anyway, the bound guards other framings
 MAX_PAYLOAD = 65536 + 5
-#: status word sent when the simulated chip itself fails (it should answer every command)
-SW_TECHNICAL_PROBLEM = b"\x6f\x00"
 
 BACKOFF_START_S = 0.05
 BACKOFF_MAX_S = 1.0
@@ -267,10 +266,10 @@ class VpcdClient:
             reply = self.card.execute(apdu)
         except Exception:  # a simulator bug must not take the reader down
             log.exception("%s: the simulated card failed on a command", self.name)
-            return SW_TECHNICAL_PROBLEM
+            return SW.TECHNICAL.to_bytes(2, "big")
         if len(reply) < 2:
             log.warning("%s: the simulated card answered %d bytes: sending 6F00", self.name, len(reply))
-            return SW_TECHNICAL_PROBLEM
+            return SW.TECHNICAL.to_bytes(2, "big")
         return reply
 
     def __enter__(self) -> VpcdClient:

@@ -25,11 +25,10 @@ from apdu.emv import (
     track2_account,
 )
 from apdu.errors import CardDataError, CardStatusError, TLVError, mask
+from apdu.status import SW
 from apdu.tlv import ber_find
 from drivers.connection import Connection
 
-#: ISO 7816-4 "file or application not found"
-SW_NOT_FOUND = 0x6A82
 #: the applications tried when the card has no PSE, and what each one is
 KNOWN_AIDS = {commands.AID_PBOC_DEBIT: "debit", commands.AID_PBOC_CREDIT: "credit"}
 #: directory records and AFL records read at most (a hostile card cannot keep us reading)
@@ -40,8 +39,8 @@ class NoBankApplicationError(CardStatusError):
     """The card holds no bank application (a social security card without a financial account)."""
 
     def __init__(self) -> None:
-        super().__init__(SW_NOT_FOUND, "This card has no bank application: it holds the social security "
-                                       "application only (no bank account to read)")
+        super().__init__(SW.FILE_NOT_FOUND, "This card has no bank application: it holds the social security "
+                                            "application only (no bank account to read)")
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def read_bank_account(connection: Connection, today: dt.date | None = None) -> B
     (``SocialSecurityCard.read_bank_account``): the bank application is selected afterwards."""
     for aid in _applications(connection):
         selected = connection.transmit(commands.select_df_name(aid))
-        if selected.sw == SW_NOT_FOUND:
+        if selected.sw == SW.FILE_NOT_FOUND:
             continue
         selected.check()
         try:
@@ -89,7 +88,7 @@ def read_bank_account(connection: Connection, today: dt.date | None = None) -> B
 def _applications(connection: Connection) -> list[bytes]:
     """The AIDs the card's PSE directory lists, else the UnionPay AIDs (EMV Book 1 s12.3.2-3)."""
     selected = connection.transmit(commands.select_df_name(commands.PSE_NAME))
-    if selected.sw != 0x9000:
+    if selected.sw != SW.OK:
         return list(KNOWN_AIDS)
     try:
         sfi = ber_find(selected.data, 0x88)
@@ -98,7 +97,7 @@ def _applications(connection: Connection) -> list[bytes]:
         found: list[bytes] = []
         for number in range(1, MAX_RECORDS + 1):
             record = connection.transmit(commands.read_record(number, sfi=sfi[0]))
-            if record.sw != 0x9000:  # 6A83: the directory ends
+            if record.sw != SW.OK:  # 6A83: the directory ends
                 break
             for entry in (obj for obj in record_objects(record.data) if obj.tag == 0x61):
                 aid = ber_find(entry.value, 0x4F)

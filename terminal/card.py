@@ -43,32 +43,25 @@ from apdu.errors import (
     APDUFormatError,
     AuthenticationMethodBlockedError,
     CardDataError,
-    CardResetError,
-    CardStatusError,
-    ExternalAuthenticationRequiredError,
-    NotSocialSecurityCardError,
     PINBlockedError,
     PINEntryError,
-    ReaderError,
     TerminalAuthenticationError,
     TLVError,
-    TransportError,
     WrongPINError,
     mask,
 )
-from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
+from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd, sent_as_is
 from apdu.response import Response
+from apdu.status import SW, Table, counter
 from apdu.tlv import decode_simple
 from drivers.connection import Connection
+from drivers.errors import CardResetError, ReaderError, TransportError
+from terminal.errors import ExternalAuthenticationRequiredError, NotSocialSecurityCardError
 
 if TYPE_CHECKING:
     from terminal.bankaccount import BankAccount
 
 log = logging.getLogger(__name__)
-
-SW_OK = 0x9000
-#: SELECT answer of a card whose application is issued but not yet activated (EMV: application blocked)
-SW_NOT_ACTIVATED = 0x6283
 
 
 @dataclass(frozen=True)
@@ -172,7 +165,7 @@ def needs_terminal_authentication(spec_version: str) -> bool:
 def operation(method: Callable[Concatenate[SocialSecurityCard, P], T]) -> Callable[Concatenate[SocialSecurityCard, P], T]:
     """A method of :class:`SocialSecurityCard` that is one operation on the card (module docstring)."""
     @functools.wraps(method)
-    def run(card: SocialSecurityCard, *args: P.args, **kwargs: P.kwargs) -> T:
+    def run(card: SocialSecurityCard, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return card.atomically(lambda: method(card, *args, **kwargs))
 
     return run
@@ -214,12 +207,12 @@ class SocialSecurityCard:
         response = None
         if self.short_select is not False:
             response = self.connection.transmit(commands.select_ssc(fci=False))
-            self.short_select = response.sw in (SW_OK, SW_NOT_ACTIVATED)
+            self.short_select = response.sw in (SW.OK, SW.NOT_ACTIVATED)
         if not self.short_select:
             response = self.connection.transmit(commands.select_ssc())
         assert response is not None
-        if response.sw in (SW_OK, SW_NOT_ACTIVATED):
-            self.activated = response.sw == SW_OK
+        if response.sw in (SW.OK, SW.NOT_ACTIVATED):  # 6283: issued, not yet activated
+            self.activated = response.sw == SW.OK
             return self.activated
         log.info("SELECT of the SSC application answered %04X", response.sw)
         raise NotSocialSecurityCardError(
@@ -256,7 +249,7 @@ class SocialSecurityCard:
             if self.by_sfi is not False:
                 response = self.connection.transmit(commands.read_record(item.record, sfi=item.sfi, secret=item.sensitive))
                 if self.by_sfi is None:  # the first read on this card tells
-                    self.by_sfi = response.sw == SW_OK
+                    self.by_sfi = response.sw == SW.OK
             if not self.by_sfi:
                 if not selected:
                     check_read(self.connection.transmit(commands.select_fid(item.fid)))
@@ -306,13 +299,11 @@ class SocialSecurityCard:
         """Tries left before the PIN blocks (VERIFY with no data, ISO 7816-4 s7.5.6); None if already verified."""
         self._ensure_selected()
         response = self.connection.transmit(commands.verify_status())
-        if response.sw == SW_OK:
-            check_no_data(response, "VERIFY")
-            return None
-        if response.sw & 0xFFF0 == 0x63C0:
-            return response.sw & 0x0F
-        response.check()
-        raise CardStatusError(response.sw, "Unexpected answer to the PIN status query")
+        tries = counter(response.sw)
+        if tries is not None:
+            return tries
+        check_no_data(response, "VERIFY", commands.VERIFY_SW)
+        return None
 
     @operation
     def verify_pin(self, pin: str) -> None:
@@ -321,7 +312,7 @@ class SocialSecurityCard:
         block = bytearray(pin_to_bcd(pin))
         try:
             with self._raising_security():
-                check_no_data(self.connection.transmit(commands.verify(block)), "VERIFY")
+                check_no_data(self.connection.transmit(commands.verify(sent_as_is(block))), "VERIFY", commands.VERIFY_SW)
         finally:
             wipe(block)
 
@@ -347,11 +338,7 @@ class SocialSecurityCard:
                 response = Response.from_bytes(answer)
             except APDUFormatError:
                 raise TransportError(f"The PIN pad answered {len(answer)} bytes, not a status word") from None
-            if response.sw == part10.SW_PIN_CANCELLED:
-                raise PINEntryError("The holder cancelled the PIN entry on the reader's keypad")
-            if response.sw == part10.SW_PIN_TIMEOUT:
-                raise PINEntryError("No PIN was typed on the reader's keypad in time")
-            check_no_data(response, "VERIFY")
+            check_no_data(response, "VERIFY", commands.VERIFY_ON_PAD_SW)
 
     @operation
     def change_pin(self, old_pin: str, new_pin: str) -> None:
@@ -367,7 +354,7 @@ class SocialSecurityCard:
         old, new = bytearray(pin_to_bcd(old_pin)), bytearray(pin_to_bcd(new_pin))
         try:
             with self._raising_security():  # the current PIN is verified on the way
-                self.connection.transmit(commands.change_pin(old, new)).check()
+                self.connection.transmit(commands.change_pin(sent_as_is(old), sent_as_is(new))).check(commands.CHANGE_PIN_SW)
         finally:
             wipe(old)
             wipe(new)
@@ -375,15 +362,17 @@ class SocialSecurityCard:
 
     @operation
     def reload_pin(self, new_bcd: bytes, mac: bytes) -> None:
-        """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.cardsecurity)."""
+        """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.cardsecurity).
+        TerminalAuthenticationError when the card refuses the MAC (``69 88``: the keys are not the card's)."""
         self._ensure_selected()
-        self.connection.transmit(commands.reload_pin(new_bcd, mac)).check()
+        self.connection.transmit(commands.reload_pin(new_bcd, mac)).check(commands.RELOAD_PIN_SW)
 
     @operation
     def application_unblock(self, mac: bytes) -> None:
-        """APPLICATION UNBLOCK ``84 18 00 00 04 MAC``: the application becomes active (convention)."""
+        """APPLICATION UNBLOCK ``84 18 00 00 04 MAC``: the application becomes active (convention).
+        TerminalAuthenticationError when the card refuses the MAC, as :meth:`reload_pin`."""
         self._ensure_selected()
-        self.connection.transmit(commands.application_unblock(mac)).check()
+        self.connection.transmit(commands.application_unblock(mac)).check(commands.APPLICATION_UNBLOCK_SW)
         self.activated = True
 
     @operation
@@ -423,31 +412,20 @@ class SocialSecurityCard:
 
     @operation
     def external_authenticate(self, key_id: int, cryptogram: bytes) -> None:
-        """EXTERNAL AUTHENTICATE ``00 82 00 key cryptogram`` (ISO 7816-4 s7.5.4) after GET CHALLENGE.
-
-        ``63 Cx`` -> TerminalAuthenticationError (x tries left for the key); ``69 83`` ->
-        AuthenticationMethodBlockedError (the card's own counter, not the PIN's).
-        """
+        """EXTERNAL AUTHENTICATE ``00 82 00 key cryptogram`` (ISO 7816-4 s7.5.4) after GET CHALLENGE:
+        TerminalAuthenticationError (x tries left for the key) or AuthenticationMethodBlockedError
+        (the card's own counter, not the PIN's), as ``commands.EXTERNAL_AUTHENTICATE_SW`` says."""
         self._ensure_selected()
         with self._raising_security():
-            response = self.connection.transmit(commands.external_authenticate(key_id, cryptogram))
-            if response.sw & 0xFFF0 == 0x63C0 and response.sw != 0x63C0:
-                tries = response.sw & 0x0F
-                raise TerminalAuthenticationError(
-                    f"The card refused this terminal's authentication ({tries} {'try' if tries == 1 else 'tries'} "
-                    f"left before the card blocks it): check the key store or PSAM"
-                )
-            if response.sw in (0x6983, 0x63C0):
-                raise AuthenticationMethodBlockedError(
-                    response.sw, "The card has blocked this terminal's authentication key after too many failures")
-            response.check()
+            self.connection.transmit(commands.external_authenticate(key_id, cryptogram)).check(
+                commands.EXTERNAL_AUTHENTICATE_SW)
 
 
-def check_no_data(response: Response, command: str) -> Response:
-    """``response.check()`` for a command whose answer is a status word alone (VERIFY, ISO 7816-4
+def check_no_data(response: Response, command: str, table: Table) -> Response:
+    """``response.check(table)`` for a command whose answer is a status word alone (VERIFY, ISO 7816-4
     s7.5.6): data bytes beside a success mean a confused or hostile card (CardDataError, exit 5).
     The bytes are counted, never shown: they answer a PIN command."""
-    response.check()
+    response.check(table)
     if response.data:
         raise CardDataError(
             f"The card answered {command} with {len(response.data)} data bytes where there are none: "
@@ -457,9 +435,7 @@ def check_no_data(response: Response, command: str) -> Response:
 
 
 def check_read(response: Response) -> Response:
-    """``response.check()`` for SELECT and READ: a PIN status word (63Cx, 6983) answers a PIN command
-    only (ISO 7816-4 s7.5.6); to a read it means a confused or hostile card, not a wrong PIN."""
-    if response.sw & 0xFFF0 == 0x63C0 or response.sw == 0x6983:
-        raise CardStatusError(response.sw, "The card gave a PIN answer to a read: it is not working properly")
-    return response.check()
+    """``response.check()`` for SELECT and READ RECORD, with their table (``commands.READ_SW``: a PIN's
+    status word is a confused card's answer to a read)."""
+    return response.check(commands.READ_SW)
 

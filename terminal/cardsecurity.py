@@ -16,23 +16,15 @@ from collections.abc import Callable
 
 from apdu import commands
 from apdu.crypto import constant_time_equal, wipe
-from apdu.errors import (
-    CardAuthenticationError,
-    CardRemovedError,
-    CardStatusError,
-    KeyStoreError,
-    NoCardError,
-    TerminalAuthenticationError,
-    TransportError,
-)
+from apdu.errors import CardStatusError
 from apdu.keyset import KeyUsage
-from apdu.pin import check_new_pin, pin_to_bcd
+from apdu.pin import check_new_pin, pin_to_bcd, sent_as_is
+from drivers.errors import CardRemovedError, NoCardError, TransportError
 from terminal.card import SocialSecurityCard
+from terminal.errors import CardAuthenticationError, KeyStoreError
 from terminal.keystore import CardKeyRef, KeyStore
 
 log = logging.getLogger(__name__)
-
-SW_MAC_WRONG = 0x6988
 
 
 def check_genuine(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef | None = None,
@@ -117,21 +109,13 @@ def unlocker(store: KeyStore) -> Callable[[SocialSecurityCard, str, str], None]:
 
 def _mac_protected(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, usage: KeyUsage,
                    message: bytes, send: Callable[[bytes], None]) -> None:
-    """GET CHALLENGE, MAC ``message`` with the key store, ``send(mac)``; a ``69 88`` answer (MAC
-    refused) becomes TerminalAuthenticationError: the terminal's keys are not the card's."""
+    """GET CHALLENGE, MAC ``message`` with the key store, ``send(mac)``; the card refusing the MAC is
+    TerminalAuthenticationError (``commands.MAC_PROTECTED_SW``): the terminal's keys are not the card's."""
     def protected() -> None:  # one operation: the challenge is ours until the MAC'd command uses it
         challenge = card.get_challenge(ref.algorithm.block_size)
         send(store.mac(usage, ref, challenge, message))
 
-    try:
-        card.atomically(protected)
-    except CardStatusError as err:
-        if err.sw == SW_MAC_WRONG:
-            raise TerminalAuthenticationError(
-                f"The card refused the MAC (SW {err.sw:04X}): this terminal's keys ({store.description}) "
-                "are not the ones for this card"
-            ) from None
-        raise
+    card.atomically(protected)
 
 
 def reload_pin(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, new_pin: str) -> None:
@@ -139,9 +123,9 @@ def reload_pin(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, new_p
     counter, with a MAC from the PIN-reload key (docs/card-profile.md, "MAC-protected commands")."""
     check_new_pin(new_pin)
     block = bytearray(pin_to_bcd(new_pin))
-    message = bytearray(commands.reload_pin_mac_input(block))
+    message = bytearray(commands.reload_pin_mac_input(sent_as_is(block)))
     try:
-        _mac_protected(card, store, ref, KeyUsage.PIN_RELOAD, bytes(message), lambda mac: card.reload_pin(block, mac))
+        _mac_protected(card, store, ref, KeyUsage.PIN_RELOAD, bytes(message), lambda mac: card.reload_pin(sent_as_is(block), mac))
     finally:
         wipe(block)
         wipe(message)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from apdu.errors import ConfigError
 from message.envelope import MessageError, Operator, Station
+from terminal.errors import ConfigError
 from terminal.private import warn_if_shared
 
 #: the platform's URL when neither the command nor a configuration names one: the virtual platform

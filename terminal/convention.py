@@ -33,21 +33,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from apdu.errors import (
-    CardAuthenticationError,
     CardDataError,
     CardStatusError,
-    CardUnresponsiveError,
-    ExternalAuthenticationRequiredError,
     MalformedError,
-    NoCardError,
-    NotSocialSecurityCardError,
     PINBlockedError,
-    ReaderError,
     SSCardError,
-    TransportError,
     WrongPINError,
 )
 from apdu.pin import PINFormatError, WeakPINError
+from drivers.errors import CardUnresponsiveError, NoCardError, ReaderError, TransportError
+from terminal.errors import (
+    CardAuthenticationError,
+    ExternalAuthenticationRequiredError,
+    NotSocialSecurityCardError,
+)
 
 #: the two-step read with the hospital's remote security module (terminal/hsmread.py)
 STEP1, STEP2 = "iReadCardBas_HSM_Step1", "iReadCardBas_HSM_Step2"
@@ -64,8 +63,6 @@ EXTERNAL_AUTH_NEEDED = -2203
 
 class ConventionError(SSCardError):
     """A request the convention cannot take (unknown function, bad iType, a missing field)."""
-
-    exit_code = 2
 
     def __init__(self, message: str, code: int = OTHER) -> None:
         super().__init__(message)

@@ -15,8 +15,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from apdu.errors import ConfigError
 from message.envelope import Credentials, MessageError
+from terminal.errors import ConfigError
 from terminal.private import read_private_file
 
 CREDENTIALS_KIND = "gateway-credentials"

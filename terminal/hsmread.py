@@ -35,14 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from apdu.atr import historical_bytes
 from apdu.catalogue import issuing_region
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError
 from apdu.keyset import KeyUsage
-from apdu.atr import historical_bytes
 from terminal.card import Identity, SocialSecurityCard, needs_terminal_authentication
-from terminal.convention import STEP1, STEP2, ConventionError
 from terminal.cardsecurity import card_cryptogram, compare_cryptograms
+from terminal.convention import STEP1, STEP2, ConventionError
 from terminal.keystore import CardKeyRef
 
 #: how long Step1's card session waits for Step2

@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING
 from apdu import commands
 from apdu.command import Command
 from apdu.crypto import Algorithm, diversification_data, diversify, session_mac
-from apdu.errors import CardResetError, CardStatusError, KeyStoreError
+from apdu.errors import CardStatusError
 from apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys, psam_key_version
 from drivers.connection import CARD_TIMEOUT_S, Connection
+from drivers.errors import CardResetError
 from terminal.card import SocialSecurityCard
+from terminal.errors import KeyStoreError
 from terminal.private import read_private_file
 
 if TYPE_CHECKING:

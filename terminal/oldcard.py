@@ -10,28 +10,22 @@ import logging
 from dataclasses import dataclass
 
 from apdu import commands, oldmedical
-from apdu.errors import CardDataError, NotSocialSecurityCardError, SSCardError, mask
+from apdu.errors import CardDataError, SSCardError, mask
+from apdu.status import SW
 from apdu.tlv import decode_simple
 from drivers.connection import Connection
 from message.envelope import Fen, yuan
+from terminal.errors import NotSocialSecurityCardError
 
 log = logging.getLogger(__name__)
-
-SW_OK = 0x9000
-SW_NOT_ACTIVATED = 0x6283
-SW_SECURITY_STATUS = 0x6982
 
 
 class NotOldMedicalCardError(SSCardError):
     """This is not an old medical insurance card."""
 
-    exit_code = 5
-
 
 class WrongCardOrderError(SSCardError):
     """The new social security card is where the old medical insurance card belongs."""
-
-    exit_code = 15
 
 
 @dataclass(frozen=True)
@@ -67,10 +61,10 @@ class OldMedicalCardSession:
     def select(self) -> None:
         """SELECT the medical application; tell a social security card (wrong slot) from anything else."""
         response = self.connection.transmit(oldmedical.select_old_medical())
-        if response.sw == SW_OK:
+        if response.sw == SW.OK:
             self.connection.transmit(oldmedical.select_ef15()).check()
             return
-        if self.connection.transmit(commands.select_ssc()).sw in (SW_OK, SW_NOT_ACTIVATED):
+        if self.connection.transmit(commands.select_ssc()).sw in (SW.OK, SW.NOT_ACTIVATED):
             raise WrongCardOrderError(
                 "The card in the old card's reader is the new social security card: the old medical "
                 "insurance card goes in first (or in its own reader). Nothing was recorded."
@@ -106,7 +100,7 @@ class OldMedicalCardSession:
         """Mark the card "replaced by a social security card"; False when its issuer does not allow it (6982)."""
         self.select()
         response = self.connection.transmit(oldmedical.mark_replaced())
-        if response.sw == SW_SECURITY_STATUS:
+        if response.sw == SW.SECURITY_STATUS:
             log.info("the old card does not allow marking it replaced")
             return False
         response.check()

@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 class PlatformRefusedError(SSCardError):
     """The platform refused the transaction (infcode < 0); nothing was done there."""
 
-    exit_code = 15
-
     def __init__(self, infno: str, reason: str) -> None:
         self.infno = infno
         self.reason = reason.strip().rstrip(".") or "no reason given"
@@ -57,8 +55,6 @@ class ReversedError(CentralError):
 class OutcomeUnknownError(SSCardError):
     """The platform's answer was lost and the reversal could not be made yet: the outcome is unknown
     until the journal resolves it (the next online command, or ``sscard queue resolve``)."""
-
-    exit_code = 17
 
 
 def again(infno: str) -> str:

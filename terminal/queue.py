@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-from apdu.errors import ConfigError, SSCardError, mask, one_line
+from apdu.errors import SSCardError, mask, one_line
 from message.envelope import (
     CST,
     INF_TIME,
@@ -52,6 +51,7 @@ from message.envelope import (
     iso_time,
 )
 from message.infno import QUEUEABLE, label
+from terminal.errors import ConfigError
 from terminal.private import create_private_file, publish, warn_if_shared
 from terminal.seal import SEALED, Seal
 
@@ -228,8 +228,6 @@ _SQLITE_REASONS = (
 class QueueError(SSCardError):
     """The local record queue cannot be used (disk full, read-only, file damaged or locked)."""
 
-    exit_code = 13
-
 
 class DamagedRecordError(QueueError):
     """Records whose seal does not verify (terminal/seal.py): edited or damaged since they were written."""
@@ -245,8 +243,6 @@ class DamagedRecordError(QueueError):
 
 class RecordError(SSCardError, ValueError):
     """The record cannot be kept: it is not a valid platform message."""
-
-    exit_code = 13
 
 
 #: the first 16 bytes of every SQLite database file (sqlite.org/fileformat.html s1.3)

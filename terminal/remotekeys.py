@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from apdu.errors import KeyStoreError
 from apdu.keyset import KeyUsage
 from message.envelope import Credentials
+from terminal.errors import KeyStoreError
 from terminal.keystore import CardKeyRef, KeyStore
 from terminal.upload import CentralClient, CentralError
 

@@ -28,7 +28,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from apdu.errors import ConfigError
+from terminal.errors import ConfigError
 from terminal.private import create_private_file, publish, read_private_file
 
 KEY_BYTES = 32

@@ -45,10 +45,14 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from apdu.errors import CardUnresponsiveError, ConfigError, ReaderError, SSCardError
+from apdu.errors import SSCardError
 from drivers.connection import CARD_TIMEOUT_S, forgive, give_up
+from drivers.errors import CardUnresponsiveError, ReaderError
 from message.envelope import CST
+from terminal import hsmread
 from terminal.card import Identity, SocialSecurityCard
+from terminal.cardsecurity import check_genuine, unlocker
+from terminal.cli.exits import INTERNAL, USAGE, error_object
 from terminal.config import TerminalConfig
 from terminal.convention import (
     AUTO_CONTACT_FIRST,
@@ -59,15 +63,16 @@ from terminal.convention import (
     STEP1,
     STEP2,
     ConventionError,
-    Request as Call,
     card_bas,
     code_of,
     reply,
 )
-from terminal.cardsecurity import check_genuine, unlocker
-from terminal.keystore import KeyStore
-from terminal import hsmread
+from terminal.convention import (
+    Request as Call,
+)
+from terminal.errors import ConfigError
 from terminal.hsmread import HeldRead, step1, step2
+from terminal.keystore import KeyStore
 from terminal.private import read_private_file
 from terminal.readers import SIM_PREFIX, atr_text, open_connection
 
@@ -147,8 +152,8 @@ def check_origin(origin: str) -> str:
 
 def error_body(err: SSCardError) -> dict[str, Any]:
     """``{"error": {"code", "exit_code", "message"}}``: the error schema of every CLI ``--json``
-    (:meth:`apdu.errors.SSCardError.to_dict`)."""
-    return {"error": err.to_dict()}
+    (:func:`terminal.cli.exits.error_object`)."""
+    return {"error": error_object(err)}
 
 
 def _status(err: SSCardError) -> int:
@@ -208,12 +213,12 @@ class Guard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})  # the handshake gets HTTP 403
                 return
-            body = {"error": {"code": "forbidden", "exit_code": 2, "message": refusal}}
+            body = {"error": {"code": "forbidden", "exit_code": USAGE, "message": refusal}}
             await _json(body, 403)(scope, receive, send)
             return
         length = headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
-            body = {"error": {"code": "too_large", "exit_code": 2, "message": f"a request is at most {MAX_BODY} bytes"}}
+            body = {"error": {"code": "too_large", "exit_code": USAGE, "message": f"a request is at most {MAX_BODY} bytes"}}
             await _json(body, 413)(scope, receive, send)
             return
         if origin is None or scope["type"] != "http":
@@ -582,7 +587,7 @@ class ReaderService:
             return _json(error_body(err), _status(err))
         except Exception as err:  # a bug: the error schema all the same, the details in the log
             log.error("%s failed", request.url.path, exc_info=True)
-            return _json({"error": {"code": "internal", "exit_code": 1,
+            return _json({"error": {"code": "internal", "exit_code": INTERNAL,
                                     "message": f"internal error ({type(err).__name__}): see the service's log"}}, 500)
 
     def _spec(self, payload: dict[str, Any]) -> str:

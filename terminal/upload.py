@@ -35,9 +35,10 @@ from typing import Any, Protocol, TypeVar
 import httpcore
 import httpx
 
-from apdu.errors import ConfigError, SSCardError, one_line
+from apdu.errors import SSCardError, one_line
 from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, iso_time, with_sign_no
 from message.infno import Infno
+from terminal.errors import ConfigError
 from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
@@ -122,7 +123,6 @@ _DELAY_SECONDS = re.compile(r"[0-9]+")
 class CentralError(SSCardError):
     """The platform could not be reached or did not answer properly."""
 
-    exit_code = 14
     #: seconds the service asked us to wait (Retry-After), if it said
     retry_after: float | None = None
     #: False when the request certainly did nothing at the platform (it never reached it, or the

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from queueing import Clock
 
 from central import CentralService
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from message.envelope import Operator, Station
-from queueing import Clock
-from terminal.keystore import SoftwareKeyStore
 from terminal.flows.common import ScriptedClerk, Site
 from terminal.gateway import test_credentials
+from terminal.keystore import SoftwareKeyStore
 from terminal.online import Platform
 from terminal.queue import Outbox
 

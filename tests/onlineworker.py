@@ -15,10 +15,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flowing import PINS, clerk, sim
+
 from message.envelope import Fen, Operator, Station
-from terminal.keystore import SoftwareKeyStore
 from terminal.flows.common import Site
 from terminal.gateway import test_credentials
+from terminal.keystore import SoftwareKeyStore
 from terminal.online import Platform
 from terminal.queue import Outbox
 
@@ -36,12 +37,13 @@ def open_site(journal: str, url: str, terminal_no: int, timeout: float = 5.0) ->
 def buy(site: Site, card: str, sale: str, fen: int) -> dict[str, Any]:
     """One purchase; its outcome as a small dict (``paid``, ``already``, or the error's class and exit code)."""
     from apdu.errors import SSCardError
+    from terminal.cli.exits import exit_code
     from terminal.flows.pharmacy import Item, purchase
 
     try:
         result = purchase(sim(card), site, sale, [Item("测试药品", 1, Fen(fen))], clerk(PINS[card]))
     except SSCardError as err:
-        return {"sale": sale, "error": type(err).__name__, "exit": err.exit_code, "text": str(err)}
+        return {"sale": sale, "error": type(err).__name__, "exit": exit_code(err), "text": str(err)}
     return {"sale": sale, "already": result.already_paid, "setl_id": result.split.setl_id,
             "account": int(result.split.account), "msgid": result.record.msgid}
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from jsonschema_rules import violations
 
 from apdu.emv import afl_from_processing_options, dol_data, parse_dol, track2_account
 from apdu.errors import CardDataError, TLVError
@@ -14,10 +15,10 @@ from apdu.tlv import ber_encode
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.base import WrappedCard
-from jsonschema_rules import violations
 from terminal.bankaccount import NoBankApplicationError
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
+from terminal.cli.exits import exit_code
 
 PAN = json.loads(open("fixtures/cards/adult.json", encoding="utf-8").read())["bank"]["pan"]
 
@@ -107,7 +108,7 @@ def test_format_1_processing_options_and_track_2_alone_are_read():
 def test_wrong_emv_answers_are_card_data_errors_in_words(answers, words):
     with pytest.raises(CardDataError, match=words) as raised:
         bank(answers).read_bank_account()
-    assert raised.value.exit_code == 5
+    assert exit_code(raised.value) == 5
 
 
 def test_a_card_without_a_pse_is_tried_by_aid():

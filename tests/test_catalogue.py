@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from apdu.catalogue import BY_KEY, CARD_ITEMS, EF05, EF06, ETHNICITY, HOLDER_ITEMS, ITEMS, SEX
 from apdu.errors import CardDataError, SSCardError
 from apdu.tlv import decode_simple, encode_simple
+from terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 
@@ -93,7 +94,7 @@ def test_invalid_date_names_the_item(raw):
     with pytest.raises(CardDataError) as info:
         BY_KEY["issue_date"].decode(H(raw))
     assert "issue date" in str(info.value) and "(05)" in str(info.value)
-    assert info.value.exit_code == 5 and isinstance(info.value, SSCardError)
+    assert exit_code(info.value) == 5 and isinstance(info.value, SSCardError)
 
 
 def test_invalid_birth_date_names_tag_0d():

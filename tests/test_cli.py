@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from leakcheck import id_leaks
 
 from apdu.catalogue import CARD_ITEMS, HOLDER_ITEMS
-from leakcheck import id_leaks
 from terminal.cli import main
 
 CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"

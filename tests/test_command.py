@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from apdu import commands as c
 from apdu.command import Command
 from apdu.errors import APDUFormatError, MalformedError, SSCardError
+from terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 
@@ -262,7 +263,7 @@ def test_out_of_range_fields_raise_apdu_format_error(kwargs):
         Command(**kwargs)
     err = info.value
     assert isinstance(err, MalformedError) and isinstance(err, SSCardError)
-    assert err.exit_code == 5
+    assert exit_code(err) == 5
     assert str(err)  # a readable message
 
 

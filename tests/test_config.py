@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import ConfigError
 from terminal.cli import main
+from terminal.cli.exits import exit_code
 from terminal.config import DEFAULT_TOML, load_config, parse_config, write_default
+from terminal.errors import ConfigError
 
 
 def test_default_file_is_commented_and_reads_back(tmp_path):
@@ -42,7 +43,7 @@ def test_invalid_configuration_is_a_config_error(old, new, match):
     assert old in DEFAULT_TOML
     with pytest.raises(ConfigError, match=match) as err:
         parse_config(DEFAULT_TOML.replace(old, new), Path("/etc/sscard/terminal.toml"))
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
 
 
 def test_key_store_forms(tmp_path):

@@ -12,10 +12,12 @@ import pytest
 
 from apdu import commands as c
 from apdu.command import Command
-from apdu.errors import APDUFormatError, CardRemovedError, NoCardError, TransportError
+from apdu.errors import APDUFormatError
 from drivers.connection import MAX_GET_RESPONSE
+from drivers.errors import CardRemovedError, NoCardError, TransportError
 from drivers.memory import MemoryConnection
 from drivers.simulator.base import SimulatedCard
+from terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 ATR = H("3B6800000073C84013009000")
@@ -133,7 +135,7 @@ def test_endless_61xx_is_bounded():
     card, conn = connect(forever="00" "6101")
     with pytest.raises(TransportError) as info:
         conn.transmit(c.read_record(1))
-    assert info.value.exit_code == 4
+    assert exit_code(info.value) == 4
     assert len(card.received) == 1 + MAX_GET_RESPONSE
     assert conn.apdu_count == 1 + MAX_GET_RESPONSE
 
@@ -197,7 +199,7 @@ def test_6cxx_twice_is_a_transport_error():
     card, conn = connect("6C10", "6C08", "9000")
     with pytest.raises(TransportError, match="6Cxx") as info:
         conn.transmit(c.read_record(1))
-    assert info.value.exit_code == 4
+    assert exit_code(info.value) == 4
     assert len(card.received) == 2
 
 
@@ -216,7 +218,7 @@ def test_response_shorter_than_a_status_word_is_a_transport_error(raw):
     card, conn = connect(raw)
     with pytest.raises(TransportError) as info:
         conn.transmit(c.read_record(1))
-    assert info.value.exit_code == 4
+    assert exit_code(info.value) == 4
     assert isinstance(info.value.__cause__, APDUFormatError)
 
 
@@ -243,7 +245,7 @@ def test_remove_raises_card_removed():
     assert card.events == ["up", "down"]
     with pytest.raises(CardRemovedError) as info:
         conn.transmit(c.read_record(1))
-    assert info.value.exit_code == 4
+    assert exit_code(info.value) == 4
     assert isinstance(info.value, NoCardError)
     assert len(card.received) == 1  # nothing reached the card after removal
     with pytest.raises(NoCardError):
@@ -287,7 +289,7 @@ def test_disconnect_closes_the_connection():
     conn.disconnect()
     with pytest.raises(TransportError, match="^The connection to the card is closed$") as info:
         conn.transmit(c.select_ssc())
-    assert info.value.exit_code == 4
+    assert exit_code(info.value) == 4
     assert card.received == []
     conn.disconnect()
     conn.remove()

@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from flowing import write_config
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

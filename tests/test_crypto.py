@@ -44,6 +44,7 @@ from apdu.pin import (
     is_weak_pin,
     pin_to_bcd,
 )
+from terminal.cli.exits import exit_code
 
 TDES, SM4 = Algorithm.TDES, Algorithm.SM4
 H = bytes.fromhex
@@ -126,7 +127,7 @@ def test_wrong_key_length_raises_typed_error(algorithm, key_len):
     with pytest.raises(CryptoError) as err:
         algorithm.encrypt_block(bytes(key_len), bytes(algorithm.block_size))
     assert isinstance(err.value, SSCardError)
-    assert err.value.exit_code == 8
+    assert exit_code(err.value) == 8
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))
@@ -455,7 +456,7 @@ def test_pin_bcd(pin, bcd):
 def test_bad_pin_raises_without_echoing_it(pin):
     with pytest.raises(PINFormatError) as err:
         pin_to_bcd(pin)
-    assert err.value.exit_code == 11
+    assert exit_code(err.value) == 11
     assert isinstance(err.value, SSCardError)
     if pin:
         assert pin not in str(err.value)
@@ -493,7 +494,7 @@ def test_weak_pins(pin, weak):
 def test_a_new_pin_is_6_digits_by_default(pin):
     with pytest.raises(PINFormatError, match="must be 6 digits") as err:
         check_new_pin(pin)
-    assert not isinstance(err.value, WeakPINError) and err.value.exit_code == 11 and pin not in str(err.value)
+    assert not isinstance(err.value, WeakPINError) and exit_code(err.value) == 11 and pin not in str(err.value)
     check_new_pin(pin, length=len(pin))  # a site that chose that length accepts it
     pin_to_bcd(pin)  # VERIFY still takes the 4 to 12 digits a card may hold
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from queueing import STATION, registration
+
 from terminal.cli import main
 from terminal.queue import Outbox
 

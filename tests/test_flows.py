@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from apdu.pin import PINFormatError, WeakPINError
-from apdu.errors import (
-    CardAuthenticationError,
-    CardRemovedError,
-    IdentityMismatchError,
-    PINBlockedError,
-    WrongPINError,
-)
 from flowing import PINS, STATION, WINDOW2, clerk, open_site, platform, sim, site  # noqa: F401  (fixtures)
+
+from apdu.errors import PINBlockedError, WrongPINError
+from apdu.pin import PINFormatError, WeakPINError
+from drivers.errors import CardRemovedError
 from message.envelope import Fen
 from terminal.card import SocialSecurityCard
+from terminal.cli.exits import exit_code
+from terminal.errors import CardAuthenticationError, IdentityMismatchError
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import IDNumberFormatError, PaymentRefusedError, RefusedError, ScriptedClerk, is_active
 from terminal.flows.desk import MALE_MATERNITY, register
@@ -85,14 +82,14 @@ def test_a_registration_the_holder_is_not_insured_for_is_refused(site, platform)
     confirming = ScriptedClerk([PINS["adult"]], agrees=True)  # 张伟 is male: the clerk confirms, the platform refuses
     with pytest.raises(RefusedError, match="no insurance in force for a maternity registration") as refused:
         register(sim("adult"), site, "maternity", "妇产科", confirming)
-    assert refused.value.exit_code == 15 and count(site) == 0 and visits(platform) == []
+    assert exit_code(refused.value) == 15 and count(site) == 0 and visits(platform) == []
 
 
 def test_maternity_for_a_male_holder_is_asked_refused_unless_confirmed_and_the_confirmation_recorded(tmp_path, site):
     asked = clerk(PINS["adult"])
     with pytest.raises(RefusedError, match="male holder not confirmed. Nothing was recorded") as refused:
         register(sim("adult"), site, "maternity", "妇产科", asked)
-    assert refused.value.exit_code == 15 and count(site) == 0
+    assert exit_code(refused.value) == 15 and count(site) == 0
     assert asked.said[-1].startswith("The holder is male") and asked.said[-1].endswith(" no")
     assert asked.pins == [PINS["adult"]]  # asked before the PIN: the holder typed nothing
     # confirmed, with the platform unreachable: queued, the confirmation in the record the platform will get
@@ -187,7 +184,8 @@ FEES = [Item("诊查费", 1, Fen(2000)), Item("血常规", 1, Fen(3500)), Item("
 
 
 def test_a_visit_is_cancelled_once_and_not_while_a_bill_stands(site, platform):
-    from terminal.flows.desk import cancel, refund as refund_visit_bill, settle_visit
+    from terminal.flows.desk import cancel, settle_visit
+    from terminal.flows.desk import refund as refund_visit_bill
 
     visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
     settle_visit(sim("adult"), site, visit.mdtrt_id, "B1", FEES, clerk(PINS["adult"]))
@@ -202,7 +200,8 @@ def test_a_visit_is_cancelled_once_and_not_while_a_bill_stands(site, platform):
 
 
 def test_an_outpatient_bill_is_settled_with_the_policy_and_refunded_exactly(site, platform):
-    from terminal.flows.desk import refund as refund_visit_bill, settle_visit
+    from terminal.flows.desk import refund as refund_visit_bill
+    from terminal.flows.desk import settle_visit
 
     visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
     said = clerk(PINS["adult"])
@@ -314,7 +313,7 @@ def test_dual_card_swapped_order_is_named(site):
     with pytest.raises(WrongCardOrderError, match="new social security card goes there"):
         dual_card_activate(old, sim("old-medical-zhangwei"), site, clerk(PINS["not-activated"]))
     assert count(site) == 0
-    assert WrongCardOrderError.exit_code == 15
+    assert exit_code(WrongCardOrderError) == 15
 
 
 def test_dual_card_refuses_an_old_card_already_replaced(site):
@@ -487,7 +486,7 @@ def test_insurance_suspended_at_the_platform_is_refused_before_the_pin(site, pla
     said = clerk(PINS["adult"])
     with pytest.raises(PaymentRefusedError, match="no medical insurance in force") as refused:
         purchase(sim("adult"), site, "S13", ITEMS, said)
-    assert refused.value.exit_code == 16 and said.pins == [PINS["adult"]]
+    assert exit_code(refused.value) == 16 and said.pins == [PINS["adult"]]
     assert settlements(platform) == []
 
 
@@ -508,7 +507,7 @@ def test_purchase_sale_number_paid_with_another_card_is_refused(lina_account, pl
     assert "李娜" not in str(refused.value) and "330302199203081020" not in str(refused.value)
     assert said.pins == [PINS["adult"]]  # refused before the PIN was asked
     assert len(settlements(platform)) == 1
-    assert PaymentRefusedError.exit_code == 16
+    assert exit_code(PaymentRefusedError) == 16
 
 
 def test_a_sale_paid_at_another_window_is_refused_by_the_platform(lina_account, platform, tmp_path):
@@ -544,7 +543,7 @@ def test_a_lost_answer_is_reversed_at_once_and_the_sale_can_be_paid_again(lina_a
     platform.set_fault("drop", count=1, infno="2102")
     with pytest.raises(ReversedError, match="reversed, nothing was done") as lost:
         purchase(sim("not-activated"), site, "S30", ITEMS, clerk(PINS["not-activated"]))
-    assert lost.value.exit_code == 14
+    assert exit_code(lost.value) == 14
     [entry] = [r for r in site.outbox.records() if r.infno == "2102"]
     [reversal] = [r for r in site.outbox.records() if r.infno == "2601"]
     assert entry.state == "reversed" and reversal.state == "answered"
@@ -561,7 +560,7 @@ def test_a_lost_answer_whose_reversal_also_fails_is_unknown_until_resolved(lina_
     platform.set_fault("fail", count=1, infno="2601")
     with pytest.raises(OutcomeUnknownError, match="do not hand anything over") as unknown:
         purchase(sim("not-activated"), site, "S31", ITEMS, clerk(PINS["not-activated"]))
-    assert unknown.value.exit_code == 17
+    assert exit_code(unknown.value) == 17
     [entry] = [r for r in site.outbox.records() if r.infno == "2102"]
     assert entry.state == "calling" and [r.msgid for r in site.outbox.unknown_calls()] == [entry.msgid]
     deadline = __import__("time").monotonic() + 10
@@ -579,7 +578,7 @@ def test_the_platform_unreachable_pays_nothing_and_says_so(lina_account, platfor
     site.platform.central.url = "http://127.0.0.1:9"
     with pytest.raises(CentralError, match="not paid") as down:
         purchase(sim("not-activated"), site, "S40", ITEMS, clerk(PINS["not-activated"]))
-    assert down.value.exit_code == 14 and not [r for r in site.outbox.records() if r.infno == "2102"]
+    assert exit_code(down.value) == 14 and not [r for r in site.outbox.records() if r.infno == "2102"]
 
 
 def test_a_platform_answering_a_split_that_does_not_add_up_is_reversed(lina_account, platform, monkeypatch):
@@ -847,7 +846,7 @@ def test_a_sign_in_the_platform_refuses_journals_nothing(site, platform, tmp_pat
         mine.outbox.clock.tick(60)  # a minute later (the same second would give the same msgids)
         with pytest.raises(CentralError, match="terminal number 01") as refused:
             purchase(sim("adult"), mine, "S101", ITEMS, clerk(PINS["adult"]))
-        assert refused.value.exit_code == 14 and mine.outbox.records() == []
+        assert exit_code(refused.value) == 14 and mine.outbox.records() == []
     finally:
         for opened in (other, mine):
             opened.platform.close()

@@ -8,18 +8,19 @@ import sqlite3
 
 import pytest
 from click.testing import CliRunner
+from flowing import STATION, clerk, platform, site, write_config  # noqa: F401  (fixtures)
+from queueing import Clock, central  # noqa: F401  (fixture)
 
-from apdu.errors import CardRemovedError
+from drivers.errors import CardRemovedError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from drivers.simulator.base import WrappedCard
-from flowing import STATION, clerk, platform, site, write_config  # noqa: F401  (fixtures)
-from queueing import Clock, central  # noqa: F401  (fixture)
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
-from terminal.keystore import SoftwareKeyStore
+from terminal.cli.exits import exit_code
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Site
+from terminal.keystore import SoftwareKeyStore
 from terminal.queue import MIGRATIONS, SCHEMA_VERSION, Outbox, QueueError
 from terminal.upload import Uploader
 
@@ -87,7 +88,7 @@ def test_a_queue_that_cannot_take_the_record_stops_the_flow_before_the_card_chan
                 site.outbox.add("2201", {"data": {"note": "x" * size}}, insured_region="330300")
     with pytest.raises(QueueError, match="disk is full") as full:
         bank_activate(MemoryConnection(card), site, ID_NUMBER, clerk(PIN, PIN))
-    assert full.value.exit_code == 13
+    assert exit_code(full.value) == 13
     assert not active(card) and ss01(site.outbox) == []  # the card is untouched: nothing to record
     site.outbox.db.execute("PRAGMA max_page_count=1073741823")
     bank_activate(MemoryConnection(card), site, ID_NUMBER, clerk(PIN, PIN))
@@ -105,7 +106,7 @@ def test_queue_failure_after_the_card_change_then_retry_records_exactly_one_acti
             bank_activate(MemoryConnection(card), site, ID_NUMBER, clerk(PIN, PIN))
         locker.execute("ROLLBACK")
         message = str(failed.value)
-        assert failed.value.exit_code == 13 and "locked" in message
+        assert exit_code(failed.value) == 13 and "locked" in message
         (held,) = outbox.held()
         assert "The card IS activated" in message and held.msgid in message and "sscard bank activate" in message
         assert ID_NUMBER not in message and PIN not in message

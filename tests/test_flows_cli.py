@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from flowing import configs, platform, write_config  # noqa: F401  (fixtures)
+
 from terminal.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "flows.md"
@@ -217,10 +217,11 @@ def test_old_card_pulled_while_marked_still_reports_the_recorded_move(tmp_path, 
     import io
 
     from flowing import STATION, sim
+
     from terminal.cli.counter import ScreenClerk
     from terminal.cli.pharmacy import dual_card_two_readers
-    from terminal.keystore import SoftwareKeyStore
     from terminal.flows.common import Site
+    from terminal.keystore import SoftwareKeyStore
     from terminal.queue import Outbox
 
     monkeypatch.setattr("sys.stdin", io.StringIO("123456\n"))

@@ -11,12 +11,13 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from flowing import PINS, clerk, platform, site, write_config  # noqa: F401  (fixtures)
 
 from drivers import pcsc
 from drivers.simulator import load_card
 from drivers.simulator.oldmedical import load_old_card
-from flowing import PINS, clerk, platform, site, write_config  # noqa: F401  (fixtures)
 from terminal.cli import main
+from terminal.cli.exits import exit_code
 from terminal.flows.pharmacy import dual_card_activate, read_old_card
 
 pytestmark = pytest.mark.pcsc
@@ -103,7 +104,7 @@ def test_dual_card_old_card_pulled_halfway_over_pcscd(vpcd_card, site):
         old_handle.remove()
         with pytest.raises(Exception) as err:
             dual_card_activate(old, new_reader, site, clerk(PINS["not-activated"]), old_reader)
-        assert getattr(err.value, "exit_code", None) == 4
+        assert exit_code(err.value) == 4
     assert sum(site.outbox.counts().values()) == 0 and not old_handle.card.replaced
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import struct
 
+import fuzz
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import fuzz
 
 #: generated inputs per parser in CI (issue 7: at least 2,000)
 EXAMPLES = 2000

@@ -18,6 +18,7 @@ from drivers.simulator import load_card
 from drivers.simulator.hostile import MODES, HostileCard
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
+from terminal.cli.exits import exit_code
 
 #: a mode -> the exit code and words the clerk sees (from the first spoiled command on)
 EXPECTED = {
@@ -45,7 +46,7 @@ def test_identity_read_from_a_hostile_card_raises_only_our_errors(mode, after):
             SocialSecurityCard(connection).read_identity()
         assert connection.apdu_count <= after + 1 + 64, "a loop was not bounded"
         code, words = EXPECTED[mode]
-        assert code is None or err.value.exit_code == code, str(err.value)
+        assert code is None or exit_code(err.value) == code, str(err.value)
         assert words in str(err.value)
 
 
@@ -71,7 +72,7 @@ def test_verify_answered_with_data_is_a_card_data_error():
     _spoiled_from_now(card)
     with pytest.raises(CardDataError, match="answered VERIFY with [0-9]+ data bytes") as err:
         session.verify_pin(ADULT_PIN)
-    assert err.value.exit_code == 5
+    assert exit_code(err.value) == 5
 
 
 def test_pin_status_answered_with_data_is_a_card_data_error():
@@ -186,6 +187,7 @@ def test_old_card_stalling_while_marked_after_the_move_is_recorded_reports_the_m
 
 def _desk(connection, site):
     from flowing import PINS, clerk
+
     from terminal.flows.desk import register
 
     return register(connection, site, "outpatient", "内科", clerk(PINS["adult"]))
@@ -193,6 +195,7 @@ def _desk(connection, site):
 
 def _bank(connection, site):
     from flowing import clerk
+
     from terminal.flows.bank import bank_activate
 
     return bank_activate(connection, site, "330302199203081020", clerk("135792", "135792"))
@@ -208,8 +211,9 @@ RECORDING_FLOWS = {"desk-registration": (_desk, "adult", 21), "bank-activation":
 def test_a_recording_flow_on_a_hostile_card_is_a_typed_error_and_records_nothing(tmp_path, flow, mode, after):
     from flowing import STATION
     from queueing import Clock
-    from terminal.keystore import SoftwareKeyStore
+
     from terminal.flows.common import Site
+    from terminal.keystore import SoftwareKeyStore
     from terminal.queue import Outbox
 
     run, profile, genuine_commands = RECORDING_FLOWS[flow]

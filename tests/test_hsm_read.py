@@ -7,12 +7,12 @@ import time
 
 import httpx
 import pytest
+from flowing import platform  # noqa: F401  (fixture)
 
 from apdu.crypto import diversification_data
-from flowing import platform  # noqa: F401  (fixture)
 from terminal import hsmread
-from terminal.keystore import SoftwareKeyStore
 from terminal.gateway import test_credentials as credentials_of
+from terminal.keystore import SoftwareKeyStore
 from terminal.service import ReaderService, load_token
 from terminal.upload import CentralClient
 

@@ -4,11 +4,11 @@ refuses the short ones; a strict T=0 chip (``strict:PROFILE``) that answers 6Cxx
 from __future__ import annotations
 
 import pytest
+from pcscd import LongFormOnly
 
 from apdu import commands
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from pcscd import LongFormOnly
 from terminal.card import SocialSecurityCard
 from terminal.cardsecurity import unlocker
 from terminal.keystore import SoftwareKeyStore
@@ -59,7 +59,7 @@ def test_a_strict_t0_chip_answers_6c_to_le_00_and_the_read_is_the_same():
 
 
 def test_strict_is_for_t0_cards():
-    from apdu.errors import ProfileError
+    from drivers.errors import ProfileError
 
     with pytest.raises(ProfileError, match="T=0"):
         load_card("strict:other-region")

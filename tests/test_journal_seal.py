@@ -12,9 +12,10 @@ import stat
 
 import pytest
 from click.testing import CliRunner
-
 from queueing import CARD, STATION, Clock, central, purchase, registration  # noqa: F401  (fixture)
+
 from terminal.cli import main
+from terminal.cli.exits import exit_code
 from terminal.queue import MIGRATIONS, DamagedRecordError, Outbox, QueueError
 from terminal.seal import JournalKeyError, Seal
 from terminal.upload import Uploader
@@ -185,7 +186,7 @@ def test_the_key_lives_beside_its_journal_and_a_missing_one_is_an_error_not_a_ne
     keys[0].unlink()
     with pytest.raises(JournalKeyError, match="window1.sqlite.key of the record queue .* is missing") as missing:
         Outbox(here)
-    assert missing.value.exit_code == 12 and not keys[0].exists()  # no new key made behind the clerk's back
+    assert exit_code(missing.value) == 12 and not keys[0].exists()  # no new key made behind the clerk's back
     result = CliRunner().invoke(main, ["queue", "status", "-q", str(here)])
     assert result.exit_code == 12 and "is missing" in result.stderr
 

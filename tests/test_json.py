@@ -5,8 +5,8 @@ same objects."""
 from __future__ import annotations
 
 import importlib
-import os
 import json
+import os
 import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +18,10 @@ from click.testing import CliRunner
 from flowing import configs, platform  # noqa: F401  (fixtures)
 from jsonschema_rules import violations
 
-from apdu.errors import SSCardError, WrongPINError
-from terminal.cli import main
+from apdu.commands import VERIFY_SW
+from apdu.errors import SSCardError
+from apdu.status import error_for
+from terminal.cli import exits, main
 from terminal.cli.prompts import Asked
 
 #: commands that run until stopped (a server, a virtual card): they print no result
@@ -121,7 +123,7 @@ def test_without_json_stdout_stays_empty_on_an_error(tmp_path):
 
 
 def test_the_code_is_the_class_name_in_snake_case():
-    assert WrongPINError(0x63C2, 2).to_dict() == {
+    assert exits.error_object(error_for(0x63C2, VERIFY_SW)) == {
         "code": "wrong_pin", "exit_code": 6, "message": "Wrong PIN: 2 tries left before the PIN is blocked (SW 63C2)"}
     assert SSCardError("x").code == "ss_card"
 
@@ -167,7 +169,7 @@ def test_docs_json_lists_every_error_code_under_its_exit_code():
     assert len(classes) > 50
     for error in classes:
         code = error.__new__(error).code
-        assert f"`{code}`" in rows.get(error.exit_code, ""), f"{error.__name__}: `{code}` (exit {error.exit_code})"
+        assert f"`{code}`" in rows.get(exits.exit_code(error), ""), f"{error.__name__}: `{code}` (exit {exits.exit_code(error)})"
 
 
 # --- one vocabulary (docs/json.md): every command's result, on a day at the virtual platform -------

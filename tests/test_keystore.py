@@ -13,10 +13,12 @@ import pytest
 
 from apdu import commands
 from apdu.crypto import Algorithm
-from apdu.errors import CardRemovedError, KeyStoreError
 from apdu.keyset import KeyUsage
+from drivers.errors import CardRemovedError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
+from terminal.cli.exits import exit_code
+from terminal.errors import KeyStoreError
 from terminal.keystore import CardKeyRef, PSAMKeyStore, SoftwareKeyStore, open_key_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +49,7 @@ def test_key_file_readable_or_writable_by_others_is_refused(tmp_path, mode):
     with pytest.raises(KeyStoreError) as err:
         SoftwareKeyStore.from_file(path)
     assert f"mode {mode:04o}" in str(err.value) and "chmod 600" in str(err.value)
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
 
 
 def test_the_bundled_file_itself_is_refused_when_git_left_it_0644(tmp_path):
@@ -84,7 +86,7 @@ def test_key_file_of_another_user_is_refused_even_mode_600(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with pytest.raises(KeyStoreError, match=f"belongs to another user \\(uid {OTHER_UID}\\)") as err:
         SoftwareKeyStore.from_file(path)
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
 
 
 @pytest.mark.parametrize("mode", [0o770, 0o707, 0o777, 0o730, 0o1777], ids=lambda m: f"{m:04o}")
@@ -99,7 +101,7 @@ def test_key_file_in_a_folder_others_can_write_is_refused(tmp_path, mode):
     # a shared sticky folder (like /tmp) is not to be chmod-ed: the clerk is told to move the file
     remedy = "folder of its own" if mode & stat.S_ISVTX else f"chmod go-w {folder}"
     assert remedy in str(err.value)
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
     folder.chmod(0o755)  # others may list and read the folder, not write it
     assert SoftwareKeyStore.from_file(path).test_only
 
@@ -179,7 +181,7 @@ def test_a_relative_key_file_when_the_working_folder_is_gone_is_a_key_store_erro
     gone.rmdir()
     with pytest.raises(KeyStoreError, match="key file keys.json") as err:
         SoftwareKeyStore.from_file("keys.json")
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
 
 
 def mutated(change) -> str:
@@ -289,7 +291,7 @@ def test_card_key_ref_hides_the_identification_code():
 
 
 def test_a_psam_reset_by_another_program_is_reconnected_and_asked_again_once():
-    from apdu.errors import CardResetError
+    from drivers.errors import CardResetError
 
     class SharedPSAM(MemoryConnection):
         """A PSAM another program resets (once, or always)."""

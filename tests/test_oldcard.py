@@ -6,11 +6,12 @@ import json
 import pytest
 
 from apdu import commands, oldmedical
-from apdu.errors import ProfileError
+from drivers.errors import ProfileError
 from drivers.memory import MemoryConnection
 from drivers.simulator import SimulatedCard, load_card
 from drivers.simulator.oldmedical import OldMedicalProfile, load_old_card, old_profile_path
 from message.envelope import Fen
+from terminal.cli.exits import exit_code
 from terminal.oldcard import NotOldMedicalCardError, OldMedicalCardSession, WrongCardOrderError
 from terminal.readers import open_connection
 
@@ -59,7 +60,7 @@ def test_old_card_os_answers_iso_status_words():
 def test_session_tells_a_social_security_card_from_anything_else():
     with pytest.raises(WrongCardOrderError) as err:
         OldMedicalCardSession(open_connection("sim:adult")).read()
-    assert err.value.exit_code == 15
+    assert exit_code(err.value) == 15
     with pytest.raises(NotOldMedicalCardError):
         OldMedicalCardSession(MemoryConnection(load_card("psam"))).read()
 

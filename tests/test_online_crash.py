@@ -29,10 +29,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from central.ledger import Ledger
 from onlineworker import open_site, race
 from queueing import free_port, wait_for_platform
+
+from central.ledger import Ledger
 
 HERE = Path(__file__).resolve().parent
 ZHANGWEI = "3303000000000001"

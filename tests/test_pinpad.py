@@ -4,13 +4,14 @@ pad reader (drivers/pinpad.py) and the counter flows."""
 from __future__ import annotations
 
 import pytest
+from flowing import PINS, platform, site  # noqa: F401  (fixtures)
 
 from apdu import part10
 from apdu.errors import MalformedError, PINBlockedError, PINEntryError, WrongPINError
 from drivers.pinpad import CANCEL, TIMEOUT, PinPadConnection
 from drivers.simulator import load_card
-from flowing import PINS, platform, site  # noqa: F401  (fixtures)
 from terminal.card import SocialSecurityCard
+from terminal.cli.exits import exit_code
 from terminal.flows.common import ScriptedClerk
 from terminal.flows.desk import register
 
@@ -43,7 +44,7 @@ def test_a_wrong_pin_cancel_and_timeout_at_the_keypad():
     for words in ("cancelled", "in time"):
         with pytest.raises(PINEntryError, match=words) as err:
             card.verify_pin_on_pad()
-        assert err.value.exit_code == 6
+        assert exit_code(err.value) == 6
     assert card.pin_tries_left() == 2  # cancel and timeout spent no try
 
 

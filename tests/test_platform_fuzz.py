@@ -18,10 +18,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from central import Ledger, Unanswerable, Unsigned
-from central.ledger import Forbidden, Rejected
-from message.envelope import Envelope
 from queueing import Clock
 from test_platform import (
     CLINIC,
@@ -40,6 +36,10 @@ from test_platform import (
     sale,
     transfer,
 )
+
+from central import Ledger, Unanswerable, Unsigned
+from central.ledger import Forbidden, Rejected
+from message.envelope import Envelope
 
 #: generated messages per transaction in CI (issue 13: at least 2,000)
 EXAMPLES = 2000

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from queueing import STATION, registration
 
 from central.ledger import Ledger
-from queueing import STATION, registration
 from terminal.cli import main
 from terminal.queue import Outbox, QueueError
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from apdu.errors import ProfileError
-from drivers.simulator import bundled_names, load_card, load_profile
 from apdu.atr import build_atr, parse_atr
+from drivers.errors import ProfileError
+from drivers.simulator import bundled_names, load_card, load_profile
 from drivers.simulator.profile import id_check_digit, luhn_ok, parse_profile
+from terminal.cli.exits import exit_code
 
 CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"
 REQUIRED = ["adult", "not-activated", "blocked-pin", "other-region", "minority", "counterfeit"]
@@ -135,7 +136,7 @@ def test_each_validation_error_names_the_field(path, value, words):
     assert message.startswith(f"x.json: {path}: "), message
     assert words in message, message
     assert "330302198506151239" not in message and "330302198506151238" not in message  # ID masked
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
 
 
 @pytest.mark.parametrize("path", ["holder.name", "card.card_number", "pin.value", "atr", "keys", "description"])

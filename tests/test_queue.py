@@ -15,13 +15,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from queueing import (  # noqa: F401
-    CARD, OTHER_CARD, PERSONS, STATION, Clock, as_unprivileged, central, clock, outbox, purchase, read_only,
+    CARD,
+    OTHER_CARD,
+    PERSONS,
+    STATION,
+    Clock,
+    as_unprivileged,
+    central,
+    clock,
+    outbox,
+    purchase,
+    read_only,
     registration,
 )
 
-from apdu.errors import ConfigError
 from central import REQUIRED
 from message.envelope import CST, Envelope, Fen, MessageError, Operator, Station, msgid_time, parse_yuan, yuan
+from terminal.cli.exits import exit_code
+from terminal.errors import ConfigError
 from terminal.queue import SCHEMA_VERSION, Outbox, Outcome, QueueError, RecordError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +125,7 @@ def test_an_invalid_record_is_refused_and_nothing_is_queued(outbox, infno, body,
 def test_a_settlement_without_its_amounts_as_fen_is_refused_before_it_is_journaled(outbox, infno, data, wrong):
     with pytest.raises(RecordError) as err:
         outbox.begin_call(infno, {"data": data}, insured_region="110105")
-    assert wrong in str(err.value) and err.value.exit_code == 13
+    assert wrong in str(err.value) and exit_code(err.value) == 13
     assert outbox.records() == []
     assert registration(outbox).msgid.endswith("0700")  # nothing was kept, no msgid used up
 
@@ -238,7 +249,7 @@ def test_a_damaged_file_is_a_queue_error_naming_it(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(QueueError, match=str(path)) as caught:
         Outbox(path, STATION)
-    assert caught.value.exit_code == 13
+    assert exit_code(caught.value) == 13
 
 
 def test_a_queue_from_a_newer_version_is_refused(tmp_path):
@@ -423,7 +434,7 @@ def test_a_full_disk_is_a_clear_error_and_the_record_is_not_saved(outbox):
         for _ in range(200):
             saved.append(registration(outbox, note="x" * 3000).msgid)  # add() returned: saved
     assert "disk is full" in str(caught.value) and "NOT saved" in str(caught.value)
-    assert caught.value.exit_code == 13 and CARD not in str(caught.value)
+    assert exit_code(caught.value) == 13 and CARD not in str(caught.value)
     outbox.db.execute("PRAGMA max_page_count=1073741823")
     assert [r.msgid for r in outbox.pending()] == saved
     following = registration(outbox).msgid
@@ -435,13 +446,14 @@ ENQUEUE = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[2])
     from queueing import registration
+    from terminal.cli.exits import exit_code
     from terminal.queue import Outbox, QueueError
     try:
         with Outbox(sys.argv[1]) as box:
             print("saved", registration(box).msgid)
     except QueueError as err:
         print(err, file=sys.stderr)
-        sys.exit(err.exit_code)
+        sys.exit(exit_code(err))
     """
 )
 

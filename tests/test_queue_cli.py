@@ -14,8 +14,18 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from queueing import (  # noqa: F401
-    CARD, ScriptedService, as_unprivileged, central, clock, free_port, http_reply, outbox, purchase, read_only,
-    registration, signed,
+    CARD,
+    ScriptedService,
+    as_unprivileged,
+    central,
+    clock,
+    free_port,
+    http_reply,
+    outbox,
+    purchase,
+    read_only,
+    registration,
+    signed,
 )
 
 from terminal.cli import main

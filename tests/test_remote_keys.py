@@ -7,18 +7,18 @@ import json
 import httpx
 import pytest
 from click.testing import CliRunner
+from flowing import configs, platform, write_config  # noqa: F401  (fixtures)
 
-from apdu.errors import CardAuthenticationError, KeyStoreError
 from apdu.keyset import KeyUsage
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from flowing import configs, platform, write_config  # noqa: F401  (fixtures)
 from message.envelope import Credentials, gateway_headers
 from terminal.card import SocialSecurityCard
-from terminal.cli import main
 from terminal.cardsecurity import check_genuine, unlocker
-from terminal.keystore import CardKeyRef, SoftwareKeyStore
+from terminal.cli import main
+from terminal.errors import CardAuthenticationError, KeyStoreError
 from terminal.gateway import test_credentials as credentials_of
+from terminal.keystore import CardKeyRef, SoftwareKeyStore
 from terminal.remotekeys import RemoteKeyStore
 
 CLINIC = "H33030200001"

@@ -19,6 +19,7 @@ from contextlib import closing
 from pathlib import Path
 
 from leakcheck import forbidden, id_leaks, id_numbers, leaks
+
 from terminal.demo import DAY, run_day
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from leakcheck import id_leaks, leaks
+
 from terminal.cli import main
 from terminal.cli.security import TEST_KEYS_WARNING
 
@@ -199,8 +199,9 @@ def test_no_pin_key_or_id_number_in_output_traces_or_logs(caplog, key_file):
 
 
 def test_the_leak_check_finds_what_it_looks_for():
-    from apdu.pin import pin_to_bcd
     from leakcheck import key_bytes
+
+    from apdu.pin import pin_to_bcd
 
     assert leaks(f"> 80 5E 01 00 07 {pin_to_bcd(ADULT_PIN).hex(' ').upper()} FF", [ADULT_PIN]) == ["PIN BCD"]
     assert leaks(f"PIN was {ADULT_PIN}", [ADULT_PIN]) == ["PIN 6 digits"]

@@ -7,13 +7,13 @@ import logging
 
 import pytest
 from click.testing import CliRunner
-
-from apdu.errors import CardAuthenticationError
-from drivers import pcsc
 from leakcheck import id_leaks, leaks
+
+from drivers import pcsc
 from terminal.card import SocialSecurityCard
-from terminal.cli import main
 from terminal.cardsecurity import check_genuine, reload_pin
+from terminal.cli import main
+from terminal.errors import CardAuthenticationError
 from terminal.keystore import PSAMKeyStore, SoftwareKeyStore
 
 pytestmark = pytest.mark.pcsc

@@ -15,9 +15,9 @@ import pytest
 from apdu import commands
 from apdu.command import Command
 from apdu.crypto import Algorithm, card_key, diversification_data, session_mac
-from apdu.pin import pin_to_bcd
-from apdu.errors import ProfileError
 from apdu.keyset import KeyUsage, parse_master_keys, psam_key_version
+from apdu.pin import pin_to_bcd
+from drivers.errors import ProfileError
 from drivers.memory import MemoryConnection
 from drivers.simulator import PSAMCard, SSCCard, bundled_names, load_card, load_profile
 from drivers.simulator.psam import parse_psam_profile

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import websockets
 from click.testing import CliRunner
-
 from jsonschema_rules import violations
+
 from terminal.cli import main
 from terminal.keystore import SoftwareKeyStore
 from terminal.service import ReaderService, load_token
@@ -318,8 +318,9 @@ def test_the_python_client_of_docs_service_runs(service, token):
 def counter(tmp_path, token):
     """The service with a terminal configuration (the clinic of tests/flowing.py) and the virtual
     platform on a loopback port."""
-    from central import CentralService
     from flowing import write_config
+
+    from central import CentralService
     from terminal.config import load_config
 
     with CentralService(tmp_path / "platform.sqlite", faults=True) as platform:
@@ -412,8 +413,9 @@ def test_a_stalled_card_is_given_up_on_and_the_service_goes_on(token):
 
 
 def test_a_purchase_whose_card_stalls_moves_no_money_even_when_the_card_answers_late(tmp_path, token):
-    from central import CentralService
     from flowing import write_config
+
+    from central import CentralService
     from terminal.config import load_config
     from terminal.queue import Outbox
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from flowing import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from central import CentralService
-from flowing import write_config
 from terminal.config import load_config
 from terminal.keystore import SoftwareKeyStore
 from terminal.service import ReaderService, load_token

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from flowing import configs, platform  # noqa: F401  (fixtures)
 
 from apdu.commands import SSC_DF_NAME
 from drivers.simulator import load_card
 from drivers.simulator.state import STATE_ENV, state_folder
-from flowing import configs, platform  # noqa: F401  (fixtures)
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
 from terminal.readers import open_connection

@@ -6,15 +6,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apdu import commands
+from apdu.atr import parse_atr
 from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS
 from apdu.command import Command
 from apdu.commands import SSC_DF_NAME
-from apdu.pin import pin_to_bcd
 from apdu.errors import PINBlockedError, WrongPINError
+from apdu.pin import pin_to_bcd
 from apdu.tlv import decode_simple
 from drivers.memory import MemoryConnection
 from drivers.simulator import SimulatedCard, SSCCard, bundled_names, load_card, load_profile
-from apdu.atr import parse_atr
 from drivers.simulator.ssc import CLA_PROPRIETARY
 
 # the FCI as docs/simulator.md specifies it, built by hand rather than by the simulator's code
@@ -299,7 +299,7 @@ def test_verify_counts_down_then_blocks_for_good(adult):
     assert conn.transmit(commands.verify(pin_to_bcd(PIN))).sw == 0x6983
     assert conn.transmit(commands.verify_status()).sw == 0x6983
     with pytest.raises(PINBlockedError):
-        conn.transmit(commands.verify(pin_to_bcd(PIN))).check()
+        conn.transmit(commands.verify(pin_to_bcd(PIN))).check(commands.VERIFY_SW)
     adult.power_down()
     adult.power_up()
     assert conn.transmit(commands.verify(pin_to_bcd(PIN))).sw == 0x6983  # the counter is persistent
@@ -308,7 +308,7 @@ def test_verify_counts_down_then_blocks_for_good(adult):
 def test_right_pin_resets_the_counter(adult):
     conn = MemoryConnection(adult)
     with pytest.raises(WrongPINError) as err:
-        conn.transmit(commands.verify(pin_to_bcd("999999"))).check()
+        conn.transmit(commands.verify(pin_to_bcd("999999"))).check(commands.VERIFY_SW)
     assert err.value.tries_left == 2
     assert conn.transmit(commands.verify_status()).sw == 0x63C2
     assert conn.transmit(commands.verify(pin_to_bcd(PIN))).sw == 0x9000

@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import ExternalAuthenticationRequiredError, KeyStoreError, TerminalAuthenticationError
+from apdu.errors import TerminalAuthenticationError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from terminal.card import SocialSecurityCard
-from terminal.cli import main
-from terminal.convention import EXTERNAL_AUTH_NEEDED, code_of
 from terminal.cardsecurity import unlocker
+from terminal.cli import main
+from terminal.cli.exits import exit_code
+from terminal.convention import EXTERNAL_AUTH_NEEDED, code_of
+from terminal.errors import ExternalAuthenticationRequiredError, KeyStoreError
 from terminal.keystore import SoftwareKeyStore, open_key_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +32,7 @@ def card() -> SocialSecurityCard:
 def test_without_a_key_store_the_holders_data_is_not_asked_for():
     with pytest.raises(ExternalAuthenticationRequiredError, match="third-generation card") as refused:
         card().read_identity()
-    assert refused.value.exit_code == 8 and code_of(refused.value) == EXTERNAL_AUTH_NEEDED == -2203
+    assert exit_code(refused.value) == 8 and code_of(refused.value) == EXTERNAL_AUTH_NEEDED == -2203
 
 
 @pytest.mark.parametrize("store", ["test", "psam", "key-file"])
@@ -84,5 +86,5 @@ def test_test_keys_never_authenticate_to_a_card_in_a_real_reader():
     session = SocialSecurityCard(RealReader(chip))
     with pytest.raises(KeyStoreError, match="TEST keys") as refused:
         session.read_identity(unlocker(SoftwareKeyStore.bundled_test_keys()))
-    assert refused.value.exit_code == 12
+    assert exit_code(refused.value) == 12
     assert chip.external_auth_tries_left == chip.external_auth_max_tries and chip.last_challenge is None

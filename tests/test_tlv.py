@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from apdu.errors import MalformedError, SSCardError, TLVError
 from apdu.tlv import BerTlv, ber_decode, ber_encode, ber_find, decode_simple, encode_simple
+from terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 
@@ -62,7 +63,7 @@ def test_malformed_simple_tlv(raw, why):
     with pytest.raises(TLVError) as info:
         decode_simple(H(raw))
     assert isinstance(info.value, MalformedError) and isinstance(info.value, SSCardError)
-    assert info.value.exit_code == 5
+    assert exit_code(info.value) == 5
 
 
 def test_malformed_messages_say_where():

@@ -10,17 +10,33 @@ import time
 import httpx
 import pytest
 from queueing import (  # noqa: F401
-    OTHER_CARD, PERSONS, STATION, ScriptedService, central, central_client, clock, free_port, http_reply, outbox, registration, reseal,
+    OTHER_CARD,
+    PERSONS,
+    STATION,
+    ScriptedService,
+    central,
+    central_client,
+    clock,
+    free_port,
+    http_reply,
+    outbox,
+    registration,
+    reseal,
     signed,
 )
 
-from central import GARBAGE, MAX_BATCH, CentralService
-from central import Ledger, Rejected
+from central import GARBAGE, MAX_BATCH, CentralService, Ledger, Rejected
 from message.envelope import MSGID_TAKEN, Envelope, Fen, with_sign_no
+from terminal.cli.exits import exit_code
+from terminal.errors import ConfigError
 from terminal.queue import Outbox
-from apdu.errors import ConfigError
 from terminal.upload import (
-    MAX_RETRY_AFTER, Backoff, CentralError, NotSignedInError, Uploader, parse_retry_after,
+    MAX_RETRY_AFTER,
+    Backoff,
+    CentralError,
+    NotSignedInError,
+    Uploader,
+    parse_retry_after,
 )
 
 
@@ -256,7 +272,7 @@ def test_fields_of_the_wrong_json_type_are_rejected_per_item_not_a_server_error(
 
 
 def test_central_errors_carry_the_documented_exit_code():
-    assert CentralError().exit_code == 14
+    assert exit_code(CentralError) == 14
 
 
 def test_a_direct_call_carries_fen_amounts_as_yuan(outbox, central):
@@ -409,7 +425,7 @@ def test_a_central_url_without_tls_or_host_is_refused(url, monkeypatch):
     monkeypatch.delenv("SSCARD_ALLOW_PLAIN_HTTP", raising=False)
     with pytest.raises(ConfigError) as err:
         central_client(url)
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
 
 
 @pytest.mark.parametrize("url", ["https://central.example.cn", "http://127.0.0.1:8930", "http://localhost:1"])

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import struct
 import subprocess
-import signal
 import sys
 import time
 
 import pytest
+from pcscd import MiniCard, card_state, wait_card, wait_until
 
 from apdu import commands
 from drivers import pcsc
 from drivers.vpcd import FrameError, VpcdClient, frame, reader_name
-from pcscd import MiniCard, card_state, wait_card, wait_until
 
 TIMEOUT = 5.0
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from apdu.errors import KeyStoreError
 from drivers import pcsc
 from terminal import private
+from terminal.cli.exits import exit_code
 from terminal.cli.reader import _commands
 from terminal.cli.signals import Flag
+from terminal.errors import KeyStoreError
 from terminal.keystore import SoftwareKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def test_a_key_file_outside_the_users_folder_is_refused_saying_where_to_put_it(o
     shutil.copyfile(BUNDLED, path)
     with pytest.raises(KeyStoreError, match=r"outside your user folder .* Move it to .*AppData.Local.sscard") as err:
         SoftwareKeyStore.from_file(path)
-    assert err.value.exit_code == 12
+    assert exit_code(err.value) == 12
 
 
 def test_a_key_file_that_is_a_link_or_a_folder_is_refused(on_windows):

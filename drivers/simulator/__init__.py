@@ -38,7 +38,7 @@ KINDS: dict[str, tuple[Callable[[Any, str], Any], Callable[[Any], SimulatedCard]
 
 def strict(card: SimulatedCard) -> SimulatedCard:
     """``card`` made a strict T=0 chip (``CardOS.strict_t0``); ProfileError for a T=1 one."""
-    from apdu.errors import ProfileError
+    from drivers.errors import ProfileError
     from drivers.simulator.cardos import CardOS
 
     if not isinstance(card, CardOS) or card.protocol != "T=0":

@@ -16,16 +16,10 @@ from collections.abc import Callable
 
 from apdu.command import Command
 from apdu.errors import APDUFormatError
+from apdu.status import SW
 
 log = logging.getLogger(__name__)
 
-SW_OK = 0x9000
-SW_WRONG_LENGTH = 0x6700
-SW_CONDITIONS = 0x6985
-SW_WRONG_P1P2 = 0x6A86
-SW_INS_NOT_SUPPORTED = 0x6D00
-SW_CLA_NOT_SUPPORTED = 0x6E00
-SW_TECHNICAL = 0x6F00
 
 CLA_ISO = frozenset({0x00})
 CLA_PROPRIETARY = frozenset({0x80})
@@ -100,7 +94,7 @@ class CardOS:
         except Exception:  # a simulator bug answers like a card with an internal error
             log.exception("%s: internal error on INS %s", self.label, bytes(apdu[1:2]).hex().upper() or "-")
             self._pending = b""
-            reply = _sw(SW_TECHNICAL)
+            reply = _sw(SW.TECHNICAL)
         return reply
 
     # --- dispatch ----------------------------------------------------------------------------------
@@ -114,22 +108,22 @@ class CardOS:
         # a pending response survives only until the next command (ISO 7816-4 s7.6.1)
         self._previous_pending, self._pending = self._pending, b""
         if len(apdu) < 4:
-            return _sw(SW_WRONG_LENGTH)
+            return _sw(SW.WRONG_LENGTH)
         cla, ins = apdu[0], apdu[1]
         if cla not in self.known_cla:
-            return _sw(SW_CLA_NOT_SUPPORTED)
+            return _sw(SW.CLA_NOT_SUPPORTED)
         try:
             command = Command.from_bytes(apdu)
         except APDUFormatError:
-            return _sw(SW_WRONG_LENGTH)
+            return _sw(SW.WRONG_LENGTH)
         if command.is_extended:  # short APDUs only
-            return _sw(SW_WRONG_LENGTH)
+            return _sw(SW.WRONG_LENGTH)
         entry = self.handlers.get(ins)
         if entry is None:
-            return _sw(SW_INS_NOT_SUPPORTED)
+            return _sw(SW.INS_NOT_SUPPORTED)
         classes, handler = entry
         if cla not in classes:
-            return _sw(SW_CLA_NOT_SUPPORTED)
+            return _sw(SW.CLA_NOT_SUPPORTED)
         try:
             data, sw = handler(command)
         except CardStatus as status:
@@ -152,7 +146,7 @@ class CardOS:
         """
         if sw >> 8 == 0x61:  # GET RESPONSE chunking already done
             return data + _sw(sw)
-        if not data or sw != SW_OK:
+        if not data or sw != SW.OK:
             return _sw(sw)
         if self.protocol == "T=0" and command.data:
             return self._more(data)
@@ -179,12 +173,12 @@ class CardOS:
         Le longer (not 00): ``6Cxx`` on T=0 (the data stays pending), everything on T=1.
         """
         if command.p1 != 0x00 or command.p2 != 0x00:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if command.data or command.le is None:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         pending = self._previous_pending
         if not pending:
-            raise CardStatus(SW_CONDITIONS)
+            raise CardStatus(SW.CONDITIONS)
         le = command.le
         if le > len(pending) and le != 256 and self.protocol == "T=0":
             self._pending = pending
@@ -193,4 +187,4 @@ class CardOS:
         if rest:
             self._pending = rest
             return chunk, 0x6100 | (len(rest) if len(rest) < 256 else 0)
-        return chunk, SW_OK
+        return chunk, SW.OK

@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 
 from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS, DataItem
 from apdu.commands import SSC_DF_NAME
+from apdu.status import SW
 from apdu.tlv import ber_encode, encode_simple
 from drivers.simulator.cardos import CardStatus
 
 MF_FID = 0x3F00
 #: the file system's status words (ISO/IEC 7816-4 s5.1.3)
-SW_NO_CURRENT_EF = 0x6986
-SW_FILE_NOT_FOUND = 0x6A82
-SW_RECORD_NOT_FOUND = 0x6A83
 
 
 @dataclass
@@ -47,7 +45,7 @@ class RecordEF:
         """Record ``number`` (1-based); ``6A 83`` when there is no such record (s7.3.3)."""
         record = self.record(number)
         if record is None:
-            raise CardStatus(SW_RECORD_NOT_FOUND)
+            raise CardStatus(SW.RECORD_NOT_FOUND)
         return record
 
 
@@ -90,11 +88,11 @@ class FileSelection:
         none), else the current DF's EF with that SFI, which becomes current (``6A 82`` when none)."""
         if sfi == 0:
             if self.ef is None:
-                raise CardStatus(SW_NO_CURRENT_EF)
+                raise CardStatus(SW.NO_CURRENT_EF)
             return self.ef
         ef = self.df.by_sfi(sfi)
         if ef is None:
-            raise CardStatus(SW_FILE_NOT_FOUND)
+            raise CardStatus(SW.FILE_NOT_FOUND)
         self.ef = ef
         return ef
 

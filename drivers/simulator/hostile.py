@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 import time
 
-from apdu.errors import ProfileError
+from drivers.errors import ProfileError
 from drivers.simulator.base import SimulatedCard, WrappedCard
 
 MODES = ("wrong-length", "endless-61", "out-of-sequence", "stall", "pause", "random")

@@ -20,16 +20,13 @@ from typing import Any
 
 from apdu.atr import PROTOCOLS
 from apdu.command import Command
-from apdu.errors import ProfileError
 from apdu.oldmedical import EF15, OLD_DF_NAME, OLD_ITEMS, STATUS_IN_USE, STATUS_RECORD, STATUS_REPLACED
+from apdu.status import SW
 from apdu.tlv import decode_simple, encode_simple
+from drivers.errors import ProfileError
 from drivers.simulator.cardos import (
     CLA_ISO,
     CLA_PROPRIETARY,
-    SW_CONDITIONS,
-    SW_OK,
-    SW_WRONG_LENGTH,
-    SW_WRONG_P1P2,
     CardOS,
     CardStatus,
     Reply,
@@ -39,11 +36,6 @@ from drivers.simulator.profile import locate, profile_kind
 from drivers.simulator.validator import ProfileValidator, read_profile_file
 
 KIND = "old-medical"
-SW_SECURITY_STATUS = 0x6982
-SW_NO_CURRENT_EF = 0x6986
-SW_WRONG_DATA = 0x6A80
-SW_FILE_NOT_FOUND = 0x6A82
-SW_RECORD_NOT_FOUND = 0x6A83
 STATUSES = {"in-use": STATUS_IN_USE, "replaced": STATUS_REPLACED}
 FIELDS = ("kind", "description", "atr", "protocol", "card_number", "social_security_number", "name",
           "issuing_region", "balance_fen", "status", "replaceable")
@@ -162,47 +154,47 @@ class OldMedicalCard(CardOS):
         """SELECT by DF name (P1 04) of the medical application, or EF15 by FID (P1 00/02)."""
         if command.p1 == 0x04:
             if command.data != OLD_DF_NAME:
-                raise CardStatus(SW_FILE_NOT_FOUND)
+                raise CardStatus(SW.FILE_NOT_FOUND)
             self.files.select_df(self.app)
-            return b"", SW_OK
+            return b"", SW.OK
         if command.p1 in (0x00, 0x02):
             if len(command.data) != 2:
-                raise CardStatus(SW_WRONG_LENGTH)
+                raise CardStatus(SW.WRONG_LENGTH)
             if self.files.df is not self.app or int.from_bytes(command.data, "big") != EF15:
-                raise CardStatus(SW_FILE_NOT_FOUND)
+                raise CardStatus(SW.FILE_NOT_FOUND)
             self.files.ef = self.ef15
-            return b"", SW_OK
-        raise CardStatus(SW_WRONG_P1P2)
+            return b"", SW.OK
+        raise CardStatus(SW.WRONG_P1P2)
 
     def _current(self, p2: int) -> RecordEF:
         if p2 & 0x07 != 0x04:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         return self.files.ef_for(p2 >> 3)
 
     def _read_record(self, command: Command) -> Reply:
         """READ RECORD ``00 B2 n 04 00`` (ISO 7816-4 s7.3.3), or by SFI 15."""
         if command.data or command.le is None:
-            raise CardStatus(SW_WRONG_LENGTH)
-        return self._current(command.p2).read(command.p1), SW_OK
+            raise CardStatus(SW.WRONG_LENGTH)
+        return self._current(command.p2).read(command.p1), SW.OK
 
     def _update_record(self, command: Command) -> Reply:
         """UPDATE RECORD 5 (status) only, to ``05 01 01``; ``69 82`` unless the profile is replaceable."""
         ef = self._current(command.p2)
         if command.p1 != STATUS_RECORD:
-            raise CardStatus(SW_SECURITY_STATUS)
+            raise CardStatus(SW.SECURITY_STATUS)
         if not self.replaceable:
-            raise CardStatus(SW_SECURITY_STATUS)
+            raise CardStatus(SW.SECURITY_STATUS)
         if command.data != encode_simple(0x05, bytes((STATUS_REPLACED,))):
-            raise CardStatus(SW_WRONG_DATA)
+            raise CardStatus(SW.WRONG_DATA)
         ef.records[STATUS_RECORD - 1] = bytes(command.data)
-        return b"", SW_OK
+        return b"", SW.OK
 
     def _get_balance(self, command: Command) -> Reply:
         """GET BALANCE ``80 5C 00 02 04`` (PBOC): the account balance in fen, 4 bytes big-endian."""
         if command.p1 != 0x00 or command.p2 != 0x02:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if command.data or command.le != 4:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         if self.files.df is not self.app:
-            raise CardStatus(SW_CONDITIONS)
-        return self.balance_fen.to_bytes(4, "big"), SW_OK
+            raise CardStatus(SW.CONDITIONS)
+        return self.balance_fen.to_bytes(4, "big"), SW.OK

@@ -2,7 +2,7 @@
 
 A profile is read once, validated field by field with the checks every kind of profile goes through
 (:class:`drivers.simulator.validator.ProfileValidator`) and those of its own, and turned into a frozen
-:class:`Profile`. Every problem raises :class:`apdu.errors.ProfileError` naming the file and the field
+:class:`Profile`. Every problem raises :class:`drivers.errors.ProfileError` naming the file and the field
 (``adult.json: holder.birth_date: ...``). Identifiers in messages are masked (:func:`apdu.errors.mask`).
 
 Checks beyond "the value encodes" (``DataItem.encode``): the ID number's GB 11643-1999 check digit and
@@ -24,9 +24,10 @@ from typing import Any
 from apdu.atr import PROTOCOLS
 from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem, card_generation, issuing_region
 from apdu.crypto import Algorithm
-from apdu.errors import CardDataError, ProfileError, mask
+from apdu.errors import CardDataError, mask
 from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
 from apdu.pin import PIN_MAX_LENGTH, PIN_MIN_LENGTH
+from drivers.errors import ProfileError
 from drivers.simulator.validator import ProfileValidator, read_profile_file
 
 ALGORITHMS = ("3DES", "SM4")

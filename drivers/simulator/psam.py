@@ -27,14 +27,11 @@ from apdu.atr import PROTOCOLS
 from apdu.command import Command
 from apdu.commands import PSAM_MODE_ENCRYPT, PSAM_MODE_MAC
 from apdu.crypto import DIVERSIFICATION_DATA_LENGTH, Algorithm, diversify, session_mac
-from apdu.errors import ProfileError
 from apdu.keyset import PSAM_KEY_VERSIONS, KeyFormatError, KeyUsage, MasterKeys, parse_master_keys
+from apdu.status import SW
+from drivers.errors import ProfileError
 from drivers.simulator.cardos import (
     CLA_PROPRIETARY,
-    SW_CONDITIONS,
-    SW_OK,
-    SW_WRONG_LENGTH,
-    SW_WRONG_P1P2,
     CardOS,
     CardStatus,
     RandomSource,
@@ -44,8 +41,6 @@ from drivers.simulator.profile import locate
 from drivers.simulator.validator import ProfileValidator, read_profile_file
 
 log = logging.getLogger(__name__)
-
-SW_KEY_NOT_FOUND = 0x6A88
 
 
 @dataclass(frozen=True)
@@ -114,30 +109,30 @@ class PSAMCard(CardOS):
         usage = KeyUsage.by_code(command.p1)
         algorithm = PSAM_KEY_VERSIONS.get(command.p2)
         if usage is None or algorithm is None or (algorithm, usage) not in self.profile.master_keys:
-            raise CardStatus(SW_KEY_NOT_FOUND)
+            raise CardStatus(SW.KEY_NOT_FOUND)
         d_length = DIVERSIFICATION_DATA_LENGTH
         if command.le is not None or not d_length <= len(command.data) <= d_length + algorithm.block_size:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         challenge = command.data[d_length:] or None
         if (challenge is not None) != usage.for_mac:
-            raise CardStatus(SW_CONDITIONS)  # MAC keys need the challenge, authentication keys take none
+            raise CardStatus(SW.CONDITIONS)  # MAC keys need the challenge, authentication keys take none
         key = diversify(self.profile.master_keys[(algorithm, usage)], command.data[:d_length], algorithm)
         self._session = _Session(algorithm, usage, key, challenge)
-        return b"", SW_OK
+        return b"", SW.OK
 
     def _des_crypt(self, command: Command) -> Reply:
         """DES CRYPT ``80 FA mode 00 Lc data Le``: mode 00 encrypt, 05 MAC (convention in the module doc)."""
         if command.p2 != 0x00 or command.p1 not in (PSAM_MODE_ENCRYPT, PSAM_MODE_MAC):
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         session = self._session
         if session is None or (command.p1 == PSAM_MODE_MAC) != session.usage.for_mac:
-            raise CardStatus(SW_CONDITIONS)
+            raise CardStatus(SW.CONDITIONS)
         if not command.data:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         if command.p1 == PSAM_MODE_ENCRYPT:
             if len(command.data) % session.algorithm.block_size:
-                raise CardStatus(SW_WRONG_LENGTH)
-            return session.algorithm.encrypt_block(session.key, command.data), SW_OK
+                raise CardStatus(SW.WRONG_LENGTH)
+            return session.algorithm.encrypt_block(session.key, command.data), SW.OK
         if session.challenge is None:  # cannot happen: DES INIT gives MAC keys a challenge
-            raise CardStatus(SW_CONDITIONS)
-        return session_mac(session.key, session.challenge, command.data, session.algorithm), SW_OK
+            raise CardStatus(SW.CONDITIONS)
+        return session_mac(session.key, session.challenge, command.data, session.algorithm), SW.OK

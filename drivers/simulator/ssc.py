@@ -24,14 +24,11 @@ from apdu.command import Command
 from apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
 from apdu.crypto import Algorithm
 from apdu.pin import PIN_BLOCK_LENGTHS, PINFormatError, bcd_to_pin
+from apdu.status import SW
 from drivers.simulator import pboc
 from drivers.simulator.cardos import (
     CLA_ISO,
     CLA_PROPRIETARY,
-    SW_CONDITIONS,
-    SW_OK,
-    SW_WRONG_LENGTH,
-    SW_WRONG_P1P2,
     CardOS,
     CardStatus,
     RandomSource,
@@ -39,17 +36,10 @@ from drivers.simulator.cardos import (
 )
 from drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, build_filesystem
 from drivers.simulator.profile import Profile
-from drivers.simulator.ssc_security import EXTERNAL_AUTH_MAX_TRIES, SW_SECURITY_STATUS, CardSecurity
+from drivers.simulator.ssc_security import EXTERNAL_AUTH_MAX_TRIES, CardSecurity
 
 log = logging.getLogger(__name__)
 
-SW_NOT_ACTIVATED = 0x6283
-SW_INCOMPATIBLE_FILE = 0x6981
-SW_PIN_BLOCKED = 0x6983
-SW_NO_CURRENT_EF = 0x6986
-SW_WRONG_DATA = 0x6A80
-SW_FILE_NOT_FOUND = 0x6A82
-SW_RECORD_NOT_FOUND = 0x6A83
 
 CHALLENGE_LENGTHS = (8, 16)
 #: SELECT P2 (ISO 7816-4 s7.1.1, table 40): response FCI (00), FCP (04, answered with the FCI), none (0C)
@@ -183,59 +173,59 @@ class SSCCard(CardOS):
         p1, p2 = command.p1, command.p2
         if p1 == 0x04:
             if p2 in SELECT_P2_NEXT and command.data:
-                raise CardStatus(SW_FILE_NOT_FOUND)
+                raise CardStatus(SW.FILE_NOT_FOUND)
             if p2 not in SELECT_P2_RESPONSE:
-                raise CardStatus(SW_WRONG_P1P2)
+                raise CardStatus(SW.WRONG_P1P2)
             if not command.data:
-                raise CardStatus(SW_WRONG_LENGTH)
+                raise CardStatus(SW.WRONG_LENGTH)
             bank = self.bank.get(bytes(command.data))
             if bank is not None:  # the PSE or the debit application: active whatever the SSC's state
                 self.files.select_df(bank)
-                return (bank.fci if SELECT_P2_RESPONSE[p2] else b""), SW_OK
+                return (bank.fci if SELECT_P2_RESPONSE[p2] else b""), SW.OK
             if command.data != SSC_DF_NAME:
-                raise CardStatus(SW_FILE_NOT_FOUND)
+                raise CardStatus(SW.FILE_NOT_FOUND)
             self.files.select_df(self.app)
             if not self.activated:
-                return b"", SW_NOT_ACTIVATED
-            return (self.app.fci if SELECT_P2_RESPONSE[p2] else b""), SW_OK
+                return b"", SW.NOT_ACTIVATED
+            return (self.app.fci if SELECT_P2_RESPONSE[p2] else b""), SW.OK
         if p1 in (0x00, 0x02):
             if p2 not in SELECT_P2_RESPONSE:
-                raise CardStatus(SW_WRONG_P1P2)
+                raise CardStatus(SW.WRONG_P1P2)
             if not command.data and p1 == 0x00:  # P1 00 without data selects the MF
                 self.files.select_df(self.mf)
-                return b"", SW_OK
+                return b"", SW.OK
             if len(command.data) != 2:
-                raise CardStatus(SW_WRONG_LENGTH)
+                raise CardStatus(SW.WRONG_LENGTH)
             fid = int.from_bytes(command.data, "big")
             if fid == MF_FID:
                 if p1 == 0x02:  # the MF is not an EF
-                    raise CardStatus(SW_FILE_NOT_FOUND)
+                    raise CardStatus(SW.FILE_NOT_FOUND)
                 self.files.select_df(self.mf)
-                return b"", SW_OK
+                return b"", SW.OK
             ef = self.files.df.files.get(fid)
             if ef is None:
-                raise CardStatus(SW_FILE_NOT_FOUND)
+                raise CardStatus(SW.FILE_NOT_FOUND)
             self.files.ef = ef
-            return b"", SW_OK  # convention: SELECT by FID returns no FCP
-        raise CardStatus(SW_WRONG_P1P2)
+            return b"", SW.OK  # convention: SELECT by FID returns no FCP
+        raise CardStatus(SW.WRONG_P1P2)
 
     def _read_record(self, command: Command) -> Reply:
         """READ RECORD ``00 B2 n P2 Le`` (ISO 7816-4 s7.3.3): P2 04 current EF, SFI<<3|04 by SFI."""
         if command.data or command.le is None:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         number, p2 = command.p1, command.p2
         sfi = p2 >> 3
         if p2 & 0x07 != 0x04 or number in (0x00, 0xFF) or sfi == 0x1F:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         ef = self.ef_for(sfi)
         if ef.fid == EF06 and self.generation >= THIRD_GENERATION and not self.external_authenticated:
-            raise CardStatus(SW_SECURITY_STATUS)
-        return ef.read(number), SW_OK
+            raise CardStatus(SW.SECURITY_STATUS)
+        return ef.read(number), SW.OK
 
     def ef_for(self, sfi: int) -> RecordEF:
         """The current EF (``sfi`` 0) or the EF with that SFI, which becomes current (s7.3.1)."""
         if sfi and self.files.df is self.mf:  # convention: nothing is readable before an application is selected
-            raise CardStatus(SW_NO_CURRENT_EF)
+            raise CardStatus(SW.NO_CURRENT_EF)
         return self.files.ef_for(sfi)
 
     def _get_processing_options(self, command: Command) -> Reply:
@@ -243,40 +233,40 @@ class SSCCard(CardOS):
         (EMV Book 3 s6.5.8; drivers/simulator/pboc.py): ``69 85`` unless it is selected, ``67 00``
         unless the data is the PDOL's."""
         if command.p1 != 0x00 or command.p2 != 0x00:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if self.files.df is not self.bank.get(AID_PBOC_DEBIT):
-            raise CardStatus(SW_CONDITIONS)
+            raise CardStatus(SW.CONDITIONS)
         data = command.data
         if command.le is None or len(data) != 2 + pboc.PDOL_DATA_LENGTH or data[:2] != bytes((0x83, pboc.PDOL_DATA_LENGTH)):
-            raise CardStatus(SW_WRONG_LENGTH)
-        return pboc.processing_options(), SW_OK
+            raise CardStatus(SW.WRONG_LENGTH)
+        return pboc.processing_options(), SW.OK
 
     def _read_binary(self, command: Command) -> Reply:
         """READ BINARY (ISO 7816-4 s7.2.3): the card has record EFs only, so 6981 (6986 with no EF)."""
         if command.data or command.le is None:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         if command.p1 & 0x80:  # P1 = 100xxxxx: SFI in P1, offset in P2
             if command.p1 & 0x60:
-                raise CardStatus(SW_WRONG_P1P2)
+                raise CardStatus(SW.WRONG_P1P2)
             self.ef_for(command.p1 & 0x1F)
         elif self.files.ef is None:
-            raise CardStatus(SW_NO_CURRENT_EF)
-        raise CardStatus(SW_INCOMPATIBLE_FILE)
+            raise CardStatus(SW.NO_CURRENT_EF)
+        raise CardStatus(SW.INCOMPATIBLE_FILE)
 
     def _verify(self, command: Command) -> Reply:
         """VERIFY ``00 20 00 00 [Lc PIN]`` (ISO 7816-4 s7.5.6; PBOC 63Cx / 6983)."""
         if command.p1 != 0x00 or command.p2 != 0x00:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if command.le is not None:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         if not command.data:  # status query: no try is spent
             if self.pin_tries_left == 0:
-                raise CardStatus(SW_PIN_BLOCKED)
+                raise CardStatus(SW.AUTH_BLOCKED)
             if self._verified:
-                return b"", SW_OK
+                return b"", SW.OK
             raise CardStatus(0x63C0 | self.pin_tries_left)
         self._check_pin(self.pin_from(command.data))
-        return b"", SW_OK
+        return b"", SW.OK
 
     def _change_pin(self, command: Command) -> Reply:
         """CHANGE PIN ``80 5E 01 00 Lc old FF new`` (PBOC); the old PIN is checked as VERIFY does.
@@ -284,35 +274,35 @@ class SSCCard(CardOS):
         P1 00 is RELOAD PIN (MAC-protected, :meth:`CardSecurity.reload_pin`).
         """
         if command.p2 != 0x00 or command.p1 not in (0x00, 0x01):
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if command.p1 == 0x00:
             return self.security.reload_pin(command)
         if command.le is not None:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         data = command.data
         split = data.find(0xFF)
         if split not in PIN_BLOCK_LENGTHS or len(data) - split - 1 not in PIN_BLOCK_LENGTHS:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         old, new = self.pin_from(data[:split]), self.pin_from(data[split + 1:])
         self._check_pin(old)
         self._pin = new
         log.info("virtual SSC: PIN changed")
-        return b"", SW_OK
+        return b"", SW.OK
 
     def pin_from(self, block: bytes) -> str:
         """The PIN a VERIFY, CHANGE PIN or RELOAD PIN block holds: ``67 00`` for a block of the wrong
         length, ``6A 80`` when it is not BCD digits."""
         if len(block) not in PIN_BLOCK_LENGTHS:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         try:
             return bcd_to_pin(block)
         except PINFormatError:
-            raise CardStatus(SW_WRONG_DATA) from None
+            raise CardStatus(SW.WRONG_DATA) from None
 
     def _check_pin(self, pin: str) -> None:
         """Compare with the card's PIN; count the try (PBOC: 63Cx, 6983 once blocked)."""
         if self.pin_tries_left == 0:
-            raise CardStatus(SW_PIN_BLOCKED)
+            raise CardStatus(SW.AUTH_BLOCKED)
         if hmac.compare_digest(pin.encode(), self._pin.encode()):
             self.pin_tries_left = self.pin_max_tries
             self._verified = True
@@ -320,13 +310,13 @@ class SSCCard(CardOS):
         self._verified = False
         self.pin_tries_left -= 1
         log.info("virtual SSC: wrong PIN, %d tries left", self.pin_tries_left)
-        raise CardStatus(SW_PIN_BLOCKED if self.pin_tries_left == 0 else 0x63C0 | self.pin_tries_left)
+        raise CardStatus(SW.AUTH_BLOCKED if self.pin_tries_left == 0 else SW.COUNTER | self.pin_tries_left)
 
     def _get_challenge(self, command: Command) -> Reply:
         """GET CHALLENGE ``00 84 00 00 Le`` (ISO 7816-4 s7.5.3): 8 bytes (3DES) or 16 (SM4)."""
         if command.p1 != 0x00 or command.p2 != 0x00:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if command.data or command.le not in CHALLENGE_LENGTHS:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         self._challenge = self.random(command.le)
-        return self._challenge, SW_OK
+        return self._challenge, SW.OK

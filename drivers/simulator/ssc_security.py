@@ -20,13 +20,10 @@ from apdu.commands import MAC_LENGTH, mac_input
 from apdu.crypto import constant_time_equal, session_mac
 from apdu.keyset import KeyUsage
 from apdu.pin import PIN_BLOCK_LENGTHS
+from apdu.status import SW
 from drivers.simulator.cardos import (
     CLA_ISO,
     CLA_SECURE,
-    SW_CONDITIONS,
-    SW_OK,
-    SW_WRONG_LENGTH,
-    SW_WRONG_P1P2,
     CardStatus,
     Handler,
     Reply,
@@ -37,12 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SW_SECURITY_STATUS = 0x6982
-SW_AUTH_BLOCKED = 0x6983
-SW_MAC_WRONG = 0x6988
-SW_WRONG_DATA = 0x6A80
-SW_RECORD_NOT_FOUND = 0x6A83
-SW_KEY_NOT_FOUND = 0x6A88
 #: EXTERNAL AUTHENTICATE tries before the key blocks (convention; persistent, like the PIN counter)
 EXTERNAL_AUTH_MAX_TRIES = 5
 
@@ -69,16 +60,16 @@ class CardSecurity:
         """The last GET CHALLENGE answer, used up now whatever the outcome (one try per challenge)."""
         challenge = self.card.take_challenge()
         if challenge is None or len(challenge) > longest:
-            raise CardStatus(SW_CONDITIONS)
+            raise CardStatus(SW.CONDITIONS)
         return challenge
 
     def _check_key_reference(self, command: Command, usage: KeyUsage) -> None:
         if command.p1 != 0x00:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if command.p2 != usage.key_id:
-            raise CardStatus(SW_KEY_NOT_FOUND)
+            raise CardStatus(SW.KEY_NOT_FOUND)
         if len(command.data) != self.card.algorithm.block_size:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
 
     def _internal_authenticate(self, command: Command) -> Reply:
         """INTERNAL AUTHENTICATE ``00 88 00 01 Lc random [Le]`` (ISO 7816-4 s7.5.2).
@@ -87,7 +78,7 @@ class CardSecurity:
         card's internal-authentication key. Works whether or not the application is activated.
         """
         self._check_key_reference(command, KeyUsage.INTERNAL_AUTH)
-        return self.card.algorithm.encrypt_block(self._keys[KeyUsage.INTERNAL_AUTH], command.data), SW_OK
+        return self.card.algorithm.encrypt_block(self._keys[KeyUsage.INTERNAL_AUTH], command.data), SW.OK
 
     def _external_authenticate(self, command: Command) -> Reply:
         """EXTERNAL AUTHENTICATE ``00 82 00 04 Lc cryptogram`` (ISO 7816-4 s7.5.4).
@@ -98,21 +89,21 @@ class CardSecurity:
         """
         self._check_key_reference(command, KeyUsage.EXTERNAL_AUTH)
         if command.le is not None:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         if self.card.external_auth_tries_left == 0:
-            raise CardStatus(SW_AUTH_BLOCKED)
+            raise CardStatus(SW.AUTH_BLOCKED)
         challenge = self._take_challenge(self.card.algorithm.block_size)
         if len(challenge) != self.card.algorithm.block_size:
-            raise CardStatus(SW_CONDITIONS)
+            raise CardStatus(SW.CONDITIONS)
         expected = self.card.algorithm.encrypt_block(self._keys[KeyUsage.EXTERNAL_AUTH], challenge)
         if constant_time_equal(expected, command.data):
             self.card.external_auth_tries_left = self.card.external_auth_max_tries
             self.card.external_authenticated = True
-            return b"", SW_OK
+            return b"", SW.OK
         self.card.external_authenticated = False
         self.card.external_auth_tries_left -= 1
         log.info("virtual SSC: external authentication failed, %d tries left", self.card.external_auth_tries_left)
-        raise CardStatus(SW_AUTH_BLOCKED if self.card.external_auth_tries_left == 0 else 0x63C0 | self.card.external_auth_tries_left)
+        raise CardStatus(SW.AUTH_BLOCKED if self.card.external_auth_tries_left == 0 else 0x63C0 | self.card.external_auth_tries_left)
 
     def _update_record(self, command: Command) -> Reply:
         """UPDATE RECORD ``00 DC n P2 Lc TLV`` (ISO 7816-4 s7.3.5): P2 04 current EF or SFI<<3|04.
@@ -121,18 +112,18 @@ class CardSecurity:
         TLV with the record's tag (else ``6A 80``); the record must exist (``6A 83``).
         """
         if command.p2 & 0x07 != 0x04 or command.p1 in (0x00, 0xFF):
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if not command.data or command.le is not None:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         if not self.card.external_authenticated:
-            raise CardStatus(SW_SECURITY_STATUS)
+            raise CardStatus(SW.SECURITY_STATUS)
         ef = self.card.ef_for(command.p2 >> 3)
         old = ef.read(command.p1)
         data = command.data
         if len(data) < 2 or data[0] != old[0] or data[1] != len(data) - 2:
-            raise CardStatus(SW_WRONG_DATA)
+            raise CardStatus(SW.WRONG_DATA)
         ef.records[command.p1 - 1] = bytes(data)
-        return b"", SW_OK
+        return b"", SW.OK
 
     def _check_mac(self, command: Command, usage: KeyUsage) -> bytes:
         """Verify the trailing 4-byte MAC (``apdu.crypto.session_mac`` over header, Lc and data);
@@ -143,7 +134,7 @@ class CardSecurity:
         expected = session_mac(self._keys[usage], challenge, message, self.card.algorithm)
         if not constant_time_equal(expected, mac):
             log.info("virtual SSC: wrong MAC on INS %02X", command.ins)
-            raise CardStatus(SW_MAC_WRONG)
+            raise CardStatus(SW.MAC_WRONG)
         return body
 
     def reload_pin(self, command: Command) -> Reply:
@@ -153,19 +144,19 @@ class CardSecurity:
         counter reset (a blocked PIN is unblocked) and the PIN is not verified.
         """
         if command.le is not None or len(command.data) - MAC_LENGTH not in PIN_BLOCK_LENGTHS:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         block = self._check_mac(command, KeyUsage.PIN_RELOAD)
         self.card.set_pin(self.card.pin_from(block))
         log.info("virtual SSC: PIN reloaded")
-        return b"", SW_OK
+        return b"", SW.OK
 
     def _application_unblock(self, command: Command) -> Reply:
         """APPLICATION UNBLOCK ``84 18 00 00 04 MAC`` (PBOC/EMV): activates the SSC application."""
         if command.p1 != 0x00 or command.p2 != 0x00:
-            raise CardStatus(SW_WRONG_P1P2)
+            raise CardStatus(SW.WRONG_P1P2)
         if command.le is not None or len(command.data) != MAC_LENGTH:
-            raise CardStatus(SW_WRONG_LENGTH)
+            raise CardStatus(SW.WRONG_LENGTH)
         self._check_mac(command, KeyUsage.APP_MAINTENANCE)
         self.card.activate()
         log.info("virtual SSC: application unblocked")
-        return b"", SW_OK
+        return b"", SW.OK

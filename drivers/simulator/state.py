@@ -38,15 +38,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from apdu.errors import ProfileError
+from apdu.status import SW
+from drivers.errors import ProfileError
 from drivers.simulator.base import SimulatedCard, WrappedCard
 
 log = logging.getLogger(__name__)
 
 #: the environment variable naming the state folder (tests point it at a fresh folder)
 STATE_ENV = "SSCARD_SIM_STATE"
-#: what a failed EEPROM write answers (ISO 7816-4 s5.1.3, "memory failure")
-SW_MEMORY_FAILURE = bytes.fromhex("6581")
 #: the version of the file's layout
 FORMAT = 1
 
@@ -173,7 +172,7 @@ class RememberedCard(WrappedCard):
                             self.store.profile_name, self.store.path, err.strerror or err)
                 self.chip.restore_state(self._saved)
                 self.inner.reset()  # and what it made volatile (a PIN verified): nothing of it stays
-                return SW_MEMORY_FAILURE
+                return SW.MEMORY_FAILURE.to_bytes(2, "big")
             self._saved = state
         return reply
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from apdu.atr import parse_atr
-from apdu.errors import ProfileError
+from drivers.errors import ProfileError
 
 __all__ = ["ProfileValidator", "read_profile_file"]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from apdu.errors import CardUnresponsiveError
+from drivers.errors import CardUnresponsiveError
 from terminal.cli import watchdog
 from terminal.cli.counter import (
     ScreenClerk,
@@ -13,6 +13,7 @@ from terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
+from terminal.cli.exits import exit_code
 from terminal.cli.options import central_option, config_option, connect, id_number_asked, reader_option
 from terminal.cli.output import json_option
 from terminal.flows.bank import bank_activate
@@ -51,7 +52,7 @@ def activate(reader: str | None, config_path: Path | None, central_url: str | No
                 click.echo(f"Error: {reason}. The activation is not finished: its record {held.msgid} is held in "
                            "the queue (not sent). Put the card in again and run 'sscard bank activate' again: it "
                            "records the activation if the card was changed, or starts it again.", err=True)
-            return CardUnresponsiveError.exit_code
+            return exit_code(CardUnresponsiveError)
 
         watchdog.on_timeout(report)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from terminal.card import Identity, SocialSecurityCard, Unlock
-from terminal.cli.options import config_option, key_store_options, reader_option, connect
+from terminal.cli.options import config_option, connect, key_store_options, reader_option
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
 

@@ -22,10 +22,10 @@ from terminal.cli import prompts, watchdog
 from terminal.cli.options import connect
 from terminal.cli.output import print_json
 from terminal.config import TerminalConfig, load_config
-from terminal.keystore import open_key_store
 from terminal.flows import common
 from terminal.flows.common import Site
 from terminal.flows.settlement import Item
+from terminal.keystore import open_key_store
 
 pin_stdin_option = click.option("--pin-stdin", is_flag=True,
                                 help="Read PINs from standard input, one per line (so they are read whenever it is not a terminal).")

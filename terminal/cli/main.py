@@ -2,12 +2,12 @@
 
 Every expected failure is an :class:`apdu.errors.SSCardError`: it is printed as one line on stderr
 (and, for a command run with ``--json``, as ``{"error": {"code", "exit_code", "message"}}`` on
-stdout: docs/json.md) and the process exits with its ``exit_code`` (README, "Exit codes"); ``-v``
-adds the error's class, never a traceback (a wrong PIN is not a bug). Ctrl-C anywhere, or Ctrl-C /
-Ctrl-D at a prompt, is "Interrupted." and exit 130 (128 + SIGINT, the shell's convention). Anything
-else is a bug: one line on stderr, exit 1, and the traceback only with ``-v``. A stdout its reader
-closed (``sscard ... | head``) ends the command quietly, exit 0. Under ``--json`` these
-have error objects too (codes ``interrupted``, ``usage``, ``internal``); the card watchdog's exit
+stdout: docs/json.md) and the process exits with its code (terminal/cli/exits.py, the one table;
+README, "Exit codes"); ``-v`` adds the error's class, never a traceback (a wrong PIN is not a bug).
+Ctrl-C anywhere, or Ctrl-C / Ctrl-D at a prompt, is "Interrupted." and exit 130 (128 + SIGINT, the
+shell's convention). Anything else is a bug: one line on stderr, exit 1, and the traceback only with
+``-v``. A stdout its reader closed (``sscard ... | head``) ends the command quietly, exit 0. Under
+``--json`` these have error objects too (codes ``interrupted``, ``usage``, ``internal``); the card watchdog's exit
 (terminal/cli/watchdog.py) leaves the process from its own thread with its line on stderr only.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import click
 
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
+from terminal.cli.exits import INTERNAL, INTERRUPTED, error_object, exit_code
 from terminal.cli.options import EXCLUSIVE, Seconds
 from terminal.cli.output import json_asked, json_lines, json_printed, print_json
 
@@ -56,10 +57,10 @@ class SSCardGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SSCardError as err:  # expected: the message says it all, no traceback
-            log.debug("%s (exit %d)", type(err).__name__, err.exit_code)
-            fail(ctx, err.to_dict(), f"Error: {err}")
+            log.debug("%s (exit %d)", type(err).__name__, exit_code(err))
+            fail(ctx, error_object(err), f"Error: {err}")
         except (KeyboardInterrupt, click.exceptions.Abort):  # click turns Ctrl-C/Ctrl-D at a prompt into Abort
-            fail(ctx, {"code": "interrupted", "exit_code": 130, "message": "Interrupted."}, "Interrupted.")
+            fail(ctx, {"code": "interrupted", "exit_code": INTERRUPTED, "message": "Interrupted."}, "Interrupted.")
         except click.UsageError as err:  # click prints it; under --json the error object too
             json_error(ctx, {"code": "usage", "exit_code": err.exit_code, "message": err.format_message()})
             raise
@@ -72,7 +73,7 @@ class SSCardGroup(click.Group):
             log.debug("internal error", exc_info=True)
             message = (f"{err.strerror or err}" if isinstance(err, OSError)
                        else f"Internal error ({type(err).__name__}): {err}. Run with -v for details.")
-            fail(ctx, {"code": "internal", "exit_code": 1, "message": message}, f"Error: {message}")
+            fail(ctx, {"code": "internal", "exit_code": INTERNAL, "message": message}, f"Error: {message}")
 
 
 def fail(ctx: click.Context, error: dict[str, Any], line: str) -> None:

@@ -2,7 +2,7 @@
 
 One ``--json`` option for every command (:func:`json_option`): the flag is remembered in the click
 context, so that an error of a command run with ``--json`` is printed on stdout as
-``{"error": {"code", "exit_code", "message"}}`` (:meth:`apdu.errors.SSCardError.to_dict`, the
+``{"error": {"code", "exit_code", "message"}}`` (:func:`terminal.cli.exits.error_object`, the
 service's error schema too) as well as in words on stderr. :func:`print_json` is the one way a
 result is printed: UTF-8 as is (names stay readable), indented, or one object per line for streams.
 Prompts go to stderr (terminal/cli/prompts.py), so stdout holds the result alone.
@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from apdu.errors import SSCardError
+from terminal.cli.exits import error_object
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,7 +61,7 @@ def print_json(data: Any, *, line: bool = False, error: SSCardError | None = Non
     command then raises; the error handler (terminal/cli/main.py) does not print it a second time.
     """
     if error is not None:
-        data = {**data, "error": error.to_dict()}
+        data = {**data, "error": error_object(error)}
         click.get_current_context().meta[JSON_PRINTED] = True
     click.echo(json.dumps(data, ensure_ascii=False, indent=None if line else 2))
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from apdu.errors import NoCardError
 from drivers.connection import Connection
+from drivers.errors import NoCardError
 from terminal.cli import watchdog
 from terminal.cli.counter import (
     ScreenClerk,

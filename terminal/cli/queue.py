@@ -19,7 +19,7 @@ import click
 from apdu.catalogue import CARD_ITEMS
 from message.envelope import MSGID_RE, iso_time
 from terminal.cli import signals
-from terminal.cli.options import Count, FilePath, LIMIT, Seconds, central_option, config_option
+from terminal.cli.options import LIMIT, Count, FilePath, Seconds, central_option, config_option
 from terminal.cli.output import json_option, print_json
 from terminal.config import DEFAULT_CENTRAL, TerminalConfig, queue_and_central
 from terminal.queue import ALL_STATES, STATES, Outbox

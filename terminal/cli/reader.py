@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from apdu.errors import NoReaderError, ProfileError, ServiceNotRunningError
+from drivers.errors import NoReaderError, ProfileError, ServiceNotRunningError
 from message.envelope import CST, iso_time
 from terminal.cli import signals
 from terminal.cli.options import MAX_READER_SPEC, Count, Seconds, Text

@@ -20,8 +20,6 @@ from terminal.queue import Outbox
 class UnbalancedError(SSCardError):
     """The day does not balance: the journal and the platform differ."""
 
-    exit_code = 18
-
 
 @click.command()
 @config_option

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import click
 
-from apdu.errors import IdentityMismatchError
 from terminal.card import SocialSecurityCard, holder
-from terminal.cli.options import config_option, id_number_asked, key_store_options, reader_option, connect
+from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unlocker
+from terminal.cli.options import config_option, connect, id_number_asked, key_store_options, reader_option
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
 from terminal.config import KeyStoreArgs
-from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unlocker
+from terminal.errors import IdentityMismatchError
 from terminal.keystore import KeyStore, open_key_store
 
 TEST_KEYS_WARNING = (

@@ -40,8 +40,8 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
       sscard serve --allow-origin http://his.hospital.local:8080
       sscard serve --reader "Virtual PCD 00 00" --print-token
     """
-    from terminal.config import find_config
     from terminal.cli.security import announce_key_store
+    from terminal.config import find_config
     from terminal.keystore import open_key_store
     from terminal.readers import default_reader
     from terminal.service import ReaderService, default_token_path, load_token

@@ -32,8 +32,9 @@ import sys
 import threading
 from collections.abc import Callable
 
-from apdu.errors import CardUnresponsiveError
 from drivers.connection import CARD_TIMEOUT_S, Connection, longest_wait
+from drivers.errors import CardUnresponsiveError
+from terminal.cli.exits import exit_code
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _watch() -> None:
             connection, seconds = wait
             err = CardUnresponsiveError.after(connection.name, seconds, connection.waiting_held)
             log.debug("watchdog: %s", err)
-            code = err.exit_code
+            code = exit_code(err)
             try:
                 if _handler is not None:
                     code = _handler(str(err))

@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from apdu.errors import SSCardError
 from apdu.pin import PINFormatError, check_new_pin
-from apdu.errors import IdentityMismatchError, SSCardError
 from drivers.connection import Connection
 from message.infno import Infno
 from terminal.card import Identity, SocialSecurityCard, holder
 from terminal.cardsecurity import check_genuine, reload_pin, unblock_application, unlocker
-from terminal.keystore import CardKeyRef
+from terminal.errors import IdentityMismatchError
 from terminal.flows.common import (
     Clerk,
     RefusedError,
@@ -45,6 +45,7 @@ from terminal.flows.common import (
     same_person,
     timestamp,
 )
+from terminal.keystore import CardKeyRef
 from terminal.queue import QueuedRecord, QueueError
 
 log = logging.getLogger(__name__)

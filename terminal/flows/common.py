@@ -35,13 +35,9 @@ FULL_TRIES = 3
 class RefusedError(SSCardError):
     """The terminal refused the operation; nothing was recorded."""
 
-    exit_code = 15
-
 
 class PaymentRefusedError(SSCardError):
     """The payment was refused; nothing was recorded."""
-
-    exit_code = 16
 
 
 class Clerk(Protocol):
@@ -211,8 +207,6 @@ def holder_line(identity: Identity) -> str:
 
 class IDNumberFormatError(SSCardError):
     """What was typed is not an ID number (GB 11643: 17 digits and a check digit or X)."""
-
-    exit_code = 9
 
 
 #: GB 11643's weights of the first 17 digits, and the check characters by the sum modulo 11

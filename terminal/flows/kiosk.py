@@ -20,7 +20,6 @@ from terminal.queue import QueuedRecord, record_data
 from terminal.upload import CentralError
 
 
-
 def record_line(record: QueuedRecord) -> dict[str, Any]:
     """One record for the holder: when, what, where, amount, state (no personal data)."""
     data = record_data(record)

@@ -25,18 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.errors import (
-    CardUnresponsiveError,
-    IdentityMismatchError,
-    NoCardError,
-    NotSocialSecurityCardError,
-    SSCardError,
-    TransportError,
-)
+from apdu.errors import SSCardError
 from drivers.connection import Connection
+from drivers.errors import CardUnresponsiveError, NoCardError, TransportError
 from message.envelope import Fen, yuan
 from message.infno import Infno
 from terminal.card import holder
+from terminal.errors import IdentityMismatchError, NotSocialSecurityCardError
 from terminal.flows.common import (
     CardAtCounter,
     Clerk,
