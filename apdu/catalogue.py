@@ -1,7 +1,7 @@
 """The card's data items: where each lives, its tag, length and encoding (docs/card-profile.md).
 
 EF05 holds the card's data, EF06 the holder's; record n of EF05 holds tag n, EF06's records hold the
-tags in the order of ``EF06`` below (shared/reference/ssc-card.md, "Selection and files"). Encodings:
+tags in the order of ``EF06`` below (docs/reference/card.md, "Files and records"). Encodings:
 
 - ``an``: ASCII letters and digits; ``gbk``: Chinese text in GBK; trailing 00, FF and spaces are padding.
 - ``cn``: BCD digits, right-padded with F (``33 03 00`` -> "330300").
@@ -165,3 +165,25 @@ ETHNICITY.update({97: "其他", 98: "外国血统"})
 
 #: Bank (PBOC debit) application data objects, BER-TLV tags (EMV 4.3 Book 3 Annex A)
 BANK_TAGS = {0x5A: "pan", 0x57: "track2", 0x5F20: "cardholder_name", 0x5F24: "expiry", 0x5F34: "pan_sequence"}
+
+
+# --- what EF05 says about the card ---------------------------------------------------------------
+
+#: the issuing region code: the first 6 digits of the card identification code (EF05 tag 01)
+REGION_DIGITS = 6
+#: the first card generation (spec version 3.00, SM4) whose cards show EF06 only to a terminal that
+#: has authenticated itself (docs/card-profile.md, "Keys and security")
+THIRD_GENERATION = 3
+
+
+def issuing_region(card_identification_code: str) -> str:
+    """The administrative region code of the card's issuer: the first 6 digits of its identification
+    code (``330300D156...`` -> ``330300``)."""
+    return card_identification_code[:REGION_DIGITS]
+
+
+def card_generation(spec_version: str) -> int | None:
+    """The card generation a spec version (EF05 tag 03) names: its major number, ``2.00`` -> 2,
+    ``3.00`` -> 3; None when it has none."""
+    major = spec_version.split(".")[0]
+    return int(major) if major.isdigit() else None

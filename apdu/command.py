@@ -61,7 +61,7 @@ class Command:
             or (self.le is not None and self.le > SHORT_MAX_LE)
         )
 
-    def with_le(self, le: int) -> "Command":
+    def with_le(self, le: int) -> Command:
         """The same command with another Le (the 6Cxx re-issue keeps CLA, INS, P1, P2 and data)."""
         return Command(self.cla, self.ins, self.p1, self.p2, self.data, le, self.extended, self.secret)
 
@@ -83,7 +83,7 @@ class Command:
         return bytes(out)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Command":
+    def from_bytes(cls, raw: bytes) -> Command:
         """Decode a command APDU; raise :class:`APDUFormatError` on any inconsistency."""
         raw = bytes(raw)
         if len(raw) < 4:

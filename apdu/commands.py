@@ -4,7 +4,7 @@ at before the general one: apdu/status.py).
 
 ISO/IEC 7816-4 s7 (SELECT, READ RECORD, READ BINARY, VERIFY, GET CHALLENGE, GET RESPONSE, INTERNAL and
 EXTERNAL AUTHENTICATE); PBOC/JR/T 0025 for CHANGE/RELOAD PIN and GET PROCESSING OPTIONS; PBOC PSAM for
-DES INIT and DES CRYPT. Byte values as in shared/reference/ssc-card.md; conventions in
+DES INIT and DES CRYPT. Byte values as in docs/reference/commands.md; conventions in
 docs/card-profile.md.
 """
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Pure-bytes cryptography for the social security card: block ciphers, key diversification,
-session keys, MACs, SM3, PIN blocks.
+session keys, MACs, SM3, wiping secrets from memory. PIN blocks and the PIN policy are in
+:mod:`apdu.pin`.
 
 Used by the card simulator (drivers/simulator) and the terminal alike, so both compute the same
 bytes. Where the public record is silent the choice is a project convention, written out in
@@ -24,25 +25,16 @@ __all__ = [
     "Algorithm",
     "CryptoError",
     "DIVERSIFICATION_DATA_LENGTH",
-    "PINFormatError",
-    "WeakPINError",
-    "PIN_DEFAULT_LENGTH",
-    "PIN_MAX_LENGTH",
-    "PIN_MIN_LENGTH",
-    "bcd_to_pin",
     "card_key",
     "constant_time_equal",
     "diversification_data",
     "diversify",
-    "is_weak_pin",
     "mac_3des_full",
     "mac_retail",
     "mac_sm4",
     "pad_method1",
     "pad_method2",
     "pboc_mac",
-    "check_new_pin",
-    "pin_to_bcd",
     "session_key",
     "session_mac",
     "sm3",
@@ -53,14 +45,6 @@ __all__ = [
 
 class CryptoError(SSCardError, ValueError):
     """A cryptographic operation got a key, block or cryptogram of the wrong size or form."""
-
-
-class PINFormatError(SSCardError, ValueError):
-    """The PIN must be 4 to 12 digits (0-9); a new PIN, 6 digits (``PIN_DEFAULT_LENGTH``)."""
-
-
-class WeakPINError(PINFormatError):
-    """This PIN is too easy to guess (all one digit, or consecutive digits): choose another."""
 
 
 # --- block ciphers -----------------------------------------------------------------------------
@@ -85,15 +69,19 @@ class Algorithm(enum.Enum):
         """Key length in bytes: 16 for both (two-key 3DES; SM4)."""
         return 16
 
+    @property
+    def generation(self) -> int:
+        """The card generation that uses it (project convention, docs/card-profile.md): 2 (3DES), 3 (SM4)."""
+        return 2 if self is Algorithm.TDES else 3
+
     @classmethod
     def for_spec_version(cls, version: str) -> Algorithm:
         """The algorithm of a card by its EF05 spec version (project convention, docs/card-profile.md):
         ``2.xx`` -> TDES, ``3.xx`` -> SM4."""
         major = version.strip()[:1]
-        if major == "2":
-            return cls.TDES
-        if major == "3":
-            return cls.SM4
+        for algorithm in cls:
+            if major == str(algorithm.generation):
+                return algorithm
         raise CryptoError(f"Unknown card specification version {version!r}: expected 2.xx (3DES) or 3.xx (SM4)")
 
     def check_key(self, key: bytes) -> None:
@@ -157,7 +145,7 @@ def diversification_data(card_identification_code: bytes) -> bytes:
     the same for 3DES and SM4 keys.
 
     Project convention (docs/crypto.md, "Key diversification"), from the code's layout
-    (shared/reference/ssc-card.md: ``330300 D156000005 99110145 FFFFFFFF``, that is, the issuing
+    (docs/reference/card.md, "Data formats": ``330300 D156000005 99110145 FFFFFFFF``, that is, the issuing
     region code in 3 BCD bytes, the RID ``D1 56 00 00 05`` common to all cards, the card's serial,
     ``FF`` padding): D = the region code (first 3 bytes) || the rightmost 5 bytes before the ``FF``
     padding (the serial and the byte before it): ``330300`` || ``05 99110145`` ->
@@ -308,7 +296,7 @@ def session_mac(key: bytes, challenge: bytes, message: bytes, algorithm: Algorit
     """The 4-byte MAC of a MAC-protected card command (RELOAD PIN, APPLICATION UNBLOCK).
 
     Project convention (docs/card-profile.md, "MAC-protected commands"), the PBOC form of
-    shared/reference/ssc-card.md: SK = ``session_key(DK, challenge, terminal_data)``, then
+    docs/reference/commands.md, "Authentication": SK = ``session_key(DK, challenge, terminal_data)``, then
     ``pboc_mac(SK, message, iv=challenge)``. ``challenge`` is the card's last GET CHALLENGE answer,
     ``message`` the command header, Lc and data without the MAC; the commands of this project send
     no terminal data, so ``terminal_data`` is empty.
@@ -336,66 +324,3 @@ def wipe(buf: bytearray) -> None:
     if not isinstance(buf, bytearray):
         raise CryptoError("Only a bytearray can be wiped")
     buf[:] = bytes(len(buf))
-
-
-# --- PIN ----------------------------------------------------------------------------------------
-
-PIN_MIN_LENGTH = 4
-PIN_MAX_LENGTH = 12
-PIN_DEFAULT_LENGTH = 6
-_DIGITS = frozenset("0123456789")
-
-
-def _check_pin(pin: str) -> None:
-    if not isinstance(pin, str) or not set(pin) <= _DIGITS:
-        raise PINFormatError("The PIN must contain only the digits 0-9")
-    if not PIN_MIN_LENGTH <= len(pin) <= PIN_MAX_LENGTH:
-        raise PINFormatError(f"The PIN must be {PIN_MIN_LENGTH} to {PIN_MAX_LENGTH} digits")
-
-
-def pin_to_bcd(pin: str) -> bytes:
-    """The PIN as VERIFY / CHANGE PIN send it: packed BCD, two digits a byte (PBOC; the card's PIN
-    is 6 digits, ``123456`` -> ``12 34 56``). Project convention (docs/crypto.md): 4 to 12 digits;
-    an odd count ends with an ``F`` nibble (``12345`` -> ``12 34 5F``). PINFormatError otherwise;
-    the message never contains the PIN."""
-    _check_pin(pin)
-    digits = pin + "F" * (len(pin) % 2)
-    return bytes.fromhex(digits)
-
-
-def bcd_to_pin(data: bytes) -> str:
-    """Inverse of :func:`pin_to_bcd`: digits 0-9, and ``F`` allowed only as the very last nibble."""
-    text = bytes(data).hex().upper()
-    if text.endswith("F"):
-        text = text[:-1]
-    if not set(text) <= _DIGITS:
-        raise PINFormatError("The PIN block holds something other than BCD digits")
-    _check_pin(text)
-    return text
-
-
-def check_new_pin(pin: str, length: int = PIN_DEFAULT_LENGTH) -> None:
-    """Refuse a PIN the holder wants to set (CHANGE PIN, RELOAD PIN, bank activation): malformed or
-    not ``length`` digits (PINFormatError), or weak (WeakPINError, :func:`is_weak_pin`). Project
-    policy, docs/crypto.md: the card's PIN is 6 digits by default (``PIN_DEFAULT_LENGTH``; the
-    issue PIN 123456, shared/reference/ssc-card.md), so a new PIN is 6 digits unless a site
-    chooses another length; VERIFY still takes the 4 to 12 digits a card may hold. Messages never
-    contain the PIN."""
-    if not PIN_MIN_LENGTH <= length <= PIN_MAX_LENGTH:
-        raise ValueError(f"A PIN length must be {PIN_MIN_LENGTH} to {PIN_MAX_LENGTH} digits")
-    _check_pin(pin)
-    if len(pin) != length:
-        raise PINFormatError(f"The new PIN must be {length} digits")
-    if is_weak_pin(pin):
-        raise WeakPINError()
-
-
-def is_weak_pin(pin: str) -> bool:
-    """True for PINs that are easy to guess (project policy, docs/crypto.md): all one digit
-    (``000000``, ``888888``) or a run of consecutive digits up or down (``123456``, ``654321``,
-    ``3456``; the issue PIN 123456 is one). A run may wrap round from 9 to 0 and on (``567890``,
-    ``890123``, ``098765``, ``012345678901``), as easy to guess as any other: the step from digit to
-    digit is compared mod 10. Raises PINFormatError on a malformed PIN."""
-    _check_pin(pin)
-    steps = {(int(b) - int(a)) % 10 for a, b in zip(pin, pin[1:])}
-    return steps in ({0}, {1}, {9})

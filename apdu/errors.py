@@ -29,7 +29,7 @@ checks it against the classes)::
         UnknownStatusError
         NoBankApplicationError                          terminal/bankaccount.py
       CryptoError (ValueError)                          apdu/crypto.py
-      PINFormatError (ValueError)                       apdu/crypto.py
+      PINFormatError (ValueError)                       apdu/pin.py
         WeakPINError
       ReaderError                                       drivers/errors.py: readers and transport
         ServiceNotRunningError

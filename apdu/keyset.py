@@ -1,6 +1,6 @@
 """Key sets: which keys a social security card and a PSAM hold, and the JSON that names them.
 
-Pure data, no I/O: the software key store (terminal/crypto.py), the simulated card
+Pure data, no I/O: the software key store (terminal/keystore.py), the simulated card
 (drivers/simulator/profile.py) and the simulated PSAM (drivers/simulator/psam.py) all parse their
 keys with :func:`parse_keys`, so one format and one set of checks serve all three.
 
@@ -49,6 +49,14 @@ class KeyUsage(enum.Enum):
         self.label = label
         self.code = code
         self.key_id = key_id
+
+    @property
+    def reference(self) -> int:
+        """The card's reference to this authentication key (INTERNAL / EXTERNAL AUTHENTICATE P2);
+        ValueError for a key no authentication references."""
+        if self.key_id is None:
+            raise ValueError(f"the {self.label} key is not referenced by an authentication")
+        return self.key_id
 
     @property
     def for_mac(self) -> bool:

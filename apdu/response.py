@@ -32,7 +32,7 @@ class Response:
         return self.sw == SW.OK
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "Response":
+    def from_bytes(cls, raw: bytes) -> Response:
         """Decode ``data || SW1 || SW2``; fewer than 2 bytes raises :class:`APDUFormatError`."""
         raw = bytes(raw)
         if len(raw) < 2:
@@ -40,14 +40,14 @@ class Response:
         return cls(raw[:-2], raw[-2], raw[-1])
 
     @classmethod
-    def status(cls, sw: int, data: bytes = b"") -> "Response":
+    def status(cls, sw: int, data: bytes = b"") -> Response:
         """A response with the given status word (used by the simulator)."""
         return cls(data, sw >> 8 & 0xFF, sw & 0xFF)
 
     def to_bytes(self) -> bytes:
         return self.data + bytes((self.sw1, self.sw2))
 
-    def check(self, table: Table | None = None) -> "Response":
+    def check(self, table: Table | None = None) -> Response:
         """Return self on 9000; raise the typed error the status word means otherwise: to the command
         whose ``table`` it is (apdu/commands.py), else to any command (apdu/status.py)."""
         err = error_for(self.sw, table)

@@ -75,7 +75,7 @@ class BerTlv:
         return bool(first & 0x20)
 
     @property
-    def children(self) -> list["BerTlv"]:
+    def children(self) -> list[BerTlv]:
         """Nested objects of a constructed tag (empty for a primitive one)."""
         return ber_decode(self.value) if self.constructed else []
 

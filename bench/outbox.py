@@ -94,7 +94,7 @@ def wal_frames(conn, count: int, frames: dict[str, float], side: str):
 def ours(path: Path, count: int, sync: str = "FULL", frames: dict | None = None) -> float:
     """Records per second through ``Outbox.add`` (each its own transaction, FULL unless ``sync``)."""
     with Outbox(path, STATION, **UNPACED) as outbox:
-        conn = outbox.db.conn
+        conn = outbox.db
         if sync != "FULL":
             conn.execute(f"PRAGMA synchronous={sync}")
         with wal_frames(conn, count, frames or {}, "ours"):
@@ -182,8 +182,8 @@ def enqueue_bench(root: Path, count: int, rounds: int, breakdown: bool = False, 
     if breakdown:
         off_mine, off_theirs = [], []
         for n in range(rounds):
-            pair = [lambda: off_mine.append(ours(root / f"ours-off-{n}.sqlite", count, "OFF")),
-                    lambda: off_theirs.append(peer(root / f"peer-off-{n}", count, envelope, "OFF"))]
+            pair = [lambda n=n: off_mine.append(ours(root / f"ours-off-{n}.sqlite", count, "OFF")),
+                    lambda n=n: off_theirs.append(peer(root / f"peer-off-{n}", count, envelope, "OFF"))]
             order.shuffle(pair)
             for run in pair:
                 run()
@@ -204,7 +204,7 @@ def free_port() -> int:
 def upload_bench(root: Path, count: int, batch: int) -> None:
     path = root / "upload.sqlite"
     with Outbox(path, STATION, **UNPACED) as outbox:
-        with outbox.db.conn:  # filling is not what is measured: keep it quick
+        with outbox.db:  # filling is not what is measured: keep it quick
             outbox.db.execute("PRAGMA synchronous=OFF")
         for _ in range(count):
             outbox.add("2201", BODY, insured_region="110105")
@@ -223,7 +223,7 @@ def upload_bench(root: Path, count: int, batch: int) -> None:
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline:
-                    raise SystemExit("bench: the central service did not start")
+                    raise SystemExit("bench: the central service did not start") from None
                 time.sleep(0.05)
         with Outbox(path) as outbox, Uploader(outbox, url, batch_size=batch) as uploader:
             start = time.perf_counter()

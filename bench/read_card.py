@@ -56,7 +56,8 @@ def read_costs() -> list[tuple[str, int, int, float]]:
     """(card, commands, bytes both ways, modelled ms at 9600 baud) of one identity read, in memory."""
     from drivers.simulator import load_card
     from terminal.card import SocialSecurityCard
-    from terminal.crypto import SoftwareKeyStore, unlocker
+    from terminal.cardsecurity import unlocker
+    from terminal.keystore import SoftwareKeyStore
 
     class Counting(MemoryConnection):
         bytes_moved = 0

@@ -90,7 +90,8 @@ from websockets.sync.client import connect as ws_connect
 
 from terminal.card import SocialSecurityCard
 from terminal.convention import card_bas
-from terminal.crypto import KeyStore, SoftwareKeyStore, check_genuine
+from terminal.cardsecurity import check_genuine
+from terminal.keystore import KeyStore, SoftwareKeyStore
 from terminal.readers import open_connection
 
 READER = "sim:adult"
@@ -206,7 +207,7 @@ def service_process(root: Path, name: str, profile: Path | None = None) -> Itera
     serve = ["serve", "--port", str(port), "--reader", READER]
     args = [sys.executable, "-c", *((PROFILED_SERVICE, str(profile)) if profile else (CLI,)), *serve]
     log_path = home / "service.log"
-    log = open(log_path, "wb")  # noqa: SIM115  (closed below)
+    log = open(log_path, "wb")
     process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=log)
     service = Service(f"http://127.0.0.1:{port}", token, process.pid)
     try:
@@ -435,7 +436,7 @@ def client_run(transport: str, service: Service, expected: str, client_no: int, 
     waited = False
     try:
         client = Client(transport, service, compression)
-    except Exception as err:  # noqa: BLE001  (reported by the parent)
+    except Exception as err:
         load.error = f"client {client_no}: {type(err).__name__}: {err}"
         ready()
         return load
@@ -459,7 +460,7 @@ def client_run(transport: str, service: Service, expected: str, client_no: int, 
                 if len(load.reasons) < 3:
                     load.reasons.append(why)
         load.elapsed = now - start
-    except BaseException as err:  # noqa: BLE001  (reported by the parent; BenchError is a SystemExit)
+    except BaseException as err:
         load.error = f"client {client_no}: {type(err).__name__}: {err}"
         if not waited:
             ready()

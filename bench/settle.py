@@ -333,7 +333,7 @@ def platform_process(db: Path, profile: Path | None = None) -> Iterator[tuple[st
                 "--port", str(port), "--db", str(db)]
     else:
         args = [sys.executable, "-c", PROFILED_SERVER, str(db), str(port), str(profile)]
-    log = open(db.with_suffix(".log"), "wb")  # noqa: SIM115  (closed below)
+    log = open(db.with_suffix(".log"), "wb")
     service = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -528,7 +528,7 @@ def terminal_run(kind: str, url: str, journal: Path, terminal_no: int, duration:
         for n in range(2):
             side.settle(f"W{terminal_no:02d}-{n}")
         calls = side.time_calls()
-    except Exception as err:  # noqa: BLE001  (reported by the parent)
+    except Exception as err:
         load.error = f"terminal {terminal_no}: {type(err).__name__}: {err}"
         ready()
         return load
@@ -550,7 +550,7 @@ def terminal_run(kind: str, url: str, journal: Path, terminal_no: int, duration:
         load.elapsed = now - start
         load.settled = n
         load.call_ms = [c * 1000 for c in calls]
-    except Exception as err:  # noqa: BLE001  (reported by the parent)
+    except Exception as err:
         load.error = f"terminal {terminal_no}: {type(err).__name__}: {err}"
     finally:
         side.close()
@@ -755,7 +755,7 @@ def build_reconcile(root: Path, count: int, day: dt.date) -> tuple[Path, Path, i
                                       "det_item_fee_sumamt": Fen(500)}]}).to_wire()
     assert again == rows[0][7], "the journal template does not write what Envelope.to_wire writes"
     outbox = Outbox(journal)
-    conn = outbox.db.conn
+    conn = outbox.db
     sealed = [(*row, outbox.seal.record(row[:8]), outbox.seal.answer(row[0], row[14], True)) for row in rows]
     try:
         conn.execute("BEGIN IMMEDIATE")

@@ -44,13 +44,8 @@ from message.envelope import (
     DATE,
     GATEWAY_WINDOW,
     INF_TIME,
-    INFNO,
     MSGID_TAKEN,
-    PREVIEWS,
-    QUEUEABLE,
     REGION_RE,
-    REVERSIBLE,
-    SETTLEMENTS,
     MessageError,
     ascii_digits,
     clr_type,
@@ -61,6 +56,7 @@ from message.envelope import (
     signature_matches,
     yuan,
 )
+from message.infno import CODES, PREVIEWS, QUEUEABLE, REVERSIBLE, SETTLEMENTS, Infno, label
 from terminal.private import create_private_file, warn_if_shared
 
 log = logging.getLogger(__name__)
@@ -73,7 +69,8 @@ REQUIRED = (
 #: transactions that move nothing: their requests commit without waiting for the disk
 #: (:meth:`Ledger.transaction`); a power cut may lose a sign-in (the terminal signs in again, 401) or
 #: a query's stored answer (a repeat of it is answered anew), never money
-QUERIES = frozenset({"1101", "2101", "2206", "3201", "9001"})
+QUERIES = frozenset({Infno.PERSON, Infno.PHARMACY_PREVIEW, Infno.OUTPATIENT_PREVIEW, Infno.RECONCILIATION,
+                     Infno.SIGN_IN})
 #: how long a used nonce is remembered (seconds): past it, its timestamp is stale anyway
 NONCE_MEMORY = 2 * GATEWAY_WINDOW
 #: how long an e-voucher token from the virtual e-voucher query stays valid (seconds)
@@ -190,7 +187,8 @@ class Call:
 
     @property
     def input(self) -> dict[str, Any]:
-        return self.message["input"]
+        body: dict[str, Any] = self.message["input"]
+        return body
 
     def data(self, key: str = "data") -> dict[str, Any]:
         """``input[key]`` (an object), or :class:`Rejected`."""
@@ -378,7 +376,7 @@ class Ledger:
             if nonce is not None:
                 self._use_nonce(conn, *nonce)
             for m in messages:
-                if m.get("infno") != "9001" and not self._signed_in(conn, institution, m.get("sign_no")):
+                if m.get("infno") != Infno.SIGN_IN and not self._signed_in(conn, institution, m.get("sign_no")):
                     raise Unsigned(f"sign_no {str(m.get('sign_no'))[:40]!r} is not a sign-in of {institution}: "
                                    "sign in first (9001)")
             inst = self.institution(institution)
@@ -424,7 +422,8 @@ class Ledger:
                 return self._response(inst, msgid, -1, f"message {msgid} was reversed by {row[3]}: make a new message")
             if row[0] == digest(message):
                 self.repeats += 1
-                return json.loads(row[1])  # a repeat: the same answer as the first time
+                first: dict[str, Any] = json.loads(row[1])  # a repeat: the same answer as the first time
+                return first
             return self._response(inst, msgid, MSGID_TAKEN, "msgid already used for a different message")
         reversal = conn.execute("SELECT by_msgid FROM reversals WHERE omsgid = ?", [msgid]).fetchone()
         if reversal is not None:
@@ -473,7 +472,7 @@ class Ledger:
         if not_text:
             raise Rejected(f"{', '.join(not_text)} must be text")
         infno = message["infno"]
-        if infno not in INFNO:
+        if infno not in CODES:
             raise Rejected(f"unknown infno {infno[:10]!r}")
         if not isinstance(message["input"], dict):
             raise Rejected("input must be a JSON object")
@@ -488,7 +487,7 @@ class Ledger:
             if not REGION_RE.fullmatch(message[key]):
                 raise Rejected(f"{key} must be a 6-digit region code")
         if call.batch and infno not in QUEUEABLE:
-            raise Rejected(f"{infno} ({INFNO[infno]}) is an online call: it cannot wait in a batch upload")
+            raise Rejected(f"{infno} ({label(infno)}) is an online call: it cannot wait in a batch upload")
         return HANDLERS[infno](self, call)
 
     # --- persons ----------------------------------------------------------------------------------
@@ -675,7 +674,7 @@ class Ledger:
         """Outpatient registration: a visit (``mdtrt_id``)."""
         data = call.data()
         med_type = text(data, "med_type", required=False) or "11"
-        return {"data": self._open_visit(call, data, "2201", med_type, text(data, "begntime", required=False),
+        return {"data": self._open_visit(call, data, Infno.REGISTRATION, med_type, text(data, "begntime", required=False),
                                          text(data, "dept_name", required=False))}
 
     def t2401(self, call: Call) -> dict[str, Any]:
@@ -684,13 +683,13 @@ class Ledger:
         med_type = text(data, "med_type", required=False) or "21"
         begntime = text(data, "adm_time", required=False) or text(data, "begntime", required=False)
         dept = text(data, "adm_dept_name", required=False) or text(data, "dept_name", required=False)
-        return {"result": self._open_visit(call, data, "2401", med_type, begntime, dept)}
+        return {"result": self._open_visit(call, data, Infno.ADMISSION, med_type, begntime, dept)}
 
     def _close_visit(self, call: Call, kind: str) -> dict[str, Any]:
         data = call.data()
         visit = self._visit(call, text(data, "mdtrt_id"), text(data, "psn_no"))
         if visit["infno"] != kind:
-            raise Rejected(f"visit {visit['mdtrt_id']} is not a {INFNO[kind]}")
+            raise Rejected(f"visit {visit['mdtrt_id']} is not a {label(kind)}")
         if visit["state"] != "open":
             raise Rejected(f"visit {visit['mdtrt_id']} is already {visit['state']}")
         settled = self.conn.execute("SELECT setl_id FROM settlements WHERE mdtrt_id = ? AND state = 'settled'",
@@ -703,11 +702,11 @@ class Ledger:
 
     def t2202(self, call: Call) -> dict[str, Any]:
         """Outpatient registration cancellation (a visit with no settlement)."""
-        return {"data": self._close_visit(call, "2201")}
+        return {"data": self._close_visit(call, Infno.REGISTRATION)}
 
     def t2404(self, call: Call) -> dict[str, Any]:
         """Admission cancellation (a visit with no settlement)."""
-        return {"data": self._close_visit(call, "2401")}
+        return {"data": self._close_visit(call, Infno.ADMISSION)}
 
     def t2203(self, call: Call) -> dict[str, Any]:
         """Visit information: the visit's medical type and diagnoses."""
@@ -773,7 +772,7 @@ class Ledger:
         """Pre-settlement (``commit`` False: the same answer, nothing moves) or settlement of a bill."""
         data = call.data()
         final = PREVIEWS.get(call.infno, call.infno)
-        pharmacy = final == "2102"
+        pharmacy = final == Infno.PHARMACY_SETTLEMENT
         person = self._person_by(call, data)
         insutype = text(data, "insutype")
         self._insurance(person, insutype)
@@ -883,7 +882,7 @@ class Ledger:
         data = call.data()
         s = self._settlement(call, text(data, "setl_id"))
         if s["infno"] != settlement_infno:
-            raise Rejected(f"settlement {s['setl_id']} is not a {INFNO[settlement_infno]}")
+            raise Rejected(f"settlement {s['setl_id']} is not a {label(settlement_infno)}")
         psn_no = text(data, "psn_no")
         if psn_no != s["psn_no"]:
             raise Rejected("psn_no is not the person of this settlement")
@@ -907,11 +906,11 @@ class Ledger:
 
     def t2103(self, call: Call) -> dict[str, Any]:
         """Pharmacy settlement cancellation: restores exactly what the settlement took."""
-        return self._cancel(call, "2102")
+        return self._cancel(call, Infno.PHARMACY_SETTLEMENT)
 
     def t2208(self, call: Call) -> dict[str, Any]:
         """Outpatient settlement cancellation: restores exactly what the settlement took."""
-        return self._cancel(call, "2207")
+        return self._cancel(call, Infno.OUTPATIENT_SETTLEMENT)
 
     # reversal
 
@@ -1137,7 +1136,7 @@ class Ledger:
         with self.lock:
             messages = rows("SELECT msgid, infno, infcode, received_at, reversed_by FROM messages ORDER BY msgid")
             for m in messages:
-                m["transaction"] = INFNO.get(m["infno"], m["infno"])
+                m["transaction"] = label(m["infno"])
             settlements = rows("SELECT setl_id, fixmedins_code, chrg_bchno, infno, msgid, psn_no, mdtrt_id, insutype, "
                                "med_type, clr_type, medfee, fund, acct, cash, balc, setl_time, state, cancel_id, "
                                "cancel_msgid FROM settlements ORDER BY id")
@@ -1165,17 +1164,18 @@ class Ledger:
 
 
 def _handlers() -> dict[str, Callable[[Ledger, Call], dict[str, Any]]]:
-    table = {infno: getattr(Ledger, f"t{infno}") for infno in INFNO}
-    return table
+    return {infno: getattr(Ledger, f"t{infno}") for infno in Infno}
 
 
 HANDLERS = _handlers()
 UNDO: dict[str, Callable[[Ledger, Call, str, str], None]] = {
-    "2102": Ledger._reverse_settlement, "2207": Ledger._reverse_settlement,
-    "2103": Ledger._reverse_cancellation, "2208": Ledger._reverse_cancellation,
-    "2201": Ledger._reverse_visit, "2401": Ledger._reverse_visit,
-    "2202": Ledger._reverse_visit_cancellation, "2404": Ledger._reverse_visit_cancellation,
-    "SS02": Ledger._reverse_transfer,
+    Infno.PHARMACY_SETTLEMENT: Ledger._reverse_settlement, Infno.OUTPATIENT_SETTLEMENT: Ledger._reverse_settlement,
+    Infno.PHARMACY_CANCELLATION: Ledger._reverse_cancellation,
+    Infno.OUTPATIENT_CANCELLATION: Ledger._reverse_cancellation,
+    Infno.REGISTRATION: Ledger._reverse_visit, Infno.ADMISSION: Ledger._reverse_visit,
+    Infno.REGISTRATION_CANCELLATION: Ledger._reverse_visit_cancellation,
+    Infno.ADMISSION_CANCELLATION: Ledger._reverse_visit_cancellation,
+    Infno.TRANSFER: Ledger._reverse_transfer,
 }
 if set(UNDO) != REVERSIBLE or not set(SETTLEMENTS) <= set(UNDO):
-    raise ImportError("central.ledger: UNDO must cover message.envelope.REVERSIBLE")
+    raise ImportError("central.ledger: UNDO must cover message.infno.REVERSIBLE")

@@ -17,7 +17,7 @@ ledger by is charged to its institution. At most ``Bounds.connections`` connecti
 
 - ``POST /api/call``: one envelope -> one platform response (every transaction).
 - ``POST /api/batch``: ``{"messages": [envelope, ...]}`` -> ``{"results": [response, ...]}``, for what
-  a terminal queued while the platform was unreachable (``message.envelope.QUEUEABLE``); HTTP 401
+  a terminal queued while the platform was unreachable (``message.infno.QUEUEABLE``); HTTP 401
   (nothing processed) when a message's ``sign_no`` is not a sign-in of the signing institution, 422
   when a message has no msgid.
 - ``POST /api/ec/query``: ``{"qrcode": ...}`` -> an e-voucher token for 1101 (the virtual e-voucher).
@@ -59,7 +59,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from central.keyservice import KeyRequestError, KeyService
 from central.ledger import Forbidden, Ledger, Rejected, Unanswerable, Unsigned, now_cst
-from message.envelope import INFNO, ascii_digits
+from message.envelope import ascii_digits
+from message.infno import CODES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -401,7 +402,7 @@ def fault_switch(mode: object = "ok", count: object = None, seconds: object = 30
                                         and retry_after.isascii() and retry_after.isprintable()):
         raise ValueError(f"retry_after must be whole seconds or 1 to {MAX_RETRY_AFTER_TEXT} printable ASCII characters"
                          " (it becomes the Retry-After header)")
-    if infno is not None and not (isinstance(infno, str) and infno in INFNO):
+    if infno is not None and not (isinstance(infno, str) and infno in CODES):
         raise ValueError("infno must be a transaction code (docs/platform.md, \"Transactions\")")
     return infno, Fault(mode, count, float(seconds), retry_after)
 

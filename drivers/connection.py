@@ -243,7 +243,7 @@ class Connection(ABC):
                 return Response(bytes(data), response.sw1, response.sw2)
         raise TransportError(f"The card kept answering 'more data' after {MAX_GET_RESPONSE} GET RESPONSE")
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from smartcard import scard
 
 from apdu import part10
+from apdu.atr import TS
 from apdu.errors import MalformedError, SSCardError
 from drivers import readerstate
 from drivers.connection import CLOSED_MESSAGE, Connection
@@ -134,7 +135,7 @@ class Context:
         _check(hresult, "list readers")
         return list(names)
 
-    def status(self, names: list[str]) -> list["ReaderStatus"]:
+    def status(self, names: list[str]) -> list[ReaderStatus]:
         """The current state of each reader (SCardGetStatusChange with timeout 0)."""
         if not names:
             return []
@@ -146,7 +147,8 @@ class Context:
         """SCardGetStatusChange, for reader names of any characters (drivers/readerstate.py)."""
         if readerstate.needs_native([name for name, _ in readers]):
             return readerstate.get_status_change(self.handle, timeout_ms, readers)
-        return scard.SCardGetStatusChange(self.handle, timeout_ms, readers)
+        result: tuple[int, list[Any]] = scard.SCardGetStatusChange(self.handle, timeout_ms, readers)
+        return result
 
     def release(self) -> None:
         try:
@@ -154,7 +156,7 @@ class Context:
         except Exception:  # releasing a context of a daemon that went away: nothing to do
             log.debug("release context failed", exc_info=True)
 
-    def __enter__(self) -> "Context":
+    def __enter__(self) -> Context:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -177,7 +179,7 @@ class ReaderStatus:
     events: int = 0
 
     @classmethod
-    def from_state(cls, name: str, state: int, atr: list[int] | None) -> "ReaderStatus":
+    def from_state(cls, name: str, state: int, atr: list[int] | None) -> ReaderStatus:
         present = bool(state & scard.SCARD_STATE_PRESENT)
         return cls(
             name=name,
@@ -205,8 +207,6 @@ def reader_status() -> list[ReaderStatus]:
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2}[\s:]?)+$")
 
 
-#: TS, the ATR's first byte: 3B direct convention, 3F inverse (ISO/IEC 7816-3 s8.1)
-ATR_TS = (0x3B, 0x3F)
 
 
 def parse_atr(spec: str) -> bytes | None:
@@ -219,7 +219,7 @@ def parse_atr(spec: str) -> bytes | None:
     if not _HEX.match(spec):
         return None
     atr = bytes.fromhex(re.sub(r"[\s:]", "", spec))
-    return atr if len(atr) >= 2 and atr[0] in ATR_TS else None
+    return atr if len(atr) >= 2 and atr[0] in TS else None
 
 
 def resolve(spec: str, context: Context) -> str:
@@ -275,7 +275,7 @@ class PCSCConnection(Connection):
         self._context: Context | None = None
         self._card: int | None = None
         self._features: dict[int, int] | None = None
-        self._disposition = None if disposition is None else DISPOSITIONS[disposition]
+        self._disposition: int | None = None if disposition is None else DISPOSITIONS[disposition]
         self._share = scard.SCARD_SHARE_EXCLUSIVE if exclusive else scard.SCARD_SHARE_SHARED
         self._protocols = PROTOCOLS[protocol]
         with self.waiting_for_card(held=True):
@@ -400,8 +400,8 @@ class PCSCConnection(Connection):
         if self._disposition is not None:
             return self._disposition
         if self.exclusive:
-            return scard.SCARD_UNPOWER_CARD
-        return scard.SCARD_RESET_CARD if self.security_raised else scard.SCARD_LEAVE_CARD
+            return int(scard.SCARD_UNPOWER_CARD)
+        return int(scard.SCARD_RESET_CARD if self.security_raised else scard.SCARD_LEAVE_CARD)
 
     def disconnect(self) -> None:
         """Release the card (class docstring: left, reset or powered down) and the PC/SC context.
@@ -474,10 +474,11 @@ def _diff(known: dict[str, ReaderStatus], now: list[ReaderStatus], first: bool,
     for status in now:
         old = known.get(status.name)
         was = old is not None and old.present
-        if was and status.present and (old.atr != status.atr or (trust_counter and old.events != status.events)):
+        if old is not None and was and status.present and (old.atr != status.atr
+                                                           or (trust_counter and old.events != status.events)):
             events.append(ReaderEvent(REMOVED, status.name, old.atr))  # swapped between two looks
             was = False
-        if was and not status.present:
+        if old is not None and was and not status.present:
             events.append(ReaderEvent(REMOVED, status.name, old.atr))
         elif not was and status.present and not status.mute:
             events.append(ReaderEvent(PRESENT if first else INSERTED, status.name, status.atr))

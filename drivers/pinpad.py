@@ -10,7 +10,7 @@ reaches the computer: the terminal sees only the status word, as with a real PIN
 from __future__ import annotations
 
 from apdu import part10
-from apdu.crypto import PINFormatError, pin_to_bcd
+from apdu.pin import PINFormatError, pin_to_bcd
 from apdu.status import SW
 from drivers.errors import TransportError
 from drivers.memory import MemoryConnection

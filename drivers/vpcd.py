@@ -2,7 +2,7 @@
 
 vpcd (vsmartcard, ``virtualsmartcard/src/vpcd``) is a pcscd reader driver that listens on TCP
 (35963 for "Virtual PCD 00 00", 35964 for "Virtual PCD 00 01") and waits for a card to connect.
-Framing (shared/DESIGN.md, "The real PC/SC stack in tests"): every message is a 2-byte big-endian
+Framing (docs/reference/vpcd.md, "Framing"): every message is a 2-byte big-endian
 length and a payload. A 1-byte payload is a control: 00 power off, 01 power on, 02 reset (no reply),
 04 get ATR (reply: the ATR). A longer payload is a C-APDU, answered by the R-APDU. Closing the socket
 is card removal; connecting again is insertion.
@@ -130,7 +130,7 @@ class VpcdClient:
 
     # --- control from other threads ---------------------------------------------------------
 
-    def start(self) -> "VpcdClient":
+    def start(self) -> VpcdClient:
         """Serve in a daemon thread; returns self."""
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
@@ -272,7 +272,7 @@ class VpcdClient:
             return SW.TECHNICAL.to_bytes(2, "big")
         return reply
 
-    def __enter__(self) -> "VpcdClient":
+    def __enter__(self) -> VpcdClient:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

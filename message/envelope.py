@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from message.infno import CODES, Infno
+
 #: Beijing time; China has kept UTC+8 without daylight saving since 1991
 CST = dt.timezone(dt.timedelta(hours=8), "CST")
 MSGID_TIME = "%Y%m%d%H%M%S"
@@ -34,39 +36,6 @@ INF_TIME = "%Y-%m-%d %H:%M:%S"
 DATE = "%Y-%m-%d"
 INFVER = "V1.0"
 
-#: transaction codes (docs/platform.md, "Transactions"); ``SSxx`` are project codes for what the
-#: social insurance agency records (activation, the old card's account), answered by the platform too
-INFNO: dict[str, str] = {
-    "9001": "operator sign-in",
-    "9002": "operator sign-out",
-    "1101": "person information",
-    "2101": "pharmacy pre-settlement",
-    "2102": "pharmacy settlement",
-    "2103": "pharmacy settlement cancellation",
-    "2201": "outpatient registration",
-    "2202": "outpatient registration cancellation",
-    "2203": "outpatient visit information",
-    "2204": "outpatient fee details",
-    "2205": "outpatient fee details cancellation",
-    "2206": "outpatient pre-settlement",
-    "2207": "outpatient settlement",
-    "2208": "outpatient settlement cancellation",
-    "2401": "hospital admission",
-    "2404": "hospital admission cancellation",
-    "2601": "reversal",
-    "3201": "day-end totals reconciliation",
-    "SS01": "card activation",
-    "SS02": "account transfer from the old medical insurance card",
-}
-#: settlements (money moves from the fund and the personal account) and what cancels each
-SETTLEMENTS: dict[str, str] = {"2102": "2103", "2207": "2208"}
-#: the pre-settlement (a preview, nothing moves) of each settlement
-PREVIEWS: dict[str, str] = {"2101": "2102", "2206": "2207"}
-#: transactions a 2601 reversal can undo (docs/platform.md, "2601")
-REVERSIBLE = frozenset({"2102", "2103", "2207", "2208", "2201", "2202", "2401", "2404", "SS02"})
-#: transactions that may wait in the terminal's queue and be uploaded later in a batch; every other
-#: transaction is an online call, answered at once or not at all (docs/platform.md, "Online first")
-QUEUEABLE = frozenset({"2201", "2401", "SS01", "SS02"})
 
 #: insurance types (insutype)
 INSUTYPES = {"310": "employee basic medical insurance", "390": "urban-rural resident basic medical insurance",
@@ -98,10 +67,10 @@ MAX_TERMINALS = 100
 #: amounts each transaction carries in ``input.data``: :class:`Fen` inside, yuan with two decimals on
 #: the wire (:func:`parse_yuan`)
 AMOUNTS: dict[str, tuple[str, ...]] = {
-    "2101": ("medfee_sumamt",), "2102": ("medfee_sumamt",),
-    "2206": ("medfee_sumamt",), "2207": ("medfee_sumamt",),
-    "3201": ("medfee_sumamt", "fund_pay_sumamt", "acct_pay"),
-    "SS02": ("acct_balc",),
+    Infno.PHARMACY_PREVIEW: ("medfee_sumamt",), Infno.PHARMACY_SETTLEMENT: ("medfee_sumamt",),
+    Infno.OUTPATIENT_PREVIEW: ("medfee_sumamt",), Infno.OUTPATIENT_SETTLEMENT: ("medfee_sumamt",),
+    Infno.RECONCILIATION: ("medfee_sumamt", "fund_pay_sumamt", "acct_pay"),
+    Infno.TRANSFER: ("acct_balc",),
 }
 #: the largest amount (in fen, either sign) the wire's yuan form carries: 13 digits of yuan (``YUAN_RE``)
 MAX_FEN = 10**15 - 1
@@ -247,7 +216,7 @@ class Envelope:
     sign_no: str = ""
 
     def __post_init__(self) -> None:
-        if self.infno not in INFNO:
+        if self.infno not in CODES:
             raise MessageError(f"unknown transaction code {self.infno!r}")
         if not isinstance(self.insured_region, str) or not REGION_RE.fullmatch(self.insured_region):
             raise MessageError(f"insured region {self.insured_region!r} must be a 6-digit region code")
@@ -313,7 +282,7 @@ def encode(message: dict[str, Any]) -> str:
 
 def with_sign_no(wire: str, sign_no: str) -> dict[str, Any]:
     """A stored envelope (wire JSON) with the session's ``sign_no`` filled in, ready to send."""
-    message = json.loads(wire)
+    message: dict[str, Any] = json.loads(wire)
     message["sign_no"] = sign_no
     return message
 

@@ -27,8 +27,18 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from apdu import commands, part10
-from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
-from apdu.crypto import PINFormatError, check_new_pin, pin_to_bcd, wipe
+from apdu.atr import historical_bytes
+from apdu.catalogue import (
+    CARD_ITEMS,
+    ETHNICITY,
+    HOLDER_ITEMS,
+    SEX,
+    THIRD_GENERATION,
+    DataItem,
+    card_generation,
+    issuing_region,
+)
+from apdu.crypto import wipe
 from apdu.errors import (
     APDUFormatError,
     AuthenticationMethodBlockedError,
@@ -40,6 +50,7 @@ from apdu.errors import (
     WrongPINError,
     mask,
 )
+from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
 from apdu.response import Response
 from apdu.status import SW, Table, counter
 from apdu.tlv import decode_simple
@@ -80,7 +91,7 @@ class Identity:
     @property
     def issuing_region(self) -> str:
         """Administrative region code of the issuer: the first 6 digits of the card identification code."""
-        return self.card_identification_code[:6]
+        return issuing_region(self.card_identification_code)
 
     @property
     def full_name(self) -> str:
@@ -139,18 +150,16 @@ def redacted(identity: Identity) -> dict[str, object]:
 
 P = ParamSpec("P")
 T = TypeVar("T")
-#: what authenticates the terminal to a card (terminal.crypto.unlocker: EXTERNAL AUTHENTICATE), given
+#: what authenticates the terminal to a card (terminal.cardsecurity.unlocker: EXTERNAL AUTHENTICATE), given
 #: the card and what picks its keys, read from its EF05: the identification code and spec version
 Unlock = Callable[["SocialSecurityCard", str, str], None]
-#: the first spec version whose cards want the terminal authenticated before EF06 (3.00, SM4)
-THIRD_GENERATION = 3
 
 
 def needs_terminal_authentication(spec_version: str) -> bool:
     """Whether a card of this spec version (EF05 tag 03, ``2.00``, ``3.00``) shows EF06 only after
     external authentication."""
-    major = spec_version.split(".")[0]
-    return major.isdigit() and int(major) >= THIRD_GENERATION
+    generation = card_generation(spec_version)
+    return generation is not None and generation >= THIRD_GENERATION
 
 
 def operation(method: Callable[Concatenate[SocialSecurityCard, P], T]) -> Callable[Concatenate[SocialSecurityCard, P], T]:
@@ -353,7 +362,7 @@ class SocialSecurityCard:
 
     @operation
     def reload_pin(self, new_bcd: bytes, mac: bytes) -> None:
-        """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.crypto).
+        """RELOAD PIN ``80 5E 00 00 new MAC`` (bank counter; the MAC comes from terminal.cardsecurity).
         TerminalAuthenticationError when the card refuses the MAC (``69 88``: the keys are not the card's)."""
         self._ensure_selected()
         self.connection.transmit(commands.reload_pin(new_bcd, mac)).check(commands.RELOAD_PIN_SW)
@@ -430,16 +439,3 @@ def check_read(response: Response) -> Response:
     status word is a confused card's answer to a read)."""
     return response.check(commands.READ_SW)
 
-
-def historical_bytes(atr: bytes) -> bytes:
-    """The ATR's historical bytes (ISO/IEC 7816-3 s8.2): the HIS interface's "card reset info"."""
-    if len(atr) < 2:
-        return b""
-    k = atr[1] & 0x0F
-    i, y = 2, atr[1] >> 4
-    while True:
-        i += bin(y).count("1")
-        if not y & 0x8 or i > len(atr):
-            break
-        y = atr[i - 1] >> 4
-    return atr[i:i + k]

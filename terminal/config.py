@@ -21,6 +21,9 @@ from message.envelope import MessageError, Operator, Station
 from terminal.errors import ConfigError
 from terminal.private import warn_if_shared
 
+#: the platform's URL when neither the command nor a configuration names one: the virtual platform
+#: (``sscard central serve``)
+DEFAULT_CENTRAL = "http://127.0.0.1:8930"
 #: the longest configuration file read (the documented one is about 2 KB)
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -66,7 +69,7 @@ path = "queue.sqlite"
 [central]
 # the national medical insurance platform (settlements are asked online; records made while it is
 # unreachable wait in the journal and are uploaded later)
-url = "http://127.0.0.1:8930"
+url = "{central}"
 # this institution's gateway credentials: "file:PATH" (a JSON file with paasid and token, chmod 600)
 # or "test" (the bundled public TEST credentials: the virtual platform only)
 credentials = "test"
@@ -86,11 +89,41 @@ def new_device() -> str:
 
 def render_default(terminal_no: int, device: str) -> str:
     """The commented default configuration for terminal ``terminal_no`` and ``device``."""
-    return TEMPLATE.format(terminal_no=int(terminal_no), device=device)
+    return TEMPLATE.format(terminal_no=int(terminal_no), device=device, central=DEFAULT_CENTRAL)
 
 
 #: the default configuration as documented (terminal 1, no device yet)
 DEFAULT_TOML = render_default(1, "")
+
+
+def default_queue() -> Path:
+    """The journal and queue file when no option, variable or configuration names one:
+    ``$XDG_DATA_HOME/sscard/queue.sqlite`` (``~/.local/share`` when unset)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "sscard" / "queue.sqlite"
+
+
+def find_config(path: Path | None) -> TerminalConfig | None:
+    """The configuration a command uses: ``path`` (which must exist), else :func:`default_config_path`
+    when that file exists, else None (the built-in defaults). An invalid file is a
+    :class:`ConfigError` (exit 12)."""
+    if path is not None:
+        return load_config(path)
+    path = default_config_path()
+    try:
+        present = path.is_file()
+    except (OSError, ValueError):  # a path no file can have ($SSCARD_CONFIG): load_config says what is wrong
+        present = True
+    return load_config(path) if present else None
+
+
+def queue_and_central(path: Path | None, url: str | None,
+                      config_path: Path | None) -> tuple[Path, str, TerminalConfig | None]:
+    """The journal file and the platform's URL a command uses, and the configuration when one was
+    read: each the command's option (or its variable), else the configuration's, else the default."""
+    config = find_config(config_path) if path is None or url is None else None
+    return (path if path is not None else config.queue_path if config else default_queue(),
+            url if url is not None else config.central_url if config else DEFAULT_CENTRAL, config)
 
 
 def default_config_path() -> Path:
@@ -102,10 +135,10 @@ def default_config_path() -> Path:
 
 
 class KeyStoreArgs(TypedDict, total=False):
-    """The keyword arguments of :func:`terminal.crypto.open_key_store`."""
+    """The keyword arguments of :func:`terminal.keystore.open_key_store`."""
 
     psam: str | None
-    key_file: str | None
+    key_file: str | Path | None
     #: the platform's key service (``[keys] store = "remote"``: terminal/remotekeys.py)
     remote: RemoteKeys | None
 
@@ -143,7 +176,7 @@ class TerminalConfig:
         return Operator(self.operator_id, self.operator_name)
 
     def key_store_args(self) -> KeyStoreArgs:
-        """Arguments of :func:`terminal.crypto.open_key_store` for ``key_store``."""
+        """Arguments of :func:`terminal.keystore.open_key_store` for ``key_store``."""
         kind, _, value = self.key_store.partition(":")
         args: KeyStoreArgs = {"psam": value if kind == "psam" else None, "key_file": value if kind == "file" else None}
         if kind == "remote":

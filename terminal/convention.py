@@ -32,7 +32,6 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.crypto import PINFormatError, WeakPINError
 from apdu.errors import (
     CardDataError,
     CardStatusError,
@@ -41,6 +40,7 @@ from apdu.errors import (
     SSCardError,
     WrongPINError,
 )
+from apdu.pin import PINFormatError, WeakPINError
 from drivers.errors import CardUnresponsiveError, NoCardError, ReaderError, TransportError
 from terminal.errors import (
     CardAuthenticationError,

@@ -30,9 +30,8 @@ from central import CentralService
 from drivers.connection import Connection
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from drivers.simulator.oldmedical import load_old_card
 from message.envelope import CST, Fen, Operator, Station, yuan
-from terminal.crypto import SoftwareKeyStore
+from message.infno import Infno
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Clerk, Site
 from terminal.flows.desk import register, settle_visit, visit_id
@@ -44,6 +43,7 @@ from terminal.flows.pharmacy import (
     refund,
 )
 from terminal.gateway import test_credentials
+from terminal.keystore import SoftwareKeyStore
 from terminal.online import Platform, ReversedError
 from terminal.private import private_folder
 from terminal.queue import Outbox
@@ -81,8 +81,7 @@ class DemoClerk:
 
 
 def _sim(name: str) -> MemoryConnection:
-    card = load_old_card(name) if name.startswith("old-medical") else load_card(name)
-    return MemoryConnection(card, name=f"sim:{name}")
+    return MemoryConnection(load_card(name), name=f"sim:{name}")
 
 
 #: how a step gets the connection to a card by its profile name (the demo: a fresh in-memory card)
@@ -114,7 +113,7 @@ class Step:
 
 def _chen_jing_bill(site: Site, connect: Connect, clerk: Clerk) -> object:
     card = connect("other-region")
-    registered = [r for r in site.outbox.records("answered") if r.infno == "2201" and r.card_sn == CHEN_JING]
+    registered = [r for r in site.outbox.records("answered") if r.infno == Infno.REGISTRATION and r.card_sn == CHEN_JING]
     visit = visit_id((registered[0].reply or {})["output"])
     return settle_visit(card, site, visit, "B20260301-0001", [Item("诊查费", 1, Fen(2000)), Item("血常规", 1, Fen(3500))],
                         clerk)
@@ -128,32 +127,32 @@ def _dual_card(site: Site, connect: Connect, clerk: Clerk) -> object:
 DAY: tuple[Step, ...] = (
     Step("bank", "Bank counter: 周敏 activates her card with her ID card", ("386152", "386152"),
          lambda site, connect, clerk: bank_activate(connect("not-activated-zhou"), site, "330303196811052226", clerk),
-         (("SS01", "pending"),)),
+         ((Infno.ACTIVATION, "pending"),)),
     Step("desk", "Clinic desk: 李娜's first registration (outpatient, 内科)", ("123456",),
          lambda site, connect, clerk: register(connect("not-activated"), site, "outpatient", "内科", clerk),
-         (("SS01", "pending"), ("2201", "answered"))),
+         ((Infno.ACTIVATION, "pending"), (Infno.REGISTRATION, "answered"))),
     Step("desk", "Clinic desk: 陈静, insured in Shenzhen (440300): cross-region", ("802613",),
          lambda site, connect, clerk: register(connect("other-region"), site, "outpatient", "急诊科", clerk),
-         (("2201", "answered"),)),
+         ((Infno.REGISTRATION, "answered"),)),
     Step("desk", "Clinic desk: 张伟 is admitted (hospitalisation, 外科)", ("246810",),
          lambda site, connect, clerk: register(connect("adult"), site, "hospitalisation", "外科", clerk),
-         (("2401", "answered"),)),
+         ((Infno.ADMISSION, "answered"),)),
     Step("desk", "Clinic desk: 陈静's outpatient bill (诊查费 20.00, 血常规 35.00)", ("802613",),
-         _chen_jing_bill, (("2207", "answered"),)),
+         _chen_jing_bill, ((Infno.OUTPATIENT_SETTLEMENT, "answered"),)),
     Step("pharmacy", "Pharmacy: 李娜's dual-card insert (old card in reader 1, new card in reader 2)", ("123456",),
-         _dual_card, (("SS02", "answered"),)),
+         _dual_card, ((Infno.TRANSFER, "answered"),)),
     Step("pharmacy", "Pharmacy: 李娜 buys 2 x 阿莫西林胶囊 (12.50) and 1 x 布洛芬缓释胶囊 (15.80)", ("123456",),
          lambda site, connect, clerk: purchase(
              connect("not-activated"), site, "T20260301-0001",
              [Item("阿莫西林胶囊", 2, Fen(1250)), Item("布洛芬缓释胶囊", 1, Fen(1580))], clerk),
-         (("2102", "answered"),)),
+         ((Infno.PHARMACY_SETTLEMENT, "answered"),)),
     Step("pharmacy", "Pharmacy: 张伟 buys 1 x 复方甘草片 (8.60)", ("246810",),
          lambda site, connect, clerk: purchase(connect("adult"), site, "T20260301-0002",
                                                [Item("复方甘草片", 1, Fen(860))], clerk),
-         (("2102", "answered"),)),
+         ((Infno.PHARMACY_SETTLEMENT, "answered"),)),
     Step("pharmacy", "Pharmacy: 张伟 brings it back unopened: sale T20260301-0002 is refunded", (),
          lambda site, connect, clerk: refund(site, "T20260301-0002", clerk),
-         (("2103", "answered"),), cards=False),
+         ((Infno.PHARMACY_CANCELLATION, "answered"),), cards=False),
 )
 
 
@@ -212,7 +211,7 @@ def lost_answer(service: CentralService, folder: Path, out: TextIO) -> None:
     items = [Item("板蓝根颗粒", 2, Fen(1500))]
     step = "Pharmacy: 陈静 pays 2 x 板蓝根颗粒 (15.00); the platform's answer is lost on the way back"
     print(f"\n== {step}", file=out)
-    service.set_fault("drop", count=1, infno="2102")
+    service.set_fault("drop", count=1, infno=Infno.PHARMACY_SETTLEMENT)
     with open_site(folder, "pharmacy", service.url) as site:
         try:
             purchase(_sim("other-region"), site, "T20260301-0003", items, DemoClerk(out, ["802613"]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from apdu.errors import SSCardError
 
-
 # --- the card and the holder ---------------------------------------------------------------------
 
 class NotSocialSecurityCardError(SSCardError):

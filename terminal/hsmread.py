@@ -35,12 +35,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from apdu.catalogue import issuing_region
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError
 from apdu.keyset import KeyUsage
-from terminal.card import Identity, SocialSecurityCard, historical_bytes, needs_terminal_authentication
+from apdu.atr import historical_bytes
+from terminal.card import Identity, SocialSecurityCard, needs_terminal_authentication
 from terminal.convention import STEP1, STEP2, ConventionError
-from terminal.crypto import CardKeyRef, card_cryptogram, compare_cryptograms
+from terminal.cardsecurity import card_cryptogram, compare_cryptograms
+from terminal.keystore import CardKeyRef
 
 #: how long Step1's card session waits for Step2
 HELD_S = 60.0
@@ -86,7 +89,7 @@ def step1(card: SocialSecurityCard, *, random: Callable[[int], bytes] = os.urand
         return ours, answer, challenge
 
     ours, answer, challenge = card.atomically(ask)
-    fields = (code[:6], historical_bytes(card.connection.atr).hex().upper(), ALGORITHM_CODES[ref.algorithm], code,
+    fields = (issuing_region(code), historical_bytes(card.connection.atr).hex().upper(), ALGORITHM_CODES[ref.algorithm], code,
               *_halves(ours), *_halves(challenge))
     return HeldRead(card, code, ref, answer, challenge, "".join(f"{field}|" for field in fields), clock() + HELD_S)
 
@@ -101,7 +104,7 @@ def step2(held: HeldRead, p_key: str, *, clock: Callable[[], float] = time.monot
     compare_cryptograms(held.answer, internal)
 
     def unlock(card: SocialSecurityCard, code: str, spec_version: str) -> None:
-        card.external_authenticate(KeyUsage.EXTERNAL_AUTH.key_id, external)
+        card.external_authenticate(KeyUsage.EXTERNAL_AUTH.reference, external)
 
     identity = held.card.read_identity(unlock)
     if identity.card_identification_code != held.code:  # cannot be, on one card session: said, not assumed

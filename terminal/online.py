@@ -24,15 +24,8 @@ from typing import Any
 import httpx
 
 from apdu.errors import SSCardError
-from message.envelope import (
-    INFNO,
-    REVERSIBLE,
-    Credentials,
-    Envelope,
-    MessageError,
-    parse_yuan,
-    signed_wire,
-)
+from message.envelope import Credentials, Envelope, MessageError, parse_yuan, signed_wire
+from message.infno import REVERSIBLE, SETTLEMENTS, Infno, clerk_word, label
 from terminal.queue import ANSWERED, CALLING, REVERSED, VOID, Outbox, QueuedRecord, QueueError, record_data
 from terminal.upload import (
     DEFAULT_TIMEOUT,
@@ -52,7 +45,7 @@ class PlatformRefusedError(SSCardError):
     def __init__(self, infno: str, reason: str) -> None:
         self.infno = infno
         self.reason = reason.strip().rstrip(".") or "no reason given"
-        super().__init__(f"The platform refused the {INFNO.get(infno, infno)}: {self.reason}.")
+        super().__init__(f"The platform refused the {label(infno)}: {self.reason}.")
 
 
 class ReversedError(CentralError):
@@ -64,20 +57,15 @@ class OutcomeUnknownError(SSCardError):
     until the journal resolves it (the next online command, or ``sscard queue resolve``)."""
 
 
-#: what a clerk (and the kiosk's holder) reads for each kind of record
-LABELS = {
-    "2201": "registration", "2202": "registration cancelled", "2401": "admission", "2404": "admission cancelled",
-    "2102": "purchase", "2103": "refund", "2207": "outpatient bill", "2208": "outpatient bill refunded",
-    "SS01": "activation", "SS02": "account moved from the old card (activation)", "2601": "reversal",
-}
-#: what to do after a call of each kind was reversed
-AGAIN = {"2102": "Try again, or take another way to pay.", "2207": "Try again, or take another way to pay."}
+def again(infno: str) -> str:
+    """What to do after a call of ``infno`` was reversed: a sale can be paid another way."""
+    return "Try again, or take another way to pay." if infno in SETTLEMENTS else "Try again."
 
 
 def describe(record: QueuedRecord) -> str:
     """``the purchase for sale T0001 (H3303...)``: a journal entry in a clerk's words."""
     data = record_data(record)
-    what = LABELS.get(record.infno, INFNO.get(record.infno, record.infno))
+    what = clerk_word(record.infno)
     about = (f" for sale {data['chrg_bchno']}" if isinstance(data.get("chrg_bchno"), str)
              else f" of settlement {data['setl_id']}" if isinstance(data.get("setl_id"), str)
              else f" of visit {data['mdtrt_id']}" if isinstance(data.get("mdtrt_id"), str) else "")
@@ -143,7 +131,7 @@ class Platform:
                 envelope = Envelope(infno, self.outbox.next_msgid(), station, station.operator, insured_region,
                                     self.outbox.clock(), input)
             except MessageError as err:
-                raise CentralProtocolError(f"The {INFNO.get(infno, infno)} cannot be sent: {err}") from None
+                raise CentralProtocolError(f"The {label(infno)} cannot be sent: {err}") from None
             return self._send(envelope.to_dict())
 
         response = fresh_msgid(attempt)
@@ -151,7 +139,7 @@ class Platform:
             raise PlatformRefusedError(infno, str(response.get("err_msg") or "")[:300])
         output = response.get("output")
         if not isinstance(output, dict):
-            raise CentralProtocolError(f"The platform answered the {INFNO.get(infno, infno)} without its output")
+            raise CentralProtocolError(f"The platform answered the {label(infno)} without its output")
         return output
 
     def transact(self, infno: str, input: dict[str, Any], *, insured_region: str, card_sn: str | None = None,
@@ -223,7 +211,7 @@ class Platform:
                 "Its outcome is unknown: do not hand anything over on it. The next command, or "
                 "'sscard queue resolve', resolves it once the platform answers.") from None
         raise ReversedError(f"The platform's answer to {what} was lost ({cause}): it was reversed, nothing was "
-                            f"done. {AGAIN.get(record.infno, 'Try again.')}")
+                            f"done. {again(record.infno)}")
 
     def reverse(self, record: QueuedRecord) -> str:
         """2601 for ``record`` (a journaled call with no answer), itself journaled; the original ends
@@ -234,7 +222,7 @@ class Platform:
         body = {"data": {"psn_no": psn_no if isinstance(psn_no, str) else "", "omsgid": record.msgid,
                          "oinfno": record.infno}}
         self.session.signed()
-        reversal = self.outbox.begin_call("2601", body, insured_region=record.insured_region, card_sn=record.card_sn,
+        reversal = self.outbox.begin_call(Infno.REVERSAL, body, insured_region=record.insured_region, card_sn=record.card_sn,
                                           lease=self.lease)
         try:
             response = self._send(reversal.envelope)
@@ -243,7 +231,7 @@ class Platform:
             raise
         self.outbox.answer_call(reversal.msgid, response, reversal)
         if response["infcode"] != 0:
-            raise PlatformRefusedError("2601", str(response.get("err_msg") or "")[:300])
+            raise PlatformRefusedError(Infno.REVERSAL, str(response.get("err_msg") or "")[:300])
         output = response.get("output")
         result = str((output if isinstance(output, dict) else {}).get("rvs_rslt") or "reversed")
         if not self.outbox.end_call(record.msgid, REVERSED, f"reversed by {reversal.msgid} ({result})", response):
@@ -272,7 +260,7 @@ class Platform:
         (:class:`CentralError`: the rest stay unknown)."""
         done: list[Resolution] = []
         unknown = self.outbox.unknown_calls()
-        for record in [r for r in unknown if r.infno != "2601"]:
+        for record in [r for r in unknown if r.infno != Infno.REVERSAL]:
             if not self.outbox.claim_unknown(record.msgid, self.lease):
                 continue  # another process is on it
             what = describe(record)
@@ -296,7 +284,7 @@ class Platform:
                      "already_reversed": "it had been reversed already"}.get(result, "reversed")
             done.append(Resolution(record, REVERSED, f"The outcome of {what} was unknown: {words}; "
                                                      "nothing of it stands."))
-        for record in [r for r in unknown if r.infno == "2601"]:
+        for record in [r for r in unknown if r.infno == Infno.REVERSAL]:
             if self.outbox.claim_unknown(record.msgid, self.lease):
                 self.outbox.end_call(record.msgid, VOID, "a reversal with no answer: superseded")
                 done.append(Resolution(record, VOID, f"A reversal without an answer ({record.msgid}) was set aside: "

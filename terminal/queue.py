@@ -35,16 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 
 from apdu.errors import SSCardError, mask, one_line
 from message.envelope import (
     CST,
     INF_TIME,
-    INFNO,
     MSGID_RE,
     MSGID_TIME,
-    QUEUEABLE,
     SEQ_PER_SECOND,
     Envelope,
     MessageError,
@@ -54,6 +51,7 @@ from message.envelope import (
     encode,
     iso_time,
 )
+from message.infno import QUEUEABLE, label
 from terminal.errors import ConfigError
 from terminal.private import create_private_file, publish, warn_if_shared
 from terminal.seal import SEALED, Seal
@@ -336,13 +334,14 @@ class QueuedRecord:
 
     @property
     def cross_region(self) -> bool:
-        """Insured region differs from the treatment region (DESIGN.md item 6)."""
+        """Insured region differs from the treatment region (docs/design.md item 6)."""
         return self.insured_region != self.treatment_region
 
     @property
     def input(self) -> dict[str, Any]:
         """The transaction body as sent (amounts as yuan strings)."""
-        return json.loads(self.envelope)["input"]
+        body: dict[str, Any] = json.loads(self.envelope)["input"]
+        return body
 
     @property
     def next_attempt(self) -> dt.datetime:
@@ -478,7 +477,7 @@ class Outbox:
                 self._create()
             check_journal_file(self.path)
             warn_if_shared(self.path, "record queue")
-            self.db = sqlite_utils.Database(self._connect(busy_timeout_ms))
+            self.db = self._connect(busy_timeout_ms)
         try:
             with self._errors("be opened"):
                 if seal is None:  # the key is made with the journal, or when one from before seals is sealed
@@ -551,7 +550,7 @@ class Outbox:
     def _write(self, doing: str, consequence: str = "") -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: takes the write lock first, so read-then-write never deadlocks."""
         with self._errors(doing, consequence):
-            conn = self.db.conn
+            conn = self.db
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -713,7 +712,8 @@ class Outbox:
 
     def _high(self, conn: sqlite3.Connection) -> int | None:
         """The highest id used in this file: records, and msgids issued without a record (sign-ins)."""
-        return conn.execute(_HIGH).fetchone()[0]
+        high: int | None = conn.execute(_HIGH).fetchone()[0]
+        return high
 
     def _paced_id(self, stamp: int, high: int | None) -> int | None:
         """The next id for second ``stamp`` after ``high`` (:meth:`_next_id`), or None when it would run
@@ -742,7 +742,7 @@ class Outbox:
         commit makes it durable); after a power cut a query's msgid may come again, which the platform
         answers ``MSGID_TAKEN`` with nothing done, and the caller asks again (docs/central-api.md)."""
         station = self.require_station()
-        conn = self.db.conn
+        conn = self.db
         waited, key = 0.0, None
         with self._errors("allocate a message id"):
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -773,7 +773,7 @@ class Outbox:
         held: bool = False,
     ) -> QueuedRecord:
         """Queue one transaction to upload later; when this returns, the record is on disk with its
-        final msgid. Only what the platform takes in a batch (:data:`message.envelope.QUEUEABLE`) can
+        final msgid. Only what the platform takes in a batch (:data:`message.infno.QUEUEABLE`) can
         be queued: every other transaction is an online call (:meth:`begin_call`).
 
         ``held``: the record is queued in the state ``held``, which no uploader claims, until
@@ -786,7 +786,7 @@ class Outbox:
         was saved.
         """
         if infno not in QUEUEABLE:
-            raise RecordError(f"{infno} ({INFNO.get(infno, 'unknown')}) is an online call: it cannot wait in "
+            raise RecordError(f"{infno} ({label(infno)}) is an online call: it cannot wait in "
                               "the queue")
         return self._insert(infno, input, insured_region, card_sn, operator, HELD if held else PENDING, 0.0)
 
@@ -825,7 +825,7 @@ class Outbox:
             stamp, inf_time, created_at = self._stamp(now)
             ts = now.timestamp() + lease
             with self._errors("record the transaction", " The transaction was NOT saved."):
-                conn = self.db.conn
+                conn = self.db
                 execute = conn.execute
                 execute("BEGIN IMMEDIATE")
                 try:
@@ -1138,7 +1138,9 @@ class Outbox:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._errors("be read"):
-            rows = list(self.db.query(sql, params))
+            cursor = self.db.execute(sql, params)
+            names = [column[0] for column in cursor.description]
+            rows = [dict(zip(names, row)) for row in cursor]
         intact = self._trusted
         if all(intact(row) for row in rows):
             return [QueuedRecord.from_row(row) for row in rows]
@@ -1231,7 +1233,7 @@ class Outbox:
         return row[0] if row else None
 
     def for_card(self, card_sn: str, limit: int | None = None) -> list[QueuedRecord]:
-        """The records this terminal holds for one card (kiosk inquiry, DESIGN.md item 7, the balance,
+        """The records this terminal holds for one card (kiosk inquiry, docs/design.md item 7, the balance,
         the activation), newest first; ``held`` ones are not recorded yet and not among them."""
         return self._select(f"card_sn = ? AND state != '{HELD}'", [card_sn], limit, newest_first=True)
 
@@ -1250,9 +1252,10 @@ class Outbox:
     def next_due(self) -> float | None:
         """When the next unconfirmed record is due (epoch seconds), or None when none is waiting."""
         with self._errors("be read"):
-            return self.db.execute(
+            due: float | None = self.db.execute(
                 f"SELECT min(next_attempt_at) FROM records WHERE state IN ('{PENDING}', '{SENDING}')"
             ).fetchone()[0]
+            return due
 
 
 _COLUMNS = ("id, msgid, infno, created_at, card_sn, insured_region, treatment_region, envelope, state, attempts,"

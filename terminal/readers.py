@@ -10,7 +10,7 @@
   as ``opensc-tool -r`` takes them.
 
 PC/SC connections are shared (other programs may use the reader between our transactions) unless
-``exclusive`` is asked for, or ``$SSCARD_EXCLUSIVE=1`` (what ``sscard --exclusive`` sets).
+``exclusive`` is asked for (``sscard --exclusive``: terminal/cli/options.py :func:`connect`).
 """
 from __future__ import annotations
 
@@ -33,11 +33,9 @@ def default_reader() -> str:
     return os.environ.get("SSCARD_READER") or DEFAULT_READER
 
 
-def open_connection(spec: str | None = None, exclusive: bool | None = None) -> Connection:
+def open_connection(spec: str | None = None, exclusive: bool = False) -> Connection:
     """Connect to the card in the reader ``spec`` names (see module docstring)."""
     spec = spec or default_reader()
-    if exclusive is None:
-        exclusive = os.environ.get("SSCARD_EXCLUSIVE", "") not in ("", "0")
     if spec.startswith(SIM_PREFIX):
         from drivers.memory import MemoryConnection
         from drivers.simulator.state import remembered_card

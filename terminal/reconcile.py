@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from message.envelope import CLR_TYPES, CST, DATE, INSUTYPES, SETTLEMENTS, Fen, clr_type, iso_time, yuan
+from message.envelope import CLR_TYPES, CST, DATE, INSUTYPES, Fen, clr_type, iso_time, yuan
+from message.infno import SETTLEMENTS, Infno
 from terminal.online import Platform, yuan_field
 from terminal.queue import ANSWERED, DamagedRecordError, Outbox
 from terminal.upload import CentralProtocolError
@@ -208,7 +209,7 @@ def reconcile(platform: Platform, outboxes: list[Outbox], day: dt.date) -> Recon
                              "stmt_begndate": day.strftime(DATE), "stmt_enddate": day.strftime(DATE),
                              "medfee_sumamt": Fen(totals.total), "fund_pay_sumamt": Fen(totals.fund),
                              "acct_pay": Fen(totals.account), "fixmedins_setl_cnt": totals.count}}
-            output = platform.query("3201", body, insured_region=station.region)
+            output = platform.query(Infno.RECONCILIATION, body, insured_region=station.region)
             result = output.get("stmt_rslt")
             if result not in ("0", "1"):
                 raise CentralProtocolError("The platform's reconciliation (3201) has no stmt_rslt of 0 or 1")

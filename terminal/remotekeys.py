@@ -22,8 +22,8 @@ from typing import Any
 
 from apdu.keyset import KeyUsage
 from message.envelope import Credentials
-from terminal.crypto import CardKeyRef, KeyStore
 from terminal.errors import KeyStoreError
+from terminal.keystore import CardKeyRef, KeyStore
 from terminal.upload import CentralClient, CentralError
 
 #: seconds one question to the key service may take

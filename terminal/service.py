@@ -66,7 +66,8 @@ from terminal.convention import (
     code_of,
     reply,
 )
-from terminal.crypto import KeyStore, check_genuine, unlocker
+from terminal.cardsecurity import check_genuine, unlocker
+from terminal.keystore import KeyStore
 from terminal import hsmread
 from terminal.errors import ConfigError
 from terminal.hsmread import HeldRead, step1, step2
@@ -197,11 +198,13 @@ class Guard:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         origin = headers.get("origin")
         if scope["type"] == "http" and scope["method"] == "OPTIONS" and origin in self.origins:
-            return await _preflight(origin)(scope, receive, send)
+            await _preflight(origin)(scope, receive, send)
+            return
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             log.info("refused %s %s: %s", scope["type"], scope.get("path"), refusal)
@@ -209,13 +212,16 @@ class Guard:
                 await send({"type": "websocket.close", "code": 1008})  # the handshake gets HTTP 403
                 return
             body = {"error": {"code": "forbidden", "exit_code": USAGE, "message": refusal}}
-            return await _json(body, 403)(scope, receive, send)
+            await _json(body, 403)(scope, receive, send)
+            return
         length = headers.get("content-length")
         if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY):
             body = {"error": {"code": "too_large", "exit_code": USAGE, "message": f"a request is at most {MAX_BODY} bytes"}}
-            return await _json(body, 413)(scope, receive, send)
+            await _json(body, 413)(scope, receive, send)
+            return
         if origin is None or scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
 
         async def with_cors(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -224,7 +230,7 @@ class Guard:
                                                   (b"vary", b"Origin")]}
             await send(message)
 
-        return await self.app(scope, receive, with_cors)
+        await self.app(scope, receive, with_cors)
 
 
 def _preflight(origin: str) -> Response:
@@ -261,17 +267,18 @@ class _Server(uvicorn.Server):
 class ReaderService:
     """The service on ``host:port`` (port 0: any free port) for the card in ``reader`` (and
     ``contactless``, when configured), checking cards with ``keys``; ``terminal_no`` and ``device``
-    are what iReadCardBas reports; ``origins`` the allow-list; ``token`` the per-install token.
+    are what iReadCardBas reports; ``origins`` the allow-list; ``token`` the per-install token;
+    ``exclusive``: hold PC/SC readers exclusively while a call uses them (``sscard --exclusive serve``).
     :class:`ServiceError` for a host not on loopback; :class:`OSError` when the port is taken."""
 
     def __init__(self, *, reader: str, keys: KeyStore, token: str, origins: tuple[str, ...] = (),
                  contactless: str | None = None, terminal_no: int = 0, device: str = "", host: str = "127.0.0.1",
                  port: int = 0, busy_wait: float = BUSY_WAIT, card_timeout: float = CARD_TIMEOUT_S,
                  body_time: float = BODY_TIME_S, config: TerminalConfig | None = None,
-                 central_url: str | None = None) -> None:
+                 central_url: str | None = None, exclusive: bool = False) -> None:
         if host not in LOOPBACK:
             raise ServiceError(f"the service listens on this computer only (127.0.0.1 or ::1), not {host!r}")
-        self.reader, self.contactless = reader, contactless
+        self.reader, self.contactless, self.exclusive = reader, contactless, exclusive
         self.keys = keys
         self.terminal_no, self.device = terminal_no, device
         #: the terminal the counter functions record for (journal, platform); None: card functions only
@@ -460,7 +467,7 @@ class ReaderService:
 
     def _present(self, spec: str) -> tuple[SocialSecurityCard, Any]:
         """The card in ``spec``, selected (not yet checked): its session and connection."""
-        connection = open_connection(spec)
+        connection = open_connection(spec, exclusive=self.exclusive)
         card = SocialSecurityCard(connection)
         try:
             card.select()
@@ -545,7 +552,7 @@ class ReaderService:
             if request.function == "iVerifyPIN":
                 card.verify_pin(request.pin or "")
             else:
-                from apdu.crypto import check_new_pin
+                from apdu.pin import check_new_pin
 
                 check_new_pin(request.new_pin or "")
                 card.change_pin(request.old_pin or "", request.new_pin or "")
@@ -602,7 +609,7 @@ class ReaderService:
 
             found: list[dict[str, Any]] = []
             if self.reader.startswith(SIM_PREFIX):
-                with open_connection(self.reader) as virtual:
+                with open_connection(self.reader, exclusive=self.exclusive) as virtual:
                     found.append({"reader": self.reader, "kind": "virtual", "card": True,
                                   "atr": atr_text(virtual.atr), "configured": True})
             try:
@@ -732,21 +739,21 @@ class ReaderService:
     def _register(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
         from terminal.flows.desk import register
 
-        with open_connection(spec) as connection:
+        with open_connection(spec, exclusive=self.exclusive) as connection:
             return register(connection, site, str(payload.get("type") or "outpatient"), self._text(payload, "department"),
                             clerk, require_pin=bool(payload.get("pin")) or bool(self.config and self.config.desk_requires_pin))
 
     def _settle(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
         from terminal.flows.desk import settle_visit
 
-        with open_connection(spec) as connection:
+        with open_connection(spec, exclusive=self.exclusive) as connection:
             return settle_visit(connection, site, self._text(payload, "visit"), self._text(payload, "bill"),
                                 self._items(payload), clerk)
 
     def _purchase(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
         from terminal.flows.pharmacy import purchase
 
-        with open_connection(spec) as connection:
+        with open_connection(spec, exclusive=self.exclusive) as connection:
             return purchase(connection, site, self._text(payload, "sale"), self._items(payload), clerk)
 
     def _refund(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:

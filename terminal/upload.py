@@ -1,6 +1,6 @@
 """The uploader: sends the outbox to the central service in batches, at-least-once, deduped by msgid.
 
-DESIGN.md item 5 and "The central service"; the HTTP API and the retry rules are in docs/central-api.md
+docs/design.md item 5, docs/reference/platform.md; the HTTP API and the retry rules are in docs/central-api.md
 ("Delivery"). A batch is the oldest due records, claimed (``sending``) in one short transaction that
 commits before the HTTP call. Each answer settles its record: infcode 0 sent, negative dead with the
 reason. A batch the service refuses as invalid (HTTP 400/413/422 with the platform's own JSON error) is
@@ -26,7 +26,6 @@ import os
 import random
 import re
 import sqlite3
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ import httpx
 
 from apdu.errors import SSCardError, one_line
 from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, iso_time, with_sign_no
+from message.infno import Infno
 from terminal.errors import ConfigError
 from terminal.gateway import test_credentials
 from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
@@ -198,7 +198,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     try:
         when = email.utils.parsedate_to_datetime(value)
         if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.timezone.utc)
+            when = when.replace(tzinfo=dt.UTC)
         wait = when.timestamp() - (time.time() if now is None else now)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
@@ -588,7 +588,7 @@ def sign_in(central: CentralClient, outbox: Outbox) -> str:
 
     def attempt() -> dict[str, Any]:
         envelope = Envelope(
-            infno="9001",
+            infno=Infno.SIGN_IN,
             msgid=outbox.next_msgid(),
             station=station,
             operator=station.operator,

@@ -9,6 +9,8 @@ removed at the end of the test. Pass a SimulatedCard object or a profile name (n
 ``drivers.simulator.load_card``); ``process=True`` runs ``sscard simulate`` as a subprocess instead
 of a thread in this process.
 
+Subprocesses import this checkout (``$PYTHONPATH``), whatever tree the venv's editable install names.
+
 ``fresh_virtual_cards`` (every test): the virtual cards' state folder (drivers/simulator/state.py)
 is the test's own, so each test meets the factory cards and leaves nothing behind.
 """
@@ -22,7 +24,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# the checkout under test, first on every import path: this process's and its subprocesses' (the
+# ``sscard`` script of an editable install elsewhere would import that other tree otherwise)
+CHECKOUT = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, CHECKOUT)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH")) if p)
+
 import pcscd as stack  # noqa: E402  (tests/pcscd.py)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that uses pcscd (itself, or through ``vpcd_card``) is marked ``pcsc``, so that
+    ``-m "not pcsc"`` leaves out every test that needs the shared readers, marked by hand or not."""
+    for item in items:
+        if "pcscd" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pcsc)
 
 
 @pytest.fixture(scope="session")

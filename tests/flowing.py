@@ -10,10 +10,9 @@ import pytest
 from central import CentralService
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from drivers.simulator.oldmedical import load_old_card
 from message.envelope import Operator, Station
 from queueing import Clock
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.flows.common import ScriptedClerk, Site
 from terminal.gateway import test_credentials
 from terminal.online import Platform
@@ -29,7 +28,7 @@ PINS = {"adult": "246810", "not-activated": "123456", "other-region": "802613", 
 
 def sim(name: str, remove_after: int | None = None) -> MemoryConnection:
     """A virtual card (SSC or old medical card) in an in-memory reader."""
-    card = load_old_card(name) if name.startswith("old-medical") else load_card(name)
+    card = load_card(name)
     return MemoryConnection(card, name=f"sim:{name}", remove_after=remove_after)
 
 

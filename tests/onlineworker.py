@@ -14,13 +14,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flowing import PINS, clerk, sim  # noqa: E402
-from message.envelope import Fen, Operator, Station  # noqa: E402
-from terminal.crypto import SoftwareKeyStore  # noqa: E402
-from terminal.flows.common import Site  # noqa: E402
-from terminal.gateway import test_credentials  # noqa: E402
-from terminal.online import Platform  # noqa: E402
-from terminal.queue import Outbox  # noqa: E402
+from flowing import PINS, clerk, sim
+from message.envelope import Fen, Operator, Station
+from terminal.keystore import SoftwareKeyStore
+from terminal.flows.common import Site
+from terminal.gateway import test_credentials
+from terminal.online import Platform
+from terminal.queue import Outbox
 
 
 def station(terminal_no: int) -> Station:

@@ -94,7 +94,7 @@ class Pcscd:
         """True when a pcscd answers with the readers this one is configured for."""
         return _status() is not None if self.config_dir is not None else pcscd_answers()
 
-    def start(self, timeout: float = 10.0) -> "Pcscd":
+    def start(self, timeout: float = 10.0) -> Pcscd:
         if self.answers():
             return self
         RUN_DIR.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ class Pcscd:
         self.start(timeout)
 
     @contextlib.contextmanager
-    def replaced_by(self, other: "Pcscd", timeout: float = 10.0) -> Iterator["Pcscd"]:
+    def replaced_by(self, other: Pcscd, timeout: float = 10.0) -> Iterator[Pcscd]:
         """Run ``other`` (a pcscd configured otherwise) instead of this one, then start this one again."""
         if self.proc is None:
             raise StackError("pcscd was not started by the tests: not replacing it")
@@ -182,7 +182,7 @@ class ThreadCard:
         self.card = card
         self.client = VpcdClient(card, port=self.port, remove_after=remove_after)
 
-    def start(self, timeout: float = 10.0) -> "ThreadCard":
+    def start(self, timeout: float = 10.0) -> ThreadCard:
         wait_card(self.reader, present=False, timeout=timeout)  # the previous card has left
         self.client.start()
         wait_card(self.reader, True, timeout, atr=self.card.atr)
@@ -218,7 +218,7 @@ class ProcessCard:
             self.args += ["--remove-after", str(remove_after)]
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 15.0) -> "ProcessCard":
+    def start(self, timeout: float = 15.0) -> ProcessCard:
         wait_card(self.reader, present=False, timeout=timeout)
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)

@@ -15,7 +15,7 @@ LAYERS = ("apdu", "drivers", "message", "terminal", "central")
 ALLOWED = {
     "apdu": {"apdu"},
     "drivers": {"apdu", "drivers"},
-    "message": set(),
+    "message": {"message"},
     "terminal": {"apdu", "drivers", "message", "terminal"},
     "central": {"apdu", "message", "central"},
 }

@@ -1,4 +1,4 @@
-"""The terminal's security protocols end to end over the memory driver: terminal/crypto.py and
+"""The terminal's security protocols end to end over the memory driver: terminal/cardsecurity.py and
 terminal/card.py against the virtual SSC, with the software key store and the virtual PSAM.
 
 Genuine cards pass the internal authentication, the counterfeit fails, a replayed answer fails because
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from apdu import commands
-from apdu.crypto import PINFormatError, WeakPINError
+from apdu.pin import PINFormatError, WeakPINError
 from apdu.errors import (
     AuthenticationMethodBlockedError,
     PINBlockedError,
@@ -28,18 +28,10 @@ from drivers.simulator import SSCCard, bundled_names, load_card, load_profile
 from drivers.simulator.base import WrappedCard
 from drivers.simulator.profile import parse_profile
 from terminal.card import SocialSecurityCard
+from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unblock_application
 from terminal.cli.exits import exit_code
-from terminal.crypto import (
-    CardKeyRef,
-    KeyStore,
-    PSAMKeyStore,
-    SoftwareKeyStore,
-    authenticate_terminal,
-    check_genuine,
-    reload_pin,
-    unblock_application,
-)
 from terminal.errors import CardAuthenticationError, KeyStoreError
+from terminal.keystore import CardKeyRef, KeyStore, PSAMKeyStore, SoftwareKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 GENUINE = [name for name in bundled_names() if name != "counterfeit"]

@@ -22,7 +22,7 @@ def test_ef05_record_n_holds_tag_n():
 
 
 def test_ef06_record_order():
-    """ssc-card.md: EF06 record 1 = 08, 2 = 09, 3 = 4E, 4 = 0A, 5 = 0B, 6 = 0C, 7 = 0D."""
+    """docs/reference/card.md: EF06 record 1 = 08, 2 = 09, 3 = 4E, 4 = 0A, 5 = 0B, 6 = 0C, 7 = 0D."""
     assert [(i.fid, i.record, i.tag) for i in HOLDER_ITEMS] == [
         (EF06, 1, 0x08), (EF06, 2, 0x09), (EF06, 3, 0x4E), (EF06, 4, 0x0A),
         (EF06, 5, 0x0B), (EF06, 6, 0x0C), (EF06, 7, 0x0D)]

@@ -1,6 +1,6 @@
 """Command APDUs (apdu/command.py) and every builder (apdu/commands.py) against hand-written hex.
 
-Expected bytes are written out by hand from shared/reference/ssc-card.md and ISO/IEC 7816-4 s5.1
+Expected bytes are written out by hand from docs/reference/commands.md and ISO/IEC 7816-4 s5.1
 (cases 1-4, short and extended), never computed with the code under test.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ H = bytes.fromhex
 # --- builders -----------------------------------------------------------------------------------
 
 BUILDERS = [
-    # shared/reference/ssc-card.md, "Selection and files"
+    # docs/reference/commands.md, "Selection and reading"
     ("select_ssc", lambda: c.select_ssc(), "00A404000F7378312E73682EC9E7BBE1B1A3D5CF"),
     ("select_fid EF05", lambda: c.select_fid(0xEF05), "00A4000002EF05"),
     ("select_fid EF06", lambda: c.select_fid(0xEF06), "00A4000002EF06"),
@@ -46,7 +46,7 @@ BUILDERS = [
     ("read_binary 0x0123", lambda: c.read_binary(0x0123), "00B0012300"),
     ("read_binary 0x7FFF le 1", lambda: c.read_binary(0x7FFF, le=1), "00B07FFF01"),
     ("update_record", lambda: c.update_record(2, H("020131")), "00DC020403020131"),
-    # PIN (ssc-card.md, "PIN")
+    # PIN (docs/reference/commands.md, "PIN")
     ("verify", lambda: c.verify(H("123456")), "0020000003123456"),
     ("verify_status", lambda: c.verify_status(), "00200000"),
     ("change_pin", lambda: c.change_pin(H("123456"), H("654321")), "805E010007123456FF654321"),

@@ -100,7 +100,7 @@ def test_61xx_with_non_empty_first_chunk_keeps_every_data_byte():
 
 
 def test_select_ssc_61xx_on_t0():
-    """ssc-card.md: the SELECT by DF name may answer 61xx; the FCI arrives by GET RESPONSE."""
+    """docs/reference/card.md: the SELECT by DF name may answer 61xx; the FCI arrives by GET RESPONSE."""
     card, conn = connect("6112", "6F10" + "84" "0F" + "7378312E73682EC9E7BBE1B1A3D5CF" + "9000")
     resp = conn.transmit(c.select_ssc())
     assert card.sent_hex == ["00A404000F7378312E73682EC9E7BBE1B1A3D5CF", "00C0000012"]
@@ -249,7 +249,7 @@ def test_remove_raises_card_removed():
     assert isinstance(info.value, NoCardError)
     assert len(card.received) == 1  # nothing reached the card after removal
     with pytest.raises(NoCardError):
-        conn.atr
+        _ = conn.atr
 
 
 def test_remove_after_n_apdus():

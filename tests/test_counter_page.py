@@ -63,7 +63,7 @@ def counter(tmp_path):
     the virtual platform."""
     from central import CentralService
     from terminal.config import load_config
-    from terminal.crypto import SoftwareKeyStore
+    from terminal.keystore import SoftwareKeyStore
     from terminal.service import ReaderService, load_token
 
     with CentralService(tmp_path / "platform.sqlite") as platform:
@@ -191,7 +191,7 @@ def test_the_hospitals_page_on_an_allowed_origin_reads_each_inserted_card_as_ssc
     from click.testing import CliRunner
 
     from terminal.cli import main
-    from terminal.crypto import SoftwareKeyStore
+    from terminal.keystore import SoftwareKeyStore
     from terminal.service import ReaderService, load_token
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""apdu/crypto.py against published vectors, its project conventions, and docs/crypto.md.
+"""apdu/crypto.py and apdu/pin.py against published vectors, their project conventions, and docs/crypto.md.
 
 Every known-answer vector below is a published one; its source is named next to it. The worked
 examples in docs/crypto.md are parsed and recomputed, so the document cannot drift from the code.
@@ -15,33 +15,35 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from apdu.crypto import (
-    PIN_DEFAULT_LENGTH,
-    PIN_MAX_LENGTH,
-    PIN_MIN_LENGTH,
     Algorithm,
     CryptoError,
-    PINFormatError,
-    WeakPINError,
-    bcd_to_pin,
     card_key,
-    check_new_pin,
     constant_time_equal,
     diversification_data,
     diversify,
-    is_weak_pin,
     mac_3des_full,
     mac_retail,
     mac_sm4,
     pad_method1,
     pad_method2,
     pboc_mac,
-    pin_to_bcd,
     session_key,
     sm3,
     unpad_method2,
     wipe,
 )
 from apdu.errors import SSCardError
+from apdu.pin import (
+    PIN_DEFAULT_LENGTH,
+    PIN_MAX_LENGTH,
+    PIN_MIN_LENGTH,
+    PINFormatError,
+    WeakPINError,
+    bcd_to_pin,
+    check_new_pin,
+    is_weak_pin,
+    pin_to_bcd,
+)
 from terminal.cli.exits import exit_code
 
 TDES, SM4 = Algorithm.TDES, Algorithm.SM4

@@ -33,8 +33,7 @@ from queueing import free_port, wait_for_platform
 from apdu.errors import SSCardError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
-from drivers.simulator.oldmedical import load_old_card
-from message.envelope import REVERSIBLE
+from message.infno import REVERSIBLE
 from terminal.demo import DAY, PLACES, PLATFORM_DB, Step, run_step
 
 QUEUES = sorted({name for name, _ in PLACES.values()})
@@ -74,7 +73,7 @@ class PullPlan:
         self.pulled = False
 
     def connect(self, name: str) -> MemoryConnection:
-        card = load_old_card(name) if name.startswith("old-medical") else load_card(name)
+        card = load_card(name)
         plan = self
 
         class Pulled(MemoryConnection):

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from apdu.crypto import PINFormatError, WeakPINError
+from apdu.pin import PINFormatError, WeakPINError
 from apdu.errors import PINBlockedError, WrongPINError
 from flowing import PINS, STATION, WINDOW2, clerk, open_site, platform, sim, site  # noqa: F401  (fixtures)
 from drivers.errors import CardRemovedError

@@ -18,7 +18,7 @@ from queueing import Clock, central  # noqa: F401  (fixture)
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
 from terminal.cli.exits import exit_code
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.flows.bank import bank_activate
 from terminal.flows.common import Site
 from terminal.queue import MIGRATIONS, SCHEMA_VERSION, Outbox, QueueError
@@ -183,7 +183,7 @@ def test_the_card_pulled_mid_change_leaves_nothing_held_or_pending(site):
     assert pulled_in_change == 4
 
 
-def test_the_uploader_never_sends_a_held_record(site, central):  # noqa: F811
+def test_the_uploader_never_sends_a_held_record(site, central):
     card = load_card("not-activated")
     with pytest.raises(Killed):
         bank_activate(MemoryConnection(card), Site(_killed_at_release(site), site.keys), ID_NUMBER, clerk(PIN, PIN))

@@ -45,7 +45,7 @@ def test_docs_transcripts_match_what_the_cli_prints(configs, monkeypatch):
         if piped:
             assert piped.group(1).split(" ") == answers.split("|"), command
             command, piped_runs = piped.group(2), piped_runs + 1
-        monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda: not piped)
+        monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda piped=piped: not piped)
         args = [visits.get(arg, arg) for arg in shlex.split(command)]
         assert args[0] == "sscard"
         seen.add(tuple(args[1:3]))
@@ -219,7 +219,7 @@ def test_old_card_pulled_while_marked_still_reports_the_recorded_move(tmp_path, 
     from flowing import STATION, sim
     from terminal.cli.counter import ScreenClerk
     from terminal.cli.pharmacy import dual_card_two_readers
-    from terminal.crypto import SoftwareKeyStore
+    from terminal.keystore import SoftwareKeyStore
     from terminal.flows.common import Site
     from terminal.queue import Outbox
 

@@ -96,7 +96,7 @@ def test_dual_card_two_slots_mismatch_over_pcscd(vpcd_card, tmp_path):
     assert not (config.parent / "queue.sqlite").exists() or infnos(config) == []
 
 
-def test_dual_card_old_card_pulled_halfway_over_pcscd(vpcd_card, site):  # noqa: F811
+def test_dual_card_old_card_pulled_halfway_over_pcscd(vpcd_card, site):
     old_handle = vpcd_card(load_old_card("old-medical-lina"), slot=0)
     vpcd_card("not-activated", slot=1)
     with pcsc.connect(SLOT0) as old_reader, pcsc.connect(SLOT1) as new_reader:

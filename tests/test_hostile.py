@@ -138,7 +138,7 @@ from drivers.simulator.oldmedical import load_old_card
 from terminal.cli import watchdog
 from terminal.cli.counter import ScreenClerk
 from terminal.cli.pharmacy import dual_card_two_readers
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.flows.common import Site
 from terminal.queue import Outbox
 
@@ -209,7 +209,7 @@ RECORDING_FLOWS = {"desk-registration": (_desk, "adult", 21), "bank-activation":
 def test_a_recording_flow_on_a_hostile_card_is_a_typed_error_and_records_nothing(tmp_path, flow, mode, after):
     from flowing import STATION
     from queueing import Clock
-    from terminal.crypto import SoftwareKeyStore
+    from terminal.keystore import SoftwareKeyStore
     from terminal.flows.common import Site
     from terminal.queue import Outbox
 

@@ -11,7 +11,7 @@ import pytest
 from apdu.crypto import diversification_data
 from flowing import platform  # noqa: F401  (fixture)
 from terminal import hsmread
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.gateway import test_credentials as credentials_of
 from terminal.service import ReaderService, load_token
 from terminal.upload import CentralClient

@@ -10,7 +10,8 @@ from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from pcscd import LongFormOnly
 from terminal.card import SocialSecurityCard
-from terminal.crypto import SoftwareKeyStore, unlocker
+from terminal.cardsecurity import unlocker
+from terminal.keystore import SoftwareKeyStore
 
 
 class Counting(MemoryConnection):

@@ -1,4 +1,4 @@
-"""Key stores (terminal/crypto.py): the key file and its permissions, the bundled TEST keys, the PSAM;
+"""Key stores (terminal/keystore.py): the key file and its permissions, the bundled TEST keys, the PSAM;
 the software store and the PSAM compute the same bytes for every key, card and algorithm."""
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from drivers.errors import CardRemovedError
 from drivers.memory import MemoryConnection
 from drivers.simulator import load_card
 from terminal.cli.exits import exit_code
-from terminal.crypto import CardKeyRef, PSAMKeyStore, SoftwareKeyStore, open_key_store
 from terminal.errors import KeyStoreError
+from terminal.keystore import CardKeyRef, PSAMKeyStore, SoftwareKeyStore, open_key_store
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "fixtures" / "keys" / "test-keys.json"
@@ -131,7 +131,7 @@ def test_key_file_in_a_folder_of_another_user_is_refused(tmp_path):
 def test_a_symlinked_folder_is_checked_where_it_really_is(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
-    path = private_copy(real)
+    private_copy(real)
     link = tmp_path / "via-link"
     link.symlink_to(real, target_is_directory=True)
     assert SoftwareKeyStore.from_file(link / "keys.json").test_only  # a private folder through a link
@@ -160,7 +160,7 @@ def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
     def load() -> None:
         try:
             SoftwareKeyStore.from_file(fifo)
-        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+        except BaseException as err:
             outcome.append(err)
 
     worker = threading.Thread(target=load, daemon=True)

@@ -35,8 +35,9 @@ from jsonschema_rules import violations
 from pcscd import MiniCard, Pcscd, wait_card, wait_until
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
+from terminal.cardsecurity import unlocker
 from terminal.cli.exits import exit_code
-from terminal.crypto import SoftwareKeyStore, unlocker
+from terminal.keystore import SoftwareKeyStore
 
 pytestmark = pytest.mark.pcsc
 
@@ -248,15 +249,16 @@ def test_exclusive_blocks_others_sharing_violation(vpcd_card):
         assert shared.transmit(commands.select_ssc()).sw == 0x9000
 
 
-def test_cli_exclusive_flag_refused_while_another_program_holds_the_card(vpcd_card, monkeypatch):
+def test_cli_exclusive_flag_refused_while_another_program_holds_the_card(vpcd_card):
     vpcd_card("adult")
-    monkeypatch.setenv("SSCARD_EXCLUSIVE", "0")  # restored after the test: --exclusive sets it
     with pcsc.connect("0", disposition="leave"):
         shared = CliRunner().invoke(main, ["read", "--reader", "0", "--json"])
         exclusive = CliRunner().invoke(main, ["--exclusive", "read", "--reader", "0"])
+        again = CliRunner().invoke(main, ["read", "--reader", "0", "--json"])  # the flag was this run's only
     assert shared.exit_code == 0, shared.output
     assert exclusive.exit_code == 3, exclusive.output
     assert "Another program" in exclusive.output
+    assert again.exit_code == 0, again.output
 
 
 def test_shared_connections_coexist(vpcd_card):

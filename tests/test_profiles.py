@@ -10,7 +10,8 @@ import pytest
 
 from drivers.errors import ProfileError
 from drivers.simulator import bundled_names, load_card, load_profile
-from drivers.simulator.profile import build_atr, id_check_digit, luhn_ok, parse_atr, parse_profile
+from apdu.atr import build_atr, parse_atr
+from drivers.simulator.profile import id_check_digit, luhn_ok, parse_profile
 from terminal.cli.exits import exit_code
 
 CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"

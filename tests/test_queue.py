@@ -51,7 +51,7 @@ def test_a_card_from_another_region_is_flagged_cross_region(outbox):
 
 
 def test_times_are_beijing_time_whatever_zone_the_clock_reports(tmp_path):
-    utc = Clock(dt.datetime(2026, 3, 1, 1, 30, 0, tzinfo=dt.timezone.utc))
+    utc = Clock(dt.datetime(2026, 3, 1, 1, 30, 0, tzinfo=dt.UTC))
     with Outbox(tmp_path / "q.sqlite", STATION, clock=utc) as box:
         record = registration(box)
     assert record.msgid[12:26] == "20260301093000"
@@ -252,7 +252,7 @@ def test_a_queue_from_a_newer_version_is_refused(tmp_path):
 
 
 def test_every_connection_is_set_up_explicitly(outbox):
-    conn = outbox.db.conn
+    conn = outbox.db
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
@@ -375,11 +375,11 @@ def test_a_version_2_queue_is_migrated_keeps_every_record_and_never_reuses_a_msg
 def test_the_table_key_refuses_a_msgid_that_does_not_match_it(outbox):
     registration(outbox)
     with pytest.raises(sqlite3.IntegrityError):  # a second row with the same digits cannot exist
-        outbox.db.conn.execute("INSERT INTO records (id, msgid, infno, created_at, insured_region,"
+        outbox.db.execute("INSERT INTO records (id, msgid, infno, created_at, insured_region,"
                                " treatment_region, envelope) SELECT id, 'X' || substr(msgid, 2), infno,"
                                " created_at, insured_region, treatment_region, envelope FROM records")
     with pytest.raises(sqlite3.IntegrityError):  # nor a msgid whose digits are not its id
-        outbox.db.conn.execute("INSERT INTO records (id, msgid, infno, created_at, insured_region,"
+        outbox.db.execute("INSERT INTO records (id, msgid, infno, created_at, insured_region,"
                                " treatment_region, envelope) VALUES (1, 'H11010500001202603010930000799',"
                                " '2201', '', '110105', '110105', '{}')")
 

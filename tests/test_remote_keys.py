@@ -15,8 +15,9 @@ from flowing import configs, platform, write_config  # noqa: F401  (fixtures)
 from message.envelope import Credentials, gateway_headers
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
-from terminal.crypto import CardKeyRef, SoftwareKeyStore, check_genuine, unlocker
+from terminal.cardsecurity import check_genuine, unlocker
 from terminal.errors import CardAuthenticationError, KeyStoreError
+from terminal.keystore import CardKeyRef, SoftwareKeyStore
 from terminal.gateway import test_credentials as credentials_of
 from terminal.remotekeys import RemoteKeyStore
 

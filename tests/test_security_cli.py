@@ -199,7 +199,7 @@ def test_no_pin_key_or_id_number_in_output_traces_or_logs(caplog, key_file):
 
 
 def test_the_leak_check_finds_what_it_looks_for():
-    from apdu.crypto import pin_to_bcd
+    from apdu.pin import pin_to_bcd
     from leakcheck import key_bytes
 
     assert leaks(f"> 80 5E 01 00 07 {pin_to_bcd(ADULT_PIN).hex(' ').upper()} FF", [ADULT_PIN]) == ["PIN BCD"]

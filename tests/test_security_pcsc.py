@@ -12,8 +12,9 @@ from drivers import pcsc
 from leakcheck import id_leaks, leaks
 from terminal.card import SocialSecurityCard
 from terminal.cli import main
-from terminal.crypto import PSAMKeyStore, SoftwareKeyStore, check_genuine, reload_pin
+from terminal.cardsecurity import check_genuine, reload_pin
 from terminal.errors import CardAuthenticationError
+from terminal.keystore import PSAMKeyStore, SoftwareKeyStore
 
 pytestmark = pytest.mark.pcsc
 

@@ -14,7 +14,8 @@ import pytest
 
 from apdu import commands
 from apdu.command import Command
-from apdu.crypto import Algorithm, card_key, diversification_data, pin_to_bcd, session_mac
+from apdu.crypto import Algorithm, card_key, diversification_data, session_mac
+from apdu.pin import pin_to_bcd
 from apdu.keyset import KeyUsage, parse_master_keys, psam_key_version
 from drivers.errors import ProfileError
 from drivers.memory import MemoryConnection

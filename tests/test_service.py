@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from jsonschema_rules import violations
 from terminal.cli import main
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.service import ReaderService, load_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -451,7 +451,7 @@ def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_the_conne
 
 
 def test_a_psam_that_stalls_once_fails_that_request_only(token):
-    from terminal.crypto import PSAMKeyStore
+    from terminal.keystore import PSAMKeyStore
     from terminal.readers import open_connection
 
     psam = PSAMKeyStore(open_connection("sim:hostile:pause:psam:2"))  # its 3rd command answered after 10 s

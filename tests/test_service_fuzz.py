@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from central import CentralService
 from flowing import write_config
 from terminal.config import load_config
-from terminal.crypto import SoftwareKeyStore
+from terminal.keystore import SoftwareKeyStore
 from terminal.service import ReaderService, load_token
 
 #: generated requests in CI (issue 13: at least 2,000)

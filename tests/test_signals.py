@@ -56,7 +56,7 @@ def sscard(*args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_upload_follow_stops_within_seconds_on_sigterm_at_any_moment(outbox, central):  # noqa: F811
+def test_upload_follow_stops_within_seconds_on_sigterm_at_any_moment(outbox, central):
     """50 followers, SIGTERM at random moments from start-up to the wait between passes: every one
     ends within 5 s (the handler never blocks on a lock the loop holds)."""
     registration(outbox)

@@ -9,12 +9,12 @@ from apdu import commands
 from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS
 from apdu.command import Command
 from apdu.commands import SSC_DF_NAME
-from apdu.crypto import pin_to_bcd
+from apdu.pin import pin_to_bcd
 from apdu.errors import PINBlockedError, WrongPINError
 from apdu.tlv import decode_simple
 from drivers.memory import MemoryConnection
 from drivers.simulator import SimulatedCard, SSCCard, bundled_names, load_card, load_profile
-from drivers.simulator.profile import parse_atr
+from apdu.atr import parse_atr
 from drivers.simulator.ssc import CLA_PROPRIETARY
 
 # the FCI as docs/simulator.md specifies it, built by hand rather than by the simulator's code
@@ -61,9 +61,10 @@ def selected(card: SSCCard, fid: int | None = EF05) -> SSCCard:
 # --- reading the card ---------------------------------------------------------------------------
 
 def authenticate(conn: MemoryConnection) -> None:
-    """EXTERNAL AUTHENTICATE with the TEST keys (terminal/crypto.py)."""
+    """EXTERNAL AUTHENTICATE with the TEST keys (terminal/cardsecurity.py)."""
     from terminal.card import SocialSecurityCard
-    from terminal.crypto import CardKeyRef, SoftwareKeyStore, authenticate_terminal
+    from terminal.cardsecurity import authenticate_terminal
+    from terminal.keystore import CardKeyRef, SoftwareKeyStore
 
     card = SocialSecurityCard(conn)
     authenticate_terminal(card, SoftwareKeyStore.bundled_test_keys(), CardKeyRef.read(card))
@@ -423,7 +424,7 @@ def test_execute_never_raises_on_plausible_commands(adult, cla, ins, p1, p2, tai
 # --- ATR ----------------------------------------------------------------------------------------
 
 def test_atr_protocols_and_historical_bytes():
-    from terminal.card import historical_bytes
+    from apdu.atr import historical_bytes
 
     t0, t1 = load_card("adult").atr, load_card("other-region").atr
     assert parse_atr(t0).protocol == "T=0" and parse_atr(t1).protocol == "T=1"
@@ -435,3 +436,11 @@ def test_atr_protocols_and_historical_bytes():
         check ^= b
     assert check == 0  # TCK
     assert isinstance(load_card("adult"), SimulatedCard)
+
+
+@pytest.mark.parametrize("name", bundled_names())
+def test_atr_says_the_generation_and_region_of_the_card(name):
+    profile = load_profile(name)
+    atr = parse_atr(profile.atr)
+    assert (atr.generation, atr.issuing_region) == (SSCCard(profile).generation, profile.issuing_region)
+    assert parse_atr(load_card("psam").atr).generation is None and parse_atr(load_card("psam").atr).issuing_region is None

@@ -208,7 +208,7 @@ def test_response_shorter_than_a_status_word_is_rejected(raw):
 
 
 def test_response_from_bytes_and_back():
-    raw = H("0110330300D15600000599110145FFFFFFFF9000")  # ssc-card.md, READ RECORD 1 of EF05
+    raw = H("0110330300D15600000599110145FFFFFFFF9000")  # docs/reference/card.md, READ RECORD 1 of EF05
     resp = Response.from_bytes(raw)
     assert resp.data == raw[:-2] and (resp.sw1, resp.sw2) == (0x90, 0x00)
     assert resp.to_bytes() == raw

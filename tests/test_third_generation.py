@@ -17,8 +17,9 @@ from terminal.card import SocialSecurityCard
 from terminal.cli import main
 from terminal.cli.exits import exit_code
 from terminal.convention import EXTERNAL_AUTH_NEEDED, code_of
-from terminal.crypto import SoftwareKeyStore, open_key_store, unlocker
+from terminal.cardsecurity import unlocker
 from terminal.errors import ExternalAuthenticationRequiredError, KeyStoreError
+from terminal.keystore import SoftwareKeyStore, open_key_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEN_JING = "440304199007123447"

@@ -15,7 +15,7 @@ H = bytes.fromhex
 # --- simple TLV ---------------------------------------------------------------------------------
 
 def test_decode_card_identification_record():
-    """ssc-card.md: ``00 B2 01 04 00`` -> ``01 10 330300D15600000599110145FFFFFFFF``."""
+    """docs/reference/card.md: ``00 B2 01 04 00`` -> ``01 10 330300D15600000599110145FFFFFFFF``."""
     assert decode_simple(H("0110330300D15600000599110145FFFFFFFF")) == {
         0x01: H("330300D15600000599110145FFFFFFFF")}
 
@@ -199,7 +199,7 @@ def test_malformed_ber(raw, why):
     with pytest.raises(TLVError):
         objs = ber_decode(H(raw))
         for obj in objs:  # children are decoded on demand
-            obj.children
+            _ = obj.children
 
 
 def test_indefinite_length_message():
@@ -237,7 +237,7 @@ def test_ber_round_trip(objects):
     raw = b"".join(ber_encode(t, v) for t, v in objects)
     assert ber_decode(raw) == [BerTlv(t, v) for t, v in objects]
     inside = ber_encode(0x70, raw)
-    for t, v in objects:
+    for t, _v in objects:
         assert ber_find(inside, t) == next(val for tag, val in objects if tag == t)
 
 

@@ -21,7 +21,7 @@ from terminal.cli.exits import exit_code
 from terminal.errors import ConfigError
 from terminal.queue import Outbox
 from terminal.upload import (
-    MAX_RETRY_AFTER, Backoff, CentralClient, CentralError, NotSignedInError, Uploader, parse_retry_after,
+    MAX_RETRY_AFTER, Backoff, CentralError, NotSignedInError, Uploader, parse_retry_after,
 )
 
 

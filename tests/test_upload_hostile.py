@@ -64,7 +64,7 @@ class HostilePlatform:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 payload = json.loads(raw or b"null")
@@ -382,4 +382,4 @@ def test_an_answer_with_text_no_utf_8_can_hold_is_a_protocol_error_not_a_crash()
 
     with pytest.raises(CentralProtocolError):
         parse_reply(b'{"results": [{"msgid": "x", "infcode": 0, "err_msg": "\\ud800"}]}')
-    assert parse_reply('{"err_msg": "\\u6b63\\u5e38"}'.encode()) == {"err_msg": "正常"}
+    assert parse_reply(b'{"err_msg": "\\u6b63\\u5e38"}') == {"err_msg": "正常"}

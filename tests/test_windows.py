@@ -16,8 +16,8 @@ from terminal import private
 from terminal.cli.exits import exit_code
 from terminal.cli.reader import _commands
 from terminal.cli.signals import Flag
-from terminal.crypto import SoftwareKeyStore
 from terminal.errors import KeyStoreError
+from terminal.keystore import SoftwareKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "fixtures" / "keys" / "test-keys.json"

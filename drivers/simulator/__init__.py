@@ -1,26 +1,39 @@
 """The virtual chips: the social security card, the old medical insurance card and the PSAM.
 
 ``load_card("adult")`` gives a virtual SSC personalised from a bundled profile (fixtures/cards/NAME.json)
-or from a profile file path; ``load_card("psam")`` the virtual PSAM (a profile of ``"kind": "psam"``);
+or from a profile file path; ``load_card("psam")`` the virtual PSAM (a profile of ``"kind": "psam"``),
+``load_card("old-medical-lina")`` a virtual old medical insurance card (``"kind": "old-medical"``);
 see docs/simulator.md.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from drivers.simulator.base import SimulatedCard
-from drivers.simulator.profile import Profile, bundled_names, load_profile, locate, profile_kind
-from drivers.simulator.psam import PSAMCard, PSAMProfile, load_psam_profile
+from drivers.simulator.oldmedical import KIND as OLD_MEDICAL
+from drivers.simulator.oldmedical import OldMedicalCard, OldMedicalProfile
+from drivers.simulator.profile import Profile, bundled_names, load_profile, locate, parse_profile
+from drivers.simulator.psam import PSAMCard, PSAMProfile, load_psam_profile, parse_psam_profile
 from drivers.simulator.ssc import SSCCard
+from drivers.simulator.validator import read_profile_file
 
 __all__ = [
-    "PSAMCard", "PSAMProfile", "Profile", "SSCCard", "SimulatedCard",
+    "OldMedicalCard", "OldMedicalProfile", "PSAMCard", "PSAMProfile", "Profile", "SSCCard", "SimulatedCard",
     "bundled_names", "load_card", "load_profile", "load_psam_profile",
 ]
 
 
 #: the prefix of a strict T=0 chip's spec (``strict:adult``)
 STRICT = "strict:"
+#: each profile kind's parser and chip; a profile of no known kind goes to the SSC's parser, which
+#: names its ``kind`` as the problem
+KINDS: dict[str, tuple[Callable[[Any, str], Any], Callable[[Any], SimulatedCard]]] = {
+    "ssc": (parse_profile, SSCCard),
+    "psam": (parse_psam_profile, PSAMCard),
+    OLD_MEDICAL: (OldMedicalProfile.from_dict, OldMedicalCard),
+}
 
 
 def strict(card: SimulatedCard) -> SimulatedCard:
@@ -37,8 +50,9 @@ def strict(card: SimulatedCard) -> SimulatedCard:
 def load_card(name_or_path: str | Path) -> SimulatedCard:
     """A fresh virtual chip from a bundled profile name (``adult``, ``psam``) or a profile path.
 
-    The profile's ``kind`` decides: ``psam`` gives a :class:`PSAMCard`, anything else an
-    :class:`SSCCard` (whose loader refuses a wrong kind); ``hostile:MODE[:PROFILE[:AFTER]]`` a
+    The profile's ``kind`` decides (:data:`KINDS`): ``psam`` gives a :class:`PSAMCard`, ``old-medical``
+    an :class:`~drivers.simulator.oldmedical.OldMedicalCard`, anything else an :class:`SSCCard` (whose
+    parser refuses a wrong kind); ``hostile:MODE[:PROFILE[:AFTER]]`` a
     :class:`~drivers.simulator.hostile.HostileCard`; ``strict:PROFILE`` a strict T=0 chip
     (:func:`strict`). ProfileError on any problem.
     """
@@ -50,6 +64,7 @@ def load_card(name_or_path: str | Path) -> SimulatedCard:
         mode, profile, after = parse_spec(str(name_or_path))
         return HostileCard(load_card(profile), mode, after)
     path = locate(name_or_path)
-    if profile_kind(path) == "psam":
-        return PSAMCard(load_psam_profile(path))
-    return SSCCard(load_profile(path))
+    data = read_profile_file(path)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    parse, chip = KINDS.get(kind, KINDS["ssc"]) if isinstance(kind, str) else KINDS["ssc"]
+    return chip(parse(data, path.name))

@@ -1,8 +1,11 @@
-"""The virtual card's file system: the MF, the SSC application DF, its record EFs (ISO/IEC 7816-4 s5.3).
+"""The virtual cards' file system: DFs, record EFs and what is selected (ISO/IEC 7816-4 s5.3), shared
+by the virtual SSC (the MF, the SSC application DF and its EFs) and the old medical card (EF15).
 
-EF05 and EF06 are built from a profile through :mod:`apdu.catalogue`: each record is one simple TLV
-(tag, length, value). Record n of EF05 holds tag n; EF06's records hold the tags in ``HOLDER_ITEMS``
-order. An item the profile leaves out is the empty TLV ``tag 00`` (project convention, docs/simulator.md).
+Records are built from data items (:mod:`apdu.catalogue`, :mod:`apdu.oldmedical`) by
+:func:`records_for`: each record is one simple TLV (tag, length, value). Record n of EF05 holds tag n;
+EF06's records hold the tags in ``HOLDER_ITEMS`` order. An item the profile leaves out is the empty TLV
+``tag 00`` (project convention, docs/simulator.md). :class:`FileSelection` is a chip's current DF and
+EF, and finds the EF a READ or UPDATE RECORD names.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from dataclasses import dataclass, field
 
 from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS, DataItem
 from apdu.commands import SSC_DF_NAME
+from apdu.status import SW
 from apdu.tlv import ber_encode, encode_simple
+from drivers.simulator.cardos import CardStatus
 
 MF_FID = 0x3F00
 
@@ -35,6 +40,13 @@ class RecordEF:
             return self.records[number - 1]
         return None
 
+    def read(self, number: int) -> bytes:
+        """Record ``number`` (1-based); ``6A 83`` when there is no such record (s7.3.3)."""
+        record = self.record(number)
+        if record is None:
+            raise CardStatus(SW.RECORD_NOT_FOUND)
+        return record
+
 
 @dataclass
 class DF:
@@ -51,6 +63,37 @@ class DF:
             if ef.sfi == sfi:
                 return ef
         return None
+
+
+class FileSelection:
+    """What a chip has selected: its current DF and EF (ISO/IEC 7816-4 s7.1.1). Volatile: power down
+    and reset select the MF again (:meth:`clear`)."""
+
+    def __init__(self, mf: DF) -> None:
+        self.mf = mf
+        self.clear()
+
+    def clear(self) -> None:
+        """The MF, no current EF."""
+        self.df: DF = self.mf
+        self.ef: RecordEF | None = None
+
+    def select_df(self, df: DF) -> None:
+        """``df`` becomes the current DF, with no current EF."""
+        self.df, self.ef = df, None
+
+    def ef_for(self, sfi: int) -> RecordEF:
+        """The EF a record command names (s7.3.1): the current EF for ``sfi`` 0 (``69 86`` when there is
+        none), else the current DF's EF with that SFI, which becomes current (``6A 82`` when none)."""
+        if sfi == 0:
+            if self.ef is None:
+                raise CardStatus(SW.NO_CURRENT_EF)
+            return self.ef
+        ef = self.df.by_sfi(sfi)
+        if ef is None:
+            raise CardStatus(SW.FILE_NOT_FOUND)
+        self.ef = ef
+        return ef
 
 
 def records_for(items: tuple[DataItem, ...], values: Mapping[str, str | dt.date]) -> list[bytes]:

@@ -1,9 +1,9 @@
 """Card profiles: the JSON that personalises a virtual social security card (docs/simulator.md).
 
-A profile is read once, validated field by field, and turned into a frozen :class:`Profile`. Every
-problem raises :class:`drivers.errors.ProfileError` naming the file and the field
-(``adult.json: holder.birth_date: ...``); unknown fields are refused so a typo never passes silently.
-Identifiers in messages are masked (:func:`apdu.errors.mask`).
+A profile is read once, validated field by field with the checks every kind of profile goes through
+(:class:`drivers.simulator.validator.ProfileValidator`) and those of its own, and turned into a frozen
+:class:`Profile`. Every problem raises :class:`apdu.errors.ProfileError` naming the file and the field
+(``adult.json: holder.birth_date: ...``). Identifiers in messages are masked (:func:`apdu.errors.mask`).
 
 Checks beyond "the value encodes" (``DataItem.encode``): the ID number's GB 11643-1999 check digit and
 its agreement with the birth date and sex; the card identification code (32 hex characters, the first
@@ -21,20 +21,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem
+from apdu.atr import PROTOCOLS
+from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem, card_generation, issuing_region
 from apdu.crypto import Algorithm
 from apdu.errors import CardDataError, mask
 from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
+from apdu.pin import PIN_MAX_LENGTH, PIN_MIN_LENGTH
 from drivers.errors import ProfileError
+from drivers.simulator.validator import ProfileValidator, read_profile_file
 
-PROTOCOLS = ("T=0", "T=1")
 ALGORITHMS = ("3DES", "SM4")
 STATES = ("active", "not_activated")
 #: items a profile may leave out: their record is sent as an empty TLV (tag, 00)
 OPTIONAL_ITEMS = frozenset({"initialising_institution", "name_extension", "birthplace"})
-#: spec version's major digit per algorithm (docs/card-profile.md: 2.00 for 3DES, 3.00 for SM4)
-GENERATION = {"3DES": "2", "SM4": "3"}
-PIN_MIN, PIN_MAX = 4, 12
 MAX_TRIES_LIMIT = 15  # the tries left travel in one nibble of 63Cx
 
 _TOP = {
@@ -77,7 +76,7 @@ class Profile:
     @property
     def issuing_region(self) -> str:
         """The first 6 digits of the card identification code."""
-        return str(self.card["card_identification_code"])[:6]
+        return issuing_region(str(self.card["card_identification_code"]))
 
 
 # --- helpers other modules and tests use --------------------------------------------------------
@@ -97,77 +96,6 @@ def luhn_ok(digits: str) -> bool:
         n = int(ch) * (2 if i % 2 else 1)
         total += n - 9 if n > 9 else n
     return total % 10 == 0
-
-
-@dataclass(frozen=True)
-class AtrInfo:
-    """What an ATR says (ISO/IEC 7816-3 s8): protocols offered, the first one, historical bytes."""
-
-    protocols: tuple[int, ...]
-    historical: bytes
-
-    @property
-    def protocol(self) -> str:
-        return f"T={self.protocols[0]}"
-
-
-def parse_atr(atr: bytes) -> AtrInfo:
-    """Parse an ATR's interface bytes (ISO/IEC 7816-3 s8.2); check its length and TCK.
-
-    Raises ``ValueError`` with the reason. TCK is required, and must XOR T0..TCK to zero, when a
-    protocol other than T=0 is offered (s8.2.5).
-    """
-    if len(atr) < 2 or atr[0] not in (0x3B, 0x3F):
-        raise ValueError("must start with TS 3B or 3F and have T0")
-    if len(atr) > 33:
-        raise ValueError(f"{len(atr)} bytes, over the 33 an ATR may have")
-    k = atr[1] & 0x0F
-    y = atr[1] >> 4
-    i = 2
-    protocols: list[int] = []
-    while True:
-        i += bin(y & 0x7).count("1")  # TA, TB, TC
-        if not y & 0x8:
-            break
-        if i >= len(atr):
-            raise ValueError("truncated interface bytes")
-        td = atr[i]
-        i += 1
-        protocols.append(td & 0x0F)
-        y = td >> 4
-    if not protocols:
-        protocols = [0]
-    tck = any(p != 0 for p in protocols)
-    expected = i + k + (1 if tck else 0)
-    if len(atr) != expected:
-        raise ValueError(f"{len(atr)} bytes, but its T0/TDi bytes announce {expected}")
-    if tck:
-        check = 0
-        for b in atr[1:]:
-            check ^= b
-        if check:
-            raise ValueError("TCK is wrong (T0..TCK must XOR to 00)")
-    return AtrInfo(tuple(protocols), bytes(atr[i:i + k]))
-
-
-def build_atr(protocol: str, historical: bytes) -> bytes:
-    """A plausible ATR (project convention, docs/simulator.md).
-
-    T=0: ``3B 6K 00 00 hist`` (TB1 = 00 no VPP, TC1 = 00 no extra guard time; T=0 implicit).
-    T=1: ``3B EK 00 00 81 31 FE 45 hist TCK`` (TD1: T=1; TD2: TA3 IFSC 254, TB3 BWI 4 / CWI 5).
-    """
-    if not 0 <= len(historical) <= 15:
-        raise ValueError("0 to 15 historical bytes")
-    k = len(historical)
-    if protocol == "T=0":
-        return bytes((0x3B, 0x60 | k, 0x00, 0x00)) + historical
-    if protocol == "T=1":
-        body = bytes((0xE0 | k, 0x00, 0x00, 0x81, 0x31, 0xFE, 0x45)) + historical
-        tck = 0
-        for b in body:
-            tck ^= b
-        return b"\x3B" + body + bytes((tck,))
-    raise ValueError(f"protocol must be one of {PROTOCOLS}")
 
 
 # --- finding and loading -------------------------------------------------------------------------
@@ -216,67 +144,22 @@ def locate(name_or_path: str | Path) -> Path:
 def load_profile(name_or_path: str | Path) -> Profile:
     """Read and validate a profile by bundled name or path; :class:`ProfileError` on any problem."""
     path = locate(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ProfileError(f"{path.name}: cannot read the card profile: {err}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ProfileError(f"{path.name}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    return parse_profile(data, path.name)
+    return parse_profile(read_profile_file(path), path.name)
 
 
 def parse_profile(data: Any, source: str = "<profile>") -> Profile:
     """Validate the decoded JSON of a profile; ``source`` names it in error messages."""
-    return _Validator(source).profile(data)
+    return _SSCValidator(source).profile(data)
 
 
 # --- validation ----------------------------------------------------------------------------------
 
-class _Validator:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, where: str, why: str) -> ProfileError:
-        return ProfileError(f"{self.source}: {where}: {why}")
-
-    def fields(self, obj: Any, where: str, allowed: set[str], optional: set[str]) -> dict[str, Any]:
-        if not isinstance(obj, dict):
-            raise self.fail(where or "profile", "must be a JSON object")
-        for key in obj:
-            if key not in allowed:
-                raise self.fail(_join(where, key), f"unknown field (allowed: {', '.join(sorted(allowed))})")
-        for key in sorted(allowed - optional):
-            if key not in obj or obj[key] is None:
-                raise self.fail(_join(where, key), "missing field")
-        return obj
-
-    def string(self, value: Any, where: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, "must be a non-empty string")
-        return value
-
-    def choice(self, value: Any, where: str, options: tuple[str, ...]) -> str:
-        if value not in options:
-            raise self.fail(where, f"must be one of {', '.join(options)}, got {value!r}")
-        return value
-
-    def integer(self, value: Any, where: str, low: int, high: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise self.fail(where, f"must be an integer {low}..{high}, got {value!r}")
-        return value
-
-    def hexbytes(self, value: Any, where: str) -> bytes:
-        text = self.string(value, where).replace(" ", "")
-        if not re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", text):
-            raise self.fail(where, "must be hex digits, two per byte")
-        return bytes.fromhex(text)
+class _SSCValidator(ProfileValidator):
+    """The checks of a social security card's profile, on top of every profile's."""
 
     def profile(self, data: Any) -> Profile:
         obj = self.fields(data, "", _TOP, _TOP_OPTIONAL)
-        if obj["kind"] != "ssc":
-            raise self.fail("kind", f"must be \"ssc\", got {obj['kind']!r}")
+        self.kind(obj, "ssc")
         description = self.string(obj["description"], "description")
         protocol = self.choice(obj["protocol"], "protocol", PROTOCOLS)
         algorithm = self.choice(obj["algorithm"], "algorithm", ALGORITHMS)
@@ -292,16 +175,6 @@ class _Validator:
             raise ProfileError(f"{self.source}: {err}") from None
         pan = self.bank(obj["bank"]) if obj.get("bank") is not None else None
         return Profile(self.source, description, atr, protocol, algorithm, state, card, holder, pin, keys, pan)
-
-    def atr(self, value: Any, protocol: str) -> bytes:
-        atr = self.hexbytes(value, "atr")
-        try:
-            info = parse_atr(atr)
-        except ValueError as err:
-            raise self.fail("atr", str(err)) from None
-        if info.protocol != protocol:
-            raise self.fail("atr", f"offers {info.protocol} first but protocol is {protocol}")
-        return atr
 
     def items(self, obj: Any, where: str, items: tuple[DataItem, ...]) -> dict[str, str | dt.date]:
         keys = {item.key for item in items}
@@ -339,10 +212,11 @@ class _Validator:
         return value
 
     def cross_checks(self, card: dict[str, Any], holder: dict[str, Any], algorithm: str) -> None:
-        if not card["spec_version"].startswith(GENERATION[algorithm]):
+        generation = Algorithm(algorithm).generation  # docs/card-profile.md: 2.00 for 3DES, 3.00 for SM4
+        if card_generation(card["spec_version"]) != generation:
             raise self.fail("card.spec_version",
                             f"{card['spec_version']!r} does not match algorithm {algorithm} "
-                            f"(expected {GENERATION[algorithm]}.xx)")
+                            f"(expected {generation}.xx)")
         if card["expiry_date"] <= card["issue_date"]:
             raise self.fail("card.expiry_date", "must be after the issue date")
         number = holder["social_security_number"]
@@ -358,8 +232,8 @@ class _Validator:
         self.fields(obj, "pin", {"value", "tries_left", "max_tries"}, set())
         value = obj["value"]
         if not isinstance(value, str) or not value.isascii() or not value.isdigit() \
-                or not PIN_MIN <= len(value) <= PIN_MAX:
-            raise self.fail("pin.value", f"must be a string of {PIN_MIN} to {PIN_MAX} digits")
+                or not PIN_MIN_LENGTH <= len(value) <= PIN_MAX_LENGTH:
+            raise self.fail("pin.value", f"must be a string of {PIN_MIN_LENGTH} to {PIN_MAX_LENGTH} digits")
         max_tries = self.integer(obj["max_tries"], "pin.max_tries", 1, MAX_TRIES_LIMIT)
         tries = self.integer(obj["tries_left"], "pin.tries_left", 0, max_tries)
         return PinSettings(value, tries, max_tries)
@@ -374,17 +248,15 @@ class _Validator:
         return pan
 
 
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
 
 # --- per-item checks: return the problem, or None ------------------------------------------------
 
 def _check_cic(value: str) -> str | None:
     if not re.fullmatch(r"[0-9A-Fa-f]{32}", value):
         return "must be 32 hex characters (16 bytes)"
-    if not value[:6].isdigit() or value[:2] == "00":
-        return f"must start with the 6-digit issuing region code, got {value[:6]!r}"
+    region = issuing_region(value)
+    if not region.isdigit() or region[:2] == "00":
+        return f"must start with the 6-digit issuing region code, got {region!r}"
     return None
 
 

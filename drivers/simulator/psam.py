@@ -1,7 +1,7 @@
 """The virtual PSAM: the terminal's secure access module, a card in its own reader slot that holds the
 master keys and computes card cryptograms and MACs for the terminal without ever giving a key out.
 
-Commands (PBOC PSAM form, shared/reference/ssc-card.md; details are the project convention of
+Commands (PBOC PSAM form, docs/reference/commands.md, "PSAM"; details are the project convention of
 docs/card-profile.md, "PSAM commands"):
 
 - DES INIT ``80 1A <key usage> <key version> Lc D [|| challenge]``: pick a master key by usage
@@ -17,13 +17,13 @@ Profile: ``fixtures/cards/psam.json`` (``"kind": "psam"``), validated by :func:`
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apdu.atr import PROTOCOLS
 from apdu.command import Command
 from apdu.commands import PSAM_MODE_ENCRYPT, PSAM_MODE_MAC
 from apdu.crypto import DIVERSIFICATION_DATA_LENGTH, Algorithm, diversify, session_mac
@@ -37,7 +37,8 @@ from drivers.simulator.cardos import (
     RandomSource,
     Reply,
 )
-from drivers.simulator.profile import PROTOCOLS, _Validator, locate
+from drivers.simulator.profile import locate
+from drivers.simulator.validator import ProfileValidator, read_profile_file
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,11 @@ class PSAMProfile:
 
 def parse_psam_profile(data: Any, source: str = "<psam>") -> PSAMProfile:
     """Validate a PSAM profile's decoded JSON; :class:`ProfileError` naming the field otherwise."""
-    check = _Validator(source)
+    check = ProfileValidator(source)
     obj = check.fields(data, "", {"kind", "description", "atr", "protocol", "master_keys", "test_only"}, {"test_only"})
-    if obj["kind"] != "psam":
-        raise check.fail("kind", f"must be \"psam\", got {obj['kind']!r}")
+    check.kind(obj, "psam")
     protocol = check.choice(obj["protocol"], "protocol", PROTOCOLS)
-    test_only = obj.get("test_only", False)
-    if not isinstance(test_only, bool):
-        raise check.fail("test_only", "must be true or false")
+    test_only = check.flag(obj.get("test_only", False), "test_only")
     try:
         keys = parse_master_keys(obj["master_keys"])
     except KeyFormatError as err:
@@ -75,11 +73,7 @@ def parse_psam_profile(data: Any, source: str = "<psam>") -> PSAMProfile:
 def load_psam_profile(name_or_path: str | Path) -> PSAMProfile:
     """Read and validate a PSAM profile by bundled name (``psam``) or path."""
     path = locate(name_or_path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProfileError(f"{path.name}: cannot read the PSAM profile: {err}") from None
-    return parse_psam_profile(data, path.name)
+    return parse_psam_profile(read_profile_file(path), path.name)
 
 
 @dataclass

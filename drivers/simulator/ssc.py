@@ -3,8 +3,9 @@ PIN and security commands.
 
 ``SSCCard(profile)`` has an ATR, is powered up, down and reset, and executes one command APDU at a
 time; :meth:`SSCCard.execute` never raises. The reading and PIN handlers are here, the
-authentication and MAC-protected ones in :mod:`drivers.simulator.ssc_security`. Behaviour and
-conventions: docs/simulator.md and docs/card-profile.md.
+authentication and MAC-protected ones in its :class:`~drivers.simulator.ssc_security.CardSecurity`
+(``security``), which holds the card's keys. Behaviour and conventions: docs/simulator.md and
+docs/card-profile.md.
 
 Volatile state (current DF/EF, PIN verified, external authentication, last challenge, pending
 response) is cleared by power down and reset; persistent state (PIN value and try counter, external
@@ -18,10 +19,11 @@ import logging
 import os
 from typing import Any
 
-from apdu.catalogue import EF06
+from apdu.catalogue import EF06, THIRD_GENERATION
 from apdu.command import Command
 from apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
-from apdu.crypto import Algorithm, PINFormatError, bcd_to_pin
+from apdu.crypto import Algorithm
+from apdu.pin import PIN_BLOCK_LENGTHS, PINFormatError, bcd_to_pin
 from apdu.status import SW
 from drivers.simulator import pboc
 from drivers.simulator.cardos import (
@@ -32,15 +34,13 @@ from drivers.simulator.cardos import (
     RandomSource,
     Reply,
 )
-from drivers.simulator.filesystem import MF_FID, DF, RecordEF, build_filesystem
+from drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, build_filesystem
 from drivers.simulator.profile import Profile
-from drivers.simulator.ssc_security import SecurityHandlers
+from drivers.simulator.ssc_security import EXTERNAL_AUTH_MAX_TRIES, CardSecurity
 
 log = logging.getLogger(__name__)
 
 
-#: PIN block lengths accepted by VERIFY / CHANGE PIN: 4 to 12 digits in BCD
-PIN_BLOCK = range(2, 7)
 CHALLENGE_LENGTHS = (8, 16)
 #: SELECT P2 (ISO 7816-4 s7.1.1, table 40): response FCI (00), FCP (04, answered with the FCI), none (0C)
 SELECT_P2_RESPONSE = {0x00: True, 0x04: True, 0x0C: False}
@@ -48,7 +48,7 @@ SELECT_P2_RESPONSE = {0x00: True, 0x04: True, 0x0C: False}
 SELECT_P2_NEXT = frozenset({0x02, 0x06, 0x0E})
 
 
-class SSCCard(SecurityHandlers, CardOS):
+class SSCCard(CardOS):
     """The SSC chip personalised from a :class:`Profile` (implements ``SimulatedCard``).
 
     ``random`` is where GET CHALLENGE takes its bytes (``os.urandom``; tests of worked examples
@@ -59,12 +59,12 @@ class SSCCard(SecurityHandlers, CardOS):
 
     def __init__(self, profile: Profile, random: RandomSource = os.urandom) -> None:
         self.profile = profile
-        generation = 3 if profile.algorithm == "SM4" else 2
+        self.algorithm = Algorithm(profile.algorithm)
         #: 2 (3DES) or 3 (SM4, spec 3.00): a third-generation card shows EF06 (the holder's personal
         #: data) only after EXTERNAL AUTHENTICATE (the reader libraries' -2203; docs/card-profile.md)
-        self.generation = generation
-        self.algorithm = Algorithm(profile.algorithm)
-        self.mf, self.app = build_filesystem(profile.card, profile.holder, generation)
+        self.generation = self.algorithm.generation
+        self.mf, self.app = build_filesystem(profile.card, profile.holder, self.generation)
+        self.files = FileSelection(self.mf)
         # persistent
         self._pin = profile.pin.value
         self.pin_tries_left = profile.pin.tries_left
@@ -77,7 +77,10 @@ class SSCCard(SecurityHandlers, CardOS):
             assert isinstance(expiry, dt.date) and isinstance(issued, dt.date)
             pse, debit = pboc.bank_files(profile.bank_pan, expiry, issued)
             self.bank = {pse.name: pse, debit.name: debit}  # type: ignore[dict-item]
-        self._init_security(profile.keys, bytes.fromhex(str(profile.card["card_identification_code"])))
+        self.external_auth_max_tries = EXTERNAL_AUTH_MAX_TRIES
+        self.external_auth_tries_left = EXTERNAL_AUTH_MAX_TRIES
+        #: INTERNAL and EXTERNAL AUTHENTICATE, UPDATE RECORD and the MAC-protected commands, with the keys
+        self.security = CardSecurity(self, profile.keys)
         super().__init__(profile.atr, profile.protocol, random)
         self.handlers.update({
             0xA4: (CLA_ISO, self._select),
@@ -88,7 +91,7 @@ class SSCCard(SecurityHandlers, CardOS):
             0x84: (CLA_ISO, self._get_challenge),
             0xA8: (CLA_PROPRIETARY, self._get_processing_options),
         })
-        self.handlers.update(self._security_handlers())
+        self.handlers.update(self.security.handlers())
 
     # --- lifecycle (bank activation task) ----------------------------------------------------------
 
@@ -134,11 +137,11 @@ class SSCCard(SecurityHandlers, CardOS):
 
     @property
     def current_ef(self) -> RecordEF | None:
-        return self._ef
+        return self.files.ef
 
     @property
     def application_selected(self) -> bool:
-        return self._df is self.app
+        return self.files.df is self.app
 
     @property
     def last_challenge(self) -> bytes | None:
@@ -147,11 +150,21 @@ class SSCCard(SecurityHandlers, CardOS):
 
     def _clear_volatile(self) -> None:
         super()._clear_volatile()
-        self._df: DF = self.mf
-        self._ef: RecordEF | None = None
+        self.files.clear()
         self._verified = False
         self._challenge: bytes | None = None
         self.external_authenticated = False
+
+    def take_challenge(self) -> bytes | None:
+        """The last GET CHALLENGE answer, used up now (one try per challenge), or None."""
+        challenge, self._challenge = self._challenge, None
+        return challenge
+
+    def set_pin(self, pin: str) -> None:
+        """A new PIN (RELOAD PIN): its try counter reset (a blocked PIN unblocked), not verified."""
+        self._pin = pin
+        self.pin_tries_left = self.pin_max_tries
+        self._verified = False
 
     # --- handlers ----------------------------------------------------------------------------------
 
@@ -167,11 +180,11 @@ class SSCCard(SecurityHandlers, CardOS):
                 raise CardStatus(SW.WRONG_LENGTH)
             bank = self.bank.get(bytes(command.data))
             if bank is not None:  # the PSE or the debit application: active whatever the SSC's state
-                self._df, self._ef = bank, None
+                self.files.select_df(bank)
                 return (bank.fci if SELECT_P2_RESPONSE[p2] else b""), SW.OK
             if command.data != SSC_DF_NAME:
                 raise CardStatus(SW.FILE_NOT_FOUND)
-            self._df, self._ef = self.app, None
+            self.files.select_df(self.app)
             if not self.activated:
                 return b"", SW.NOT_ACTIVATED
             return (self.app.fci if SELECT_P2_RESPONSE[p2] else b""), SW.OK
@@ -179,7 +192,7 @@ class SSCCard(SecurityHandlers, CardOS):
             if p2 not in SELECT_P2_RESPONSE:
                 raise CardStatus(SW.WRONG_P1P2)
             if not command.data and p1 == 0x00:  # P1 00 without data selects the MF
-                self._df, self._ef = self.mf, None
+                self.files.select_df(self.mf)
                 return b"", SW.OK
             if len(command.data) != 2:
                 raise CardStatus(SW.WRONG_LENGTH)
@@ -187,12 +200,12 @@ class SSCCard(SecurityHandlers, CardOS):
             if fid == MF_FID:
                 if p1 == 0x02:  # the MF is not an EF
                     raise CardStatus(SW.FILE_NOT_FOUND)
-                self._df, self._ef = self.mf, None
+                self.files.select_df(self.mf)
                 return b"", SW.OK
-            ef = self._df.files.get(fid)
+            ef = self.files.df.files.get(fid)
             if ef is None:
                 raise CardStatus(SW.FILE_NOT_FOUND)
-            self._ef = ef
+            self.files.ef = ef
             return b"", SW.OK  # convention: SELECT by FID returns no FCP
         raise CardStatus(SW.WRONG_P1P2)
 
@@ -204,27 +217,16 @@ class SSCCard(SecurityHandlers, CardOS):
         sfi = p2 >> 3
         if p2 & 0x07 != 0x04 or number in (0x00, 0xFF) or sfi == 0x1F:
             raise CardStatus(SW.WRONG_P1P2)
-        ef = self._ef_for(sfi)
-        if ef.fid == EF06 and self.generation >= 3 and not self.external_authenticated:
+        ef = self.ef_for(sfi)
+        if ef.fid == EF06 and self.generation >= THIRD_GENERATION and not self.external_authenticated:
             raise CardStatus(SW.SECURITY_STATUS)
-        record = ef.record(number)
-        if record is None:
-            raise CardStatus(SW.RECORD_NOT_FOUND)
-        return record, SW.OK
+        return ef.read(number), SW.OK
 
-    def _ef_for(self, sfi: int) -> RecordEF:
+    def ef_for(self, sfi: int) -> RecordEF:
         """The current EF (``sfi`` 0) or the EF with that SFI, which becomes current (s7.3.1)."""
-        if sfi == 0:
-            if self._ef is None:
-                raise CardStatus(SW.NO_CURRENT_EF)
-            return self._ef
-        if self._df is self.mf:  # convention: nothing is readable before an application is selected
+        if sfi and self.files.df is self.mf:  # convention: nothing is readable before an application is selected
             raise CardStatus(SW.NO_CURRENT_EF)
-        ef = self._df.by_sfi(sfi)
-        if ef is None:
-            raise CardStatus(SW.FILE_NOT_FOUND)
-        self._ef = ef
-        return ef
+        return self.files.ef_for(sfi)
 
     def _get_processing_options(self, command: Command) -> Reply:
         """GET PROCESSING OPTIONS ``80 A8 00 00 Lc 83 len PDOL-data 00`` of the bank application
@@ -232,7 +234,7 @@ class SSCCard(SecurityHandlers, CardOS):
         unless the data is the PDOL's."""
         if command.p1 != 0x00 or command.p2 != 0x00:
             raise CardStatus(SW.WRONG_P1P2)
-        if self._df is not self.bank.get(AID_PBOC_DEBIT):
+        if self.files.df is not self.bank.get(AID_PBOC_DEBIT):
             raise CardStatus(SW.CONDITIONS)
         data = command.data
         if command.le is None or len(data) != 2 + pboc.PDOL_DATA_LENGTH or data[:2] != bytes((0x83, pboc.PDOL_DATA_LENGTH)):
@@ -246,8 +248,8 @@ class SSCCard(SecurityHandlers, CardOS):
         if command.p1 & 0x80:  # P1 = 100xxxxx: SFI in P1, offset in P2
             if command.p1 & 0x60:
                 raise CardStatus(SW.WRONG_P1P2)
-            self._ef_for(command.p1 & 0x1F)
-        elif self._ef is None:
+            self.ef_for(command.p1 & 0x1F)
+        elif self.files.ef is None:
             raise CardStatus(SW.NO_CURRENT_EF)
         raise CardStatus(SW.INCOMPATIBLE_FILE)
 
@@ -263,32 +265,34 @@ class SSCCard(SecurityHandlers, CardOS):
             if self._verified:
                 return b"", SW.OK
             raise CardStatus(SW.COUNTER | self.pin_tries_left)
-        self._check_pin(self._pin_from(command.data))
+        self._check_pin(self.pin_from(command.data))
         return b"", SW.OK
 
     def _change_pin(self, command: Command) -> Reply:
         """CHANGE PIN ``80 5E 01 00 Lc old FF new`` (PBOC); the old PIN is checked as VERIFY does.
 
-        P1 00 is RELOAD PIN (MAC-protected, :meth:`SecurityHandlers._reload_pin`).
+        P1 00 is RELOAD PIN (MAC-protected, :meth:`CardSecurity.reload_pin`).
         """
         if command.p2 != 0x00 or command.p1 not in (0x00, 0x01):
             raise CardStatus(SW.WRONG_P1P2)
         if command.p1 == 0x00:
-            return self._reload_pin(command)
+            return self.security.reload_pin(command)
         if command.le is not None:
             raise CardStatus(SW.WRONG_LENGTH)
         data = command.data
         split = data.find(0xFF)
-        if split not in PIN_BLOCK or len(data) - split - 1 not in PIN_BLOCK:
+        if split not in PIN_BLOCK_LENGTHS or len(data) - split - 1 not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW.WRONG_LENGTH)
-        old, new = self._pin_from(data[:split]), self._pin_from(data[split + 1:])
+        old, new = self.pin_from(data[:split]), self.pin_from(data[split + 1:])
         self._check_pin(old)
         self._pin = new
         log.info("virtual SSC: PIN changed")
         return b"", SW.OK
 
-    def _pin_from(self, block: bytes) -> str:
-        if len(block) not in PIN_BLOCK:
+    def pin_from(self, block: bytes) -> str:
+        """The PIN a VERIFY, CHANGE PIN or RELOAD PIN block holds: ``67 00`` for a block of the wrong
+        length, ``6A 80`` when it is not BCD digits."""
+        if len(block) not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW.WRONG_LENGTH)
         try:
             return bcd_to_pin(block)

@@ -1,22 +1,25 @@
-"""The SSC's security commands, a mixin of :class:`drivers.simulator.ssc.SSCCard`.
+"""The SSC's security commands: :class:`CardSecurity`, a part of each :class:`drivers.simulator.ssc.SSCCard`.
 
 INTERNAL AUTHENTICATE (the genuine-card check), EXTERNAL AUTHENTICATE (the terminal proves itself;
 its own try counter) which grants UPDATE RECORD, and the MAC-protected RELOAD PIN and APPLICATION
 UNBLOCK. Keys, key ids, MAC inputs: docs/card-profile.md, "Keys and security" (project convention
-where shared/reference/ssc-card.md is silent). Every cryptogram and MAC is compared in constant time.
+where docs/reference/commands.md is silent). Every cryptogram and MAC is compared in constant time.
 
-The host class provides ``algorithm``, ``_challenge`` (GET CHALLENGE), ``_ef_for(sfi)``,
-``_pin_from(block)``, the PIN state (``_pin``, ``pin_tries_left``, ``pin_max_tries``, ``_verified``)
-and ``activate()``; it calls :meth:`_init_security` and registers :meth:`_security_handlers`.
+A :class:`CardSecurity` holds the card's keys and answers the commands; the state they change is the
+card's own: the last challenge (``take_challenge``), the files (``ef_for``), the PIN (``pin_from``,
+``set_pin``), the external authentication's try counter and result, and the lifecycle (``activate``).
+The card registers :meth:`CardSecurity.handlers` and passes RELOAD PIN (CHANGE PIN with P1 00) on.
 """
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from apdu.command import Command
 from apdu.commands import MAC_LENGTH, mac_input
 from apdu.crypto import constant_time_equal, session_mac
 from apdu.keyset import KeyUsage
+from apdu.pin import PIN_BLOCK_LENGTHS
 from apdu.status import SW
 from drivers.simulator.cardos import (
     CLA_ISO,
@@ -26,22 +29,26 @@ from drivers.simulator.cardos import (
     Reply,
 )
 
+if TYPE_CHECKING:
+    from drivers.simulator.ssc import SSCCard
+
 log = logging.getLogger(__name__)
 
 #: EXTERNAL AUTHENTICATE tries before the key blocks (convention; persistent, like the PIN counter)
 EXTERNAL_AUTH_MAX_TRIES = 5
 
 
-class SecurityHandlers:
-    """INS 88, 82, DC, 5E P1 00 and 18 of the virtual SSC (docs/card-profile.md, "Keys and security")."""
+class CardSecurity:
+    """INS 88, 82, DC, 5E P1 00 and 18 of one virtual SSC, with its keys (docs/card-profile.md, "Keys
+    and security")."""
 
-    def _init_security(self, keys: dict[KeyUsage, bytes], card_identification_code: bytes) -> None:
+    def __init__(self, card: SSCCard, keys: dict[KeyUsage, bytes]) -> None:
+        self.card = card
         self._keys = keys
-        self.card_identification_code = card_identification_code
-        self.external_auth_max_tries = EXTERNAL_AUTH_MAX_TRIES
-        self.external_auth_tries_left = EXTERNAL_AUTH_MAX_TRIES
 
-    def _security_handlers(self) -> dict[int, tuple[frozenset[int], Handler]]:
+    def handlers(self) -> dict[int, tuple[frozenset[int], Handler]]:
+        """The card's handlers for these commands (RELOAD PIN shares INS 5E with CHANGE PIN: the card
+        passes it to :meth:`reload_pin`)."""
         return {
             0x88: (CLA_ISO, self._internal_authenticate),
             0x82: (CLA_ISO, self._external_authenticate),
@@ -51,7 +58,7 @@ class SecurityHandlers:
 
     def _take_challenge(self, longest: int) -> bytes:
         """The last GET CHALLENGE answer, used up now whatever the outcome (one try per challenge)."""
-        challenge, self._challenge = self._challenge, None
+        challenge = self.card.take_challenge()
         if challenge is None or len(challenge) > longest:
             raise CardStatus(SW.CONDITIONS)
         return challenge
@@ -61,7 +68,7 @@ class SecurityHandlers:
             raise CardStatus(SW.WRONG_P1P2)
         if command.p2 != usage.key_id:
             raise CardStatus(SW.KEY_NOT_FOUND)
-        if len(command.data) != self.algorithm.block_size:
+        if len(command.data) != self.card.algorithm.block_size:
             raise CardStatus(SW.WRONG_LENGTH)
 
     def _internal_authenticate(self, command: Command) -> Reply:
@@ -71,7 +78,7 @@ class SecurityHandlers:
         card's internal-authentication key. Works whether or not the application is activated.
         """
         self._check_key_reference(command, KeyUsage.INTERNAL_AUTH)
-        return self.algorithm.encrypt_block(self._keys[KeyUsage.INTERNAL_AUTH], command.data), SW.OK
+        return self.card.algorithm.encrypt_block(self._keys[KeyUsage.INTERNAL_AUTH], command.data), SW.OK
 
     def _external_authenticate(self, command: Command) -> Reply:
         """EXTERNAL AUTHENTICATE ``00 82 00 04 Lc cryptogram`` (ISO 7816-4 s7.5.4).
@@ -83,20 +90,20 @@ class SecurityHandlers:
         self._check_key_reference(command, KeyUsage.EXTERNAL_AUTH)
         if command.le is not None:
             raise CardStatus(SW.WRONG_LENGTH)
-        if self.external_auth_tries_left == 0:
+        if self.card.external_auth_tries_left == 0:
             raise CardStatus(SW.AUTH_BLOCKED)
-        challenge = self._take_challenge(self.algorithm.block_size)
-        if len(challenge) != self.algorithm.block_size:
+        challenge = self._take_challenge(self.card.algorithm.block_size)
+        if len(challenge) != self.card.algorithm.block_size:
             raise CardStatus(SW.CONDITIONS)
-        expected = self.algorithm.encrypt_block(self._keys[KeyUsage.EXTERNAL_AUTH], challenge)
+        expected = self.card.algorithm.encrypt_block(self._keys[KeyUsage.EXTERNAL_AUTH], challenge)
         if constant_time_equal(expected, command.data):
-            self.external_auth_tries_left = self.external_auth_max_tries
-            self.external_authenticated = True
+            self.card.external_auth_tries_left = self.card.external_auth_max_tries
+            self.card.external_authenticated = True
             return b"", SW.OK
-        self.external_authenticated = False
-        self.external_auth_tries_left -= 1
-        log.info("virtual SSC: external authentication failed, %d tries left", self.external_auth_tries_left)
-        raise CardStatus(SW.AUTH_BLOCKED if self.external_auth_tries_left == 0 else SW.COUNTER | self.external_auth_tries_left)
+        self.card.external_authenticated = False
+        self.card.external_auth_tries_left -= 1
+        log.info("virtual SSC: external authentication failed, %d tries left", self.card.external_auth_tries_left)
+        raise CardStatus(SW.AUTH_BLOCKED if self.card.external_auth_tries_left == 0 else SW.COUNTER | self.card.external_auth_tries_left)
 
     def _update_record(self, command: Command) -> Reply:
         """UPDATE RECORD ``00 DC n P2 Lc TLV`` (ISO 7816-4 s7.3.5): P2 04 current EF or SFI<<3|04.
@@ -108,12 +115,10 @@ class SecurityHandlers:
             raise CardStatus(SW.WRONG_P1P2)
         if not command.data or command.le is not None:
             raise CardStatus(SW.WRONG_LENGTH)
-        if not self.external_authenticated:
+        if not self.card.external_authenticated:
             raise CardStatus(SW.SECURITY_STATUS)
-        ef = self._ef_for(command.p2 >> 3)
-        old = ef.record(command.p1)
-        if old is None:
-            raise CardStatus(SW.RECORD_NOT_FOUND)
+        ef = self.card.ef_for(command.p2 >> 3)
+        old = ef.read(command.p1)
         data = command.data
         if len(data) < 2 or data[0] != old[0] or data[1] != len(data) - 2:
             raise CardStatus(SW.WRONG_DATA)
@@ -123,27 +128,25 @@ class SecurityHandlers:
     def _check_mac(self, command: Command, usage: KeyUsage) -> bytes:
         """Verify the trailing 4-byte MAC (``apdu.crypto.session_mac`` over header, Lc and data);
         return the data before it. ``69 85`` without a fresh challenge, ``69 88`` on a wrong MAC."""
-        challenge = self._take_challenge(self.algorithm.block_size)
+        challenge = self._take_challenge(self.card.algorithm.block_size)
         body, mac = command.data[:-MAC_LENGTH], command.data[-MAC_LENGTH:]
         message = mac_input(command.cla, command.ins, command.p1, command.p2, body)
-        expected = session_mac(self._keys[usage], challenge, message, self.algorithm)
+        expected = session_mac(self._keys[usage], challenge, message, self.card.algorithm)
         if not constant_time_equal(expected, mac):
             log.info("virtual SSC: wrong MAC on INS %02X", command.ins)
             raise CardStatus(SW.MAC_WRONG)
         return body
 
-    def _reload_pin(self, command: Command) -> Reply:
+    def reload_pin(self, command: Command) -> Reply:
         """RELOAD PIN ``80 5E 00 00 Lc new-PIN MAC`` (PBOC form; the bank counter's PIN reset).
 
         The MAC is checked first (``69 88``, no PIN try spent); then the PIN is replaced, its try
         counter reset (a blocked PIN is unblocked) and the PIN is not verified.
         """
-        if command.le is not None or len(command.data) - MAC_LENGTH not in range(2, 7):
+        if command.le is not None or len(command.data) - MAC_LENGTH not in PIN_BLOCK_LENGTHS:
             raise CardStatus(SW.WRONG_LENGTH)
         block = self._check_mac(command, KeyUsage.PIN_RELOAD)
-        self._pin = self._pin_from(block)
-        self.pin_tries_left = self.pin_max_tries
-        self._verified = False
+        self.card.set_pin(self.card.pin_from(block))
         log.info("virtual SSC: PIN reloaded")
         return b"", SW.OK
 
@@ -154,6 +157,6 @@ class SecurityHandlers:
         if command.le is not None or len(command.data) != MAC_LENGTH:
             raise CardStatus(SW.WRONG_LENGTH)
         self._check_mac(command, KeyUsage.APP_MAINTENANCE)
-        self.activate()
+        self.card.activate()
         log.info("virtual SSC: application unblocked")
         return b"", SW.OK

@@ -99,7 +99,8 @@ class StateFile:
             log.info("virtual card %s: its profile changed since %s was saved: factory state", self.profile_name,
                      self.path)
             return None
-        return saved["state"]
+        state: dict[str, Any] = saved["state"]
+        return state
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the state whole (temporary file, then rename); OSError when it cannot be written."""
@@ -179,21 +180,17 @@ class RememberedCard(WrappedCard):
 def remembered_card(spec: str) -> SimulatedCard:
     """The virtual card a ``sim:`` spec names (a bundled profile name or a profile path, an old medical
     card's profile too), with its saved state; PSAM and ``hostile:`` cards fresh."""
-    from drivers.simulator import load_card
-    from drivers.simulator.oldmedical import load_old_card, old_profile_path
+    from drivers.simulator import STRICT, load_card, strict
     from drivers.simulator.profile import locate
-
-    from drivers.simulator import STRICT, strict
 
     if spec.startswith(STRICT):  # the same card, strict: it remembers as the card does
         remembered = remembered_card(spec[len(STRICT):])
         strict(remembered.inner if isinstance(remembered, RememberedCard) else remembered)
         return remembered
-    old = old_profile_path(spec)
-    card = load_old_card(spec) if old else load_card(spec)
+    card = load_card(spec)
     if spec.startswith("hostile:") or not isinstance(card, Remembering):
         return card
-    return RememberedCard(card, StateFile(spec, old or locate(spec)))
+    return RememberedCard(card, StateFile(spec, locate(spec)))
 
 
 def reset(spec: str | None = None) -> list[Path]:
@@ -203,10 +200,9 @@ def reset(spec: str | None = None) -> list[Path]:
     if spec is None:
         paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
     else:
-        from drivers.simulator.oldmedical import old_profile_path
         from drivers.simulator.profile import locate
 
-        paths = [folder / file_name(spec, old_profile_path(spec) or locate(spec))]
+        paths = [folder / file_name(spec, locate(spec))]
     removed = []
     for path in paths:
         with contextlib.suppress(FileNotFoundError):

@@ -9,17 +9,15 @@ from drivers.errors import CardUnresponsiveError
 from terminal.cli import watchdog
 from terminal.cli.counter import (
     ScreenClerk,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
 )
 from terminal.cli.exits import exit_code
-from terminal.cli.options import config_option, id_number_asked, reader_option
+from terminal.cli.options import central_option, config_option, connect, id_number_asked, reader_option
 from terminal.cli.output import json_option
 from terminal.flows.bank import bank_activate
 from terminal.queue import QueuedRecord
-from terminal.readers import open_connection
 
 
 @click.group()
@@ -59,7 +57,7 @@ def activate(reader: str | None, config_path: Path | None, central_url: str | No
         watchdog.on_timeout(report)
 
     try:
-        with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
+        with open_site(config_path, central_url) as (_config, site), connect(reader) as connection:
             result = bank_activate(connection, site, id_number, clerk, before_change=before_change)
     finally:
         watchdog.on_timeout(None)

@@ -6,10 +6,9 @@ from pathlib import Path
 import click
 
 from terminal.card import Identity, SocialSecurityCard, Unlock
-from terminal.cli.options import config_option, key_store_options, reader_option
+from terminal.cli.options import config_option, key_store_options, reader_option, connect
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
-from terminal.readers import open_connection
 
 #: text labels, in the order a clerk reads them
 LABELS = (
@@ -38,10 +37,11 @@ def unlock_with(psam: str | None, key_file: Path | None, config_path: Path | Non
     opened only for such a card."""
 
     def unlock(card: SocialSecurityCard, code: str, spec_version: str) -> None:
+        from terminal.cardsecurity import unlocker
         from terminal.cli.security import announce_key_store, chosen_key_store
-        from terminal.crypto import open_key_store, unlocker
+        from terminal.keystore import open_key_store
 
-        with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store:
+        with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store:
             announce_key_store(store, options=True)
             unlocker(store)(card, code, spec_version)
 
@@ -94,7 +94,7 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
         raise click.UsageError("--bank reads the bank application, which needs no key store: --psam and --key-file "
                                "are for a third-generation card's holder data")
     if bank:
-        with open_connection(reader) as connection:
+        with connect(reader) as connection:
             account = SocialSecurityCard(connection).read_bank_account()
         if as_json:
             print_json(account.to_dict(full_number=show_account))
@@ -103,7 +103,7 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
             click.echo(f"银行账户 Bank account  {shown['account_number']}  ({account.label}, {account.kind}, "
                        f"expires {account.expiry})")
         return
-    with open_connection(reader) as connection:
+    with connect(reader) as connection:
         identity = SocialSecurityCard(connection).read_identity(unlock_with(psam, key_file, config_path))
     fields = identity.to_dict(redact=redact)
     if as_json:
@@ -122,7 +122,7 @@ def verify_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
     The PIN is asked at a hidden prompt, or read from standard input when it is not a terminal.
     Exit code 6: wrong PIN; 7: PIN blocked.
     """
-    with open_connection(reader) as connection:
+    with connect(reader) as connection:
         card = SocialSecurityCard(connection)
         card.select()
         pin = read_pin("PIN", pin_stdin)

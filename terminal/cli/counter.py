@@ -19,9 +19,10 @@ import click
 
 from apdu.errors import SSCardError
 from terminal.cli import prompts, watchdog
+from terminal.cli.options import connect
 from terminal.cli.output import print_json
 from terminal.config import TerminalConfig, load_config
-from terminal.crypto import open_key_store
+from terminal.keystore import open_key_store
 from terminal.flows import common
 from terminal.flows.common import Site
 from terminal.flows.settlement import Item
@@ -30,10 +31,6 @@ pin_stdin_option = click.option("--pin-stdin", is_flag=True,
                                 help="Read PINs from standard input, one per line (so they are read whenever it is not a terminal).")
 yes_option = click.option("--yes", "agrees", is_flag=True,
                           help="Answer yes to the clerk's confirmations (a maternity registration for a male holder).")
-central_option = click.option(
-    "--central", "central_url", envvar="SSCARD_CENTRAL", default=None, metavar="URL",
-    help="The platform's URL [default: $SSCARD_CENTRAL, else the configuration's [central] url].",
-)
 
 
 @dataclass
@@ -95,7 +92,7 @@ def open_site(config_path: Path | None, central_url: str | None = None) -> Itera
     from terminal.cli.security import announce_key_store  # here: security's commands use this module's options
 
     config = load_config(config_path)
-    with open_key_store(**config.key_store_args()) as keys:
+    with open_key_store(**config.key_store_args(), connect=connect) as keys:
         announce_key_store(keys)
         with common.open_site(config, keys, central_url, say=say_on_stderr) as site:
             yield config, site

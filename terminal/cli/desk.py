@@ -8,17 +8,15 @@ import click
 from terminal.cli.counter import (
     ScreenClerk,
     bill_items,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
     yes_option,
 )
-from terminal.cli.options import Text, config_option, reader_option
+from terminal.cli.options import Text, central_option, config_option, connect, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.desk import KINDS, cancel, refund, register, settle_visit
-from terminal.readers import open_connection
 
 
 @click.group()
@@ -51,7 +49,7 @@ def register_command(reader: str | None, config_path: Path | None, central_url: 
     (nothing done) or not reversed yet.
     """
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json, agrees=agrees)
-    with open_site(config_path, central_url) as (config, site), open_connection(reader) as connection:
+    with open_site(config_path, central_url) as (config, site), connect(reader) as connection:
         pin = config.desk_requires_pin if require_pin is None else require_pin
         result = register(connection, site, kind, department, clerk, require_pin=pin)
     finish(result.to_dict(), as_json)
@@ -95,7 +93,7 @@ def settle_command(reader: str | None, config_path: Path | None, central_url: st
     """
     items = bill_items(item_specs, "Fee item", to_stderr=as_json)
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
-    with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
+    with open_site(config_path, central_url) as (_config, site), connect(reader) as connection:
         result = settle_visit(connection, site, mdtrt_id, bill_no, items, clerk)
     finish(result.to_dict(), as_json)
 

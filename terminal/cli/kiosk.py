@@ -9,15 +9,13 @@ import click
 from message.envelope import yuan
 from terminal.cli.counter import (
     ScreenClerk,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import LIMIT, config_option, reader_option
+from terminal.cli.options import LIMIT, central_option, config_option, connect, reader_option
 from terminal.cli.output import json_option
 from terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
-from terminal.readers import open_connection
 
 LABELS = (("full_name", "Name"), ("social_security_number", "ID number"), ("card_number", "Card number"),
           ("sex_name", "Sex"), ("birth_date", "Birth date"), ("issuing_region", "Issuing region"),
@@ -52,7 +50,7 @@ def kiosk(reader: str | None, config_path: Path | None, central_url: str | None,
           as_json: bool) -> None:
     """Self-service inquiry: the holder's information and records (PIN required; data masked)."""
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
-    with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
+    with open_site(config_path, central_url) as (_config, site), connect(reader) as connection:
         view = inquiry(connection, site, clerk, limit)
     finish(view.to_dict(), as_json, kiosk_text(view))
 

@@ -23,7 +23,7 @@ import click
 from apdu.errors import SSCardError
 from terminal.cli import watchdog
 from terminal.cli.exits import INTERNAL, INTERRUPTED, error_object, exit_code
-from terminal.cli.options import Seconds
+from terminal.cli.options import EXCLUSIVE, Seconds
 from terminal.cli.output import json_asked, json_lines, json_printed, print_json
 
 log = logging.getLogger("sscard")
@@ -124,6 +124,5 @@ def main(verbose: int, exclusive: bool, card_timeout: float) -> None:
     """
     setup_logging(verbose)
     watchdog.arm(card_timeout)
-    if exclusive:
-        os.environ["SSCARD_EXCLUSIVE"] = "1"  # read by terminal.readers.open_connection
+    click.get_current_context().meta[EXCLUSIVE] = exclusive  # terminal/cli/options.py connect()
 

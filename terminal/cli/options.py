@@ -16,6 +16,10 @@ from typing import Any
 
 import click
 
+from drivers.connection import Connection
+from terminal.config import DEFAULT_CENTRAL
+from terminal.readers import open_connection
+
 #: the longest reader spec taken (a PC/SC reader name is at most a few dozen characters)
 MAX_READER_SPEC = 256
 
@@ -25,7 +29,7 @@ def has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
-class Checked(click.ParamType):
+class Checked(click.ParamType[Any, Any]):
     """A parameter type whose refusals name the environment variable when the value came from one
     (an invalid ``$SSCARD_...`` is an error, not ignored)."""
 
@@ -116,6 +120,22 @@ LIMIT = Count(1, 100_000)
 ID_NUMBER_NOT_IN_ARGV = ("The holder's ID number is not taken on the command line, where 'ps' and the shell history "
                          "keep it: type it at the prompt, or give it as the first line of standard input")
 
+#: click's context key for ``sscard --exclusive`` (set by the group, read by :func:`connect`)
+EXCLUSIVE = "sscard.exclusive"
+
+
+def exclusive() -> bool:
+    """Whether this run holds PC/SC readers exclusively (``sscard --exclusive``)."""
+    context = click.get_current_context(silent=True)
+    return bool(context and context.meta.get(EXCLUSIVE))
+
+
+def connect(spec: str | None) -> Connection:
+    """The card in the reader ``--reader`` named (terminal/readers.py), shared with other programs
+    unless ``sscard --exclusive`` was given."""
+    return open_connection(spec, exclusive=exclusive())
+
+
 reader_option = click.option(
     "--reader", "-r", metavar="SPEC", default=None, type=Text(MAX_READER_SPEC),
     help="Reader: index, name or ATR of a PC/SC reader, or sim:PROFILE for a virtual card "
@@ -125,6 +145,13 @@ reader_option = click.option(
 config_option = click.option(
     "--config", "config_path", type=FilePath(dir_okay=False, path_type=Path), default=None,
     help="The terminal's configuration file [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml].",
+)
+
+
+central_option = click.option(
+    "--central", "central_url", envvar="SSCARD_CENTRAL", default=None, metavar="URL",
+    help="The platform's URL [default: $SSCARD_CENTRAL, else the terminal configuration's [central] url,"
+         f" else {DEFAULT_CENTRAL}].",
 )
 
 

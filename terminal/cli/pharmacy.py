@@ -13,12 +13,11 @@ from terminal.cli import watchdog
 from terminal.cli.counter import (
     ScreenClerk,
     bill_items,
-    central_option,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import Seconds, config_option, reader_option
+from terminal.cli.options import Seconds, central_option, config_option, connect, reader_option
 from terminal.cli.output import json_option
 from terminal.cli.prompts import Asked
 from terminal.flows.common import Site
@@ -30,7 +29,7 @@ from terminal.flows.pharmacy import (
     read_old_card,
     refund,
 )
-from terminal.readers import SIM_PREFIX, default_reader, open_connection
+from terminal.readers import SIM_PREFIX, default_reader
 
 #: how long the one-reader dual-card insert waits for the clerk to swap the cards (seconds)
 SWAP_TIMEOUT = 60.0
@@ -85,16 +84,16 @@ def activate(old_reader: str | None, reader: str | None, config_path: Path | Non
         raise click.UsageError("a virtual card reader holds one card: give the old card's with --old-reader")
     with open_site(config_path, central_url) as (_config, site):
         if in_turn:
-            with open_connection(reader) as connection:
+            with connect(reader) as connection:
                 old = read_old_card(connection)
             clerk.say(f"Old card read: {old.name}.")
             clerk.say("Take out the old card and put the new social security card in the same reader.")
             wait_for_swap(reader, wait_s)
-            with open_connection(reader) as connection:
+            with connect(reader) as connection:
                 result = dual_card_activate(old, connection, site, clerk)
             finish(result.to_dict(), as_json)
         else:
-            with open_connection(old_reader) as old_connection, open_connection(reader) as connection:
+            with connect(old_reader) as old_connection, connect(reader) as connection:
                 dual_card_two_readers(old_connection, connection, site, clerk, as_json)
 
 
@@ -150,7 +149,7 @@ def purchase_command(reader: str | None, config_path: Path | None, central_url: 
     """
     items = bill_items(item_specs, "Item", to_stderr=as_json)
     clerk = ScreenClerk(pin_stdin, to_stderr=as_json)
-    with open_site(config_path, central_url) as (_config, site), open_connection(reader) as connection:
+    with open_site(config_path, central_url) as (_config, site), connect(reader) as connection:
         result = purchase(connection, site, sale_no, items, clerk)
     finish(result.to_dict(), as_json)
 

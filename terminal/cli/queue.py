@@ -10,7 +10,6 @@ else the built-in defaults.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,55 +19,27 @@ import click
 from apdu.catalogue import CARD_ITEMS
 from message.envelope import MSGID_RE, iso_time
 from terminal.cli import signals
-from terminal.cli.options import LIMIT, Count, FilePath, Seconds
+from terminal.cli.options import Count, FilePath, LIMIT, Seconds, central_option, config_option
 from terminal.cli.output import json_option, print_json
-from terminal.config import TerminalConfig, default_config_path, load_config
+from terminal.config import DEFAULT_CENTRAL, TerminalConfig, queue_and_central
 from terminal.queue import ALL_STATES, STATES, Outbox
 
 #: the card identification code in hex (16 bytes on the card): what ``--card`` takes besides the card number
 CARD_SN_LENGTH = 2 * next(item.length for item in CARD_ITEMS if item.key == "card_identification_code")
 
-DEFAULT_CENTRAL = "http://127.0.0.1:8930"
 #: show the progress bar on a terminal when more records than this are to be sent
 PROGRESS_OVER = 500
 
 
-def default_queue() -> Path:
-    """``$XDG_DATA_HOME/sscard/queue.sqlite`` (``~/.local/share`` when unset)."""
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "sscard" / "queue.sqlite"
-
-
-def terminal_config(config_path: Path | None) -> TerminalConfig | None:
-    """The terminal configuration the counter commands use: ``config_path`` (which must exist), else
-    :func:`terminal.config.default_config_path` when that file exists, else None. An invalid file is a
-    :class:`ConfigError` (exit 12)."""
-    if config_path is not None:
-        return load_config(config_path)
-    path = default_config_path()
-    try:
-        present = path.is_file()
-    except (OSError, ValueError):  # a path no file can have ($SSCARD_CONFIG): load_config says what is wrong
-        present = True
-    return load_config(path) if present else None
-
-
 def queue_path(path: Path | None, config_path: Path | None) -> Path:
     """``-q`` or ``$SSCARD_QUEUE`` (``path``), else the configuration's ``[queue] path``, else
-    :func:`default_queue`."""
-    if path is not None:
-        return path
-    config = terminal_config(config_path)
-    return config.queue_path if config else default_queue()
+    :func:`terminal.config.default_queue`."""
+    return path if path is not None else queue_and_central(path, DEFAULT_CENTRAL, config_path)[0]
 
 
 def queue_options(command: Any) -> Any:
     """``-q`` and ``--config`` for a queue command (the order is in the module's docstring)."""
-    command = click.option(
-        "--config", "config_path", type=FilePath(dir_okay=False, path_type=Path), default=None,
-        help="The terminal's configuration file, for the defaults of -q and --central"
-             " [default: $SSCARD_CONFIG, else ~/.config/sscard/terminal.toml, when it exists].",
-    )(command)
+    command = config_option(command)
     return click.option(
         "--queue", "-q", "path", type=FilePath(dir_okay=False, path_type=Path), envvar="SSCARD_QUEUE",
         default=None,
@@ -142,8 +113,9 @@ def list_records(path: Path | None, config_path: Path | None, state: str | None,
     rows = []
     if where.exists():
         with Outbox(where, create=False) as outbox:
-            by_code = card is not None and len(card.strip()) == CARD_SN_LENGTH
-            code, number = (card.strip().upper(), None) if by_code else (None, card.strip() if card else None)
+            given = card.strip() if card else None
+            by_code = given is not None and len(given) == CARD_SN_LENGTH
+            code, number = (given.upper(), None) if given and by_code else (None, given)
             rows = [r.summary() for r in outbox.records(state, limit, card_sn=code, card_number=number, damaged=True)]
     if as_json:
         print_json(rows)
@@ -171,9 +143,7 @@ def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, .
 
 @queue.command()
 @queue_options
-@click.option("--central", "url", envvar="SSCARD_CENTRAL", default=None,
-              show_default=f"$SSCARD_CENTRAL, else the terminal configuration's [central] url, else {DEFAULT_CENTRAL}",
-              help="The central service's URL.")
+@central_option
 @click.option("--batch-size", type=Count(1, 500), default=None, help="Records per batch [default: 100].")
 @click.option("--timeout", type=Seconds(0, 600), default=None,
               help="Seconds each call to the service may take, the whole answer included [default: 10].")
@@ -186,27 +156,27 @@ def retry_dead(path: Path | None, config_path: Path | None, msgids: tuple[str, .
 @click.option("--progress/--no-progress", default=None,
               help=f"Progress bar on stderr [default: on a terminal, for more than {PROGRESS_OVER} records].")
 @json_option("Print JSON on stdout.")
-def upload(path: Path | None, config_path: Path | None, url: str | None, batch_size: int | None,
+def upload(path: Path | None, config_path: Path | None, central_url: str | None, batch_size: int | None,
            timeout: float | None, follow: bool, interval: float | None, ignore_schedule: bool,
            progress: bool | None, as_json: bool) -> None:
     """Send the due records to the central service (exit 14 if it cannot be reached)."""
     from terminal.upload import (  # here: httpx slows start-up
+        DEFAULT_BATCH,
         DEFAULT_INTERVAL,
+        DEFAULT_TIMEOUT,
         CentralError,
         Uploader,
         shown_url,
     )
 
-    config = terminal_config(config_path) if path is None or url is None else None
-    path = path if path is not None else config.queue_path if config else default_queue()
-    url = url if url is not None else config.central_url if config else DEFAULT_CENTRAL
+    path, url, config = queue_and_central(path, central_url, config_path)
 
-    given = {"batch_size": batch_size, "timeout": timeout}
-    options = {name: value for name, value in given.items() if value is not None}
     # the configuration's station (a terminal number corrected there applies to the next sign-in)
     station = config.station if config and config.queue_path == path else None
     with Outbox(path, station, create=False) as outbox, \
-            Uploader(outbox, url, credentials=gateway_credentials(config, outbox), **options) as uploader:
+            Uploader(outbox, url, credentials=gateway_credentials(config, outbox),
+                     batch_size=DEFAULT_BATCH if batch_size is None else batch_size,
+                     timeout=DEFAULT_TIMEOUT if timeout is None else timeout) as uploader:
         if follow:
             with signals.stop_on_signals() as stop:
                 click.echo(f"uploading to {shown_url(url)} until Ctrl-C or SIGTERM", err=True)
@@ -264,11 +234,9 @@ def gateway_credentials(config: TerminalConfig | None, outbox: Outbox) -> Any:
 
 @queue.command()
 @queue_options
-@click.option("--central", "url", envvar="SSCARD_CENTRAL", default=None,
-              show_default=f"$SSCARD_CENTRAL, else the terminal configuration's [central] url, else {DEFAULT_CENTRAL}",
-              help="The platform's URL.")
+@central_option
 @json_option("Print JSON on stdout.")
-def resolve(path: Path | None, config_path: Path | None, url: str | None, as_json: bool) -> None:
+def resolve(path: Path | None, config_path: Path | None, central_url: str | None, as_json: bool) -> None:
     """Resolve the journal's unknown entries: calls whose answer was lost (a timeout, a kill).
 
     \b
@@ -279,9 +247,7 @@ def resolve(path: Path | None, config_path: Path | None, url: str | None, as_jso
     from terminal.online import OutcomeUnknownError, Platform, PlatformRefusedError
     from terminal.upload import CentralError
 
-    config = terminal_config(config_path) if path is None or url is None else None
-    path = path if path is not None else config.queue_path if config else default_queue()
-    url = url if url is not None else config.central_url if config else DEFAULT_CENTRAL
+    path, url, config = queue_and_central(path, central_url, config_path)
     error = None
     with Outbox(path, create=False) as outbox:
         with Platform(outbox, url, gateway_credentials(config, outbox)) as platform:

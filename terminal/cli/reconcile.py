@@ -9,8 +9,8 @@ import click
 
 from apdu.errors import SSCardError
 from message.envelope import CST, INSUTYPES
-from terminal.cli.counter import central_option, say_on_stderr
-from terminal.cli.options import FilePath, config_option
+from terminal.cli.counter import say_on_stderr
+from terminal.cli.options import FilePath, central_option, config_option
 from terminal.cli.output import json_option, print_json
 from terminal.config import load_config
 from terminal.flows.common import open_platform

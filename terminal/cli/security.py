@@ -11,20 +11,13 @@ from pathlib import Path
 import click
 
 from terminal.card import SocialSecurityCard, holder
-from terminal.cli.options import config_option, id_number_asked, key_store_options, reader_option
+from terminal.cli.options import config_option, id_number_asked, key_store_options, reader_option, connect
 from terminal.cli.output import json_option, print_json
 from terminal.cli.prompts import read_pin
 from terminal.config import KeyStoreArgs
-from terminal.crypto import (
-    KeyStore,
-    authenticate_terminal,
-    check_genuine,
-    open_key_store,
-    reload_pin,
-    unlocker,
-)
+from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unlocker
 from terminal.errors import IdentityMismatchError
-from terminal.readers import open_connection
+from terminal.keystore import KeyStore, open_key_store
 
 TEST_KEYS_WARNING = (
     "Warning: using the TEST keys (public, for the simulator's virtual cards only): a card in a real reader "
@@ -45,11 +38,11 @@ def announce_key_store(store: KeyStore, *, options: bool = False) -> None:
 def chosen_key_store(psam: str | None, key_file: Path | None, config_path: Path | None) -> KeyStoreArgs:
     """The one way every command chooses its key store: ``--psam`` / ``--key-file`` when given, else
     the terminal configuration's ``[keys] store`` (when there is a configuration), else the TEST keys."""
-    from terminal.cli.queue import terminal_config
+    from terminal.config import find_config
 
     if psam is not None or key_file is not None:
         return {"psam": psam, "key_file": key_file}
-    config = terminal_config(config_path)
+    config = find_config(config_path)
     return config.key_store_args() if config else {"psam": None, "key_file": None}
 
 
@@ -70,8 +63,8 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, config_pat
       sscard auth --reader sim:counterfeit
       sscard auth --reader "Virtual PCD 00 00" --psam "Virtual PCD 00 01"
     """
-    with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
-            open_connection(reader) as connection:
+    with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store, \
+            connect(reader) as connection:
         announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)
         card.select()
@@ -97,7 +90,7 @@ def change_pin(reader: str | None, pin_stdin: bool, as_json: bool) -> None:
     Weak PINs (one digit repeated, consecutive digits such as 123456) are refused (exit 11).
     Exit code 6: wrong current PIN; 7: PIN blocked.
     """
-    with open_connection(reader) as connection:
+    with connect(reader) as connection:
         card = SocialSecurityCard(connection)
         card.select()
         old = read_pin("Current PIN", pin_stdin)
@@ -130,8 +123,8 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, confi
     (RELOAD PIN).
     Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
     """
-    with open_key_store(**chosen_key_store(psam, key_file, config_path)) as store, \
-            open_connection(reader) as connection:
+    with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store, \
+            connect(reader) as connection:
         announce_key_store(store, options=True)
         card = SocialSecurityCard(connection)
         card.select()

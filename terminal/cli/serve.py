@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from terminal.cli import watchdog
-from terminal.cli.counter import central_option
-from terminal.cli.options import Count, FilePath, config_option, reader_option
+from terminal.cli.options import Count, FilePath, central_option, config_option, connect, exclusive, reader_option
 
 
 @click.command()
@@ -41,9 +40,9 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
       sscard serve --allow-origin http://his.hospital.local:8080
       sscard serve --reader "Virtual PCD 00 00" --print-token
     """
-    from terminal.cli.queue import terminal_config
+    from terminal.config import find_config
     from terminal.cli.security import announce_key_store
-    from terminal.crypto import open_key_store
+    from terminal.keystore import open_key_store
     from terminal.readers import default_reader
     from terminal.service import ReaderService, default_token_path, load_token
 
@@ -51,8 +50,9 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
     if print_token:
         click.echo(token)
         return
-    config = terminal_config(config_path)
-    with open_key_store(**(config.key_store_args() if config else {"psam": None, "key_file": None})) as keys:
+    config = find_config(config_path)
+    with open_key_store(**(config.key_store_args() if config else {"psam": None, "key_file": None}),
+                        connect=connect) as keys:
         announce_key_store(keys)
         if config is not None:
             from terminal.gateway import TEST_CREDENTIALS_WARNING
@@ -63,7 +63,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
             service = ReaderService(reader=reader or default_reader(), contactless=contactless_reader, keys=keys,
                                     token=token, origins=origins, terminal_no=config.terminal_no if config else 0,
                                     device=config.device if config else "", host=host, port=port, config=config,
-                                    central_url=central_url, card_timeout=watchdog.disarm())
+                                    central_url=central_url, card_timeout=watchdog.disarm(), exclusive=exclusive())
         except OSError as err:
             raise click.ClickException(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
         allowed = ", ".join(origins) or "none (token clients only)"

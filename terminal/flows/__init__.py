@@ -1,4 +1,4 @@
-"""The counter flows, one module per role (DESIGN.md items 4-7; docs/flows.md):
+"""The counter flows, one module per role (docs/design.md items 4-7; docs/flows.md):
 
 - :mod:`terminal.flows.desk`: hospital registration desk (registration, activation by first registration);
 - :mod:`terminal.flows.pharmacy`: dual-card insert (old medical card -> social security card) and purchases;

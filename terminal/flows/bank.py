@@ -1,9 +1,9 @@
-"""The bank counter activation (DESIGN.md item 4, first way).
+"""The bank counter activation (docs/design.md item 4, first way).
 
 The holder brings the card and the original ID document; the clerk types the document's number, which
 must match the card's social security number; the holder sets a PIN (weak PINs refused); the terminal
 sets it with RELOAD PIN and activates the application with APPLICATION UNBLOCK, each with a MAC from
-the key store or PSAM (:mod:`terminal.crypto`; docs/card-profile.md, "MAC-protected commands"); the
+the key store or PSAM (:mod:`terminal.keystore`; docs/card-profile.md, "MAC-protected commands"); the
 medical account returns to normal; an ``SS01`` activation record is queued (docs/flows.md).
 
 Two phases, so the card is never changed without its record (docs/flows.md, "Bank counter"):
@@ -27,12 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.crypto import PINFormatError, check_new_pin
+from apdu.pin import PINFormatError, check_new_pin
 from apdu.errors import SSCardError
 from drivers.connection import Connection
+from message.infno import Infno
 from terminal.card import Identity, SocialSecurityCard, holder
-from terminal.crypto import CardKeyRef, check_genuine, reload_pin, unblock_application, unlocker
+from terminal.cardsecurity import check_genuine, reload_pin, unblock_application, unlocker
 from terminal.errors import IdentityMismatchError
+from terminal.keystore import CardKeyRef
 from terminal.flows.common import (
     Clerk,
     RefusedError,
@@ -48,7 +50,6 @@ from terminal.queue import QueuedRecord, QueueError
 
 log = logging.getLogger(__name__)
 
-ACTIVATION = "SS01"
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def choose_pin(clerk: Clerk) -> str:
 
 
 def _held_activations(site: Site, card_sn: str) -> list[QueuedRecord]:
-    return [r for r in site.outbox.held(card_sn) if r.infno == ACTIVATION]
+    return [r for r in site.outbox.held(card_sn) if r.infno == Infno.ACTIVATION]
 
 
 def _release(site: Site, record: QueuedRecord) -> QueuedRecord:
@@ -178,7 +179,7 @@ def bank_activate(connection: Connection, site: Site, id_number: str, clerk: Cle
     pin = new_pin(clerk)
     _withdraw_stale(site, identity, clerk)
     held = site.outbox.add(
-        ACTIVATION,
+        Infno.ACTIVATION,
         {"data": {**person_fields(identity), "actv_way": "bank", "actv_time": timestamp(site),
                   "medical_account": "normal"}},
         insured_region=identity.issuing_region, card_sn=identity.card_identification_code, held=True,

@@ -17,16 +17,17 @@ from typing import Any, Protocol
 from apdu.errors import SSCardError, WrongPINError, mask
 from drivers.connection import Connection
 from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
+from message.infno import ACTIVATIONS, Infno
 from terminal.card import Identity, SocialSecurityCard
+from terminal.cardsecurity import check_genuine, unlocker
 from terminal.config import TerminalConfig
-from terminal.crypto import CardKeyRef, KeyStore, check_genuine, unlocker
 from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+from terminal.keystore import CardKeyRef, KeyStore
 from terminal.online import Person, Platform, PlatformRefusedError
 from terminal.queue import STANDING, Outbox, QueuedRecord
 from terminal.upload import CentralError
 
 #: project codes of the records that activate a card at this terminal (docs/flows.md, "Activation")
-ACTIVATION_INFNOS = ("SS01", "SS02")
 #: tries left at which the PIN prompt stops mentioning them
 FULL_TRIES = 3
 
@@ -157,7 +158,7 @@ class CardAtCounter:
 
 
 def present_card(connection: Connection, site: Site) -> CardAtCounter:
-    """SELECT the SSC application, prove the card genuine (internal authentication, DESIGN.md item 2)
+    """SELECT the SSC application, prove the card genuine (internal authentication, docs/design.md item 2)
     and read its identity. A counterfeit is refused here, before anything is recorded (exit 8)."""
     card = SocialSecurityCard(connection)
     card.select()
@@ -237,7 +238,7 @@ def same_person(a: str, b: str) -> bool:
 def activation_record(outbox: Outbox, card_sn: str) -> QueuedRecord | None:
     """The first record that activated this card at this terminal (SS01 or SS02, queued or answered
     online; not one refused, reversed or dead), if any."""
-    records = [r for r in outbox.for_card(card_sn) if r.infno in ACTIVATION_INFNOS and r.state in STANDING]
+    records = [r for r in outbox.for_card(card_sn) if r.infno in ACTIVATIONS and r.state in STANDING]
     return records[-1] if records else None
 
 
@@ -271,7 +272,7 @@ def look_up(site: Site, at: CardAtCounter) -> Person:
     """1101 for the card at the counter: the platform's person (psn_no, insurances, insured region,
     balance). The platform must name the card's own holder (:class:`RefusedError` otherwise)."""
     identity = at.identity
-    output = site.online().query("1101", {"data": {**person_fields(identity), "begntime": timestamp(site)}},
+    output = site.online().query(Infno.PERSON, {"data": {**person_fields(identity), "begntime": timestamp(site)}},
                                  insured_region=identity.issuing_region)
     person = Person.from_1101(output)
     if not same_person(person.certno, identity.social_security_number):

@@ -22,6 +22,7 @@ from typing import Any
 
 from drivers.connection import Connection
 from message.envelope import yuan
+from message.infno import VISIT_CANCELLATIONS, Infno
 from terminal.card import Identity, holder
 from terminal.flows.common import (
     Clerk,
@@ -53,11 +54,8 @@ from terminal.online import Person, PlatformRefusedError
 from terminal.queue import ANSWERED, CALLING, SENT, QueuedRecord, record_data
 from terminal.upload import CentralError
 
-OUTPATIENT_SETTLEMENT = "2207"
 #: where each registration's answer names its visit
 VISIT_PATHS = ("$.output.data.mdtrt_id", "$.output.result.mdtrt_id")
-#: each registration and its cancellation
-CANCELS = {"2201": "2202", "2401": "2404"}
 #: the confirmation a maternity registration for a male holder records
 MALE_MATERNITY = "maternity registration for a male holder"
 
@@ -82,9 +80,9 @@ class RegistrationKind:
 KINDS: dict[str, RegistrationKind] = {
     kind.name: kind
     for kind in (
-        RegistrationKind("outpatient", "门诊 outpatient", "2201", "11", ("310", "390")),
-        RegistrationKind("hospitalisation", "住院 hospitalisation", "2401", "21", ("310", "390")),
-        RegistrationKind("maternity", "生育 maternity", "2201", "51", ("510",)),
+        RegistrationKind("outpatient", "门诊 outpatient", Infno.REGISTRATION, "11", ("310", "390")),
+        RegistrationKind("hospitalisation", "住院 hospitalisation", Infno.ADMISSION, "21", ("310", "390")),
+        RegistrationKind("maternity", "生育 maternity", Infno.REGISTRATION, "51", ("510",)),
     )
 }
 
@@ -154,7 +152,7 @@ def _body(kind: RegistrationKind, person: Person | None, insutype: str, fields: 
     who = {"psn_no": person.psn_no} if person else {}
     if confirmed:
         fields = {**fields, "exp_content": {"clerk_confirmed": list(confirmed)}}
-    if kind.infno == "2401":
+    if kind.infno == Infno.ADMISSION:
         return {"mdtrtinfo": {**who, **fields, "insutype": insutype, "med_type": kind.med_type, "ipt_no": "",
                               "adm_time": now, "adm_dept_codg": "", "adm_dept_name": department,
                               "dept_name": department, "begntime": now},
@@ -201,7 +199,7 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
     activated = None
     if not is_active(identity, site.outbox):
         activated = site.outbox.add(
-            "SS01",
+            Infno.ACTIVATION,
             {"data": {**person_fields(identity), "actv_way": "first-registration", "actv_time": now,
                       "medical_account": "normal"}},
             insured_region=person.insured_region if person else identity.issuing_region, card_sn=at.card_sn,
@@ -237,7 +235,7 @@ def register(connection: Connection, site: Site, kind: str, department: str, cle
 def find_visit(site: Site, mdtrt_id: str) -> QueuedRecord:
     """This terminal's registration of visit ``mdtrt_id`` (answered online, or queued and sent);
     :class:`RefusedError` when there is none."""
-    found = [r for r in site.outbox.by_answer(tuple(CANCELS), VISIT_PATHS, mdtrt_id.strip())
+    found = [r for r in site.outbox.by_answer(tuple(VISIT_CANCELLATIONS), VISIT_PATHS, mdtrt_id.strip())
              if r.state in (ANSWERED, SENT)]
     if not found:
         raise RefusedError(f"No visit {mdtrt_id.strip()} was registered at this terminal (or the platform has not "
@@ -246,7 +244,7 @@ def find_visit(site: Site, mdtrt_id: str) -> QueuedRecord:
 
 
 def _cancellation(site: Site, visit: QueuedRecord, mdtrt_id: str) -> QueuedRecord | None:
-    cancels = [r for r in site.outbox.with_data(CANCELS[visit.infno], "mdtrt_id", mdtrt_id)
+    cancels = [r for r in site.outbox.with_data(VISIT_CANCELLATIONS[visit.infno], "mdtrt_id", mdtrt_id)
                if r.state in (ANSWERED, CALLING)]
     return cancels[0] if cancels else None
 
@@ -278,7 +276,7 @@ def cancel(site: Site, mdtrt_id: str, clerk: Clerk) -> Cancellation:
         return Cancellation(mdtrt_id, visit, earlier, True)
     data = {"psn_no": _psn_no(visit), "mdtrt_id": mdtrt_id, "ipt_otp_no": ""}
     try:
-        record, _output = site.online().transact(CANCELS[visit.infno], {"data": data},
+        record, _output = site.online().transact(VISIT_CANCELLATIONS[visit.infno], {"data": data},
                                                  insured_region=visit.insured_region, card_sn=visit.card_sn)
     except PlatformRefusedError as err:
         raise RefusedError(f"{err} Nothing was done.") from None
@@ -318,12 +316,12 @@ def settle_visit(connection: Connection, site: Site, mdtrt_id: str, bill_no: str
     total = bill_total(items)
     mdtrt_id = mdtrt_id.strip()
     visit = find_visit(site, mdtrt_id)
-    if visit.infno != "2201":
+    if visit.infno != Infno.REGISTRATION:
         raise RefusedError(f"Visit {mdtrt_id} is an admission: its bill is settled at discharge, not at this "
                            "desk. Nothing was done.")
     if _cancellation(site, visit, mdtrt_id) is not None:
         raise RefusedError(f"Visit {mdtrt_id} was cancelled: there is nothing to settle. Nothing was done.")
-    paid = standing(site, OUTPATIENT_SETTLEMENT, bill, "Bill")
+    paid = standing(site, Infno.OUTPATIENT_SETTLEMENT, bill, "Bill")
     at = present_card(connection, site)
     identity = at.identity
     clerk.say(f"Card genuine: {holder_line(identity)}")
@@ -355,11 +353,11 @@ def settle_visit(connection: Connection, site: Site, mdtrt_id: str, bill_no: str
     body = {"data": {"psn_no": person.psn_no, **person_fields(identity), "med_type": med_type, "medfee_sumamt": total,
                      "psn_setlway": "01", "mdtrt_id": mdtrt_id, "chrg_bchno": bill, "insutype": insutype,
                      "acct_used_flag": "1"}}
-    record, split = settle(site, person, OUTPATIENT_SETTLEMENT, body, total, clerk, card_sn=at.card_sn,
+    record, split = settle(site, person, Infno.OUTPATIENT_SETTLEMENT, body, total, clerk, card_sn=at.card_sn,
                            verify_pin=lambda: verify_holder_pin(at, clerk), not_done=unpaid)
     return OutpatientBill(bill, mdtrt_id, holder(identity), split, record, False)
 
 
 def refund(site: Site, bill_no: str, clerk: Clerk) -> Refund:
     """Refund an outpatient bill paid at this terminal (2208; :func:`terminal.flows.settlement.refund`)."""
-    return refund_bill(site, OUTPATIENT_SETTLEMENT, bill_number(bill_no, "bill"), clerk, "Bill")
+    return refund_bill(site, Infno.OUTPATIENT_SETTLEMENT, bill_number(bill_no, "bill"), clerk, "Bill")

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.connection import Connection
-from message.envelope import INFNO, iso_time, parse_yuan, yuan
+from message.envelope import iso_time, parse_yuan, yuan
+from message.infno import Infno, clerk_word
 from terminal.card import holder
 from terminal.flows.common import Clerk, Site, is_active, look_up, present_card, verify_holder_pin
-from terminal.online import LABELS, PlatformRefusedError
+from terminal.online import PlatformRefusedError
 from terminal.queue import QueuedRecord, record_data
 from terminal.upload import CentralError
 
@@ -25,7 +26,7 @@ def record_line(record: QueuedRecord) -> dict[str, Any]:
     data = record_data(record)
     line: dict[str, Any] = {
         "time": iso_time(record.created_at),
-        "what": LABELS.get(record.infno, INFNO.get(record.infno, record.infno)),
+        "what": clerk_word(record.infno),
         "infno": record.infno,
         "msgid": record.msgid,
         "cross_region": record.cross_region,
@@ -81,7 +82,7 @@ def inquiry(connection: Connection, site: Site, clerk: Clerk, limit: int = RECOR
             balance, note = person.balance, "as the platform answers it"
         except (CentralError, PlatformRefusedError) as err:
             note = f"the platform cannot say now ({err})"
-    held = [r for r in site.outbox.for_card(at.card_sn) if r.infno != "2601"]  # newest first
+    held = [r for r in site.outbox.for_card(at.card_sn) if r.infno != Infno.REVERSAL]  # newest first
     records = [record_line(r) for r in held[:limit]]
     # a public screen: the holder masked as the screen shows it (the name, the card number too)
     masked = {**holder(identity), "name": shown["full_name"], "id_number": shown["social_security_number"],

@@ -29,6 +29,7 @@ from apdu.errors import SSCardError
 from drivers.connection import Connection
 from drivers.errors import CardUnresponsiveError, NoCardError, TransportError
 from message.envelope import Fen, yuan
+from message.infno import Infno
 from terminal.card import holder
 from terminal.errors import IdentityMismatchError, NotSocialSecurityCardError
 from terminal.flows.common import (
@@ -71,7 +72,6 @@ __all__ = ["DualCardActivation", "Item", "Purchase", "Refund", "dual_card_activa
 
 log = logging.getLogger(__name__)
 
-SETTLEMENT, TRANSFER = "2102", "SS02"
 #: insurance types a pharmacy settles, the one with a personal account first
 PHARMACY_INSUTYPES = ("310", "390")
 
@@ -133,7 +133,7 @@ def _present_new_card(connection: Connection, site: Site) -> CardAtCounter:
 
 def _earlier_transfer(site: Site, old: OldCard) -> QueuedRecord | None:
     """An SS02 of this terminal moving ``old``'s account that stands (queued, answered, or unknown)."""
-    standing = site.outbox.standing(TRANSFER, "old_card_no", old.card_number)
+    standing = site.outbox.standing(Infno.TRANSFER, "old_card_no", old.card_number)
     return standing[0] if standing else None
 
 
@@ -185,7 +185,7 @@ def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, cle
     if person is not None:
         try:
             record, output = site.online().transact(
-                TRANSFER, {"data": {"psn_no": person.psn_no, **data}}, insured_region=person.insured_region,
+                Infno.TRANSFER, {"data": {"psn_no": person.psn_no, **data}}, insured_region=person.insured_region,
                 card_sn=at.card_sn, check=lambda out: yuan_field(out["data"], "balc"))
             balance = Fen(yuan_field(output["data"], "balc"))
         except PlatformRefusedError as err:
@@ -197,7 +197,7 @@ def dual_card_activate(old: OldCard, new_connection: Connection, site: Site, cle
                 raise
             clerk.say(f"The platform cannot be reached ({err}): the account move will wait in the queue.")
     if record is None:
-        record = site.outbox.add(TRANSFER, {"data": data}, insured_region=identity.issuing_region, card_sn=at.card_sn)
+        record = site.outbox.add(Infno.TRANSFER, {"data": data}, insured_region=identity.issuing_region, card_sn=at.card_sn)
         clerk.say(f"Account move recorded: {yuan(old.balance)} yuan, to be made when the platform has it "
                   f"({record.msgid}).")
     else:
@@ -271,7 +271,7 @@ def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item]
     sale = bill_number(sale_no)
     total = bill_total(items)
     site.online()
-    paid = standing(site, SETTLEMENT, sale)
+    paid = standing(site, Infno.PHARMACY_SETTLEMENT, sale)
     at = present_card(connection, site)
     identity = at.identity
     clerk.say(f"Card genuine: {holder_line(identity)}")
@@ -298,11 +298,11 @@ def purchase(connection: Connection, site: Site, sale_no: str, items: list[Item]
                      "psn_setlway": "01", "chrg_bchno": sale, "insutype": insurance.insutype,
                      "acct_used_flag": "1", "begntime": timestamp(site)},
             "drugdetail": [{"feedetl_sn": f"{n:04d}", **item.to_body()} for n, item in enumerate(items, 1)]}
-    record, split = settle(site, person, SETTLEMENT, body, total, clerk, card_sn=at.card_sn,
+    record, split = settle(site, person, Infno.PHARMACY_SETTLEMENT, body, total, clerk, card_sn=at.card_sn,
                            verify_pin=lambda: verify_holder_pin(at, clerk), not_done=unpaid)
     return Purchase(sale, holder(identity), split, record, False)
 
 
 def refund(site: Site, sale_no: str, clerk: Clerk) -> Refund:
     """Refund a sale paid at this terminal (2103; :func:`terminal.flows.settlement.refund`)."""
-    return refund_bill(site, SETTLEMENT, bill_number(sale_no), clerk)
+    return refund_bill(site, Infno.PHARMACY_SETTLEMENT, bill_number(sale_no), clerk)

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from message.envelope import PREVIEWS, SETTLEMENTS, Fen, yuan
+from message.envelope import Fen, yuan
+from message.infno import CODES, PREVIEWS, SETTLEMENTS, Infno
 from terminal.flows.common import Clerk, PaymentRefusedError, Site
 from terminal.online import Person, PlatformRefusedError, ReversedError, yuan_field
 from terminal.queue import ANSWERED, CALLING, QueuedRecord, record_data
@@ -33,7 +34,7 @@ MONEY = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?")
 QUANTITY = re.compile(r"[0-9]{1,9}")
 MAX_QUANTITY = 9999
 #: the pre-settlement of each settlement
-PREVIEW_OF = {settlement: preview for preview, settlement in PREVIEWS.items()}
+PREVIEW_OF: dict[str, Infno] = {settlement: CODES[preview] for preview, settlement in PREVIEWS.items()}
 
 
 def parse_money(text: str) -> Fen:
@@ -225,7 +226,7 @@ class Refund:
     already_refunded: bool
 
     def to_dict(self) -> dict[str, Any]:
-        number = "bill_no" if self.settlement.infno == "2207" else "sale_no"  # as the desk and the till name it
+        number = "bill_no" if self.settlement.infno == Infno.OUTPATIENT_SETTLEMENT else "sale_no"  # as the desk and the till name it
         return {number: self.bill, "msgid": self.record.msgid, "settlement_msgid": self.settlement.msgid,
                 "init_setl_id": setl_id(self.settlement), **self.split.to_dict(),
                 "already_refunded": self.already_refunded}
