@@ -20,7 +20,6 @@ from apdu.tlv import ber_encode, encode_simple
 from drivers.simulator.cardos import CardStatus
 
 MF_FID = 0x3F00
-#: the file system's status words (ISO/IEC 7816-4 s5.1.3)
 
 
 @dataclass

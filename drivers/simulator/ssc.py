@@ -264,7 +264,7 @@ class SSCCard(CardOS):
                 raise CardStatus(SW.AUTH_BLOCKED)
             if self._verified:
                 return b"", SW.OK
-            raise CardStatus(0x63C0 | self.pin_tries_left)
+            raise CardStatus(SW.COUNTER | self.pin_tries_left)
         self._check_pin(self.pin_from(command.data))
         return b"", SW.OK
 

@@ -103,7 +103,7 @@ class CardSecurity:
         self.card.external_authenticated = False
         self.card.external_auth_tries_left -= 1
         log.info("virtual SSC: external authentication failed, %d tries left", self.card.external_auth_tries_left)
-        raise CardStatus(SW.AUTH_BLOCKED if self.card.external_auth_tries_left == 0 else 0x63C0 | self.card.external_auth_tries_left)
+        raise CardStatus(SW.AUTH_BLOCKED if self.card.external_auth_tries_left == 0 else SW.COUNTER | self.card.external_auth_tries_left)
 
     def _update_record(self, command: Command) -> Reply:
         """UPDATE RECORD ``00 DC n P2 Lc TLV`` (ISO 7816-4 s7.3.5): P2 04 current EF or SFI<<3|04.
