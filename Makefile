@@ -1,13 +1,16 @@
 # sscard-terminal: two commands for a fresh Debian machine.
 #   make demo   create the venv (and install system packages when root), read the virtual card, then
 #               a day at a small clinic on virtual cards, uploaded to the reference central service
-#   make test   the same set-up, then the whole test suite (pcscd + vpcd included)
+#   make lint   ruff, and mypy --strict over the packages as installed (sscard.apdu, sscard.terminal, ...)
+#   make test   the same set-up, lint, then the whole test suite (pcscd + vpcd included)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 SYSPKGS := pcscd vsmartcard-vpcd libpcsclite-dev opensc pcsc-tools swig gcc python3-venv python3-dev \
            chromium chromium-driver
 
-.PHONY: demo test system venv clean
+PACKAGES := apdu drivers terminal central message fixtures
+
+.PHONY: demo lint test system venv clean
 
 system:
 	@missing=""; for p in $(SYSPKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -32,9 +35,17 @@ demo: venv
 	$(VENV)/bin/sscard read
 	$(VENV)/bin/sscard demo
 
+# mypy reads the tree as it is installed, under sscard (pyproject.toml maps sscard.apdu to apdu/ and
+# so on, which mypy cannot follow): build/typecheck/sscard holds a link to each folder
+lint: venv
+	$(VENV)/bin/ruff check .
+	rm -rf build/typecheck && mkdir -p build/typecheck/sscard
+	for d in $(PACKAGES); do ln -s ../../../$$d build/typecheck/sscard/$$d; done
+	cd build/typecheck && $(abspath $(VENV))/bin/mypy --config-file ../../pyproject.toml -p sscard
+
 # SSCARD_REQUIRE_PCSCD=1 / SSCARD_REQUIRE_BROWSER=1: a missing pcscd/vpcd or chromium fails the PC/SC
 # and counter-page tests instead of skipping them
-test: venv
+test: venv lint
 	SSCARD_REQUIRE_PCSCD=1 SSCARD_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 clean:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.errors import CardDataError
+from sscard.apdu.errors import CardDataError
 
 #: FIDs of the record files inside the SSC application
 EF05 = 0xEF05

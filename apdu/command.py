@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from apdu.errors import APDUFormatError
+from sscard.apdu.errors import APDUFormatError
 
 SHORT_MAX_LC = 255
 SHORT_MAX_LE = 256

@@ -9,10 +9,10 @@ docs/card-profile.md.
 """
 from __future__ import annotations
 
-from apdu import errors as e
-from apdu.command import Command
-from apdu.errors import APDUFormatError
-from apdu.status import SW, Table
+from sscard.apdu import errors as e
+from sscard.apdu.command import Command
+from sscard.apdu.errors import APDUFormatError
+from sscard.apdu.status import SW, Table
 
 #: DF name of the social security application: "sx1.sh." + "社会保障" (GBK)
 SSC_DF_NAME = b"sx1.sh." + "社会保障".encode("gbk")

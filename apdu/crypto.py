@@ -19,7 +19,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 
-from apdu.errors import SSCardError
+from sscard.apdu.errors import SSCardError
 
 __all__ = [
     "Algorithm",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from apdu.errors import CardDataError, TLVError
-from apdu.tlv import BerTlv, ber_decode, ber_find
+from sscard.apdu.errors import CardDataError, TLVError
+from sscard.apdu.tlv import BerTlv, ber_decode, ber_find
 
 #: what this terminal answers for the data objects a PDOL may ask (EMV Book 3 s5.4; Book 4 s6.5):
 #: terminal country code and transaction currency (China, 156), transaction type (00 goods and

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from apdu.crypto import Algorithm
+from sscard.apdu.crypto import Algorithm
 
 __all__ = [
     "PSAM_KEY_VERSIONS", "KeyFormatError", "KeyUsage", "MasterKeys", "parse_keys", "parse_master_keys",

@@ -14,10 +14,10 @@ the whole layout is a **project convention** (docs/old-medical-card.md), shared 
 """
 from __future__ import annotations
 
-from apdu.catalogue import DataItem
-from apdu.command import Command
-from apdu.commands import select_df_name, select_fid, update_record
-from apdu.tlv import encode_simple
+from sscard.apdu.catalogue import DataItem
+from sscard.apdu.command import Command
+from sscard.apdu.commands import select_df_name, select_fid, update_record
+from sscard.apdu.tlv import encode_simple
 
 #: DF name of the old card's medical application (project convention)
 OLD_DF_NAME = b"YBK.OLD.MED"

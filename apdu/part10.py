@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from apdu.errors import MalformedError
+from sscard.apdu.errors import MalformedError
 
 FEATURE_VERIFY_PIN_DIRECT = 0x06
 #: how the SSC's PIN goes into VERIFY (docs/card-profile.md, "PIN"): 6 digits, BCD, 3 bytes

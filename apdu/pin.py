@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from apdu.errors import SSCardError
+from sscard.apdu.errors import SSCardError
 
 __all__ = [
     "PINFormatError",

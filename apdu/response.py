@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apdu.errors import APDUFormatError
-from apdu.status import SW, Table, error_for
+from sscard.apdu.errors import APDUFormatError
+from sscard.apdu.status import SW, Table, error_for
 
 
 @dataclass(frozen=True)

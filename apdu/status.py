@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from apdu import errors as e
+from sscard.apdu import errors as e
 
 
 class SW(IntEnum):

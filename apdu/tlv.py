@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apdu.errors import TLVError
+from sscard.apdu.errors import TLVError
 
 #: padding bytes a card may leave after the last TLV in a record
 PADDING = (0x00, 0xFF)

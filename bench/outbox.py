@@ -37,13 +37,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from message.envelope import Operator, Station  # noqa: E402
-from terminal.queue import Outbox  # noqa: E402
-from terminal.upload import Uploader  # noqa: E402
+from sscard.message.envelope import Operator, Station  # noqa: E402
+from sscard.terminal.queue import Outbox  # noqa: E402
+from sscard.terminal.upload import Uploader  # noqa: E402
 
 STATION = Station("H11010500001", "基准测试医院", "110105", 1, Operator("B001", "基准"))
 #: an outpatient registration queued while the platform is unreachable (a person of fixtures/platform,
@@ -113,8 +112,8 @@ def peer(path: Path, count: int, envelope: str | None, sync: str = "FULL", frame
     pre-built, or (None) each record's envelope built as ``Outbox.add`` builds it (msgid kept in memory)."""
     from persistqueue import SQLiteAckQueue
 
-    from message.envelope import Envelope, msgid
-    from terminal.queue import now_cst
+    from sscard.message.envelope import Envelope, msgid
+    from sscard.terminal.queue import now_cst
 
     queue = SQLiteAckQueue(str(path), auto_commit=True, multithreading=False)
     conn = queue._putter
@@ -210,9 +209,9 @@ def upload_bench(root: Path, count: int, batch: int) -> None:
             outbox.add("2201", BODY, insured_region="110105")
     port = free_port()
     service = subprocess.Popen(
-        [sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", "central", "serve",
+        [sys.executable, "-c", "from sscard.terminal.cli import main; main(prog_name='sscard')", "central", "serve",
          "--port", str(port), "--db", str(root / "central.sqlite")],
-        cwd=ROOT, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, stderr=subprocess.DEVNULL, env=os.environ,
     )
     url = f"http://127.0.0.1:{port}"
     try:

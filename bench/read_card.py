@@ -29,14 +29,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # tests/pcscd.py
 
 import pcscd as stack  # noqa: E402  (tests/pcscd.py)
 from smartcard import scard  # noqa: E402
 
-from apdu import commands  # noqa: E402
-from drivers import pcsc  # noqa: E402
-from drivers.memory import MemoryConnection  # noqa: E402
+from sscard.apdu import commands  # noqa: E402
+from sscard.drivers import pcsc  # noqa: E402
+from sscard.drivers.memory import MemoryConnection  # noqa: E402
 
 READER = "Virtual PCD 00 00"
 BLOCK = 10
@@ -54,10 +54,10 @@ def identity_apdus():
 
 def read_costs() -> list[tuple[str, int, int, float]]:
     """(card, commands, bytes both ways, modelled ms at 9600 baud) of one identity read, in memory."""
-    from drivers.simulator import load_card
-    from terminal.card import SocialSecurityCard
-    from terminal.cardsecurity import unlocker
-    from terminal.keystore import SoftwareKeyStore
+    from sscard.drivers.simulator import load_card
+    from sscard.terminal.card import SocialSecurityCard
+    from sscard.terminal.cardsecurity import unlocker
+    from sscard.terminal.keystore import SoftwareKeyStore
 
     class Counting(MemoryConnection):
         bytes_moved = 0
@@ -81,7 +81,7 @@ def read_costs() -> list[tuple[str, int, int, float]]:
 def make_card(profile: str):
     """(card for a thread, profile name for a subprocess or None)."""
     try:
-        from drivers.simulator import load_card
+        from sscard.drivers.simulator import load_card
     except ImportError:
         return stack.MiniCard(), None
     return load_card(profile), profile
@@ -93,7 +93,7 @@ class MiniCardProcess(stack.ProcessCard):
     def __init__(self) -> None:
         super().__init__("mini")
         self.args = [sys.executable, "-c", "import sys; sys.path[:0] = ['tests']; import pcscd;"
-                     "from drivers.vpcd import VpcdClient; VpcdClient(pcscd.MiniCard()).run()"]
+                     "from sscard.drivers.vpcd import VpcdClient; VpcdClient(pcscd.MiniCard()).run()"]
 
 
 def median_ms(fn, n: int) -> float:
@@ -171,7 +171,7 @@ def main() -> None:
 
         fns = [lambda: [connection.transmit(c) for c in apdus], read, exchange_only]
         try:
-            from terminal.card import SocialSecurityCard
+            from sscard.terminal.card import SocialSecurityCard
             if profile:
                 fns.append(lambda: SocialSecurityCard(connection).read_identity())
         except ImportError:

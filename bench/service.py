@@ -81,18 +81,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 import httpx
-from websockets.sync.client import ClientConnection
-from websockets.sync.client import connect as ws_connect
+from websockets.sync.client import ClientConnection, connect as ws_connect
 
-from terminal.card import SocialSecurityCard
-from terminal.cardsecurity import check_genuine
-from terminal.convention import card_bas
-from terminal.keystore import KeyStore, SoftwareKeyStore
-from terminal.readers import open_connection
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cardsecurity import check_genuine
+from sscard.terminal.convention import card_bas
+from sscard.terminal.keystore import KeyStore, SoftwareKeyStore
+from sscard.terminal.readers import open_connection
+
+ROOT = Path(__file__).resolve().parents[1]
 
 READER = "sim:adult"
 #: the call every side makes
@@ -102,13 +100,13 @@ TERMINAL_NO, DEVICE = 0, ""
 SIDES = ("in-process", "http", "ws")
 TRANSPORTS = ("http", "ws")
 #: ``sscard`` as a process (the console script's entry point, on this interpreter)
-CLI = "from terminal.cli import main; main(prog_name='sscard')"
+CLI = "from sscard.terminal.cli import main; main(prog_name='sscard')"
 #: ``sscard serve`` under cProfile: argv[1] the output prefix, the rest the CLI's arguments. The event
 #: loop runs on the main thread; the card work (``ReaderService._run``) on anyio's worker threads, one
 #: at a time per reader, so one more profiler enabled around each call there.
 PROFILED_SERVICE = r"""
 import cProfile, sys, time
-import terminal.service as service
+import sscard.terminal.service as service
 out = sys.argv[1]
 loop, work = cProfile.Profile(time.thread_time), cProfile.Profile(time.thread_time)
 run = service.ReaderService._run
@@ -119,7 +117,7 @@ def profiled(self, request, spec):
     finally:
         work.disable()
 service.ReaderService._run = profiled
-from terminal.cli import main
+from sscard.terminal.cli import main
 loop.enable()
 try:
     main(sys.argv[2:], prog_name="sscard", standalone_mode=False)
@@ -198,7 +196,7 @@ def service_process(root: Path, name: str, profile: Path | None = None) -> Itera
     SIGTERM."""
     home = root / name
     home.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CONFIG_HOME": str(home),
+    env = {**os.environ, "XDG_CONFIG_HOME": str(home),
            "SSCARD_CONFIG": str(home / "no-terminal.toml")}  # no terminal configuration: test keys, 00, no device
     env.pop("SSCARD_READER", None)
     token = subprocess.run([sys.executable, "-c", CLI, "serve", "--print-token"], cwd=ROOT, env=env,

@@ -84,12 +84,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from central.ledger import Ledger  # noqa: E402
-from message.envelope import (  # noqa: E402
+from sscard.central.ledger import Ledger  # noqa: E402
+from sscard.message.envelope import (  # noqa: E402
     CST,
     INF_TIME,
     MSGID_TIME,
@@ -102,10 +101,10 @@ from message.envelope import (  # noqa: E402
     gateway_headers,
     yuan,
 )
-from terminal.gateway import test_credentials  # noqa: E402
-from terminal.online import Platform  # noqa: E402
-from terminal.queue import Outbox  # noqa: E402
-from terminal.reconcile import journal_settlements, reconcile  # noqa: E402
+from sscard.terminal.gateway import test_credentials  # noqa: E402
+from sscard.terminal.online import Platform  # noqa: E402
+from sscard.terminal.queue import Outbox  # noqa: E402
+from sscard.terminal.reconcile import journal_settlements, reconcile  # noqa: E402
 
 INSTITUTION = "H33030200001"
 INSTITUTION_NAME = "温州市鹿城区示范诊所"
@@ -291,7 +290,7 @@ class Raw:
 #: a platform process with cProfile on its event loop (main thread) and on its ledger thread
 PROFILED_SERVER = r"""
 import cProfile, sys
-from central import CentralService
+from sscard.central import CentralService
 db, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 service = CentralService(db, "127.0.0.1", port)
 loop, ledger = cProfile.Profile(), cProfile.Profile()
@@ -329,12 +328,12 @@ def platform_process(db: Path, profile: Path | None = None) -> Iterator[tuple[st
     process id, and stops it with SIGTERM."""
     port = free_port()
     if profile is None:
-        args = [sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", "central", "serve",
+        args = [sys.executable, "-c", "from sscard.terminal.cli import main; main(prog_name='sscard')", "central", "serve",
                 "--port", str(port), "--db", str(db)]
     else:
         args = [sys.executable, "-c", PROFILED_SERVER, str(db), str(port), str(profile)]
     log = open(db.with_suffix(".log"), "wb")
-    service = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    service = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=log, env=os.environ)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -6,7 +6,7 @@ Runs, alternating so that the machine's load falls on each alike, ``python -c pa
 interpreter alone), ``sscard --help`` and ``sscard read --json`` (the built-in virtual card: start-up,
 the read, the JSON), each ``-n`` times in its own process, and prints the medians and the ratio to
 the peer. Start-up is mostly imports: a command imports only its own module (terminal/cli/main.py,
-``COMMAND_MODULES``); ``python -X importtime -m terminal.cli read --json`` shows what is left.
+``COMMAND_MODULES``); ``python -X importtime -m sscard.terminal.cli read --json`` shows what is left.
 Ends with one line per headline figure: ``figure NAME VALUE UNIT``.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SSCARD = [sys.executable, "-c", "import sys; from terminal.cli import main; sys.exit(main())"]
+SSCARD = [sys.executable, "-c", "import sys; from sscard.terminal.cli import main; sys.exit(main())"]
 RUNS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "sscard --help": [*SSCARD, "--help"],
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=15, help="runs of each (default 15)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as state:  # the virtual card's state, not the user's
-        env = {**os.environ, "SSCARD_SIM_STATE": state, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "SSCARD_SIM_STATE": state}
         times: dict[str, list[float]] = {name: [] for name in RUNS}
         for _ in range(args.n):
             for name, command in RUNS.items():

@@ -9,7 +9,7 @@ its answers (development only). It shares only :mod:`message.envelope` with the 
 - :mod:`central.ledger`: the store and the transactions; :mod:`central.policy`: who pays what;
   :mod:`central.server`: HTTP (Starlette on uvicorn) and :class:`CentralService`.
 """
-from central.ledger import (
+from sscard.central.ledger import (
            REQUIRED,
            Forbidden,
            Ledger,
@@ -18,7 +18,7 @@ from central.ledger import (
            Unsigned,
            digest,
 )
-from central.server import (
+from sscard.central.server import (
            GARBAGE,
            MAX_BATCH,
            MODES,

@@ -28,8 +28,8 @@ import json
 from importlib import resources
 from typing import Any
 
-from apdu.crypto import Algorithm, diversify
-from apdu.keyset import KeyUsage, MasterKeys, parse_master_keys
+from sscard.apdu.crypto import Algorithm, diversify
+from sscard.apdu.keyset import KeyUsage, MasterKeys, parse_master_keys
 
 #: the usages the service computes with (authentication only: module docstring)
 SERVED = (KeyUsage.INTERNAL_AUTH, KeyUsage.EXTERNAL_AUTH)
@@ -44,7 +44,7 @@ class KeyService:
     """The TEST master keys behind ``/api/keys/*`` (module docstring)."""
 
     def __init__(self) -> None:
-        data = json.loads((resources.files("fixtures") / TEST_KEYS).read_text(encoding="utf-8"))
+        data = json.loads((resources.files("sscard.fixtures") / TEST_KEYS).read_text(encoding="utf-8"))
         if data.get("test_only") is not True:
             raise ValueError("the bundled key file is not marked test-only")
         self._keys: MasterKeys = parse_master_keys(data["master_keys"])

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from central import policy
-from message.envelope import (
+from sscard.central import policy
+from sscard.message.envelope import (
     CST,
     DATE,
     GATEWAY_WINDOW,
@@ -56,8 +56,8 @@ from message.envelope import (
     signature_matches,
     yuan,
 )
-from message.infno import CODES, PREVIEWS, QUEUEABLE, REVERSIBLE, SETTLEMENTS, Infno, label
-from terminal.private import create_private_file, warn_if_shared
+from sscard.message.infno import CODES, PREVIEWS, QUEUEABLE, REVERSIBLE, SETTLEMENTS, Infno, label
+from sscard.terminal.private import create_private_file, warn_if_shared
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def now_cst() -> dt.datetime:
 
 def fixture(name: str) -> Any:
     """A JSON file of ``fixtures/platform/`` (TEST data, package data of ``fixtures``)."""
-    return json.loads((importlib.resources.files("fixtures") / "platform" / name).read_text(encoding="utf-8"))
+    return json.loads((importlib.resources.files("sscard.fixtures") / "platform" / name).read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from central.keyservice import KeyRequestError, KeyService
-from central.ledger import Forbidden, Ledger, Rejected, Unanswerable, Unsigned, now_cst
-from message.envelope import ascii_digits
-from message.infno import CODES
+from sscard.central.keyservice import KeyRequestError, KeyService
+from sscard.central.ledger import Forbidden, Ledger, Rejected, Unanswerable, Unsigned, now_cst
+from sscard.message.envelope import ascii_digits
+from sscard.message.infno import CODES
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

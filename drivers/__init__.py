@@ -1,4 +1,4 @@
 """What carries APDUs: pcsc (pyscard), memory (in-process simulator), vpcd (simulator behind pcscd)."""
-from drivers.connection import Connection
+from sscard.drivers.connection import Connection
 
 __all__ = ["Connection"]

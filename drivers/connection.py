@@ -14,10 +14,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from apdu.command import Command
-from apdu.errors import APDUFormatError
-from apdu.response import Response
-from drivers.errors import CardUnresponsiveError, TransportError
+from sscard.apdu.command import Command
+from sscard.apdu.errors import APDUFormatError
+from sscard.apdu.response import Response
+from sscard.drivers.errors import CardUnresponsiveError, TransportError
 
 trace = logging.getLogger("sscard.apdu")
 

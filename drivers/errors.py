@@ -3,7 +3,7 @@ simulator's card profiles. The tree of every error is in :mod:`apdu.errors`; exi
 terminal/cli/exits.py."""
 from __future__ import annotations
 
-from apdu.errors import SSCardError
+from sscard.apdu.errors import SSCardError
 
 # --- readers -----------------------------------------------------------------------------------
 

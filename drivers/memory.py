@@ -1,9 +1,9 @@
 """The in-memory driver: a simulated chip in this process, behind the same Connection as a reader."""
 from __future__ import annotations
 
-from drivers.connection import CLOSED_MESSAGE, Connection
-from drivers.errors import CardRemovedError, NoCardError, TransportError
-from drivers.simulator.base import SimulatedCard
+from sscard.drivers.connection import CLOSED_MESSAGE, Connection
+from sscard.drivers.errors import CardRemovedError, NoCardError, TransportError
+from sscard.drivers.simulator.base import SimulatedCard
 
 
 class MemoryConnection(Connection):

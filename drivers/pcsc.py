@@ -23,12 +23,12 @@ from typing import Any
 
 from smartcard import scard
 
-from apdu import part10
-from apdu.atr import TS
-from apdu.errors import MalformedError, SSCardError
-from drivers import readerstate
-from drivers.connection import CLOSED_MESSAGE, Connection
-from drivers.errors import (
+from sscard.apdu import part10
+from sscard.apdu.atr import TS
+from sscard.apdu.errors import MalformedError, SSCardError
+from sscard.drivers import readerstate
+from sscard.drivers.connection import CLOSED_MESSAGE, Connection
+from sscard.drivers.errors import (
     CardRemovedError,
     CardResetError,
     CardUnresponsiveError,

@@ -9,12 +9,12 @@ reaches the computer: the terminal sees only the status word, as with a real PIN
 """
 from __future__ import annotations
 
-from apdu import part10
-from apdu.pin import PINFormatError, pin_to_bcd
-from apdu.status import SW
-from drivers.errors import TransportError
-from drivers.memory import MemoryConnection
-from drivers.simulator.base import SimulatedCard
+from sscard.apdu import part10
+from sscard.apdu.pin import PINFormatError, pin_to_bcd
+from sscard.apdu.status import SW
+from sscard.drivers.errors import TransportError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator.base import SimulatedCard
 
 #: what the holder can do at the keypad besides typing digits
 CANCEL, TIMEOUT = "cancel", "timeout"

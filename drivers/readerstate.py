@@ -25,7 +25,7 @@ import sys
 from functools import cache
 from typing import Any
 
-from drivers.errors import ReaderError
+from sscard.drivers.errors import ReaderError
 
 #: pcsc-lite's MAX_ATR_SIZE; Windows's rgbAtr holds 36 bytes
 PCSCLITE_ATR_SIZE = 33

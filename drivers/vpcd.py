@@ -18,9 +18,9 @@ import socket
 import struct
 import threading
 
-from apdu.status import SW
-from drivers.errors import TransportError
-from drivers.simulator.base import SimulatedCard
+from sscard.apdu.status import SW
+from sscard.drivers.errors import TransportError
+from sscard.drivers.simulator.base import SimulatedCard
 
 log = logging.getLogger(__name__)
 

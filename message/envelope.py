@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from message.infno import CODES, Infno
+from sscard.message.infno import CODES, Infno
 
 #: Beijing time; China has kept UTC+8 without daylight saving since 1991
 CST = dt.timezone(dt.timedelta(hours=8), "CST")

@@ -14,8 +14,8 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 
-from apdu import commands
-from apdu.emv import (
+from sscard.apdu import commands
+from sscard.apdu.emv import (
     AFLEntry,
     afl_from_processing_options,
     digits,
@@ -24,10 +24,10 @@ from apdu.emv import (
     record_objects,
     track2_account,
 )
-from apdu.errors import CardDataError, CardStatusError, TLVError, mask
-from apdu.status import SW
-from apdu.tlv import ber_find
-from drivers.connection import Connection
+from sscard.apdu.errors import CardDataError, CardStatusError, TLVError, mask
+from sscard.apdu.status import SW
+from sscard.apdu.tlv import ber_find
+from sscard.drivers.connection import Connection
 
 #: the applications tried when the card has no PSE, and what each one is
 KNOWN_AIDS = {commands.AID_PBOC_DEBIT: "debit", commands.AID_PBOC_CREDIT: "credit"}

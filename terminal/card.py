@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from apdu import commands, part10
-from apdu.atr import historical_bytes
-from apdu.catalogue import (
+from sscard.apdu import commands, part10
+from sscard.apdu.atr import historical_bytes
+from sscard.apdu.catalogue import (
     CARD_ITEMS,
     ETHNICITY,
     HOLDER_ITEMS,
@@ -38,8 +38,8 @@ from apdu.catalogue import (
     card_generation,
     issuing_region,
 )
-from apdu.crypto import wipe
-from apdu.errors import (
+from sscard.apdu.crypto import wipe
+from sscard.apdu.errors import (
     APDUFormatError,
     AuthenticationMethodBlockedError,
     CardDataError,
@@ -50,16 +50,16 @@ from apdu.errors import (
     WrongPINError,
     mask,
 )
-from apdu.pin import PINFormatError, check_new_pin, pin_to_bcd, sent_as_is
-from apdu.response import Response
-from apdu.status import SW, Table, counter
-from apdu.tlv import decode_simple
-from drivers.connection import Connection
-from drivers.errors import CardResetError, ReaderError, TransportError
-from terminal.errors import ExternalAuthenticationRequiredError, NotSocialSecurityCardError
+from sscard.apdu.pin import PINFormatError, check_new_pin, pin_to_bcd, sent_as_is
+from sscard.apdu.response import Response
+from sscard.apdu.status import SW, Table, counter
+from sscard.apdu.tlv import decode_simple
+from sscard.drivers.connection import Connection
+from sscard.drivers.errors import CardResetError, ReaderError, TransportError
+from sscard.terminal.errors import ExternalAuthenticationRequiredError, NotSocialSecurityCardError
 
 if TYPE_CHECKING:
-    from terminal.bankaccount import BankAccount
+    from sscard.terminal.bankaccount import BankAccount
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ class SocialSecurityCard:
     def read_bank_account(self) -> BankAccount:
         """The card's bank account (terminal/bankaccount.py, needs no PIN); the social security
         application is selected again by the next operation."""
-        from terminal.bankaccount import read_bank_account  # here: only --bank reads it
+        from sscard.terminal.bankaccount import read_bank_account  # here: only --bank reads it
 
         self.activated = None  # the bank application is the selected one from here on
         return read_bank_account(self.connection)

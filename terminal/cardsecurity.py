@@ -14,15 +14,15 @@ import logging
 import os
 from collections.abc import Callable
 
-from apdu import commands
-from apdu.crypto import constant_time_equal, wipe
-from apdu.errors import CardStatusError
-from apdu.keyset import KeyUsage
-from apdu.pin import check_new_pin, pin_to_bcd, sent_as_is
-from drivers.errors import CardRemovedError, NoCardError, TransportError
-from terminal.card import SocialSecurityCard
-from terminal.errors import CardAuthenticationError, KeyStoreError
-from terminal.keystore import CardKeyRef, KeyStore
+from sscard.apdu import commands
+from sscard.apdu.crypto import constant_time_equal, wipe
+from sscard.apdu.errors import CardStatusError
+from sscard.apdu.keyset import KeyUsage
+from sscard.apdu.pin import check_new_pin, pin_to_bcd, sent_as_is
+from sscard.drivers.errors import CardRemovedError, NoCardError, TransportError
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.errors import CardAuthenticationError, KeyStoreError
+from sscard.terminal.keystore import CardKeyRef, KeyStore
 
 log = logging.getLogger(__name__)
 

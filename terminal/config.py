@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from message.envelope import MessageError, Operator, Station
-from terminal.errors import ConfigError
-from terminal.private import warn_if_shared
+from sscard.message.envelope import MessageError, Operator, Station
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.private import warn_if_shared
 
 #: the platform's URL when neither the command nor a configuration names one: the virtual platform
 #: (``sscard central serve``)

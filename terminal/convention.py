@@ -32,7 +32,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.errors import (
+from sscard.apdu.errors import (
     CardDataError,
     CardStatusError,
     MalformedError,
@@ -40,9 +40,9 @@ from apdu.errors import (
     SSCardError,
     WrongPINError,
 )
-from apdu.pin import PINFormatError, WeakPINError
-from drivers.errors import CardUnresponsiveError, NoCardError, ReaderError, TransportError
-from terminal.errors import (
+from sscard.apdu.pin import PINFormatError, WeakPINError
+from sscard.drivers.errors import CardUnresponsiveError, NoCardError, ReaderError, TransportError
+from sscard.terminal.errors import (
     CardAuthenticationError,
     ExternalAuthenticationRequiredError,
     NotSocialSecurityCardError,

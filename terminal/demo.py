@@ -26,29 +26,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from central import CentralService
-from drivers.connection import Connection
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from message.envelope import CST, Fen, Operator, Station, yuan
-from message.infno import Infno
-from terminal.flows.bank import bank_activate
-from terminal.flows.common import Clerk, Site
-from terminal.flows.desk import register, settle_visit, visit_id
-from terminal.flows.pharmacy import (
+from sscard.central import CentralService
+from sscard.drivers.connection import Connection
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.message.envelope import CST, Fen, Operator, Station, yuan
+from sscard.message.infno import Infno
+from sscard.terminal.flows.bank import bank_activate
+from sscard.terminal.flows.common import Clerk, Site
+from sscard.terminal.flows.desk import register, settle_visit, visit_id
+from sscard.terminal.flows.pharmacy import (
     Item,
     dual_card_activate,
     purchase,
     read_old_card,
     refund,
 )
-from terminal.gateway import test_credentials
-from terminal.keystore import SoftwareKeyStore
-from terminal.online import Platform, ReversedError
-from terminal.private import private_folder
-from terminal.queue import Outbox
-from terminal.reconcile import Reconciliation, reconcile
-from terminal.upload import Uploader, ledger_errors
+from sscard.terminal.gateway import test_credentials
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.online import Platform, ReversedError
+from sscard.terminal.private import private_folder
+from sscard.terminal.queue import Outbox
+from sscard.terminal.reconcile import Reconciliation, reconcile
+from sscard.terminal.upload import Uploader, ledger_errors
 
 CLINIC = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 1, Operator("C001", "李收费"))
 PHARMACY = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 2, Operator("C002", "王药师"))

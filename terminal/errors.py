@@ -3,7 +3,7 @@ configuration and keys. The tree of every error is in :mod:`apdu.errors`; exit c
 terminal/cli/exits.py."""
 from __future__ import annotations
 
-from apdu.errors import SSCardError
+from sscard.apdu.errors import SSCardError
 
 # --- the card and the holder ---------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from message.envelope import Credentials, MessageError
-from terminal.errors import ConfigError
-from terminal.private import read_private_file
+from sscard.message.envelope import Credentials, MessageError
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.private import read_private_file
 
 CREDENTIALS_KIND = "gateway-credentials"
 MAX_CREDENTIALS_BYTES = 4096
@@ -33,7 +33,7 @@ class CredentialsError(ConfigError):
 
 def test_credentials(institution: str) -> Credentials:
     """The bundled TEST credentials of ``institution`` (:class:`CredentialsError` when it has none)."""
-    data = json.loads((resources.files("fixtures") / TEST_CREDENTIALS).read_text(encoding="utf-8"))
+    data = json.loads((resources.files("sscard.fixtures") / TEST_CREDENTIALS).read_text(encoding="utf-8"))
     if data.get("test_only") is not True:
         raise CredentialsError("The bundled institutions file is not marked test-only: refusing it")
     for entry in data["institutions"]:

@@ -35,15 +35,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from apdu.atr import historical_bytes
-from apdu.catalogue import issuing_region
-from apdu.crypto import Algorithm
-from apdu.errors import CardDataError
-from apdu.keyset import KeyUsage
-from terminal.card import Identity, SocialSecurityCard, needs_terminal_authentication
-from terminal.cardsecurity import card_cryptogram, compare_cryptograms
-from terminal.convention import STEP1, STEP2, ConventionError
-from terminal.keystore import CardKeyRef
+from sscard.apdu.atr import historical_bytes
+from sscard.apdu.catalogue import issuing_region
+from sscard.apdu.crypto import Algorithm
+from sscard.apdu.errors import CardDataError
+from sscard.apdu.keyset import KeyUsage
+from sscard.terminal.card import Identity, SocialSecurityCard, needs_terminal_authentication
+from sscard.terminal.cardsecurity import card_cryptogram, compare_cryptograms
+from sscard.terminal.convention import STEP1, STEP2, ConventionError
+from sscard.terminal.keystore import CardKeyRef
 
 #: how long Step1's card session waits for Step2
 HELD_S = 60.0

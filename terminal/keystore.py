@@ -28,19 +28,19 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apdu import commands
-from apdu.command import Command
-from apdu.crypto import Algorithm, diversification_data, diversify, session_mac
-from apdu.errors import CardStatusError
-from apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys, psam_key_version
-from drivers.connection import CARD_TIMEOUT_S, Connection
-from drivers.errors import CardResetError
-from terminal.card import SocialSecurityCard
-from terminal.errors import KeyStoreError
-from terminal.private import read_private_file
+from sscard.apdu import commands
+from sscard.apdu.command import Command
+from sscard.apdu.crypto import Algorithm, diversification_data, diversify, session_mac
+from sscard.apdu.errors import CardStatusError
+from sscard.apdu.keyset import KeyFormatError, KeyUsage, MasterKeys, parse_master_keys, psam_key_version
+from sscard.drivers.connection import CARD_TIMEOUT_S, Connection
+from sscard.drivers.errors import CardResetError
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.errors import KeyStoreError
+from sscard.terminal.private import read_private_file
 
 if TYPE_CHECKING:
-    from terminal.config import RemoteKeys
+    from sscard.terminal.config import RemoteKeys
 
 #: the bundled TEST key file (package data): public keys, for the simulator and development only
 TEST_KEYS = "keys/test-keys.json"
@@ -141,7 +141,7 @@ class SoftwareKeyStore(KeyStore):
     def bundled_test_keys(cls) -> SoftwareKeyStore:
         """The TEST master keys shipped in fixtures/keys/test-keys.json (they are public: the file is in
         the repository, so no permission check applies). Development and the simulator only."""
-        raw = (resources.files("fixtures") / TEST_KEYS).read_bytes()
+        raw = (resources.files("sscard.fixtures") / TEST_KEYS).read_bytes()
         store = cls._parse(raw, "bundled TEST keys (fixtures/keys/test-keys.json)")
         if not store.test_only:
             raise KeyStoreError("The bundled key file is not marked test-only: refusing it")
@@ -235,7 +235,7 @@ class PSAMKeyStore(KeyStore):
 
 def _open_reader(spec: str) -> Connection:
     """The PSAM's reader, shared (the CLI passes its own ``connect``, which honours ``--exclusive``)."""
-    from terminal.readers import open_connection
+    from sscard.terminal.readers import open_connection
 
     return open_connection(spec)
 
@@ -249,8 +249,8 @@ def open_key_store(psam: str | None = None, key_file: str | Path | None = None, 
     if sum(bool(choice) for choice in (psam, key_file, remote)) > 1:
         raise KeyStoreError("Choose one key store: a PSAM, a key file or the remote security module")
     if remote:
-        from terminal.gateway import load_credentials
-        from terminal.remotekeys import RemoteKeyStore
+        from sscard.terminal.gateway import load_credentials
+        from sscard.terminal.remotekeys import RemoteKeyStore
 
         store: KeyStore = RemoteKeyStore(remote.url, load_credentials(remote.credentials, remote.institution)[0])
     elif psam:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from apdu import commands, oldmedical
-from apdu.errors import CardDataError, SSCardError, mask
-from apdu.status import SW
-from apdu.tlv import decode_simple
-from drivers.connection import Connection
-from message.envelope import Fen, yuan
-from terminal.errors import NotSocialSecurityCardError
+from sscard.apdu import commands, oldmedical
+from sscard.apdu.errors import CardDataError, SSCardError, mask
+from sscard.apdu.status import SW
+from sscard.apdu.tlv import decode_simple
+from sscard.drivers.connection import Connection
+from sscard.message.envelope import Fen, yuan
+from sscard.terminal.errors import NotSocialSecurityCardError
 
 log = logging.getLogger(__name__)
 

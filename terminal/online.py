@@ -23,11 +23,11 @@ from typing import Any
 
 import httpx
 
-from apdu.errors import SSCardError
-from message.envelope import Credentials, Envelope, MessageError, parse_yuan, signed_wire
-from message.infno import REVERSIBLE, SETTLEMENTS, Infno, clerk_word, label
-from terminal.queue import ANSWERED, CALLING, REVERSED, VOID, Outbox, QueuedRecord, QueueError, record_data
-from terminal.upload import (
+from sscard.apdu.errors import SSCardError
+from sscard.message.envelope import Credentials, Envelope, MessageError, parse_yuan, signed_wire
+from sscard.message.infno import REVERSIBLE, SETTLEMENTS, Infno, clerk_word, label
+from sscard.terminal.queue import ANSWERED, CALLING, REVERSED, VOID, Outbox, QueuedRecord, QueueError, record_data
+from sscard.terminal.upload import (
     DEFAULT_TIMEOUT,
     CentralClient,
     CentralError,

@@ -17,7 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
-from apdu.errors import SSCardError
+from sscard.apdu.errors import SSCardError
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apdu.errors import SSCardError, mask, one_line
-from message.envelope import (
+from sscard.apdu.errors import SSCardError, mask, one_line
+from sscard.message.envelope import (
     CST,
     INF_TIME,
     MSGID_RE,
@@ -50,10 +50,10 @@ from message.envelope import (
     encode,
     iso_time,
 )
-from message.infno import QUEUEABLE, label
-from terminal.errors import ConfigError
-from terminal.private import create_private_file, publish, warn_if_shared
-from terminal.seal import SEALED, Seal
+from sscard.message.infno import QUEUEABLE, label
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.private import create_private_file, publish, warn_if_shared
+from sscard.terminal.seal import SEALED, Seal
 
 try:
     import fcntl

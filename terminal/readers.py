@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from drivers.connection import Connection
+from sscard.drivers.connection import Connection
 
 DEFAULT_READER = "sim:adult"
 SIM_PREFIX = "sim:"
@@ -37,10 +37,10 @@ def open_connection(spec: str | None = None, exclusive: bool = False) -> Connect
     """Connect to the card in the reader ``spec`` names (see module docstring)."""
     spec = spec or default_reader()
     if spec.startswith(SIM_PREFIX):
-        from drivers.memory import MemoryConnection
-        from drivers.simulator.state import remembered_card
+        from sscard.drivers.memory import MemoryConnection
+        from sscard.drivers.simulator.state import remembered_card
 
         return MemoryConnection(remembered_card(spec[len(SIM_PREFIX):]), name=spec)
-    from drivers import pcsc
+    from sscard.drivers import pcsc
 
     return pcsc.connect(spec, exclusive=exclusive)

@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from message.envelope import CLR_TYPES, CST, DATE, INSUTYPES, Fen, clr_type, iso_time, yuan
-from message.infno import SETTLEMENTS, Infno
-from terminal.online import Platform, yuan_field
-from terminal.queue import ANSWERED, DamagedRecordError, Outbox
-from terminal.upload import CentralProtocolError
+from sscard.message.envelope import CLR_TYPES, CST, DATE, INSUTYPES, Fen, clr_type, iso_time, yuan
+from sscard.message.infno import SETTLEMENTS, Infno
+from sscard.terminal.online import Platform, yuan_field
+from sscard.terminal.queue import ANSWERED, DamagedRecordError, Outbox
+from sscard.terminal.upload import CentralProtocolError
 
 
 @dataclass(frozen=True)

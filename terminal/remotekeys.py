@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from apdu.keyset import KeyUsage
-from message.envelope import Credentials
-from terminal.errors import KeyStoreError
-from terminal.keystore import CardKeyRef, KeyStore
-from terminal.upload import CentralClient, CentralError
+from sscard.apdu.keyset import KeyUsage
+from sscard.message.envelope import Credentials
+from sscard.terminal.errors import KeyStoreError
+from sscard.terminal.keystore import CardKeyRef, KeyStore
+from sscard.terminal.upload import CentralClient, CentralError
 
 #: seconds one question to the key service may take
 TIMEOUT_S = 10.0

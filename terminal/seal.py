@@ -28,8 +28,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from terminal.errors import ConfigError
-from terminal.private import create_private_file, publish, read_private_file
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.private import create_private_file, publish, read_private_file
 
 KEY_BYTES = 32
 #: the fields of a ``records`` row the record's seal covers, in order

@@ -45,16 +45,16 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from apdu.errors import SSCardError
-from drivers.connection import CARD_TIMEOUT_S, forgive, give_up
-from drivers.errors import CardUnresponsiveError, ReaderError
-from message.envelope import CST
-from terminal import hsmread
-from terminal.card import Identity, SocialSecurityCard
-from terminal.cardsecurity import check_genuine, unlocker
-from terminal.cli.exits import INTERNAL, USAGE, error_object
-from terminal.config import TerminalConfig
-from terminal.convention import (
+from sscard.apdu.errors import SSCardError
+from sscard.drivers.connection import CARD_TIMEOUT_S, forgive, give_up
+from sscard.drivers.errors import CardUnresponsiveError, ReaderError
+from sscard.message.envelope import CST
+from sscard.terminal import hsmread
+from sscard.terminal.card import Identity, SocialSecurityCard
+from sscard.terminal.cardsecurity import check_genuine, unlocker
+from sscard.terminal.cli.exits import INTERNAL, USAGE, error_object
+from sscard.terminal.config import TerminalConfig
+from sscard.terminal.convention import (
     AUTO_CONTACT_FIRST,
     AUTO_CONTACTLESS_FIRST,
     CONTACT,
@@ -63,18 +63,16 @@ from terminal.convention import (
     STEP1,
     STEP2,
     ConventionError,
+    Request as Call,
     card_bas,
     code_of,
     reply,
 )
-from terminal.convention import (
-    Request as Call,
-)
-from terminal.errors import ConfigError
-from terminal.hsmread import HeldRead, step1, step2
-from terminal.keystore import KeyStore
-from terminal.private import read_private_file
-from terminal.readers import SIM_PREFIX, atr_text, open_connection
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.hsmread import HeldRead, step1, step2
+from sscard.terminal.keystore import KeyStore
+from sscard.terminal.private import read_private_file
+from sscard.terminal.readers import SIM_PREFIX, atr_text, open_connection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -554,7 +552,7 @@ class ReaderService:
             if request.function == "iVerifyPIN":
                 card.verify_pin(request.pin or "")
             else:
-                from apdu.pin import check_new_pin
+                from sscard.apdu.pin import check_new_pin
 
                 check_new_pin(request.new_pin or "")
                 card.change_pin(request.old_pin or "", request.new_pin or "")
@@ -607,7 +605,7 @@ class ReaderService:
         def look() -> list[dict[str, Any]]:
             """The configured virtual reader (its card always in), then the PC/SC readers; ``configured``
             marks the one requests use when they name none."""
-            from drivers import pcsc
+            from sscard.drivers import pcsc
 
             found: list[dict[str, Any]] = []
             if self.reader.startswith(SIM_PREFIX):
@@ -691,7 +689,7 @@ class ReaderService:
         """A counter function on this worker thread, with its own journal and platform session (a
         SQLite connection belongs to one thread); what the clerk would have read comes back as
         ``messages``. The unknown entries of the journal are resolved first, as a counter command does."""
-        from terminal.flows.common import ScriptedClerk, open_site
+        from sscard.terminal.flows.common import ScriptedClerk, open_site
 
         config = self.config
         if config is None:
@@ -715,7 +713,7 @@ class ReaderService:
 
     @staticmethod
     def _items(payload: dict[str, Any]) -> list[Any]:
-        from terminal.flows.settlement import Item, parse_money
+        from sscard.terminal.flows.settlement import Item, parse_money
 
         items = payload.get("items")
         if not isinstance(items, list) or not items or len(items) > 200:
@@ -739,27 +737,27 @@ class ReaderService:
         return value
 
     def _register(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
-        from terminal.flows.desk import register
+        from sscard.terminal.flows.desk import register
 
         with open_connection(spec, exclusive=self.exclusive) as connection:
             return register(connection, site, str(payload.get("type") or "outpatient"), self._text(payload, "department"),
                             clerk, require_pin=bool(payload.get("pin")) or bool(self.config and self.config.desk_requires_pin))
 
     def _settle(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
-        from terminal.flows.desk import settle_visit
+        from sscard.terminal.flows.desk import settle_visit
 
         with open_connection(spec, exclusive=self.exclusive) as connection:
             return settle_visit(connection, site, self._text(payload, "visit"), self._text(payload, "bill"),
                                 self._items(payload), clerk)
 
     def _purchase(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
-        from terminal.flows.pharmacy import purchase
+        from sscard.terminal.flows.pharmacy import purchase
 
         with open_connection(spec, exclusive=self.exclusive) as connection:
             return purchase(connection, site, self._text(payload, "sale"), self._items(payload), clerk)
 
     def _refund(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
-        from terminal.flows import desk, pharmacy
+        from sscard.terminal.flows import desk, pharmacy
 
         if payload.get("bill"):
             return desk.refund(site, self._text(payload, "bill"), clerk)
@@ -768,7 +766,7 @@ class ReaderService:
     def _reconcile(self, site: Any, clerk: Any, payload: dict[str, Any], spec: str | None) -> Any:
         import datetime as dt
 
-        from terminal.reconcile import reconcile
+        from sscard.terminal.reconcile import reconcile
 
         day = payload.get("date") or dt.datetime.now(CST).date().isoformat()
         try:
@@ -832,7 +830,7 @@ class ReaderService:
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """PC/SC insertions and removals (:func:`drivers.pcsc.watch`) to every subscriber, until stopped."""
-        from drivers import pcsc
+        from sscard.drivers import pcsc
 
         for event in pcsc.watch(poll_s=0.2):
             if self._stopping.is_set():

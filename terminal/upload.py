@@ -35,12 +35,12 @@ from typing import Any, Protocol, TypeVar
 import httpcore
 import httpx
 
-from apdu.errors import SSCardError, one_line
-from message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, iso_time, with_sign_no
-from message.infno import Infno
-from terminal.errors import ConfigError
-from terminal.gateway import test_credentials
-from terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
+from sscard.apdu.errors import SSCardError, one_line
+from sscard.message.envelope import MSGID_TAKEN, Credentials, Envelope, encode, gateway_headers, iso_time, with_sign_no
+from sscard.message.infno import Infno
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.gateway import test_credentials
+from sscard.terminal.queue import Outbox, Outcome, QueuedRecord, cst_time
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -135,7 +135,7 @@ class CentralError(SSCardError):
 def ledger_errors(db: object) -> Iterator[None]:
     """Opening the virtual platform's ledger at ``db``: an SQLite failure becomes a :class:`CentralError`
     naming the file, in a clerk's words."""
-    from terminal.queue import sqlite_reason
+    from sscard.terminal.queue import sqlite_reason
 
     try:
         yield

@@ -9,8 +9,6 @@ removed at the end of the test. Pass a SimulatedCard object or a profile name (n
 ``drivers.simulator.load_card``); ``process=True`` runs ``sscard simulate`` as a subprocess instead
 of a thread in this process.
 
-Subprocesses import this checkout (``$PYTHONPATH``), whatever tree the venv's editable install names.
-
 ``fresh_virtual_cards`` (every test): the virtual cards' state folder (drivers/simulator/state.py)
 is the test's own, so each test meets the factory cards and leaves nothing behind.
 """
@@ -24,13 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# the checkout under test, first on every import path: this process's and its subprocesses' (the
-# ``sscard`` script of an editable install elsewhere would import that other tree otherwise)
-CHECKOUT = str(Path(__file__).resolve().parent.parent)
-sys.path.insert(0, CHECKOUT)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (CHECKOUT, os.environ.get("PYTHONPATH")) if p)
-
-import pcscd as stack  # noqa: E402  (tests/pcscd.py)
+import pcscd as stack
 
 
 def pytest_collection_modifyitems(items):
@@ -70,7 +62,7 @@ def vpcd_card(pcscd):
             handle = stack.ProcessCard(card, slot, remove_after)
         else:
             if isinstance(card, str):
-                from drivers.simulator import load_card
+                from sscard.drivers.simulator import load_card
 
                 card = load_card(card)
             handle = stack.ThreadCard(card, slot, remove_after)
@@ -82,10 +74,23 @@ def vpcd_card(pcscd):
         handle.stop()
 
 
+#: the packages' names before they moved under ``sscard``: run from a checkout they still import (the
+#: folder is on sys.path), as a second copy of each module (docs/architecture.md, "One namespace")
+OLD_NAMES = frozenset({"apdu", "drivers", "terminal", "central", "message", "fixtures"})
+
+
+@pytest.fixture(autouse=True)
+def one_copy_of_each_module():
+    """Fails the test that imported one of our packages by its old top-level name."""
+    yield
+    stray = OLD_NAMES & sys.modules.keys()
+    assert not stray, f"imported by the old name, not sscard.*: {sorted(stray)}"
+
+
 @pytest.fixture(autouse=True)
 def fresh_virtual_cards(tmp_path_factory, monkeypatch):
     """Every test starts from the factory virtual cards: ``sim:`` cards remember in a folder of its own."""
-    from drivers.simulator.state import STATE_ENV
+    from sscard.drivers.simulator.state import STATE_ENV
 
     monkeypatch.setenv(STATE_ENV, str(tmp_path_factory.mktemp("sim-state")))
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from queueing import Clock
 
-from central import CentralService
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from message.envelope import Operator, Station
-from terminal.flows.common import ScriptedClerk, Site
-from terminal.gateway import test_credentials
-from terminal.keystore import SoftwareKeyStore
-from terminal.online import Platform
-from terminal.queue import Outbox
+from sscard.central import CentralService
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.message.envelope import Operator, Station
+from sscard.terminal.flows.common import ScriptedClerk, Site
+from sscard.terminal.gateway import test_credentials
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.online import Platform
+from sscard.terminal.queue import Outbox
 
 #: the clinic of docs/flows.md: Wenzhou (330300), so other-region.json (440300) is cross-region
 STATION = Station("H33030200001", "温州市鹿城区示范诊所", "330300", 1, Operator("C001", "李收费"))

@@ -22,14 +22,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from apdu.command import Command  # noqa: E402
-from apdu.errors import SSCardError  # noqa: E402
-from apdu.response import Response  # noqa: E402
-from apdu.tlv import ber_decode, ber_find, decode_simple, encode_simple  # noqa: E402
+from sscard.apdu.command import Command
+from sscard.apdu.errors import SSCardError
+from sscard.apdu.response import Response
+from sscard.apdu.tlv import ber_decode, ber_find, decode_simple, encode_simple
 
 
 def command(data: bytes) -> None:
@@ -66,7 +62,7 @@ _profile_dir = tempfile.TemporaryDirectory(prefix="sscard-fuzz-")
 
 def profile(data: bytes) -> None:
     """Card profile loader (JSON file -> validated profile): bytes as the file's content."""
-    from drivers.simulator.profile import load_profile
+    from sscard.drivers.simulator.profile import load_profile
 
     path = Path(_profile_dir.name) / "fuzzed.json"
     path.write_bytes(data)
@@ -75,7 +71,7 @@ def profile(data: bytes) -> None:
 
 def profile_json(data: bytes) -> None:
     """Card profile validator on the bundled adult profile with one value replaced by fuzzed JSON."""
-    from drivers.simulator.profile import locate, parse_profile
+    from sscard.drivers.simulator.profile import locate, parse_profile
 
     base = json.loads(locate("adult").read_text(encoding="utf-8"))
     if not data:
@@ -106,7 +102,7 @@ def _json_paths(node: object, prefix: tuple = ()):
 
 def vpcd_frames(data: bytes) -> None:
     """The vpcd frame reader: a byte stream from pcscd's driver, read frame by frame to EOF."""
-    from drivers.vpcd import read_frame
+    from sscard.drivers.vpcd import read_frame
 
     ours, theirs = socket.socketpair()
     try:
@@ -141,8 +137,8 @@ class ScriptedCard:
 
 def card_records(data: bytes) -> None:
     """The card session on hostile answers: records (FE-separated) with any bytes, any status word."""
-    from drivers.memory import MemoryConnection
-    from terminal.card import SocialSecurityCard
+    from sscard.drivers.memory import MemoryConnection
+    from sscard.terminal.card import SocialSecurityCard
 
     answers = [chunk + b"\x90\x00" if i % 3 else chunk for i, chunk in enumerate(data.split(b"\xfe"))]
     SocialSecurityCard(MemoryConnection(ScriptedCard(answers))).read_identity()
@@ -166,7 +162,7 @@ def central_request(data: bytes) -> None:
     BadRequest (HTTP 400/404/413), Unsigned (401) and Unanswerable (422) are its typed refusals; any
     message that gets through is answered once, with an integer infcode, and a repeat gets the same answer.
     """
-    from central import BadRequest, Forbidden, Ledger, Unanswerable, Unsigned, parse_request
+    from sscard.central import BadRequest, Forbidden, Ledger, Unanswerable, Unsigned, parse_request
 
     global _ledger
     if _ledger is None:
@@ -185,7 +181,7 @@ def central_request(data: bytes) -> None:
 
 def central_reply(data: bytes) -> None:
     """The uploader's reply parser: a batch reply's bytes to per-record outcomes for the msgids sent."""
-    from terminal.upload import batch_outcomes, parse_reply
+    from sscard.terminal.upload import batch_outcomes, parse_reply
 
     sent = {MESSAGE["msgid"], "H11010500001202603010930000002"}
     for outcome in batch_outcomes(parse_reply(data), sent):
@@ -218,8 +214,8 @@ def main(argv: list[str]) -> int:
         return 2
     import atheris
 
-    for module in ("drivers.simulator.profile", "drivers.vpcd", "drivers.memory", "terminal.card",
-                   "central", "terminal.upload"):
+    for module in ("sscard.drivers.simulator.profile", "sscard.drivers.vpcd", "sscard.drivers.memory", "sscard.terminal.card",
+                   "sscard.central", "sscard.terminal.upload"):
         __import__(module)  # imported now so that instrument_all covers them
     atheris.instrument_all()  # coverage feedback for every loaded Python function
     atheris.Setup([argv[0], *argv[2:]], lambda data: run(target, data))

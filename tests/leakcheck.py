@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from apdu.pin import pin_to_bcd
+from sscard.apdu.pin import pin_to_bcd
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,12 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flowing import PINS, clerk, sim
 
-from message.envelope import Fen, Operator, Station
-from terminal.flows.common import Site
-from terminal.gateway import test_credentials
-from terminal.keystore import SoftwareKeyStore
-from terminal.online import Platform
-from terminal.queue import Outbox
+from sscard.message.envelope import Fen, Operator, Station
+from sscard.terminal.flows.common import Site
+from sscard.terminal.gateway import test_credentials
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.online import Platform
+from sscard.terminal.queue import Outbox
 
 
 def station(terminal_no: int) -> Station:
@@ -36,9 +36,9 @@ def open_site(journal: str, url: str, terminal_no: int, timeout: float = 5.0) ->
 
 def buy(site: Site, card: str, sale: str, fen: int) -> dict[str, Any]:
     """One purchase; its outcome as a small dict (``paid``, ``already``, or the error's class and exit code)."""
-    from apdu.errors import SSCardError
-    from terminal.cli.exits import exit_code
-    from terminal.flows.pharmacy import Item, purchase
+    from sscard.apdu.errors import SSCardError
+    from sscard.terminal.cli.exits import exit_code
+    from sscard.terminal.flows.pharmacy import Item, purchase
 
     try:
         result = purchase(sim(card), site, sale, [Item("测试药品", 1, Fen(fen))], clerk(PINS[card]))

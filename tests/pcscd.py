@@ -18,8 +18,8 @@ from pathlib import Path
 
 from smartcard import scard
 
-from drivers.simulator.base import SimulatedCard, WrappedCard
-from drivers.vpcd import DEFAULT_PORT, VpcdClient, reader_name
+from sscard.drivers.simulator.base import SimulatedCard, WrappedCard
+from sscard.drivers.vpcd import DEFAULT_PORT, VpcdClient, reader_name
 
 VPCD_CONFIG = Path("/etc/reader.conf.d/vpcd")
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
@@ -212,7 +212,7 @@ class ProcessCard:
     def __init__(self, profile: str, slot: int = 0, remove_after: int | None = None) -> None:
         self.port = DEFAULT_PORT + slot
         self.reader = reader_name(self.port)
-        self.args = [sys.executable, "-c", "from terminal.cli import main; main()",
+        self.args = [sys.executable, "-c", "from sscard.terminal.cli import main; main()",
                      "simulate", "--card", profile, "--port", str(self.port)]
         if remove_after is not None:
             self.args += ["--remove-after", str(remove_after)]

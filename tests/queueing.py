@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from central import CentralService
-from message.envelope import CST, Fen, Operator, Station, gateway_headers
-from terminal.gateway import test_credentials
-from terminal.queue import Outbox
+from sscard.central import CentralService
+from sscard.message.envelope import CST, Fen, Operator, Station, gateway_headers
+from sscard.terminal.gateway import test_credentials
+from sscard.terminal.queue import Outbox
 
 STATION = Station("H11010500001", "北京测试医院", "110105", 7, Operator("D001", "王医生"))
 CARD = "110105D156000005001234567890ABCD"
@@ -62,7 +62,7 @@ def signed(credentials=CREDENTIALS) -> dict[str, str]:
 
 def central_client(url: str, **options):
     """A :class:`terminal.upload.CentralClient` signing as STATION's institution."""
-    from terminal.upload import CentralClient
+    from sscard.terminal.upload import CentralClient
 
     return CentralClient(url, credentials=CREDENTIALS, **options)
 
@@ -200,7 +200,7 @@ class ScriptedService:
 def reseal(outbox: Outbox, msgid: str) -> None:
     """Seal a row a test has edited in SQLite, as if the terminal had written it so (terminal/seal.py):
     the test is about what the platform or the uploader does with such a record, not about the seal."""
-    from terminal.seal import SEALED
+    from sscard.terminal.seal import SEALED
 
     row = outbox.db.execute(f"SELECT {', '.join(SEALED)} FROM records WHERE msgid = ?", [msgid]).fetchone()
     outbox.db.execute("UPDATE records SET mac = ? WHERE msgid = ?", [outbox.seal.record(row), msgid])

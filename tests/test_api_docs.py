@@ -50,15 +50,15 @@ def test_a_counter_flow_with_a_scripted_clerk():
     assert re.search(r"^\d+\.\d\d yuan back to the medical account$", out, re.MULTILINE)
 
 
-@pytest.mark.parametrize("module", ["terminal.flows.desk", "terminal.flows.pharmacy", "terminal.flows.bank",
-                                    "terminal.flows.kiosk", "terminal.reconcile"])
+@pytest.mark.parametrize("module", ["sscard.terminal.flows.desk", "sscard.terminal.flows.pharmacy", "sscard.terminal.flows.bank",
+                                    "sscard.terminal.flows.kiosk", "sscard.terminal.reconcile"])
 def test_the_flows_the_document_names_exist(module):
     import importlib
 
-    names = {"terminal.flows.desk": ["register", "settle_visit", "refund"],
-             "terminal.flows.pharmacy": ["purchase", "refund", "dual_card_activate"],
-             "terminal.flows.bank": ["bank_activate"], "terminal.flows.kiosk": ["inquiry"],
-             "terminal.reconcile": ["reconcile"]}[module]
+    names = {"sscard.terminal.flows.desk": ["register", "settle_visit", "refund"],
+             "sscard.terminal.flows.pharmacy": ["purchase", "refund", "dual_card_activate"],
+             "sscard.terminal.flows.bank": ["bank_activate"], "sscard.terminal.flows.kiosk": ["inquiry"],
+             "sscard.terminal.reconcile": ["reconcile"]}[module]
     loaded = importlib.import_module(module)
     doc = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
     assert all(callable(getattr(loaded, name, None)) and name in doc for name in names)

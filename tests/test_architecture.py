@@ -78,7 +78,8 @@ def imports(path: Path) -> set[str]:
             out.add(node.module)
         elif isinstance(node, ast.Import):
             out |= {alias.name for alias in node.names}
-    return {name for name in out if name.split(".")[0] in LAYERS}
+    ours = {name.removeprefix("sscard.") for name in out if name.startswith("sscard.")}
+    return {name for name in ours if name.split(".")[0] in LAYERS}
 
 
 @pytest.mark.parametrize("layer", LAYERS)

@@ -9,16 +9,16 @@ import pytest
 from click.testing import CliRunner
 from jsonschema_rules import violations
 
-from apdu.emv import afl_from_processing_options, dol_data, parse_dol, track2_account
-from apdu.errors import CardDataError, TLVError
-from apdu.tlv import ber_encode
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from drivers.simulator.base import WrappedCard
-from terminal.bankaccount import NoBankApplicationError
-from terminal.card import SocialSecurityCard
-from terminal.cli import main
-from terminal.cli.exits import exit_code
+from sscard.apdu.emv import afl_from_processing_options, dol_data, parse_dol, track2_account
+from sscard.apdu.errors import CardDataError, TLVError
+from sscard.apdu.tlv import ber_encode
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.drivers.simulator.base import WrappedCard
+from sscard.terminal.bankaccount import NoBankApplicationError
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
 
 PAN = json.loads(open("fixtures/cards/adult.json", encoding="utf-8").read())["bank"]["pan"]
 

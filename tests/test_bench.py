@@ -41,10 +41,10 @@ def test_the_startup_bench_runs_and_a_read_imports_only_what_it_uses():
     figures = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("figure ")}
     assert {"startup_python_pass_ms", "startup_help_ms", "startup_read_json_ms", "startup_read_json_ratio"} <= figures
     # what keeps `sscard read` fast: the platform's client, SQLite, the service and the flows stay unimported
-    loaded = subprocess.run([sys.executable, "-c", "import sys; from terminal.cli import main\n"
+    loaded = subprocess.run([sys.executable, "-c", "import sys; from sscard.terminal.cli import main\n"
                              "try:\n    main(['read', '--json'])\nexcept SystemExit:\n    pass\n"
                              "print(' '.join(sorted(sys.modules)), file=sys.stderr)"],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     modules = set(loaded.stderr.split())
-    assert "terminal.card" in modules
-    assert not modules & {"httpx", "sqlite3", "sqlite_utils", "starlette", "uvicorn", "terminal.flows", "terminal.online"}
+    assert "sscard.terminal.card" in modules
+    assert not modules & {"httpx", "sqlite3", "sqlite_utils", "starlette", "uvicorn", "sscard.terminal.flows", "sscard.terminal.online"}

@@ -13,25 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from apdu import commands
-from apdu.errors import (
+from sscard.apdu import commands
+from sscard.apdu.errors import (
     AuthenticationMethodBlockedError,
     PINBlockedError,
     TerminalAuthenticationError,
     WrongPINError,
 )
-from apdu.keyset import KeyUsage
-from apdu.pin import PINFormatError, WeakPINError
-from drivers.errors import CardRemovedError
-from drivers.memory import MemoryConnection
-from drivers.simulator import SSCCard, bundled_names, load_card, load_profile
-from drivers.simulator.base import WrappedCard
-from drivers.simulator.profile import parse_profile
-from terminal.card import SocialSecurityCard
-from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unblock_application
-from terminal.cli.exits import exit_code
-from terminal.errors import CardAuthenticationError, KeyStoreError
-from terminal.keystore import CardKeyRef, KeyStore, PSAMKeyStore, SoftwareKeyStore
+from sscard.apdu.keyset import KeyUsage
+from sscard.apdu.pin import PINFormatError, WeakPINError
+from sscard.drivers.errors import CardRemovedError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import SSCCard, bundled_names, load_card, load_profile
+from sscard.drivers.simulator.base import WrappedCard
+from sscard.drivers.simulator.profile import parse_profile
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unblock_application
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.errors import CardAuthenticationError, KeyStoreError
+from sscard.terminal.keystore import CardKeyRef, KeyStore, PSAMKeyStore, SoftwareKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 GENUINE = [name for name in bundled_names() if name != "counterfeit"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from apdu.catalogue import BY_KEY, CARD_ITEMS, EF05, EF06, ETHNICITY, HOLDER_ITEMS, ITEMS, SEX
-from apdu.errors import CardDataError, SSCardError
-from apdu.tlv import decode_simple, encode_simple
-from terminal.cli.exits import exit_code
+from sscard.apdu.catalogue import BY_KEY, CARD_ITEMS, EF05, EF06, ETHNICITY, HOLDER_ITEMS, ITEMS, SEX
+from sscard.apdu.errors import CardDataError, SSCardError
+from sscard.apdu.tlv import decode_simple, encode_simple
+from sscard.terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 

@@ -89,11 +89,22 @@ def test_the_link_finder_sees_links():
     assert sample.is_file()
 
 
+def folder(setuptools: dict, package: str) -> str:
+    """Where ``package`` is in the repository: pyproject's package-dir maps ``sscard.fixtures`` to
+    ``fixtures/`` (and its subpackages below it)."""
+    mapped = setuptools.get("package-dir", {})
+    parent = next((p for p in sorted(mapped, key=len, reverse=True) if package == p or package.startswith(p + ".")),
+                  None)
+    if parent is None:
+        return package.replace(".", "/")
+    return "/".join([mapped[parent], *package[len(parent):].split(".")[1:]])
+
+
 def test_package_data_matches_files():
     """Every package-data pattern of pyproject.toml names at least one file of its package."""
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     unmatched = [f"{package}: {pattern}"
                  for package, patterns in setuptools.get("package-data", {}).items()
                  for pattern in patterns
-                 if not any(path.is_file() for path in (ROOT / package.replace(".", "/")).glob(pattern))]
+                 if not any(path.is_file() for path in (ROOT / folder(setuptools, package)).glob(pattern))]
     assert not unmatched, f"package data that matches no file: {unmatched}"

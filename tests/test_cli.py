@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from leakcheck import id_leaks
 
-from apdu.catalogue import CARD_ITEMS, HOLDER_ITEMS
-from terminal.cli import main
+from sscard.apdu.catalogue import CARD_ITEMS, HOLDER_ITEMS
+from sscard.terminal.cli import main
 
 CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"
 
@@ -138,7 +138,7 @@ def test_expected_errors_under_v_carry_no_traceback():
 
 
 def test_a_bug_under_v_still_shows_its_traceback(monkeypatch):
-    from terminal.card import SocialSecurityCard
+    from sscard.terminal.card import SocialSecurityCard
 
     def bug(self, *_):
         raise ZeroDivisionError("a stand-in for a bug")
@@ -163,7 +163,7 @@ def test_ctrl_c_or_ctrl_d_at_the_pin_prompt_is_interrupted_exit_130(key, what):
 
     pid, master = pty.fork()
     if pid == 0:  # the child: sscard on the pty, its controlling terminal
-        os.execv(sys.executable, [sys.executable, "-c", "from terminal.cli import main; main()",
+        os.execv(sys.executable, [sys.executable, "-c", "from sscard.terminal.cli import main; main()",
                                   "verify-pin", "--reader", "sim:adult"])
     output = b""
     deadline = time.monotonic() + 30

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from test_json import SERVERS, commands
 
-from terminal.cli import main
+from sscard.terminal.cli import main
 
 #: values given to every option that takes one
 GARBAGE = ("nan", "inf", "-1", "1e400", str(2 ** 70), "", " ", "x" * 5000, "a\x00b", "١٢٣", "１２",

@@ -10,13 +10,12 @@ import sys
 import textwrap
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from apdu import commands as c
-from apdu.command import Command
-from apdu.errors import APDUFormatError, MalformedError, SSCardError
-from terminal.cli.exits import exit_code
+from sscard.apdu import commands as c
+from sscard.apdu.command import Command
+from sscard.apdu.errors import APDUFormatError, MalformedError, SSCardError
+from sscard.terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 
@@ -276,8 +275,8 @@ def test_limits_are_accepted():
 def test_validation_survives_python_O():
     """Validation must not be `assert`: it must still raise under ``python -O``."""
     code = textwrap.dedent("""
-        from apdu.command import Command
-        from apdu.errors import APDUFormatError
+        from sscard.apdu.command import Command
+        from sscard.apdu.errors import APDUFormatError
         assert False, "unreachable under -O"
         results = []
         for make in (lambda: Command(0x100, 0), lambda: Command(0, 0, le=0),

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from terminal.cli import main
-from terminal.cli.exits import exit_code
-from terminal.config import DEFAULT_TOML, load_config, parse_config, write_default
-from terminal.errors import ConfigError
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.config import DEFAULT_TOML, load_config, parse_config, write_default
+from sscard.terminal.errors import ConfigError
 
 
 def test_default_file_is_commented_and_reads_back(tmp_path):

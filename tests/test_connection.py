@@ -10,14 +10,14 @@ import logging
 
 import pytest
 
-from apdu import commands as c
-from apdu.command import Command
-from apdu.errors import APDUFormatError
-from drivers.connection import MAX_GET_RESPONSE
-from drivers.errors import CardRemovedError, NoCardError, TransportError
-from drivers.memory import MemoryConnection
-from drivers.simulator.base import SimulatedCard
-from terminal.cli.exits import exit_code
+from sscard.apdu import commands as c
+from sscard.apdu.command import Command
+from sscard.apdu.errors import APDUFormatError
+from sscard.drivers.connection import MAX_GET_RESPONSE
+from sscard.drivers.errors import CardRemovedError, NoCardError, TransportError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator.base import SimulatedCard
+from sscard.terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 ATR = H("3B6800000073C84013009000")

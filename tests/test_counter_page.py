@@ -60,10 +60,10 @@ def browser():
 def counter(tmp_path):
     """``sscard serve`` (in-process) for the clinic of tests/flowing.py, its card the virtual 张伟, with
     the virtual platform."""
-    from central import CentralService
-    from terminal.config import load_config
-    from terminal.keystore import SoftwareKeyStore
-    from terminal.service import ReaderService, load_token
+    from sscard.central import CentralService
+    from sscard.terminal.config import load_config
+    from sscard.terminal.keystore import SoftwareKeyStore
+    from sscard.terminal.service import ReaderService, load_token
 
     with CentralService(tmp_path / "platform.sqlite") as platform:
         config = load_config(write_config(tmp_path / "clinic", central=platform.url))
@@ -189,9 +189,9 @@ def test_the_hospitals_page_on_an_allowed_origin_reads_each_inserted_card_as_ssc
 
     from click.testing import CliRunner
 
-    from terminal.cli import main
-    from terminal.keystore import SoftwareKeyStore
-    from terminal.service import ReaderService, load_token
+    from sscard.terminal.cli import main
+    from sscard.terminal.keystore import SoftwareKeyStore
+    from sscard.terminal.service import ReaderService, load_token
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text(encoding="utf-8")
     [client] = re.findall(r"<!-- example: javascript -->\n```javascript\n(.*?)```", doc, re.DOTALL)

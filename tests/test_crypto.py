@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.utils import CryptographyDeprecationWarning
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from apdu.crypto import (
+from sscard.apdu.crypto import (
     Algorithm,
     CryptoError,
     card_key,
@@ -32,8 +31,8 @@ from apdu.crypto import (
     unpad_method2,
     wipe,
 )
-from apdu.errors import SSCardError
-from apdu.pin import (
+from sscard.apdu.errors import SSCardError
+from sscard.apdu.pin import (
     PIN_DEFAULT_LENGTH,
     PIN_MAX_LENGTH,
     PIN_MIN_LENGTH,
@@ -44,7 +43,7 @@ from apdu.pin import (
     is_weak_pin,
     pin_to_bcd,
 )
-from terminal.cli.exits import exit_code
+from sscard.terminal.cli.exits import exit_code
 
 TDES, SM4 = Algorithm.TDES, Algorithm.SM4
 H = bytes.fromhex

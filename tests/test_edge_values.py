@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from queueing import STATION, registration
 
-from terminal.cli import main
-from terminal.queue import Outbox
+from sscard.terminal.cli import main
+from sscard.terminal.queue import Outbox
 
 LONG = "x" * 5000
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import apdu.errors
-from apdu.errors import SSCardError
-from terminal.cli import exits
+from sscard.apdu import errors as apdu_errors
+from sscard.apdu.errors import SSCardError
+from sscard.terminal.cli import exits
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("apdu", "drivers", "message", "terminal", "central")
@@ -22,7 +22,8 @@ LAYERS = ("apdu", "drivers", "message", "terminal", "central")
 def all_errors() -> list[type[SSCardError]]:
     """Every SSCardError class of the project's packages, each module imported."""
     for package in LAYERS:
-        for module in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+        name = f"sscard.{package}"
+        for module in pkgutil.walk_packages(importlib.import_module(name).__path__, f"{name}."):
             importlib.import_module(module.name)
 
     def walk(root: type[SSCardError]) -> Iterator[type[SSCardError]]:
@@ -30,7 +31,7 @@ def all_errors() -> list[type[SSCardError]]:
             yield sub
             yield from walk(sub)
 
-    return sorted({cls for cls in walk(SSCardError) if cls.__module__.split(".")[0] in LAYERS},
+    return sorted({cls for cls in walk(SSCardError) if cls.__module__.split(".")[:2] in (["sscard", p] for p in LAYERS)},
                   key=lambda cls: cls.__name__)
 
 
@@ -64,7 +65,7 @@ def test_every_error_has_a_code_of_its_own_and_carries_none(cls):
 
 
 def test_the_code_is_the_nearest_named_bases():
-    from drivers.errors import CardRemovedError, NoCardError
+    from sscard.drivers.errors import CardRemovedError, NoCardError
 
     assert exits.exit_code(CardRemovedError()) == exits.exit_code(NoCardError) == 4
     assert exits.exit_code(SSCardError("no class of ours")) == exits.INTERNAL
@@ -75,7 +76,7 @@ def test_the_code_is_the_nearest_named_bases():
 
 def drawn_tree() -> list[tuple[int, str, str | None, str | None]]:
     """(depth, class name, extra base, the module path the line names) of each line of the tree."""
-    doc = apdu.errors.__doc__ or ""
+    doc = apdu_errors.__doc__ or ""
     block = doc.split("::\n\n", 1)[1]
     out = []
     for line in block.splitlines():
@@ -102,5 +103,6 @@ def test_the_tree_in_apdu_errors_is_the_tree_of_the_classes():
                   if not issubclass(base, SSCardError) and base is not Exception]
         assert others == ([extra] if extra else []), f"{name}: other bases {others}"
         if path:
-            assert cls.__module__.replace(".", "/") + ".py" == path, f"{name} lives in {cls.__module__}"
+            assert cls.__module__.removeprefix("sscard.").replace(".", "/") + ".py" == path, \
+                f"{name} lives in {cls.__module__}"
         stack.append(name)

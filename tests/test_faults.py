@@ -30,11 +30,11 @@ import httpx
 import pytest
 from queueing import free_port, wait_for_platform
 
-from apdu.errors import SSCardError
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from message.infno import REVERSIBLE
-from terminal.demo import DAY, PLACES, PLATFORM_DB, Step, run_step
+from sscard.apdu.errors import SSCardError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.message.infno import REVERSIBLE
+from sscard.terminal.demo import DAY, PLACES, PLATFORM_DB, Step, run_step
 
 QUEUES = sorted({name for name, _ in PLACES.values()})
 #: the states of records that wait for the uploader (the rest are the journal of online calls)
@@ -138,7 +138,7 @@ def test_card_pulled_at_every_command_of_every_step_records_nothing_or_once(tmp_
 # --- the upload under fire -----------------------------------------------------------------------
 
 def sscard(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from terminal.cli import main; main()", *args]
+    return [sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args]
 
 
 def start_service(db: Path, port: int) -> subprocess.Popen:
@@ -155,7 +155,7 @@ def run_the_day(folder: Path) -> None:
 
 def more_admissions(folder: Path, n: int) -> None:
     """The desk keeps working while uploads crash: ``n`` more admissions like the day's."""
-    from terminal.queue import Outbox
+    from sscard.terminal.queue import Outbox
 
     name, station = PLACES["desk"]
     with Outbox(folder / name, station) as outbox:

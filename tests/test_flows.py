@@ -11,21 +11,27 @@ import json
 import pytest
 from flowing import PINS, STATION, WINDOW2, clerk, open_site, platform, sim, site  # noqa: F401  (fixtures)
 
-from apdu.errors import PINBlockedError, WrongPINError
-from apdu.pin import PINFormatError, WeakPINError
-from drivers.errors import CardRemovedError
-from message.envelope import Fen
-from terminal.card import SocialSecurityCard
-from terminal.cli.exits import exit_code
-from terminal.errors import CardAuthenticationError, IdentityMismatchError
-from terminal.flows.bank import bank_activate
-from terminal.flows.common import IDNumberFormatError, PaymentRefusedError, RefusedError, ScriptedClerk, is_active
-from terminal.flows.desk import MALE_MATERNITY, register
-from terminal.flows.kiosk import inquiry
-from terminal.flows.pharmacy import Item, dual_card_activate, parse_money, purchase, read_old_card, refund
-from terminal.oldcard import WrongCardOrderError
-from terminal.online import OutcomeUnknownError, ReversedError
-from terminal.upload import CentralError
+from sscard.apdu.errors import PINBlockedError, WrongPINError
+from sscard.apdu.pin import PINFormatError, WeakPINError
+from sscard.drivers.errors import CardRemovedError
+from sscard.message.envelope import Fen
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.errors import CardAuthenticationError, IdentityMismatchError
+from sscard.terminal.flows.bank import bank_activate
+from sscard.terminal.flows.common import (
+    IDNumberFormatError,
+    PaymentRefusedError,
+    RefusedError,
+    ScriptedClerk,
+    is_active,
+)
+from sscard.terminal.flows.desk import MALE_MATERNITY, register
+from sscard.terminal.flows.kiosk import inquiry
+from sscard.terminal.flows.pharmacy import Item, dual_card_activate, parse_money, purchase, read_old_card, refund
+from sscard.terminal.oldcard import WrongCardOrderError
+from sscard.terminal.online import OutcomeUnknownError, ReversedError
+from sscard.terminal.upload import CentralError
 
 #: psn_no of the fixtures' persons (fixtures/platform/persons.json)
 LINA, ZHANGWEI = "3303000000000002", "3303000000000001"
@@ -129,7 +135,7 @@ def test_cross_region_registration_carries_both_regions_and_the_flag(site):
 
 
 def test_with_the_platform_unreachable_the_registration_waits_in_the_queue(site, platform):
-    from terminal.upload import Uploader
+    from sscard.terminal.upload import Uploader
 
     url = site.platform.central.url
     site.platform.central.url = "http://127.0.0.1:9"
@@ -184,8 +190,7 @@ FEES = [Item("诊查费", 1, Fen(2000)), Item("血常规", 1, Fen(3500)), Item("
 
 
 def test_a_visit_is_cancelled_once_and_not_while_a_bill_stands(site, platform):
-    from terminal.flows.desk import cancel, settle_visit
-    from terminal.flows.desk import refund as refund_visit_bill
+    from sscard.terminal.flows.desk import cancel, refund as refund_visit_bill, settle_visit
 
     visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
     settle_visit(sim("adult"), site, visit.mdtrt_id, "B1", FEES, clerk(PINS["adult"]))
@@ -200,8 +205,7 @@ def test_a_visit_is_cancelled_once_and_not_while_a_bill_stands(site, platform):
 
 
 def test_an_outpatient_bill_is_settled_with_the_policy_and_refunded_exactly(site, platform):
-    from terminal.flows.desk import refund as refund_visit_bill
-    from terminal.flows.desk import settle_visit
+    from sscard.terminal.flows.desk import refund as refund_visit_bill, settle_visit
 
     visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
     said = clerk(PINS["adult"])
@@ -225,7 +229,7 @@ def test_an_outpatient_bill_is_settled_with_the_policy_and_refunded_exactly(site
 
 
 def test_a_bill_is_settled_only_with_the_visits_card(site, platform):
-    from terminal.flows.desk import settle_visit
+    from sscard.terminal.flows.desk import settle_visit
 
     visit = register(sim("adult"), site, "outpatient", "内科", clerk(PINS["adult"]))
     with pytest.raises(RefusedError, match="not the one visit"):
@@ -279,7 +283,7 @@ def test_the_same_old_card_moved_at_two_terminals_moves_once(site, platform, tmp
 
 
 def test_dual_card_with_the_platform_unreachable_waits_in_the_queue_and_moves_at_upload(site, platform):
-    from terminal.upload import Uploader
+    from sscard.terminal.upload import Uploader
 
     url = site.platform.central.url
     site.platform.central.url = "http://127.0.0.1:9"  # nothing listens there
@@ -365,9 +369,9 @@ def test_old_card_removed_after_reading_with_two_readers(site):
 
 
 def test_not_an_old_card_in_the_old_reader(site):
-    from drivers.memory import MemoryConnection
-    from drivers.simulator import load_card
-    from terminal.oldcard import NotOldMedicalCardError
+    from sscard.drivers.memory import MemoryConnection
+    from sscard.drivers.simulator import load_card
+    from sscard.terminal.oldcard import NotOldMedicalCardError
 
     with pytest.raises(NotOldMedicalCardError, match="not an old medical insurance card"):
         read_old_card(MemoryConnection(load_card("psam")))
@@ -582,7 +586,7 @@ def test_the_platform_unreachable_pays_nothing_and_says_so(lina_account, platfor
 
 
 def test_a_platform_answering_a_split_that_does_not_add_up_is_reversed(lina_account, platform, monkeypatch):
-    from central.ledger import Ledger
+    from sscard.central.ledger import Ledger
 
     real = Ledger._settle
 
@@ -635,7 +639,7 @@ def test_bank_activation_sets_the_pin_and_activates_the_card(site):
 
 
 def test_bank_activation_id_in_lower_case_x_matches():
-    from terminal.flows.common import same_person
+    from sscard.terminal.flows.common import same_person
 
     assert same_person("33030419780921256x", "33030419780921256X") and not same_person("1", "2")
 
@@ -665,8 +669,8 @@ def test_bank_refuses_an_active_card_and_a_counterfeit(site):
 
 
 def _not_activated_counterfeit():
-    from drivers.memory import MemoryConnection
-    from drivers.simulator import load_card
+    from sscard.drivers.memory import MemoryConnection
+    from sscard.drivers.simulator import load_card
 
     card = load_card("counterfeit")
     card.activated = False
@@ -760,7 +764,7 @@ def test_a_late_answer_after_another_command_took_the_call_over_is_not_acted_on(
     import time
     from pathlib import Path
 
-    from terminal.queue import now_cst
+    from sscard.terminal.queue import now_cst
 
     site = lina_account
     site.outbox.clock = now_cst  # the real clock: leases run out in real time here
@@ -818,7 +822,7 @@ def test_an_entry_the_platform_cannot_be_asked_about_stays_unknown_and_is_said_s
 
 
 def test_a_refund_answer_giving_back_other_shares_is_not_used(lina_account, platform, monkeypatch):
-    from central.ledger import Ledger
+    from sscard.central.ledger import Ledger
 
     site = lina_account
     purchase(sim("not-activated"), site, "S90", ITEMS, clerk(PINS["not-activated"]))

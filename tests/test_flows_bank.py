@@ -11,18 +11,18 @@ from click.testing import CliRunner
 from flowing import STATION, clerk, platform, site, write_config  # noqa: F401  (fixtures)
 from queueing import Clock, central  # noqa: F401  (fixture)
 
-from drivers.errors import CardRemovedError
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from drivers.simulator.base import WrappedCard
-from terminal.card import SocialSecurityCard
-from terminal.cli import main
-from terminal.cli.exits import exit_code
-from terminal.flows.bank import bank_activate
-from terminal.flows.common import Site
-from terminal.keystore import SoftwareKeyStore
-from terminal.queue import MIGRATIONS, SCHEMA_VERSION, Outbox, QueueError
-from terminal.upload import Uploader
+from sscard.drivers.errors import CardRemovedError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.drivers.simulator.base import WrappedCard
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.flows.bank import bank_activate
+from sscard.terminal.flows.common import Site
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.queue import MIGRATIONS, SCHEMA_VERSION, Outbox, QueueError
+from sscard.terminal.upload import Uploader
 
 ID_NUMBER = "330302199203081020"  # not-activated.json's holder
 PIN = "135792"
@@ -253,7 +253,7 @@ def test_a_card_stalling_in_the_change_leaves_the_record_held_and_says_how_to_fi
     # the card answers everything up to APPLICATION UNBLOCK (the last command), then stalls on it
     reader = f"sim:hostile:stall:not-activated:{probe.apdu_count - 1}"
     result = subprocess.run(
-        [sys.executable, "-c", "from terminal.cli import main; main()", "--card-timeout", "1", "bank", "activate",
+        [sys.executable, "-c", "from sscard.terminal.cli import main; main()", "--card-timeout", "1", "bank", "activate",
          "--reader", reader, "--pin-stdin", "--config", str(config)],
         input=f"{ID_NUMBER}\n{PIN}\n{PIN}\n", capture_output=True, text=True, timeout=30)
     assert result.returncode == 4, result.stderr

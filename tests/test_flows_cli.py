@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from flowing import configs, platform, write_config  # noqa: F401  (fixtures)
 
-from terminal.cli import main
+from sscard.terminal.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "flows.md"
 BLOCK = re.compile(r'<!-- transcript config=(\w+) input="([^"]*)" exit=(\d+) -->\n```console\n\$ (.*?)\n(.*?)```', re.S)
@@ -45,7 +45,7 @@ def test_docs_transcripts_match_what_the_cli_prints(configs, monkeypatch):
         if piped:
             assert piped.group(1).split(" ") == answers.split("|"), command
             command, piped_runs = piped.group(2), piped_runs + 1
-        monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda piped=piped: not piped)
+        monkeypatch.setattr("sscard.terminal.cli.prompts.at_terminal", lambda piped=piped: not piped)
         args = [visits.get(arg, arg) for arg in shlex.split(command)]
         assert args[0] == "sscard"
         seen.add(tuple(args[1:3]))
@@ -218,11 +218,11 @@ def test_old_card_pulled_while_marked_still_reports_the_recorded_move(tmp_path, 
 
     from flowing import STATION, sim
 
-    from terminal.cli.counter import ScreenClerk
-    from terminal.cli.pharmacy import dual_card_two_readers
-    from terminal.flows.common import Site
-    from terminal.keystore import SoftwareKeyStore
-    from terminal.queue import Outbox
+    from sscard.terminal.cli.counter import ScreenClerk
+    from sscard.terminal.cli.pharmacy import dual_card_two_readers
+    from sscard.terminal.flows.common import Site
+    from sscard.terminal.keystore import SoftwareKeyStore
+    from sscard.terminal.queue import Outbox
 
     monkeypatch.setattr("sys.stdin", io.StringIO("123456\n"))
     old = sim("old-medical-lina", remove_after=18)  # two reads and the mark's SELECT, then pulled at MARK
@@ -258,7 +258,7 @@ def test_an_item_typed_with_a_mistake_is_asked_again_and_the_items_before_it_kep
 
 def sscard(config: Path, *args: str, input: str) -> subprocess.CompletedProcess:
     """The CLI in its own process, its standard input a pipe (not a terminal), as a script runs it."""
-    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", *args],
+    return subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main(prog_name='sscard')", *args],
                           input=input, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "SSCARD_CONFIG": str(config)})
 

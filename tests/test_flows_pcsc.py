@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 from flowing import PINS, clerk, platform, site, write_config  # noqa: F401  (fixtures)
 
-from drivers import pcsc
-from drivers.simulator import load_card
-from drivers.simulator.oldmedical import load_old_card
-from terminal.cli import main
-from terminal.cli.exits import exit_code
-from terminal.flows.pharmacy import dual_card_activate, read_old_card
+from sscard.drivers import pcsc
+from sscard.drivers.simulator import load_card
+from sscard.drivers.simulator.oldmedical import load_old_card
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.flows.pharmacy import dual_card_activate, read_old_card
 
 pytestmark = pytest.mark.pcsc
 

@@ -11,8 +11,7 @@ import struct
 
 import fuzz
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 #: generated inputs per parser in CI (issue 7: at least 2,000)
 EXAMPLES = 2000

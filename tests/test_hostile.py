@@ -11,14 +11,14 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import CardDataError, SSCardError
-from drivers.connection import MAX_GET_RESPONSE
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from drivers.simulator.hostile import MODES, HostileCard
-from terminal.card import SocialSecurityCard
-from terminal.cli import main
-from terminal.cli.exits import exit_code
+from sscard.apdu.errors import CardDataError, SSCardError
+from sscard.drivers.connection import MAX_GET_RESPONSE
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.drivers.simulator.hostile import MODES, HostileCard
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
 
 #: a mode -> the exit code and words the clerk sees (from the first spoiled command on)
 EXPECTED = {
@@ -32,7 +32,7 @@ EXPECTED = {
 def sscard(*args: str, timeout: float = 60, input: str | None = None, **env: str) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout, input=input)
 
 
@@ -132,15 +132,15 @@ DUAL_CARD_STALLING_OLD_CARD = """
 import sys
 sys.path.insert(0, {tests!r})
 from flowing import STATION, sim
-from drivers.memory import MemoryConnection
-from drivers.simulator.hostile import HostileCard
-from drivers.simulator.oldmedical import load_old_card
-from terminal.cli import watchdog
-from terminal.cli.counter import ScreenClerk
-from terminal.cli.pharmacy import dual_card_two_readers
-from terminal.keystore import SoftwareKeyStore
-from terminal.flows.common import Site
-from terminal.queue import Outbox
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator.hostile import HostileCard
+from sscard.drivers.simulator.oldmedical import load_old_card
+from sscard.terminal.cli import watchdog
+from sscard.terminal.cli.counter import ScreenClerk
+from sscard.terminal.cli.pharmacy import dual_card_two_readers
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.flows.common import Site
+from sscard.terminal.queue import Outbox
 
 watchdog.arm(1)
 # the old card answers its two reads and the SELECT of the mark (18 commands), then stalls on MARK
@@ -158,7 +158,7 @@ def test_old_card_stalling_while_marked_after_the_move_is_recorded_reports_the_m
     import json
     from pathlib import Path
 
-    from terminal.queue import Outbox
+    from sscard.terminal.queue import Outbox
 
     queue = tmp_path / "queue.sqlite"
     script = DUAL_CARD_STALLING_OLD_CARD.format(tests=str(Path(__file__).parent), queue=str(queue), as_json=as_json)
@@ -188,7 +188,7 @@ def test_old_card_stalling_while_marked_after_the_move_is_recorded_reports_the_m
 def _desk(connection, site):
     from flowing import PINS, clerk
 
-    from terminal.flows.desk import register
+    from sscard.terminal.flows.desk import register
 
     return register(connection, site, "outpatient", "内科", clerk(PINS["adult"]))
 
@@ -196,7 +196,7 @@ def _desk(connection, site):
 def _bank(connection, site):
     from flowing import clerk
 
-    from terminal.flows.bank import bank_activate
+    from sscard.terminal.flows.bank import bank_activate
 
     return bank_activate(connection, site, "330302199203081020", clerk("135792", "135792"))
 
@@ -212,9 +212,9 @@ def test_a_recording_flow_on_a_hostile_card_is_a_typed_error_and_records_nothing
     from flowing import STATION
     from queueing import Clock
 
-    from terminal.flows.common import Site
-    from terminal.keystore import SoftwareKeyStore
-    from terminal.queue import Outbox
+    from sscard.terminal.flows.common import Site
+    from sscard.terminal.keystore import SoftwareKeyStore
+    from sscard.terminal.queue import Outbox
 
     run, profile, genuine_commands = RECORDING_FLOWS[flow]
     for seed in range(3):

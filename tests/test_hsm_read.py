@@ -9,12 +9,12 @@ import httpx
 import pytest
 from flowing import platform  # noqa: F401  (fixture)
 
-from apdu.crypto import diversification_data
-from terminal import hsmread
-from terminal.gateway import test_credentials as credentials_of
-from terminal.keystore import SoftwareKeyStore
-from terminal.service import ReaderService, load_token
-from terminal.upload import CentralClient
+from sscard.apdu.crypto import diversification_data
+from sscard.terminal import hsmread
+from sscard.terminal.gateway import test_credentials as credentials_of
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.service import ReaderService, load_token
+from sscard.terminal.upload import CentralClient
 
 CLINIC = "H33030200001"
 STEP1, STEP2 = "iReadCardBas_HSM_Step1", "iReadCardBas_HSM_Step2"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from pcscd import LongFormOnly
 
-from apdu import commands
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from terminal.card import SocialSecurityCard
-from terminal.cardsecurity import unlocker
-from terminal.keystore import SoftwareKeyStore
+from sscard.apdu import commands
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cardsecurity import unlocker
+from sscard.terminal.keystore import SoftwareKeyStore
 
 
 class Counting(MemoryConnection):
@@ -59,7 +59,7 @@ def test_a_strict_t0_chip_answers_6c_to_le_00_and_the_read_is_the_same():
 
 
 def test_strict_is_for_t0_cards():
-    from drivers.errors import ProfileError
+    from sscard.drivers.errors import ProfileError
 
     with pytest.raises(ProfileError, match="T=0"):
         load_card("strict:other-region")

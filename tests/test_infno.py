@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from message.infno import CODES, QUEUEABLE, REVERSIBLE, Infno, clerk_word, label
+from sscard.message.infno import CODES, QUEUEABLE, REVERSIBLE, Infno, clerk_word, label
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "platform.md"
 

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from queueing import CARD, STATION, Clock, central, purchase, registration  # noqa: F401  (fixture)
 
-from terminal.cli import main
-from terminal.cli.exits import exit_code
-from terminal.queue import MIGRATIONS, DamagedRecordError, Outbox, QueueError
-from terminal.seal import JournalKeyError, Seal
-from terminal.upload import Uploader
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.queue import MIGRATIONS, DamagedRecordError, Outbox, QueueError
+from sscard.terminal.seal import JournalKeyError, Seal
+from sscard.terminal.upload import Uploader
 
 
 def _journal(path, count: int = 3) -> list:

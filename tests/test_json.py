@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from flowing import configs, platform  # noqa: F401  (fixtures)
 from jsonschema_rules import violations
 
-from apdu.commands import VERIFY_SW
-from apdu.errors import SSCardError
-from apdu.status import error_for
-from terminal.cli import exits, main
-from terminal.cli.prompts import Asked
+from sscard.apdu.commands import VERIFY_SW
+from sscard.apdu.errors import SSCardError
+from sscard.apdu.status import error_for
+from sscard.terminal.cli import exits, main
+from sscard.terminal.cli.prompts import Asked
 
 #: commands that run until stopped (a server, a virtual card): they print no result
 SERVERS = {"simulate", "central serve", "serve"}
@@ -108,7 +108,7 @@ def test_an_error_under_json_is_the_error_object_on_stdout(path, tmp_path, monke
 
 
 def test_a_prompt_answered_by_ctrl_d_under_json_is_the_interrupted_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("terminal.cli.prompts.at_terminal", lambda: True)  # a clerk at a terminal
+    monkeypatch.setattr("sscard.terminal.cli.prompts.at_terminal", lambda: True)  # a clerk at a terminal
     result = CliRunner().invoke(main, ["desk", "cancel", "--config", str(tmp_path / "t.toml"), "--json"], input="")
     assert result.exit_code == 130 and "Visit number" in result.stderr  # the prompt is not on stdout
     assert json.loads(result.stdout) == {"error": {"code": "interrupted", "exit_code": 130, "message": "Interrupted."}}
@@ -252,7 +252,7 @@ def test_a_stdout_closed_by_its_reader_is_a_quiet_end():
         reader, writer = os.pipe()
         os.close(reader)  # `| head` gone before the command writes
         try:
-            done = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+            done = subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args],
                                   stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60)
         finally:
             os.close(writer)

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from apdu import commands
-from apdu.crypto import Algorithm
-from apdu.keyset import KeyUsage
-from drivers.errors import CardRemovedError
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from terminal.cli.exits import exit_code
-from terminal.errors import KeyStoreError
-from terminal.keystore import CardKeyRef, PSAMKeyStore, SoftwareKeyStore, open_key_store
+from sscard.apdu import commands
+from sscard.apdu.crypto import Algorithm
+from sscard.apdu.keyset import KeyUsage
+from sscard.drivers.errors import CardRemovedError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.errors import KeyStoreError
+from sscard.terminal.keystore import CardKeyRef, PSAMKeyStore, SoftwareKeyStore, open_key_store
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "fixtures" / "keys" / "test-keys.json"
@@ -291,7 +291,7 @@ def test_card_key_ref_hides_the_identification_code():
 
 
 def test_a_psam_reset_by_another_program_is_reconnected_and_asked_again_once():
-    from drivers.errors import CardResetError
+    from sscard.drivers.errors import CardResetError
 
     class SharedPSAM(MemoryConnection):
         """A PSAM another program resets (once, or always)."""

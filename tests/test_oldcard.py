@@ -5,15 +5,15 @@ import json
 
 import pytest
 
-from apdu import commands, oldmedical
-from drivers.errors import ProfileError
-from drivers.memory import MemoryConnection
-from drivers.simulator import SimulatedCard, load_card
-from drivers.simulator.oldmedical import OldMedicalProfile, load_old_card, old_profile_path
-from message.envelope import Fen
-from terminal.cli.exits import exit_code
-from terminal.oldcard import NotOldMedicalCardError, OldMedicalCardSession, WrongCardOrderError
-from terminal.readers import open_connection
+from sscard.apdu import commands, oldmedical
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import SimulatedCard, load_card
+from sscard.drivers.simulator.oldmedical import OldMedicalProfile, load_old_card, old_profile_path
+from sscard.message.envelope import Fen
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.oldcard import NotOldMedicalCardError, OldMedicalCardSession, WrongCardOrderError
+from sscard.terminal.readers import open_connection
 
 NAMES = ("old-medical-lina", "old-medical-zhangwei", "old-medical-replaced")
 

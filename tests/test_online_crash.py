@@ -32,14 +32,14 @@ import pytest
 from onlineworker import open_site, race
 from queueing import free_port, wait_for_platform
 
-from central.ledger import Ledger
+from sscard.central.ledger import Ledger
 
 HERE = Path(__file__).resolve().parent
 ZHANGWEI = "3303000000000001"
 
 
 def sscard(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from terminal.cli import main; main()", *args]
+    return [sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args]
 
 
 @pytest.fixture
@@ -181,8 +181,8 @@ def test_a_terminal_killed_while_it_pays_leaves_every_sale_settled_once_or_not_a
 
 
 def signed_headers() -> dict[str, str]:
-    from message.envelope import gateway_headers
-    from terminal.gateway import test_credentials
+    from sscard.message.envelope import gateway_headers
+    from sscard.terminal.gateway import test_credentials
 
     return gateway_headers(test_credentials("H33030200001"))
 

@@ -18,11 +18,11 @@ from jsonschema_rules import violations
 from pcscd import MiniCard, Pcscd, wait_card, wait_until
 from smartcard import scard
 
-from apdu import commands
-from apdu.command import Command
-from apdu.errors import SSCardError
-from drivers import pcsc
-from drivers.errors import (
+from sscard.apdu import commands
+from sscard.apdu.command import Command
+from sscard.apdu.errors import SSCardError
+from sscard.drivers import pcsc
+from sscard.drivers.errors import (
     CardRemovedError,
     NoCardError,
     ReaderError,
@@ -30,13 +30,13 @@ from drivers.errors import (
     SharingViolationError,
     TransportError,
 )
-from drivers.memory import MemoryConnection
-from drivers.vpcd import DEFAULT_PORT, VpcdClient
-from terminal.card import SocialSecurityCard
-from terminal.cardsecurity import unlocker
-from terminal.cli import main
-from terminal.cli.exits import exit_code
-from terminal.keystore import SoftwareKeyStore
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.vpcd import DEFAULT_PORT, VpcdClient
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cardsecurity import unlocker
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.keystore import SoftwareKeyStore
 
 pytestmark = pytest.mark.pcsc
 
@@ -62,7 +62,7 @@ def exchange_all(connection, apdus: list[Command]) -> list[bytes]:
 
 
 def load_profile(name: str):
-    from drivers.simulator import load_card
+    from sscard.drivers.simulator import load_card
 
     return load_card(name)
 
@@ -159,7 +159,7 @@ def test_6cxx_reissue_through_pcscd(vpcd_card):
 
 @pytest.mark.parametrize("profile", ["adult", "minority", "not-activated", "other-region"])
 def test_profile_identity_bytes_identical_to_memory(vpcd_card, profile):
-    from terminal.card import SocialSecurityCard
+    from sscard.terminal.card import SocialSecurityCard
 
     vpcd_card(load_profile(profile))
     with pcsc.connect(READER0) as connection:
@@ -279,9 +279,9 @@ def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_no_pcscd_is_service_not_running():
     code = (
-        "from drivers import pcsc\n"
-        "from drivers.errors import ServiceNotRunningError\n"
-        "from terminal.cli.exits import exit_code\n"
+        "from sscard.drivers import pcsc\n"
+        "from sscard.drivers.errors import ServiceNotRunningError\n"
+        "from sscard.terminal.cli.exits import exit_code\n"
         "for call in (pcsc.list_readers, lambda: pcsc.connect('0'), pcsc.reader_status):\n"
         "    try:\n"
         "        call()\n"
@@ -296,7 +296,7 @@ def test_no_pcscd_is_service_not_running():
 
 @pytest.mark.parametrize("args", [["readers"], ["read", "--reader", "0"], ["watch", "--timeout", "0.3", "--reader", "0"]])
 def test_cli_without_pcscd_says_so(args):
-    result = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+    result = subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args],
                             env=NO_DAEMON, capture_output=True, text=True, timeout=30)
     assert result.returncode == 3, result.stderr
     assert "PC/SC service not running" in result.stderr and "Traceback" not in result.stderr
@@ -318,7 +318,7 @@ def test_cli_readers_shows_card_and_atr(vpcd_card):
 
 
 def start_watch(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "watch", "--json", *args],
+    proc = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "watch", "--json", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr.readline().startswith("watching readers")
     time.sleep(0.3)  # its first look at the readers
@@ -412,7 +412,7 @@ def test_a_reader_named_in_chinese_is_listed_read_and_watched(pcscd, tmp_path):
     (config / "vpcd").write_text(vpcd.replace('"Virtual PCD"', '"德卡 T10 [社保卡]"'), encoding="utf-8")
     reader = "德卡 T10 [社保卡] 00 00"
     with pcscd.replaced_by(Pcscd(tmp_path / "pcscd.log", config_dir=config)):
-        watch = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "watch", "--json",
+        watch = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "watch", "--json",
                                   "--count", "2", "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         client = VpcdClient(load_profile("adult"), port=DEFAULT_PORT)
         try:
@@ -505,7 +505,7 @@ def holder_needs_authentication(profile: str) -> bool:
 # --- end to end: the sscard CLI over pcscd, the card in an `sscard simulate` process -----------
 
 def sscard(*args: str, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args],
                           input=input, env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -621,7 +621,7 @@ def test_e2e_read_bank_over_pcscd_equals_in_memory(vpcd_card):
 def test_simulate_pulls_and_inserts_its_card_on_commands_from_standard_input(pcscd):
     """Windows has no SIGUSR1: the simulator takes 'pull', Enter (toggle) and 'quit' on stdin too."""
     wait_card(READER0, present=False)
-    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "simulate", "--card",
+    proc = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "simulate", "--card",
                              "adult", "--port", str(DEFAULT_PORT)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -714,7 +714,7 @@ def test_parse_atr(spec, atr):
 def test_the_reader_state_layouts_are_the_platforms():
     """drivers/readerstate.py: pcsc-lite's SCARD_READERSTATE (checked against pcscd above) and the
     Windows SDK's SCARD_READERSTATEW on a 64-bit build (offsets from winscard.h; the call on paper)."""
-    from drivers.readerstate import needs_native, reader_state_type
+    from sscard.drivers.readerstate import needs_native, reader_state_type
 
     windows = reader_state_type("win32")
     assert [(name, getattr(windows, name).offset) for name, _ in windows._fields_] == [

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 from flowing import PINS, platform, site  # noqa: F401  (fixtures)
 
-from apdu import part10
-from apdu.errors import MalformedError, PINBlockedError, PINEntryError, WrongPINError
-from drivers.pinpad import CANCEL, TIMEOUT, PinPadConnection
-from drivers.simulator import load_card
-from terminal.card import SocialSecurityCard
-from terminal.cli.exits import exit_code
-from terminal.flows.common import ScriptedClerk
-from terminal.flows.desk import register
+from sscard.apdu import part10
+from sscard.apdu.errors import MalformedError, PINBlockedError, PINEntryError, WrongPINError
+from sscard.drivers.pinpad import CANCEL, TIMEOUT, PinPadConnection
+from sscard.drivers.simulator import load_card
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.flows.common import ScriptedClerk
+from sscard.terminal.flows.desk import register
 
 
 def test_the_structure_a_reader_reads_is_the_one_the_terminal_wrote():
@@ -66,7 +66,7 @@ def test_a_cancelled_pin_entry_records_nothing(site):
 def test_a_blocked_pin_is_said_before_the_keypad_is_asked():
     connection = PinPadConnection(load_card("blocked-pin"), typed=["123456"])
     with pytest.raises(PINBlockedError):
-        from terminal.flows.common import verify_holder_pin
+        from sscard.terminal.flows.common import verify_holder_pin
 
         class At:
             card = SocialSecurityCard(connection)

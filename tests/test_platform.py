@@ -22,12 +22,11 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from queueing import Clock
 
-from central import CentralService, Ledger, Unanswerable, Unsigned, policy
-from message.envelope import (
+from sscard.central import CentralService, Ledger, Unanswerable, Unsigned, policy
+from sscard.message.envelope import (
     CST,
     MSGID_TAKEN,
     Credentials,
@@ -36,11 +35,11 @@ from message.envelope import (
     Operator,
     Station,
     gateway_headers,
+    msgid as make_msgid,
     parse_yuan,
     yuan,
 )
-from message.envelope import msgid as make_msgid
-from terminal.gateway import test_credentials as credentials_of
+from sscard.terminal.gateway import test_credentials as credentials_of
 
 # --- the cast ------------------------------------------------------------------------------------
 
@@ -1233,7 +1232,7 @@ def test_a_fault_aimed_at_one_transaction_hits_only_that_one(faulty):
 # === 11. sscard central show ===============================================================================
 
 def show(db: Path) -> Any:
-    from terminal.cli import main
+    from sscard.terminal.cli import main
 
     return CliRunner().invoke(main, ["central", "show", "--db", str(db), "--json"])
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from queueing import Clock
 from test_platform import (
     CLINIC,
@@ -37,9 +36,9 @@ from test_platform import (
     transfer,
 )
 
-from central import Ledger, Unanswerable, Unsigned
-from central.ledger import Forbidden, Rejected
-from message.envelope import Envelope
+from sscard.central import Ledger, Unanswerable, Unsigned
+from sscard.central.ledger import Forbidden, Rejected
+from sscard.message.envelope import Envelope
 
 #: generated messages per transaction in CI (issue 13: at least 2,000)
 EXAMPLES = 2000

@@ -27,10 +27,10 @@ from click.testing import CliRunner
 from queueing import Clock, free_port, wait_for_platform
 from test_platform import CLINIC, PHARMACY, TODAY, Terminal, new_msgid
 
-from central import CentralService
-from central.server import MAX_HEAD, MAX_SMALL_BODY, Bounds, HostRefused
-from message.envelope import gateway_headers
-from terminal.gateway import test_credentials as credentials_of
+from sscard.central import CentralService
+from sscard.central.server import MAX_HEAD, MAX_SMALL_BODY, Bounds, HostRefused
+from sscard.message.envelope import gateway_headers
+from sscard.terminal.gateway import test_credentials as credentials_of
 
 MB = 1024 * 1024
 #: what a stranger (or a careless holder of credentials) sends: 15 MB, as in the issue
@@ -129,7 +129,7 @@ def test_every_interface_is_served_only_when_named_and_allowed(tmp_path):
 
 @pytest.mark.parametrize("host", ["", "0.0.0.0", "::"])
 def test_the_cli_refuses_a_host_beyond_loopback_as_a_usage_error(tmp_path, host):
-    from terminal.cli import main
+    from sscard.terminal.cli import main
 
     db = tmp_path / "platform.sqlite"
     result = CliRunner().invoke(main, ["central", "serve", "--db", str(db), "--host", host, "--port", "0"])
@@ -141,7 +141,7 @@ def test_the_cli_refuses_a_host_beyond_loopback_as_a_usage_error(tmp_path, host)
 
 def test_the_cli_serves_every_interface_with_allow_remote_and_says_so(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')",
+    proc = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main(prog_name='sscard')",
                              "central", "serve", "--db", str(tmp_path / "platform.sqlite"), "--host", "0.0.0.0",
                              "--allow-remote", "--port", str(port)], stderr=subprocess.PIPE, text=True)
     try:
@@ -166,7 +166,7 @@ def peak_rss_kb(pid: int) -> int:
 def test_strangers_and_oversize_bodies_cost_the_service_no_memory_and_the_ledger_nothing(tmp_path):
     db, port = tmp_path / "platform.sqlite", free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')",
+    proc = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main(prog_name='sscard')",
                              "central", "serve", "--db", str(db), "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

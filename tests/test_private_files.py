@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from queueing import STATION, registration
 
-from central.ledger import Ledger
-from terminal.cli import main
-from terminal.queue import Outbox, QueueError
+from sscard.central.ledger import Ledger
+from sscard.terminal.cli import main
+from sscard.terminal.queue import Outbox, QueueError
 
 
 def mode(path: Path) -> int:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from apdu.atr import build_atr, parse_atr
-from drivers.errors import ProfileError
-from drivers.simulator import bundled_names, load_card, load_profile
-from drivers.simulator.profile import id_check_digit, luhn_ok, parse_profile
-from terminal.cli.exits import exit_code
+from sscard.apdu.atr import build_atr, parse_atr
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.simulator import bundled_names, load_card, load_profile
+from sscard.drivers.simulator.profile import id_check_digit, luhn_ok, parse_profile
+from sscard.terminal.cli.exits import exit_code
 
 CARDS = Path(__file__).resolve().parents[1] / "fixtures" / "cards"
 REQUIRED = ["adult", "not-activated", "blocked-pin", "other-region", "minority", "counterfeit"]

@@ -12,8 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from queueing import (  # noqa: F401
     CARD,
     OTHER_CARD,
@@ -29,11 +28,11 @@ from queueing import (  # noqa: F401
     registration,
 )
 
-from central import REQUIRED
-from message.envelope import CST, Envelope, Fen, MessageError, Operator, Station, msgid_time, parse_yuan, yuan
-from terminal.cli.exits import exit_code
-from terminal.errors import ConfigError
-from terminal.queue import SCHEMA_VERSION, Outbox, Outcome, QueueError, RecordError
+from sscard.central import REQUIRED
+from sscard.message.envelope import CST, Envelope, Fen, MessageError, Operator, Station, msgid_time, parse_yuan, yuan
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.queue import SCHEMA_VERSION, Outbox, Outcome, QueueError, RecordError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +130,7 @@ def test_a_settlement_without_its_amounts_as_fen_is_refused_before_it_is_journal
 
 
 def test_the_largest_amounts_the_wire_carries_are_journaled_and_parsed_back(outbox):
-    from message.envelope import MAX_FEN
+    from sscard.message.envelope import MAX_FEN
 
     record = purchase(outbox, total=Fen(MAX_FEN))
     assert record.input["data"]["medfee_sumamt"] == "9999999999999.99"
@@ -183,7 +182,7 @@ ADDER = textwrap.dedent(
     import os, signal, sys
     sys.path.insert(0, sys.argv[2])
     from queueing import STATION, registration
-    from terminal.queue import Outbox
+    from sscard.terminal.queue import Outbox
     box = Outbox(sys.argv[1], STATION)
     for _ in range(int(sys.argv[3])):
         record = registration(box)
@@ -446,8 +445,8 @@ ENQUEUE = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[2])
     from queueing import registration
-    from terminal.cli.exits import exit_code
-    from terminal.queue import Outbox, QueueError
+    from sscard.terminal.cli.exits import exit_code
+    from sscard.terminal.queue import Outbox, QueueError
     try:
         with Outbox(sys.argv[1]) as box:
             print("saved", registration(box).msgid)
@@ -613,7 +612,7 @@ def test_records_filter_by_state_and_card_together(outbox):
 
 def test_a_burst_of_records_never_runs_msgids_more_than_a_few_seconds_ahead_of_the_clock(tmp_path):
     """100 msgids a second per terminal: past MAX_AHEAD seconds of borrowing, a record waits for the clock."""
-    from terminal.queue import MAX_AHEAD
+    from sscard.terminal.queue import MAX_AHEAD
 
     with Outbox(tmp_path / "burst.sqlite", STATION) as box:  # the real clock
         made = [registration(box) for _ in range(int(MAX_AHEAD + 3) * 100)]  # needs the clock 2 s on

@@ -28,8 +28,8 @@ from queueing import (  # noqa: F401
     signed,
 )
 
-from terminal.cli import main
-from terminal.queue import Outcome
+from sscard.terminal.cli import main
+from sscard.terminal.queue import Outcome
 
 
 def run(*args: str):
@@ -132,7 +132,7 @@ def test_the_service_in_its_own_process_takes_uploads_from_the_cli(outbox, tmp_p
 
 
 def test_upload_help_states_the_uploaders_own_defaults():
-    from terminal.upload import DEFAULT_BATCH, DEFAULT_TIMEOUT
+    from sscard.terminal.upload import DEFAULT_BATCH, DEFAULT_TIMEOUT
 
     text = " ".join(run("queue", "upload", "--help").stdout.split())
     assert f"[default: {DEFAULT_BATCH}]" in text and f"[default: {DEFAULT_TIMEOUT:g}]" in text
@@ -170,7 +170,7 @@ def test_status_points_the_clerk_at_dead_records(outbox):
 
 def sscard(*args: str, **options) -> subprocess.CompletedProcess:
     """The CLI in its own process (no reliance on the console script being installed)."""
-    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", *args],
+    return subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main(prog_name='sscard')", *args],
                           capture_output=True, text=True, timeout=60, **options)
 
 
@@ -199,7 +199,7 @@ def test_upload_follow_sends_records_as_they_come_and_stops_cleanly(outbox, cent
     for _ in range(3):
         registration(outbox)
     follower = subprocess.Popen(
-        [sys.executable, "-c", "from terminal.cli import main; main(prog_name='sscard')", "queue", "upload",
+        [sys.executable, "-c", "from sscard.terminal.cli import main; main(prog_name='sscard')", "queue", "upload",
          "-q", str(outbox.path), "--central", central.url, "--follow", "--interval", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

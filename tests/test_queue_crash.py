@@ -26,8 +26,8 @@ from pathlib import Path
 
 from queueing import STATION, central  # noqa: F401
 
-from terminal.queue import Outbox, now_cst
-from terminal.upload import Uploader
+from sscard.terminal.queue import Outbox, now_cst
+from sscard.terminal.upload import Uploader
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 60
@@ -38,9 +38,9 @@ DRIVER = textwrap.dedent(
     import os, random, signal, sys, time
     sys.path.insert(0, sys.argv[1])
     from queueing import registration
-    from terminal.queue import Outbox
+    from sscard.terminal.queue import Outbox
     import httpx
-    from terminal.upload import CentralError, Uploader
+    from sscard.terminal.upload import CentralError, Uploader
 
     path, url, rounds, rng = sys.argv[2], sys.argv[3], int(sys.argv[4]), random.Random(int(sys.argv[5]))
     http = httpx.Client(timeout=5)  # made once: each worker inherits it unused and opens its own connections

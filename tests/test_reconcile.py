@@ -10,12 +10,12 @@ from click.testing import CliRunner
 from flowing import PINS, WINDOW2, clerk, open_site, platform, sim, site, write_config  # noqa: F401  (fixtures)
 from jsonschema_rules import violations
 
-from message.envelope import CST, Fen
-from terminal.cli import main
-from terminal.cli.exits import exit_code
-from terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
-from terminal.queue import DamagedRecordError
-from terminal.reconcile import reconcile
+from sscard.message.envelope import CST, Fen
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
+from sscard.terminal.queue import DamagedRecordError
+from sscard.terminal.reconcile import reconcile
 
 TODAY = dt.datetime.now(CST).date()
 
@@ -90,7 +90,7 @@ def test_a_settlement_only_one_side_has_is_named(day, platform, tmp_path):
     [difference] = line(result).differences
     assert difference.side == "platform" and difference.platform["chrg_bchno"] == "W2"
     # counted with the other window's journal too, the institution balances
-    from terminal.queue import Outbox
+    from sscard.terminal.queue import Outbox
 
     with Outbox(tmp_path / "window2.sqlite") as window2:
         assert reconcile(day.platform, [day.outbox, window2], TODAY).balanced

@@ -9,17 +9,17 @@ import pytest
 from click.testing import CliRunner
 from flowing import configs, platform, write_config  # noqa: F401  (fixtures)
 
-from apdu.keyset import KeyUsage
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from message.envelope import Credentials, gateway_headers
-from terminal.card import SocialSecurityCard
-from terminal.cardsecurity import check_genuine, unlocker
-from terminal.cli import main
-from terminal.errors import CardAuthenticationError, KeyStoreError
-from terminal.gateway import test_credentials as credentials_of
-from terminal.keystore import CardKeyRef, SoftwareKeyStore
-from terminal.remotekeys import RemoteKeyStore
+from sscard.apdu.keyset import KeyUsage
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.message.envelope import Credentials, gateway_headers
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cardsecurity import check_genuine, unlocker
+from sscard.terminal.cli import main
+from sscard.terminal.errors import CardAuthenticationError, KeyStoreError
+from sscard.terminal.gateway import test_credentials as credentials_of
+from sscard.terminal.keystore import CardKeyRef, SoftwareKeyStore
+from sscard.terminal.remotekeys import RemoteKeyStore
 
 CLINIC = "H33030200001"
 

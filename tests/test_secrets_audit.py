@@ -20,7 +20,7 @@ from pathlib import Path
 
 from leakcheck import forbidden, id_leaks, id_numbers, leaks
 
-from terminal.demo import DAY, run_day
+from sscard.terminal.demo import DAY, run_day
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from leakcheck import id_leaks, leaks
 
-from terminal.cli import main
-from terminal.cli.security import TEST_KEYS_WARNING
+from sscard.terminal.cli import main
+from sscard.terminal.cli.security import TEST_KEYS_WARNING
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT_PIN = "246810"
@@ -201,7 +201,7 @@ def test_no_pin_key_or_id_number_in_output_traces_or_logs(caplog, key_file):
 def test_the_leak_check_finds_what_it_looks_for():
     from leakcheck import key_bytes
 
-    from apdu.pin import pin_to_bcd
+    from sscard.apdu.pin import pin_to_bcd
 
     assert leaks(f"> 80 5E 01 00 07 {pin_to_bcd(ADULT_PIN).hex(' ').upper()} FF", [ADULT_PIN]) == ["PIN BCD"]
     assert leaks(f"PIN was {ADULT_PIN}", [ADULT_PIN]) == ["PIN 6 digits"]

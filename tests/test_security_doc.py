@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from apdu import commands
-from apdu.command import Command
-from apdu.crypto import Algorithm, card_key, diversification_data, session_key, session_mac
-from apdu.keyset import KeyUsage, parse_master_keys, psam_key_version
-from apdu.pin import pin_to_bcd
-from drivers.memory import MemoryConnection
-from drivers.simulator import SSCCard, load_card, load_profile
+from sscard.apdu import commands
+from sscard.apdu.command import Command
+from sscard.apdu.crypto import Algorithm, card_key, diversification_data, session_key, session_mac
+from sscard.apdu.keyset import KeyUsage, parse_master_keys, psam_key_version
+from sscard.apdu.pin import pin_to_bcd
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import SSCCard, load_card, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "card-profile.md"

@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 from leakcheck import id_leaks, leaks
 
-from drivers import pcsc
-from terminal.card import SocialSecurityCard
-from terminal.cardsecurity import check_genuine, reload_pin
-from terminal.cli import main
-from terminal.errors import CardAuthenticationError
-from terminal.keystore import PSAMKeyStore, SoftwareKeyStore
+from sscard.drivers import pcsc
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cardsecurity import check_genuine, reload_pin
+from sscard.terminal.cli import main
+from sscard.terminal.errors import CardAuthenticationError
+from sscard.terminal.keystore import PSAMKeyStore, SoftwareKeyStore
 
 pytestmark = pytest.mark.pcsc
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from apdu import commands
-from apdu.command import Command
-from apdu.crypto import Algorithm, card_key, diversification_data, session_mac
-from apdu.keyset import KeyUsage, parse_master_keys, psam_key_version
-from apdu.pin import pin_to_bcd
-from drivers.errors import ProfileError
-from drivers.memory import MemoryConnection
-from drivers.simulator import PSAMCard, SSCCard, bundled_names, load_card, load_profile
-from drivers.simulator.psam import parse_psam_profile
+from sscard.apdu import commands
+from sscard.apdu.command import Command
+from sscard.apdu.crypto import Algorithm, card_key, diversification_data, session_mac
+from sscard.apdu.keyset import KeyUsage, parse_master_keys, psam_key_version
+from sscard.apdu.pin import pin_to_bcd
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import PSAMCard, SSCCard, bundled_names, load_card, load_profile
+from sscard.drivers.simulator.psam import parse_psam_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_KEYS = parse_master_keys(json.loads((ROOT / "fixtures/keys/test-keys.json").read_text())["master_keys"])

@@ -20,9 +20,9 @@ import websockets
 from click.testing import CliRunner
 from jsonschema_rules import violations
 
-from terminal.cli import main
-from terminal.keystore import SoftwareKeyStore
-from terminal.service import ReaderService, load_token
+from sscard.terminal.cli import main
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.service import ReaderService, load_token
 
 ROOT = Path(__file__).resolve().parents[1]
 HIS = "http://his.hospital.local:8080"
@@ -181,14 +181,14 @@ def test_bodies_and_messages_are_bounded(service, token):
 
 @pytest.mark.parametrize("origin", ["*", "http://his.example/path", "his.example", "ftp://his.example"])
 def test_an_allow_list_entry_is_an_exact_origin(token, origin):
-    from terminal.service import ServiceError
+    from sscard.terminal.service import ServiceError
 
     with pytest.raises(ServiceError):
         ReaderService(reader="sim:adult", keys=SoftwareKeyStore.bundled_test_keys(), token=token, origins=(origin,))
 
 
 def test_the_service_listens_on_loopback_only(token):
-    from terminal.service import ServiceError
+    from sscard.terminal.service import ServiceError
 
     with pytest.raises(ServiceError, match="this computer only"):
         ReaderService(reader="sim:adult", keys=SoftwareKeyStore.bundled_test_keys(), token=token, host="0.0.0.0")
@@ -257,9 +257,9 @@ def test_sscard_serve_runs_answers_and_stops_on_sigterm(tmp_path):
 
     port = free_port()
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "SSCARD_CONFIG": str(tmp_path / "none.toml")}
-    token = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", "serve", "--print-token"],
+    token = subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "serve", "--print-token"],
                            capture_output=True, text=True, env=env, check=True).stdout.strip()
-    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "serve", "--port", str(port),
                              "--allow-origin", HIS], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20
@@ -320,8 +320,8 @@ def counter(tmp_path, token):
     platform on a loopback port."""
     from flowing import write_config
 
-    from central import CentralService
-    from terminal.config import load_config
+    from sscard.central import CentralService
+    from sscard.terminal.config import load_config
 
     with CentralService(tmp_path / "platform.sqlite", faults=True) as platform:
         config = load_config(write_config(tmp_path / "clinic", central=platform.url))
@@ -415,9 +415,9 @@ def test_a_stalled_card_is_given_up_on_and_the_service_goes_on(token):
 def test_a_purchase_whose_card_stalls_moves_no_money_even_when_the_card_answers_late(tmp_path, token):
     from flowing import write_config
 
-    from central import CentralService
-    from terminal.config import load_config
-    from terminal.queue import Outbox
+    from sscard.central import CentralService
+    from sscard.terminal.config import load_config
+    from sscard.terminal.queue import Outbox
 
     with CentralService(tmp_path / "platform.sqlite", faults=True) as platform:
         config = load_config(write_config(tmp_path / "clinic", central=platform.url))
@@ -453,8 +453,8 @@ def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_the_conne
 
 
 def test_a_psam_that_stalls_once_fails_that_request_only(token):
-    from terminal.keystore import PSAMKeyStore
-    from terminal.readers import open_connection
+    from sscard.terminal.keystore import PSAMKeyStore
+    from sscard.terminal.readers import open_connection
 
     psam = PSAMKeyStore(open_connection("sim:hostile:pause:psam:2"))  # its 3rd command answered after 10 s
     with served(token, keys=psam, card_timeout=0.5) as service:
@@ -474,9 +474,9 @@ def test_sscard_serve_stops_on_sigterm_with_a_card_still_stuck(tmp_path):
 
     port = free_port()
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    token = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", "serve", "--print-token"],
+    token = subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "serve", "--print-token"],
                            env=env, capture_output=True, text=True, check=True).stdout.strip()
-    service = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "--card-timeout", "1",
+    service = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "--card-timeout", "1",
                                 "serve", "--reader", STALLING, "--port", str(port)],
                                env=env, stderr=subprocess.PIPE, text=True)
     try:

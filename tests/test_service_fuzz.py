@@ -11,13 +11,12 @@ from typing import Any
 import httpx
 import pytest
 from flowing import write_config
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from central import CentralService
-from terminal.config import load_config
-from terminal.keystore import SoftwareKeyStore
-from terminal.service import ReaderService, load_token
+from sscard.central import CentralService
+from sscard.terminal.config import load_config
+from sscard.terminal.keystore import SoftwareKeyStore
+from sscard.terminal.service import ReaderService, load_token
 
 #: generated requests in CI (issue 13: at least 2,000)
 EXAMPLES = 2000

@@ -10,7 +10,7 @@ import time
 
 from queueing import central, clock, outbox, registration  # noqa: F401  (fixtures)
 
-from terminal.cli.signals import Flag, on_signals
+from sscard.terminal.cli.signals import Flag, on_signals
 
 
 def test_a_flag_set_by_a_signal_during_its_wait_ends_the_wait_at_once():
@@ -52,7 +52,7 @@ def sigterm_storm(start, seed: int, latest_s: float) -> None:
 
 
 def sscard(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+    return subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

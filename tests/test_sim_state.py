@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from flowing import configs, platform  # noqa: F401  (fixtures)
 
-from apdu.commands import SSC_DF_NAME
-from drivers.simulator import load_card
-from drivers.simulator.state import STATE_ENV, state_folder
-from terminal.card import SocialSecurityCard
-from terminal.cli import main
-from terminal.readers import open_connection
+from sscard.apdu.commands import SSC_DF_NAME
+from sscard.drivers.simulator import load_card
+from sscard.drivers.simulator.state import STATE_ENV, state_folder
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cli import main
+from sscard.terminal.readers import open_connection
 
 ROOT = Path(__file__).resolve().parents[1]
 PIN = json.loads((ROOT / "fixtures/cards/adult.json").read_text(encoding="utf-8"))["pin"]["value"]
@@ -32,7 +32,7 @@ def run(*args: str, input: str | None = None):
 
 
 def sscard(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", *args],
                           input=input, capture_output=True, text=True, timeout=60)
 
 
@@ -115,7 +115,7 @@ def test_a_state_that_cannot_be_written_is_a_memory_failure_and_nothing_changes(
     assert changed.exit_code == 5 and "Memory failure on the card" in changed.output
     assert "Traceback" not in changed.output
     card = load_card("adult")
-    from drivers.simulator.state import RememberedCard, StateFile
+    from sscard.drivers.simulator.state import RememberedCard, StateFile
 
     remembered = RememberedCard(card, StateFile("adult", ROOT / "fixtures/cards/adult.json"))
     remembered.power_up()
@@ -138,7 +138,7 @@ def test_a_full_disk_under_the_state_is_a_memory_failure_and_the_pin_unchanged()
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
 
-    changed = subprocess.run([sys.executable, "-B", "-c", "from terminal.cli import main; main()", "change-pin", "-r",
+    changed = subprocess.run([sys.executable, "-B", "-c", "from sscard.terminal.cli import main; main()", "change-pin", "-r",
                               "sim:adult", "--pin-stdin"], input=f"{PIN}\n{NEW_PIN}\n", capture_output=True,
                              text=True, timeout=60, preexec_fn=small_files)
     assert changed.returncode == 5 and "Memory failure on the card" in changed.stderr, changed.stderr
@@ -165,8 +165,8 @@ def test_an_old_medical_card_remembers_it_was_replaced(configs):
     moved = CliRunner().invoke(main, ["pharmacy", "activate", "--old-reader", "sim:old-medical-lina", "-r",
                                       "sim:not-activated", "--pin-stdin"], input="123456\n", env=env)
     assert moved.exit_code == 0, moved.output
-    from drivers.simulator.oldmedical import OldMedicalCard
-    from drivers.simulator.state import remembered_card
+    from sscard.drivers.simulator.oldmedical import OldMedicalCard
+    from sscard.drivers.simulator.state import remembered_card
 
     card = remembered_card("old-medical-lina")
     assert isinstance(card.inner, OldMedicalCard) and card.inner.replaced
@@ -197,7 +197,7 @@ def test_simulate_options_and_reset_do_not_mix(args):
 
 def test_over_vpcd_an_activation_holds_across_simulator_runs(vpcd_card, configs):
     env = {**os.environ, "SSCARD_CONFIG": str(configs["bank"])}
-    args = [sys.executable, "-c", "from terminal.cli import main; main()", "bank", "activate", "--reader", READER0,
+    args = [sys.executable, "-c", "from sscard.terminal.cli import main; main()", "bank", "activate", "--reader", READER0,
             "--pin-stdin"]
     card = vpcd_card("not-activated-zhou", process=True)
     first = subprocess.run(args, input="330303196811052226\n386152\n386152\n", capture_output=True, text=True, timeout=60, env=env)

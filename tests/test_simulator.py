@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from apdu import commands
-from apdu.atr import parse_atr
-from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS
-from apdu.command import Command
-from apdu.commands import SSC_DF_NAME
-from apdu.errors import PINBlockedError, WrongPINError
-from apdu.pin import pin_to_bcd
-from apdu.tlv import decode_simple
-from drivers.memory import MemoryConnection
-from drivers.simulator import SimulatedCard, SSCCard, bundled_names, load_card, load_profile
-from drivers.simulator.ssc import CLA_PROPRIETARY
+from sscard.apdu import commands
+from sscard.apdu.atr import parse_atr
+from sscard.apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS
+from sscard.apdu.command import Command
+from sscard.apdu.commands import SSC_DF_NAME
+from sscard.apdu.errors import PINBlockedError, WrongPINError
+from sscard.apdu.pin import pin_to_bcd
+from sscard.apdu.tlv import decode_simple
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import SimulatedCard, SSCCard, bundled_names, load_card, load_profile
+from sscard.drivers.simulator.ssc import CLA_PROPRIETARY
 
 # the FCI as docs/simulator.md specifies it, built by hand rather than by the simulator's code
 FCI_2ND = bytes((0x6F, 0x17, 0x84, 0x0F)) + SSC_DF_NAME + bytes.fromhex("A5 04 9F 08 01 02")
@@ -62,9 +61,9 @@ def selected(card: SSCCard, fid: int | None = EF05) -> SSCCard:
 
 def authenticate(conn: MemoryConnection) -> None:
     """EXTERNAL AUTHENTICATE with the TEST keys (terminal/cardsecurity.py)."""
-    from terminal.card import SocialSecurityCard
-    from terminal.cardsecurity import authenticate_terminal
-    from terminal.keystore import CardKeyRef, SoftwareKeyStore
+    from sscard.terminal.card import SocialSecurityCard
+    from sscard.terminal.cardsecurity import authenticate_terminal
+    from sscard.terminal.keystore import CardKeyRef, SoftwareKeyStore
 
     card = SocialSecurityCard(conn)
     authenticate_terminal(card, SoftwareKeyStore.bundled_test_keys(), CardKeyRef.read(card))
@@ -424,7 +423,7 @@ def test_execute_never_raises_on_plausible_commands(adult, cla, ins, p1, p2, tai
 # --- ATR ----------------------------------------------------------------------------------------
 
 def test_atr_protocols_and_historical_bytes():
-    from apdu.atr import historical_bytes
+    from sscard.apdu.atr import historical_bytes
 
     t0, t1 = load_card("adult").atr, load_card("other-region").atr
     assert parse_atr(t0).protocol == "T=0" and parse_atr(t1).protocol == "T=1"

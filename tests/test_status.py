@@ -5,16 +5,14 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from apdu import commands
-from apdu import errors as e
-from apdu.response import Response
-from apdu.status import GENERAL, SW, Table, counter, error_for
-from drivers import errors as d
-from terminal import errors as t
-from terminal.cli.exits import exit_code
+from sscard.apdu import commands, errors as e
+from sscard.apdu.response import Response
+from sscard.apdu.status import GENERAL, SW, Table, counter, error_for
+from sscard.drivers import errors as d
+from sscard.terminal import errors as t
+from sscard.terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from apdu.errors import TerminalAuthenticationError
-from drivers.memory import MemoryConnection
-from drivers.simulator import load_card
-from terminal.card import SocialSecurityCard
-from terminal.cardsecurity import unlocker
-from terminal.cli import main
-from terminal.cli.exits import exit_code
-from terminal.convention import EXTERNAL_AUTH_NEEDED, code_of
-from terminal.errors import ExternalAuthenticationRequiredError, KeyStoreError
-from terminal.keystore import SoftwareKeyStore, open_key_store
+from sscard.apdu.errors import TerminalAuthenticationError
+from sscard.drivers.memory import MemoryConnection
+from sscard.drivers.simulator import load_card
+from sscard.terminal.card import SocialSecurityCard
+from sscard.terminal.cardsecurity import unlocker
+from sscard.terminal.cli import main
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.convention import EXTERNAL_AUTH_NEEDED, code_of
+from sscard.terminal.errors import ExternalAuthenticationRequiredError, KeyStoreError
+from sscard.terminal.keystore import SoftwareKeyStore, open_key_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEN_JING = "440304199007123447"

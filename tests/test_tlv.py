@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from apdu.errors import MalformedError, SSCardError, TLVError
-from apdu.tlv import BerTlv, ber_decode, ber_encode, ber_find, decode_simple, encode_simple
-from terminal.cli.exits import exit_code
+from sscard.apdu.errors import MalformedError, SSCardError, TLVError
+from sscard.apdu.tlv import BerTlv, ber_decode, ber_encode, ber_find, decode_simple, encode_simple
+from sscard.terminal.cli.exits import exit_code
 
 H = bytes.fromhex
 

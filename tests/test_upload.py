@@ -25,12 +25,12 @@ from queueing import (  # noqa: F401
     signed,
 )
 
-from central import GARBAGE, MAX_BATCH, CentralService, Ledger, Rejected
-from message.envelope import MSGID_TAKEN, Envelope, Fen, with_sign_no
-from terminal.cli.exits import exit_code
-from terminal.errors import ConfigError
-from terminal.queue import Outbox
-from terminal.upload import (
+from sscard.central import GARBAGE, MAX_BATCH, CentralService, Ledger, Rejected
+from sscard.message.envelope import MSGID_TAKEN, Envelope, Fen, with_sign_no
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.errors import ConfigError
+from sscard.terminal.queue import Outbox
+from sscard.terminal.upload import (
     MAX_RETRY_AFTER,
     Backoff,
     CentralError,

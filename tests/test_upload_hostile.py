@@ -28,8 +28,8 @@ import pytest
 from click.testing import CliRunner
 from queueing import central, clock, free_port, outbox, registration  # noqa: F401
 
-from terminal.cli import main
-from terminal.upload import MAX_BATCH_ANSWER, MAX_CALL_ANSWER, Uploader, shown_url
+from sscard.terminal.cli import main
+from sscard.terminal.upload import MAX_BATCH_ANSWER, MAX_CALL_ANSWER, Uploader, shown_url
 
 ROOT = Path(__file__).resolve().parents[1]
 #: records in each hostile batch (the issue's "all 30 sent dead")
@@ -147,9 +147,9 @@ def fifty_megabytes(path: str, payload: Any) -> Reply:
 MEASURE = textwrap.dedent(
     """
     import json, sys
-    from terminal.gateway import test_credentials
-    from terminal.queue import Outbox
-    from terminal.upload import Uploader
+    from sscard.terminal.gateway import test_credentials
+    from sscard.terminal.queue import Outbox
+    from sscard.terminal.upload import Uploader
 
     def memory_kib(field):
         with open("/proc/self/status") as status:
@@ -378,7 +378,7 @@ def test_a_password_in_the_url_reaches_the_proxy_and_never_the_screen_or_the_log
 
 
 def test_an_answer_with_text_no_utf_8_can_hold_is_a_protocol_error_not_a_crash():
-    from terminal.upload import CentralProtocolError, parse_reply
+    from sscard.terminal.upload import CentralProtocolError, parse_reply
 
     with pytest.raises(CentralProtocolError):
         parse_reply(b'{"results": [{"msgid": "x", "infcode": 0, "err_msg": "\\ud800"}]}')

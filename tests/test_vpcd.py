@@ -12,9 +12,9 @@ import time
 import pytest
 from pcscd import MiniCard, card_state, wait_card, wait_until
 
-from apdu import commands
-from drivers import pcsc
-from drivers.vpcd import FrameError, VpcdClient, frame, reader_name
+from sscard.apdu import commands
+from sscard.drivers import pcsc
+from sscard.drivers.vpcd import FrameError, VpcdClient, frame, reader_name
 
 TIMEOUT = 5.0
 
@@ -140,7 +140,7 @@ def test_largest_frame_is_accepted(fake, client_for):
 
 @pytest.mark.parametrize("bad", [b"\x00\x00", b"\x00\x10\x00\xa4", b"\x00"], ids=["zero-length", "eof-mid-payload", "eof-mid-length"])
 def test_malformed_frame_drops_and_reconnects_without_traceback(fake, client_for, caplog, bad):
-    caplog.set_level(logging.INFO, logger="drivers.vpcd")
+    caplog.set_level(logging.INFO, logger="sscard.drivers.vpcd")
     card = MiniCard()
     client = client_for(card)
     fake.send(frame(b"\x01"))
@@ -246,7 +246,7 @@ def test_client_reconnects_after_pcscd_restart(pcscd, vpcd_card):
 def test_simulate_two_cards_in_two_slots_and_sigusr1(pcscd):
     wait_card(READER0, present=False)
     wait_card(READER1, present=False)
-    proc = subprocess.Popen([sys.executable, "-c", "from terminal.cli import main; main()", "simulate",
+    proc = subprocess.Popen([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "simulate",
                              "--card", "adult", "--card", "minority"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -270,7 +270,7 @@ def test_simulate_two_cards_in_two_slots_and_sigusr1(pcscd):
 
 
 def test_simulate_subprocess_fixture_reads_identity(vpcd_card):
-    from terminal.card import SocialSecurityCard
+    from sscard.terminal.card import SocialSecurityCard
 
     vpcd_card("adult", process=True)
     with pcsc.connect(READER0) as connection:
@@ -279,7 +279,7 @@ def test_simulate_subprocess_fixture_reads_identity(vpcd_card):
 
 
 def test_simulate_bad_profile_is_a_clear_error(pcscd):
-    result = subprocess.run([sys.executable, "-c", "from terminal.cli import main; main()", "simulate",
+    result = subprocess.run([sys.executable, "-c", "from sscard.terminal.cli import main; main()", "simulate",
                              "--card", "/nonexistent/card.json"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 12, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.startswith("Error:")

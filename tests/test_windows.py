@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from drivers import pcsc
-from terminal import private
-from terminal.cli.exits import exit_code
-from terminal.cli.reader import _commands
-from terminal.cli.signals import Flag
-from terminal.errors import KeyStoreError
-from terminal.keystore import SoftwareKeyStore
+from sscard.drivers import pcsc
+from sscard.terminal import private
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.cli.reader import _commands
+from sscard.terminal.cli.signals import Flag
+from sscard.terminal.errors import KeyStoreError
+from sscard.terminal.keystore import SoftwareKeyStore
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "fixtures" / "keys" / "test-keys.json"

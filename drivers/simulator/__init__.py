@@ -11,13 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from drivers.simulator.base import SimulatedCard
-from drivers.simulator.oldmedical import KIND as OLD_MEDICAL
-from drivers.simulator.oldmedical import OldMedicalCard, OldMedicalProfile
-from drivers.simulator.profile import Profile, bundled_names, load_profile, locate, parse_profile
-from drivers.simulator.psam import PSAMCard, PSAMProfile, load_psam_profile, parse_psam_profile
-from drivers.simulator.ssc import SSCCard
-from drivers.simulator.validator import read_profile_file
+from sscard.drivers.simulator.base import SimulatedCard
+from sscard.drivers.simulator.oldmedical import KIND as OLD_MEDICAL, OldMedicalCard, OldMedicalProfile
+from sscard.drivers.simulator.profile import Profile, bundled_names, load_profile, locate, parse_profile
+from sscard.drivers.simulator.psam import PSAMCard, PSAMProfile, load_psam_profile, parse_psam_profile
+from sscard.drivers.simulator.ssc import SSCCard
+from sscard.drivers.simulator.validator import read_profile_file
 
 __all__ = [
     "OldMedicalCard", "OldMedicalProfile", "PSAMCard", "PSAMProfile", "Profile", "SSCCard", "SimulatedCard",
@@ -38,8 +37,8 @@ KINDS: dict[str, tuple[Callable[[Any, str], Any], Callable[[Any], SimulatedCard]
 
 def strict(card: SimulatedCard) -> SimulatedCard:
     """``card`` made a strict T=0 chip (``CardOS.strict_t0``); ProfileError for a T=1 one."""
-    from drivers.errors import ProfileError
-    from drivers.simulator.cardos import CardOS
+    from sscard.drivers.errors import ProfileError
+    from sscard.drivers.simulator.cardos import CardOS
 
     if not isinstance(card, CardOS) or card.protocol != "T=0":
         raise ProfileError("strict: is for T=0 cards (the profile's protocol is not T=0)")
@@ -59,7 +58,7 @@ def load_card(name_or_path: str | Path) -> SimulatedCard:
     if str(name_or_path).startswith(STRICT):  # a T=0 chip as strict as a real one (docs/simulator.md)
         return strict(load_card(str(name_or_path)[len(STRICT):]))
     if str(name_or_path).startswith("hostile:"):  # a spoiled chip: drivers/simulator/hostile.py
-        from drivers.simulator.hostile import HostileCard, parse_spec
+        from sscard.drivers.simulator.hostile import HostileCard, parse_spec
 
         mode, profile, after = parse_spec(str(name_or_path))
         return HostileCard(load_card(profile), mode, after)

@@ -14,9 +14,9 @@ import logging
 import os
 from collections.abc import Callable
 
-from apdu.command import Command
-from apdu.errors import APDUFormatError
-from apdu.status import SW
+from sscard.apdu.command import Command
+from sscard.apdu.errors import APDUFormatError
+from sscard.apdu.status import SW
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS, DataItem
-from apdu.commands import SSC_DF_NAME
-from apdu.status import SW
-from apdu.tlv import ber_encode, encode_simple
-from drivers.simulator.cardos import CardStatus
+from sscard.apdu.catalogue import CARD_ITEMS, EF05, EF06, HOLDER_ITEMS, DataItem
+from sscard.apdu.commands import SSC_DF_NAME
+from sscard.apdu.status import SW
+from sscard.apdu.tlv import ber_encode, encode_simple
+from sscard.drivers.simulator.cardos import CardStatus
 
 MF_FID = 0x3F00
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 import time
 
-from drivers.errors import ProfileError
-from drivers.simulator.base import SimulatedCard, WrappedCard
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.simulator.base import SimulatedCard, WrappedCard
 
 MODES = ("wrong-length", "endless-61", "out-of-sequence", "stall", "pause", "random")
 

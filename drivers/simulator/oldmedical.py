@@ -18,22 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apdu.atr import PROTOCOLS
-from apdu.command import Command
-from apdu.oldmedical import EF15, OLD_DF_NAME, OLD_ITEMS, STATUS_IN_USE, STATUS_RECORD, STATUS_REPLACED
-from apdu.status import SW
-from apdu.tlv import decode_simple, encode_simple
-from drivers.errors import ProfileError
-from drivers.simulator.cardos import (
+from sscard.apdu.atr import PROTOCOLS
+from sscard.apdu.command import Command
+from sscard.apdu.oldmedical import EF15, OLD_DF_NAME, OLD_ITEMS, STATUS_IN_USE, STATUS_RECORD, STATUS_REPLACED
+from sscard.apdu.status import SW
+from sscard.apdu.tlv import decode_simple, encode_simple
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.simulator.cardos import (
     CLA_ISO,
     CLA_PROPRIETARY,
     CardOS,
     CardStatus,
     Reply,
 )
-from drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, records_for
-from drivers.simulator.profile import locate, profile_kind
-from drivers.simulator.validator import ProfileValidator, read_profile_file
+from sscard.drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, records_for
+from sscard.drivers.simulator.profile import locate, profile_kind
+from sscard.drivers.simulator.validator import ProfileValidator, read_profile_file
 
 KIND = "old-medical"
 STATUSES = {"in-use": STATUS_IN_USE, "replaced": STATUS_REPLACED}

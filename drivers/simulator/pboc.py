@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from apdu.commands import AID_PBOC_DEBIT, PSE_NAME
-from apdu.tlv import ber_encode
-from drivers.simulator.filesystem import DF, RecordEF
+from sscard.apdu.commands import AID_PBOC_DEBIT, PSE_NAME
+from sscard.apdu.tlv import ber_encode
+from sscard.drivers.simulator.filesystem import DF, RecordEF
 
 #: the label the directory and the FCI give (ans, EMV Book 1 s12.2.4)
 LABEL = b"UnionPay Debit"

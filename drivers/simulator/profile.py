@@ -21,14 +21,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from apdu.atr import PROTOCOLS
-from apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem, card_generation, issuing_region
-from apdu.crypto import Algorithm
-from apdu.errors import CardDataError, mask
-from apdu.keyset import KeyFormatError, KeyUsage, parse_keys
-from apdu.pin import PIN_MAX_LENGTH, PIN_MIN_LENGTH
-from drivers.errors import ProfileError
-from drivers.simulator.validator import ProfileValidator, read_profile_file
+from sscard.apdu.atr import PROTOCOLS
+from sscard.apdu.catalogue import CARD_ITEMS, ETHNICITY, HOLDER_ITEMS, SEX, DataItem, card_generation, issuing_region
+from sscard.apdu.crypto import Algorithm
+from sscard.apdu.errors import CardDataError, mask
+from sscard.apdu.keyset import KeyFormatError, KeyUsage, parse_keys
+from sscard.apdu.pin import PIN_MAX_LENGTH, PIN_MIN_LENGTH
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.simulator.validator import ProfileValidator, read_profile_file
 
 ALGORITHMS = ("3DES", "SM4")
 STATES = ("active", "not_activated")
@@ -102,7 +102,7 @@ def luhn_ok(digits: str) -> bool:
 
 def bundled_names(kind: str = "ssc") -> list[str]:
     """Names of the profiles of that ``kind`` shipped in fixtures/cards/ (``ssc`` cards, the ``psam``)."""
-    folder = resources.files("fixtures") / "cards"
+    folder = resources.files("sscard.fixtures") / "cards"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json") and profile_kind(Path(str(p))) == kind)
 
 
@@ -133,7 +133,7 @@ def locate(name_or_path: str | Path) -> Path:
         return path
     if not _NAME.match(text):
         raise ProfileError(f"'{text}' is not a card profile name or a .json path")
-    path = Path(str(resources.files("fixtures") / "cards" / f"{text}.json"))
+    path = Path(str(resources.files("sscard.fixtures") / "cards" / f"{text}.json"))
     if not _is_file(path):
         raise ProfileError(
             f"No bundled card profile '{text}' (bundled: {', '.join(bundled_names()) or 'none'})"

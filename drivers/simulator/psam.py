@@ -23,22 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apdu.atr import PROTOCOLS
-from apdu.command import Command
-from apdu.commands import PSAM_MODE_ENCRYPT, PSAM_MODE_MAC
-from apdu.crypto import DIVERSIFICATION_DATA_LENGTH, Algorithm, diversify, session_mac
-from apdu.keyset import PSAM_KEY_VERSIONS, KeyFormatError, KeyUsage, MasterKeys, parse_master_keys
-from apdu.status import SW
-from drivers.errors import ProfileError
-from drivers.simulator.cardos import (
+from sscard.apdu.atr import PROTOCOLS
+from sscard.apdu.command import Command
+from sscard.apdu.commands import PSAM_MODE_ENCRYPT, PSAM_MODE_MAC
+from sscard.apdu.crypto import DIVERSIFICATION_DATA_LENGTH, Algorithm, diversify, session_mac
+from sscard.apdu.keyset import PSAM_KEY_VERSIONS, KeyFormatError, KeyUsage, MasterKeys, parse_master_keys
+from sscard.apdu.status import SW
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.simulator.cardos import (
     CLA_PROPRIETARY,
     CardOS,
     CardStatus,
     RandomSource,
     Reply,
 )
-from drivers.simulator.profile import locate
-from drivers.simulator.validator import ProfileValidator, read_profile_file
+from sscard.drivers.simulator.profile import locate
+from sscard.drivers.simulator.validator import ProfileValidator, read_profile_file
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ import logging
 import os
 from typing import Any
 
-from apdu.catalogue import EF06, THIRD_GENERATION
-from apdu.command import Command
-from apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
-from apdu.crypto import Algorithm
-from apdu.pin import PIN_BLOCK_LENGTHS, PINFormatError, bcd_to_pin
-from apdu.status import SW
-from drivers.simulator import pboc
-from drivers.simulator.cardos import (
+from sscard.apdu.catalogue import EF06, THIRD_GENERATION
+from sscard.apdu.command import Command
+from sscard.apdu.commands import AID_PBOC_DEBIT, SSC_DF_NAME
+from sscard.apdu.crypto import Algorithm
+from sscard.apdu.pin import PIN_BLOCK_LENGTHS, PINFormatError, bcd_to_pin
+from sscard.apdu.status import SW
+from sscard.drivers.simulator import pboc
+from sscard.drivers.simulator.cardos import (
     CLA_ISO,
     CLA_PROPRIETARY,
     CardOS,
@@ -34,9 +34,9 @@ from drivers.simulator.cardos import (
     RandomSource,
     Reply,
 )
-from drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, build_filesystem
-from drivers.simulator.profile import Profile
-from drivers.simulator.ssc_security import EXTERNAL_AUTH_MAX_TRIES, CardSecurity
+from sscard.drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, build_filesystem
+from sscard.drivers.simulator.profile import Profile
+from sscard.drivers.simulator.ssc_security import EXTERNAL_AUTH_MAX_TRIES, CardSecurity
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from apdu.command import Command
-from apdu.commands import MAC_LENGTH, mac_input
-from apdu.crypto import constant_time_equal, session_mac
-from apdu.keyset import KeyUsage
-from apdu.pin import PIN_BLOCK_LENGTHS
-from apdu.status import SW
-from drivers.simulator.cardos import (
+from sscard.apdu.command import Command
+from sscard.apdu.commands import MAC_LENGTH, mac_input
+from sscard.apdu.crypto import constant_time_equal, session_mac
+from sscard.apdu.keyset import KeyUsage
+from sscard.apdu.pin import PIN_BLOCK_LENGTHS
+from sscard.apdu.status import SW
+from sscard.drivers.simulator.cardos import (
     CLA_ISO,
     CLA_SECURE,
     CardStatus,
@@ -30,7 +30,7 @@ from drivers.simulator.cardos import (
 )
 
 if TYPE_CHECKING:
-    from drivers.simulator.ssc import SSCCard
+    from sscard.drivers.simulator.ssc import SSCCard
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from apdu.status import SW
-from drivers.errors import ProfileError
-from drivers.simulator.base import SimulatedCard, WrappedCard
+from sscard.apdu.status import SW
+from sscard.drivers.errors import ProfileError
+from sscard.drivers.simulator.base import SimulatedCard, WrappedCard
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ class RememberedCard(WrappedCard):
 def remembered_card(spec: str) -> SimulatedCard:
     """The virtual card a ``sim:`` spec names (a bundled profile name or a profile path, an old medical
     card's profile too), with its saved state; PSAM and ``hostile:`` cards fresh."""
-    from drivers.simulator import STRICT, load_card, strict
-    from drivers.simulator.profile import locate
+    from sscard.drivers.simulator import STRICT, load_card, strict
+    from sscard.drivers.simulator.profile import locate
 
     if spec.startswith(STRICT):  # the same card, strict: it remembers as the card does
         remembered = remembered_card(spec[len(STRICT):])
@@ -200,7 +200,7 @@ def reset(spec: str | None = None) -> list[Path]:
     if spec is None:
         paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
     else:
-        from drivers.simulator.profile import locate
+        from sscard.drivers.simulator.profile import locate
 
         paths = [folder / file_name(spec, locate(spec))]
     removed = []

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from apdu.atr import parse_atr
-from drivers.errors import ProfileError
+from sscard.apdu.atr import parse_atr
+from sscard.drivers.errors import ProfileError
 
 __all__ = ["ProfileValidator", "read_profile_file"]
 

@@ -1,4 +1,4 @@
 """The ``sscard`` command line (click)."""
-from terminal.cli.main import main
+from sscard.terminal.cli.main import main
 
 __all__ = ["main"]

@@ -5,19 +5,19 @@ from pathlib import Path
 
 import click
 
-from drivers.errors import CardUnresponsiveError
-from terminal.cli import watchdog
-from terminal.cli.counter import (
+from sscard.drivers.errors import CardUnresponsiveError
+from sscard.terminal.cli import watchdog
+from sscard.terminal.cli.counter import (
     ScreenClerk,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.exits import exit_code
-from terminal.cli.options import central_option, config_option, connect, id_number_asked, reader_option
-from terminal.cli.output import json_option
-from terminal.flows.bank import bank_activate
-from terminal.queue import QueuedRecord
+from sscard.terminal.cli.exits import exit_code
+from sscard.terminal.cli.options import central_option, config_option, connect, id_number_asked, reader_option
+from sscard.terminal.cli.output import json_option
+from sscard.terminal.flows.bank import bank_activate
+from sscard.terminal.queue import QueuedRecord
 
 
 @click.group()

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from terminal.card import Identity, SocialSecurityCard, Unlock
-from terminal.cli.options import config_option, connect, key_store_options, reader_option
-from terminal.cli.output import json_option, print_json
-from terminal.cli.prompts import read_pin
+from sscard.terminal.card import Identity, SocialSecurityCard, Unlock
+from sscard.terminal.cli.options import config_option, connect, key_store_options, reader_option
+from sscard.terminal.cli.output import json_option, print_json
+from sscard.terminal.cli.prompts import read_pin
 
 #: text labels, in the order a clerk reads them
 LABELS = (
@@ -37,9 +37,9 @@ def unlock_with(psam: str | None, key_file: Path | None, config_path: Path | Non
     opened only for such a card."""
 
     def unlock(card: SocialSecurityCard, code: str, spec_version: str) -> None:
-        from terminal.cardsecurity import unlocker
-        from terminal.cli.security import announce_key_store, chosen_key_store
-        from terminal.keystore import open_key_store
+        from sscard.terminal.cardsecurity import unlocker
+        from sscard.terminal.cli.security import announce_key_store, chosen_key_store
+        from sscard.terminal.keystore import open_key_store
 
         with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store:
             announce_key_store(store, options=True)
@@ -87,7 +87,7 @@ def read(reader: str | None, as_json: bool, redact: bool, bank: bool, show_accou
     if bank and redact:
         raise click.UsageError("--bank masks the account number already: --redact is for the holder's data")
     if config_path is not None:  # named: it must be one, even when this card needs no key store from it
-        from terminal.config import load_config
+        from sscard.terminal.config import load_config
 
         load_config(config_path)
     if bank and (psam or key_file):

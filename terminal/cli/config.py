@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from terminal.cli.options import Count, config_option
-from terminal.cli.output import json_option, print_json
-from terminal.config import default_config_path, load_config, write_default
+from sscard.terminal.cli.options import Count, config_option
+from sscard.terminal.cli.output import json_option, print_json
+from sscard.terminal.config import default_config_path, load_config, write_default
 
 
 @click.group("config")
@@ -48,7 +48,7 @@ def init(config_path: Path | None, terminal_no: int | None, force: bool, as_json
 @json_option()
 def show(config_path: Path | None, as_json: bool) -> None:
     """Print the configuration as the terminal reads it (exit 12 when it is invalid)."""
-    from terminal.upload import shown_url  # here: the other config commands need no HTTP
+    from sscard.terminal.upload import shown_url  # here: the other config commands need no HTTP
 
     config = load_config(config_path)
     fields = {

@@ -17,15 +17,15 @@ from typing import Any
 
 import click
 
-from apdu.errors import SSCardError
-from terminal.cli import prompts, watchdog
-from terminal.cli.options import connect
-from terminal.cli.output import print_json
-from terminal.config import TerminalConfig, load_config
-from terminal.flows import common
-from terminal.flows.common import Site
-from terminal.flows.settlement import Item
-from terminal.keystore import open_key_store
+from sscard.apdu.errors import SSCardError
+from sscard.terminal.cli import prompts, watchdog
+from sscard.terminal.cli.options import connect
+from sscard.terminal.cli.output import print_json
+from sscard.terminal.config import TerminalConfig, load_config
+from sscard.terminal.flows import common
+from sscard.terminal.flows.common import Site
+from sscard.terminal.flows.settlement import Item
+from sscard.terminal.keystore import open_key_store
 
 pin_stdin_option = click.option("--pin-stdin", is_flag=True,
                                 help="Read PINs from standard input, one per line (so they are read whenever it is not a terminal).")
@@ -89,7 +89,7 @@ def say_on_stderr(text: str) -> None:
 def open_site(config_path: Path | None, central_url: str | None = None) -> Iterator[tuple[TerminalConfig, Site]]:
     """The configuration, and the site it names (:func:`terminal.flows.common.open_site`), its warnings
     and what it resolved said on stderr."""
-    from terminal.cli.security import announce_key_store  # here: security's commands use this module's options
+    from sscard.terminal.cli.security import announce_key_store  # here: security's commands use this module's options
 
     config = load_config(config_path)
     with open_key_store(**config.key_store_args(), connect=connect) as keys:

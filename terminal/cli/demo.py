@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from terminal.cli.options import FilePath
-from terminal.cli.output import json_option, print_json
+from sscard.terminal.cli.options import FilePath
+from sscard.terminal.cli.output import json_option, print_json
 
 
 @click.command()
@@ -19,8 +19,8 @@ def demo(folder: Path | None, as_json: bool) -> None:
     virtual platform holds (exit 18 if the day does not balance)."""
     import sys
 
-    from terminal.cli.reconcile import UnbalancedError
-    from terminal.demo import print_holdings, walk  # here: the demo pulls in the platform and httpx
+    from sscard.terminal.cli.reconcile import UnbalancedError
+    from sscard.terminal.demo import print_holdings, walk  # here: the demo pulls in the platform and httpx
 
     held = walk(folder, sys.stderr if as_json else sys.stdout)
     error = None if held["reconciliation"]["balanced"] else UnbalancedError(

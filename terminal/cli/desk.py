@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from terminal.cli.counter import (
+from sscard.terminal.cli.counter import (
     ScreenClerk,
     bill_items,
     finish,
@@ -13,10 +13,10 @@ from terminal.cli.counter import (
     pin_stdin_option,
     yes_option,
 )
-from terminal.cli.options import Text, central_option, config_option, connect, reader_option
-from terminal.cli.output import json_option
-from terminal.cli.prompts import Asked
-from terminal.flows.desk import KINDS, cancel, refund, register, settle_visit
+from sscard.terminal.cli.options import Text, central_option, config_option, connect, reader_option
+from sscard.terminal.cli.output import json_option
+from sscard.terminal.cli.prompts import Asked
+from sscard.terminal.flows.desk import KINDS, cancel, refund, register, settle_visit
 
 
 @click.group()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apdu.errors import SSCardError
+from sscard.apdu.errors import SSCardError
 
 SUCCESS = 0
 #: a bug (anything not an SSCardError), or an SSCardError no entry covers

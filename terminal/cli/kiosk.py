@@ -6,16 +6,16 @@ from pathlib import Path
 
 import click
 
-from message.envelope import yuan
-from terminal.cli.counter import (
+from sscard.message.envelope import yuan
+from sscard.terminal.cli.counter import (
     ScreenClerk,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import LIMIT, central_option, config_option, connect, reader_option
-from terminal.cli.output import json_option
-from terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
+from sscard.terminal.cli.options import LIMIT, central_option, config_option, connect, reader_option
+from sscard.terminal.cli.output import json_option
+from sscard.terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
 
 LABELS = (("full_name", "Name"), ("social_security_number", "ID number"), ("card_number", "Card number"),
           ("sex_name", "Sex"), ("birth_date", "Birth date"), ("issuing_region", "Issuing region"),

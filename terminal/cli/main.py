@@ -20,11 +20,11 @@ from typing import Any
 
 import click
 
-from apdu.errors import SSCardError
-from terminal.cli import watchdog
-from terminal.cli.exits import INTERNAL, INTERRUPTED, error_object, exit_code
-from terminal.cli.options import EXCLUSIVE, Seconds
-from terminal.cli.output import json_asked, json_lines, json_printed, print_json
+from sscard.apdu.errors import SSCardError
+from sscard.terminal.cli import watchdog
+from sscard.terminal.cli.exits import INTERNAL, INTERRUPTED, error_object, exit_code
+from sscard.terminal.cli.options import EXCLUSIVE, Seconds
+from sscard.terminal.cli.output import json_asked, json_lines, json_printed, print_json
 
 log = logging.getLogger("sscard")
 
@@ -49,7 +49,7 @@ class SSCardGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         module = COMMAND_MODULES.get(cmd_name)
         if cmd_name not in self.commands and module is not None:
-            for command in importlib.import_module(f"terminal.cli.{module}").COMMANDS:
+            for command in importlib.import_module(f"sscard.terminal.cli.{module}").COMMANDS:
                 self.add_command(command)
         return self.commands.get(cmd_name)
 

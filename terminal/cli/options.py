@@ -16,9 +16,9 @@ from typing import Any
 
 import click
 
-from drivers.connection import Connection
-from terminal.config import DEFAULT_CENTRAL
-from terminal.readers import open_connection
+from sscard.drivers.connection import Connection
+from sscard.terminal.config import DEFAULT_CENTRAL
+from sscard.terminal.readers import open_connection
 
 #: the longest reader spec taken (a PC/SC reader name is at most a few dozen characters)
 MAX_READER_SPEC = 256
@@ -163,8 +163,8 @@ def _id_number(ctx: click.Context, param: click.Parameter, value: str | None) ->
         return None
     if param.name and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError(ID_NUMBER_NOT_IN_ARGV)
-    from terminal.cli.prompts import at_terminal
-    from terminal.flows.common import IDNumberFormatError, check_id_number  # here: `sscard read` starts faster
+    from sscard.terminal.cli.prompts import at_terminal
+    from sscard.terminal.flows.common import IDNumberFormatError, check_id_number  # here: `sscard read` starts faster
 
     try:
         return check_id_number(value)
@@ -178,7 +178,7 @@ def id_number_asked(command: Callable[..., Any]) -> Callable[..., Any]:
     """The holder's ID document number, asked at a prompt on stderr, or the first line of standard
     input when it is not a terminal (before any PIN). Hidden: ``--id-number`` on the command line is
     refused (docs/security.md, "Hostile input")."""
-    from terminal.cli.prompts import Asked
+    from sscard.terminal.cli.prompts import Asked
 
     return click.option("--id-number", cls=Asked, prompt="ID document number (身份证号码)", hidden=True,
                         callback=_id_number)(command)

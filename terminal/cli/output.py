@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
-from apdu.errors import SSCardError
-from terminal.cli.exits import error_object
+from sscard.apdu.errors import SSCardError
+from sscard.terminal.cli.exits import error_object
 
 F = TypeVar("F", bound=Callable[..., Any])
 

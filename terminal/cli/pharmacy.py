@@ -7,21 +7,21 @@ from pathlib import Path
 
 import click
 
-from drivers.connection import Connection
-from drivers.errors import NoCardError
-from terminal.cli import watchdog
-from terminal.cli.counter import (
+from sscard.drivers.connection import Connection
+from sscard.drivers.errors import NoCardError
+from sscard.terminal.cli import watchdog
+from sscard.terminal.cli.counter import (
     ScreenClerk,
     bill_items,
     finish,
     open_site,
     pin_stdin_option,
 )
-from terminal.cli.options import Seconds, central_option, config_option, connect, reader_option
-from terminal.cli.output import json_option
-from terminal.cli.prompts import Asked
-from terminal.flows.common import Site
-from terminal.flows.pharmacy import (
+from sscard.terminal.cli.options import Seconds, central_option, config_option, connect, reader_option
+from sscard.terminal.cli.output import json_option
+from sscard.terminal.cli.prompts import Asked
+from sscard.terminal.flows.common import Site
+from sscard.terminal.flows.pharmacy import (
     DualCardActivation,
     dual_card_activate,
     not_answering_note,
@@ -29,7 +29,7 @@ from terminal.flows.pharmacy import (
     read_old_card,
     refund,
 )
-from terminal.readers import SIM_PREFIX, default_reader
+from sscard.terminal.readers import SIM_PREFIX, default_reader
 
 #: how long the one-reader dual-card insert waits for the clerk to swap the cards (seconds)
 SWAP_TIMEOUT = 60.0
@@ -37,7 +37,7 @@ SWAP_TIMEOUT = 60.0
 
 def wait_for_swap(spec: str, timeout: float) -> None:
     """Wait until the card in the PC/SC reader ``spec`` is taken out and another is put in."""
-    from drivers import pcsc
+    from sscard.drivers import pcsc
 
     with pcsc.Context() as context:
         name = pcsc.resolve(spec, context)

@@ -16,13 +16,13 @@ from typing import Any
 
 import click
 
-from apdu.catalogue import CARD_ITEMS
-from message.envelope import MSGID_RE, iso_time
-from terminal.cli import signals
-from terminal.cli.options import LIMIT, Count, FilePath, Seconds, central_option, config_option
-from terminal.cli.output import json_option, print_json
-from terminal.config import DEFAULT_CENTRAL, TerminalConfig, queue_and_central
-from terminal.queue import ALL_STATES, STATES, Outbox
+from sscard.apdu.catalogue import CARD_ITEMS
+from sscard.message.envelope import MSGID_RE, iso_time
+from sscard.terminal.cli import signals
+from sscard.terminal.cli.options import LIMIT, Count, FilePath, Seconds, central_option, config_option
+from sscard.terminal.cli.output import json_option, print_json
+from sscard.terminal.config import DEFAULT_CENTRAL, TerminalConfig, queue_and_central
+from sscard.terminal.queue import ALL_STATES, STATES, Outbox
 
 #: the card identification code in hex (16 bytes on the card): what ``--card`` takes besides the card number
 CARD_SN_LENGTH = 2 * next(item.length for item in CARD_ITEMS if item.key == "card_identification_code")
@@ -160,7 +160,7 @@ def upload(path: Path | None, config_path: Path | None, central_url: str | None,
            timeout: float | None, follow: bool, interval: float | None, ignore_schedule: bool,
            progress: bool | None, as_json: bool) -> None:
     """Send the due records to the central service (exit 14 if it cannot be reached)."""
-    from terminal.upload import (  # here: httpx slows start-up
+    from sscard.terminal.upload import (  # here: httpx slows start-up
         DEFAULT_BATCH,
         DEFAULT_INTERVAL,
         DEFAULT_TIMEOUT,
@@ -223,7 +223,7 @@ def upload(path: Path | None, config_path: Path | None, central_url: str | None,
 def gateway_credentials(config: TerminalConfig | None, outbox: Outbox) -> Any:
     """The gateway credentials of the configuration, else the TEST ones of the queue's institution
     (a warning on stderr says so)."""
-    from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+    from sscard.terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
 
     spec = config.central_credentials if config else "test"
     credentials, test = load_credentials(spec, outbox.require_station().fixmedins_code)
@@ -244,8 +244,8 @@ def resolve(path: Path | None, config_path: Path | None, central_url: str | None
     it never arrived (and then never executes it). Exit 0: nothing left unknown; 17: some are still
     unknown (the platform cannot be asked: try again later).
     """
-    from terminal.online import OutcomeUnknownError, Platform, PlatformRefusedError
-    from terminal.upload import CentralError
+    from sscard.terminal.online import OutcomeUnknownError, Platform, PlatformRefusedError
+    from sscard.terminal.upload import CentralError
 
     path, url, config = queue_and_central(path, central_url, config_path)
     error = None
@@ -298,9 +298,9 @@ def serve(db: Path, host: str, allow_remote: bool, port: int, faults: bool) -> N
     It listens on this computer only unless --allow-remote; its bounds (body sizes, requests and
     ledger bytes per institution, connections) are in docs/platform.md, "Strangers and oversize requests".
     """
-    from central import CentralService
-    from central.server import HostRefused, is_loopback
-    from terminal.upload import CentralError, ledger_errors
+    from sscard.central import CentralService
+    from sscard.central.server import HostRefused, is_loopback
+    from sscard.terminal.upload import CentralError, ledger_errors
 
     try:
         with ledger_errors(db):
@@ -323,8 +323,8 @@ def serve(db: Path, host: str, allow_remote: bool, port: int, faults: bool) -> N
 @json_option("Print JSON on stdout.")
 def show(db: Path, limit: int | None, as_json: bool) -> None:
     """What the virtual platform holds: messages by msgid, settlements, accounts, old cards, visits."""
-    from central import Ledger
-    from terminal.upload import CentralError, ledger_errors
+    from sscard.central import Ledger
+    from sscard.terminal.upload import CentralError, ledger_errors
 
     if not db.is_file():
         raise CentralError(f"No virtual platform ledger at {db}")

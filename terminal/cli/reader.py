@@ -11,12 +11,12 @@ from typing import Any
 
 import click
 
-from drivers.errors import NoReaderError, ProfileError, ServiceNotRunningError
-from message.envelope import CST, iso_time
-from terminal.cli import signals
-from terminal.cli.options import MAX_READER_SPEC, Count, Seconds, Text
-from terminal.cli.output import json_option, print_json
-from terminal.readers import atr_text
+from sscard.drivers.errors import NoReaderError, ProfileError, ServiceNotRunningError
+from sscard.message.envelope import CST, iso_time
+from sscard.terminal.cli import signals
+from sscard.terminal.cli.options import MAX_READER_SPEC, Count, Seconds, Text
+from sscard.terminal.cli.output import json_option, print_json
+from sscard.terminal.readers import atr_text
 
 DEFAULT_PORT = 35963
 
@@ -29,7 +29,7 @@ def readers(as_json: bool) -> None:
     The index shown is what --reader takes (a name, a unique part of it or the card's ATR work too).
     Exit code 3 when the PC/SC service is not running or there is no reader.
     """
-    from drivers import pcsc
+    from sscard.drivers import pcsc
 
     statuses = pcsc.reader_status()
     if not statuses:
@@ -57,7 +57,7 @@ def readers(as_json: bool) -> None:
 
 def _load(spec: str) -> Any:
     try:
-        from drivers.simulator.state import remembered_card
+        from sscard.drivers.simulator.state import remembered_card
     except ImportError as err:
         raise ProfileError("The card simulator is not available in this installation") from err
     return remembered_card(spec)
@@ -99,7 +99,7 @@ def simulate(ctx: click.Context, cards: tuple[str, ...], ports: tuple[int, ...],
         return
     if not cards:
         raise click.UsageError("Missing option '--card': which card profile to insert")
-    from drivers.vpcd import VpcdClient, reader_name
+    from sscard.drivers.vpcd import VpcdClient, reader_name
 
     if len(ports) > len(cards):
         raise click.UsageError("more --port than --card options")
@@ -153,7 +153,7 @@ def _commands(stdin: Any, stop: signals.Flag, toggle: signals.Flag, inserted: Ca
 def simulate_reset(profile: str | None, as_json: bool) -> None:
     """Restore the factory card: forget what the virtual card PROFILE (a bundled name or a profile
     file) remembers (PIN, tries, activation, records); every virtual card without PROFILE."""
-    from drivers.simulator.state import reset, state_folder
+    from sscard.drivers.simulator.state import reset, state_folder
 
     try:
         removed = reset(profile)
@@ -203,7 +203,7 @@ def watch(spec: str | None, count: int | None, timeout: float | None, as_json: b
     service: it waits for pcscd to come back and reports what changed meanwhile. Exit 0 when --count
     events were seen or at --timeout.
     """
-    from drivers import pcsc
+    from sscard.drivers import pcsc
 
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = 0
@@ -242,7 +242,7 @@ def _reader_filter(spec: str | None) -> Callable[[str], bool]:
     the PC/SC service not running yet, a part of a name is matched as readers appear."""
     if spec is None:
         return lambda name: True
-    from drivers import pcsc
+    from sscard.drivers import pcsc
 
     exact = spec.strip().isdigit() or pcsc.parse_atr(spec) is not None  # an index, or the ATR of the card in it
     try:

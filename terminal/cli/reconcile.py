@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from apdu.errors import SSCardError
-from message.envelope import CST, INSUTYPES
-from terminal.cli.counter import say_on_stderr
-from terminal.cli.options import FilePath, central_option, config_option
-from terminal.cli.output import json_option, print_json
-from terminal.config import load_config
-from terminal.flows.common import open_platform
-from terminal.queue import Outbox
+from sscard.apdu.errors import SSCardError
+from sscard.message.envelope import CST, INSUTYPES
+from sscard.terminal.cli.counter import say_on_stderr
+from sscard.terminal.cli.options import FilePath, central_option, config_option
+from sscard.terminal.cli.output import json_option, print_json
+from sscard.terminal.config import load_config
+from sscard.terminal.flows.common import open_platform
+from sscard.terminal.queue import Outbox
 
 
 class UnbalancedError(SSCardError):
@@ -39,7 +39,7 @@ def reconcile(config_path: Path | None, central_url: str | None, day: dt.datetim
     not balanced, and the settlements that differ are named (settled on one side only, or with other
     amounts); 14: the platform could not be asked.
     """
-    from terminal.reconcile import reconcile as run
+    from sscard.terminal.reconcile import reconcile as run
 
     config = load_config(config_path)
     when = (day.date() if day else dt.datetime.now(CST).date())

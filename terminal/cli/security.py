@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from terminal.card import SocialSecurityCard, holder
-from terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unlocker
-from terminal.cli.options import config_option, connect, id_number_asked, key_store_options, reader_option
-from terminal.cli.output import json_option, print_json
-from terminal.cli.prompts import read_pin
-from terminal.config import KeyStoreArgs
-from terminal.errors import IdentityMismatchError
-from terminal.keystore import KeyStore, open_key_store
+from sscard.terminal.card import SocialSecurityCard, holder
+from sscard.terminal.cardsecurity import authenticate_terminal, check_genuine, reload_pin, unlocker
+from sscard.terminal.cli.options import config_option, connect, id_number_asked, key_store_options, reader_option
+from sscard.terminal.cli.output import json_option, print_json
+from sscard.terminal.cli.prompts import read_pin
+from sscard.terminal.config import KeyStoreArgs
+from sscard.terminal.errors import IdentityMismatchError
+from sscard.terminal.keystore import KeyStore, open_key_store
 
 TEST_KEYS_WARNING = (
     "Warning: using the TEST keys (public, for the simulator's virtual cards only): a card in a real reader "
@@ -38,7 +38,7 @@ def announce_key_store(store: KeyStore, *, options: bool = False) -> None:
 def chosen_key_store(psam: str | None, key_file: Path | None, config_path: Path | None) -> KeyStoreArgs:
     """The one way every command chooses its key store: ``--psam`` / ``--key-file`` when given, else
     the terminal configuration's ``[keys] store`` (when there is a configuration), else the TEST keys."""
-    from terminal.config import find_config
+    from sscard.terminal.config import find_config
 
     if psam is not None or key_file is not None:
         return {"psam": psam, "key_file": key_file}

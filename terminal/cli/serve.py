@@ -7,8 +7,16 @@ from pathlib import Path
 
 import click
 
-from terminal.cli import watchdog
-from terminal.cli.options import Count, FilePath, central_option, config_option, connect, exclusive, reader_option
+from sscard.terminal.cli import watchdog
+from sscard.terminal.cli.options import (
+    Count,
+    FilePath,
+    central_option,
+    config_option,
+    connect,
+    exclusive,
+    reader_option,
+)
 
 
 @click.command()
@@ -40,11 +48,11 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
       sscard serve --allow-origin http://his.hospital.local:8080
       sscard serve --reader "Virtual PCD 00 00" --print-token
     """
-    from terminal.cli.security import announce_key_store
-    from terminal.config import find_config
-    from terminal.keystore import open_key_store
-    from terminal.readers import default_reader
-    from terminal.service import ReaderService, default_token_path, load_token
+    from sscard.terminal.cli.security import announce_key_store
+    from sscard.terminal.config import find_config
+    from sscard.terminal.keystore import open_key_store
+    from sscard.terminal.readers import default_reader
+    from sscard.terminal.service import ReaderService, default_token_path, load_token
 
     token = load_token(token_file or default_token_path())
     if print_token:
@@ -55,7 +63,7 @@ def serve(reader: str | None, contactless_reader: str | None, port: int, host: s
                         connect=connect) as keys:
         announce_key_store(keys)
         if config is not None:
-            from terminal.gateway import TEST_CREDENTIALS_WARNING
+            from sscard.terminal.gateway import TEST_CREDENTIALS_WARNING
 
             if config.central_credentials == "test":
                 click.echo(TEST_CREDENTIALS_WARNING, err=True)

@@ -32,9 +32,9 @@ import sys
 import threading
 from collections.abc import Callable
 
-from drivers.connection import CARD_TIMEOUT_S, Connection, longest_wait
-from drivers.errors import CardUnresponsiveError
-from terminal.cli.exits import exit_code
+from sscard.drivers.connection import CARD_TIMEOUT_S, Connection, longest_wait
+from sscard.drivers.errors import CardUnresponsiveError
+from sscard.terminal.cli.exits import exit_code
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,6 @@ Each takes connections, a :class:`terminal.flows.common.Site` (queue and key sto
 :class:`terminal.flows.common.Clerk`, and runs unchanged on a real reader, pcscd's virtual readers and
 the in-memory simulator.
 """
-from terminal.flows.common import Clerk, PaymentRefusedError, RefusedError, ScriptedClerk, Site
+from sscard.terminal.flows.common import Clerk, PaymentRefusedError, RefusedError, ScriptedClerk, Site
 
 __all__ = ["Clerk", "PaymentRefusedError", "RefusedError", "ScriptedClerk", "Site"]

@@ -27,14 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.errors import SSCardError
-from apdu.pin import PINFormatError, check_new_pin
-from drivers.connection import Connection
-from message.infno import Infno
-from terminal.card import Identity, SocialSecurityCard, holder
-from terminal.cardsecurity import check_genuine, reload_pin, unblock_application, unlocker
-from terminal.errors import IdentityMismatchError
-from terminal.flows.common import (
+from sscard.apdu.errors import SSCardError
+from sscard.apdu.pin import PINFormatError, check_new_pin
+from sscard.drivers.connection import Connection
+from sscard.message.infno import Infno
+from sscard.terminal.card import Identity, SocialSecurityCard, holder
+from sscard.terminal.cardsecurity import check_genuine, reload_pin, unblock_application, unlocker
+from sscard.terminal.errors import IdentityMismatchError
+from sscard.terminal.flows.common import (
     Clerk,
     RefusedError,
     Site,
@@ -45,8 +45,8 @@ from terminal.flows.common import (
     same_person,
     timestamp,
 )
-from terminal.keystore import CardKeyRef
-from terminal.queue import QueuedRecord, QueueError
+from sscard.terminal.keystore import CardKeyRef
+from sscard.terminal.queue import QueuedRecord, QueueError
 
 log = logging.getLogger(__name__)
 

@@ -14,18 +14,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from apdu.errors import SSCardError, WrongPINError, mask
-from drivers.connection import Connection
-from message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
-from message.infno import ACTIVATIONS, Infno
-from terminal.card import Identity, SocialSecurityCard
-from terminal.cardsecurity import check_genuine, unlocker
-from terminal.config import TerminalConfig
-from terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
-from terminal.keystore import CardKeyRef, KeyStore
-from terminal.online import Person, Platform, PlatformRefusedError
-from terminal.queue import STANDING, Outbox, QueuedRecord
-from terminal.upload import CentralError
+from sscard.apdu.errors import SSCardError, WrongPINError, mask
+from sscard.drivers.connection import Connection
+from sscard.message.envelope import CST, INF_TIME, Fen, Station, parse_yuan
+from sscard.message.infno import ACTIVATIONS, Infno
+from sscard.terminal.card import Identity, SocialSecurityCard
+from sscard.terminal.cardsecurity import check_genuine, unlocker
+from sscard.terminal.config import TerminalConfig
+from sscard.terminal.gateway import TEST_CREDENTIALS_WARNING, load_credentials
+from sscard.terminal.keystore import CardKeyRef, KeyStore
+from sscard.terminal.online import Person, Platform, PlatformRefusedError
+from sscard.terminal.queue import STANDING, Outbox, QueuedRecord
+from sscard.terminal.upload import CentralError
 
 #: project codes of the records that activate a card at this terminal (docs/flows.md, "Activation")
 #: tries left at which the PIN prompt stops mentioning them

@@ -20,11 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.connection import Connection
-from message.envelope import yuan
-from message.infno import VISIT_CANCELLATIONS, Infno
-from terminal.card import Identity, holder
-from terminal.flows.common import (
+from sscard.drivers.connection import Connection
+from sscard.message.envelope import yuan
+from sscard.message.infno import VISIT_CANCELLATIONS, Infno
+from sscard.terminal.card import Identity, holder
+from sscard.terminal.flows.common import (
     Clerk,
     PaymentRefusedError,
     RefusedError,
@@ -39,20 +39,20 @@ from terminal.flows.common import (
     timestamp,
     verify_holder_pin,
 )
-from terminal.flows.settlement import (
+from sscard.terminal.flows.settlement import (
     Item,
     Refund,
     Split,
     bill_number,
     bill_total,
     platform_errors,
+    refund as refund_bill,
     settle,
     standing,
 )
-from terminal.flows.settlement import refund as refund_bill
-from terminal.online import Person, PlatformRefusedError
-from terminal.queue import ANSWERED, CALLING, SENT, QueuedRecord, record_data
-from terminal.upload import CentralError
+from sscard.terminal.online import Person, PlatformRefusedError
+from sscard.terminal.queue import ANSWERED, CALLING, SENT, QueuedRecord, record_data
+from sscard.terminal.upload import CentralError
 
 #: where each registration's answer names its visit
 VISIT_PATHS = ("$.output.data.mdtrt_id", "$.output.result.mdtrt_id")

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from drivers.connection import Connection
-from message.envelope import iso_time, parse_yuan, yuan
-from message.infno import Infno, clerk_word
-from terminal.card import holder
-from terminal.flows.common import Clerk, Site, is_active, look_up, present_card, verify_holder_pin
-from terminal.online import PlatformRefusedError
-from terminal.queue import QueuedRecord, record_data
-from terminal.upload import CentralError
+from sscard.drivers.connection import Connection
+from sscard.message.envelope import iso_time, parse_yuan, yuan
+from sscard.message.infno import Infno, clerk_word
+from sscard.terminal.card import holder
+from sscard.terminal.flows.common import Clerk, Site, is_active, look_up, present_card, verify_holder_pin
+from sscard.terminal.online import PlatformRefusedError
+from sscard.terminal.queue import QueuedRecord, record_data
+from sscard.terminal.upload import CentralError
 
 
 def record_line(record: QueuedRecord) -> dict[str, Any]:

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apdu.errors import SSCardError
-from drivers.connection import Connection
-from drivers.errors import CardUnresponsiveError, NoCardError, TransportError
-from message.envelope import Fen, yuan
-from message.infno import Infno
-from terminal.card import holder
-from terminal.errors import IdentityMismatchError, NotSocialSecurityCardError
-from terminal.flows.common import (
+from sscard.apdu.errors import SSCardError
+from sscard.drivers.connection import Connection
+from sscard.drivers.errors import CardUnresponsiveError, NoCardError, TransportError
+from sscard.message.envelope import Fen, yuan
+from sscard.message.infno import Infno
+from sscard.terminal.card import holder
+from sscard.terminal.errors import IdentityMismatchError, NotSocialSecurityCardError
+from sscard.terminal.flows.common import (
     CardAtCounter,
     Clerk,
     PaymentRefusedError,
@@ -49,7 +49,7 @@ from terminal.flows.common import (
     timestamp,
     verify_holder_pin,
 )
-from terminal.flows.settlement import (
+from sscard.terminal.flows.settlement import (
     Item,
     Refund,
     Split,
@@ -57,15 +57,15 @@ from terminal.flows.settlement import (
     bill_total,
     parse_money,
     platform_errors,
+    refund as refund_bill,
     same_items,
     settle,
     standing,
 )
-from terminal.flows.settlement import refund as refund_bill
-from terminal.oldcard import OldCard, OldMedicalCardSession, WrongCardOrderError
-from terminal.online import PlatformRefusedError, ReversedError, yuan_field
-from terminal.queue import QueuedRecord
-from terminal.upload import CentralError
+from sscard.terminal.oldcard import OldCard, OldMedicalCardSession, WrongCardOrderError
+from sscard.terminal.online import PlatformRefusedError, ReversedError, yuan_field
+from sscard.terminal.queue import QueuedRecord
+from sscard.terminal.upload import CentralError
 
 __all__ = ["DualCardActivation", "Item", "Purchase", "Refund", "dual_card_activate", "parse_money", "purchase",
            "read_old_card", "refund"]

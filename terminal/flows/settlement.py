@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from message.envelope import Fen, yuan
-from message.infno import CODES, PREVIEWS, SETTLEMENTS, Infno
-from terminal.flows.common import Clerk, PaymentRefusedError, Site
-from terminal.online import Person, PlatformRefusedError, ReversedError, yuan_field
-from terminal.queue import ANSWERED, CALLING, QueuedRecord, record_data
-from terminal.upload import CentralError
+from sscard.message.envelope import Fen, yuan
+from sscard.message.infno import CODES, PREVIEWS, SETTLEMENTS, Infno
+from sscard.terminal.flows.common import Clerk, PaymentRefusedError, Site
+from sscard.terminal.online import Person, PlatformRefusedError, ReversedError, yuan_field
+from sscard.terminal.queue import ANSWERED, CALLING, QueuedRecord, record_data
+from sscard.terminal.upload import CentralError
 
 BILL_NO = re.compile(r"[A-Za-z0-9-]{1,30}")
 #: ASCII digits only: ``\d`` and ``str.isdigit`` also take other scripts' digits and '²'
