@@ -160,7 +160,8 @@ def error_classes(root: type[SSCardError] = SSCardError) -> Iterator[type[SSCard
 
 
 def test_docs_json_lists_every_error_code_under_its_exit_code():
-    for package in ("apdu", "drivers", "message", "terminal", "central"):  # every module: every error class
+    for package in ("sscard.apdu", "sscard.drivers", "sscard.message", "sscard.terminal", "sscard.central"):
+        # every module: every error class
         for module in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
             importlib.import_module(module.name)
     rows = {int(line.split("|")[1]): line for line in Path("docs/json.md").read_text().splitlines()

@@ -14,7 +14,12 @@ from sscard.terminal.cli.counter import (
     pin_stdin_option,
 )
 from sscard.terminal.cli.exits import exit_code
-from sscard.terminal.cli.options import central_option, config_option, connect, id_number_asked, reader_option
+from sscard.terminal.cli.options import (
+    connect,
+    id_number_asked,
+    reader_option,
+    site_options,
+)
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.flows.bank import bank_activate
 from sscard.terminal.queue import QueuedRecord
@@ -27,8 +32,7 @@ def bank() -> None:
 
 @bank.command("activate")
 @reader_option
-@config_option
-@central_option
+@site_options
 @id_number_asked
 @pin_stdin_option
 @json_option()

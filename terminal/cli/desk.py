@@ -13,7 +13,7 @@ from sscard.terminal.cli.counter import (
     pin_stdin_option,
     yes_option,
 )
-from sscard.terminal.cli.options import Text, central_option, config_option, connect, reader_option
+from sscard.terminal.cli.options import Text, connect, reader_option, site_options
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.cli.prompts import Asked
 from sscard.terminal.flows.desk import KINDS, cancel, refund, register, settle_visit
@@ -26,8 +26,7 @@ def desk() -> None:
 
 @desk.command("register")
 @reader_option
-@config_option
-@central_option
+@site_options
 @click.option("--type", "kind", type=click.Choice(list(KINDS)), cls=Asked, prompt="Registration type", default="outpatient",
               show_default=True, help="Outpatient, hospitalisation or maternity registration.")
 @click.option("--department", cls=Asked, prompt="Department", type=Text(64), help="The department the patient is registered with.")
@@ -56,8 +55,7 @@ def register_command(reader: str | None, config_path: Path | None, central_url: 
 
 
 @desk.command("cancel")
-@config_option
-@central_option
+@site_options
 @click.option("--visit", "mdtrt_id", cls=Asked, prompt="Visit number (mdtrt_id)", help="The visit to cancel, as registered here.")
 @json_option()
 def cancel_command(config_path: Path | None, central_url: str | None, mdtrt_id: str, as_json: bool) -> None:
@@ -73,8 +71,7 @@ def cancel_command(config_path: Path | None, central_url: str | None, mdtrt_id: 
 
 @desk.command("settle")
 @reader_option
-@config_option
-@central_option
+@site_options
 @click.option("--visit", "mdtrt_id", cls=Asked, prompt="Visit number (mdtrt_id)", help="The outpatient visit, as registered here.")
 @click.option("--bill", "bill_no", cls=Asked, prompt="Bill number", help="The hospital's charge batch number: a bill is paid once.")
 @click.option("--item", "item_specs", multiple=True, metavar="NAME:QTY:PRICE",
@@ -99,8 +96,7 @@ def settle_command(reader: str | None, config_path: Path | None, central_url: st
 
 
 @desk.command("refund")
-@config_option
-@central_option
+@site_options
 @click.option("--bill", "bill_no", cls=Asked, prompt="Bill number", help="The bill to refund, as paid here.")
 @json_option()
 def refund_command(config_path: Path | None, central_url: str | None, bill_no: str, as_json: bool) -> None:

@@ -13,7 +13,7 @@ from sscard.terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
-from sscard.terminal.cli.options import LIMIT, central_option, config_option, connect, reader_option
+from sscard.terminal.cli.options import LIMIT, connect, reader_option, site_options
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry
 
@@ -40,8 +40,7 @@ def kiosk_text(view: KioskView) -> list[str]:
 
 @click.command()
 @reader_option
-@config_option
-@central_option
+@site_options
 @pin_stdin_option
 @click.option("--limit", type=LIMIT, default=RECORDS_SHOWN, show_default=True,
               help="Show at most this many records, the newest first.")

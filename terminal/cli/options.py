@@ -155,6 +155,11 @@ central_option = click.option(
 )
 
 
+def site_options(command: Any) -> Any:
+    """``--config`` and ``--central``: the terminal a counter command records for, and its platform."""
+    return config_option(central_option(command))
+
+
 def _id_number(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """The ID number typed at the prompt or read from standard input (never from argv: exit 2). One
     typed with a mistake is "not an ID number" (asked again at a prompt; exit 2 from a pipe), not a

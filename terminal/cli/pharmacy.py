@@ -17,7 +17,7 @@ from sscard.terminal.cli.counter import (
     open_site,
     pin_stdin_option,
 )
-from sscard.terminal.cli.options import Seconds, central_option, config_option, connect, reader_option
+from sscard.terminal.cli.options import Seconds, connect, reader_option, site_options
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.cli.prompts import Asked
 from sscard.terminal.flows.common import Site
@@ -63,8 +63,7 @@ def pharmacy() -> None:
               help="Reader holding the old medical insurance card. Without it, one reader takes the old card, "
                    "then the new card in turn (PC/SC readers only).")
 @reader_option
-@config_option
-@central_option
+@site_options
 @click.option("--wait", "wait_s", type=Seconds(1, 3600, low_included=True), default=SWAP_TIMEOUT, show_default=True,
               help="With one reader: seconds to wait for the clerk to swap the cards.")
 @pin_stdin_option
@@ -128,8 +127,7 @@ def dual_card_two_readers(old_connection: Connection, connection: Connection, si
 
 @pharmacy.command("purchase")
 @reader_option
-@config_option
-@central_option
+@site_options
 @click.option("--sale", "sale_no", cls=Asked, prompt="Sale number", help="The till's sale number: a sale is paid once only.")
 @click.option("--item", "item_specs", multiple=True, metavar="NAME:QTY:PRICE",
               help="An item, its quantity and unit price in yuan (repeat for each item); asked when absent.")
@@ -155,8 +153,7 @@ def purchase_command(reader: str | None, config_path: Path | None, central_url: 
 
 
 @pharmacy.command("refund")
-@config_option
-@central_option
+@site_options
 @click.option("--sale", "sale_no", cls=Asked, prompt="Sale number", help="The till's sale number of the sale to refund.")
 @json_option()
 def refund_command(config_path: Path | None, central_url: str | None, sale_no: str, as_json: bool) -> None:

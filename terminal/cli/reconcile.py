@@ -10,7 +10,7 @@ import click
 from sscard.apdu.errors import SSCardError
 from sscard.message.envelope import CST, INSUTYPES
 from sscard.terminal.cli.counter import say_on_stderr
-from sscard.terminal.cli.options import FilePath, central_option, config_option
+from sscard.terminal.cli.options import FilePath, site_options
 from sscard.terminal.cli.output import json_option, print_json
 from sscard.terminal.config import load_config
 from sscard.terminal.flows.common import open_platform
@@ -22,8 +22,7 @@ class UnbalancedError(SSCardError):
 
 
 @click.command()
-@config_option
-@central_option
+@site_options
 @click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), default=None,
               help="The day to reconcile (yyyy-mm-dd) [default: today, Beijing time].")
 @click.option("--queue", "-q", "extra", multiple=True, type=FilePath(dir_okay=False, exists=True, path_type=Path),

@@ -6,6 +6,8 @@ they only fit the simulator's cards. Protocols: docs/card-profile.md, "Keys and 
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -17,7 +19,7 @@ from sscard.terminal.cli.output import json_option, print_json
 from sscard.terminal.cli.prompts import read_pin
 from sscard.terminal.config import KeyStoreArgs
 from sscard.terminal.errors import IdentityMismatchError
-from sscard.terminal.keystore import KeyStore, open_key_store
+from sscard.terminal.keystore import CardKeyRef, KeyStore, open_key_store
 
 TEST_KEYS_WARNING = (
     "Warning: using the TEST keys (public, for the simulator's virtual cards only): a card in a real reader "
@@ -46,6 +48,19 @@ def chosen_key_store(psam: str | None, key_file: Path | None, config_path: Path 
     return config.key_store_args() if config else {"psam": None, "key_file": None}
 
 
+@contextlib.contextmanager
+def genuine_card(reader: str | None, psam: str | None, key_file: Path | None,
+                 config_path: Path | None) -> Iterator[tuple[KeyStore, SocialSecurityCard, CardKeyRef]]:
+    """The card in ``reader``, selected and proved genuine (:func:`check_genuine`) with the key store
+    the options or the configuration choose (:func:`chosen_key_store`; the TEST keys announced)."""
+    with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store, \
+            connect(reader) as connection:
+        announce_key_store(store, options=True)
+        card = SocialSecurityCard(connection)
+        card.select()
+        yield store, card, check_genuine(card, store)
+
+
 @click.command()
 @reader_option
 @key_store_options
@@ -63,12 +78,7 @@ def auth(reader: str | None, psam: str | None, key_file: Path | None, config_pat
       sscard auth --reader sim:counterfeit
       sscard auth --reader "Virtual PCD 00 00" --psam "Virtual PCD 00 01"
     """
-    with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store, \
-            connect(reader) as connection:
-        announce_key_store(store, options=True)
-        card = SocialSecurityCard(connection)
-        card.select()
-        ref = check_genuine(card, store)
+    with genuine_card(reader, psam, key_file, config_path) as (store, card, ref):
         if also_terminal:
             authenticate_terminal(card, store, ref)
     if as_json:
@@ -123,12 +133,7 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, confi
     (RELOAD PIN).
     Exit code 8: card not genuine or keys refused; 9: ID document does not match the card.
     """
-    with open_key_store(**chosen_key_store(psam, key_file, config_path), connect=connect) as store, \
-            connect(reader) as connection:
-        announce_key_store(store, options=True)
-        card = SocialSecurityCard(connection)
-        card.select()
-        ref = check_genuine(card, store)
+    with genuine_card(reader, psam, key_file, config_path) as (store, card, ref):
         identity = card.read_identity(unlocker(store))
         if not _same_person(id_number, identity.social_security_number):
             raise IdentityMismatchError()
@@ -136,7 +141,8 @@ def reset_pin(reader: str | None, psam: str | None, key_file: Path | None, confi
         reload_pin(card, store, ref, new)
         tries = card.pin_tries_left()
     if as_json:
-        print_json({"reader": connection.name, "holder": holder(identity), "pin_reset": True, "pin_tries_left": tries})
+        print_json({"reader": card.connection.name, "holder": holder(identity), "pin_reset": True,
+                    "pin_tries_left": tries})
         return
     click.echo(f"PIN reset for {identity.name[:1]}{'*' * (len(identity.name) - 1)}: "
                f"the holder can use the new PIN now ({tries} tries).")

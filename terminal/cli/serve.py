@@ -11,11 +11,10 @@ from sscard.terminal.cli import watchdog
 from sscard.terminal.cli.options import (
     Count,
     FilePath,
-    central_option,
-    config_option,
     connect,
     exclusive,
     reader_option,
+    site_options,
 )
 
 
@@ -28,8 +27,7 @@ from sscard.terminal.cli.options import (
 @click.option("--allow-origin", "origins", multiple=True, metavar="ORIGIN",
               help="A web page origin allowed to use the service, scheme://host[:port] exactly as the hospital "
                    "system's page is served (repeat for each). Pages from anywhere else are refused.")
-@config_option
-@central_option
+@site_options
 @click.option("--token-file", type=FilePath(dir_okay=False, path_type=Path), default=None,
               help="The per-install token non-browser clients send [default: ~/.config/sscard/service.token].")
 @click.option("--print-token", is_flag=True, help="Print the token (made when there is none) and exit.")
