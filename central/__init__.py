@@ -9,24 +9,8 @@ its answers (development only). It shares only :mod:`message.envelope` with the 
 - :mod:`central.ledger`: the store and the transactions; :mod:`central.policy`: who pays what;
   :mod:`central.server`: HTTP (Starlette on uvicorn) and :class:`CentralService`.
 """
-from sscard.central.ledger import (
-           REQUIRED,
-           Forbidden,
-           Ledger,
-           Rejected,
-           Unanswerable,
-           Unsigned,
-           digest,
-)
-from sscard.central.server import (
-           GARBAGE,
-           MAX_BATCH,
-           MODES,
-           BadRequest,
-           CentralService,
-           Fault,
-           parse_request,
-)
+from sscard.central.ledger import REQUIRED, Forbidden, Ledger, Rejected, Unanswerable, Unsigned, digest
+from sscard.central.server import GARBAGE, MAX_BATCH, MODES, BadRequest, CentralService, Fault, parse_request
 
 __all__ = ["GARBAGE", "MAX_BATCH", "MODES", "REQUIRED", "BadRequest", "CentralService", "Fault", "Forbidden",
            "Ledger", "Rejected", "Unanswerable", "Unsigned", "digest", "parse_request"]

@@ -35,13 +35,7 @@ from sscard.message.infno import Infno
 from sscard.terminal.flows.bank import bank_activate
 from sscard.terminal.flows.common import Clerk, Site
 from sscard.terminal.flows.desk import register, settle_visit, visit_id
-from sscard.terminal.flows.pharmacy import (
-    Item,
-    dual_card_activate,
-    purchase,
-    read_old_card,
-    refund,
-)
+from sscard.terminal.flows.pharmacy import Item, dual_card_activate, purchase, read_old_card, refund
 from sscard.terminal.gateway import test_credentials
 from sscard.terminal.keystore import SoftwareKeyStore
 from sscard.terminal.online import Platform, ReversedError

@@ -30,14 +30,7 @@ from sscard.message.envelope import MSGID_TAKEN, Envelope, Fen, with_sign_no
 from sscard.terminal.cli.exits import exit_code
 from sscard.terminal.errors import ConfigError
 from sscard.terminal.queue import Outbox
-from sscard.terminal.upload import (
-    MAX_RETRY_AFTER,
-    Backoff,
-    CentralError,
-    NotSignedInError,
-    Uploader,
-    parse_retry_after,
-)
+from sscard.terminal.upload import MAX_RETRY_AFTER, Backoff, CentralError, NotSignedInError, Uploader, parse_retry_after
 
 
 def drain(outbox, url: str, max_batches: int | None = None, **options):

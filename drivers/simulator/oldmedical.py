@@ -24,13 +24,7 @@ from sscard.apdu.oldmedical import EF15, OLD_DF_NAME, OLD_ITEMS, STATUS_IN_USE, 
 from sscard.apdu.status import SW
 from sscard.apdu.tlv import decode_simple, encode_simple
 from sscard.drivers.errors import ProfileError
-from sscard.drivers.simulator.cardos import (
-    CLA_ISO,
-    CLA_PROPRIETARY,
-    CardOS,
-    CardStatus,
-    Reply,
-)
+from sscard.drivers.simulator.cardos import CLA_ISO, CLA_PROPRIETARY, CardOS, CardStatus, Reply
 from sscard.drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, records_for
 from sscard.drivers.simulator.profile import locate, profile_kind
 from sscard.drivers.simulator.validator import ProfileValidator, read_profile_file

@@ -30,13 +30,7 @@ from sscard.apdu.crypto import DIVERSIFICATION_DATA_LENGTH, Algorithm, diversify
 from sscard.apdu.keyset import PSAM_KEY_VERSIONS, KeyFormatError, KeyUsage, MasterKeys, parse_master_keys
 from sscard.apdu.status import SW
 from sscard.drivers.errors import ProfileError
-from sscard.drivers.simulator.cardos import (
-    CLA_PROPRIETARY,
-    CardOS,
-    CardStatus,
-    RandomSource,
-    Reply,
-)
+from sscard.drivers.simulator.cardos import CLA_PROPRIETARY, CardOS, CardStatus, RandomSource, Reply
 from sscard.drivers.simulator.profile import locate
 from sscard.drivers.simulator.validator import ProfileValidator, read_profile_file
 

@@ -26,14 +26,7 @@ from sscard.apdu.crypto import Algorithm
 from sscard.apdu.pin import PIN_BLOCK_LENGTHS, PINFormatError, bcd_to_pin
 from sscard.apdu.status import SW
 from sscard.drivers.simulator import pboc
-from sscard.drivers.simulator.cardos import (
-    CLA_ISO,
-    CLA_PROPRIETARY,
-    CardOS,
-    CardStatus,
-    RandomSource,
-    Reply,
-)
+from sscard.drivers.simulator.cardos import CLA_ISO, CLA_PROPRIETARY, CardOS, CardStatus, RandomSource, Reply
 from sscard.drivers.simulator.filesystem import DF, MF_FID, FileSelection, RecordEF, build_filesystem
 from sscard.drivers.simulator.profile import Profile
 from sscard.drivers.simulator.ssc_security import EXTERNAL_AUTH_MAX_TRIES, CardSecurity

@@ -21,13 +21,7 @@ from sscard.apdu.crypto import constant_time_equal, session_mac
 from sscard.apdu.keyset import KeyUsage
 from sscard.apdu.pin import PIN_BLOCK_LENGTHS
 from sscard.apdu.status import SW
-from sscard.drivers.simulator.cardos import (
-    CLA_ISO,
-    CLA_SECURE,
-    CardStatus,
-    Handler,
-    Reply,
-)
+from sscard.drivers.simulator.cardos import CLA_ISO, CLA_SECURE, CardStatus, Handler, Reply
 
 if TYPE_CHECKING:
     from sscard.drivers.simulator.ssc import SSCCard

@@ -7,19 +7,9 @@ import click
 
 from sscard.drivers.errors import CardUnresponsiveError
 from sscard.terminal.cli import watchdog
-from sscard.terminal.cli.counter import (
-    ScreenClerk,
-    finish,
-    open_site,
-    pin_stdin_option,
-)
+from sscard.terminal.cli.counter import ScreenClerk, finish, open_site, pin_stdin_option
 from sscard.terminal.cli.exits import exit_code
-from sscard.terminal.cli.options import (
-    connect,
-    id_number_asked,
-    reader_option,
-    site_options,
-)
+from sscard.terminal.cli.options import connect, id_number_asked, reader_option, site_options
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.flows.bank import bank_activate
 from sscard.terminal.queue import QueuedRecord

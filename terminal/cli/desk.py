@@ -5,14 +5,7 @@ from pathlib import Path
 
 import click
 
-from sscard.terminal.cli.counter import (
-    ScreenClerk,
-    bill_items,
-    finish,
-    open_site,
-    pin_stdin_option,
-    yes_option,
-)
+from sscard.terminal.cli.counter import ScreenClerk, bill_items, finish, open_site, pin_stdin_option, yes_option
 from sscard.terminal.cli.options import Text, connect, reader_option, site_options
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.cli.prompts import Asked

@@ -7,12 +7,7 @@ from pathlib import Path
 import click
 
 from sscard.message.envelope import yuan
-from sscard.terminal.cli.counter import (
-    ScreenClerk,
-    finish,
-    open_site,
-    pin_stdin_option,
-)
+from sscard.terminal.cli.counter import ScreenClerk, finish, open_site, pin_stdin_option
 from sscard.terminal.cli.options import LIMIT, connect, reader_option, site_options
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.flows.kiosk import RECORDS_SHOWN, KioskView, inquiry

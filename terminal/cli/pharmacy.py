@@ -10,13 +10,7 @@ import click
 from sscard.drivers.connection import Connection
 from sscard.drivers.errors import NoCardError
 from sscard.terminal.cli import watchdog
-from sscard.terminal.cli.counter import (
-    ScreenClerk,
-    bill_items,
-    finish,
-    open_site,
-    pin_stdin_option,
-)
+from sscard.terminal.cli.counter import ScreenClerk, bill_items, finish, open_site, pin_stdin_option
 from sscard.terminal.cli.options import Seconds, connect, reader_option, site_options
 from sscard.terminal.cli.output import json_option
 from sscard.terminal.cli.prompts import Asked

@@ -8,14 +8,7 @@ from pathlib import Path
 import click
 
 from sscard.terminal.cli import watchdog
-from sscard.terminal.cli.options import (
-    Count,
-    FilePath,
-    connect,
-    exclusive,
-    reader_option,
-    site_options,
-)
+from sscard.terminal.cli.options import Count, FilePath, connect, exclusive, reader_option, site_options
 
 
 @click.command()
