@@ -19,6 +19,7 @@ from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
 
+from sscard.apdu.catalogue import card_generation
 from sscard.apdu.errors import SSCardError
 
 __all__ = [
@@ -78,9 +79,9 @@ class Algorithm(enum.Enum):
     def for_spec_version(cls, version: str) -> Algorithm:
         """The algorithm of a card by its EF05 spec version (project convention, docs/card-profile.md):
         ``2.xx`` -> TDES, ``3.xx`` -> SM4."""
-        major = version.strip()[:1]
+        generation = card_generation(version.strip())
         for algorithm in cls:
-            if major == str(algorithm.generation):
+            if generation == algorithm.generation:
                 return algorithm
         raise CryptoError(f"Unknown card specification version {version!r}: expected 2.xx (3DES) or 3.xx (SM4)")
 

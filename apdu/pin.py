@@ -7,8 +7,6 @@ PBOC's, with the project conventions of docs/crypto.md, "PIN"; the policy is the
 """
 from __future__ import annotations
 
-from typing import cast
-
 from sscard.apdu.errors import SSCardError
 
 __all__ = [
@@ -22,7 +20,6 @@ __all__ = [
     "check_new_pin",
     "is_weak_pin",
     "pin_to_bcd",
-    "sent_as_is",
 ]
 
 
@@ -47,13 +44,6 @@ def _check_pin(pin: str) -> None:
         raise PINFormatError("The PIN must contain only the digits 0-9")
     if not PIN_MIN_LENGTH <= len(pin) <= PIN_MAX_LENGTH:
         raise PINFormatError(f"The PIN must be {PIN_MIN_LENGTH} to {PIN_MAX_LENGTH} digits")
-
-
-def sent_as_is(block: bytearray) -> bytes:
-    """A PIN block handed to a command builder as the very bytearray it is: a :class:`Command` keeps
-    the object it is given (bytes or bytearray alike), so the caller's ``wipe(block)`` after the
-    exchange clears what was sent rather than a copy. Typed ``bytes`` for the builders."""
-    return cast(bytes, block)
 
 
 def pin_to_bcd(pin: str) -> bytes:

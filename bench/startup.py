@@ -6,7 +6,7 @@ Runs, alternating so that the machine's load falls on each alike, ``python -c pa
 interpreter alone), ``sscard --help`` and ``sscard read --json`` (the built-in virtual card: start-up,
 the read, the JSON), each ``-n`` times in its own process, and prints the medians and the ratio to
 the peer. Start-up is mostly imports: a command imports only its own module (terminal/cli/main.py,
-``COMMAND_MODULES``); ``python -X importtime -m sscard.terminal.cli read --json`` shows what is left.
+``COMMAND_MODULES``); ``python -X importtime -c "from sscard.terminal.cli import main; main()" read --json`` shows what is left.
 Ends with one line per headline figure: ``figure NAME VALUE UNIT``.
 """
 from __future__ import annotations

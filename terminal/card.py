@@ -50,7 +50,7 @@ from sscard.apdu.errors import (
     WrongPINError,
     mask,
 )
-from sscard.apdu.pin import PINFormatError, check_new_pin, pin_to_bcd, sent_as_is
+from sscard.apdu.pin import PINFormatError, check_new_pin, pin_to_bcd
 from sscard.apdu.response import Response
 from sscard.apdu.status import SW, Table, counter
 from sscard.apdu.tlv import decode_simple
@@ -312,7 +312,7 @@ class SocialSecurityCard:
         block = bytearray(pin_to_bcd(pin))
         try:
             with self._raising_security():
-                check_no_data(self.connection.transmit(commands.verify(sent_as_is(block))), "VERIFY", commands.VERIFY_SW)
+                check_no_data(self.connection.transmit(commands.verify(bytes(block))), "VERIFY", commands.VERIFY_SW)
         finally:
             wipe(block)
 
@@ -354,7 +354,7 @@ class SocialSecurityCard:
         old, new = bytearray(pin_to_bcd(old_pin)), bytearray(pin_to_bcd(new_pin))
         try:
             with self._raising_security():  # the current PIN is verified on the way
-                self.connection.transmit(commands.change_pin(sent_as_is(old), sent_as_is(new))).check(commands.CHANGE_PIN_SW)
+                self.connection.transmit(commands.change_pin(bytes(old), bytes(new))).check(commands.CHANGE_PIN_SW)
         finally:
             wipe(old)
             wipe(new)

@@ -18,7 +18,7 @@ from sscard.apdu import commands
 from sscard.apdu.crypto import constant_time_equal, wipe
 from sscard.apdu.errors import CardStatusError
 from sscard.apdu.keyset import KeyUsage
-from sscard.apdu.pin import check_new_pin, pin_to_bcd, sent_as_is
+from sscard.apdu.pin import check_new_pin, pin_to_bcd
 from sscard.drivers.errors import CardRemovedError, NoCardError, TransportError
 from sscard.terminal.card import SocialSecurityCard
 from sscard.terminal.errors import CardAuthenticationError, KeyStoreError
@@ -123,9 +123,9 @@ def reload_pin(card: SocialSecurityCard, store: KeyStore, ref: CardKeyRef, new_p
     counter, with a MAC from the PIN-reload key (docs/card-profile.md, "MAC-protected commands")."""
     check_new_pin(new_pin)
     block = bytearray(pin_to_bcd(new_pin))
-    message = bytearray(commands.reload_pin_mac_input(sent_as_is(block)))
+    message = bytearray(commands.reload_pin_mac_input(bytes(block)))
     try:
-        _mac_protected(card, store, ref, KeyUsage.PIN_RELOAD, bytes(message), lambda mac: card.reload_pin(sent_as_is(block), mac))
+        _mac_protected(card, store, ref, KeyUsage.PIN_RELOAD, bytes(message), lambda mac: card.reload_pin(bytes(block), mac))
     finally:
         wipe(block)
         wipe(message)

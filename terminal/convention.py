@@ -37,7 +37,9 @@ from sscard.apdu.errors import (
     CardStatusError,
     MalformedError,
     PINBlockedError,
+    PINEntryError,
     SSCardError,
+    TerminalAuthenticationError,
     WrongPINError,
 )
 from sscard.apdu.pin import PINFormatError, WeakPINError
@@ -91,6 +93,8 @@ def code_of(err: BaseException) -> int:
         return MUTE
     if isinstance(err, ReaderError):
         return READER
+    if isinstance(err, (TerminalAuthenticationError, PINEntryError)):
+        return OTHER  # the card refused this terminal's keys, or the PIN pad was cancelled: as before they had an SW
     if isinstance(err, CardStatusError):
         return -err.sw
     if isinstance(err, (CardDataError, MalformedError)):

@@ -24,6 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pcscd as stack
 
+import sscard.apdu
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+if Path(sscard.apdu.__file__).resolve().parent != CHECKOUT / "apdu":  # an editable install of another tree
+    raise pytest.UsageError(f"sscard is installed from {Path(sscard.apdu.__file__).parent.parent}, not this checkout "
+                            f"({CHECKOUT}): run 'pip install -e .' here (make venv) before its tests")
+
 
 def pytest_collection_modifyitems(items):
     """Every test that uses pcscd (itself, or through ``vpcd_card``) is marked ``pcsc``, so that
@@ -83,8 +90,10 @@ OLD_NAMES = frozenset({"apdu", "drivers", "terminal", "central", "message", "fix
 def one_copy_of_each_module():
     """Fails the test that imported one of our packages by its old top-level name."""
     yield
-    stray = OLD_NAMES & sys.modules.keys()
-    assert not stray, f"imported by the old name, not sscard.*: {sorted(stray)}"
+    stray = sorted(name for name in sys.modules if name.split(".")[0] in OLD_NAMES)
+    for name in stray:  # reported once, by the test that loaded them
+        del sys.modules[name]
+    assert not stray, f"imported by the old name, not sscard.*: {stray}"
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 (drivers/simulator/profile.py), the old medical card's (oldmedical.py) and the PSAM's (psam.py).
 
 A profile file is read by :func:`read_profile_file` and checked field by field with a
-:class:`ProfileValidator`. Every problem raises :class:`apdu.errors.ProfileError` naming the file and
+:class:`ProfileValidator`. Every problem raises :class:`drivers.errors.ProfileError` naming the file and
 the field (``adult.json: holder.birth_date: ...``); unknown fields are refused so a typo never passes
 silently.
 """
