@@ -158,11 +158,15 @@ def test_ctrl_c_or_ctrl_d_at_the_pin_prompt_is_interrupted_exit_130(key, what):
     import os
     import pty
     import select
+    import signal
     import sys
     import time
 
     pid, master = pty.fork()
     if pid == 0:  # the child: sscard on the pty, its controlling terminal
+        # as a shell at a terminal starts it: a run started in the background (a script's ``&``)
+        # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(sys.executable, [sys.executable, "-c", "from sscard.terminal.cli import main; main()",
                                   "verify-pin", "--reader", "sim:adult"])
     output = b""
