@@ -15,11 +15,13 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from sscard.message.envelope import MessageError, Operator, Station
 from sscard.terminal.errors import ConfigError
 from sscard.terminal.private import warn_if_shared
+
+if TYPE_CHECKING:
+    from sscard.message.envelope import Operator, Station
 
 #: the platform's URL when neither the command nor a configuration names one: the virtual platform
 #: (``sscard central serve``)
@@ -173,6 +175,8 @@ class TerminalConfig:
 
     @property
     def operator(self) -> Operator:
+        from sscard.message.envelope import Operator  # here: `sscard read` reads no envelope
+
         return Operator(self.operator_id, self.operator_name)
 
     def key_store_args(self) -> KeyStoreArgs:
@@ -186,6 +190,8 @@ class TerminalConfig:
     @property
     def station(self) -> Station:
         """This terminal as the platform knows it; :class:`ConfigError` on a malformed code or region."""
+        from sscard.message.envelope import MessageError, Station
+
         try:
             return Station(self.institution_code, self.institution_name, self.region, self.terminal_no,
                            self.operator, dev_no=self.device)
