@@ -96,7 +96,8 @@ def mask(text: str, keep_start: int = 4, keep_end: int = 2) -> str:
 
 def first_line(doc: str | None) -> str:
     """An error class's default message: the first line of its docstring."""
-    return (doc or "").strip().splitlines()[0] if doc and doc.strip() else "Error"
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else "Error"
 
 
 class SSCardError(Exception):

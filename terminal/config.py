@@ -119,12 +119,17 @@ def find_config(path: Path | None) -> TerminalConfig | None:
     return load_config(path) if present else None
 
 
+def configured_queue(config: TerminalConfig | None) -> Path:
+    """The journal file ``config`` names, else :func:`default_queue`."""
+    return config.queue_path if config else default_queue()
+
+
 def queue_and_central(path: Path | None, url: str | None,
                       config_path: Path | None) -> tuple[Path, str, TerminalConfig | None]:
     """The journal file and the platform's URL a command uses, and the configuration when one was
     read: each the command's option (or its variable), else the configuration's, else the default."""
     config = find_config(config_path) if path is None or url is None else None
-    return (path if path is not None else config.queue_path if config else default_queue(),
+    return (path if path is not None else configured_queue(config),
             url if url is not None else config.central_url if config else DEFAULT_CENTRAL, config)
 
 

@@ -21,7 +21,7 @@ from sscard.message.envelope import MSGID_RE, iso_time
 from sscard.terminal.cli import signals
 from sscard.terminal.cli.options import LIMIT, Count, FilePath, Seconds, central_option, config_option
 from sscard.terminal.cli.output import json_option, print_json
-from sscard.terminal.config import TerminalConfig, default_queue, find_config, queue_and_central
+from sscard.terminal.config import TerminalConfig, configured_queue, find_config, queue_and_central
 from sscard.terminal.queue import ALL_STATES, STATES, Outbox
 
 #: the card identification code in hex (16 bytes on the card): what ``--card`` takes besides the card number
@@ -34,10 +34,7 @@ PROGRESS_OVER = 500
 def queue_path(path: Path | None, config_path: Path | None) -> Path:
     """``-q`` or ``$SSCARD_QUEUE`` (``path``), else the configuration's ``[queue] path``, else
     :func:`terminal.config.default_queue`."""
-    if path is not None:
-        return path
-    config = find_config(config_path)
-    return config.queue_path if config else default_queue()
+    return path if path is not None else configured_queue(find_config(config_path))
 
 
 def queue_options(command: Any) -> Any:
